@@ -1,0 +1,1 @@
+"""MedCLIP models: vision and text encoders, presets and checkpoint loading."""

@@ -1,0 +1,1 @@
+"""ART poisoning attacks: BadMatch and BadDist."""

@@ -1,0 +1,1 @@
+"""Backdoor defenses, their plugin registry and the built-in detectors and mitigations."""

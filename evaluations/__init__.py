@@ -1,0 +1,1 @@
+"""Metrics, the evaluation harness, reports, benchmarks and the command line."""
