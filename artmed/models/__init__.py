@@ -1,1 +1,21 @@
-"""MedCLIP models: vision and text encoders, presets and checkpoint loading."""
+"""MedCLIP models: vision and text encoders, presets, checkpoint loading and offline tokenizers."""
+
+from artmed.models.checkpoint import load_medclip, save_medclip
+from artmed.models.config import MedCLIPConfig, ResNetVisionConfig, SwinVisionConfig, TextConfig
+from artmed.models.medclip import MedCLIPModel, build_medclip
+from artmed.models.tokenizer import build_vocab, default_tokenizer, load_tokenizer, save_tokenizer
+
+__all__ = [
+    "MedCLIPModel",
+    "MedCLIPConfig",
+    "ResNetVisionConfig",
+    "SwinVisionConfig",
+    "TextConfig",
+    "build_medclip",
+    "load_medclip",
+    "save_medclip",
+    "load_tokenizer",
+    "save_tokenizer",
+    "build_vocab",
+    "default_tokenizer",
+]
