@@ -1,0 +1,103 @@
+"""Save and load a whole ``MedCLIPEstimator`` as one directory: weights, model config, tokenizer and prompts.
+
+Layout: ``model.safetensors`` (released key names), ``estimator.json`` (model config, prompts, settings) and
+``tokenizer/`` (``vocab.txt``). Loading unpickles nothing: JSON, safetensors and a vocabulary file only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from artmed import __version__
+
+BUNDLE_FILE = "estimator.json"
+_VISION_KINDS = ("resnet", "swin")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A ``MedCLIPConfig`` as plain JSON data, tagging the vision encoder's kind."""
+    from artmed.models import ResNetVisionConfig
+
+    data = dataclasses.asdict(config)
+    data["vision_kind"] = "resnet" if isinstance(config.vision, ResNetVisionConfig) else "swin"
+    return data
+
+
+def config_from_dict(data: dict[str, Any]) -> Any:
+    """The ``MedCLIPConfig`` that ``config_to_dict`` wrote (lists back to tuples); ValueError on bad fields."""
+    from artmed.models import MedCLIPConfig, ResNetVisionConfig, SwinVisionConfig, TextConfig
+
+    def tuples(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+    data = dict(data)
+    kind = data.pop("vision_kind", None)
+    if kind not in _VISION_KINDS:
+        raise ValueError(f"{BUNDLE_FILE}: model.vision_kind must be one of {_VISION_KINDS}, got {kind!r}")
+    vision_cls = ResNetVisionConfig if kind == "resnet" else SwinVisionConfig
+    try:
+        return MedCLIPConfig(
+            vision=vision_cls(**tuples(data.pop("vision"))),
+            text=TextConfig(**tuples(data.pop("text"))),
+            **data,
+        )
+    except (TypeError, KeyError) as err:
+        raise ValueError(f"{BUNDLE_FILE}: invalid model config ({err})") from err
+
+
+def save_bundle(estimator: Any, directory: str | os.PathLike[str]) -> Path:
+    """Write ``estimator`` into ``directory`` (created if needed); return the directory."""
+    from artmed.models import save_medclip
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    save_medclip(estimator.model, out)
+    estimator.tokenizer.save_pretrained(str(out / "tokenizer"))
+    meta = {
+        "artmed_version": __version__,
+        "model": config_to_dict(estimator.model.config),
+        "prompts": estimator.prompts,
+        "input_shape": list(estimator.input_shape),
+        "batch_size": estimator.batch_size,
+        "clip_values": [float(v) for v in estimator.clip_values],
+        "amp": estimator.amp,
+    }
+    (out / BUNDLE_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def load_bundle(cls: type, directory: str | os.PathLike[str], device: str | torch.device = "auto",
+                **overrides: Any) -> Any:
+    """An estimator of class ``cls`` from a directory written by ``save_bundle``; ``overrides`` replace settings."""
+    from artmed.models import MedCLIPModel, load_tokenizer
+    from artmed.models.checkpoint import read_state_dict, validate_state_dict
+
+    path = Path(directory)
+    meta_file = path / BUNDLE_FILE
+    if not meta_file.is_file():
+        raise ValueError(f"{str(path)!r} is not an estimator directory (no {BUNDLE_FILE})")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{meta_file}: not valid JSON ({err})") from err
+    for field in ("model", "prompts", "input_shape"):
+        if field not in meta:
+            raise ValueError(f"{meta_file}: missing field {field!r}")
+    model = MedCLIPModel(config_from_dict(meta["model"]))
+    state = validate_state_dict(model, read_state_dict(path / "model.safetensors"), source=str(path))
+    model.load_state_dict(state)
+    settings = {
+        "input_shape": tuple(meta["input_shape"]),
+        "batch_size": meta.get("batch_size", 64),
+        "clip_values": tuple(meta.get("clip_values", (0.0, 1.0))),
+        "amp": meta.get("amp", True),
+        "device": device,
+    }
+    settings.update(overrides)
+    return cls(model, load_tokenizer(path / "tokenizer"), meta["prompts"], **settings)

@@ -1,0 +1,184 @@
+"""MedCLIP's unpaired training loop and the optimiser/schedule helpers other fine-tuning code reuses.
+
+Each step draws an image batch and an *independent* text batch and minimises the soft-label loss
+(``artmed.losses.medclip_loss``); AdamW without decay on biases and norm weights, linear warm-up then cosine
+decay, gradient clipping, bf16 autocast on CUDA only. Seeded: the same seed gives the same run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from artmed.inputs import (
+    Images,
+    as_images,
+    check_label_matrix,
+    check_texts,
+    image_batch,
+    normalize_pixels,
+    num_images,
+    tokenize,
+)
+from artmed.losses import medclip_loss
+from artmed.models.medclip import LOGIT_SCALE_MAX
+
+
+def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
+    """Split parameters into a decayed group and an undecayed one (biases, norm weights, scalars: ndim <= 1)."""
+    decay, no_decay = [], []
+    for name, p in named_params:
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(named_params: Iterable[tuple[str, nn.Parameter]], lr: float = 2e-5,
+                   weight_decay: float = 1e-4) -> torch.optim.AdamW:
+    """AdamW over ``named_params`` with no weight decay on biases and LayerNorm/BatchNorm weights."""
+    return torch.optim.AdamW(param_groups(named_params, weight_decay), lr=lr)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int,
+                  warmup: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over the first ``warmup`` share of ``total_steps``, then cosine decay to zero."""
+    warm = int(round(warmup * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total_steps - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def index_batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Endless batches of ``min(batch_size, n)`` indices, walking through fresh random permutations of ``range(n)``."""
+    size = min(batch_size, n)
+    buffer = np.empty(0, dtype=np.int64)
+    while True:
+        while buffer.shape[0] < size:
+            buffer = np.concatenate([buffer, rng.permutation(n)])
+        yield buffer[:size]
+        buffer = buffer[size:]
+
+
+def _check_train_params(batch_size: int, text_batch_size: int, lr: float, weight_decay: float, warmup: float,
+                        max_grad_norm: float | None, steps: int | None, nb_epochs: int | None) -> None:
+    if batch_size < 2 or text_batch_size < 2:
+        raise ValueError(f"batch sizes must be >= 2, got batch_size={batch_size}, text_batch_size={text_batch_size}")
+    if lr <= 0 or weight_decay < 0:
+        raise ValueError(f"need lr > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
+    if not 0.0 <= warmup < 1.0:
+        raise ValueError(f"warmup must be a share in [0, 1), got {warmup}")
+    if max_grad_norm is not None and max_grad_norm <= 0:
+        raise ValueError(f"max_grad_norm must be positive or None, got {max_grad_norm}")
+    if steps is None and nb_epochs is None:
+        raise ValueError("give steps or nb_epochs")
+    if (steps is not None and steps < 1) or (steps is None and nb_epochs is not None and nb_epochs < 1):
+        raise ValueError(f"steps and nb_epochs must be >= 1, got steps={steps}, nb_epochs={nb_epochs}")
+
+
+def train_unpaired(
+    model: nn.Module,
+    tokenizer: Any,
+    images: Images,
+    image_labels: np.ndarray,
+    texts: list[str],
+    text_labels: np.ndarray,
+    *,
+    input_shape: tuple[int, int, int],
+    device: torch.device,
+    steps: int | None = None,
+    nb_epochs: int | None = 1,
+    batch_size: int = 32,
+    text_batch_size: int | None = None,
+    lr: float = 2e-5,
+    weight_decay: float = 1e-4,
+    warmup: float = 0.1,
+    max_grad_norm: float | None = 1.0,
+    seed: int = 0,
+    train_vision: bool = True,
+    train_text: bool = True,
+    amp: bool = True,
+    verbose: bool = True,
+) -> dict[str, list[float]]:
+    """Train ``model`` (a MedCLIPModel) in place on unpaired images and sentences; return the per-step history.
+
+    ``steps`` wins over ``nb_epochs`` (an epoch = ``ceil(N / batch_size)`` steps). Returns
+    ``{"loss": [...], "lr": [...]}``. Parts not trained run without gradients and stay in eval mode.
+    ``amp`` runs the encoders under bf16 autocast on CUDA (the loss stays float32; ignored on CPU).
+    """
+    images = as_images(images, input_shape)
+    n = num_images(images)
+    image_labels = check_label_matrix(image_labels, n, "image labels (y)")
+    texts = check_texts(texts)
+    text_labels = check_label_matrix(text_labels, len(texts), "text_labels")
+    text_batch_size = batch_size if text_batch_size is None else text_batch_size
+    _check_train_params(batch_size, text_batch_size, lr, weight_decay, warmup, max_grad_norm, steps, nb_epochs)
+    if n < 2:
+        raise ValueError(f"need at least 2 training images, got {n}")
+    if not (train_vision or train_text):
+        raise ValueError("nothing to train: train_vision and train_text are both False")
+    total = steps if steps is not None else nb_epochs * math.ceil(n / min(batch_size, n))
+
+    named = [("logit_scale", model.logit_scale)]
+    if train_vision:
+        named += [(f"vision_model.{k}", p) for k, p in model.vision_model.named_parameters()]
+    if train_text:
+        named += [(f"text_model.{k}", p) for k, p in model.text_model.named_parameters()]
+    optimizer = make_optimizer(named, lr=lr, weight_decay=weight_decay)
+    scheduler = warmup_cosine(optimizer, total, warmup)
+    trained = [p for _, p in named if p.requires_grad]
+
+    image_rng, text_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    image_idx = index_batches(n, batch_size, image_rng)
+    text_idx = index_batches(len(texts), text_batch_size, text_rng)
+    use_amp = amp and device.type == "cuda"
+    was_training = model.training
+    model.train()
+    model.vision_model.train(train_vision)
+    model.text_model.train(train_text)
+    losses: list[torch.Tensor] = []
+    lrs: list[float] = []
+    fork_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(seed)
+        bar = tqdm(range(total), desc="unpaired training", leave=False, disable=not verbose)
+        for step in bar:
+            i_idx, t_idx = next(image_idx), next(text_idx)
+            pixels = torch.from_numpy(image_batch(images, i_idx, input_shape)).to(device)
+            ids, mask = tokenize(tokenizer, [texts[i] for i in t_idx], device)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                with torch.set_grad_enabled(train_vision):
+                    img_emb = model.encode_image(normalize_pixels(pixels))
+                with torch.set_grad_enabled(train_text):
+                    txt_emb = model.encode_text(ids, mask)
+            loss = medclip_loss(
+                img_emb, txt_emb,
+                torch.from_numpy(image_labels[i_idx]).to(device),
+                torch.from_numpy(text_labels[t_idx]).to(device),
+                model.scale(),
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(trained, max_grad_norm)
+            lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
+            losses.append(loss.detach())
+            if verbose and step % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+    model.train(was_training)
+    return {"loss": torch.stack(losses).float().cpu().tolist(), "lr": lrs}

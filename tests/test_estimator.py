@@ -1,0 +1,263 @@
+"""MedCLIPEstimator: unpaired training learns a separable task, prediction/embedding API, caching, errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from artmed import MedCLIPEstimator
+from artmed.constants import CHEXPERT_LABELS
+from artmed.data.dataset import ArrayImageSet, TextPool
+
+SIZE = 32
+PROMPTS = {
+    "left": ["left lung opacity", "opacity in the left lung"],
+    "right": ["right lung opacity", "opacity in the right lung"],
+}
+TEXTS = [
+    "opacity in the left lung", "left lung opacity", "there is a left sided opacity", "mass in the left lung",
+    "opacity in the right lung", "right lung opacity", "there is a right sided opacity", "mass in the right lung",
+]
+COLUMNS = [CHEXPERT_LABELS.index("Cardiomegaly"), CHEXPERT_LABELS.index("Pleural Effusion")]
+
+
+def label_vectors(classes: np.ndarray) -> np.ndarray:
+    """14-d label vectors: class 0 -> Cardiomegaly, class 1 -> Pleural Effusion."""
+    y = np.zeros((len(classes), 14), np.float32)
+    y[np.arange(len(classes)), np.asarray(COLUMNS)[classes]] = 1.0
+    return y
+
+
+def blob_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grey noise with a bright blob in the left (class 0) or right (class 1) half."""
+    rng = np.random.default_rng(seed)
+    classes = rng.integers(0, 2, n)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    x = rng.normal(0.3, 0.05, (n, 1, SIZE, SIZE))
+    for i, c in enumerate(classes):
+        cx = SIZE * (0.25 if c == 0 else 0.75) + rng.normal(0, 1.5)
+        cy = SIZE * 0.5 + rng.normal(0, SIZE * 0.15)
+        x[i, 0] += 0.6 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * (SIZE / 10) ** 2))
+    return np.clip(x, 0, 1).astype(np.float32), classes
+
+
+TEXT_LABELS = label_vectors(np.array([0, 0, 0, 0, 1, 1, 1, 1]))
+
+
+@pytest.fixture(scope="module")
+def test_set():
+    return blob_images(128, seed=1)
+
+
+@pytest.fixture(scope="module")
+def trained(test_set):
+    """A tiny estimator trained unpaired for 80 steps, with its untrained accuracy and the history."""
+    est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, seed=0)
+    x_test, c_test = test_set
+    before = float((est.predict(x_test).argmax(1) == c_test).mean())
+    x, c = blob_images(256, seed=0)
+    history = est.fit(x, label_vectors(c), TEXTS, TEXT_LABELS, steps=80, batch_size=16, lr=1e-3, seed=0,
+                      verbose=False)
+    return est, before, history
+
+
+def test_unpaired_training_learns_zero_shot_task(trained, test_set):
+    est, before, history = trained
+    x_test, c_test = test_set
+    after = float((est.predict(x_test).argmax(1) == c_test).mean())
+    assert before < 0.75
+    assert after >= 0.9
+    assert len(history["loss"]) == len(history["lr"]) == 80
+    assert np.mean(history["loss"][-10:]) < np.mean(history["loss"][:10])
+    assert max(history["lr"]) == pytest.approx(1e-3, rel=1e-6)
+    assert history["lr"][0] < history["lr"][8] and history["lr"][-1] < 1e-4  # warm-up, then cosine decay
+
+
+def test_predict_is_a_prompt_ensemble_softmax(trained, test_set):
+    est, _, _ = trained
+    x = test_set[0][:6]
+    probs = est.predict(x)
+    assert probs.shape == (6, 2) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    image = est.embed_images(x)
+    np.testing.assert_allclose(np.linalg.norm(image, axis=1), 1.0, rtol=1e-5)
+    scale = est.model.scale().item()
+    logits = np.stack([scale * (image @ est.embed_texts(p).T).mean(1) for p in PROMPTS.values()], axis=1)
+    np.testing.assert_allclose(est.zero_shot_logits(x), logits, rtol=1e-4, atol=1e-4)
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(probs, expected / expected.sum(1, keepdims=True), rtol=1e-4, atol=1e-5)
+
+
+def test_batching_and_imageset_inputs_give_the_same_predictions(trained, test_set):
+    est, _, _ = trained
+    x, c = test_set[0][:10], test_set[1][:10]
+    full = est.predict(x)
+    np.testing.assert_allclose(est.predict(x, batch_size=3), full, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(est.predict(ArrayImageSet(x, label_vectors(c))), full, rtol=1e-5, atol=1e-6)
+
+
+def test_activation_layers(trained, test_set):
+    est, _, _ = trained
+    x = test_set[0][:4]
+    assert est.layer_names == ["vision_last_stage", "image_embedding", "image_pooled"]
+    assert est.get_activations(x, "image_pooled", batch_size=2).shape == (4, 128)
+    assert est.get_activations(x, -1, batch_size=2).shape == (4, 128)
+    assert est.get_activations(x, 0, batch_size=2).shape[:2] == (4, 128)
+    emb = est.get_activations(x, "image_embedding", batch_size=4)
+    np.testing.assert_allclose(emb / np.linalg.norm(emb, axis=1, keepdims=True), est.embed_images(x), atol=1e-5)
+    tensor = est.get_activations(torch.from_numpy(x), "image_pooled", batch_size=4, framework=True)
+    assert isinstance(tensor, torch.Tensor) and tensor.requires_grad
+
+
+def test_with_prompts_shares_the_model_and_clone_does_not(trained, test_set):
+    est, _, _ = trained
+    x = test_set[0][:4]
+    three = est.with_prompts({**PROMPTS, "none": ["no acute cardiopulmonary process"]})
+    assert three.model is est.model and three.nb_classes == 3 and three.classes == ["left", "right", "none"]
+    assert three.predict(x).shape == (4, 3)
+    copy = est.clone()
+    assert copy.model is not est.model
+    before = est.predict(x)
+    with torch.no_grad():
+        for p in copy.model.vision_model.parameters():
+            p.add_(0.5)
+    np.testing.assert_array_equal(est.predict(x), before)
+
+
+def test_prompt_cache_follows_text_weights(test_set):
+    est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, seed=3)
+    x = test_set[0][:4]
+    before = est.predict(x)
+    with torch.no_grad():
+        est.model.text_model.projection_head.weight.mul_(-1.0)
+    np.testing.assert_allclose(est.predict(x), before[:, ::-1], rtol=1e-4, atol=1e-5)
+
+
+def test_training_is_seeded_and_accepts_lazy_sets():
+    x, c = blob_images(24, seed=5)
+
+    class LazySet:
+        """Serves batches only; np.array() on it would fail, as reading a huge set into memory would."""
+
+        labels = label_vectors(c)
+
+        def __len__(self):
+            return len(x)
+
+        def get_batch(self, indices):
+            return x[np.asarray(indices)]
+
+        def __array__(self, *args, **kwargs):
+            raise AssertionError("the image set was materialised")
+
+    runs = []
+    for source in (x, LazySet()):
+        est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, seed=1)
+        y = label_vectors(c) if source is x else None
+        runs.append(est.fit(source, y, TextPool(TEXTS, TEXT_LABELS), steps=4, batch_size=8, lr=1e-3, seed=7,
+                            verbose=False)["loss"])
+    assert runs[0] == runs[1]
+    est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, seed=1)
+    other = est.fit(x, label_vectors(c), TEXTS, TEXT_LABELS, steps=4, batch_size=8, lr=1e-3, seed=8, verbose=False)
+    assert other["loss"] != runs[0]
+
+
+def test_frozen_text_side_is_untouched():
+    x, c = blob_images(16, seed=2)
+    est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, seed=0)
+    text_before = {k: v.clone() for k, v in est.model.text_model.state_dict().items()}
+    vision_before = est.model.vision_model.model.fc.weight.clone()
+    est.fit(x, label_vectors(c), TEXTS, TEXT_LABELS, steps=3, batch_size=8, lr=1e-3, train_text=False, verbose=False)
+    for k, v in est.model.text_model.state_dict().items():
+        assert torch.equal(v, text_before[k]), k
+    assert not torch.equal(est.model.vision_model.model.fc.weight, vision_before)
+
+
+def test_save_and_load_round_trip(trained, test_set, tmp_path):
+    est, _, _ = trained
+    est.save(tmp_path / "bundle")
+    loaded = MedCLIPEstimator.load(tmp_path / "bundle", device="cpu")
+    assert loaded.prompts == est.prompts and loaded.input_shape == est.input_shape
+    np.testing.assert_allclose(loaded.predict(test_set[0][:8]), est.predict(test_set[0][:8]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (np.zeros((1, SIZE, SIZE), np.float32), "rank 3"),
+        (np.zeros((2, 2, SIZE, SIZE), np.float32), "channels"),
+        (np.zeros((2, 1, SIZE, SIZE + 1), np.float32), "spatial size"),
+    ],
+)
+def test_bad_image_shapes_are_named(x, message):
+    est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE)
+    with pytest.raises(ValueError, match=message):
+        est.predict(x)
+    with pytest.raises(ValueError, match=message):
+        est.loss_gradient(x, np.zeros(len(x), np.int64))
+
+
+def test_three_channel_images_are_accepted():
+    est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE)
+    x = blob_images(3, seed=0)[0]
+    np.testing.assert_allclose(est.predict(np.repeat(x, 3, axis=1)), est.predict(x), rtol=1e-5, atol=1e-6)
+
+
+def test_bad_training_inputs_are_named():
+    est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE)
+    x, c = blob_images(8, seed=0)
+    y = label_vectors(c)
+    with pytest.raises(ValueError, match=r"\(N, 14\)"):
+        est.fit(x, y[:, :13], TEXTS, TEXT_LABELS, steps=1, verbose=False)
+    with pytest.raises(ValueError, match="text_labels"):
+        est.fit(x, y, TEXTS, TEXT_LABELS[:5], steps=1, verbose=False)
+    with pytest.raises(ValueError, match="text_labels"):
+        est.fit(x, y, TEXTS, TEXT_LABELS[:, :10], steps=1, verbose=False)
+    with pytest.raises(ValueError, match="texts"):
+        est.fit(x, y, steps=1, verbose=False)
+    with pytest.raises(ValueError, match="8 items"):
+        est.fit(x, y[:4], TEXTS, TEXT_LABELS, steps=1, verbose=False)
+
+
+@pytest.mark.parametrize(
+    "prompts, message",
+    [
+        ({"left": ["left lung opacity"], "right": []}, "'right'"),
+        ({"left": ["left lung opacity"], "right": ["  "]}, "'right'"),
+        ({"left": ["left lung opacity"], "right": "right lung opacity"}, "'right'"),
+        ({"left": ["left lung opacity"]}, "at least 2 classes"),
+        (["left", "right"], "dict"),
+    ],
+)
+def test_bad_prompts_are_named(prompts, message):
+    with pytest.raises(ValueError, match=message):
+        MedCLIPEstimator.tiny(prompts, image_size=SIZE)
+
+
+def test_unknown_layer_lists_the_layers():
+    est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE)
+    x = blob_images(2, seed=0)[0]
+    for layer in ("fc", 3, -4):
+        with pytest.raises(ValueError, match="vision_last_stage.*image_embedding.*image_pooled"):
+            est.get_activations(x, layer, batch_size=2)
+
+
+def test_epochs_set_the_number_of_steps():
+    x, c = blob_images(16, seed=4)
+    est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, seed=0)
+    history = est.fit(x, label_vectors(c), TEXTS, TEXT_LABELS, nb_epochs=2, batch_size=8, verbose=False)
+    assert len(history["loss"]) == 4
+
+
+def test_missing_checkpoint_parts_are_named(tmp_path):
+    with pytest.raises(ValueError, match="vocab.txt"):
+        MedCLIPEstimator.from_checkpoint(tmp_path, "resnet50", prompts=PROMPTS)
+    with pytest.raises(ValueError, match="estimator.json"):
+        MedCLIPEstimator.load(tmp_path)
+
+
+def test_mis_scaled_images_are_rejected():
+    est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE)
+    x = blob_images(2, seed=0)[0]
+    for bad in (x * 255.0, (x - 0.5) / 0.25, np.full_like(x, np.nan)):
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            est.predict(bad)
