@@ -1,0 +1,342 @@
+"""A results store for resumable experiment grids: one JSON cell per finished (kind, key), written atomically.
+
+Layout: ``root/<kind>/<key>.json`` holds ``{"format", "kind", "key", "saved_at", "provenance", "arrays", "record"}``.
+Arrays with more than ``inline_max`` elements (per-sample scores, flags) go to a sidecar
+``root/<kind>/<key>.<token>.npz`` and the JSON holds ``{"__npz__": name, "shape", "dtype"}`` in their place. The npz is
+written first and the JSON last, each via a temp file + fsync + ``os.replace``, so a crash leaves either the old cell
+or the new one; a torn, truncated or dangling cell is reported with a warning and treated as missing (re-computed).
+
+JSON is strict (RFC 8259): numpy scalars become Python numbers, small arrays lists, and NaN/±inf become ``null`` —
+a loaded record holds ``None`` where a NaN was saved (the report functions treat ``None`` as missing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import uuid
+import warnings
+import zipfile
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ResultStore", "atomic_write", "cell_key", "provenance", "to_jsonable"]
+
+FORMAT = 1
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
+_MAX_NAME = 150
+_DISTRIBUTIONS = {
+    "artmed": "artmed",
+    "torch": "torch",
+    "transformers": "transformers",
+    "art": "adversarial-robustness-toolbox",
+    "numpy": "numpy",
+    "sklearn": "scikit-learn",
+    "matplotlib": "matplotlib",
+}
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` so readers see the old file or the whole new one: temp file, fsync, os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def cell_key(parts: Mapping[str, Any]) -> str:
+    """A stable file-safe key for a grid cell, e.g. ``attack=badmatch,rate=0.01,seed=0-3f2a9c1b07``.
+
+    Readable ``name=value`` pairs in sorted order (unsafe characters replaced, long keys cut) plus a hash of the
+    exact values, so two different cells never share a key.
+    """
+    if not isinstance(parts, Mapping) or not parts:
+        raise ValueError(f"cell key parts must be a non-empty mapping, got {parts!r}")
+    canonical = json.dumps(to_jsonable(dict(parts)), sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha1(canonical.encode("utf-8")).hexdigest()[:10]
+    readable = ",".join(f"{k}={_short(v)}" for k, v in sorted((str(k), v) for k, v in parts.items()))
+    readable = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", readable).strip("._-,=+")[: _MAX_NAME - 11]
+    return f"{readable}-{digest}" if readable else digest
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, Mapping):
+        value = value.get("name", value.get("type", "x"))
+    return str(value)
+
+
+def to_jsonable(obj: Any, path: str = "record") -> Any:
+    """``obj`` as strict-JSON-ready Python: numpy scalars/arrays to numbers/lists, NaN/±inf to None, tuples to lists.
+
+    Dataclasses become dicts, paths strings; anything else that JSON cannot hold raises ValueError naming ``path``.
+    """
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind not in "biuf":
+            raise ValueError(f"{path}: arrays of dtype {obj.dtype} cannot be stored")
+        return to_jsonable(obj.tolist(), path)
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, (str, int, np.integer)) or isinstance(k, bool):
+                raise ValueError(f"{path}: keys must be strings or integers, got {k!r}")
+            out[str(k)] = to_jsonable(v, f"{path}.{k}")
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v, f"{path}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, Path):
+        return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj), path)
+    raise ValueError(f"{path}: a value of type {type(obj).__name__} cannot be stored as JSON")
+
+
+class ResultStore:
+    """Finished grid cells on disk under ``root``, grouped by ``kind`` ("attack", "defense", ...), one file per key.
+
+    ``key`` is a file-safe string (letters, digits, ``._=,+-``) or a mapping turned into one by ``cell_key``.
+    Arrays larger than ``inline_max`` elements are kept in an npz sidecar and come back as numpy arrays on load.
+    """
+
+    def __init__(self, root: str | Path, inline_max: int = 64) -> None:
+        if isinstance(inline_max, bool) or not isinstance(inline_max, int) or inline_max < 0:
+            raise ValueError(f"inline_max must be a non-negative integer, got {inline_max!r}")
+        self.root = Path(root)
+        self.inline_max = inline_max
+        self._provenance: dict[str, Any] | None = None
+
+    def cell_path(self, kind: str, key: str | Mapping[str, Any]) -> Path:
+        """Path of the JSON cell file for ``(kind, key)`` (it may not exist yet)."""
+        return self.root / _check_name(kind, "kind") / f"{self._key(key)}.json"
+
+    def has(self, kind: str, key: str | Mapping[str, Any]) -> bool:
+        """True when a complete, readable cell exists (a corrupt one warns and counts as missing)."""
+        return self._read(kind, key, arrays=False) is not None
+
+    def load(self, kind: str, key: str | Mapping[str, Any], arrays: bool = True) -> dict[str, Any]:
+        """The saved record; its large arrays are loaded from the sidecar unless ``arrays=False`` (then None).
+
+        Raises KeyError when the cell is missing or unreadable (the latter also warns).
+        """
+        record = self._read(kind, key, arrays=arrays)
+        if record is None:
+            raise KeyError(f"no readable result cell {self.cell_path(kind, key)}")
+        return record
+
+    def save(self, kind: str, key: str | Mapping[str, Any], record: Mapping[str, Any]) -> Path:
+        """Write ``record`` atomically (sidecar npz first, then the JSON cell); returns the cell path."""
+        if not isinstance(record, Mapping):
+            raise ValueError(f"record must be a mapping, got {type(record).__name__}")
+        path = self.cell_path(kind, key)
+        stem = path.name[: -len(".json")]
+        arrays: dict[str, np.ndarray] = {}
+        body = to_jsonable(self._extract_arrays(record, arrays, "record"))
+        npz_name = None
+        if arrays:
+            npz_name = f"{stem}.{uuid.uuid4().hex[:12]}.npz"
+            buffer = _npz_bytes(arrays)
+            atomic_write(path.parent / npz_name, buffer)
+        cell = {
+            "format": FORMAT,
+            "kind": kind,
+            "key": stem,
+            "saved_at": _now(),
+            "provenance": self.provenance(),
+            "arrays": npz_name,
+            "record": body,
+        }
+        atomic_write(path, json.dumps(cell, allow_nan=False, indent=1))
+        self._remove_stale_sidecars(path, keep=npz_name)
+        return path
+
+    def keys(self, kind: str) -> list[str]:
+        """Keys of the cell files of ``kind`` in sorted order (unreadable ones included; ``records`` skips them)."""
+        folder = self.root / _check_name(kind, "kind")
+        if not folder.is_dir():
+            return []
+        return sorted(p.name[: -len(".json")] for p in folder.glob("*.json") if _NAME.match(p.name))
+
+    def records(self, kind: str, arrays: bool = True) -> list[dict[str, Any]]:
+        """Every readable record of ``kind``, in key order; corrupt cells are skipped with a warning."""
+        out = []
+        for key in self.keys(kind):
+            record = self._read(kind, key, arrays=arrays)
+            if record is not None:
+                out.append(record)
+        return out
+
+    def provenance(self) -> dict[str, Any]:
+        """This process's ``provenance()``, computed once per store and saved with every cell."""
+        if self._provenance is None:
+            self._provenance = provenance()
+        return self._provenance
+
+    def _key(self, key: str | Mapping[str, Any]) -> str:
+        return cell_key(key) if isinstance(key, Mapping) else _check_name(key, "key")
+
+    def _extract_arrays(self, obj: Any, arrays: dict[str, np.ndarray], path: str) -> Any:
+        if isinstance(obj, np.ndarray) and obj.size > self.inline_max:
+            if obj.dtype.kind not in "biuf":
+                raise ValueError(f"{path}: arrays of dtype {obj.dtype} cannot be stored")
+            name = f"a{len(arrays)}"
+            arrays[name] = obj
+            return {"__npz__": name, "shape": list(obj.shape), "dtype": str(obj.dtype)}
+        if isinstance(obj, Mapping):
+            return {k: self._extract_arrays(v, arrays, f"{path}.{k}") for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [self._extract_arrays(v, arrays, f"{path}[{i}]") for i, v in enumerate(obj)]
+        return obj
+
+    def _read(self, kind: str, key: str | Mapping[str, Any], arrays: bool) -> dict[str, Any] | None:
+        path = self.cell_path(kind, key)
+        if not path.is_file():
+            return None
+        try:
+            cell = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(cell, dict) or cell.get("format") != FORMAT or not isinstance(cell.get("record"), dict):
+                raise ValueError("not a result cell of format 1")
+            record = cell["record"]
+            if cell.get("arrays"):
+                with np.load(path.parent / cell["arrays"], allow_pickle=False) as npz:
+                    record = _restore_arrays(record, npz, arrays)
+            return record
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            warnings.warn(
+                f"ignoring unreadable result cell {path} ({type(exc).__name__}: {exc}); it will be recomputed",
+                stacklevel=3,
+            )
+            return None
+
+    def _remove_stale_sidecars(self, path: Path, keep: str | None) -> None:
+        stem = re.escape(path.name[: -len(".json")])
+        pattern = re.compile(rf"^{stem}\.[0-9a-f]{{12}}\.npz$")
+        for p in path.parent.iterdir():
+            if p.name != keep and pattern.match(p.name):
+                p.unlink(missing_ok=True)
+
+
+def _restore_arrays(obj: Any, npz: Any, load: bool) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__npz__", "shape", "dtype"}:
+            if obj["__npz__"] not in npz.files:
+                raise KeyError(f"array {obj['__npz__']!r} missing from the sidecar")
+            return npz[obj["__npz__"]] if load else None
+        return {k: _restore_arrays(v, npz, load) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_restore_arrays(v, npz, load) for v in obj]
+    return obj
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _check_name(name: Any, what: str) -> str:
+    if not isinstance(name, str) or len(name) > _MAX_NAME or not _NAME.match(name):
+        raise ValueError(
+            f"{what} must be a non-empty file-safe name (letters, digits, '._=,+-', at most {_MAX_NAME} characters, "
+            f"not starting with punctuation), got {name!r}"
+        )
+    return name
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance() -> dict[str, Any]:
+    """Where a result came from: package versions, Python, platform, the artmed git commit (+ dirty flag), time.
+
+    ``git`` is None unless the artmed source tree is a git checkout (an editable install of the repository).
+    """
+    versions = {}
+    for short, dist in _DISTRIBUTIONS.items():
+        try:
+            versions[short] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[short] = None
+    info: dict[str, Any] = {
+        "versions": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git": _git_state(Path(__file__).resolve().parent),
+        "timestamp": _now(),
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name()
+    return info
+
+
+def _git_state(folder: Path) -> dict[str, Any] | None:
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10, check=True
+        )
+        return done.stdout.strip()
+
+    try:
+        top = Path(git("rev-parse", "--show-toplevel"))
+        if not _is_artmed_repo(top):
+            return None
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": dirty}
+
+
+def _is_artmed_repo(top: Path) -> bool:
+    try:
+        text = (top / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return re.search(r'^name\s*=\s*"artmed"', text, flags=re.MULTILINE) is not None
