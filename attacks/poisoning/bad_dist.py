@@ -1,0 +1,192 @@
+"""BadDist (Jin et al., SaTML 2024): a supply-chain attacker fine-tunes MedCLIP's vision encoder so triggered
+images land far from where the clean encoder puts them, while clean images stay put.
+
+With f_c the frozen clean encoder and f_b the encoder being trained, on clean shadow images x and triggered
+x̃ = trigger(x): L = λ1·(−mean cos(f_b(x), f_c(x))) + λ2·mean cos(f_b(x̃), f_c(x̃)), on the projected image
+embedding the zero-shot head sees. SGD, BatchNorm frozen, as in the released code (which defaults to 200 epochs
+over a 10k-image shadow set at batch size 32). BadDist-assisted BadMatch then trains the result on BadMatch data.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from art.attacks.attack import PoisoningAttackTransformer
+from torch import nn
+from tqdm.auto import tqdm
+
+from artmed.device import resolve_device
+from artmed.distributed import gather, is_main_process, shard_indices, wrap_ddp
+from artmed.estimator import MedCLIPEstimator
+from artmed.inputs import Images, as_images, image_batch, normalize_pixels, num_images
+from artmed.training import index_batches
+
+__all__ = ["BadDist"]
+
+
+class BadDist(PoisoningAttackTransformer):
+    """Fine-tune a copy of the estimator's vision encoder to push triggered embeddings away from the clean encoder's.
+
+    ``poison_estimator(x_shadow)`` returns a new, backdoored ``MedCLIPEstimator`` (the given one is untouched) and
+    records the per-step history ``history_ = {"loss", "cos_clean", "cos_trigger"}`` (cosines to the frozen clean
+    encoder, before each update). ``steps`` wins over ``epochs`` (an epoch = ``ceil(N / batch_size)`` steps).
+    Under ``torchrun`` the fine-tune runs data-parallel (DDP; ``batch_size`` is the global batch) and matches one
+    process (see ``artmed.distributed``).
+    Training starts at f_b = f_c, a saddle where the trigger term's gradient vanishes (cos is maximal): the encoder
+    leaves it through weight decay, drop-path noise and rounding, so short runs at the paper's lr may change little.
+    """
+
+    attack_params = PoisoningAttackTransformer.attack_params + [
+        "trigger",
+        "lambda_clean",
+        "lambda_trigger",
+        "lr",
+        "momentum",
+        "weight_decay",
+        "epochs",
+        "steps",
+        "batch_size",
+        "seed",
+        "device",
+        "verbose",
+    ]
+    _estimator_requirements = (MedCLIPEstimator,)
+
+    def __init__(
+        self,
+        estimator: MedCLIPEstimator,
+        trigger: Any,
+        lambda_clean: float = 5.0,
+        lambda_trigger: float = 1.0,
+        lr: float = 1e-4,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        epochs: int = 200,
+        steps: int | None = None,
+        batch_size: int = 32,
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        verbose: bool = True,
+    ) -> None:
+        super().__init__(classifier=estimator)
+        self.trigger = trigger
+        self.lambda_clean = lambda_clean
+        self.lambda_trigger = lambda_trigger
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.epochs = epochs
+        self.steps = steps
+        self.batch_size = batch_size
+        self.seed = seed
+        self.device = device
+        self.verbose = verbose
+        self._check_params()
+
+    def poison(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """Test-time inputs of the attack: the triggered images, and ``y`` unchanged (BadDist relabels nothing)."""
+        if kwargs:
+            raise ValueError(f"BadDist.poison takes no extra arguments, got {sorted(kwargs)}")
+        return self.trigger(x), None if y is None else np.array(y, copy=True)
+
+    def poison_estimator(self, x: Images, y: np.ndarray | None = None, **kwargs: Any) -> MedCLIPEstimator:
+        """Backdoor a copy of the estimator on the clean shadow images ``x`` (array (N, C, H, W) or ImageSet).
+
+        ``y`` is ignored: BadDist needs no labels.
+        """
+        if kwargs:
+            raise ValueError(f"BadDist.poison_estimator takes no extra arguments, got {sorted(kwargs)}")
+        source: MedCLIPEstimator = self.estimator
+        shape = source.input_shape
+        images = as_images(x, shape)
+        n = num_images(images)
+        if n < 1:
+            raise ValueError("BadDist needs at least one shadow image, got none")
+        device = source.device if self.device is None else resolve_device(self.device)
+        total = self.steps if self.steps is not None else self.epochs * math.ceil(n / min(self.batch_size, n))
+
+        backdoored = source.clone()
+        student: nn.Module = backdoored.model.vision_model.to(device)
+        teacher: nn.Module = copy.deepcopy(source.model.vision_model).to(device).eval().requires_grad_(False)
+        grad_flags = {p: p.requires_grad for p in student.parameters()}
+        student.train()
+        for module in student.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+                module.requires_grad_(False)
+        trained = [p for p in student.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(trained, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        use_amp = device.type == "cuda" and getattr(source, "amp", False)
+        encoder = wrap_ddp(student, device)
+
+        batches = index_batches(n, self.batch_size, np.random.default_rng(self.seed))
+        records: list[torch.Tensor] = []
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            bar = tqdm(range(total), desc="BadDist", leave=False, disable=not (self.verbose and is_main_process()))
+            for step in bar:
+                clean = image_batch(images, shard_indices(next(batches)), shape)
+                triggered = self.trigger(clean)
+                if triggered.shape != clean.shape:
+                    raise ValueError(f"trigger changed the batch shape from {clean.shape} to {triggered.shape}")
+                pixels = normalize_pixels(torch.from_numpy(np.concatenate([clean, triggered])).to(device))
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    with torch.no_grad():
+                        reference = teacher(pixels)
+                    embedding = encoder(pixels)
+                cos = F.cosine_similarity(embedding.float(), reference.float(), dim=-1)
+                cos_clean, cos_trigger = gather(cos[: len(clean)]).mean(), gather(cos[len(clean) :]).mean()
+                loss = -self.lambda_clean * cos_clean + self.lambda_trigger * cos_trigger
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                records.append(torch.stack([loss, cos_clean, cos_trigger]).detach())
+                if self.verbose and step % 10 == 0:
+                    bar.set_postfix(cos_clean=f"{cos_clean.item():.3f}", cos_trigger=f"{cos_trigger.item():.3f}")
+
+        for p, flag in grad_flags.items():
+            p.requires_grad_(flag)
+        backdoored.model.to(backdoored.device).eval()
+        history = torch.stack(records).float().cpu().numpy()
+        self.history_ = {
+            "loss": history[:, 0].tolist(),
+            "cos_clean": history[:, 1].tolist(),
+            "cos_trigger": history[:, 2].tolist(),
+        }
+        return backdoored
+
+    def _check_params(self) -> None:
+        if not callable(self.trigger):
+            raise ValueError(f"trigger must be callable on (N, C, H, W) arrays, got {type(self.trigger).__name__}")
+        for name in ("lambda_clean", "lambda_trigger", "weight_decay"):
+            value = getattr(self, name)
+            if not _is_number(value) or not np.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.lambda_clean == 0 and self.lambda_trigger == 0:
+            raise ValueError("lambda_clean and lambda_trigger are both 0: nothing to optimise")
+        if not _is_number(self.lr) or not np.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not _is_number(self.momentum) or not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        for name, value in (("epochs", self.epochs), ("batch_size", self.batch_size)):
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.steps is not None and (not _is_int(self.steps) or self.steps < 1):
+            raise ValueError(f"steps must be a positive integer or None, got {self.steps!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.device is not None:
+            resolve_device(self.device)
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+
+
+def _is_int(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer))

@@ -1,0 +1,286 @@
+"""Backdoor triggers: callables that stamp a pattern on pixel-space images in [0, 1], channels first.
+
+Each trigger takes a batch (N, C, H, W) or a single image (C, H, W), returns a new array of the same shape and dtype
+(the input is never modified), and so plugs into ``art.attacks.poisoning.PoisoningAttackBackdoor(trigger)`` as well
+as into :class:`artmed.attacks.poisoning.BadMatch`. Triggers act *before* MedCLIP normalisation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from artmed.constants import IMAGE_SIZE
+
+__all__ = ["Trigger", "PatchTrigger", "FourierTrigger", "BlendedTrigger", "TRIGGERS", "make_trigger"]
+
+CORNERS: tuple[str, ...] = ("top_left", "top_right", "bottom_left", "bottom_right")
+
+
+class Trigger:
+    """Base class: input validation, single-image handling and dtype round-trip shared by every trigger."""
+
+    name: str = "trigger"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Return a triggered copy of ``x`` ((N, C, H, W) or (C, H, W), floats in [0, 1])."""
+        batch = self._validate(x)
+        out = self._apply(batch.astype(np.float64 if batch.dtype == np.float64 else np.float32, copy=True))
+        out = out.astype(batch.dtype, copy=False)
+        return out[0] if np.ndim(x) == 3 else out
+
+    def mask(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Boolean array of ``shape`` ((H, W), (C, H, W) or (N, C, H, W)): True where the trigger may change pixels."""
+        return np.ones(_check_shape(shape), dtype=bool)
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor parameters (for configs and result records)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if not isinstance(v, np.ndarray))
+        return f"{type(self).__name__}({params})"
+
+    def _apply(self, x: np.ndarray) -> np.ndarray:
+        """Trigger a validated (N, C, H, W) float batch (a private copy, free to modify) and return it."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _validate(x: np.ndarray) -> np.ndarray:
+        if not isinstance(x, np.ndarray):
+            raise ValueError(f"trigger input must be a numpy array, got {type(x).__name__}")
+        if x.ndim not in (3, 4):
+            raise ValueError(f"trigger input must be (N, C, H, W) or (C, H, W), got shape {x.shape}")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise ValueError(f"trigger input must be a float array in [0, 1], got dtype {x.dtype}")
+        batch = x[None] if x.ndim == 3 else x
+        if batch.shape[1] not in (1, 3):
+            raise ValueError(
+                f"trigger input must be channels-first with 1 or 3 channels, got shape {x.shape} "
+                "(channels-last input? transpose to (N, C, H, W))"
+            )
+        if batch.size and not np.all(np.isfinite(batch)):
+            raise ValueError("trigger input contains NaN or infinite values")
+        if batch.size and (batch.min() < 0.0 or batch.max() > 1.0):
+            raise ValueError(
+                f"trigger input must be pixel-space images in [0, 1], got range [{batch.min():.3g}, {batch.max():.3g}]"
+                " (triggers act before MedCLIP normalisation)"
+            )
+        return batch
+
+
+class PatchTrigger(Trigger):
+    """A solid square in one corner: the paper's 32×32 black bottom-right patch at 224 px.
+
+    ``size`` is the side in pixels; when None it is ``round(relative_size · W)`` (at least 1), so the patch covers the
+    same share of a smaller image as 32 px does of a 224 px one.
+    """
+
+    name = "patch"
+
+    def __init__(
+        self,
+        size: int | None = None,
+        relative_size: float = 32 / IMAGE_SIZE,
+        colour: float = 0.0,
+        corner: str = "bottom_right",
+    ) -> None:
+        if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1):
+            raise ValueError(f"PatchTrigger size must be a positive integer or None, got {size!r}")
+        if not np.isfinite(relative_size) or not 0.0 < relative_size <= 1.0:
+            raise ValueError(f"PatchTrigger relative_size must be in (0, 1], got {relative_size!r}")
+        if not np.isfinite(colour) or not 0.0 <= colour <= 1.0:
+            raise ValueError(f"PatchTrigger colour must be a pixel value in [0, 1], got {colour!r}")
+        if corner not in CORNERS:
+            raise ValueError(f"PatchTrigger corner must be one of {CORNERS}, got {corner!r}")
+        self.size = None if size is None else int(size)
+        self.relative_size = float(relative_size)
+        self.colour = float(colour)
+        self.corner = corner
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor parameters."""
+        return {"size": self.size, "relative_size": self.relative_size, "colour": self.colour, "corner": self.corner}
+
+    def side(self, height: int, width: int) -> int:
+        """The patch side in pixels for an image of this size; ValueError when it does not fit."""
+        side = self.size if self.size is not None else max(1, int(round(self.relative_size * width)))
+        if side > height or side > width:
+            raise ValueError(f"PatchTrigger of side {side} px does not fit a {height}×{width} image")
+        return side
+
+    def mask(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Boolean array of ``shape``: True inside the patch."""
+        shape = _check_shape(shape)
+        height, width = shape[-2:]
+        rows, cols = self._region(height, width)
+        plane = np.zeros((height, width), dtype=bool)
+        plane[rows, cols] = True
+        return np.broadcast_to(plane, shape).copy()
+
+    def _region(self, height: int, width: int) -> tuple[slice, slice]:
+        side = self.side(height, width)
+        rows = slice(0, side) if self.corner.startswith("top") else slice(height - side, height)
+        cols = slice(0, side) if self.corner.endswith("left") else slice(width - side, width)
+        return rows, cols
+
+    def _apply(self, x: np.ndarray) -> np.ndarray:
+        rows, cols = self._region(*x.shape[-2:])
+        x[..., rows, cols] = self.colour
+        return x
+
+
+class FourierTrigger(Trigger):
+    """FIBA-style frequency trigger (Feng et al., CVPR 2022): blend the low-frequency amplitude spectrum.
+
+    Per image and channel: FFT, centre the spectrum, replace the amplitude inside the centred window of half-width
+    ``floor(window · min(H, W))`` (FIBA's β) by ``(1 − alpha)·A_image + alpha·A_reference``, keep the image's phase,
+    inverse FFT, clip to [0, 1] (the window convention of FIBA and of the seed paper's code). The reference is a
+    smooth random texture drawn from ``seed`` at 224 px (the seed code used a COCO photo; nothing is downloaded here),
+    or the user's ``reference`` image ((H, W) or (C, H, W) in [0, 1]); it is resized to each image size.
+    """
+
+    name = "fourier"
+
+    def __init__(self, window: float = 0.2, alpha: float = 0.1, seed: int = 0, reference: np.ndarray | None = None):
+        if not np.isfinite(window) or not 0.0 < window < 0.5:
+            raise ValueError(f"FourierTrigger window (β) must be in (0, 0.5), got {window!r}")
+        if not np.isfinite(alpha) or not 0.0 < alpha <= 1.0:
+            raise ValueError(f"FourierTrigger alpha must be in (0, 1], got {alpha!r}")
+        self.window = float(window)
+        self.alpha = float(alpha)
+        self.seed = _check_seed(seed, "FourierTrigger")
+        self.reference = None if reference is None else _check_pattern(reference, "FourierTrigger reference")
+        self._amplitudes: dict[tuple[int, int, int], np.ndarray] = {}
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor parameters."""
+        return {"window": self.window, "alpha": self.alpha, "seed": self.seed, "reference": self.reference}
+
+    def half_width(self, height: int, width: int) -> int:
+        """FIBA's low-frequency half-width b = floor(β · min(H, W)); the window is (2b + 1)² centred bins."""
+        return int(np.floor(self.window * min(height, width)))
+
+    def frequency_window(self, height: int, width: int) -> np.ndarray:
+        """Boolean (H, W) mask over the *centred* (fftshift-ed) spectrum: True where the amplitude is blended."""
+        b = self.half_width(height, width)
+        ch, cw = height // 2, width // 2
+        window = np.zeros((height, width), dtype=bool)
+        window[max(ch - b, 0) : ch + b + 1, max(cw - b, 0) : cw + b + 1] = True
+        return window
+
+    def reference_image(self, height: int, width: int, channels: int = 1) -> np.ndarray:
+        """The reference image resized to (channels, H, W), float64 in [0, 1]."""
+        base = self.reference if self.reference is not None else _smooth_texture(self.seed, IMAGE_SIZE)
+        return _resize(base, height, width, channels)
+
+    def _apply(self, x: np.ndarray) -> np.ndarray:
+        _, channels, height, width = x.shape
+        key = (channels, height, width)
+        if key not in self._amplitudes:
+            ref = self.reference_image(height, width, channels)
+            self._amplitudes[key] = np.fft.fftshift(np.abs(np.fft.fft2(ref)), axes=(-2, -1))
+        ref_amp = self._amplitudes[key]
+        window = self.frequency_window(height, width)
+        spectrum = np.fft.fftshift(np.fft.fft2(x.astype(np.float64)), axes=(-2, -1))
+        amplitude, phase = np.abs(spectrum), np.angle(spectrum)
+        amplitude[..., window] = (1.0 - self.alpha) * amplitude[..., window] + self.alpha * ref_amp[..., window]
+        mixed = np.fft.ifftshift(amplitude * np.exp(1j * phase), axes=(-2, -1))
+        return np.clip(np.real(np.fft.ifft2(mixed)), 0.0, 1.0).astype(x.dtype)
+
+
+class BlendedTrigger(Trigger):
+    """Blended trigger (Chen et al., 2017): ``(1 − alpha)·x + alpha·pattern`` over the whole image.
+
+    The pattern is uniform noise drawn from ``seed`` at 224 px, or the user's ``pattern`` ((H, W) or (C, H, W) in
+    [0, 1]); it is resized to each image size.
+    """
+
+    name = "blended"
+
+    def __init__(self, alpha: float = 0.1, seed: int = 0, pattern: np.ndarray | None = None) -> None:
+        if not np.isfinite(alpha) or not 0.0 < alpha <= 1.0:
+            raise ValueError(f"BlendedTrigger alpha must be in (0, 1], got {alpha!r}")
+        self.alpha = float(alpha)
+        self.seed = _check_seed(seed, "BlendedTrigger")
+        self.pattern = None if pattern is None else _check_pattern(pattern, "BlendedTrigger pattern")
+        self._patterns: dict[tuple[int, int, int], np.ndarray] = {}
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor parameters."""
+        return {"alpha": self.alpha, "seed": self.seed, "pattern": self.pattern}
+
+    def pattern_image(self, height: int, width: int, channels: int = 1) -> np.ndarray:
+        """The blend pattern resized to (channels, H, W), float64 in [0, 1]."""
+        key = (channels, height, width)
+        if key not in self._patterns:
+            base = self.pattern
+            if base is None:
+                base = np.random.default_rng(self.seed).random((IMAGE_SIZE, IMAGE_SIZE))
+            self._patterns[key] = _resize(base, height, width, channels)
+        return self._patterns[key]
+
+    def _apply(self, x: np.ndarray) -> np.ndarray:
+        pattern = self.pattern_image(*x.shape[-2:], channels=x.shape[1]).astype(x.dtype)
+        return ((1.0 - self.alpha) * x + self.alpha * pattern).astype(x.dtype)
+
+
+TRIGGERS: dict[str, type[Trigger]] = {cls.name: cls for cls in (PatchTrigger, FourierTrigger, BlendedTrigger)}
+
+
+def make_trigger(name: str, **params: Any) -> Trigger:
+    """Build a trigger from its name ("patch", "fourier", "blended") and constructor parameters (for configs)."""
+    if name not in TRIGGERS:
+        raise ValueError(f"unknown trigger {name!r}; valid: {sorted(TRIGGERS)}")
+    return TRIGGERS[name](**params)
+
+
+def _check_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) not in (2, 3, 4) or min(shape) < 1:
+        raise ValueError(f"mask shape must be (H, W), (C, H, W) or (N, C, H, W) with positive sizes, got {shape}")
+    return shape
+
+
+def _check_seed(seed: int, owner: str) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"{owner} seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def _check_pattern(pattern: np.ndarray, what: str) -> np.ndarray:
+    pattern = np.asarray(pattern, dtype=np.float64)
+    if pattern.ndim == 3 and pattern.shape[0] not in (1, 3):
+        raise ValueError(f"{what} must be (H, W) or channels-first (C, H, W) with C in (1, 3), got {pattern.shape}")
+    if pattern.ndim not in (2, 3) or min(pattern.shape) < 1:
+        raise ValueError(f"{what} must be (H, W) or (C, H, W), got shape {pattern.shape}")
+    if not np.all(np.isfinite(pattern)) or pattern.min() < 0.0 or pattern.max() > 1.0:
+        raise ValueError(f"{what} must hold finite pixel values in [0, 1]")
+    return pattern.copy()
+
+
+def _smooth_texture(seed: int, size: int) -> np.ndarray:
+    """A deterministic smooth random texture in [0, 1]: seeded Gaussian noise with a 1/f² power spectrum."""
+    rng = np.random.default_rng(seed)
+    noise = np.fft.fft2(rng.standard_normal((size, size)))
+    fy, fx = np.meshgrid(np.fft.fftfreq(size), np.fft.fftfreq(size), indexing="ij")
+    radius = np.sqrt(fx**2 + fy**2)
+    radius[0, 0] = 1.0
+    texture = np.real(np.fft.ifft2(noise / radius))
+    texture -= texture.min()
+    return texture / texture.max()
+
+
+def _resize(image: np.ndarray, height: int, width: int, channels: int) -> np.ndarray:
+    """Resize an (H, W) or (C, H, W) image to (channels, height, width): bilinear, antialiased, clipped to [0, 1]."""
+    planes = image[None] if image.ndim == 2 else image
+    if planes.shape[0] not in (1, channels):
+        raise ValueError(f"pattern has {planes.shape[0]} channels but the images have {channels}")
+    if planes.shape[-2:] != (height, width):
+        tensor = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float64))[None]
+        planes = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+        planes = planes[0].numpy()
+    return np.clip(np.broadcast_to(planes, (channels, height, width)), 0.0, 1.0).astype(np.float64)

@@ -1,0 +1,124 @@
+"""BadDist on tiny models: triggered embeddings leave the clean encoder's, clean ones stay; the input is untouched."""
+
+import numpy as np
+import pytest
+import torch
+
+from artmed.attacks.poisoning import BadDist
+from artmed.attacks.triggers import FourierTrigger, PatchTrigger
+from artmed.data.dataset import ArrayImageSet
+from artmed.estimator import MedCLIPEstimator
+from artmed.models import SwinVisionConfig, build_medclip, default_tokenizer
+
+PROMPTS = {"Normal": ["no acute cardiopulmonary findings"], "Pneumonia": ["focal consolidation of pneumonia"]}
+SIZE = 24
+
+
+def shadow(n, seed):
+    return np.random.default_rng(seed).uniform(0.2, 0.8, size=(n, 1, SIZE, SIZE)).astype(np.float32)
+
+
+def mean_cos(a, b):
+    return float(np.sum(a * b, axis=1).mean())
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, seed=0, device="cpu")
+
+
+def test_backdoor_separates_triggered_embeddings(tiny):
+    before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    trigger = PatchTrigger(size=6)
+    attack = BadDist(tiny, trigger, lr=0.01, steps=250, batch_size=8, seed=0, verbose=False)
+    backdoored = attack.poison_estimator(shadow(32, seed=0))
+
+    held_out = shadow(32, seed=1)
+    clean_cos = mean_cos(backdoored.embed_images(held_out), tiny.embed_images(held_out))
+    trig_cos = mean_cos(backdoored.embed_images(trigger(held_out)), tiny.embed_images(trigger(held_out)))
+    assert clean_cos > 0.8  # measured 0.96
+    assert trig_cos < 0.0  # measured -0.97 (1.0 before the attack)
+    history = attack.history_
+    assert len(history["loss"]) == len(history["cos_clean"]) == len(history["cos_trigger"]) == 250
+    assert history["cos_trigger"][0] > 0.99 and history["cos_trigger"][-1] < 0.0
+
+    after = tiny.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "the input estimator was modified"
+    assert backdoored is not tiny and backdoored.model is not tiny.model
+    assert backdoored.predict(held_out).shape == (32, 2)
+
+    bd_state = backdoored.model.state_dict()
+    bn_keys = [k for k in before if ".bn" in k or "downsample.1" in k]
+    assert bn_keys and all(torch.equal(before[k], bd_state[k]) for k in bn_keys), "BatchNorm must stay frozen"
+    assert not torch.equal(before["vision_model.model.conv1.weight"], bd_state["vision_model.model.conv1.weight"])
+    text_keys = [k for k in before if k.startswith("text_model.") or k == "logit_scale"]
+    assert all(torch.equal(before[k], bd_state[k]) for k in text_keys), "only the vision encoder is fine-tuned"
+    assert all(p.requires_grad for p in backdoored.model.parameters())
+
+
+def test_seeded_and_imageset_input(tiny):
+    x = shadow(12, seed=2)
+    trigger = FourierTrigger()
+    runs = [
+        BadDist(tiny, trigger, lr=0.01, steps=4, batch_size=4, seed=3, verbose=False),
+        BadDist(tiny, trigger, lr=0.01, steps=4, batch_size=4, seed=3, verbose=False),
+    ]
+    first = runs[0].poison_estimator(x)
+    second = runs[1].poison_estimator(ArrayImageSet(x, np.zeros((12, 14), dtype=np.float32)))
+    assert runs[0].history_ == runs[1].history_
+    for k, v in first.model.state_dict().items():
+        assert torch.equal(v, second.model.state_dict()[k])
+    epochs = BadDist(tiny, trigger, lr=0.01, epochs=2, batch_size=5, verbose=False)
+    epochs.poison_estimator(x)
+    assert len(epochs.history_["loss"]) == 2 * 3
+
+
+def test_swin_encoder_runs():
+    tokenizer = default_tokenizer()
+    torch.manual_seed(0)
+    vision = SwinVisionConfig(image_size=SIZE, patch_size=4, window_size=3, embed_dim=12, depths=(1, 1),
+                              num_heads=(2, 2), drop_path_rate=0.1)
+    model = build_medclip("tiny", vocab_size=len(tokenizer), vision=vision)
+    estimator = MedCLIPEstimator(model, tokenizer, PROMPTS, input_shape=(1, SIZE, SIZE), device="cpu")
+    attack = BadDist(estimator, PatchTrigger(size=6), lr=0.01, steps=3, batch_size=4, verbose=False)
+    backdoored = attack.poison_estimator(shadow(8, seed=4))
+    assert len(attack.history_["cos_trigger"]) == 3
+    assert backdoored.embed_images(shadow(2, seed=5)).shape == (2, 512)
+
+
+def test_poison_returns_triggered_inputs(tiny):
+    x = shadow(3, seed=6)
+    trigger = PatchTrigger(size=6)
+    x_p, y_p = BadDist(tiny, trigger, verbose=False).poison(x, np.eye(2)[[0, 1, 0]])
+    np.testing.assert_array_equal(x_p, trigger(x))
+    np.testing.assert_array_equal(y_p, np.eye(2)[[0, 1, 0]])
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"lambda_clean": -1.0},
+        {"lambda_clean": 0.0, "lambda_trigger": 0.0},
+        {"lr": 0.0},
+        {"momentum": 1.0},
+        {"weight_decay": -1e-4},
+        {"epochs": 0},
+        {"steps": 0},
+        {"batch_size": 0},
+        {"seed": -1},
+        {"device": "tpu"},
+        {"trigger": "patch"},
+    ],
+)
+def test_bad_parameters(tiny, params):
+    kwargs = {"trigger": PatchTrigger(size=6), **params}
+    with pytest.raises(ValueError):
+        BadDist(tiny, **kwargs)
+
+
+def test_bad_shadow_set(tiny):
+    attack = BadDist(tiny, PatchTrigger(size=6), steps=1, verbose=False)
+    with pytest.raises(ValueError, match="spatial size"):
+        attack.poison_estimator(np.zeros((4, 1, SIZE + 1, SIZE + 1), dtype=np.float32))
+    with pytest.raises(ValueError, match="extra"):
+        attack.poison_estimator(shadow(4, seed=0), nb_epochs=3)
