@@ -1,1 +1,28 @@
 """Backdoor defenses, their plugin registry and the built-in detectors and mitigations."""
+
+from artmed.defenses import registry
+from artmed.defenses.activation_clustering import ActivationClustering
+from artmed.defenses.art_adapters import ARTActivationClustering, ARTSpectralSignatures
+from artmed.defenses.base import (
+    Defense,
+    DetectionResult,
+    EvaluationContext,
+    MitigationResult,
+    group_labels,
+)
+from artmed.defenses.fine_pruning import FinePruning
+from artmed.defenses.spectral import SpectralSignatures
+
+__all__ = [
+    "ARTActivationClustering",
+    "ARTSpectralSignatures",
+    "ActivationClustering",
+    "Defense",
+    "DetectionResult",
+    "EvaluationContext",
+    "FinePruning",
+    "MitigationResult",
+    "SpectralSignatures",
+    "group_labels",
+    "registry",
+]

@@ -1,0 +1,220 @@
+"""ART's own poison detectors (SpectralSignatureDefense, ActivationDefence) as artmed defenses: the baselines.
+
+ART splits samples by ``argmax(y_train)`` over ``classifier.nb_classes`` and reads the activations of the layer
+listed last in ``classifier.layer_names``. Our label groups are the unique 14-d label rows, so ART is handed a
+one-hot of group ids and a thin view of the estimator (`GroupedActivations`) that reports one class per group
+and serves the chosen layer's activations for the sample indices ART passes around as its ``x_train``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from art.defences.detector.poison import ActivationDefence, SpectralSignatureDefense
+
+from artmed.defenses.base import (
+    DetectionResult,
+    Defense,
+    EvaluationContext,
+    LabelGroups,
+    check_finite,
+    load_images,
+)
+
+Source = Literal["features", "estimator"]
+
+
+class GroupedActivations:
+    """The minimal ART classifier surface the detectors use: ``nb_classes``, ``layer_names``, ``get_activations``.
+
+    ART's ``x_train`` is an array of training-set indices; ``get_activations`` answers with the context's cached
+    features of `layer` (source="features") or by running the estimator's own ``get_activations`` on those
+    images (source="estimator"; the last answer is kept, so asking twice extracts once). It works without an
+    estimator, on precomputed features alone.
+    """
+
+    def __init__(self, context: EvaluationContext, layer: str, nb_classes: int, source: Source) -> None:
+        self.context = context
+        self.layer = layer
+        self.nb_classes = nb_classes
+        self.layer_names = [layer]
+        self.source = source
+        self._last: tuple[bytes, np.ndarray] | None = None
+
+    def get_activations(self, x: np.ndarray, layer: int | str = 0, batch_size: int = 128, framework: bool = False):
+        """Activations of the analysed layer for training indices `x`, as an (len(x), D) array."""
+        if layer not in (0, self.layer):
+            raise ValueError(f"only layer {self.layer!r} (index 0) is exposed to ART, got {layer!r}")
+        idx = np.asarray(x, dtype=np.int64)
+        if self.source == "features":
+            return check_finite(self.context.features(self.layer), self.layer)[idx]
+        if self._last is None or self._last[0] != idx.tobytes():
+            est, images = self.context.estimator, self.context.x_train
+            chunks = [
+                est.get_activations(load_images(images, part), layer=self.layer, batch_size=batch_size)
+                for part in np.array_split(idx, range(batch_size, idx.shape[0], batch_size))
+            ]
+            feats = np.concatenate([np.asarray(c).reshape(len(c), -1) for c in chunks])
+            self._last = (idx.tobytes(), check_finite(feats, self.layer))
+        return self._last[1]
+
+
+class _ARTDetector(Defense):
+    """Shared plumbing: label groups -> ART one-hot classes, run ART, map its is_clean list back to samples."""
+
+    kind = "detection"
+    layer: str
+    source: Source
+    min_group_size: int
+
+    def _check_common(self) -> None:
+        if self.source not in ("features", "estimator"):
+            raise ValueError(f"source must be 'features' or 'estimator', got {self.source!r}")
+        if not isinstance(self.layer, str) or not self.layer:
+            raise ValueError(f"layer must be a non-empty string, got {self.layer!r}")
+        if int(self.min_group_size) != self.min_group_size or self.min_group_size < 1:
+            raise ValueError(f"min_group_size must be a positive integer, got {self.min_group_size!r}")
+
+    def _prepare(self, context: EvaluationContext) -> tuple[LabelGroups, np.ndarray, np.ndarray, GroupedActivations]:
+        if self.source == "estimator" and (context.estimator is None or context.x_train is None):
+            raise ValueError("source='estimator' needs a context with an estimator and x_train")
+        groups = LabelGroups.split(context.y_train, self.min_group_size, self.name)
+        kept = np.flatnonzero(np.isin(groups.ids, [g for g, _ in groups.analysed]))
+        remap = {g: i for i, (g, _) in enumerate(groups.analysed)}
+        onehot = np.zeros((kept.shape[0], max(len(remap), 1)), dtype=np.float32)
+        onehot[np.arange(kept.shape[0]), [remap[g] for g in groups.ids[kept]]] = 1.0
+        return groups, kept, onehot, GroupedActivations(context, self.layer, onehot.shape[1], self.source)
+
+    def _empty(self, groups: LabelGroups) -> DetectionResult:
+        n = groups.ids.shape[0]
+        return self._result(groups, np.zeros(0, np.int64), [], np.zeros(n), {})
+
+    def _result(self, groups: LabelGroups, kept: np.ndarray, is_clean: list[int], scores: np.ndarray, extra: dict):
+        flags = np.zeros(groups.ids.shape[0], dtype=bool)
+        flags[kept] = np.asarray(is_clean) == 0
+        extra = {"layer": self.layer, "source": self.source, "group_names": groups.names,
+                 "skipped_groups": groups.skipped, **extra}
+        return DetectionResult(scores, flags, groups.ids, extra)
+
+
+class ARTSpectralSignatures(_ARTDetector):
+    """ART's SpectralSignatureDefense: flags ``eps_multiplier·expected_pp_poison`` of every label group.
+
+    Scores are ART's per-sample |v·r| (its ``spectral_signature_scores``) divided by their group mean.
+    """
+
+    name = "art_spectral_signatures"
+
+    def __init__(
+        self,
+        expected_pp_poison: float = 0.33,
+        eps_multiplier: float = 1.5,
+        batch_size: int = 128,
+        layer: str = "image_pooled",
+        source: Source = "features",
+        min_group_size: int = 2,
+    ) -> None:
+        self.expected_pp_poison = expected_pp_poison
+        self.eps_multiplier = eps_multiplier
+        self.batch_size = batch_size
+        self.layer = layer
+        self.source = source
+        self.min_group_size = min_group_size
+        self._check_params()
+
+    def _check_params(self) -> None:
+        self._check_common()
+        if not 0.0 <= self.expected_pp_poison <= 1.0:
+            raise ValueError(f"expected_pp_poison must be in [0, 1], got {self.expected_pp_poison!r}")
+        if self.eps_multiplier < 0:
+            raise ValueError(f"eps_multiplier must be >= 0, got {self.eps_multiplier!r}")
+        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+
+    def run(self, context: EvaluationContext) -> DetectionResult:
+        """Run ART's detector on the context's label groups."""
+        groups, kept, onehot, classifier = self._prepare(context)
+        if kept.size == 0:
+            return self._empty(groups)
+        defence = SpectralSignatureDefense(
+            classifier, kept, onehot, self.expected_pp_poison, self.batch_size, self.eps_multiplier
+        )
+        _, is_clean = defence.detect_poison()
+        scores = np.zeros(groups.ids.shape[0])
+        feats = classifier.get_activations(kept)
+        for _, idx in groups.analysed:
+            raw = SpectralSignatureDefense.spectral_signature_scores(feats[np.searchsorted(kept, idx)])[:, 0]
+            scores[idx] = raw / raw.mean() if raw.mean() > 0 else 0.0
+        return self._result(groups, kept, is_clean, scores, {})
+
+
+class ARTActivationClustering(_ARTDetector):
+    """ART's ActivationDefence (PCA to `nb_dims`, one unseeded k-means++ start, "smaller" rule), made
+    reproducible by seeding NumPy's global generator (which scikit-learn's KMeans draws from) around the call.
+
+    ART gives no continuous score, so the flags are the scores. "relative-size" crashes in ART with
+    NumPy >= 2.2 and "silhouette-scores" leaves uninitialised values, so only "smaller" and "distance" are offered.
+    """
+
+    name = "art_activation_clustering"
+
+    def __init__(
+        self,
+        nb_clusters: int = 2,
+        nb_dims: int = 10,
+        reduce: Literal["PCA", "FastICA"] = "PCA",
+        cluster_analysis: Literal["smaller", "distance"] = "smaller",
+        seed: int = 0,
+        layer: str = "image_pooled",
+        source: Source = "features",
+        min_group_size: int = 10,
+    ) -> None:
+        self.nb_clusters = nb_clusters
+        self.nb_dims = nb_dims
+        self.reduce = reduce
+        self.cluster_analysis = cluster_analysis
+        self.seed = seed
+        self.layer = layer
+        self.source = source
+        self.min_group_size = min_group_size
+        self._check_params()
+
+    def _check_params(self) -> None:
+        self._check_common()
+        if int(self.nb_clusters) != self.nb_clusters or self.nb_clusters < 2:
+            raise ValueError(f"nb_clusters must be an integer >= 2, got {self.nb_clusters!r}")
+        if int(self.nb_dims) != self.nb_dims or self.nb_dims < 1:
+            raise ValueError(f"nb_dims must be a positive integer, got {self.nb_dims!r}")
+        if self.reduce not in ("PCA", "FastICA"):
+            raise ValueError(f"reduce must be 'PCA' or 'FastICA', got {self.reduce!r}")
+        if self.cluster_analysis not in ("smaller", "distance"):
+            raise ValueError(
+                f"cluster_analysis must be 'smaller' or 'distance', got {self.cluster_analysis!r} "
+                "(ART 1.20's 'relative-size' fails on NumPy >= 2.2 and 'silhouette-scores' is unreliable)"
+            )
+        if self.min_group_size < max(self.nb_dims, self.nb_clusters):
+            raise ValueError(
+                f"min_group_size ({self.min_group_size}) must be >= nb_dims and nb_clusters: ART's reduction "
+                "fails on groups smaller than nb_dims"
+            )
+
+    def run(self, context: EvaluationContext) -> DetectionResult:
+        """Run ART's detector on the context's label groups with NumPy's global generator seeded."""
+        groups, kept, onehot, classifier = self._prepare(context)
+        if kept.size == 0:
+            return self._empty(groups)
+        defence = ActivationDefence(classifier, kept, onehot)
+        state = np.random.get_state()
+        np.random.seed(self.seed)
+        try:
+            report, is_clean = defence.detect_poison(
+                nb_clusters=self.nb_clusters, nb_dims=self.nb_dims, reduce=self.reduce,
+                cluster_analysis=self.cluster_analysis,
+            )
+        finally:
+            np.random.set_state(state)
+        flags_kept = np.asarray(is_clean) == 0
+        scores = np.zeros(groups.ids.shape[0])
+        scores[kept] = flags_kept
+        return self._result(groups, kept, is_clean, scores, {"art_report": report})

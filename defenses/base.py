@@ -1,0 +1,238 @@
+"""The defense interface: the `Defense` base class, the context a defense runs on and the results it returns.
+
+A defense holds its parameters (set in ``__init__``, checked in one ``_check_params``) and has one verb,
+``run(context)``. Detection defenses return per-sample scores and flags; mitigations return a repaired estimator.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from artmed.constants import CHEXPERT_LABELS, NUM_LABELS
+from artmed.data.dataset import ImageSet
+
+
+def group_labels(y: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Group samples by their label row: returns (group id per sample, one readable name per group).
+
+    Rows of a (N, 14) CheXpert matrix are grouped by their exact value (the "class" of SS/AC); a 1-D array of
+    class ids is grouped by value. Names list the positive findings ("Edema+Pleural Effusion"), uncertain ones
+    with a "?", and "none" for an all-zero row. Groups are numbered in sorted order of their rows.
+    """
+    arr = np.asarray(y)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise ValueError(f"labels must be a non-empty (N,) or (N, K) array, got shape {np.shape(y)}")
+    rows, ids = np.unique(arr, axis=0, return_inverse=True)
+    return ids.reshape(-1).astype(np.int64), [_group_name(row) for row in rows]
+
+
+def _group_name(row: np.ndarray) -> str:
+    if row.shape[0] != NUM_LABELS:
+        return str(row[0].item()) if row.shape[0] == 1 else str(row.tolist())
+    parts = [name for name, v in zip(CHEXPERT_LABELS, row) if v == 1]
+    parts += [f"{name}?" for name, v in zip(CHEXPERT_LABELS, row) if v == -1]
+    return "+".join(parts) if parts else "none"
+
+
+@dataclass
+class LabelGroups:
+    """Samples split by label group: the groups large enough to analyse and a record of those skipped."""
+
+    ids: np.ndarray
+    names: list[str]
+    analysed: list[tuple[int, np.ndarray]]
+    skipped: list[dict[str, Any]]
+
+    @classmethod
+    def split(cls, y: np.ndarray, min_size: int, defense: str) -> LabelGroups:
+        """Group `y` with `group_labels`; groups under `min_size` samples are skipped and warned about once."""
+        ids, names = group_labels(y)
+        analysed, skipped = [], []
+        for g in range(len(names)):
+            idx = np.flatnonzero(ids == g)
+            if idx.shape[0] >= min_size:
+                analysed.append((g, idx))
+            else:
+                skipped.append({"group": names[g], "size": int(idx.shape[0])})
+        if skipped:
+            warnings.warn(
+                f"{defense}: {len(skipped)} label group(s) with fewer than {min_size} samples "
+                f"({sum(s['size'] for s in skipped)} samples) are never flagged; see result.extra['skipped_groups']",
+                stacklevel=3,
+            )
+        return cls(ids, names, analysed, skipped)
+
+
+def check_finite(features: np.ndarray, layer: str) -> np.ndarray:
+    """Return `features` flattened to (N, D); NaN/inf rows raise a ValueError saying how many rows are bad."""
+    arr = np.asarray(features)
+    if arr.ndim < 2:
+        raise ValueError(f"features of layer {layer!r} must be (N, D, ...), got shape {arr.shape}")
+    arr = arr.reshape(arr.shape[0], -1)
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"features of layer {layer!r} contain NaN or infinite values in {int(bad.sum())} of {arr.shape[0]} rows "
+            f"(first: row {int(np.flatnonzero(bad)[0])})"
+        )
+    return arr
+
+
+@dataclass
+class EvaluationContext:
+    """Everything a defense may use: the (possibly backdoored) estimator, its training data and test sets.
+
+    `estimator` may be None for feature-only use (then `feature_fn` or `feature_cache` must supply features).
+    `x_train` is an (N, 1, H, W) array or an ImageSet, `y_train` its (N, 14) labels, `poison_mask` the ground
+    truth (True = poisoned) when known. `texts`/`text_labels` are the unpaired text pool. The test side holds clean
+    and triggered images of one zero-shot `task` with their integer `targets` and the attack's `target_class`.
+    `x_clean`/`y_clean` is a small clean set the defender owns (fine-pruning). `features(layer)` extracts
+    activations once and caches them (share `feature_cache` between contexts of the same model).
+    """
+
+    estimator: Any = None
+    x_train: np.ndarray | ImageSet | None = None
+    y_train: np.ndarray | None = None
+    poison_mask: np.ndarray | None = None
+    texts: list[str] | None = None
+    text_labels: np.ndarray | None = None
+    x_test: np.ndarray | ImageSet | None = None
+    x_test_triggered: np.ndarray | ImageSet | None = None
+    test_targets: np.ndarray | None = None
+    target_class: int | None = None
+    task: Any = None
+    x_clean: np.ndarray | ImageSet | None = None
+    y_clean: np.ndarray | None = None
+    seed: int = 0
+    batch_size: int = 64
+    feature_fn: Callable[[str], np.ndarray] | None = None
+    feature_cache: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = None if self.y_train is None else len(self.y_train)
+        if self.x_train is not None and n is not None and len(self.x_train) != n:
+            raise ValueError(f"x_train has {len(self.x_train)} samples but y_train has {n} rows")
+        if self.poison_mask is not None:
+            mask = np.asarray(self.poison_mask)
+            if mask.ndim != 1 or (n is not None and mask.shape[0] != n):
+                raise ValueError(f"poison_mask must have shape ({n},), got {mask.shape}")
+            self.poison_mask = mask.astype(bool)
+
+    @property
+    def n_train(self) -> int:
+        """Number of training samples."""
+        if self.y_train is None:
+            raise ValueError("the context has no y_train")
+        return len(self.y_train)
+
+    def features(self, layer: str) -> np.ndarray:
+        """Activations of `layer` for every training sample as (N, D), computed once and cached."""
+        if layer not in self.feature_cache:
+            if self.feature_fn is not None:
+                feats = self.feature_fn(layer)
+            elif self.estimator is not None and self.x_train is not None:
+                feats = self._extract(layer)
+            else:
+                raise ValueError(
+                    f"cannot compute features of layer {layer!r}: the context has no feature_fn, "
+                    "no cached features and no estimator with x_train"
+                )
+            feats = np.asarray(feats)
+            feats = feats.reshape(feats.shape[0], -1)
+            if self.y_train is not None and feats.shape[0] != self.n_train:
+                raise ValueError(f"features of layer {layer!r} have {feats.shape[0]} rows, expected {self.n_train}")
+            self.feature_cache[layer] = feats
+        return self.feature_cache[layer]
+
+    def _extract(self, layer: str) -> np.ndarray:
+        """Stream the images through the estimator batch by batch into one preallocated (N, D) array (no list of
+        batches to concatenate, which would hold the features twice)."""
+        n = len(self.x_train)
+        if n == 0:
+            raise ValueError("cannot extract features: x_train is empty")
+        feats: np.ndarray | None = None
+        for start in tqdm(range(0, n, self.batch_size), desc=f"features {layer}", leave=False):
+            stop = min(start + self.batch_size, n)
+            batch = np.asarray(
+                self.estimator.get_activations(
+                    load_images(self.x_train, np.arange(start, stop)), layer=layer, batch_size=self.batch_size
+                )
+            )
+            batch = batch.reshape(batch.shape[0], -1)
+            if feats is None:
+                feats = np.empty((n, batch.shape[1]), dtype=batch.dtype)
+            feats[start:stop] = batch
+        return feats
+
+
+def load_images(images: np.ndarray | ImageSet, indices: np.ndarray) -> np.ndarray:
+    """Images at `indices` from an array or an ImageSet, as an (B, C, H, W) float32 array."""
+    if isinstance(images, ImageSet):
+        return images.get_batch(indices)
+    return np.asarray(images[indices], dtype=np.float32)
+
+
+@dataclass
+class DetectionResult:
+    """Per-sample suspicion: continuous `scores` (higher = more suspicious, for AUROC) and boolean `flags`."""
+
+    scores: np.ndarray
+    flags: np.ndarray
+    groups: np.ndarray | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.scores = np.asarray(self.scores, dtype=np.float64)
+        self.flags = np.asarray(self.flags, dtype=bool)
+        if self.scores.ndim != 1 or self.flags.shape != self.scores.shape:
+            raise ValueError(f"scores {self.scores.shape} and flags {self.flags.shape} must both be (N,)")
+        if self.groups is not None and np.shape(self.groups) != self.scores.shape:
+            raise ValueError(f"groups {np.shape(self.groups)} must match scores {self.scores.shape}")
+
+    @property
+    def removed_share(self) -> float:
+        """Share of the training set flagged (and so removed)."""
+        return float(self.flags.mean()) if self.flags.size else 0.0
+
+
+@dataclass
+class MitigationResult:
+    """A repaired estimator with the step-by-step history (one dict per step, e.g. CA/ASR)."""
+
+    estimator: Any
+    history: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Defense(ABC):
+    """A backdoor defense: parameters in ``__init__`` (checked by ``_check_params``), one verb ``run``."""
+
+    name: ClassVar[str]
+    kind: ClassVar[Literal["detection", "mitigation"]]
+
+    @abstractmethod
+    def _check_params(self) -> None:
+        """Raise ValueError naming the first invalid parameter."""
+
+    @abstractmethod
+    def run(self, context: EvaluationContext) -> DetectionResult | MitigationResult:
+        """Apply the defense to `context`."""
+
+    def get_params(self) -> dict[str, Any]:
+        """The ``__init__`` parameters and their current values (recorded with every result)."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {p: getattr(self, p) for p in names}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"

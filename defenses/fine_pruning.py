@@ -1,0 +1,196 @@
+"""Fine-pruning (Liu et al., 2018) for MedCLIP: prune the vision encoder's least active last-stage channels while
+clean zero-shot accuracy holds, then fine-tune on clean unpaired data with the MedCLIP loss.
+
+A last-stage channel reaches the embedding only through global average pooling and the linear projection, so a
+channel is pruned by zeroing its column of the projection (``fc`` of the ResNet, ``projection_head`` of the Swin):
+exact, kept by ``save``/``clone``, and held at zero during fine-tuning by masking that column's gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from artmed.defenses.base import Defense, EvaluationContext, MitigationResult, load_images
+from artmed.models.vision import ResNetVisionEncoder, SwinVisionEncoder
+
+
+def last_stage_parts(model: nn.Module) -> tuple[nn.Linear, tuple[int, ...]]:
+    """The projection whose input columns are the last-stage channels, and the axes to average activations over
+    ((0, 2, 3) for a ResNet's (B, C, h, w) map, (0, 1) for a Swin's (B, L, C) tokens)."""
+    vision = getattr(model, "vision_model", None)
+    if isinstance(vision, ResNetVisionEncoder):
+        return vision.model.fc, (0, 2, 3)
+    if isinstance(vision, SwinVisionEncoder):
+        return vision.projection_head, (0, 1)
+    raise ValueError(f"fine-pruning supports ResNet and Swin MedCLIP vision encoders, got {type(vision).__name__}")
+
+
+class FinePruning(Defense):
+    """Prune the least active last-stage channels in steps of `prune_step` (share of channels, up to
+    `max_prune`) until clean validation accuracy falls more than `tolerance` below the unpruned model's (that
+    last step is undone), then fine-tune `finetune_steps` steps on ``context.x_clean`` with the MedCLIP loss.
+
+    Channels are ranked by mean absolute activation on the validation images (= mean activation for the ResNet's
+    post-ReLU map). Validation is a seeded `val_share` of the clean test set (``x_test``/``test_targets``); the
+    history's CA/ASR per step are measured on the other test images (and their triggered copies), so the
+    stopping rule never sees the images it is scored on. Works on a clone; the context's estimator is untouched.
+    """
+
+    name = "fine_pruning"
+    kind = "mitigation"
+
+    def __init__(
+        self,
+        prune_step: float = 0.05,
+        max_prune: float = 0.9,
+        tolerance: float = 0.05,
+        finetune_steps: int = 100,
+        lr: float = 2e-5,
+        batch_size: int = 32,
+        val_share: float = 0.5,
+        seed: int = 0,
+        verbose: bool = False,
+    ) -> None:
+        self.prune_step = prune_step
+        self.max_prune = max_prune
+        self.tolerance = tolerance
+        self.finetune_steps = finetune_steps
+        self.lr = lr
+        self.batch_size = batch_size
+        self.val_share = val_share
+        self.seed = seed
+        self.verbose = verbose
+        self._check_params()
+
+    def _check_params(self) -> None:
+        if not 0.0 < self.prune_step <= 1.0:
+            raise ValueError(f"prune_step must be in (0, 1], got {self.prune_step!r}")
+        if not self.prune_step <= self.max_prune < 1.0:
+            raise ValueError(f"max_prune must be in [prune_step, 1), got {self.max_prune!r}")
+        if not 0.0 <= self.tolerance <= 1.0:
+            raise ValueError(f"tolerance must be in [0, 1], got {self.tolerance!r}")
+        if int(self.finetune_steps) != self.finetune_steps or self.finetune_steps < 0:
+            raise ValueError(f"finetune_steps must be a non-negative integer, got {self.finetune_steps!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not 0.0 < self.val_share < 1.0:
+            raise ValueError(f"val_share must be in (0, 1), got {self.val_share!r}")
+
+    def run(self, context: EvaluationContext) -> MitigationResult:
+        """Return a pruned and fine-tuned clone of ``context.estimator`` with CA/ASR after every step."""
+        self._check_context(context)
+        targets = np.asarray(context.test_targets)
+        rng = np.random.default_rng(np.random.SeedSequence([int(self.seed), 2]))
+        order = rng.permutation(targets.shape[0])
+        n_val = min(max(1, int(round(self.val_share * targets.shape[0]))), targets.shape[0] - 1)
+        val_idx, report_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        x_val, t_val = load_images(context.x_test, val_idx), targets[val_idx]
+
+        repaired = context.estimator.clone()
+        projection, axes = last_stage_parts(repaired.model)
+        original = projection.weight.detach().clone()
+        ranking = self._rank_channels(repaired, x_val, axes)
+        n_channels = ranking.shape[0]
+
+        base_val = _accuracy(repaired, x_val, t_val)
+        history = [self._record(repaired, context, report_idx, "prune", 0, n_channels, base_val)]
+        n_kept = 0
+        for k in range(1, int(np.floor(self.max_prune / self.prune_step + 1e-9)) + 1):
+            n = int(round(k * self.prune_step * n_channels))
+            if n <= n_kept:
+                continue
+            with torch.no_grad():
+                projection.weight[:, ranking[:n]] = 0.0
+            val = _accuracy(repaired, x_val, t_val)
+            history.append(self._record(repaired, context, report_idx, "prune", n, n_channels, val))
+            if base_val - val > self.tolerance:
+                with torch.no_grad():
+                    projection.weight[:, ranking[n_kept:n]] = original[:, ranking[n_kept:n]]
+                break
+            n_kept = n
+        pruned = ranking[:n_kept]
+        extra: dict[str, Any] = {
+            "n_channels": n_channels, "n_pruned": n_kept, "pruned_share": n_kept / n_channels,
+            "pruned_channels": pruned, "val_accuracy_before": base_val, "val_indices": val_idx,
+            "report_indices": report_idx, "params": self.get_params(),
+        }
+        if self.finetune_steps:
+            fit_history = self._fine_tune(repaired, projection, pruned, context)
+            val = _accuracy(repaired, x_val, t_val)
+            history.append(self._record(repaired, context, report_idx, "finetune", n_kept, n_channels, val))
+            extra["finetune_loss"] = fit_history.get("loss", [])
+        return MitigationResult(repaired, history, extra)
+
+    def _check_context(self, context: EvaluationContext) -> None:
+        if context.estimator is None:
+            raise ValueError("fine_pruning needs context.estimator, the model to repair")
+        if context.x_test is None or context.test_targets is None:
+            raise ValueError("fine_pruning needs context.x_test and context.test_targets (clean validation data)")
+        if len(context.test_targets) < 2 or len(context.x_test) != len(context.test_targets):
+            raise ValueError(
+                f"fine_pruning needs >= 2 clean test images with one target each, got {len(context.x_test)} "
+                f"images and {len(context.test_targets)} targets"
+            )
+        if self.finetune_steps:
+            if context.x_clean is None or _clean_labels(context) is None:
+                raise ValueError(
+                    "fine_pruning fine-tunes on context.x_clean with labels y_clean (N, 14) (or an ImageSet's "
+                    "labels); give them or set finetune_steps=0"
+                )
+            if context.texts is None or context.text_labels is None:
+                raise ValueError("fine_pruning needs context.texts and context.text_labels to fine-tune")
+
+    def _rank_channels(self, estimator: Any, x_val: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+        """Channel indices sorted from least to most active (mean |activation| over the validation images)."""
+        total = None
+        for start in range(0, x_val.shape[0], self.batch_size):
+            acts = estimator.get_activations(x_val[start : start + self.batch_size], "vision_last_stage",
+                                             batch_size=self.batch_size)
+            part = np.abs(acts).astype(np.float64).sum(axis=axes)
+            total = part if total is None else total + part
+        return np.argsort(total, kind="stable")
+
+    def _record(self, estimator: Any, context: EvaluationContext, report_idx: np.ndarray, stage: str, n: int,
+                n_channels: int, val_accuracy: float) -> dict[str, Any]:
+        from artmed.evaluations.scoring import score_estimator
+
+        triggered = None
+        if context.x_test_triggered is not None:
+            triggered = load_images(context.x_test_triggered, report_idx)
+        scores = score_estimator(estimator, load_images(context.x_test, report_idx),
+                                 np.asarray(context.test_targets)[report_idx], triggered, context.target_class,
+                                 batch_size=self.batch_size)
+        return {"stage": stage, "n_pruned": n, "pruned_share": n / n_channels, "val_ca": val_accuracy, **scores}
+
+    def _fine_tune(self, estimator: Any, projection: nn.Linear, pruned: np.ndarray,
+                   context: EvaluationContext) -> dict[str, list[float]]:
+        mask = torch.ones_like(projection.weight)
+        mask[:, pruned] = 0.0
+        handle = projection.weight.register_hook(lambda grad: grad * mask)
+        try:
+            history = estimator.fit(
+                context.x_clean, _clean_labels(context), texts=context.texts, text_labels=context.text_labels,
+                batch_size=self.batch_size, steps=int(self.finetune_steps), lr=self.lr, seed=self.seed,
+                verbose=self.verbose,
+            )
+        finally:
+            handle.remove()
+        with torch.no_grad():
+            projection.weight.mul_(mask)
+        return history
+
+
+def _clean_labels(context: EvaluationContext) -> np.ndarray | None:
+    if context.y_clean is not None:
+        return np.asarray(context.y_clean)
+    return getattr(context.x_clean, "labels", None)
+
+
+def _accuracy(estimator: Any, x: np.ndarray, targets: np.ndarray) -> float:
+    return float((estimator.predict(x).argmax(axis=1) == targets).mean())

@@ -1,0 +1,100 @@
+"""Spectral signatures (Tran et al., 2018): flag the samples of each label group that project most on its top
+singular direction; torch on the chosen device, with an ART-compatible mode that reproduces ART's flags."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+from artmed.defenses.base import DetectionResult, Defense, EvaluationContext, LabelGroups, check_finite
+from artmed.defenses.decomposition import principal_directions
+from artmed.device import resolve_device
+
+
+class SpectralSignatures(Defense):
+    """Per label group: top right singular vector v of the centred features; flag the top `removal_share`·`eps`.
+
+    mode="centered" (the paper): score = squared projection of the centred features on v; the top
+    floor(removal_share·eps·n) samples of each group are flagged. mode="art" (ART's SpectralSignatureDefense):
+    score = |v·r| of the *uncentred* features r, flagged where score >= the (1 - removal_share·eps) quantile,
+    so flags equal ART's with ``expected_pp_poison=eps, eps_multiplier=removal_share``. Returned scores are
+    divided by their group mean so they compare across groups (raw ones are in ``extra["raw_scores"]``).
+    Groups under `min_group_size` samples are never flagged (ART would flag a singleton group).
+    """
+
+    name = "spectral_signatures"
+    kind = "detection"
+
+    def __init__(
+        self,
+        eps: float = 0.05,
+        removal_share: float = 1.5,
+        layer: str = "image_pooled",
+        mode: Literal["centered", "art"] = "centered",
+        device: str = "auto",
+        min_group_size: int = 2,
+    ) -> None:
+        self.eps = eps
+        self.removal_share = removal_share
+        self.layer = layer
+        self.mode = mode
+        self.device = device
+        self.min_group_size = min_group_size
+        self._check_params()
+
+    def _check_params(self) -> None:
+        if not 0.0 < self.eps <= 1.0:
+            raise ValueError(f"eps must be in (0, 1], got {self.eps!r}")
+        if self.removal_share <= 0:
+            raise ValueError(f"removal_share must be positive, got {self.removal_share!r}")
+        if self.mode not in ("centered", "art"):
+            raise ValueError(f"mode must be 'centered' or 'art', got {self.mode!r}")
+        if not isinstance(self.layer, str) or not self.layer:
+            raise ValueError(f"layer must be a non-empty string, got {self.layer!r}")
+        if int(self.min_group_size) != self.min_group_size or self.min_group_size < 2:
+            raise ValueError(f"min_group_size must be an integer >= 2, got {self.min_group_size!r}")
+        resolve_device(self.device)
+
+    def run(self, context: EvaluationContext) -> DetectionResult:
+        """Score and flag every training sample of `context` from its `layer` features."""
+        feats = check_finite(context.features(self.layer), self.layer)
+        groups = LabelGroups.split(context.y_train, self.min_group_size, self.name)
+        device = resolve_device(self.device)
+        share = self.removal_share * self.eps
+        raw = np.zeros(feats.shape[0])
+        scores = np.zeros(feats.shape[0])
+        flags = np.zeros(feats.shape[0], dtype=bool)
+        per_group = []
+        for g, idx in groups.analysed:
+            x = torch.as_tensor(feats[idx], dtype=torch.float64, device=device)
+            score, top_eigenvalue = self._group_scores(x)
+            flags[idx] = self._flag(score, share)
+            raw[idx] = score
+            mean = score.mean()
+            scores[idx] = score / mean if mean > 0 else 0.0
+            per_group.append(
+                {"group": groups.names[g], "size": int(idx.shape[0]), "flagged": int(flags[idx].sum()),
+                 "top_eigenvalue": top_eigenvalue}
+            )
+        extra = {"layer": self.layer, "mode": self.mode, "group_names": groups.names, "per_group": per_group,
+                 "skipped_groups": groups.skipped, "raw_scores": raw}
+        return DetectionResult(scores, flags, groups.ids, extra)
+
+    def _group_scores(self, x: torch.Tensor) -> tuple[np.ndarray, float]:
+        centered = x - x.mean(0)
+        direction, eigenvalue = principal_directions(centered, 1)
+        if self.mode == "art":
+            score = (x @ direction).abs().squeeze(1)
+        else:
+            score = (centered @ direction).squeeze(1) ** 2
+        return score.cpu().numpy(), float(eigenvalue[0])
+
+    def _flag(self, score: np.ndarray, share: float) -> np.ndarray:
+        if self.mode == "art":
+            return score >= np.quantile(score, max(1.0 - share, 0.0))
+        n_flag = min(int(np.floor(share * score.shape[0] + 1e-9)), score.shape[0])
+        flags = np.zeros(score.shape[0], dtype=bool)
+        flags[np.argsort(-score, kind="stable")[:n_flag]] = True
+        return flags
