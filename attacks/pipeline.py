@@ -1,0 +1,109 @@
+"""The seed paper's four settings, one spec away each: clean, BadMatch, BadDist, BadDist-assisted BadMatch.
+
+The victim trains MedCLIP *unpaired* on (possibly poisoned) images and an untouched text pool, starting from a
+base model. BadDist is the supply-chain step: the attacker fine-tunes the base vision encoder on a shadow set
+before the victim's training; BadMatch is the data step: triggered, relabelled training images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from artmed.attacks.poisoning.bad_dist import BadDist
+from artmed.attacks.poisoning.bad_match import BadMatch
+from artmed.attacks.triggers import Trigger, make_trigger
+from artmed.constants import CHEXPERT_LABELS
+
+ATTACKS: tuple[str, ...] = ("clean", "badmatch", "baddist", "baddist_badmatch")
+
+
+@dataclass
+class AttackSpec:
+    """What to run: the attack setting, its trigger, poison rate, target, seed and BadDist hyper-parameters."""
+
+    attack: str = "clean"
+    trigger: str = "patch"
+    trigger_params: dict[str, Any] = field(default_factory=dict)
+    percent_poison: float = 0.01
+    target: str = "No Finding"
+    seed: int = 0
+    baddist_params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.attack not in ATTACKS:
+            raise ValueError(f"unknown attack {self.attack!r}; valid: {list(ATTACKS)}")
+        if self.target not in CHEXPERT_LABELS:
+            raise ValueError(f"unknown target class {self.target!r}; valid: {list(CHEXPERT_LABELS)}")
+        if self.uses_badmatch and not 0.0 < self.percent_poison <= 1.0:
+            raise ValueError(f"percent_poison must be in (0, 1], got {self.percent_poison}")
+        make_trigger(self.trigger, **self.trigger_params)
+
+    @property
+    def uses_badmatch(self) -> bool:
+        return self.attack in ("badmatch", "baddist_badmatch")
+
+    @property
+    def uses_baddist(self) -> bool:
+        return self.attack in ("baddist", "baddist_badmatch")
+
+    @property
+    def key(self) -> str:
+        """A short, file-name-safe identifier of this setting."""
+        if self.attack == "clean":
+            return f"clean-s{self.seed}"
+        rate = f"-p{self.percent_poison:g}" if self.uses_badmatch else ""
+        return f"{self.attack}-{self.trigger}{rate}-s{self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class AttackOutcome:
+    """The victim's trained estimator, the training set it saw and the ground truth of which rows are poisoned."""
+
+    spec: AttackSpec
+    estimator: Any
+    x_train: np.ndarray
+    y_train: np.ndarray
+    poison_mask: np.ndarray
+    trigger: Trigger
+    history: dict[str, Any]
+
+
+def run_attack(spec: AttackSpec, base_estimator: Any, x: np.ndarray, y: np.ndarray, texts: list[str],
+               text_labels: np.ndarray, fit_params: dict[str, Any] | None = None,
+               x_shadow: np.ndarray | None = None, keep: np.ndarray | None = None) -> AttackOutcome:
+    """Run one setting from ``base_estimator`` (left untouched) and return the victim's trained model.
+
+    ``x_shadow`` is the attacker's clean shadow set for BadDist (default: a seeded quarter of ``x``, at most 512).
+    ``keep`` (a boolean row mask) drops rows of the poisoned training set before training — a defender's filter.
+    """
+    trigger = make_trigger(spec.trigger, **spec.trigger_params)
+    estimator = base_estimator.clone()
+    history: dict[str, Any] = {}
+    if spec.uses_baddist:
+        if x_shadow is None:
+            rng = np.random.default_rng(spec.seed)
+            x_shadow = x[np.sort(rng.choice(len(x), size=min(512, max(1, len(x) // 4)), replace=False))]
+        verbose = (fit_params or {}).get("verbose", True)
+        bad_dist = BadDist(estimator, trigger, seed=spec.seed, **{"verbose": verbose, **spec.baddist_params})
+        estimator = bad_dist.poison_estimator(x_shadow)
+        history["baddist"] = getattr(bad_dist, "history_", {})
+    poison_mask = np.zeros(len(x), dtype=bool)
+    x_train, y_train = x, y
+    if spec.uses_badmatch:
+        bad_match = BadMatch(trigger, target=spec.target, percent_poison=spec.percent_poison, seed=spec.seed)
+        x_train, y_train = bad_match.poison(x, y)
+        poison_mask = bad_match.poison_mask_
+    if keep is not None:
+        keep = np.asarray(keep)
+        if keep.dtype != bool or keep.shape != (len(x),):
+            raise ValueError(f"keep must be a boolean mask of shape ({len(x)},), got {keep.dtype} {keep.shape}")
+        x_train, y_train = x_train[keep], y_train[keep]
+    params = {"seed": spec.seed, **(fit_params or {})}
+    history["fit"] = estimator.fit(x_train, y_train, texts=texts, text_labels=text_labels, **params)
+    return AttackOutcome(spec, estimator, x_train, y_train, poison_mask, trigger, history)

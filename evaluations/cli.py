@@ -1,0 +1,95 @@
+"""The ``artmed`` command line: ``run`` (the study), ``defenses`` (installed plugins), ``label``, ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _run(args: argparse.Namespace) -> int:
+    from artmed.evaluations.config import StudyConfig
+    from artmed.evaluations.study import default_config, quick_config, run_study, summary, sweep_config
+
+    if args.config:
+        config = StudyConfig.from_yaml(args.config)
+        if args.output:
+            config.output_dir = args.output
+    else:
+        preset = {"default": default_config, "sweep": sweep_config, "quick": quick_config}[args.preset]
+        default_output = "artmed-output" if args.preset == "default" else f"artmed-{args.preset}"
+        config = preset(args.output or default_output, seed=args.seed)
+    if args.device:
+        config.device = args.device
+    result, paths = run_study(config, verbose=not args.quiet)
+    print(summary(result))
+    print(f"\nTables and figures in {result.output_dir}/ (models.csv, defenses.csv, figures/)")
+    return 0
+
+
+def _defenses(args: argparse.Namespace) -> int:
+    from artmed.defenses import registry
+
+    classes, errors = registry.load_all()
+    for name, cls in classes.items():
+        doc = (cls.__doc__ or "").strip().splitlines()
+        print(f"{name:28s} {cls.kind:10s} {cls.__module__}.{cls.__qualname__}  {doc[0] if doc else ''}")
+    for name, error in errors.items():
+        print(f"{name:28s} BROKEN     {error}")
+    return 0
+
+
+def _label(args: argparse.Namespace) -> int:
+    from artmed.data.labeler import main as label_main
+
+    return label_main(args.rest)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from artmed.evaluations.bench import main as bench_main
+
+    return bench_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="artmed", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run the attack + defense study (default: the built-in CPU study)")
+    run.add_argument("--config", help="a YAML study config (see artmed.evaluations.config.StudyConfig)")
+    run.add_argument("--preset", choices=["default", "sweep", "quick"], default="default",
+                     help="built-in study when no --config: default (minutes), sweep (poison-rate grid), quick")
+    run.add_argument("--output", help="output folder (finished cells there are reused: runs resume)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (default: the config's, auto)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=_run)
+    defenses = sub.add_parser("defenses", help="list the installed defense plugins")
+    defenses.set_defaults(func=_defenses)
+    label = sub.add_parser("label", help="write MedCLIP's sentence-label.csv from reports (artmed label SRC OUT.csv)",
+                           add_help=False)
+    label.add_argument("rest", nargs=argparse.REMAINDER)
+    label.set_defaults(func=_label)
+    bench = sub.add_parser("bench", help="benchmarks against ART (artmed bench --help)", add_help=False)
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``artmed`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = ["run"]
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return 2
+    try:
+        return args.func(args)
+    except ValueError as exc:
+        print(f"artmed: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

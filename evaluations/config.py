@@ -1,0 +1,133 @@
+"""The study configuration: one dataclass tree (YAML-loadable) that says what the harness runs.
+
+Unknown keys and bad values raise a ``ValueError`` naming the field, so a typo in a YAML file never silently
+falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from artmed.attacks.pipeline import AttackSpec
+
+
+@dataclass
+class DataConfig:
+    """The built-in phantom data: sizes and resolution (the default study's data)."""
+
+    n_train: int = 2000
+    n_test: int = 200
+    n_shadow: int = 256
+    image_size: int = 64
+    n_texts: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_test", "n_shadow", "image_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"data.{name} must be a positive integer, got {getattr(self, name)!r}")
+
+
+@dataclass
+class TrainConfig:
+    """Unpaired MedCLIP training: steps, batch size and optimiser settings (passed to ``estimator.fit``)."""
+
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup: float = 0.1
+
+    def __post_init__(self) -> None:
+        if int(self.steps) < 1 or int(self.batch_size) < 1:
+            raise ValueError(f"train steps and batch_size must be positive, got {self.steps}, {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"train.lr must be positive, got {self.lr}")
+
+    def fit_params(self) -> dict[str, Any]:
+        return {"steps": int(self.steps), "batch_size": int(self.batch_size), "lr": float(self.lr),
+                "weight_decay": float(self.weight_decay), "warmup": float(self.warmup)}
+
+
+@dataclass
+class DefenseSpec:
+    """One defense to run: its registered name and constructor parameters."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    retrain: bool = False
+
+
+@dataclass
+class StudyConfig:
+    """The whole study: data, the clean pre-training of the base model, the attacked trainings, the defenses."""
+
+    seed: int = 0
+    task: str = "rsna_like"
+    output_dir: str = "artmed-output"
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=150))
+    attacks: list[AttackSpec] = field(default_factory=lambda: [AttackSpec("clean")])
+    defenses: list[DefenseSpec] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        keys = [a.key for a in self.attacks]
+        duplicates = sorted({k for k in keys if keys.count(k) > 1})
+        if duplicates:
+            raise ValueError(f"attacks listed twice: {duplicates}")
+        names = [d.name for d in self.defenses]
+        if len(set(names)) != len(names):
+            raise ValueError(f"defenses listed twice: {sorted({n for n in names if names.count(n) > 1})}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> StudyConfig:
+        """Build from plain data (e.g. parsed YAML); unknown keys raise a ValueError naming them."""
+        return _build(cls, raw, "config")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> StudyConfig:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"cannot read study config {path}: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ValueError(f"study config {path} must be a mapping, got {type(raw).__name__}")
+        return cls.from_dict(raw)
+
+
+_NESTED = {"data": DataConfig, "pretrain": TrainConfig, "train": TrainConfig}
+_LISTS = {"attacks": AttackSpec, "defenses": DefenseSpec}
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if isinstance(raw, str) and cls is DefenseSpec:
+        raw = {"name": raw}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(raw).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; valid: {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if cls is StudyConfig and key in _NESTED:
+            value = _build(_NESTED[key], value, f"{where}.{key}")
+        elif cls is StudyConfig and key in _LISTS:
+            if not isinstance(value, list):
+                raise ValueError(f"{where}.{key} must be a list, got {type(value).__name__}")
+            value = [_build(_LISTS[key], item, f"{where}.{key}[{i}]") for i, item in enumerate(value)]
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"{where}: {exc}") from exc

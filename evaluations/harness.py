@@ -1,0 +1,263 @@
+"""The evaluation harness: config -> base model -> every attack -> zero-shot metrics -> every defense -> table.
+
+Each finished cell (the base model, one attacked model, one defense on one attacked model) is written atomically
+under ``output_dir/cells`` and skipped when the study is re-run, so an interrupted run resumes where it stopped
+(failed defense cells are retried). A cell computed under other settings is never reused: a ValueError names them.
+Trained models are saved under ``output_dir/models``; features are extracted once per model and shared by all its
+defenses. A defense that raises is recorded as failed in the table and the study goes on.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from artmed.attacks.pipeline import AttackOutcome, AttackSpec, run_attack
+from artmed.attacks.triggers import make_trigger
+from artmed.data.default import make_default_dataset
+from artmed.defenses import registry
+from artmed.defenses.base import DetectionResult, EvaluationContext
+from artmed.estimator import MedCLIPEstimator
+from artmed.evaluations.config import DefenseSpec, StudyConfig
+from artmed.evaluations.metrics import defense_effectiveness_rating, detection_metrics
+from artmed.evaluations.resources import measure
+from artmed.evaluations.scoring import score_estimator, target_index
+from artmed.evaluations.store import ResultStore, to_jsonable
+
+MODEL_FIELDS = ("ca", "precision", "recall", "f1", "asr", "asr_all", "ra")
+
+
+@dataclass
+class StudyResult:
+    """The finished study: one record per attacked model and one per (model, defense), plus where files went."""
+
+    models: list[dict[str, Any]]
+    defenses: list[dict[str, Any]]
+    output_dir: Path
+    arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    projections: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+class Harness:
+    """Runs a ``StudyConfig``; ``run()`` returns a ``StudyResult`` and leaves cells, models and tables on disk."""
+
+    def __init__(self, config: StudyConfig, verbose: bool = True) -> None:
+        if not isinstance(config, StudyConfig):
+            raise ValueError(f"Harness needs a StudyConfig, got {type(config).__name__}")
+        for spec in config.defenses:
+            registry.get(spec.name)
+        self.config = config
+        self.verbose = verbose
+        self.output_dir = Path(config.output_dir)
+        self.store = ResultStore(self.output_dir / "cells")
+
+    # ------------------------------------------------------------------ data and models
+    def _load_data(self) -> None:
+        cfg = self.config
+        data = make_default_dataset(n_train=cfg.data.n_train + cfg.data.n_shadow, n_test=cfg.data.n_test,
+                                    image_size=cfg.data.image_size, seed=cfg.seed, n_texts=cfg.data.n_texts)
+        if cfg.task not in data.tasks:
+            raise ValueError(f"unknown task {cfg.task!r}; available: {sorted(data.tasks)}")
+        images, labels = data.train.to_array(), data.train.labels
+        n = cfg.data.n_train
+        self.x_train, self.y_train = images[:n], labels[:n]
+        self.x_shadow, self.y_shadow = images[n:], labels[n:]
+        self.texts, self.text_labels = data.texts.sentences, data.texts.labels
+        self.task = data.tasks[cfg.task]
+        self.tasks = data.tasks
+        self.x_test, self.test_targets = self.task.images.to_array(), self.task.targets
+
+    def _base_model(self) -> MedCLIPEstimator:
+        cfg = self.config
+        path = self.output_dir / "models" / "base"
+        if self._finished("model", "base") and path.exists():
+            return MedCLIPEstimator.load(path, device=cfg.device)
+        estimator = MedCLIPEstimator.tiny(self.task.prompts, image_size=cfg.data.image_size, seed=cfg.seed,
+                                          device=cfg.device)
+        with measure() as cost:
+            history = estimator.fit(self.x_train, self.y_train, texts=self.texts, text_labels=self.text_labels,
+                                    seed=cfg.seed, verbose=self.verbose, **cfg.pretrain.fit_params())
+        estimator.save(path)
+        record = {"cell": "base", "final_loss": float(history["loss"][-1]), "seconds": cost.seconds}
+        self.store.save("model", "base", self._stamp(record))
+        return estimator
+
+    def _attacked_model(self, spec: AttackSpec, base: MedCLIPEstimator) -> tuple[dict[str, Any], AttackOutcome | None,
+                                                                                MedCLIPEstimator]:
+        path = self.output_dir / "models" / spec.key
+        if self._finished("model", spec.key, spec.key) and path.exists():
+            return self.store.load("model", spec.key), None, MedCLIPEstimator.load(path, device=self.config.device)
+        with measure() as cost:
+            outcome = run_attack(spec, base, self.x_train, self.y_train, self.texts, self.text_labels,
+                                 fit_params={**self.config.train.fit_params(), "verbose": self.verbose},
+                                 x_shadow=self.x_shadow)
+        outcome.estimator.save(path)
+        record = {"cell": f"model/{spec.key}", **_spec_fields(spec),
+                  "n_poison": int(outcome.poison_mask.sum()), "train_seconds": cost.seconds,
+                  "train_peak_mb": cost.peak_mb, **self._score_all_tasks(outcome.estimator, spec)}
+        if outcome.poison_mask.any():
+            record["arrays"] = self._projection_sample(outcome, spec.seed)
+        record = self._stamp(record)
+        self.store.save("model", spec.key, record)
+        return record, outcome, outcome.estimator
+
+    def _projection_sample(self, outcome: AttackOutcome, seed: int, n_clean: int = 1000) -> dict[str, np.ndarray]:
+        """Pooled features of every poisoned row and a seeded sample of clean rows (for the 2-D projection)."""
+        mask = outcome.poison_mask
+        clean = np.flatnonzero(~mask)
+        clean = np.random.default_rng(seed).choice(clean, size=min(n_clean, clean.size), replace=False)
+        rows = np.sort(np.concatenate([np.flatnonzero(mask), clean]))
+        features = outcome.estimator.get_activations(outcome.x_train[rows], "image_pooled")
+        return {"projection_features": features.reshape(len(rows), -1), "projection_mask": mask[rows]}
+
+    def _score_all_tasks(self, estimator: MedCLIPEstimator, spec: AttackSpec) -> dict[str, Any]:
+        """Metrics on the study's task at the top level and on every task under ``tasks``."""
+        trigger = make_trigger(spec.trigger, **spec.trigger_params)
+        per_task = {}
+        for name, task in self.tasks.items():
+            x = self.x_test if name == self.config.task else task.images.to_array()
+            per_task[name] = score_estimator(estimator.with_prompts(task.prompts), x, task.targets, trigger(x),
+                                             target_index(task.class_names, spec.target))
+        return {**per_task[self.config.task], "tasks": per_task}
+
+    def _poisoned_data(self, spec: AttackSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The victim's training set for ``spec`` (BadMatch is seeded, so it is rebuilt exactly on resume)."""
+        if not spec.uses_badmatch:
+            return self.x_train, self.y_train, np.zeros(len(self.x_train), dtype=bool)
+        from artmed.attacks.poisoning import BadMatch
+
+        attack = BadMatch(make_trigger(spec.trigger, **spec.trigger_params), target=spec.target,
+                          percent_poison=spec.percent_poison, seed=spec.seed)
+        x, y = attack.poison(self.x_train, self.y_train)
+        return x, y, attack.poison_mask_
+
+    # ------------------------------------------------------------------ defenses
+    def _run_defense(self, dspec: DefenseSpec, spec: AttackSpec, model_record: dict[str, Any],
+                     estimator: MedCLIPEstimator, base: MedCLIPEstimator, context: EvaluationContext) -> dict[str, Any]:
+        key = f"{spec.key}+{dspec.name}"
+        record: dict[str, Any] = {"cell": f"defense/{key}", **_spec_fields(spec), "defense": dspec.name,
+                                  "params": dspec.params, "ca_before": model_record["ca"],
+                                  "asr_before": model_record["asr"]}
+        try:
+            defense = registry.create(dspec.name, **dspec.params)
+            record["kind"] = defense.kind
+            with measure() as cost:
+                result = defense.run(context)
+            record.update(seconds=cost.seconds, peak_mb=cost.peak_mb)
+            if isinstance(result, DetectionResult):
+                flags, scores = np.asarray(result.flags, dtype=bool), np.asarray(result.scores, dtype=float)
+                record.update(detection_metrics(flags, context.poison_mask, scores))
+                record["arrays"] = {"scores": scores, "flags": flags, "poison_mask": context.poison_mask}
+                repaired = self._retrain_filtered(spec, base, flags) if dspec.retrain else None
+            else:
+                repaired = result.estimator
+                record["history"] = result.history
+            if repaired is not None:
+                after = score_estimator(repaired, self.x_test, self.test_targets,
+                                        context.x_test_triggered, context.target_class)
+                record.update({f"{k}_after": v for k, v in after.items() if k in ("ca", "asr", "asr_all", "ra")})
+                record["der"] = _der(record)
+            record["status"] = "ok"
+        except Exception as exc:  # a broken plugin must not cost the rest of the study
+            record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                          traceback=traceback.format_exc(limit=5))
+        self.store.save("defense", key, self._stamp(record))
+        return record
+
+    def _retrain_filtered(self, spec: AttackSpec, base: MedCLIPEstimator, flags: np.ndarray) -> MedCLIPEstimator:
+        """The victim's model retrained by the same pipeline on the training set minus the flagged rows."""
+        outcome = run_attack(spec, base, self.x_train, self.y_train, self.texts, self.text_labels,
+                             fit_params={**self.config.train.fit_params(), "verbose": False},
+                             x_shadow=self.x_shadow, keep=~flags)
+        return outcome.estimator
+
+    # ------------------------------------------------------------------ the study
+    def run(self) -> StudyResult:
+        """Run every missing cell and return all records (finished ones are read back, not recomputed)."""
+        cfg = self.config
+        self._load_data()
+        base = self._base_model()
+        models, defenses, arrays = [], [], {}
+        projections = {}
+        for spec in tqdm(cfg.attacks, desc="attacks", disable=not self.verbose):
+            record, outcome, estimator = self._attacked_model(spec, base)
+            sample = record.pop("arrays", None) or {}
+            if "projection_features" in sample:
+                projections[spec.key] = (np.asarray(sample["projection_features"]),
+                                         np.asarray(sample["projection_mask"], dtype=bool))
+            models.append(record)
+            pending = [d for d in cfg.defenses
+                       if not self._finished("defense", f"{spec.key}+{d.name}", spec.key, d.name)]
+            if pending:
+                context = self._context(spec, estimator)
+                for dspec in tqdm(pending, desc=f"defenses on {spec.key}", disable=not self.verbose, leave=False):
+                    self._run_defense(dspec, spec, record, estimator, base, context)
+            for dspec in cfg.defenses:
+                record = self.store.load("defense", f"{spec.key}+{dspec.name}")
+                arrays[record["cell"]] = record.pop("arrays", None) or {}
+                defenses.append(record)
+        return StudyResult(models, defenses, self.output_dir, arrays, projections)
+
+    def _context(self, spec: AttackSpec, estimator: MedCLIPEstimator) -> EvaluationContext:
+        x, y, mask = self._poisoned_data(spec)
+        trigger = make_trigger(spec.trigger, **spec.trigger_params)
+        return EvaluationContext(
+            estimator=estimator, x_train=x, y_train=y, poison_mask=mask, texts=self.texts,
+            text_labels=self.text_labels, x_test=self.x_test, x_test_triggered=trigger(self.x_test),
+            test_targets=self.test_targets, target_class=target_index(self.task.class_names, spec.target),
+            task=self.task, x_clean=self.x_shadow, y_clean=self.y_shadow, seed=spec.seed,
+        )
+
+    def _finished(self, kind: str, key: str, attack_key: str | None = None, defense: str | None = None) -> bool:
+        """True when the cell exists and did not fail; ValueError when it was computed under other settings."""
+        try:
+            record = self.store.load(kind, key, arrays=False)
+        except KeyError:
+            return False
+        current = _settings(to_jsonable(self.config.to_dict()), attack_key, defense)
+        changed = _differences(_settings(record.get("config") or {}, attack_key, defense), current)
+        if changed:
+            raise ValueError(f"{self.store.cell_path(kind, key)} was computed with other settings "
+                             f"({', '.join(changed)}); use another output folder, or delete the cell to recompute it")
+        return record.get("status") != "failed"
+
+    def _stamp(self, record: dict[str, Any]) -> dict[str, Any]:
+        return {**record, "config": self.config.to_dict(), "seed": self.config.seed,
+                "provenance": self.store.provenance()}
+
+
+def _spec_fields(spec: AttackSpec) -> dict[str, Any]:
+    return {"attack_key": spec.key, "attack": spec.attack, "trigger": spec.trigger if spec.attack != "clean" else None,
+            "percent_poison": spec.percent_poison if spec.uses_badmatch else 0.0, "target": spec.target,
+            "attack_seed": spec.seed}
+
+
+def _settings(config: dict[str, Any], attack_key: str | None, defense: str | None) -> dict[str, Any]:
+    """The parts of a (JSON-form) study config that one cell's result depends on; device and output folder excluded."""
+    parts = {k: config.get(k) for k in ("seed", "task", "data", "pretrain")}
+    if attack_key is not None:
+        parts["train"] = config.get("train")
+        parts["attack"] = next((a for a in config.get("attacks", []) if AttackSpec(**a).key == attack_key), None)
+    if defense is not None:
+        parts["defense"] = next((d for d in config.get("defenses", []) if d.get("name") == defense), None)
+    return parts
+
+
+def _differences(old: Any, new: Any, path: str = "") -> list[str]:
+    """Dotted paths at which two JSON-like values differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new))
+                for d in _differences(old.get(k), new.get(k), f"{path}.{k}" if path else k)]
+    return [] if old == new else [path]
+
+
+def _der(record: dict[str, Any]) -> float:
+    values = [record.get(k) for k in ("asr_before", "asr_after", "ca_before", "ca_after")]
+    if any(v is None or not np.isfinite(v) for v in values):
+        return float("nan")
+    return defense_effectiveness_rating(*values)

@@ -1,0 +1,47 @@
+"""Zero-shot scoring of one estimator on one task: CA (+ macro P/R/F1), ASR, ASR_all and RA in one call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from artmed.constants import CHEXPERT_LABELS
+from artmed.evaluations.metrics import (
+    attack_success_rate,
+    attack_success_rate_all,
+    classification_report,
+    robust_accuracy,
+)
+
+NORMAL_ALIASES: tuple[str, ...] = ("No Finding", "Normal", "normal", "no finding")
+
+
+def target_index(class_names: list[str], target: str) -> int | None:
+    """Index of the task class that stands for the CheXpert ``target`` ("No Finding" matches "Normal"), or None."""
+    if target not in CHEXPERT_LABELS:
+        raise ValueError(f"unknown target class {target!r}; valid: {list(CHEXPERT_LABELS)}")
+    if target in class_names:
+        return class_names.index(target)
+    if target == "No Finding":
+        for alias in NORMAL_ALIASES:
+            if alias in class_names:
+                return class_names.index(alias)
+    return None
+
+
+def score_estimator(estimator: Any, x_test: Any, targets: np.ndarray, x_triggered: Any | None = None,
+                    target: int | None = None, batch_size: int | None = None) -> dict[str, float]:
+    """CA and macro P/R/F1 on clean images; ASR, ASR_all and RA on triggered ones when given (NaN otherwise)."""
+    nan = float("nan")
+    pred = estimator.predict(x_test, batch_size=batch_size).argmax(axis=1)
+    report = classification_report(pred, targets, num_classes=estimator.nb_classes)
+    result = {"ca": report["accuracy"], "precision": report["macro_precision"],
+              "recall": report["macro_recall"], "f1": report["macro_f1"], "asr": nan, "asr_all": nan, "ra": nan}
+    if x_triggered is not None:
+        pred_t = estimator.predict(x_triggered, batch_size=batch_size).argmax(axis=1)
+        result["ra"] = robust_accuracy(pred_t, targets, target)
+        if target is not None:
+            result["asr"] = attack_success_rate(pred_t, targets, target)
+            result["asr_all"] = attack_success_rate_all(pred_t, target)
+    return result
