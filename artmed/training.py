@@ -3,6 +3,8 @@
 Each step draws an image batch and an *independent* text batch and minimises the soft-label loss
 (``artmed.losses.medclip_loss``); AdamW without decay on biases and norm weights, linear warm-up then cosine
 decay, gradient clipping, bf16 autocast on CUDA only. Seeded: the same seed gives the same run.
+Inside a ``torchrun`` process group the loop runs data-parallel (DDP) and matches one process with the same global
+batch (see ``artmed.distributed``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from artmed.distributed import (
+    gather,
+    global_batchnorm,
+    is_distributed,
+    is_main_process,
+    rank,
+    shard_indices,
+    shard_slice,
+    world_size,
+    wrap_ddp,
+)
 from artmed.inputs import (
     Images,
     as_images,
@@ -71,6 +84,24 @@ def index_batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator
         buffer = buffer[size:]
 
 
+class _Encoders(nn.Module):
+    """One step's forward (image and text embeddings, temperature) as a module, so DDP can wrap and sync it."""
+
+    def __init__(self, model: nn.Module, train_vision: bool, train_text: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.train_vision = train_vision
+        self.train_text = train_text
+
+    def forward(self, pixels: torch.Tensor, ids: torch.Tensor,
+                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with torch.set_grad_enabled(self.train_vision):
+            img_emb = self.model.encode_image(pixels)
+        with torch.set_grad_enabled(self.train_text):
+            txt_emb = self.model.encode_text(ids, mask)
+        return img_emb, txt_emb, self.model.scale()
+
+
 def _check_train_params(batch_size: int, text_batch_size: int, lr: float, weight_decay: float, warmup: float,
                         max_grad_norm: float | None, steps: int | None, nb_epochs: int | None) -> None:
     if batch_size < 2 or text_batch_size < 2:
@@ -116,6 +147,9 @@ def train_unpaired(
     ``steps`` wins over ``nb_epochs`` (an epoch = ``ceil(N / batch_size)`` steps). Returns
     ``{"loss": [...], "lr": [...]}``. Parts not trained run without gradients and stay in eval mode.
     ``amp`` runs the encoders under bf16 autocast on CUDA (the loss stays float32; ignored on CPU).
+    In a process group (``torchrun``) each rank encodes its shard of every global batch under DDP, the loss is
+    computed on the gathered global batch, BatchNorm uses global statistics, and only rank 0 shows progress;
+    ``model`` ends up identical on every rank. Dropout masks are drawn per rank (seed ``seed + rank``).
     """
     images = as_images(images, input_shape)
     n = num_images(images)
@@ -128,6 +162,10 @@ def train_unpaired(
         raise ValueError(f"need at least 2 training images, got {n}")
     if not (train_vision or train_text):
         raise ValueError("nothing to train: train_vision and train_text are both False")
+    if is_distributed() and min(batch_size, n, text_batch_size, len(texts)) < world_size():
+        raise ValueError(f"distributed training over {world_size()} ranks needs batch sizes and pool sizes >= "
+                         f"{world_size()}, got batch_size={batch_size}, text_batch_size={text_batch_size}, "
+                         f"{n} images, {len(texts)} texts")
     total = steps if steps is not None else nb_epochs * math.ceil(n / min(batch_size, n))
 
     named = [("logit_scale", model.logit_scale)]
@@ -150,23 +188,23 @@ def train_unpaired(
     losses: list[torch.Tensor] = []
     lrs: list[float] = []
     fork_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(seed)
-        bar = tqdm(range(total), desc="unpaired training", leave=False, disable=not verbose)
+    with torch.random.fork_rng(devices=fork_devices), global_batchnorm(model):
+        torch.manual_seed(seed + rank())
+        encoders = wrap_ddp(_Encoders(model, train_vision, train_text), device)
+        bar = tqdm(range(total), desc="unpaired training", leave=False, disable=not (verbose and is_main_process()))
         for step in bar:
             i_idx, t_idx = next(image_idx), next(text_idx)
-            pixels = torch.from_numpy(image_batch(images, i_idx, input_shape)).to(device)
+            pixels = torch.from_numpy(image_batch(images, shard_indices(i_idx), input_shape)).to(device)
+            # the whole global text batch is tokenised so this rank's rows get the padding one process would give
             ids, mask = tokenize(tokenizer, [texts[i] for i in t_idx], device)
+            rows = shard_slice(len(t_idx))
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                with torch.set_grad_enabled(train_vision):
-                    img_emb = model.encode_image(normalize_pixels(pixels))
-                with torch.set_grad_enabled(train_text):
-                    txt_emb = model.encode_text(ids, mask)
+                img_emb, txt_emb, scale = encoders(normalize_pixels(pixels), ids[rows], mask[rows])
             loss = medclip_loss(
-                img_emb, txt_emb,
+                gather(img_emb), gather(txt_emb),
                 torch.from_numpy(image_labels[i_idx]).to(device),
                 torch.from_numpy(text_labels[t_idx]).to(device),
-                model.scale(),
+                scale,
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -122,7 +122,7 @@ class BadDist(PoisoningAttackTransformer):
         trained = [p for p in student.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(trained, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
         use_amp = device.type == "cuda" and getattr(source, "amp", False)
-        encoder = wrap_ddp(student, device)
+        encoder = wrap_ddp(student, device, find_unused_parameters=False)
 
         batches = index_batches(n, self.batch_size, np.random.default_rng(self.seed))
         records: list[torch.Tensor] = []
