@@ -15,10 +15,12 @@ def _run(args: argparse.Namespace) -> int:
         config = StudyConfig.from_yaml(args.config)
         if args.output:
             config.output_dir = args.output
+        if args.seed is not None:
+            config.seed = args.seed
     else:
         preset = {"default": default_config, "sweep": sweep_config, "quick": quick_config}[args.preset]
         default_output = "artmed-output" if args.preset == "default" else f"artmed-{args.preset}"
-        config = preset(args.output or default_output, seed=args.seed)
+        config = preset(args.output or default_output, seed=args.seed or 0)
     if args.device:
         config.device = args.device
     result, paths = run_study(config, verbose=not args.quiet)
@@ -59,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", choices=["default", "sweep", "quick"], default="default",
                      help="built-in study when no --config: default (minutes), sweep (poison-rate grid), quick")
     run.add_argument("--output", help="output folder (finished cells there are reused: runs resume)")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, help="study seed (default: the config's, or 0)")
     run.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (default: the config's, auto)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_run)
@@ -86,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except ValueError as exc:
+    except (ValueError, ImportError) as exc:
         print(f"artmed: error: {exc}", file=sys.stderr)
         return 2
 
