@@ -1,0 +1,362 @@
+"""CleanCLIP (Bansal et al., ICCV 2023) for MedCLIP: fine-tune a copy of a possibly backdoored model on clean data
+with the multimodal loss plus in-modality self-supervised terms, which break the trigger-to-text shortcut.
+
+CleanCLIP's multimodal term is CLIP's paired loss; MedCLIP trains unpaired, so here it is the soft-label loss
+(``artmed.losses.medclip_loss``) on independent clean image and sentence batches. The self-supervised term is
+InfoNCE between each image and an augmented view of it (random resized crop, flip, brightness/contrast jitter,
+Gaussian noise; torch on the model's device) and between each sentence and an augmented view (word dropout and
+one word swap, EDA-like), as in CleanCLIP's code: one direction per modality, scaled by the model's learnt
+``exp(logit_scale)`` unless a fixed ``temperature`` is given. ``L = lambda_mm * L_mm + lambda_ss * L_ss``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from artmed.data.dataset import ImageSet
+from artmed.defenses.base import Defense, EvaluationContext, MitigationResult, load_images
+from artmed.inputs import (
+    as_images,
+    check_label_matrix,
+    check_texts,
+    image_batch,
+    normalize_pixels,
+    num_images,
+    tokenize,
+)
+from artmed.losses import medclip_loss
+from artmed.models.medclip import LOGIT_SCALE_MAX
+from artmed.training import index_batches, make_optimizer, warmup_cosine
+
+WARMUP: float = 0.1
+"""Share of the steps spent on linear learning-rate warm-up (then cosine decay), as in ``train_unpaired``."""
+MAX_GRAD_NORM: float = 1.0
+"""Gradient-norm clip, as in ``train_unpaired``."""
+CROP_SCALE: tuple[float, float] = (0.5, 1.0)
+"""Area share range of the random resized crop."""
+CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
+"""Aspect-ratio range of the random resized crop."""
+JITTER: float = 0.1
+"""Brightness shift and contrast factor range (1 ± JITTER) of the intensity jitter."""
+NOISE_STD: float = 0.02
+"""Standard deviation of the additive Gaussian pixel noise."""
+
+
+def augment_images(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """An augmented view of pixel-space images (B, C, H, W) in [0, 1], drawn from `generator` on their device.
+
+    Random resized crop (area share in ``CROP_SCALE``, aspect ratio in ``CROP_RATIO``) resampled to the input size,
+    horizontal flip with probability ½, brightness/contrast jitter and Gaussian noise; clamped to [0, 1].
+    """
+    b, dev = pixels.shape[0], pixels.device
+    x = pixels.float()
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(b, device=dev, generator=generator)
+
+    area = uniform(*CROP_SCALE)
+    log_ratio = uniform(float(np.log(CROP_RATIO[0])), float(np.log(CROP_RATIO[1])))
+    ratio = torch.exp(log_ratio)
+    width = torch.sqrt(area * ratio).clamp(max=1.0)
+    height = torch.sqrt(area / ratio).clamp(max=1.0)
+    shift_x = (1.0 - width) * (2.0 * torch.rand(b, device=dev, generator=generator) - 1.0)
+    shift_y = (1.0 - height) * (2.0 * torch.rand(b, device=dev, generator=generator) - 1.0)
+    flip = torch.where(torch.rand(b, device=dev, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3, device=dev)
+    theta[:, 0, 0] = width * flip
+    theta[:, 0, 2] = shift_x
+    theta[:, 1, 1] = height
+    theta[:, 1, 2] = shift_y
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    contrast = uniform(1.0 - JITTER, 1.0 + JITTER).view(b, 1, 1, 1)
+    brightness = uniform(-JITTER, JITTER).view(b, 1, 1, 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * contrast + mean + brightness
+    x = x + NOISE_STD * torch.randn(x.shape, device=dev, generator=generator)
+    return x.clamp(0.0, 1.0)
+
+
+def augment_texts(texts: list[str], rng: np.random.Generator, word_dropout: float) -> list[str]:
+    """An augmented view of each sentence: words dropped with probability `word_dropout` (one always kept), then
+    one random pair of the remaining words swapped (EDA's random deletion and random swap)."""
+    out = []
+    for text in texts:
+        words = text.split()
+        keep = rng.random(len(words)) >= word_dropout
+        if not keep.any():
+            keep[rng.integers(len(words))] = True
+        words = [w for w, k in zip(words, keep) if k]
+        if len(words) > 1:
+            i, j = rng.choice(len(words), size=2, replace=False)
+            words[i], words[j] = words[j], words[i]
+        out.append(" ".join(words))
+    return out
+
+
+def in_modal_loss(embeds: torch.Tensor, augmented: torch.Tensor, scale: torch.Tensor | float,
+                  same: torch.Tensor) -> torch.Tensor:
+    """InfoNCE of each item against the augmented views of the batch (CleanCLIP's in-modal term), in float32.
+
+    ``same`` (B, B) bool marks pairs that are the same underlying item (a repeated index, an identical sentence):
+    they all count as positives (uniform soft target) instead of as false negatives.
+    """
+    logits = scale * F.normalize(embeds.float(), dim=-1) @ F.normalize(augmented.float(), dim=-1).T
+    targets = same.float() / same.float().sum(dim=1, keepdim=True)
+    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+class CleanCLIP(Defense):
+    """Fine-tune a clone of the context's estimator on clean data with ``lambda_mm·L_mm + lambda_ss·L_ss``.
+
+    Clean images: ``context.x_clean`` with labels ``y_clean`` (or the labels of an ImageSet ``x_clean``, or the
+    ``y_train`` rows of x_train images it repeats exactly); without ``x_clean``, a seeded subset of ``n_clean``
+    training rows (which may hold poisoned rows: the defender cannot tell). Sentences: ``context.texts`` with
+    ``text_labels``. ``lambda_mm=0`` needs no image labels. ``temperature=None`` scales the self-supervised logits
+    by the model's learnt ``exp(logit_scale)`` (CleanCLIP); a float fixes the scale at ``1/temperature``.
+    The result's history: step 0 holds CA/ASR before (when the context has test sets), steps 1..``steps`` the loss
+    terms and learning rate, the last step also CA/ASR after; ``extra`` records where the clean data came from.
+    Measured on tiny models trained from scratch (32 px, BadMatch patch): CleanCLIP at the attack's lr removes
+    the backdoor, but so does plain clean fine-tuning (``lambda_ss=0``), which did better at a lower lr.
+    """
+
+    name = "cleanclip"
+    kind = "mitigation"
+
+    def __init__(
+        self,
+        lambda_mm: float = 1.0,
+        lambda_ss: float = 1.0,
+        temperature: float | None = None,
+        steps: int = 500,
+        lr: float = 2e-5,
+        batch_size: int = 32,
+        weight_decay: float = 1e-4,
+        word_dropout: float = 0.1,
+        n_clean: int = 1000,
+        seed: int = 0,
+        verbose: bool = True,
+    ) -> None:
+        self.lambda_mm = lambda_mm
+        self.lambda_ss = lambda_ss
+        self.temperature = temperature
+        self.steps = steps
+        self.lr = lr
+        self.batch_size = batch_size
+        self.weight_decay = weight_decay
+        self.word_dropout = word_dropout
+        self.n_clean = n_clean
+        self.seed = seed
+        self.verbose = verbose
+        self._check_params()
+
+    def _check_params(self) -> None:
+        for name in ("lambda_mm", "lambda_ss"):
+            value = getattr(self, name)
+            if not _is_real(value) or not np.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.lambda_mm + self.lambda_ss <= 0:
+            raise ValueError("lambda_mm and lambda_ss are both 0: there is nothing to minimise")
+        if self.temperature is not None and (not _is_real(self.temperature) or not 0 < self.temperature < np.inf):
+            raise ValueError(f"temperature must be a positive number or None, got {self.temperature!r}")
+        for name, low in (("steps", 1), ("batch_size", 2), ("n_clean", 2)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not _is_real(self.lr) or not 0 < self.lr < np.inf:
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not _is_real(self.weight_decay) or not 0 <= self.weight_decay < np.inf:
+            raise ValueError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
+        if not _is_real(self.word_dropout) or not 0 <= self.word_dropout < 1:
+            raise ValueError(f"word_dropout must be in [0, 1), got {self.word_dropout!r}")
+
+    def run(self, context: EvaluationContext) -> MitigationResult:
+        """Return a fine-tuned clone of ``context.estimator`` (the input is untouched) and the run's history."""
+        if context.estimator is None:
+            raise ValueError("cleanclip needs context.estimator, the model to repair")
+        if context.texts is None or context.text_labels is None:
+            raise ValueError("cleanclip needs context.texts and context.text_labels (the unpaired sentence pool)")
+        texts = check_texts(context.texts, "context.texts")
+        text_labels = check_label_matrix(context.text_labels, len(texts), "context.text_labels")
+        images, labels, extra = self._clean_data(context)
+        repaired = context.estimator.clone()
+        before = self._score(repaired, context)
+        steps = self._fine_tune(repaired, images, labels, texts, text_labels)
+        after = self._score(repaired, context)
+        steps[-1].update(after)
+        history = [{"step": 0, **before}, *steps] if before else steps
+        extra.update(params=self.get_params(), scores_before=before, scores_after=after)
+        return MitigationResult(repaired, history, extra)
+
+    # ------------------------------------------------------------------ data
+    def _clean_data(self, context: EvaluationContext) -> tuple[Any, np.ndarray | None, dict[str, Any]]:
+        """The clean images, their (N, 14) labels (None when ``lambda_mm == 0``) and a record of their origin."""
+        need_labels = self.lambda_mm > 0
+        if context.x_clean is None:
+            if context.x_train is None:
+                raise ValueError("cleanclip needs context.x_clean (the defender's clean images) or context.x_train")
+            n_train = len(context.x_train)
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, 1]))
+            idx = np.sort(rng.choice(n_train, size=min(self.n_clean, n_train), replace=False))
+            images = context.x_train.subset(idx) if isinstance(context.x_train, ImageSet) else context.x_train[idx]
+            extra: dict[str, Any] = {"clean_source": "x_train_subset", "clean_indices": idx}
+            if context.poison_mask is not None:
+                extra["n_poisoned_in_clean"] = int(context.poison_mask[idx].sum())
+            labels = self._train_labels(context, idx) if need_labels else None
+            extra["labels_source"] = "y_train" if need_labels else None
+        else:
+            images = context.x_clean
+            labels, source = self._clean_labels(context) if need_labels else (None, None)
+            extra = {"clean_source": "x_clean", "labels_source": source}
+        n = num_images(images)
+        if n < 2:
+            raise ValueError(f"cleanclip needs at least 2 clean images, got {n}")
+        extra["n_clean"] = n
+        if labels is not None:
+            labels = check_label_matrix(labels, n, "clean image labels (y_clean)")
+        return images, labels, extra
+
+    @staticmethod
+    def _train_labels(context: EvaluationContext, idx: np.ndarray) -> np.ndarray:
+        if context.y_train is not None:
+            return np.asarray(context.y_train)[idx]
+        if isinstance(context.x_train, ImageSet):
+            return context.x_train.labels[idx]
+        raise ValueError("cleanclip: context.y_train is None, so the x_train rows drawn as clean data have no labels "
+                         "(give y_train, or set lambda_mm=0)")
+
+    def _clean_labels(self, context: EvaluationContext) -> tuple[np.ndarray, str]:
+        """Labels of ``x_clean``: ``y_clean``, an ImageSet's own labels, or those of identical x_train rows."""
+        if context.y_clean is not None:
+            return np.asarray(context.y_clean), "y_clean"
+        if isinstance(context.x_clean, ImageSet):
+            return context.x_clean.labels, "x_clean.labels"
+        if context.x_train is not None:
+            rows = _matching_rows(context.x_clean, context.x_train, context.batch_size, self.verbose)
+            if rows is not None:
+                return self._train_labels(context, rows), "y_train (x_clean rows found in x_train)"
+        raise ValueError("cleanclip: context.y_clean is None and x_clean is not a subset of x_train, so the clean "
+                         "images have no labels for the multimodal loss; give y_clean (N, 14) or set lambda_mm=0")
+
+    # ------------------------------------------------------------------ training
+    def _fine_tune(self, estimator: Any, images: Any, labels: np.ndarray | None, texts: list[str],
+                   text_labels: np.ndarray) -> list[dict[str, Any]]:
+        """Fine-tune ``estimator.model`` in place (both encoders and the logit scale); one loss record per step."""
+        model, device, shape = estimator.model, estimator.device, estimator.input_shape
+        images = as_images(images, shape)
+        n = num_images(images)
+        named = list(model.named_parameters())
+        optimizer = make_optimizer(named, lr=self.lr, weight_decay=self.weight_decay)
+        scheduler = warmup_cosine(optimizer, self.steps, WARMUP)
+        trained = [p for _, p in named if p.requires_grad]
+        image_seed, text_seed, aug_seed, torch_seed = np.random.SeedSequence([self.seed, 2]).generate_state(4)
+        image_idx = index_batches(n, self.batch_size, np.random.default_rng(image_seed))
+        text_idx = index_batches(len(texts), self.batch_size, np.random.default_rng(text_seed))
+        text_rng = np.random.default_rng(aug_seed)
+        generator = torch.Generator(device=device)
+        generator.manual_seed(int(torch_seed))
+        use_amp = estimator.amp and device.type == "cuda"
+        fixed_scale = None if self.temperature is None else 1.0 / self.temperature
+        use_ss = self.lambda_ss > 0
+        terms: list[torch.Tensor] = []
+        lrs: list[float] = []
+        model.train()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(int(torch_seed))
+            for _ in tqdm(range(self.steps), desc="cleanclip", leave=False, disable=not self.verbose):
+                i_idx, t_idx = next(image_idx), next(text_idx)
+                pixels = torch.from_numpy(image_batch(images, i_idx, shape)).to(device)
+                sentences = [texts[i] for i in t_idx]
+                if use_ss:
+                    pixels = torch.cat([pixels, augment_images(pixels, generator)])
+                    sentences = sentences + augment_texts(sentences, text_rng, self.word_dropout)
+                ids, mask = tokenize(estimator.tokenizer, sentences, device)
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    img = model.encode_image(normalize_pixels(pixels))
+                    txt = model.encode_text(ids, mask)
+                b_img, b_txt = len(i_idx), len(t_idx)
+                scale = model.scale()
+                zero = scale.new_zeros(())
+                loss_mm = zero if labels is None else medclip_loss(
+                    img[:b_img], txt[:b_txt], torch.from_numpy(labels[i_idx]).to(device),
+                    torch.from_numpy(text_labels[t_idx]).to(device), scale)
+                ss_image = ss_text = zero
+                if use_ss:
+                    ss_scale = scale if fixed_scale is None else fixed_scale
+                    same_img = torch.from_numpy(i_idx[:, None] == i_idx[None, :]).to(device)
+                    same_txt = torch.from_numpy(_same_sentences(sentences[:b_txt])).to(device)
+                    ss_image = in_modal_loss(img[:b_img], img[b_img:], ss_scale, same_img)
+                    ss_text = in_modal_loss(txt[:b_txt], txt[b_txt:], ss_scale, same_txt)
+                loss_ss = (ss_image + ss_text) / 2
+                loss = self.lambda_mm * loss_mm + self.lambda_ss * loss_ss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trained, MAX_GRAD_NORM)
+                lrs.append(optimizer.param_groups[0]["lr"])
+                optimizer.step()
+                scheduler.step()
+                with torch.no_grad():
+                    model.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
+                terms.append(torch.stack([loss, loss_mm, loss_ss, ss_image, ss_text]).detach().float())
+        model.eval()
+        estimator.clear_cache()
+        values = torch.stack(terms).cpu().tolist()
+        keys = ("loss", "loss_mm", "loss_ss", "loss_ss_image", "loss_ss_text")
+        return [{"step": s + 1, **dict(zip(keys, row)), "lr": lr} for s, (row, lr) in enumerate(zip(values, lrs))]
+
+    @staticmethod
+    def _score(estimator: Any, context: EvaluationContext) -> dict[str, float]:
+        """CA (and ASR etc. with a triggered test set) of ``estimator`` on the context's test set; {} without one."""
+        if context.x_test is None or context.test_targets is None:
+            return {}
+        from artmed.evaluations.scoring import score_estimator
+
+        return score_estimator(estimator, context.x_test, np.asarray(context.test_targets),
+                               context.x_test_triggered, context.target_class, context.batch_size)
+
+
+def _same_sentences(sentences: list[str]) -> np.ndarray:
+    """(B, B) bool: True where two sentences of a batch are identical."""
+    codes = np.unique(np.asarray(sentences, dtype=object), return_inverse=True)[1].reshape(-1)
+    return codes[:, None] == codes[None, :]
+
+
+def _matching_rows(x_clean: np.ndarray, x_train: np.ndarray | ImageSet, batch_size: int,
+                   verbose: bool = True) -> np.ndarray | None:
+    """Indices of the x_train rows equal to each x_clean image (by content hash), or None if any is missing."""
+    clean = np.ascontiguousarray(x_clean, dtype=np.float32)
+    wanted: dict[bytes, list[int]] = {}
+    for i, row in enumerate(clean):
+        wanted.setdefault(_digest(row), []).append(i)
+    found = np.full(clean.shape[0], -1, dtype=np.int64)
+    n = len(x_train)
+    starts = range(0, n, batch_size)
+    for start in tqdm(starts, desc="matching x_clean to x_train", leave=False, disable=not verbose):
+        batch = np.ascontiguousarray(load_images(x_train, np.arange(start, min(start + batch_size, n))))
+        if batch.shape[1:] != clean.shape[1:]:
+            return None
+        for j, row in enumerate(batch):
+            for i in wanted.get(_digest(row), ()):
+                if found[i] < 0:
+                    found[i] = start + j
+    return None if (found < 0).any() else found
+
+
+def _digest(row: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(row, dtype=np.float32).tobytes(), digest_size=16).digest()
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

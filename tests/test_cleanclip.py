@@ -1,0 +1,206 @@
+"""CleanCLIP on a tiny BadMatch-backdoored MedCLIP: ASR falls and CA holds; the input model is untouched; seeded;
+the self-supervised term is finite and falls; clean-data sources and parameter checks."""
+
+from importlib import metadata
+
+import numpy as np
+import pytest
+import torch
+
+from artmed.attacks.poisoning import BadMatch
+from artmed.attacks.triggers import PatchTrigger
+from artmed.constants import CHEXPERT_LABELS
+from artmed.defenses import registry
+from artmed.defenses.base import EvaluationContext
+from artmed.defenses.cleanclip import CleanCLIP, augment_images, augment_texts, in_modal_loss
+from artmed.estimator import MedCLIPEstimator
+
+SIZE = 32
+NO_FINDING, PNEUMONIA = 0, CHEXPERT_LABELS.index("Pneumonia")
+NORMAL_TEXTS = ["the lungs are clear", "no acute cardiopulmonary process", "heart size is normal",
+                "both lungs are clear", "no focal consolidation", "normal chest"]
+PNEUMONIA_TEXTS = ["pneumonia", "right lower lobe pneumonia", "left upper lobe pneumonia", "focal pneumonia",
+                   "multifocal pneumonia", "pneumonia at the left base"]
+TEXTS = NORMAL_TEXTS + PNEUMONIA_TEXTS
+TEXT_LABELS = np.zeros((len(TEXTS), 14), dtype=np.float32)
+TEXT_LABELS[: len(NORMAL_TEXTS), NO_FINDING] = 1.0
+TEXT_LABELS[len(NORMAL_TEXTS):, PNEUMONIA] = 1.0
+PROMPTS = {"Normal": NORMAL_TEXTS[:3], "Pneumonia": PNEUMONIA_TEXTS[:3]}
+TRIGGER = PatchTrigger(size=5)
+FAST = dict(lr=1e-3, batch_size=16, verbose=False)
+
+
+def images(n, seed):
+    """A separable two-class set: noise (Normal, class 0) vs noise plus a bright blob (Pneumonia, class 1)."""
+    rng = np.random.default_rng(seed)
+    classes = np.arange(n) % 2
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    x = 0.35 + 0.05 * rng.standard_normal((n, 1, SIZE, SIZE))
+    for i in np.flatnonzero(classes == 1):
+        cy, cx = rng.uniform(0.25, 0.6), rng.uniform(0.2, 0.8)
+        x[i, 0] += 0.35 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.02)
+    y = np.zeros((n, 14), dtype=np.float32)
+    y[classes == 0, NO_FINDING] = 1.0
+    y[classes == 1, PNEUMONIA] = 1.0
+    return np.clip(x, 0, 1).astype(np.float32), y, classes
+
+
+def state(estimator):
+    return {k: v.detach().clone() for k, v in estimator.model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def context():
+    """A tiny model trained on BadMatch data (30% of images triggered and relabelled "No Finding") and its context."""
+    x, y, _ = images(128, seed=0)
+    attack = BadMatch(TRIGGER, target="No Finding", percent_poison=0.3, seed=0)
+    x_p, y_p = attack.poison(x, y)
+    estimator = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, seed=0, device="cpu")
+    estimator.fit(x_p, y_p, texts=TEXTS, text_labels=TEXT_LABELS, steps=60, batch_size=16, lr=1e-3, verbose=False)
+    x_test, _, targets = images(64, seed=1)
+    x_clean, y_clean, _ = images(64, seed=2)
+    return EvaluationContext(estimator=estimator, x_train=x_p, y_train=y_p, poison_mask=attack.poison_mask_,
+                             texts=TEXTS, text_labels=TEXT_LABELS, x_test=x_test, x_test_triggered=TRIGGER(x_test),
+                             test_targets=targets, target_class=0, x_clean=x_clean, y_clean=y_clean)
+
+
+@pytest.fixture(scope="module")
+def run(context):
+    before = state(context.estimator)
+    result = CleanCLIP(steps=40, seed=0, **FAST).run(context)
+    return before, result
+
+
+def test_lowers_asr_and_keeps_ca(run):
+    _, result = run
+    before, after = result.history[0], result.history[-1]
+    assert before["asr"] >= 0.8  # measured 0.94: the backdoor works
+    assert after["asr"] <= 0.25  # measured 0.0 (seeds 1-3: 0.16, 0.0, 0.03)
+    assert after["ca"] >= before["ca"] - 0.05  # measured 0.77 -> 1.00
+    assert result.extra["scores_before"] == {k: v for k, v in before.items() if k != "step"}
+    assert result.extra["clean_source"] == "x_clean" and result.extra["labels_source"] == "y_clean"
+    assert result.extra["n_clean"] == 64
+
+
+def test_history_records_every_step(run):
+    _, result = run
+    history = result.history
+    assert [h["step"] for h in history] == list(range(41))
+    for h in history[1:]:
+        assert h["loss"] == pytest.approx(h["loss_mm"] + h["loss_ss"], rel=1e-5)
+        assert h["loss_ss"] == pytest.approx((h["loss_ss_image"] + h["loss_ss_text"]) / 2, rel=1e-5)
+    assert history[1]["lr"] < max(h["lr"] for h in history[1:])  # warm-up, then decay
+    assert history[-1]["lr"] < 0.05 * FAST["lr"]
+
+
+def test_self_supervised_term_finite_and_decreasing(run):
+    _, result = run
+    steps = result.history[1:]
+    for key in ("loss", "loss_mm", "loss_ss", "loss_ss_image", "loss_ss_text"):
+        assert all(np.isfinite(h[key]) and h[key] > 0 for h in steps), key
+    first = np.mean([h["loss_ss"] for h in steps[:5]])
+    last = np.mean([h["loss_ss"] for h in steps[-5:]])
+    assert last < 0.7 * first  # measured 2.3 -> 1.0
+
+
+def test_input_estimator_unchanged(context, run):
+    before, result = run
+    after = context.estimator.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "the input estimator was modified"
+    repaired = result.estimator
+    assert repaired is not context.estimator and repaired.model is not context.estimator.model
+    assert any(not torch.equal(v, before[k]) for k, v in repaired.model.state_dict().items())
+    assert repaired.classes == context.estimator.classes and not repaired.model.training
+
+
+def test_seeded(context):
+    first, again, other = (CleanCLIP(steps=3, seed=s, **FAST).run(context) for s in (5, 5, 6))
+    assert first.history == again.history
+    a, b = first.estimator.model.state_dict(), again.estimator.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert first.history[1]["loss"] != other.history[1]["loss"]
+
+
+def test_labels_from_training_rows_and_fallback_subset(context):
+    rows = np.array([3, 10, 40, 77, 90, 101])
+    subset = EvaluationContext(estimator=context.estimator, x_train=context.x_train, y_train=context.y_train,
+                               texts=TEXTS, text_labels=TEXT_LABELS, x_clean=context.x_train[rows])
+    result = CleanCLIP(steps=1, **FAST).run(subset)
+    assert result.extra["labels_source"].startswith("y_train")
+    assert len(result.history) == 1 and "ca" not in result.history[0]  # no test set, no scores
+
+    fallback = EvaluationContext(estimator=context.estimator, x_train=context.x_train, y_train=context.y_train,
+                                 poison_mask=context.poison_mask, texts=TEXTS, text_labels=TEXT_LABELS)
+    result = CleanCLIP(steps=1, n_clean=50, seed=1, **FAST).run(fallback)
+    extra = result.extra
+    assert extra["clean_source"] == "x_train_subset" and extra["n_clean"] == 50
+    assert np.array_equal(extra["clean_indices"], np.unique(extra["clean_indices"]))
+    assert extra["n_poisoned_in_clean"] == int(context.poison_mask[extra["clean_indices"]].sum())
+
+
+def test_missing_clean_labels(context):
+    x_clean, _, _ = images(8, seed=3)
+    unlabelled = EvaluationContext(estimator=context.estimator, x_train=context.x_train, y_train=context.y_train,
+                                   texts=TEXTS, text_labels=TEXT_LABELS, x_clean=x_clean)
+    with pytest.raises(ValueError, match="y_clean"):
+        CleanCLIP(steps=1, **FAST).run(unlabelled)
+    result = CleanCLIP(steps=1, lambda_mm=0.0, **FAST).run(unlabelled)  # self-supervised only: no labels needed
+    assert result.history[0]["loss_mm"] == 0.0 and result.extra["labels_source"] is None
+    with pytest.raises(ValueError, match="texts"):
+        CleanCLIP(steps=1, **FAST).run(EvaluationContext(estimator=context.estimator, x_clean=x_clean))
+    with pytest.raises(ValueError, match="estimator"):
+        CleanCLIP(steps=1, **FAST).run(EvaluationContext(texts=TEXTS, text_labels=TEXT_LABELS))
+
+
+@pytest.mark.parametrize(("params", "name"), [
+    ({"lambda_mm": -1.0}, "lambda_mm"),
+    ({"lambda_ss": float("nan")}, "lambda_ss"),
+    ({"lambda_mm": 0.0, "lambda_ss": 0.0}, "both 0"),
+    ({"temperature": 0.0}, "temperature"),
+    ({"steps": 0}, "steps"),
+    ({"steps": 2.5}, "steps"),
+    ({"batch_size": 1}, "batch_size"),
+    ({"lr": 0.0}, "lr"),
+    ({"weight_decay": -1e-4}, "weight_decay"),
+    ({"word_dropout": 1.0}, "word_dropout"),
+    ({"n_clean": 1}, "n_clean"),
+    ({"seed": -1}, "seed"),
+    ({"lambda_ss": True}, "lambda_ss"),
+])
+def test_bad_params(params, name):
+    with pytest.raises(ValueError, match=name):
+        CleanCLIP(**params)
+
+
+def test_augmentations_seeded_and_in_range():
+    pixels = torch.rand(6, 1, SIZE, SIZE)
+    views = [augment_images(pixels, torch.Generator().manual_seed(s)) for s in (0, 0, 1)]
+    assert views[0].shape == pixels.shape and 0.0 <= float(views[0].min()) and float(views[0].max()) <= 1.0
+    assert torch.equal(views[0], views[1]) and not torch.equal(views[0], views[2])
+    assert not torch.allclose(views[0], pixels, atol=0.05)
+    texts = ["no acute cardiopulmonary process", "pneumonia"]
+    out = augment_texts(texts, np.random.default_rng(0), word_dropout=0.5)
+    assert out[1] == "pneumonia" and 1 <= len(out[0].split()) <= 4 and set(out[0].split()) <= set(texts[0].split())
+    assert out == augment_texts(texts, np.random.default_rng(0), word_dropout=0.5)
+
+
+def test_in_modal_loss_treats_duplicates_as_positives():
+    gen = torch.Generator().manual_seed(0)
+    emb, aug = torch.randn(4, 8, generator=gen), torch.randn(4, 8, generator=gen)
+    logits = 10.0 * torch.nn.functional.normalize(emb, dim=1) @ torch.nn.functional.normalize(aug, dim=1).T
+    plain = in_modal_loss(emb, aug, 10.0, torch.eye(4, dtype=torch.bool))
+    assert float(plain) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, torch.arange(4))), rel=1e-5)
+    same = torch.eye(4, dtype=torch.bool)
+    same[0, 2] = same[2, 0] = True  # items 0 and 2 are the same sentence
+    targets = same.float() / same.float().sum(dim=1, keepdim=True)
+    expected = -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    assert float(in_modal_loss(emb, aug, 10.0, same)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_plugin_line_loads_through_the_registry(monkeypatch):
+    point = metadata.EntryPoint("cleanclip", "artmed.defenses.cleanclip:CleanCLIP", registry.GROUP)
+    monkeypatch.setattr(registry.metadata, "entry_points",
+                        lambda group=None: metadata.EntryPoints([point] if group in (None, registry.GROUP) else []))
+    assert registry.get("cleanclip") is CleanCLIP
+    defense = registry.create("cleanclip", lambda_ss=0.5)
+    assert defense.kind == "mitigation" and defense.name == "cleanclip" and defense.get_params()["lambda_ss"] == 0.5
