@@ -25,8 +25,10 @@ from artmed.evaluations.report import (
     write_table,
 )
 
-BADDIST_TINY: dict[str, Any] = {"lr": 1e-2, "steps": 150, "batch_size": 32}
-"""BadDist on the tiny preset: the paper's lr 1e-4 barely leaves the clean encoder in a few hundred steps."""
+BADDIST_TINY: dict[str, Any] = {"lr": 5e-2, "steps": 150, "batch_size": 32, "init_noise": 5e-2}
+"""BadDist on the tiny preset. The paper's lr 1e-4 barely leaves the clean encoder in a few hundred steps, and a
+student equal to its teacher sits at an extremum of both cosine terms: measured on the default data, lr 5e-2 with a
+5 % weight perturbation reaches cos(triggered) -0.91 while cos(clean) stays 0.97 (150 steps)."""
 
 MODEL_COLUMNS = ["attack", "trigger", "percent_poison", "n_poison", "ca", "asr", "asr_all", "ra"]
 DEFENSE_COLUMNS = ["attack", "trigger", "percent_poison", "defense", "status", "auroc", "tpr", "fpr", "f1",
@@ -39,11 +41,16 @@ def _attack(attack: str, trigger: str = "patch", rate: float = 0.01, seed: int =
     return AttackSpec(attack=attack, trigger=trigger, percent_poison=rate, seed=seed, baddist_params=params)
 
 
+TINY_FINETUNE: dict[str, Any] = {"lr": 1e-3, "batch_size": 64}
+"""Fine-tuning mitigations on the tiny preset use its training learning rate (the defaults suit released MedCLIP)."""
+
+
 def default_defenses() -> list[DefenseSpec]:
-    """Every built-in defense with its default parameters (ART's two beside ours)."""
+    """Every built-in defense (ART's two beside ours); mitigations tuned to the tiny preset's learning rate."""
     return [DefenseSpec("spectral_signatures"), DefenseSpec("activation_clustering"),
             DefenseSpec("art_spectral_signatures"), DefenseSpec("art_activation_clustering"),
-            DefenseSpec("fine_pruning"), DefenseSpec("cleanclip")]
+            DefenseSpec("fine_pruning", {**TINY_FINETUNE, "finetune_steps": 100}),
+            DefenseSpec("cleanclip", {**TINY_FINETUNE, "steps": 100, "verbose": False})]
 
 
 def default_config(output_dir: str = "artmed-output", seed: int = 0) -> StudyConfig:

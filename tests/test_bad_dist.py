@@ -94,6 +94,20 @@ def test_poison_returns_triggered_inputs(tiny):
     np.testing.assert_array_equal(y_p, np.eye(2)[[0, 1, 0]])
 
 
+def test_init_noise_breaks_the_symmetric_start(tiny):
+    """At f_b = f_c the first step sees cos 1 on both terms; init_noise starts below it, seeded and reproducible."""
+    x = shadow(8, seed=4)
+    plain = BadDist(tiny, PatchTrigger(size=6), lr=0.01, steps=1, batch_size=8, seed=0, verbose=False)
+    plain.poison_estimator(x)
+    noisy = [BadDist(tiny, PatchTrigger(size=6), lr=0.01, steps=1, batch_size=8, seed=0, init_noise=0.05,
+                     verbose=False) for _ in range(2)]
+    for attack in noisy:
+        attack.poison_estimator(x)
+    assert plain.history_["cos_trigger"][0] > 0.9999
+    assert noisy[0].history_["cos_trigger"][0] < 0.999
+    assert noisy[0].history_ == noisy[1].history_
+
+
 @pytest.mark.parametrize(
     "params",
     [
@@ -106,6 +120,7 @@ def test_poison_returns_triggered_inputs(tiny):
         {"steps": 0},
         {"batch_size": 0},
         {"seed": -1},
+        {"init_noise": -0.1},
         {"device": "tpu"},
         {"trigger": "patch"},
     ],

@@ -39,6 +39,8 @@ class BadDist(PoisoningAttackTransformer):
     process (see ``artmed.distributed``).
     Training starts at f_b = f_c, a saddle where the trigger term's gradient vanishes (cos is maximal): the encoder
     leaves it through weight decay, drop-path noise and rounding, so short runs at the paper's lr may change little.
+    ``init_noise`` (an artmed addition, default 0 = the paper) perturbs each trained weight tensor by Gaussian noise of
+    ``init_noise`` times its standard deviation before the first step, which breaks that symmetry.
     """
 
     attack_params = PoisoningAttackTransformer.attack_params + [
@@ -48,6 +50,7 @@ class BadDist(PoisoningAttackTransformer):
         "lr",
         "momentum",
         "weight_decay",
+        "init_noise",
         "epochs",
         "steps",
         "batch_size",
@@ -71,6 +74,7 @@ class BadDist(PoisoningAttackTransformer):
         batch_size: int = 32,
         seed: int = 0,
         device: str | torch.device | None = None,
+        init_noise: float = 0.0,
         verbose: bool = True,
     ) -> None:
         super().__init__(classifier=estimator)
@@ -85,6 +89,7 @@ class BadDist(PoisoningAttackTransformer):
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
+        self.init_noise = init_noise
         self.verbose = verbose
         self._check_params()
 
@@ -128,6 +133,7 @@ class BadDist(PoisoningAttackTransformer):
         records: list[torch.Tensor] = []
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed)
+            self._perturb(trained)
             bar = tqdm(range(total), desc="BadDist", leave=False, disable=not (self.verbose and is_main_process()))
             for step in bar:
                 clean = image_batch(images, shard_indices(next(batches)), shape)
@@ -160,10 +166,19 @@ class BadDist(PoisoningAttackTransformer):
         }
         return backdoored
 
+    @torch.no_grad()
+    def _perturb(self, params: list[torch.Tensor]) -> None:
+        """Nudge the student off the teacher: at f_b = f_c both cosine terms are at an extremum (zero gradient)."""
+        if self.init_noise == 0:
+            return
+        for p in params:
+            if p.numel() > 1:
+                p.add_(torch.randn_like(p) * (self.init_noise * p.std()))
+
     def _check_params(self) -> None:
         if not callable(self.trigger):
             raise ValueError(f"trigger must be callable on (N, C, H, W) arrays, got {type(self.trigger).__name__}")
-        for name in ("lambda_clean", "lambda_trigger", "weight_decay"):
+        for name in ("lambda_clean", "lambda_trigger", "weight_decay", "init_noise"):
             value = getattr(self, name)
             if not _is_number(value) or not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
