@@ -144,27 +144,28 @@ class ActivationClustering(Defense):
         flags = np.zeros(feats.shape[0], dtype=bool)
         per_group = []
         for g, idx in groups.analysed:
-            x = torch.as_tensor(feats[idx], dtype=torch.float64, device=device)
             with _one_cpu_thread(device):
-                flags[idx], scores[idx], report = self._analyse_group(x, settings, generator)
+                flags[idx], scores[idx], report = self._analyse_group(feats, idx, device, settings, generator)
             per_group.append({"group": groups.names[g], "size": int(idx.shape[0]), **report})
         extra = {"layer": self.layer, "mode": self.mode, **settings, "group_names": groups.names,
                  "per_group": per_group, "skipped_groups": groups.skipped}
         return DetectionResult(scores, flags, groups.ids, extra)
 
     def _analyse_group(
-        self, x: torch.Tensor, settings: dict, generator: torch.Generator
+        self, feats: np.ndarray, idx: np.ndarray, device: torch.device, settings: dict, generator: torch.Generator
     ) -> tuple[np.ndarray, np.ndarray, dict]:
-        """Flags, scores and a report (cluster sizes, suspicious clusters, convergence) for one group."""
-        n, d = x.shape
+        """Flags, scores and a report (cluster sizes, suspicious clusters, convergence) for the rows `idx`; the
+        reduction streams the rows in chunks, so only the (n, n_components) reduced features are held."""
+        n, d = idx.shape[0], feats.shape[1]
         report: dict = {}
-        z = x
         if d > self.n_components:
             k = min(self.n_components, n - 1)
             if settings["reduce"] == "ica":
-                z, report["ica_converged"] = fast_ica(x, k, generator)
+                z, report["ica_converged"] = fast_ica(feats, idx, k, generator, device)
             else:
-                z = pca(x, k)
+                z = pca(feats, idx, k, device)
+        else:
+            z = torch.as_tensor(feats[idx], dtype=torch.float64, device=device)
         extra_starts = axis_split_starts(z) if self.n_clusters == 2 and self.mode == "artmed" else ()
         fit = kmeans(z, self.n_clusters, settings["n_init"], generator, extra_starts)
         labels = fit.labels.cpu().numpy()

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from artmed.defenses.base import DetectionResult, Defense, EvaluationContext, LabelGroups, check_finite
-from artmed.defenses.decomposition import principal_directions
+from artmed.defenses.decomposition import group_pca, project, row_chunks
 from artmed.device import resolve_device
 
 
@@ -68,8 +68,7 @@ class SpectralSignatures(Defense):
         flags = np.zeros(feats.shape[0], dtype=bool)
         per_group = []
         for g, idx in groups.analysed:
-            x = torch.as_tensor(feats[idx], dtype=torch.float64, device=device)
-            score, top_eigenvalue = self._group_scores(x)
+            score, top_eigenvalue = self._group_scores(feats, idx, device)
             flags[idx] = self._flag(score, share)
             raw[idx] = score
             mean = score.mean()
@@ -82,13 +81,13 @@ class SpectralSignatures(Defense):
                  "skipped_groups": groups.skipped, "raw_scores": raw}
         return DetectionResult(scores, flags, groups.ids, extra)
 
-    def _group_scores(self, x: torch.Tensor) -> tuple[np.ndarray, float]:
-        centered = x - x.mean(0)
-        direction, eigenvalue = principal_directions(centered, 1)
+    def _group_scores(self, feats: np.ndarray, idx: np.ndarray, device: torch.device) -> tuple[np.ndarray, float]:
+        """Scores of the rows `idx` and the top eigenvalue, streaming the rows in float64 chunks."""
+        mean, direction, eigenvalue = group_pca(feats, idx, 1, device)
         if self.mode == "art":
-            score = (x @ direction).abs().squeeze(1)
+            score = torch.cat([(chunk @ direction).abs().squeeze(1) for chunk in row_chunks(feats, idx, device)])
         else:
-            score = (centered @ direction).squeeze(1) ** 2
+            score = project(feats, idx, mean, direction, device).squeeze(1) ** 2
         return score.cpu().numpy(), float(eigenvalue[0])
 
     def _flag(self, score: np.ndarray, share: float) -> np.ndarray:

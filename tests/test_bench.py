@@ -1,0 +1,81 @@
+"""``artmed bench`` at CI size: it runs end to end, writes the JSON with the ratio fields, and our ART-compatible
+spectral signatures flag exactly what ART's SpectralSignatureDefense flags on the same features."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from artmed.evaluations.bench import main, scaling, synthetic_features
+from artmed.evaluations.cli import main as cli_main
+
+
+def test_bench_writes_ratios_and_art_agreement(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    # one thread: on 2 busy cores two-thread BLAS/OpenMP calls stall at random (seconds for a 1500 x 512 SVD)
+    args = ["--sizes", "1500", "--study", "none", "--extract", "tiny", "--batches", "2", "--threads", "1",
+            "--out", str(out)]
+    assert main(args) == 0
+    data = json.loads(out.read_text())
+    rows = {row["comparison"]: row for row in data["detection"]}
+    assert set(rows) == {"SS art-mode vs ART SS", "SS centered vs ART SS", "AC art-mode vs ART AC",
+                         "AC artmed vs ART AC"}
+    for row in rows.values():
+        assert row["n"] == 1500
+        assert row["ratio"] == pytest.approx(row["art_s"] / row["ours_s"])
+        assert row["peak_mb_ours"] is not None and row["peak_mb_art"] is not None
+    assert rows["SS art-mode vs ART SS"]["agreement"] == 1.0
+    assert rows["SS art-mode vs ART SS"]["disagreements"] == 0
+    assert rows["AC artmed vs ART AC"]["f1_ours"] > rows["AC artmed vs ART AC"]["f1_art"]
+    assert set(data["scaling"]) == {"ss_art_mode", "ss_centered", "art_ss", "ac_art_mode", "ac_artmed", "art_ac"}
+    (extraction,) = data["extraction"]
+    assert extraction["preset"] == "tiny" and extraction["get_activations_img_s"] > 0
+    machine = data["machine"]
+    assert machine["cpu_count"] >= 1 and machine["torch_threads"] >= 1 and machine["versions"]["art"]
+    assert "study" not in data
+    assert "SS art-mode vs ART SS" in capsys.readouterr().out
+
+
+def test_skip_art_above_and_thread_cap(tmp_path):
+    out = tmp_path / "b.json"
+    threads = torch.get_num_threads()
+    args = ["--sizes", "501", "--skip-art-above", "500", "--threads", "1", "--study", "none", "--extract", "none",
+            "--out", str(out)]
+    assert main(args) == 0
+    data = json.loads(out.read_text())
+    assert all(row["ours_s"] > 0 and "art_s" not in row and "ratio" not in row for row in data["detection"])
+    assert data["machine"]["torch_threads_used"] == 1 and torch.get_num_threads() == threads
+    assert data["machine"]["torch_threads"] == threads
+
+
+def test_cli_routes_help_and_rejects_bad_sizes(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["bench", "--help"])
+    assert exc.value.code == 0
+    assert "--skip-art-above" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--sizes", "10"])
+    assert "at least" in capsys.readouterr().err
+
+
+def test_synthetic_features_are_seeded_and_planted():
+    a, b = synthetic_features(2000, dim=32, seed=3), synthetic_features(2000, dim=32, seed=3)
+    np.testing.assert_array_equal(a.features, b.features)
+    assert a.features.dtype == np.float32 and a.features.shape == (2000, 32)
+    assert a.poison_mask.sum() == 20
+    groups = a.labels.argmax(1)
+    assert set(groups[a.poison_mask].tolist()) == {0}
+    assert np.bincount(groups).tolist() == [800, 600, 400, 200]
+
+
+def test_scaling_flags_superlinear_cost():
+    runs = {1000: {"x": {"us_per_sample": 1.0}}, 10000: {"x": {"us_per_sample": 1.5}},
+            100000: {"x": {"us_per_sample": 9.0}}}
+    assert scaling({k: v for k, v in runs.items() if k < 100000})["x"]["roughly_constant"] is True
+    assert scaling(runs)["x"]["roughly_constant"] is False
+
+
+def test_too_many_groups_for_the_size_rejected():
+    with pytest.raises(ValueError, match="smallest label group"):
+        main(["--sizes", "600", "--groups", "8", "--extract", "none", "--study", "none"])
