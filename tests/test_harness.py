@@ -201,6 +201,28 @@ def test_changed_settings_are_not_reused(quick_copy, spies):
     assert spies == {"fit": 0, "attacks": [], "defenses": []}
 
 
+def test_detection_with_retrain_scores_the_filtered_model(tmp_path, spies, monkeypatch):
+    kept = []
+    run_attack = harness_module.run_attack
+
+    def spy_keep(spec, *args, keep=None, **kwargs):
+        kept.append(None if keep is None else int(keep.sum()))
+        return run_attack(spec, *args, keep=keep, **kwargs)
+
+    monkeypatch.setattr(harness_module, "run_attack", spy_keep)
+    config = quick_config(str(tmp_path / "retrain"))
+    config.attacks = config.attacks[1:]
+    config.defenses = [DefenseSpec("spectral_signatures", retrain=True)]
+    result = Harness(config, verbose=False).run()
+    record = result.defenses[0]
+    assert record["status"] == "ok"
+    flagged = int(np.asarray(result.arrays[record["cell"]]["flags"]).sum())
+    assert kept == [None, config.data.n_train - flagged] and flagged > 0
+    assert spies["fit"] == 3  # base, attacked model, retrained model
+    for key in ("ca_after", "asr_after", "der"):
+        assert record[key] is not None and np.isfinite(record[key])
+
+
 # ---------------------------------------------------------------------------------------------- plugins
 def test_failing_plugin_is_recorded_and_the_study_goes_on(quick_copy, monkeypatch):
     register(monkeypatch, "exploding", ExplodingDefense)
