@@ -84,7 +84,10 @@ class _ARTDetector(Defense):
         remap = {g: i for i, (g, _) in enumerate(groups.analysed)}
         onehot = np.zeros((kept.shape[0], max(len(remap), 1)), dtype=np.float32)
         onehot[np.arange(kept.shape[0]), [remap[g] for g in groups.ids[kept]]] = 1.0
-        return groups, kept, onehot, GroupedActivations(context, self.layer, onehot.shape[1], self.source)
+        classifier = GroupedActivations(context, self.layer, onehot.shape[1], self.source)
+        if onehot.shape[1] == 1:  # ART's segment_by_class calls int() on a one-column row, which NumPy 2 refuses
+            onehot = np.zeros(kept.shape[0], dtype=np.int64)
+        return groups, kept, onehot, classifier
 
     def _empty(self, groups: LabelGroups) -> DetectionResult:
         n = groups.ids.shape[0]

@@ -269,3 +269,18 @@ def test_get_params_round_trip():
     assert ActivationClustering(**defense.get_params()).get_params() == defense.get_params()
     assert defense.resolved() == {"reduce": "pca", "analysis": "relative-size", "n_init": 10}
     assert ActivationClustering(mode="art").resolved() == {"reduce": "pca", "analysis": "smaller", "n_init": 1}
+
+
+@pytest.mark.parametrize("cls", [ARTSpectralSignatures, ARTActivationClustering])
+def test_art_adapters_with_a_single_label_group(cls):
+    """ART's class split calls int() on a one-column one-hot row (NumPy 2 refuses): one group must still run."""
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(300, 16)).astype(np.float32)
+    features[:5] += 6.0
+    y = np.zeros((300, 14), dtype=np.float32)
+    y[:, 0] = 1.0
+    mask = np.zeros(300, dtype=bool)
+    mask[:5] = True
+    context = EvaluationContext(y_train=y, poison_mask=mask, feature_cache={"image_pooled": features})
+    result = cls().run(context)
+    assert result.flags.shape == (300,) and result.flags[:5].all()
