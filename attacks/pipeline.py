@@ -74,6 +74,20 @@ class AttackOutcome:
     history: dict[str, Any]
 
 
+def poison_training_set(spec: AttackSpec, x: np.ndarray, y: np.ndarray,
+                        trigger: Trigger | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The victim's training set under ``spec``: BadMatch-poisoned (seeded, so rebuilt exactly) or ``x, y`` as given.
+
+    Returns ``(x, y, poison_mask)``.
+    """
+    if not spec.uses_badmatch:
+        return x, y, np.zeros(len(x), dtype=bool)
+    trigger = trigger if trigger is not None else make_trigger(spec.trigger, **spec.trigger_params)
+    bad_match = BadMatch(trigger, target=spec.target, percent_poison=spec.percent_poison, seed=spec.seed)
+    x_poisoned, y_poisoned = bad_match.poison(x, y)
+    return x_poisoned, y_poisoned, bad_match.poison_mask_
+
+
 def run_attack(spec: AttackSpec, base_estimator: Any, x: np.ndarray, y: np.ndarray, texts: list[str],
                text_labels: np.ndarray, fit_params: dict[str, Any] | None = None,
                x_shadow: np.ndarray | None = None, keep: np.ndarray | None = None) -> AttackOutcome:
@@ -93,12 +107,7 @@ def run_attack(spec: AttackSpec, base_estimator: Any, x: np.ndarray, y: np.ndarr
         bad_dist = BadDist(estimator, trigger, seed=spec.seed, **{"verbose": verbose, **spec.baddist_params})
         estimator = bad_dist.poison_estimator(x_shadow)
         history["baddist"] = getattr(bad_dist, "history_", {})
-    poison_mask = np.zeros(len(x), dtype=bool)
-    x_train, y_train = x, y
-    if spec.uses_badmatch:
-        bad_match = BadMatch(trigger, target=spec.target, percent_poison=spec.percent_poison, seed=spec.seed)
-        x_train, y_train = bad_match.poison(x, y)
-        poison_mask = bad_match.poison_mask_
+    x_train, y_train, poison_mask = poison_training_set(spec, x, y, trigger)
     if keep is not None:
         keep = np.asarray(keep)
         if keep.dtype != bool or keep.shape != (len(x),):

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from artmed.attacks.pipeline import AttackOutcome, AttackSpec, run_attack
+from artmed.attacks.pipeline import AttackOutcome, AttackSpec, poison_training_set, run_attack
 from artmed.attacks.triggers import make_trigger
 from artmed.data.default import make_default_dataset
 from artmed.defenses import registry
@@ -125,17 +125,6 @@ class Harness:
                                              target_index(task.class_names, spec.target))
         return {**per_task[self.config.task], "tasks": per_task}
 
-    def _poisoned_data(self, spec: AttackSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The victim's training set for ``spec`` (BadMatch is seeded, so it is rebuilt exactly on resume)."""
-        if not spec.uses_badmatch:
-            return self.x_train, self.y_train, np.zeros(len(self.x_train), dtype=bool)
-        from artmed.attacks.poisoning import BadMatch
-
-        attack = BadMatch(make_trigger(spec.trigger, **spec.trigger_params), target=spec.target,
-                          percent_poison=spec.percent_poison, seed=spec.seed)
-        x, y = attack.poison(self.x_train, self.y_train)
-        return x, y, attack.poison_mask_
-
     # ------------------------------------------------------------------ defenses
     def _run_defense(self, dspec: DefenseSpec, spec: AttackSpec, model_record: dict[str, Any],
                      estimator: MedCLIPEstimator, base: MedCLIPEstimator, context: EvaluationContext) -> dict[str, Any]:
@@ -204,7 +193,7 @@ class Harness:
         return StudyResult(models, defenses, self.output_dir, arrays, projections)
 
     def _context(self, spec: AttackSpec, estimator: MedCLIPEstimator) -> EvaluationContext:
-        x, y, mask = self._poisoned_data(spec)
+        x, y, mask = poison_training_set(spec, self.x_train, self.y_train)
         trigger = make_trigger(spec.trigger, **spec.trigger_params)
         return EvaluationContext(
             estimator=estimator, x_train=x, y_train=y, poison_mask=mask, texts=self.texts,
