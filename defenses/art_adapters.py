@@ -82,12 +82,12 @@ class _ARTDetector(Defense):
         groups = LabelGroups.split(context.y_train, self.min_group_size, self.name)
         kept = np.flatnonzero(np.isin(groups.ids, [g for g, _ in groups.analysed]))
         remap = {g: i for i, (g, _) in enumerate(groups.analysed)}
-        onehot = np.zeros((kept.shape[0], max(len(remap), 1)), dtype=np.float32)
-        onehot[np.arange(kept.shape[0]), [remap[g] for g in groups.ids[kept]]] = 1.0
-        classifier = GroupedActivations(context, self.layer, onehot.shape[1], self.source)
-        if onehot.shape[1] == 1:  # ART's segment_by_class calls int() on a one-column row, which NumPy 2 refuses
-            onehot = np.zeros(kept.shape[0], dtype=np.int64)
-        return groups, kept, onehot, classifier
+        classifier = GroupedActivations(context, self.layer, max(len(remap), 1), self.source)
+        if len(remap) <= 1:  # ART's segment_by_class calls int() on a one-column one-hot row, which NumPy 2 refuses
+            return groups, kept, np.zeros(kept.shape[0], dtype=np.int64), classifier
+        classes = np.zeros((kept.shape[0], len(remap)), dtype=np.float32)
+        classes[np.arange(kept.shape[0]), [remap[g] for g in groups.ids[kept]]] = 1.0
+        return groups, kept, classes, classifier
 
     def _empty(self, groups: LabelGroups) -> DetectionResult:
         n = groups.ids.shape[0]
@@ -137,11 +137,11 @@ class ARTSpectralSignatures(_ARTDetector):
 
     def run(self, context: EvaluationContext) -> DetectionResult:
         """Run ART's detector on the context's label groups."""
-        groups, kept, onehot, classifier = self._prepare(context)
+        groups, kept, classes, classifier = self._prepare(context)
         if kept.size == 0:
             return self._empty(groups)
         defence = SpectralSignatureDefense(
-            classifier, kept, onehot, self.expected_pp_poison, self.batch_size, self.eps_multiplier
+            classifier, kept, classes, self.expected_pp_poison, self.batch_size, self.eps_multiplier
         )
         _, is_clean = defence.detect_poison()
         scores = np.zeros(groups.ids.shape[0])
@@ -204,10 +204,10 @@ class ARTActivationClustering(_ARTDetector):
 
     def run(self, context: EvaluationContext) -> DetectionResult:
         """Run ART's detector on the context's label groups with NumPy's global generator seeded."""
-        groups, kept, onehot, classifier = self._prepare(context)
+        groups, kept, classes, classifier = self._prepare(context)
         if kept.size == 0:
             return self._empty(groups)
-        defence = ActivationDefence(classifier, kept, onehot)
+        defence = ActivationDefence(classifier, kept, classes)
         state = np.random.get_state()
         np.random.seed(self.seed)
         try:
