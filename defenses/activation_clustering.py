@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from artmed.defenses.base import DetectionResult, Defense, EvaluationContext, LabelGroups, check_finite
-from artmed.defenses.decomposition import fast_ica, pca
+from artmed.defenses.decomposition import RowStream, fast_ica, pca
 from artmed.defenses.kmeans import axis_split_starts, kmeans, silhouette
 from artmed.device import resolve_device
 
@@ -138,6 +138,7 @@ class ActivationClustering(Defense):
         feats = check_finite(context.features(self.layer), self.layer)
         groups = LabelGroups.split(context.y_train, self.min_group_size, self.name)
         device = resolve_device(self.device)
+        stream = RowStream(feats, device)
         settings = self.resolved()
         generator = torch.Generator().manual_seed(int(self.seed))
         scores = np.zeros(feats.shape[0])
@@ -145,27 +146,27 @@ class ActivationClustering(Defense):
         per_group = []
         for g, idx in groups.analysed:
             with _one_cpu_thread(device):
-                flags[idx], scores[idx], report = self._analyse_group(feats, idx, device, settings, generator)
+                flags[idx], scores[idx], report = self._analyse_group(stream, idx, settings, generator)
             per_group.append({"group": groups.names[g], "size": int(idx.shape[0]), **report})
         extra = {"layer": self.layer, "mode": self.mode, **settings, "group_names": groups.names,
                  "per_group": per_group, "skipped_groups": groups.skipped}
         return DetectionResult(scores, flags, groups.ids, extra)
 
     def _analyse_group(
-        self, feats: np.ndarray, idx: np.ndarray, device: torch.device, settings: dict, generator: torch.Generator
+        self, stream: RowStream, idx: np.ndarray, settings: dict, generator: torch.Generator
     ) -> tuple[np.ndarray, np.ndarray, dict]:
         """Flags, scores and a report (cluster sizes, suspicious clusters, convergence) for the rows `idx`; the
         reduction streams the rows in chunks, so only the (n, n_components) reduced features are held."""
-        n, d = idx.shape[0], feats.shape[1]
+        n, d = idx.shape[0], stream.dim
         report: dict = {}
         if d > self.n_components:
             k = min(self.n_components, n - 1)
             if settings["reduce"] == "ica":
-                z, report["ica_converged"] = fast_ica(feats, idx, k, generator, device)
+                z, report["ica_converged"] = fast_ica(stream, idx, k, generator)
             else:
-                z = pca(feats, idx, k, device)
+                z = pca(stream, idx, k)
         else:
-            z = torch.as_tensor(feats[idx], dtype=torch.float64, device=device)
+            z = torch.cat([chunk.to(torch.float64) for chunk in stream.chunks(idx)])
         extra_starts = axis_split_starts(z) if self.n_clusters == 2 and self.mode == "artmed" else ()
         fit = kmeans(z, self.n_clusters, settings["n_init"], generator, extra_starts)
         labels = fit.labels.cpu().numpy()

@@ -1,79 +1,152 @@
-"""Torch linear algebra for the detectors: top principal directions (via a small eigh), PCA and FastICA.
+"""Torch linear algebra for the detectors: streamed per-group PCA (top principal directions and projections) and
+FastICA, on the given device.
 
-All run on the given device. The principal directions come from the eigendecomposition of the smaller of the
-D x D scatter and the N x N Gram matrix, never from a full SVD of the data. A label group's rows are read from the
-(N, D) feature array in float64 chunks of about ``CHUNK_ELEMENTS`` values (the scatter is summed chunk by chunk),
-so memory stays O(chunk + D^2) whatever the group's size: 200k x 512 features need no float64 copy of themselves.
+A label group's rows are read from the (N, D) feature array in float32 chunks of ``CHUNK_ROWS`` rows through one
+reused buffer (on a GPU, from one device-resident copy of the array), so memory stays O(chunk + D^2) whatever the
+group's size. The principal directions come from one pass that sums the D x D scatter of the rows minus a shift
+(a sample of the group's mean): float32 matrix products on the small shifted values, accumulated in float64, then
+a float64 eigendecomposition. No float64 copy of the features and no SVD of the data is ever made.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 import torch
 
-CHUNK_ELEMENTS = 1 << 22
-"""Values per float64 chunk (32 MiB): 8192 rows of 512-d features."""
+CHUNK_ROWS = 8192
+"""Rows per streamed chunk (16 MiB of 512-d float32 features)."""
+_SHIFT_SAMPLE = 1024
 
 
-def principal_directions(centered: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-`k` right singular vectors (D, k) and their squared singular values (k,) of a centred (N, D) matrix."""
-    n, d = centered.shape
-    if n >= d:
-        return _top_eigenpairs(centered.T @ centered, k)
+class RowStream:
+    """Chunks of ``feats[rows] - shift`` as float32 tensors on `device`, all written into one reused buffer.
+
+    Each yielded chunk is only valid until the next one is requested. On a GPU the whole array is uploaded once
+    (chunk by chunk), so later passes over any group never cross the host-device link again.
+    """
+
+    def __init__(self, feats: np.ndarray, device: torch.device, chunk_rows: int = CHUNK_ROWS) -> None:
+        if feats.ndim != 2:
+            raise ValueError(f"features must be a 2-D (N, D) array, got shape {feats.shape}")
+        self.n, self.dim = feats.shape
+        self.device = device
+        self.chunk_rows = max(1, int(chunk_rows))
+        self._feats = feats
+        self._source = self._upload(feats) if device.type != "cpu" else None
+        if self._source is None and feats.dtype == np.float32 and feats.flags.c_contiguous:
+            self._source = torch.from_numpy(feats)
+        self._buffer = torch.empty(min(self.chunk_rows, max(self.n, 1)), self.dim, dtype=torch.float32,
+                                   device=device)
+
+    def _upload(self, feats: np.ndarray) -> torch.Tensor:
+        out = torch.empty(feats.shape, dtype=torch.float32, device=self.device)
+        for lo in range(0, feats.shape[0], self.chunk_rows):
+            hi = min(lo + self.chunk_rows, feats.shape[0])
+            out[lo:hi] = torch.from_numpy(np.ascontiguousarray(feats[lo:hi], dtype=np.float32)).to(self.device)
+        return out
+
+    def chunks(self, rows: np.ndarray, shift: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+        """``feats[rows] - shift`` chunk by chunk ((m, D) float32, m <= chunk_rows), in the order of `rows`."""
+        index = torch.as_tensor(rows, dtype=torch.long)
+        if self._source is not None and self._source.device != index.device:
+            index = index.to(self._source.device)
+        for lo in range(0, rows.shape[0], self.chunk_rows):
+            hi = min(lo + self.chunk_rows, rows.shape[0])
+            out = self._buffer[: hi - lo]
+            if self._source is not None:
+                torch.index_select(self._source, 0, index[lo:hi], out=out)
+            else:
+                out.copy_(torch.from_numpy(np.asarray(self._feats[rows[lo:hi]], dtype=np.float32)))
+            if shift is not None:
+                out.sub_(shift)
+            yield out
+
+    def mean_of(self, rows: np.ndarray, limit: int | None = None) -> torch.Tensor:
+        """float64 mean (D,) of ``feats[rows]`` (of an even sample of at most `limit` of them when given)."""
+        if limit is not None and rows.shape[0] > limit:
+            rows = rows[np.linspace(0, rows.shape[0] - 1, limit).astype(np.int64)]
+        total = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
+        for chunk in self.chunks(rows):
+            total += chunk.sum(0).to(torch.float64)
+        return total / max(rows.shape[0], 1)
+
+
+@dataclass
+class GroupPCA:
+    """Principal axes of one label group: float64 mean (D,), top-k directions (D, k) and the centred scatter's
+    eigenvalues (k,) (squared singular values), plus the float32 shift the rows were streamed with."""
+
+    mean: torch.Tensor
+    directions: torch.Tensor
+    eigenvalues: torch.Tensor
+    shift: torch.Tensor
+
+    def project(self, stream: RowStream, rows: np.ndarray, centered: bool = True) -> torch.Tensor:
+        """float64 (N, k) projections of ``feats[rows] - mean`` (or of the raw rows, ``centered=False``) on the
+        directions: float32 products of the shifted rows plus a float64 offset for the shift."""
+        directions32 = self.directions.to(torch.float32)
+        origin = self.mean if centered else torch.zeros_like(self.mean)
+        offset = (self.shift.to(torch.float64) - origin) @ self.directions
+        parts = [(chunk @ directions32).to(torch.float64) for chunk in stream.chunks(rows, self.shift)]
+        if not parts:
+            return torch.empty(0, self.directions.shape[1], dtype=torch.float64, device=stream.device)
+        return torch.cat(parts) + offset
+
+
+def group_pca(stream: RowStream, rows: np.ndarray, k: int) -> GroupPCA:
+    """Mean, top-`k` principal directions and eigenvalues of ``feats[rows]``, in one streamed pass.
+
+    scatter = sum (x - s)(x - s)^T - n (mean - s)(mean - s)^T with s the mean of an even sample of the rows, so
+    the float32 products see values of the size of the spread, not of the mean. A group with fewer rows than D
+    goes through the n x n Gram matrix of its centred rows instead.
+    """
+    n, d = rows.shape[0], stream.dim
+    if n == 0:
+        raise ValueError("cannot compute principal directions of an empty group")
+    shift = stream.mean_of(rows, _SHIFT_SAMPLE).to(torch.float32)
+    if n < d:
+        x = torch.cat([chunk.to(torch.float64) for chunk in stream.chunks(rows, shift)])
+        delta = x.mean(0)
+        directions, evals = _gram_directions(x - delta, k)
+    else:
+        total = torch.zeros(d, dtype=torch.float64, device=stream.device)
+        scatter = torch.zeros(d, d, dtype=torch.float64, device=stream.device)
+        for chunk in stream.chunks(rows, shift):
+            total += chunk.sum(0).to(torch.float64)
+            scatter += (chunk.T @ chunk).to(torch.float64)
+        delta = total / n
+        scatter -= n * torch.outer(delta, delta)
+        directions, evals = _top_eigenpairs(scatter, k)
+    return GroupPCA(shift.to(torch.float64) + delta, directions, evals, shift)
+
+
+def _top_eigenpairs(scatter: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `k` largest eigenpairs of a symmetric matrix, largest first: on the CPU LAPACK computes only those
+    (4x faster than a full decomposition at D=512), on a GPU the device's full ``eigh`` runs."""
+    d = scatter.shape[0]
+    if scatter.device.type == "cpu":
+        evals, evecs = scipy.linalg.eigh(scatter.numpy(), subset_by_index=[d - k, d - 1])
+        evals, evecs = torch.from_numpy(evals), torch.from_numpy(evecs)
+    else:
+        evals, evecs = torch.linalg.eigh(scatter)
+    return evecs[:, -k:].flip(1), evals[-k:].flip(0).clamp_min(0)
+
+
+def _gram_directions(centered: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-`k` right singular vectors (D, k) and squared singular values (k,) of a centred (n, D) matrix, n < D."""
     evals, u = torch.linalg.eigh(centered @ centered.T)
     evals, u = evals[-k:].flip(0).clamp_min(0), u[:, -k:].flip(1)
     v = centered.T @ u
     return v / v.norm(dim=0, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny), evals
 
 
-def _top_eigenpairs(scatter: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    evals, evecs = torch.linalg.eigh(scatter)
-    return evecs[:, -k:].flip(1), evals[-k:].flip(0).clamp_min(0)
-
-
-def row_chunks(feats: np.ndarray, rows: np.ndarray, device: torch.device) -> Iterator[torch.Tensor]:
-    """``feats[rows]`` as float64 tensors on `device`, a chunk of rows at a time."""
-    step = max(1, CHUNK_ELEMENTS // max(1, feats.shape[1]))
-    for start in range(0, rows.shape[0], step):
-        yield torch.as_tensor(feats[rows[start : start + step]], dtype=torch.float64, device=device)
-
-
-def group_pca(
-    feats: np.ndarray, rows: np.ndarray, k: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean (D,), top-`k` principal directions (D, k) and squared singular values (k,) of ``feats[rows]``.
-
-    Two streamed passes (mean, then the centred D x D scatter); a group with fewer rows than D is small enough to
-    hold in float64 and goes through the N x N Gram matrix instead.
-    """
-    n, d = rows.shape[0], feats.shape[1]
-    if n < d:
-        x = torch.as_tensor(feats[rows], dtype=torch.float64, device=device)
-        mean = x.mean(0)
-        return mean, *principal_directions(x - mean, k)
-    total = torch.zeros(d, dtype=torch.float64, device=device)
-    for chunk in row_chunks(feats, rows, device):
-        total += chunk.sum(0)
-    mean = total / n
-    scatter = torch.zeros(d, d, dtype=torch.float64, device=device)
-    for chunk in row_chunks(feats, rows, device):
-        chunk -= mean
-        scatter.addmm_(chunk.T, chunk)
-    return mean, *_top_eigenpairs(scatter, k)
-
-
-def project(feats: np.ndarray, rows: np.ndarray, mean: torch.Tensor, directions: torch.Tensor,
-            device: torch.device) -> torch.Tensor:
-    """``(feats[rows] - mean) @ directions``: (N, k), computed chunk by chunk."""
-    return torch.cat([(chunk - mean) @ directions for chunk in row_chunks(feats, rows, device)])
-
-
-def pca(feats: np.ndarray, rows: np.ndarray, k: int, device: torch.device) -> torch.Tensor:
-    """Project the (N, D) rows ``feats[rows]`` on their top-`k` principal components: (N, k) scores."""
-    mean, directions, _ = group_pca(feats, rows, k, device)
-    return project(feats, rows, mean, directions, device)
+def pca(stream: RowStream, rows: np.ndarray, k: int) -> torch.Tensor:
+    """Project the rows ``feats[rows]`` on their top-`k` principal components: (N, k) float64 scores."""
+    return group_pca(stream, rows, k).project(stream, rows)
 
 
 def _sym_decorrelation(w: torch.Tensor) -> torch.Tensor:
@@ -82,19 +155,18 @@ def _sym_decorrelation(w: torch.Tensor) -> torch.Tensor:
 
 
 def fast_ica(
-    feats: np.ndarray, rows: np.ndarray, k: int, generator: torch.Generator, device: torch.device,
-    max_iter: int = 200, tol: float = 1e-4,
+    stream: RowStream, rows: np.ndarray, k: int, generator: torch.Generator, max_iter: int = 200, tol: float = 1e-4,
 ) -> tuple[torch.Tensor, bool]:
-    """Parallel FastICA (logcosh contrast) of the (N, D) rows ``feats[rows]`` to `k` unit-variance sources:
-    ((N, k), converged).
+    """Parallel FastICA (logcosh contrast) of the rows ``feats[rows]`` to `k` unit-variance sources:
+    ((N, k) float64, converged).
 
     Same algorithm as scikit-learn's ``FastICA(whiten="unit-variance")``: PCA whitening to `k` dimensions, then
     symmetric fixed-point updates from a seeded random unmixing matrix.
     """
     n = rows.shape[0]
-    mean, directions, evals = group_pca(feats, rows, k, device)
-    scale = (evals / n).clamp_min(torch.finfo(evals.dtype).tiny).rsqrt()
-    white = project(feats, rows, mean, directions, device) * scale
+    axes = group_pca(stream, rows, k)
+    scale = (axes.eigenvalues / n).clamp_min(torch.finfo(torch.float64).tiny).rsqrt()
+    white = axes.project(stream, rows) * scale
     w = _sym_decorrelation(torch.randn(k, k, generator=generator, dtype=torch.float64).to(white))
     converged = False
     for _ in range(max_iter):

@@ -6,10 +6,8 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-import torch
-
 from artmed.defenses.base import DetectionResult, Defense, EvaluationContext, LabelGroups, check_finite
-from artmed.defenses.decomposition import group_pca, project, row_chunks
+from artmed.defenses.decomposition import RowStream, group_pca
 from artmed.device import resolve_device
 
 
@@ -61,14 +59,14 @@ class SpectralSignatures(Defense):
         """Score and flag every training sample of `context` from its `layer` features."""
         feats = check_finite(context.features(self.layer), self.layer)
         groups = LabelGroups.split(context.y_train, self.min_group_size, self.name)
-        device = resolve_device(self.device)
+        stream = RowStream(feats, resolve_device(self.device))
         share = self.removal_share * self.eps
         raw = np.zeros(feats.shape[0])
         scores = np.zeros(feats.shape[0])
         flags = np.zeros(feats.shape[0], dtype=bool)
         per_group = []
         for g, idx in groups.analysed:
-            score, top_eigenvalue = self._group_scores(feats, idx, device)
+            score, top_eigenvalue = self._group_scores(stream, idx)
             flags[idx] = self._flag(score, share)
             raw[idx] = score
             mean = score.mean()
@@ -81,14 +79,12 @@ class SpectralSignatures(Defense):
                  "skipped_groups": groups.skipped, "raw_scores": raw}
         return DetectionResult(scores, flags, groups.ids, extra)
 
-    def _group_scores(self, feats: np.ndarray, idx: np.ndarray, device: torch.device) -> tuple[np.ndarray, float]:
-        """Scores of the rows `idx` and the top eigenvalue, streaming the rows in float64 chunks."""
-        mean, direction, eigenvalue = group_pca(feats, idx, 1, device)
-        if self.mode == "art":
-            score = torch.cat([(chunk @ direction).abs().squeeze(1) for chunk in row_chunks(feats, idx, device)])
-        else:
-            score = project(feats, idx, mean, direction, device).squeeze(1) ** 2
-        return score.cpu().numpy(), float(eigenvalue[0])
+    def _group_scores(self, stream: RowStream, idx: np.ndarray) -> tuple[np.ndarray, float]:
+        """Scores of the rows `idx` and the top eigenvalue, streaming the rows in chunks (two passes)."""
+        axes = group_pca(stream, idx, 1)
+        projection = axes.project(stream, idx, centered=self.mode != "art").squeeze(1)
+        score = projection.abs() if self.mode == "art" else projection**2
+        return score.cpu().numpy(), float(axes.eigenvalues[0])
 
     def _flag(self, score: np.ndarray, share: float) -> np.ndarray:
         if self.mode == "art":
