@@ -21,7 +21,8 @@ from art.estimators.pytorch import PyTorchEstimator
 
 from artmed.constants import IMAGE_SIZE
 from artmed.device import resolve_device
-from artmed.inputs import as_images, check_image_array, check_texts, image_batch, normalize_pixels, num_images
+from artmed.inputs import as_images, check_image_array, check_texts, normalize_pixels, num_images
+from artmed.loader import check_num_workers, image_batches
 from artmed.prompts import PromptBank, check_prompts, encode_sentences
 from artmed.training import train_unpaired
 
@@ -69,6 +70,7 @@ class _UnfilteredVerbs:
             text_labels = texts.labels
         sentences = texts.sentences if hasattr(texts, "sentences") else texts
         kwargs.setdefault("amp", self.amp)
+        kwargs.setdefault("num_workers", self.num_workers)
         history = train_unpaired(
             self.model, self.tokenizer, x, y, sentences, text_labels,
             input_shape=self.input_shape, device=self.device,
@@ -84,12 +86,14 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
 
     Images are float32 (N, 1|3, H, W) in [0, 1] with ``(H, W) == input_shape[1:]``; ``classes`` = ``list(prompts)``.
     ``amp`` uses bf16 autocast for inference and training on CUDA (never on CPU; gradients are float32).
+    ``num_workers`` processes read image batches ahead of the model (``artmed.loader``; through pinned memory on
+    CUDA) in ``fit`` and every batched image verb; 0 reads them in the calling process.
     """
 
     estimator_params = (
         PyTorchEstimator.estimator_params
         + ClassifierMixin.estimator_params
-        + ["tokenizer", "prompts", "input_shape", "batch_size", "amp"]
+        + ["tokenizer", "prompts", "input_shape", "batch_size", "amp", "num_workers"]
     )
 
     def __init__(
@@ -102,6 +106,7 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         batch_size: int = 64,
         clip_values: tuple[float, float] = (0.0, 1.0),
         amp: bool = True,
+        num_workers: int = 0,
         preprocessing_defences: Any = None,
         postprocessing_defences: Any = None,
     ) -> None:
@@ -123,6 +128,7 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = int(batch_size)
         self.amp = bool(amp)
+        self.num_workers = check_num_workers(num_workers)
         self.tokenizer = tokenizer
         self._bank = PromptBank(prompts)
         self.nb_classes = len(self._bank.prompts)
@@ -182,18 +188,21 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         """Apply ``fn`` (pixel tensor -> tensor) batch-wise without gradients; concatenate as float32 numpy."""
         images = as_images(x, self._input_shape)
         bs = batch_size or self.batch_size
+        n = num_images(images)
+        if n == 0:
+            raise ValueError("no images given (x is empty)")
+        batches = [np.arange(start, min(start + bs, n)) for start in range(0, n, bs)]
         self._model.train(training_mode)
         outputs = []
         with torch.no_grad():
-            for start in range(0, num_images(images), bs):
-                batch = image_batch(images, np.arange(start, min(start + bs, num_images(images))), self._input_shape)
-                batch, _ = self._apply_preprocessing(batch, y=None, fit=False)
+            for pixels in image_batches(images, batches, self._input_shape, self._device, self.num_workers):
+                if self.preprocessing_operations:
+                    batch, _ = self._apply_preprocessing(pixels.cpu().numpy(), y=None, fit=False)
+                    pixels = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self._device)
                 with self._autocast():
-                    out = fn(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self._device))
+                    out = fn(pixels)
                 outputs.append(out.float().cpu().numpy())
         self._model.eval()
-        if not outputs:
-            raise ValueError("no images given (x is empty)")
         return np.concatenate(outputs).astype(np.float32, copy=False)
 
     def _layer_key(self, layer: int | str) -> str:
@@ -327,7 +336,7 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
     def _settings(self) -> dict[str, Any]:
         return {"input_shape": self._input_shape, "device": self._device, "batch_size": self.batch_size,
                 "clip_values": tuple(float(v) for v in np.asarray(self._clip_values).ravel()[:2]),
-                "amp": self.amp, "preprocessing_defences": self.preprocessing_defences,
+                "amp": self.amp, "num_workers": self.num_workers, "preprocessing_defences": self.preprocessing_defences,
                 "postprocessing_defences": self.postprocessing_defences}
 
     def with_prompts(self, prompts: Mapping[str, list[str]]) -> MedCLIPEstimator:

@@ -34,11 +34,11 @@ from artmed.inputs import (
     as_images,
     check_label_matrix,
     check_texts,
-    image_batch,
     normalize_pixels,
     num_images,
     tokenize,
 )
+from artmed.loader import image_batches
 from artmed.losses import medclip_loss
 from artmed.models.medclip import LOGIT_SCALE_MAX
 
@@ -140,6 +140,7 @@ def train_unpaired(
     train_vision: bool = True,
     train_text: bool = True,
     amp: bool = True,
+    num_workers: int = 0,
     verbose: bool = True,
 ) -> dict[str, list[float]]:
     """Train ``model`` (a MedCLIPModel) in place on unpaired images and sentences; return the per-step history.
@@ -147,6 +148,7 @@ def train_unpaired(
     ``steps`` wins over ``nb_epochs`` (an epoch = ``ceil(N / batch_size)`` steps). Returns
     ``{"loss": [...], "lr": [...]}``. Parts not trained run without gradients and stay in eval mode.
     ``amp`` runs the encoders under bf16 autocast on CUDA (the loss stays float32; ignored on CPU).
+    ``num_workers`` processes read the image batches ahead (``artmed.loader``; the batch order is fixed first).
     In a process group (``torchrun``) each rank encodes its shard of every global batch under DDP, the loss is
     computed on the gathered global batch, BatchNorm uses global statistics, and only rank 0 shows progress;
     ``model`` ends up identical on every rank. Dropout masks are drawn per rank (seed ``seed + rank``).
@@ -179,6 +181,9 @@ def train_unpaired(
 
     image_rng, text_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     image_idx = index_batches(n, batch_size, image_rng)
+    image_rows = [next(image_idx) for _ in range(total)]
+    pixel_batches = image_batches(images, [shard_indices(rows) for rows in image_rows], input_shape, device,
+                                  num_workers)
     text_idx = index_batches(len(texts), text_batch_size, text_rng)
     use_amp = amp and device.type == "cuda"
     was_training = model.training
@@ -193,8 +198,7 @@ def train_unpaired(
         encoders = wrap_ddp(_Encoders(model, train_vision, train_text), device)
         bar = tqdm(range(total), desc="unpaired training", leave=False, disable=not (verbose and is_main_process()))
         for step in bar:
-            i_idx, t_idx = next(image_idx), next(text_idx)
-            pixels = torch.from_numpy(image_batch(images, shard_indices(i_idx), input_shape)).to(device)
+            i_idx, t_idx, pixels = image_rows[step], next(text_idx), next(pixel_batches)
             # the whole global text batch is tokenised so this rank's rows get the padding one process would give
             ids, mask = tokenize(tokenizer, [texts[i] for i in t_idx], device)
             rows = shard_slice(len(t_idx))

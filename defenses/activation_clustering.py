@@ -13,11 +13,13 @@ import torch
 
 from artmed.defenses.base import DetectionResult, Defense, EvaluationContext, LabelGroups, check_finite
 from artmed.defenses.decomposition import RowStream, fast_ica, pca
-from artmed.defenses.kmeans import axis_split_starts, kmeans, silhouette
+from artmed.defenses.kmeans import kmeans, silhouette
 from artmed.device import resolve_device
 
 ANALYSES = ("relative-size", "smaller", "silhouette")
 _SILHOUETTE_SAMPLE = 5000
+FIT_ROWS = 50_000
+"""Default (mode "artmed") rows per label group that the reduction and the k-means starts are fitted on."""
 
 
 def suspicious_clusters(
@@ -59,12 +61,13 @@ class ActivationClustering(Defense):
 
     Defaults (mode="artmed"): FastICA, 10 seeded k-means++ starts (plus, for 2 clusters, one start from the
     best split along each reduced axis, which finds a small separated subpopulation that random starts miss),
-    "relative-size" rule (flag a cluster holding
-    under `size_threshold` of its group). mode="art" switches the defaults to ART's ActivationDefence (PCA, one
-    k-means++ start, "smaller" rule, which flags the smaller cluster whatever its size) and ART's rounding;
-    explicit `reduce`/`analysis`/`n_init` still win. Scores (for AUROC) are a membership margin towards the
-    nearest non-largest cluster times how small that cluster is: d_L/(d_L+d_S)·(1 - share_S/share_L).
-    Groups under `min_group_size` samples are never flagged.
+    "relative-size" rule (flag a cluster holding under `size_threshold` of its group); the reduction and the
+    k-means starts are fitted on a seeded sample of `fit_rows` (50 000) rows per group, then every row is projected
+    and the best start is iterated on all of them. mode="art" switches the defaults to ART's ActivationDefence
+    (PCA, one k-means++ start on all rows, "smaller" rule, which flags the smaller cluster whatever its size) and
+    ART's rounding; explicit `reduce`/`analysis`/`n_init`/`fit_rows` still win. Scores (for AUROC) are a membership
+    margin towards the nearest non-largest cluster times how small that cluster is: d_L/(d_L+d_S)·(1 -
+    share_S/share_L). Groups under `min_group_size` samples are never flagged.
     """
 
     name = "activation_clustering"
@@ -79,6 +82,7 @@ class ActivationClustering(Defense):
         size_threshold: float = 0.35,
         silhouette_threshold: float = 0.1,
         n_init: int | None = None,
+        fit_rows: int | None = None,
         seed: int = 0,
         mode: Literal["artmed", "art"] = "artmed",
         layer: str = "image_pooled",
@@ -92,6 +96,7 @@ class ActivationClustering(Defense):
         self.size_threshold = size_threshold
         self.silhouette_threshold = silhouette_threshold
         self.n_init = n_init
+        self.fit_rows = fit_rows
         self.seed = seed
         self.mode = mode
         self.layer = layer
@@ -116,6 +121,8 @@ class ActivationClustering(Defense):
             raise ValueError(f"min_group_size ({self.min_group_size}) must be >= n_clusters ({self.n_clusters})")
         if self.n_init is not None and (int(self.n_init) != self.n_init or self.n_init < 1):
             raise ValueError(f"n_init must be a positive integer, got {self.n_init!r}")
+        if self.fit_rows is not None and (int(self.fit_rows) != self.fit_rows or self.fit_rows < 100):
+            raise ValueError(f"fit_rows must be an integer >= 100 or None (all rows), got {self.fit_rows!r}")
         if not 0.0 < self.size_threshold < 1.0:
             raise ValueError(f"size_threshold must be in (0, 1), got {self.size_threshold!r}")
         if not -1.0 <= self.silhouette_threshold <= 1.0:
@@ -131,6 +138,7 @@ class ActivationClustering(Defense):
             "reduce": self.reduce or ("pca" if art else "ica"),
             "analysis": self.analysis or ("smaller" if art else "relative-size"),
             "n_init": self.n_init or (1 if art else 10),
+            "fit_rows": self.fit_rows if self.fit_rows is not None else (None if art else FIT_ROWS),
         }
 
     def run(self, context: EvaluationContext) -> DetectionResult:
@@ -162,13 +170,13 @@ class ActivationClustering(Defense):
         if d > self.n_components:
             k = min(self.n_components, n - 1)
             if settings["reduce"] == "ica":
-                z, report["ica_converged"] = fast_ica(stream, idx, k, generator)
+                z, report["ica_converged"] = fast_ica(stream, idx, k, generator, fit_rows=settings["fit_rows"])
             else:
-                z = pca(stream, idx, k)
+                z = pca(stream, idx, k, generator, settings["fit_rows"])
         else:
             z = torch.cat([chunk.to(torch.float64) for chunk in stream.chunks(idx)])
-        extra_starts = axis_split_starts(z) if self.n_clusters == 2 and self.mode == "artmed" else ()
-        fit = kmeans(z, self.n_clusters, settings["n_init"], generator, extra_starts)
+        fit = kmeans(z, self.n_clusters, settings["n_init"], generator, axis_starts=self.mode == "artmed",
+                     fit_rows=settings["fit_rows"])
         labels = fit.labels.cpu().numpy()
         sil = None
         if settings["analysis"] == "silhouette":

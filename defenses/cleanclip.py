@@ -25,11 +25,11 @@ from artmed.inputs import (
     as_images,
     check_label_matrix,
     check_texts,
-    image_batch,
     normalize_pixels,
     num_images,
     tokenize,
 )
+from artmed.loader import image_batches
 from artmed.losses import medclip_loss
 from artmed.models.medclip import LOGIT_SCALE_MAX
 from artmed.training import index_batches, make_optimizer, warmup_cosine
@@ -259,6 +259,8 @@ class CleanCLIP(Defense):
         trained = [p for _, p in named if p.requires_grad]
         image_seed, text_seed, aug_seed, torch_seed = np.random.SeedSequence([self.seed, 2]).generate_state(4)
         image_idx = index_batches(n, self.batch_size, np.random.default_rng(image_seed))
+        image_rows = [next(image_idx) for _ in range(self.steps)]
+        pixel_batches = image_batches(images, image_rows, shape, device, getattr(estimator, "num_workers", 0))
         text_idx = index_batches(len(texts), self.batch_size, np.random.default_rng(text_seed))
         text_rng = np.random.default_rng(aug_seed)
         generator = torch.Generator(device=device)
@@ -271,9 +273,8 @@ class CleanCLIP(Defense):
         model.train()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(int(torch_seed))
-            for _ in tqdm(range(self.steps), desc="cleanclip", leave=False, disable=not self.verbose):
-                i_idx, t_idx = next(image_idx), next(text_idx)
-                pixels = torch.from_numpy(image_batch(images, i_idx, shape)).to(device)
+            for step in tqdm(range(self.steps), desc="cleanclip", leave=False, disable=not self.verbose):
+                i_idx, t_idx, pixels = image_rows[step], next(text_idx), next(pixel_batches)
                 sentences = [texts[i] for i in t_idx]
                 if use_ss:
                     pixels = torch.cat([pixels, augment_images(pixels, generator)])

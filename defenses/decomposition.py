@@ -144,9 +144,20 @@ def _gram_directions(centered: torch.Tensor, k: int) -> tuple[torch.Tensor, torc
     return v / v.norm(dim=0, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny), evals
 
 
-def pca(stream: RowStream, rows: np.ndarray, k: int) -> torch.Tensor:
-    """Project the rows ``feats[rows]`` on their top-`k` principal components: (N, k) float64 scores."""
-    return group_pca(stream, rows, k).project(stream, rows)
+def pca(stream: RowStream, rows: np.ndarray, k: int, generator: torch.Generator | None = None,
+        fit_rows: int | None = None) -> torch.Tensor:
+    """Project the rows ``feats[rows]`` on their top-`k` principal components: (N, k) float64 scores. With
+    `fit_rows` (and a `generator`), the components come from a seeded sample of at most that many rows."""
+    return group_pca(stream, fit_subset(rows, fit_rows, generator), k).project(stream, rows)
+
+
+def fit_subset(rows: np.ndarray, fit_rows: int | None, generator: torch.Generator | None) -> np.ndarray:
+    """`rows`, or a seeded sorted sample of `fit_rows` of them when there are more."""
+    if fit_rows is None or rows.shape[0] <= fit_rows:
+        return rows
+    if generator is None:
+        raise ValueError("sampling fit_rows rows needs a seeded generator")
+    return rows[sample_rows(rows.shape[0], fit_rows, generator, torch.device("cpu")).numpy()]
 
 
 def _sym_decorrelation(w: torch.Tensor) -> torch.Tensor:
@@ -156,28 +167,45 @@ def _sym_decorrelation(w: torch.Tensor) -> torch.Tensor:
 
 def fast_ica(
     stream: RowStream, rows: np.ndarray, k: int, generator: torch.Generator, max_iter: int = 200, tol: float = 1e-4,
+    fit_rows: int | None = None,
 ) -> tuple[torch.Tensor, bool]:
     """Parallel FastICA (logcosh contrast) of the rows ``feats[rows]`` to `k` unit-variance sources:
     ((N, k) float64, converged).
 
     Same algorithm as scikit-learn's ``FastICA(whiten="unit-variance")``: PCA whitening to `k` dimensions, then
-    symmetric fixed-point updates from a seeded random unmixing matrix.
+    symmetric fixed-point updates (in float32: the tolerance is far above its rounding) from a seeded random
+    unmixing matrix. With `fit_rows`, the whitening and the unmixing are fitted on a seeded sample of at most that
+    many rows and then applied to every row.
     """
-    n = rows.shape[0]
-    axes = group_pca(stream, rows, k)
-    scale = (axes.eigenvalues / n).clamp_min(torch.finfo(torch.float64).tiny).rsqrt()
-    white = axes.project(stream, rows) * scale
-    w = _sym_decorrelation(torch.randn(k, k, generator=generator, dtype=torch.float64).to(white))
-    converged = False
+    fit = fit_subset(rows, fit_rows, generator)
+    axes = group_pca(stream, fit, k)
+    scale = (axes.eigenvalues / fit.shape[0]).clamp_min(torch.finfo(torch.float64).tiny).rsqrt()
+    white_fit = axes.project(stream, fit) * scale
+    w = _sym_decorrelation(torch.randn(k, k, generator=generator, dtype=torch.float64).to(white_fit))
+    w, converged = _fixed_point(white_fit.to(torch.float32), w.to(torch.float32), max_iter, tol)
+    white = white_fit if fit is rows else axes.project(stream, rows) * scale
+    sources = white @ w.to(white.dtype).T
+    return sources / sources.std(0, keepdim=True).clamp_min(torch.finfo(white.dtype).tiny), converged
+
+
+def sample_rows(n: int, size: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """A seeded, sorted sample of `size` distinct row positions out of `n`."""
+    return torch.randperm(n, generator=generator)[:size].sort().values.to(device)
+
+
+def _fixed_point(white: torch.Tensor, w: torch.Tensor, max_iter: int, tol: float) -> tuple[torch.Tensor, bool]:
+    """FastICA's symmetric logcosh iterations on whitened (n, k) rows from the unmixing `w`: (w, converged).
+
+    The rows are held as a (k, n) matrix (the small products run 3-5x faster that way round) and tanh is taken
+    as 2·sigmoid(2x) - 1 (the same function; PyTorch's CPU sigmoid kernel is 10x faster than its tanh)."""
+    columns = white.T.contiguous()
+    n = columns.shape[1]
     for _ in range(max_iter):
-        proj = white @ w.T
-        g = torch.tanh(proj)
-        g_prime = (1.0 - g**2).mean(0)
-        w_new = _sym_decorrelation(g.T @ white / n - g_prime[:, None] * w)
+        g = torch.sigmoid(2.0 * (w @ columns)).mul_(2.0).sub_(1.0)
+        g_prime = 1.0 - (g * g).mean(1)
+        w_new = _sym_decorrelation(g @ columns.T / n - g_prime[:, None] * w)
         change = ((w_new * w).sum(1).abs() - 1.0).abs().max()
         w = w_new
         if change < tol:
-            converged = True
-            break
-    sources = white @ w.T
-    return sources / sources.std(0, keepdim=True).clamp_min(torch.finfo(white.dtype).tiny), converged
+            return w, True
+    return w, False

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from artmed.defenses.decomposition import sample_rows
 
 
 @dataclass
@@ -55,27 +56,62 @@ def axis_split_starts(x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _lloyd(x: torch.Tensor, centers: torch.Tensor, max_iter: int, tol: float) -> KMeansFit:
+    """Lloyd iterations from `centers`. Assignment uses -2 x.c + |c|^2 (the squared distance less the per-row
+    |x|^2, which does not change the argmin): one matrix product per step, no pairwise-distance kernel; with two
+    clusters, one matrix-vector product against the bisecting hyperplane and one for the sums."""
     k = centers.shape[0]
     converged = False
     labels = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
+    total = x.sum(0)
     for _ in range(max_iter):
-        dist = torch.cdist(x, centers) ** 2
-        new_labels = dist.argmin(1)
-        counts = torch.bincount(new_labels, minlength=k)
-        for empty in torch.nonzero(counts == 0).flatten().tolist():
-            far = dist.min(1).values.argmax()
-            new_labels[far] = empty
-            dist[far] = 0.0
-        sums = torch.zeros_like(centers).index_add_(0, new_labels, x)
-        new_centers = sums / torch.bincount(new_labels, minlength=k)[:, None].to(x.dtype)
+        if k == 2:
+            new_labels, counts, sums = _two_way_step(x, centers, total)
+        else:
+            new_labels, counts, sums = _step(x, centers)
+        new_centers = sums / counts[:, None].to(x.dtype)
         shift = ((new_centers - centers) ** 2).sum()
-        stable = bool((new_labels == labels).all())
+        stable = torch.equal(new_labels, labels)
         centers, labels = new_centers, new_labels
         if stable or shift <= tol:
             converged = True
             break
-    inertia = float(((x - centers[labels]) ** 2).sum())
+    inertia = float(((x - centers[labels]) ** 2).sum(dtype=torch.float64))
     return KMeansFit(labels, centers, inertia, converged)
+
+
+def _step(x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Assign every row to its nearest centre: (labels, counts, per-cluster sums), no cluster left empty."""
+    k = centers.shape[0]
+    partial = torch.addmm((centers * centers).sum(1), x, centers.T, alpha=-2.0)
+    labels = partial.argmin(1)
+    counts = torch.bincount(labels, minlength=k)
+    if bool((counts == 0).any()):
+        labels, counts = _fill_empty(x, partial, labels, counts)
+    return labels, counts, torch.zeros_like(centers).index_add_(0, labels, x)
+
+
+def _two_way_step(x: torch.Tensor, centers: torch.Tensor, total: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_step` for two centres: a row goes to centre 1 when x.(c1 - c0) > (|c1|^2 - |c0|^2) / 2."""
+    norms = (centers * centers).sum(1)
+    ones = (x @ (centers[1] - centers[0])) > (norms[1] - norms[0]) / 2
+    n_ones = int(ones.sum())
+    if n_ones in (0, x.shape[0]):
+        return _step(x, centers)
+    sum_ones = ones.to(x.dtype) @ x
+    counts = torch.tensor([x.shape[0] - n_ones, n_ones], device=x.device)
+    return ones.long(), counts, torch.stack([total - sum_ones, sum_ones])
+
+
+def _fill_empty(x: torch.Tensor, partial: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Give each empty cluster the point farthest from its own centre."""
+    dist = partial.gather(1, labels[:, None]).squeeze(1) + (x * x).sum(1)
+    for empty in torch.nonzero(counts == 0).flatten().tolist():
+        far = dist.argmax()
+        labels[far] = empty
+        dist[far] = -float("inf")
+    return labels, torch.bincount(labels, minlength=counts.shape[0])
 
 
 def kmeans(
@@ -83,22 +119,29 @@ def kmeans(
     k: int,
     n_init: int,
     generator: torch.Generator,
-    extra_starts: Sequence[torch.Tensor] = (),
+    axis_starts: bool = False,
+    fit_rows: int | None = None,
     max_iter: int = 300,
     tol: float = 1e-4,
 ) -> KMeansFit:
-    """Cluster (N, D) `x` into `k` groups: `n_init` seeded k-means++ starts plus `extra_starts` (k, D) centre
-    sets; the run with the lowest inertia wins. `tol` is relative to the mean per-feature variance (as in
-    scikit-learn). Empty clusters are re-seeded with the point farthest from its centre.
+    """Cluster (N, D) `x` into `k` groups: `n_init` seeded k-means++ starts, plus (``axis_starts``, two clusters)
+    one `axis_split_starts` start per column; the run with the lowest inertia wins. With `fit_rows`, the starts
+    run on a seeded sample of at most that many rows and the winner is then iterated on every row. `tol` is
+    relative to the mean per-feature variance (as in scikit-learn). Empty clusters are re-seeded with the point
+    farthest from its centre.
     """
-    abs_tol = tol * float(x.var(0).mean()) if x.shape[0] > 1 else 0.0
+    n = x.shape[0]
+    abs_tol = tol * float(x.var(0).mean()) if n > 1 else 0.0
+    sample = x if fit_rows is None or n <= fit_rows else x[sample_rows(n, fit_rows, generator, x.device)]
+    starts = [_kmeans_pp(sample, k, generator) for _ in range(n_init)]
+    if axis_starts and k == 2:
+        starts += axis_split_starts(sample)
     best: KMeansFit | None = None
-    starts = [_kmeans_pp(x, k, generator) for _ in range(n_init)] + list(extra_starts)
     for start in starts:
-        fit = _lloyd(x, start, max_iter, abs_tol)
+        fit = _lloyd(sample, start, max_iter, abs_tol)
         if best is None or fit.inertia < best.inertia:
             best = fit
-    return best
+    return best if sample is x else _lloyd(x, best.centers, max_iter, abs_tol)
 
 
 def silhouette(x: torch.Tensor, labels: torch.Tensor, k: int, chunk: int = 2048) -> float:

@@ -20,7 +20,7 @@ def test_bench_writes_ratios_and_art_agreement(tmp_path, capsys):
     data = json.loads(out.read_text())
     rows = {row["comparison"]: row for row in data["detection"]}
     assert set(rows) == {"SS art-mode vs ART SS", "SS centered vs ART SS", "AC art-mode vs ART AC",
-                         "AC artmed vs ART AC"}
+                         "AC artmed vs ART AC", "AC artmed vs ART AC (FastICA)"}
     for row in rows.values():
         assert row["n"] == 1500
         assert row["ratio"] == pytest.approx(row["art_s"] / row["ours_s"])
@@ -28,7 +28,8 @@ def test_bench_writes_ratios_and_art_agreement(tmp_path, capsys):
     assert rows["SS art-mode vs ART SS"]["agreement"] == 1.0
     assert rows["SS art-mode vs ART SS"]["disagreements"] == 0
     assert rows["AC artmed vs ART AC"]["f1_ours"] > rows["AC artmed vs ART AC"]["f1_art"]
-    assert set(data["scaling"]) == {"ss_art_mode", "ss_centered", "art_ss", "ac_art_mode", "ac_artmed", "art_ac"}
+    assert set(data["scaling"]) == {"ss_art_mode", "ss_centered", "art_ss", "ac_art_mode", "ac_artmed", "art_ac",
+                                    "art_ac_ica"}
     (extraction,) = data["extraction"]
     assert extraction["preset"] == "tiny" and extraction["get_activations_img_s"] > 0
     machine = data["machine"]

@@ -114,6 +114,16 @@ def test_activation_clustering_flags_planted_outliers():
         assert roc_auc_score(mask, result.scores) > 0.99
 
 
+@pytest.mark.parametrize("reduce", ["ica", "pca"])
+def test_activation_clustering_fitted_on_a_sample_still_flags_every_row(reduce):
+    feats, y, mask = planted(n_per_class=1500, poison_share=0.02, seed=3)
+    result = ActivationClustering(reduce=reduce, fit_rows=400).run(context(feats, y, mask))
+    tpr, fpr, _ = rates(result.flags, mask)
+    assert tpr >= 0.95 and fpr <= 0.01
+    assert all(group["size"] == 1500 for group in result.extra["per_group"])
+    assert result.extra["fit_rows"] == 400
+
+
 def test_activation_clustering_seeded():
     feats, y, _ = planted(n_per_class=200)
     a = ActivationClustering(seed=3).run(context(feats, y))
@@ -250,6 +260,7 @@ def test_context_extracts_features_once():
         lambda: ActivationClustering(analysis="distance"),
         lambda: ActivationClustering(n_clusters=1),
         lambda: ActivationClustering(size_threshold=1.5),
+        lambda: ActivationClustering(fit_rows=10),
         lambda: ARTActivationClustering(cluster_analysis="relative-size"),
         lambda: ARTSpectralSignatures(expected_pp_poison=2.0),
     ],
@@ -267,8 +278,10 @@ def test_detection_result_validates_shapes():
 def test_get_params_round_trip():
     defense = ActivationClustering(reduce="pca", seed=4)
     assert ActivationClustering(**defense.get_params()).get_params() == defense.get_params()
-    assert defense.resolved() == {"reduce": "pca", "analysis": "relative-size", "n_init": 10}
-    assert ActivationClustering(mode="art").resolved() == {"reduce": "pca", "analysis": "smaller", "n_init": 1}
+    assert defense.resolved() == {"reduce": "pca", "analysis": "relative-size", "n_init": 10, "fit_rows": 50_000}
+    assert ActivationClustering(mode="art").resolved() == {"reduce": "pca", "analysis": "smaller", "n_init": 1,
+                                                           "fit_rows": None}
+    assert ActivationClustering(mode="art", fit_rows=500).resolved()["fit_rows"] == 500
 
 
 @pytest.mark.parametrize("cls", [ARTSpectralSignatures, ARTActivationClustering])
