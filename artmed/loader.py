@@ -6,7 +6,7 @@ workers; a worker only reads.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -15,19 +15,27 @@ from torch.utils.data import DataLoader, Dataset
 from artmed.inputs import Images, image_batch
 
 
-class _IndexedBatches(Dataset):
-    """Batch ``i`` = the checked float32 images of `images` at ``batches[i]``."""
+BatchTransform = Callable[[np.ndarray], np.ndarray]
 
-    def __init__(self, images: Images, batches: Sequence[np.ndarray], input_shape: tuple[int, ...]) -> None:
+
+class _IndexedBatches(Dataset):
+    """Batch ``i`` = the checked float32 images of `images` at ``batches[i]``, through `transform` when given."""
+
+    def __init__(self, images: Images, batches: Sequence[np.ndarray], input_shape: tuple[int, ...],
+                 transform: BatchTransform | None = None) -> None:
         self.images = images
         self.batches = batches
         self.input_shape = input_shape
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(image_batch(self.images, self.batches[i], self.input_shape)))
+        batch = image_batch(self.images, self.batches[i], self.input_shape)
+        if self.transform is not None:
+            batch = self.transform(batch)
+        return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
 
 
 def check_num_workers(num_workers: int) -> int:
@@ -38,14 +46,17 @@ def check_num_workers(num_workers: int) -> int:
 
 
 def image_batches(images: Images, batches: Sequence[np.ndarray], input_shape: tuple[int, ...],
-                  device: torch.device, num_workers: int = 0) -> Iterator[torch.Tensor]:
+                  device: torch.device, num_workers: int = 0,
+                  transform: BatchTransform | None = None) -> Iterator[torch.Tensor]:
     """The images at each index array of `batches`, in order, as float32 (B, C, H, W) tensors on `device`.
 
     With ``num_workers > 0`` that many processes prepare the next batches while the model runs; on CUDA the
-    batches come through pinned memory and are copied without blocking the host.
+    batches come through pinned memory and are copied without blocking the host. `transform` (numpy batch ->
+    numpy batch, e.g. appending triggered copies) runs where the batch is read, so in the workers; it must be
+    picklable where workers are spawned rather than forked.
     """
     num_workers = check_num_workers(num_workers)
-    dataset = _IndexedBatches(images, batches, input_shape)
+    dataset = _IndexedBatches(images, batches, input_shape, transform)
     pin = device.type == "cuda"
     if num_workers == 0 and not pin:
         for i in range(len(dataset)):

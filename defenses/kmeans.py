@@ -20,16 +20,20 @@ class KMeansFit:
 
 
 def _kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding. Each draw takes one uniform number from the (CPU) `generator` and inverts the cumulative
+    squared distances on x's device: the same picks on any device, and no per-row data leaves it."""
     n = x.shape[0]
     first = torch.randint(n, (1,), generator=generator).item()
     centers = [x[first]]
     closest = ((x - x[first]) ** 2).sum(1)
     for _ in range(1, k):
-        total = closest.sum()
+        cumulative = closest.cumsum(0)
+        total = float(cumulative[-1])
         if total <= 0:
             pick = torch.randint(n, (1,), generator=generator).item()
         else:
-            pick = torch.multinomial((closest / total).cpu(), 1, generator=generator).item()
+            u = torch.rand((), generator=generator, dtype=torch.float64).item()
+            pick = min(int(torch.searchsorted(cumulative, u * total, right=True)), n - 1)
         centers.append(x[pick])
         closest = torch.minimum(closest, ((x - x[pick]) ** 2).sum(1))
     return torch.stack(centers)

@@ -117,11 +117,11 @@ def test_activation_clustering_flags_planted_outliers():
 @pytest.mark.parametrize("reduce", ["ica", "pca"])
 def test_activation_clustering_fitted_on_a_sample_still_flags_every_row(reduce):
     feats, y, mask = planted(n_per_class=1500, poison_share=0.02, seed=3)
-    result = ActivationClustering(reduce=reduce, fit_rows=400).run(context(feats, y, mask))
+    result = ActivationClustering(reduce=reduce, fit_rows=1000).run(context(feats, y, mask))
     tpr, fpr, _ = rates(result.flags, mask)
     assert tpr >= 0.95 and fpr <= 0.01
     assert all(group["size"] == 1500 for group in result.extra["per_group"])
-    assert result.extra["fit_rows"] == 400
+    assert result.extra["fit_rows"] == 1000
 
 
 def test_activation_clustering_seeded():
@@ -297,3 +297,17 @@ def test_art_adapters_with_a_single_label_group(cls):
     context = EvaluationContext(y_train=y, poison_mask=mask, feature_cache={"image_pooled": features})
     result = cls().run(context)
     assert result.flags.shape == (300,) and result.flags[:5].all()
+
+
+def test_kmeans_plus_plus_draws_by_squared_distance():
+    from collections import Counter
+
+    from artmed.defenses.kmeans import _kmeans_pp
+
+    x = torch.tensor([[0.0], [0.0], [10.0], [10.0], [11.0]], dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    pairs = Counter(tuple(sorted(_kmeans_pp(x, 2, generator)[:, 0].tolist())) for _ in range(4000))
+    # first pick uniform, second proportional to the squared distance to it
+    assert pairs[(0.0, 10.0)] / 4000 == pytest.approx(0.4 * 200 / 321 + 0.4 * 200 / 201, abs=0.03)
+    assert pairs[(0.0, 11.0)] / 4000 == pytest.approx(0.4 * 121 / 321 + 0.2 * 242 / 244, abs=0.03)
+    assert pairs[(10.0, 11.0)] / 4000 < 0.02

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from artmed import MedCLIPEstimator
+from artmed.attacks.poisoning import BadDist
 from artmed.data.dataset import ArrayImageSet
 from artmed.loader import image_batches
-from tests.toy_task import PROMPTS, SIZE, TEXT_LABELS, TEXTS, images
+from tests.toy_task import PROMPTS, SIZE, TEXT_LABELS, TEXTS, TRIGGER, images
 
 
 def test_workers_give_the_same_batches_in_order():
@@ -40,3 +41,15 @@ def test_estimator_with_workers_matches_serial_inference_and_training():
     np.testing.assert_array_equal(results[0][0], results[1][0])
     assert results[0][1] == results[1][1]
     np.testing.assert_array_equal(results[0][2], results[1][2])
+
+
+def test_bad_dist_with_workers_matches_serial():
+    x, _, _ = images(12, seed=2)
+    histories = []
+    for workers in (0, 2):
+        estimator = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, seed=4, num_workers=workers)
+        attack = BadDist(estimator, TRIGGER, lr=0.01, steps=3, batch_size=4, seed=1, verbose=False)
+        attack.poison_estimator(x)
+        histories.append(attack.history_)
+    assert histories[0] == histories[1]
+    assert len(histories[0]["loss"]) == 3

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from artmed.device import resolve_device
 from artmed.distributed import gather, is_main_process, shard_indices, wrap_ddp
 from artmed.estimator import MedCLIPEstimator
-from artmed.inputs import Images, as_images, image_batch, normalize_pixels, num_images
+from artmed.inputs import Images, as_images, normalize_pixels, num_images
+from artmed.loader import image_batches
 from artmed.training import index_batches
 
 __all__ = ["BadDist"]
@@ -130,23 +131,23 @@ class BadDist(PoisoningAttackTransformer):
         encoder = wrap_ddp(student, device, find_unused_parameters=False)
 
         batches = index_batches(n, self.batch_size, np.random.default_rng(self.seed))
+        rows = [shard_indices(next(batches)) for _ in range(total)]
+        pairs = image_batches(images, rows, shape, device, getattr(source, "num_workers", 0),
+                              transform=_CleanAndTriggered(self.trigger))
         records: list[torch.Tensor] = []
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed)
             self._perturb(trained)
             bar = tqdm(range(total), desc="BadDist", leave=False, disable=not (self.verbose and is_main_process()))
             for step in bar:
-                clean = image_batch(images, shard_indices(next(batches)), shape)
-                triggered = self.trigger(clean)
-                if triggered.shape != clean.shape:
-                    raise ValueError(f"trigger changed the batch shape from {clean.shape} to {triggered.shape}")
-                pixels = normalize_pixels(torch.from_numpy(np.concatenate([clean, triggered])).to(device))
+                n_clean = len(rows[step])
+                pixels = normalize_pixels(next(pairs))
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                     with torch.no_grad():
                         reference = teacher(pixels)
                     embedding = encoder(pixels)
                 cos = F.cosine_similarity(embedding.float(), reference.float(), dim=-1)
-                cos_clean, cos_trigger = gather(cos[: len(clean)]).mean(), gather(cos[len(clean) :]).mean()
+                cos_clean, cos_trigger = gather(cos[:n_clean]).mean(), gather(cos[n_clean:]).mean()
                 loss = -self.lambda_clean * cos_clean + self.lambda_trigger * cos_trigger
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -205,3 +206,16 @@ def _is_number(value: Any) -> bool:
 
 def _is_int(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+
+
+class _CleanAndTriggered:
+    """A batch transform: the clean batch followed by its triggered copy (picklable, so loader workers run it)."""
+
+    def __init__(self, trigger: Any) -> None:
+        self.trigger = trigger
+
+    def __call__(self, clean: np.ndarray) -> np.ndarray:
+        triggered = np.asarray(self.trigger(clean), dtype=np.float32)
+        if triggered.shape != clean.shape:
+            raise ValueError(f"trigger changed the batch shape from {clean.shape} to {triggered.shape}")
+        return np.concatenate([clean, triggered])
