@@ -59,52 +59,57 @@ def axis_split_starts(x: torch.Tensor) -> list[torch.Tensor]:
     return starts
 
 
-def _lloyd(x: torch.Tensor, centers: torch.Tensor, max_iter: int, tol: float) -> KMeansFit:
-    """Lloyd iterations from `centers`. Assignment uses -2 x.c + |c|^2 (the squared distance less the per-row
-    |x|^2, which does not change the argmin): one matrix product per step, no pairwise-distance kernel; with two
-    clusters, one matrix-vector product against the bisecting hyperplane and one for the sums."""
-    k = centers.shape[0]
-    converged = False
-    labels = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
+def _lloyd_all(x: torch.Tensor, starts: torch.Tensor, max_iter: int, tol: float) -> list[KMeansFit]:
+    """Lloyd iterations from each of the (S, k, D) centre sets in `starts`, all runs advanced together (one
+    product per step for every run still moving; each stops on its own criterion), one fit per start.
+
+    Assignment uses -2 c.x + |c|^2 (the squared distance less the per-row |x|^2, which does not change the
+    argmin), computed run-major as (runs, k, N) so every per-run slice is contiguous."""
+    n_starts, k, d = starts.shape
+    n = x.shape[0]
+    columns = x.T.contiguous()
+    centers = starts.clone()
+    labels = torch.full((n_starts, n), -1, dtype=torch.long, device=x.device)
+    converged = [False] * n_starts
+    active = list(range(n_starts))
     total = x.sum(0)
     for _ in range(max_iter):
-        if k == 2:
-            new_labels, counts, sums = _two_way_step(x, centers, total)
-        else:
-            new_labels, counts, sums = _step(x, centers)
-        new_centers = sums / counts[:, None].to(x.dtype)
-        shift = ((new_centers - centers) ** 2).sum()
-        stable = torch.equal(new_labels, labels)
-        centers, labels = new_centers, new_labels
-        if stable or shift <= tol:
-            converged = True
+        if not active:
             break
-    inertia = float(((x - centers[labels]) ** 2).sum(dtype=torch.float64))
-    return KMeansFit(labels, centers, inertia, converged)
+        idx = torch.tensor(active, device=x.device)
+        c = centers[idx]
+        partial = torch.addmm((c * c).sum(2).reshape(-1, 1), c.reshape(-1, d), columns, alpha=-2.0)
+        partial = partial.view(len(active), k, n)
+        new = (partial[:, 1] < partial[:, 0]).long() if k == 2 else partial.argmin(1)
+        counts, sums = _cluster_sums(x, new, k, total)
+        for j in torch.nonzero((counts == 0).any(1)).flatten().tolist():
+            new[j], counts[j] = _fill_empty(x, partial[j].T, new[j].clone(), counts[j])
+            sums[j] = torch.zeros_like(sums[j]).index_add_(0, new[j], x)
+        moved = sums / counts[..., None].to(x.dtype)
+        shift = ((moved - c) ** 2).sum((1, 2))
+        stable = (new == labels[idx]).all(1)
+        centers[idx] = moved
+        labels[idx] = new
+        done = (stable | (shift <= tol)).tolist()
+        for j, finished in zip(active, done):
+            converged[j] = converged[j] or finished
+        active = [j for j, finished in zip(active, done) if not finished]
+    fits = []
+    for j in range(n_starts):
+        inertia = float(((x - centers[j][labels[j]]) ** 2).sum(dtype=torch.float64))
+        fits.append(KMeansFit(labels[j].clone(), centers[j].clone(), inertia, converged[j]))
+    return fits
 
 
-def _step(x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Assign every row to its nearest centre: (labels, counts, per-cluster sums), no cluster left empty."""
-    k = centers.shape[0]
-    partial = torch.addmm((centers * centers).sum(1), x, centers.T, alpha=-2.0)
-    labels = partial.argmin(1)
-    counts = torch.bincount(labels, minlength=k)
-    if bool((counts == 0).any()):
-        labels, counts = _fill_empty(x, partial, labels, counts)
-    return labels, counts, torch.zeros_like(centers).index_add_(0, labels, x)
-
-
-def _two_way_step(x: torch.Tensor, centers: torch.Tensor, total: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`_step` for two centres: a row goes to centre 1 when x.(c1 - c0) > (|c1|^2 - |c0|^2) / 2."""
-    norms = (centers * centers).sum(1)
-    ones = (x @ (centers[1] - centers[0])) > (norms[1] - norms[0]) / 2
-    n_ones = int(ones.sum())
-    if n_ones in (0, x.shape[0]):
-        return _step(x, centers)
-    sum_ones = ones.to(x.dtype) @ x
-    counts = torch.tensor([x.shape[0] - n_ones, n_ones], device=x.device)
-    return ones.long(), counts, torch.stack([total - sum_ones, sum_ones])
+def _cluster_sums(x: torch.Tensor, labels: torch.Tensor, k: int, total: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per run and cluster, the member count (S, k) and the sum of members (S, k, D) for labels (S, N)."""
+    if k == 2:
+        n_ones = labels.sum(1)
+        sum_ones = labels.to(x.dtype) @ x
+        return torch.stack([x.shape[0] - n_ones, n_ones], 1), torch.stack([total - sum_ones, sum_ones], 1)
+    onehot = torch.nn.functional.one_hot(labels, k).to(x.dtype)
+    return onehot.sum(1).long(), torch.einsum("snk,nd->skd", onehot, x)
 
 
 def _fill_empty(x: torch.Tensor, partial: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor
@@ -140,12 +145,9 @@ def kmeans(
     starts = [_kmeans_pp(sample, k, generator) for _ in range(n_init)]
     if axis_starts and k == 2:
         starts += axis_split_starts(sample)
-    best: KMeansFit | None = None
-    for start in starts:
-        fit = _lloyd(sample, start, max_iter, abs_tol)
-        if best is None or fit.inertia < best.inertia:
-            best = fit
-    return best if sample is x else _lloyd(x, best.centers, max_iter, abs_tol)
+    fits = _lloyd_all(sample, torch.stack(starts), max_iter, abs_tol)
+    best = min(fits, key=lambda fit: fit.inertia)
+    return best if sample is x else _lloyd_all(x, best.centers[None], max_iter, abs_tol)[0]
 
 
 def silhouette(x: torch.Tensor, labels: torch.Tensor, k: int, chunk: int = 2048) -> float:

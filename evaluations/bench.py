@@ -494,6 +494,10 @@ def thread_limit(threads: int | None) -> Iterator[None]:
     if threads is None:
         yield
         return
+    # threadpoolctl caps only the pools already loaded: scipy and scikit-learn bring their own OpenBLAS / OpenMP
+    import scipy.linalg  # noqa: F401
+    import sklearn.cluster  # noqa: F401
+    import sklearn.decomposition  # noqa: F401
     import torch
     from threadpoolctl import threadpool_limits
 

@@ -2,6 +2,8 @@
 spectral signatures flag exactly what ART's SpectralSignatureDefense flags on the same features."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -80,3 +82,15 @@ def test_scaling_flags_superlinear_cost():
 def test_too_many_groups_for_the_size_rejected():
     with pytest.raises(ValueError, match="smallest label group"):
         main(["--sizes", "600", "--groups", "8", "--extract", "none", "--study", "none"])
+
+
+def test_thread_limit_caps_pools_loaded_by_scipy_and_sklearn():
+    """In a fresh interpreter: the cap reaches every pool, scipy's own OpenBLAS and scikit-learn's OpenMP included."""
+    code = ("from threadpoolctl import threadpool_info\n"
+            "from artmed.evaluations.bench import thread_limit\n"
+            "with thread_limit(1):\n"
+            "    import scipy.linalg, sklearn.cluster\n"
+            "    pools = threadpool_info()\n"
+            "print(sorted({p['internal_api'] for p in pools}), max(p['num_threads'] for p in pools))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith(" 1") and "openmp" in out

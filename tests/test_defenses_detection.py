@@ -311,3 +311,29 @@ def test_kmeans_plus_plus_draws_by_squared_distance():
     assert pairs[(0.0, 10.0)] / 4000 == pytest.approx(0.4 * 200 / 321 + 0.4 * 200 / 201, abs=0.03)
     assert pairs[(0.0, 11.0)] / 4000 == pytest.approx(0.4 * 121 / 321 + 0.2 * 242 / 244, abs=0.03)
     assert pairs[(10.0, 11.0)] / 4000 < 0.02
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_kmeans_matches_sklearn_inertia_and_each_run_matches_a_lone_run(k):
+    from sklearn.cluster import KMeans
+
+    from artmed.defenses.kmeans import _lloyd_all, kmeans
+
+    rng = np.random.default_rng(k)
+    x = np.concatenate([rng.normal(size=(150, 5)) + 6.0 * rng.normal(size=5) for _ in range(k)])
+    ours = kmeans(torch.as_tensor(x), k, 5, torch.Generator().manual_seed(0), axis_starts=True)
+    reference = KMeans(k, n_init=10, random_state=0).fit(x)
+    assert ours.inertia == pytest.approx(reference.inertia_, rel=1e-6) and ours.converged
+    starts = torch.as_tensor(x[rng.choice(len(x), (6, k), replace=False)])
+    together = _lloyd_all(torch.as_tensor(x), starts, 300, 0.0)
+    for start, fit in zip(starts, together):
+        (alone,) = _lloyd_all(torch.as_tensor(x), start[None], 300, 0.0)
+        assert torch.equal(alone.labels, fit.labels) and alone.inertia == pytest.approx(fit.inertia)
+
+
+def test_kmeans_refills_an_empty_cluster():
+    from artmed.defenses.kmeans import _lloyd_all
+
+    x = torch.tensor([[0.0], [0.1], [0.2], [10.0]], dtype=torch.float64)
+    (fit,) = _lloyd_all(x, torch.tensor([[[0.1], [50.0], [60.0]]], dtype=torch.float64), 100, 0.0)
+    assert sorted(np.bincount(fit.labels.numpy(), minlength=3).tolist()) == [1, 1, 2]
