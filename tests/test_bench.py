@@ -75,8 +75,11 @@ def test_synthetic_features_are_seeded_and_planted():
 def test_scaling_flags_superlinear_cost():
     runs = {1000: {"x": {"us_per_sample": 1.0}}, 10000: {"x": {"us_per_sample": 1.5}},
             100000: {"x": {"us_per_sample": 9.0}}}
-    assert scaling({k: v for k, v in runs.items() if k < 100000})["x"]["roughly_constant"] is True
-    assert scaling(runs)["x"]["roughly_constant"] is False
+    assert scaling({k: v for k, v in runs.items() if k < 100000})["x"]["at_most_linear"] is True
+    assert scaling(runs)["x"]["at_most_linear"] is False
+    assert scaling(runs)["x"]["growth"] == pytest.approx(9.0)
+    cheaper_per_sample = {1000: {"x": {"us_per_sample": 9.0}}, 100000: {"x": {"us_per_sample": 2.0}}}
+    assert scaling(cheaper_per_sample)["x"]["at_most_linear"] is True
 
 
 def test_too_many_groups_for_the_size_rejected():
