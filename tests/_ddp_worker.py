@@ -1,7 +1,9 @@
-"""torchrun worker for tests/test_distributed.py: the ``artmed.train_ddp`` run, then a BadDist fine-tune, on gloo.
+"""torchrun worker for tests/test_distributed.py: the ``artmed.train_ddp`` run, a BadDist fine-tune and a
+fine-pruning repair, on gloo.
 
 Usage: ``torchrun --nproc_per_node=2 tests/_ddp_worker.py OUT [train_ddp arguments...]``; rank 0 writes the
-trained bundle to OUT/fit and the BadDist bundle (plus its history) to OUT/bad_dist.
+trained bundle to OUT/fit, the BadDist bundle (plus its history) to OUT/bad_dist and the fine-pruned bundle (plus
+its fine-tuning loss and pruned channels) to OUT/fine_pruning.
 """
 
 import json
@@ -35,6 +37,35 @@ def bad_dist_run(device: torch.device | str) -> tuple[Any, dict[str, list[float]
     return attack.poison_estimator(data.train), attack.history_
 
 
+FINE_PRUNING = {"prune_step": 0.25, "max_prune": 0.5, "tolerance": 1.0, "finetune_steps": 4, "lr": 1e-3,
+                "batch_size": 9, "seed": 2}
+"""Fine-pruning settings (tolerance 1: both pruning steps are kept, so the fine-tune starts from a pruned model)."""
+
+
+def fine_pruning_run(device: torch.device | str) -> Any:
+    """Fine-pruning of a fresh tiny estimator (text dropout off, as in the fit comparison); returns its result."""
+    from artmed.data import make_default_dataset
+    from artmed.defenses import EvaluationContext
+    from artmed.defenses.fine_pruning import FinePruning
+    from artmed.estimator import MedCLIPEstimator
+
+    data = make_default_dataset(n_train=24, n_test=8, image_size=32, seed=4, n_texts=20)
+    task = data.tasks["rsna_like"]
+    estimator = MedCLIPEstimator.tiny(task.prompts, image_size=32, seed=6, device=device)
+    train_ddp.set_text_dropout(estimator.model, 0.0)
+    context = EvaluationContext(estimator=estimator, x_test=task.images, test_targets=task.targets,
+                                x_clean=data.train, texts=data.texts.sentences, text_labels=data.texts.labels)
+    return FinePruning(**FINE_PRUNING).run(context)
+
+
+@on_rank0
+def save_fine_pruning(result: Any, out: Path) -> None:
+    """Write the repaired bundle, its fine-tuning loss and pruned channels into ``out``; rank 0 only."""
+    result.estimator.save(out)
+    record = {"loss": result.extra["finetune_loss"], "pruned": result.extra["pruned_channels"].tolist()}
+    (out / "history.json").write_text(json.dumps(record))
+
+
 @on_rank0
 def save_bad_dist(estimator: Any, history: dict[str, list[float]], out: Path) -> None:
     """Write the backdoored bundle and its history into ``out``; rank 0 only."""
@@ -49,6 +80,7 @@ def main(out: str, argv: list[str]) -> None:
     try:
         train_ddp.run(train_ddp.build_parser().parse_args([*argv, "--out", str(Path(out) / "fit")]), device)
         save_bad_dist(*bad_dist_run(device), Path(out) / "bad_dist")
+        save_fine_pruning(fine_pruning_run(device), Path(out) / "fine_pruning")
         barrier()
     finally:
         shutdown()
