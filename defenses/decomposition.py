@@ -25,18 +25,21 @@ _SHIFT_SAMPLE = 1024
 class RowStream:
     """Chunks of ``feats[rows] - shift`` as float32 tensors on `device`, all written into one reused buffer.
 
-    Each yielded chunk is only valid until the next one is requested. On a GPU the whole array is uploaded once
-    (chunk by chunk), so later passes over any group never cross the host-device link again.
+    Each yielded chunk is only valid until the next one is requested. With `resident` (the default on a GPU) the
+    whole array is copied to the device once, as float32 and chunk by chunk, so later passes over any group never
+    cross the host-device link again; otherwise chunks are gathered from the array itself.
     """
 
-    def __init__(self, feats: np.ndarray, device: torch.device, chunk_rows: int = CHUNK_ROWS) -> None:
+    def __init__(self, feats: np.ndarray, device: torch.device, chunk_rows: int = CHUNK_ROWS,
+                 resident: bool | None = None) -> None:
         if feats.ndim != 2:
             raise ValueError(f"features must be a 2-D (N, D) array, got shape {feats.shape}")
         self.n, self.dim = feats.shape
         self.device = device
         self.chunk_rows = max(1, int(chunk_rows))
         self._feats = feats
-        self._source = self._upload(feats) if device.type != "cpu" else None
+        resident = device.type != "cpu" if resident is None else resident
+        self._source = self._upload(feats) if resident else None
         if self._source is None and feats.dtype == np.float32 and feats.flags.c_contiguous:
             self._source = torch.from_numpy(feats)
         self._buffer = torch.empty(min(self.chunk_rows, max(self.n, 1)), self.dim, dtype=torch.float32,

@@ -81,3 +81,16 @@ def test_fast_ica_sources_stay_decorrelated_on_mostly_gaussian_data():
     for seed in range(12):
         z, _ = fast_ica(stream, np.arange(400), 10, torch.Generator().manual_seed(seed), max_iter=100)
         np.testing.assert_allclose(np.cov(z.numpy().T), np.eye(10), atol=1e-3)
+
+
+def test_resident_copy_reads_the_same_rows():
+    """The GPU path (one device-resident float32 copy, index_select on it), exercised on the CPU."""
+    feats = spread_features(700, 24, offset=3.0).astype(np.float16)
+    rows = np.random.default_rng(2).permutation(700)[:500]
+    shift = torch.full((24,), 0.5)
+    for resident in (False, True):
+        stream = RowStream(feats, torch.device("cpu"), chunk_rows=64, resident=resident)
+        got = torch.cat([chunk.clone() for chunk in stream.chunks(rows, shift)]).numpy()
+        np.testing.assert_array_equal(got, feats[rows].astype(np.float32) - 0.5)
+    axes = [group_pca(RowStream(feats, torch.device("cpu"), 64, resident), rows, 2) for resident in (False, True)]
+    np.testing.assert_allclose(axes[0].eigenvalues.numpy(), axes[1].eigenvalues.numpy(), rtol=1e-12)
