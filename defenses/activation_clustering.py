@@ -174,7 +174,7 @@ class ActivationClustering(Defense):
             else:
                 z = pca(stream, idx, k, generator, settings["fit_rows"])
         else:
-            z = torch.cat([chunk.to(torch.float64) for chunk in stream.chunks(idx)])
+            z = stream.gather(idx)
         fit = kmeans(z, self.n_clusters, settings["n_init"], generator, axis_starts=self.mode == "artmed",
                      fit_rows=settings["fit_rows"])
         labels = fit.labels.cpu().numpy()

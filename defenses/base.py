@@ -45,7 +45,8 @@ def _lexicographic_ranks(arr: np.ndarray) -> np.ndarray:
     for column in arr.T:
         values, inverse = np.unique(column, return_inverse=True)
         ranks = np.unique(ranks * values.shape[0] + inverse.reshape(-1), return_inverse=True)[1].reshape(-1)
-    return ranks.astype(np.int64)
+        ranks = ranks.astype(np.int64, copy=False)
+    return ranks
 
 
 def _group_name(row: np.ndarray) -> str:

@@ -68,6 +68,10 @@ class RowStream:
                 out.sub_(shift)
             yield out
 
+    def gather(self, rows: np.ndarray, shift: torch.Tensor | None = None) -> torch.Tensor:
+        """``feats[rows] - shift`` as one float64 (len(rows), D) tensor on the device (for groups small enough)."""
+        return torch.cat([chunk.to(torch.float64) for chunk in self.chunks(rows, shift)])
+
     def mean_of(self, rows: np.ndarray, limit: int | None = None) -> torch.Tensor:
         """float64 mean (D,) of ``feats[rows]`` (of an even sample of at most `limit` of them when given)."""
         if limit is not None and rows.shape[0] > limit:
@@ -112,7 +116,7 @@ def group_pca(stream: RowStream, rows: np.ndarray, k: int) -> GroupPCA:
         raise ValueError("cannot compute principal directions of an empty group")
     shift = stream.mean_of(rows, _SHIFT_SAMPLE).to(torch.float32)
     if n < d:
-        x = torch.cat([chunk.to(torch.float64) for chunk in stream.chunks(rows, shift)])
+        x = stream.gather(rows, shift)
         delta = x.mean(0)
         directions, evals = _gram_directions(x - delta, k)
     else:
