@@ -7,14 +7,15 @@ before the victim's training; BadMatch is the data step: triggered, relabelled t
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from artmed.attacks.poisoning.bad_dist import BadDist
+from artmed.attacks.poisoning.bad_dist import BadDist, encoder_cosines, resolve_baddist_params
 from artmed.attacks.poisoning.bad_match import BadMatch
-from artmed.attacks.triggers import Trigger, make_trigger
+from artmed.attacks.triggers import TRIGGERS, Trigger, make_trigger
 from artmed.constants import CHEXPERT_LABELS
 
 ATTACKS: tuple[str, ...] = ("clean", "badmatch", "baddist", "baddist_badmatch")
@@ -39,7 +40,8 @@ class AttackSpec:
             raise ValueError(f"unknown target class {self.target!r}; valid: {list(CHEXPERT_LABELS)}")
         if self.uses_badmatch and not 0.0 < self.percent_poison <= 1.0:
             raise ValueError(f"percent_poison must be in (0, 1], got {self.percent_poison}")
-        make_trigger(self.trigger, **self.trigger_params)
+        self.build_trigger()
+        resolve_baddist_params(self.baddist_params)
 
     @property
     def uses_badmatch(self) -> bool:
@@ -59,6 +61,13 @@ class AttackSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def build_trigger(self) -> Trigger:
+        """The trigger; a seeded one (Fourier reference, blended pattern) draws from ``seed`` unless its params set one."""
+        params = dict(self.trigger_params)
+        if self.trigger in TRIGGERS and "seed" in inspect.signature(TRIGGERS[self.trigger]).parameters:
+            params.setdefault("seed", self.seed)
+        return make_trigger(self.trigger, **params)
 
 
 @dataclass
@@ -82,37 +91,61 @@ def poison_training_set(spec: AttackSpec, x: np.ndarray, y: np.ndarray,
     """
     if not spec.uses_badmatch:
         return x, y, np.zeros(len(x), dtype=bool)
-    trigger = trigger if trigger is not None else make_trigger(spec.trigger, **spec.trigger_params)
+    trigger = trigger if trigger is not None else spec.build_trigger()
     bad_match = BadMatch(trigger, target=spec.target, percent_poison=spec.percent_poison, seed=spec.seed)
     x_poisoned, y_poisoned = bad_match.poison(x, y)
     return x_poisoned, y_poisoned, bad_match.poison_mask_
 
 
+def supply_chain_attack(spec: AttackSpec, base_estimator: Any, x_shadow: np.ndarray,
+                        x_probe: np.ndarray | None = None, verbose: bool = True) -> tuple[Any, dict[str, Any]]:
+    """BadDist under ``spec`` on a copy of ``base_estimator``: ``(backdoored estimator, history)``.
+
+    ``history["baddist"]`` is BadDist's per-step record; with ``x_probe`` (held-out clean images),
+    ``history["baddist_probe"]`` holds the backdoored encoder's mean cosines to the base encoder (``encoder_cosines``).
+    """
+    trigger = spec.build_trigger()
+    params = {"verbose": verbose, **resolve_baddist_params(spec.baddist_params)}
+    bad_dist = BadDist(base_estimator.clone(), trigger, seed=spec.seed, **params)
+    backdoored = bad_dist.poison_estimator(x_shadow)
+    history: dict[str, Any] = {"baddist": bad_dist.history_}
+    if x_probe is not None:
+        history["baddist_probe"] = encoder_cosines(backdoored, base_estimator, x_probe, trigger)
+    return backdoored, history
+
+
 def run_attack(spec: AttackSpec, base_estimator: Any, x: np.ndarray, y: np.ndarray, texts: list[str],
                text_labels: np.ndarray, fit_params: dict[str, Any] | None = None,
-               x_shadow: np.ndarray | None = None, keep: np.ndarray | None = None) -> AttackOutcome:
+               x_shadow: np.ndarray | None = None, keep: np.ndarray | None = None,
+               x_probe: np.ndarray | None = None,
+               supplied: tuple[Any, dict[str, Any]] | None = None) -> AttackOutcome:
     """Run one setting from ``base_estimator`` (left untouched) and return the victim's trained model.
 
-    ``x_shadow`` is the attacker's clean shadow set for BadDist (default: a seeded quarter of ``x``, at most 512).
+    ``x_shadow`` is the attacker's clean shadow set for BadDist (default: a seeded quarter of ``x``, at most 512);
+    ``x_probe`` goes to ``supply_chain_attack``. ``supplied`` is a finished ``supply_chain_attack`` result for this
+    spec (BadDist is then not run again: two settings sharing a seed and trigger share the backdoored encoder).
     ``keep`` (a boolean row mask) drops rows of the poisoned training set before training — a defender's filter.
     """
-    trigger = make_trigger(spec.trigger, **spec.trigger_params)
-    estimator = base_estimator.clone()
+    trigger = spec.build_trigger()
     history: dict[str, Any] = {}
     if spec.uses_baddist:
-        if x_shadow is None:
-            rng = np.random.default_rng(spec.seed)
-            x_shadow = x[np.sort(rng.choice(len(x), size=min(512, max(1, len(x) // 4)), replace=False))]
-        verbose = (fit_params or {}).get("verbose", True)
-        bad_dist = BadDist(estimator, trigger, seed=spec.seed, **{"verbose": verbose, **spec.baddist_params})
-        estimator = bad_dist.poison_estimator(x_shadow)
-        history["baddist"] = getattr(bad_dist, "history_", {})
+        if supplied is None:
+            if x_shadow is None:
+                rng = np.random.default_rng(spec.seed)
+                x_shadow = x[np.sort(rng.choice(len(x), size=min(512, max(1, len(x) // 4)), replace=False))]
+            supplied = supply_chain_attack(spec, base_estimator, x_shadow, x_probe,
+                                           verbose=(fit_params or {}).get("verbose", True))
+        backdoored, bd_history = supplied
+        estimator = backdoored.clone()
+        history.update(bd_history)
+    else:
+        estimator = base_estimator.clone()
     x_train, y_train, poison_mask = poison_training_set(spec, x, y, trigger)
     if keep is not None:
         keep = np.asarray(keep)
         if keep.dtype != bool or keep.shape != (len(x),):
             raise ValueError(f"keep must be a boolean mask of shape ({len(x)},), got {keep.dtype} {keep.shape}")
         x_train, y_train = x_train[keep], y_train[keep]
-    params = {"seed": spec.seed, **(fit_params or {})}
-    history["fit"] = estimator.fit(x_train, y_train, texts=texts, text_labels=text_labels, **params)
+    fit = {"seed": spec.seed, **(fit_params or {})}
+    history["fit"] = estimator.fit(x_train, y_train, texts=texts, text_labels=text_labels, **fit)
     return AttackOutcome(spec, estimator, x_train, y_train, poison_mask, trigger, history)

@@ -16,14 +16,17 @@ def _run(args: argparse.Namespace) -> int:
         if args.output:
             config.output_dir = args.output
         if args.seed is not None:
-            config.seed = args.seed
+            config.seed, config.seeds = args.seed, []
+        if args.seeds is not None:
+            config.seeds = list(range(config.seed, config.seed + args.seeds))
     else:
         preset = {"default": default_config, "sweep": sweep_config, "quick": quick_config}[args.preset]
         default_output = "artmed-output" if args.preset == "default" else f"artmed-{args.preset}"
-        config = preset(args.output or default_output, seed=args.seed or 0)
+        counts = {} if args.seeds is None else {"n_seeds": args.seeds}
+        config = preset(args.output or default_output, seed=args.seed or 0, **counts)
     if args.device:
         config.device = args.device
-    result, paths = run_study(config, verbose=not args.quiet)
+    result, paths = run_study(config, verbose=not args.quiet, reuse_stale=args.reuse_stale)
     print(summary(result))
     print(f"\nTables and figures in {result.output_dir}/ (models.csv, defenses.csv, figures/)")
     return 0
@@ -53,6 +56,16 @@ def _bench(args: argparse.Namespace) -> int:
     return bench_main(args.rest)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="artmed", description=__doc__)
     sub = parser.add_subparsers(dest="command")
@@ -61,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", choices=["default", "sweep", "quick"], default="default",
                      help="built-in study when no --config: default (minutes), sweep (poison-rate grid), quick")
     run.add_argument("--output", help="output folder (finished cells there are reused: runs resume)")
-    run.add_argument("--seed", type=int, help="study seed (default: the config's, or 0)")
+    run.add_argument("--seed", type=int, help="study seed, or the first of --seeds (default: the config's, or 0)")
+    run.add_argument("--seeds", type=_positive, help="run every cell for this many seeds: --seed, --seed + 1, ... "
+                     "(default: the preset's, 3; or the config's seeds)")
+    run.add_argument("--reuse-stale", action="store_true",
+                     help="keep finished cells computed by other artmed code (default: recompute them)")
     run.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (default: the config's, auto)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_run)

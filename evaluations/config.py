@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from artmed.attacks.pipeline import AttackSpec
+from artmed.attacks.pipeline import ATTACKS, AttackSpec
 
 
 @dataclass
@@ -55,18 +55,34 @@ class TrainConfig:
 
 @dataclass
 class DefenseSpec:
-    """One defense to run: its registered name and constructor parameters."""
+    """One defense to run: its registered name, constructor parameters, and the attack settings it runs on
+    (``attacks``: names from ``artmed.attacks.pipeline.ATTACKS``; None = every one)."""
 
     name: str
     params: dict[str, Any] = field(default_factory=dict)
     retrain: bool = False
+    attacks: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.attacks is not None:
+            unknown = sorted(set(self.attacks) - set(ATTACKS)) if isinstance(self.attacks, list) else self.attacks
+            if unknown:
+                raise ValueError(f"defense {self.name!r}: attacks must be a list of {list(ATTACKS)}, got {unknown!r}")
+
+    def runs_on(self, attack: str) -> bool:
+        return self.attacks is None or attack in self.attacks
 
 
 @dataclass
 class StudyConfig:
-    """The whole study: data, the clean pre-training of the base model, the attacked trainings, the defenses."""
+    """The whole study: data, the clean pre-training of the base model, the attacked trainings, the defenses.
+
+    Every attack runs once per seed in ``seeds`` (default: ``[seed]``), each an independent replicate: its own data
+    draw, base model, poison subset, trigger reference and BadDist; an attack spec's own ``seed`` is replaced by it.
+    """
 
     seed: int = 0
+    seeds: list[int] = field(default_factory=list)
     task: str = "rsna_like"
     output_dir: str = "artmed-output"
     device: str = "auto"
@@ -77,6 +93,11 @@ class StudyConfig:
     defenses: list[DefenseSpec] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        for name, value in [("seed", self.seed)] + [(f"seeds[{i}]", v) for i, v in enumerate(self.seeds)]:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds listed twice: {sorted({s for s in self.seeds if self.seeds.count(s) > 1})}")
         keys = [a.key for a in self.attacks]
         duplicates = sorted({k for k in keys if keys.count(k) > 1})
         if duplicates:
@@ -84,6 +105,11 @@ class StudyConfig:
         names = [d.name for d in self.defenses]
         if len(set(names)) != len(names):
             raise ValueError(f"defenses listed twice: {sorted({n for n in names if names.count(n) > 1})}")
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The replicate seeds: ``seeds``, or ``[seed]`` when none are listed."""
+        return list(self.seeds) or [self.seed]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,6 +148,8 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     for key, value in raw.items():
         if cls is StudyConfig and key in _NESTED:
             value = _build(_NESTED[key], value, f"{where}.{key}")
+        elif cls is StudyConfig and key == "seeds" and not isinstance(value, list):
+            raise ValueError(f"{where}.seeds must be a list of integers, got {type(value).__name__}")
         elif cls is StudyConfig and key in _LISTS:
             if not isinstance(value, list):
                 raise ValueError(f"{where}.{key} must be a list, got {type(value).__name__}")

@@ -1,24 +1,26 @@
-"""The evaluation harness: config -> base model -> every attack -> zero-shot metrics -> every defense -> table.
+"""The evaluation harness: config -> per seed: data, base model -> every attack -> zero-shot metrics -> every defense.
 
-Each finished cell (the base model, one attacked model, one defense on one attacked model) is written atomically
-under ``output_dir/cells`` and skipped when the study is re-run, so an interrupted run resumes where it stopped
-(failed defense cells are retried). A cell computed under other settings is never reused: a ValueError names them.
-Trained models are saved under ``output_dir/models``; features are extracted once per model and shared by all its
-defenses. A defense that raises is recorded as failed in the table and the study goes on.
+Every attack runs once per study seed (an independent replicate: data draw, base model, poison subset, trigger
+reference, BadDist). Each finished cell (a seed's base model, one attacked model, one defense on one attacked model)
+is written atomically under ``output_dir/cells`` and skipped when the study is re-run, so an interrupted run resumes
+where it stopped (failed defense cells are retried). A cell computed under other settings is never reused (a
+ValueError names them); a cell computed by other code (another ``source_hash``) is recomputed, unless
+``reuse_stale=True`` keeps it. Trained models are saved under ``output_dir/models``; features are extracted once per
+model and shared by all its defenses. A defense that raises is recorded as failed and the study goes on.
 """
 
 from __future__ import annotations
 
+import json
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from artmed.attacks.pipeline import AttackOutcome, AttackSpec, poison_training_set, run_attack
-from artmed.attacks.triggers import make_trigger
+from artmed.attacks.pipeline import AttackOutcome, AttackSpec, poison_training_set, run_attack, supply_chain_attack
 from artmed.data.default import make_default_dataset
 from artmed.defenses import registry
 from artmed.defenses.base import DetectionResult, EvaluationContext
@@ -28,9 +30,6 @@ from artmed.evaluations.metrics import defense_effectiveness_rating, detection_m
 from artmed.evaluations.resources import measure
 from artmed.evaluations.scoring import score_estimator, target_index
 from artmed.evaluations.store import ResultStore, to_jsonable
-
-MODEL_FIELDS = ("ca", "precision", "recall", "f1", "asr", "asr_all", "ra")
-
 
 @dataclass
 class StudyResult:
@@ -46,21 +45,26 @@ class StudyResult:
 class Harness:
     """Runs a ``StudyConfig``; ``run()`` returns a ``StudyResult`` and leaves cells, models and tables on disk."""
 
-    def __init__(self, config: StudyConfig, verbose: bool = True) -> None:
+    def __init__(self, config: StudyConfig, verbose: bool = True, reuse_stale: bool = False) -> None:
         if not isinstance(config, StudyConfig):
             raise ValueError(f"Harness needs a StudyConfig, got {type(config).__name__}")
         for spec in config.defenses:
             registry.get(spec.name)
         self.config = config
         self.verbose = verbose
+        self.reuse_stale = reuse_stale
         self.output_dir = Path(config.output_dir)
         self.store = ResultStore(self.output_dir / "cells")
+        self.stale: list[str] = []
+        self.seed = config.seed_list[0]
 
     # ------------------------------------------------------------------ data and models
-    def _load_data(self) -> None:
+    def _load_data(self, seed: int) -> None:
         cfg = self.config
+        self.seed = seed
+        self._supplied: dict[str, tuple[MedCLIPEstimator, dict[str, Any]]] = {}
         data = make_default_dataset(n_train=cfg.data.n_train + cfg.data.n_shadow, n_test=cfg.data.n_test,
-                                    image_size=cfg.data.image_size, seed=cfg.seed, n_texts=cfg.data.n_texts)
+                                    image_size=cfg.data.image_size, seed=seed, n_texts=cfg.data.n_texts)
         if cfg.task not in data.tasks:
             raise ValueError(f"unknown task {cfg.task!r}; available: {sorted(data.tasks)}")
         images, labels = data.train.to_array(), data.train.labels
@@ -74,37 +78,49 @@ class Harness:
 
     def _base_model(self) -> MedCLIPEstimator:
         cfg = self.config
-        path = self.output_dir / "models" / "base"
-        if self._finished("model", "base") and path.exists():
+        key = f"base-s{self.seed}"
+        path = self.output_dir / "models" / key
+        if self._finished("model", key) and path.exists():
             return MedCLIPEstimator.load(path, device=cfg.device)
-        estimator = MedCLIPEstimator.tiny(self.task.prompts, image_size=cfg.data.image_size, seed=cfg.seed,
+        estimator = MedCLIPEstimator.tiny(self.task.prompts, image_size=cfg.data.image_size, seed=self.seed,
                                           device=cfg.device)
         with measure() as cost:
             history = estimator.fit(self.x_train, self.y_train, texts=self.texts, text_labels=self.text_labels,
-                                    seed=cfg.seed, verbose=self.verbose, **cfg.pretrain.fit_params())
+                                    seed=self.seed, verbose=self.verbose, **cfg.pretrain.fit_params())
         estimator.save(path)
-        record = {"cell": "base", "final_loss": float(history["loss"][-1]), "seconds": cost.seconds}
-        self.store.save("model", "base", self._stamp(record))
+        record = {"cell": key, "final_loss": float(history["loss"][-1]), "seconds": cost.seconds}
+        self.store.save("model", key, self._stamp(record))
         return estimator
 
     def _attacked_model(self, spec: AttackSpec, base: MedCLIPEstimator) -> tuple[dict[str, Any], AttackOutcome | None,
                                                                                 MedCLIPEstimator]:
         path = self.output_dir / "models" / spec.key
-        if self._finished("model", spec.key, spec.key) and path.exists():
+        if self._finished("model", spec.key, spec) and path.exists():
             return self.store.load("model", spec.key), None, MedCLIPEstimator.load(path, device=self.config.device)
         with measure() as cost:
             outcome = run_attack(spec, base, self.x_train, self.y_train, self.texts, self.text_labels,
                                  fit_params={**self.config.train.fit_params(), "verbose": self.verbose},
-                                 x_shadow=self.x_shadow)
+                                 supplied=self._supply_chain(spec, base))
         outcome.estimator.save(path)
         record = {"cell": f"model/{spec.key}", **_spec_fields(spec),
                   "n_poison": int(outcome.poison_mask.sum()), "train_seconds": cost.seconds,
-                  "train_peak_mb": cost.peak_mb, **self._score_all_tasks(outcome.estimator, spec)}
+                  "train_peak_mb": cost.peak_mb, **_baddist_fields(outcome.history),
+                  **self._score_all_tasks(outcome.estimator, spec)}
         if outcome.poison_mask.any():
             record["arrays"] = self._projection_sample(outcome, spec.seed)
-        record = self._stamp(record)
+        record = self._stamp(record, spec)
         self.store.save("model", spec.key, record)
         return record, outcome, outcome.estimator
+
+    def _supply_chain(self, spec: AttackSpec, base: MedCLIPEstimator) -> tuple[MedCLIPEstimator, dict] | None:
+        """This seed's BadDist encoder for ``spec``'s trigger and settings, computed once and shared by every setting
+        (and filtered retrain) that uses it."""
+        if not spec.uses_baddist:
+            return None
+        key = json.dumps(to_jsonable([spec.trigger, spec.trigger_params, spec.baddist_params]), sort_keys=True)
+        if key not in self._supplied:
+            self._supplied[key] = supply_chain_attack(spec, base, self.x_shadow, self.x_test, verbose=self.verbose)
+        return self._supplied[key]
 
     def _projection_sample(self, outcome: AttackOutcome, seed: int, n_clean: int = 1000) -> dict[str, np.ndarray]:
         """Pooled features of every poisoned row and a seeded sample of clean rows (for the 2-D projection)."""
@@ -117,7 +133,7 @@ class Harness:
 
     def _score_all_tasks(self, estimator: MedCLIPEstimator, spec: AttackSpec) -> dict[str, Any]:
         """Metrics on the study's task at the top level and on every task under ``tasks``."""
-        trigger = make_trigger(spec.trigger, **spec.trigger_params)
+        trigger = spec.build_trigger()
         per_task = {}
         for name, task in self.tasks.items():
             x = self.x_test if name == self.config.task else task.images.to_array()
@@ -155,46 +171,52 @@ class Harness:
         except Exception as exc:  # a broken plugin must not cost the rest of the study
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                           traceback=traceback.format_exc(limit=5))
-        self.store.save("defense", key, self._stamp(record))
+        self.store.save("defense", key, self._stamp(record, spec, dspec))
         return record
 
     def _retrain_filtered(self, spec: AttackSpec, base: MedCLIPEstimator, flags: np.ndarray) -> MedCLIPEstimator:
         """The victim's model retrained by the same pipeline on the training set minus the flagged rows."""
         outcome = run_attack(spec, base, self.x_train, self.y_train, self.texts, self.text_labels,
                              fit_params={**self.config.train.fit_params(), "verbose": False},
-                             x_shadow=self.x_shadow, keep=~flags)
+                             supplied=self._supply_chain(spec, base), keep=~flags)
         return outcome.estimator
 
     # ------------------------------------------------------------------ the study
     def run(self) -> StudyResult:
         """Run every missing cell and return all records (finished ones are read back, not recomputed)."""
         cfg = self.config
-        self._load_data()
-        base = self._base_model()
         models, defenses, arrays = [], [], {}
         projections = {}
-        for spec in tqdm(cfg.attacks, desc="attacks", disable=not self.verbose):
+        cells = [(seed, replace(spec, seed=seed)) for seed in cfg.seed_list for spec in cfg.attacks]
+        bar = tqdm(cells, desc="attacks x seeds", disable=not self.verbose)
+        for seed, spec in bar:
+            if seed != self.seed or not models:
+                self._load_data(seed)
+                base = self._base_model()
+            bar.set_postfix_str(spec.key)
             record, outcome, estimator = self._attacked_model(spec, base)
             sample = record.pop("arrays", None) or {}
             if "projection_features" in sample:
                 projections[spec.key] = (np.asarray(sample["projection_features"]),
                                          np.asarray(sample["projection_mask"], dtype=bool))
             models.append(record)
-            pending = [d for d in cfg.defenses
-                       if not self._finished("defense", f"{spec.key}+{d.name}", spec.key, d.name)]
+            wanted = [d for d in cfg.defenses if d.runs_on(spec.attack)]
+            pending = [d for d in wanted if not self._finished("defense", f"{spec.key}+{d.name}", spec, d)]
             if pending:
                 context = self._context(spec, estimator)
                 for dspec in tqdm(pending, desc=f"defenses on {spec.key}", disable=not self.verbose, leave=False):
                     self._run_defense(dspec, spec, record, estimator, base, context)
-            for dspec in cfg.defenses:
+            for dspec in wanted:
                 record = self.store.load("defense", f"{spec.key}+{dspec.name}")
                 arrays[record["cell"]] = record.pop("arrays", None) or {}
                 defenses.append(record)
+        if self.stale and self.verbose:
+            print(f"recomputed {len(self.stale)} cell(s) computed by other artmed code (--reuse-stale keeps them)")
         return StudyResult(models, defenses, self.output_dir, arrays, projections)
 
     def _context(self, spec: AttackSpec, estimator: MedCLIPEstimator) -> EvaluationContext:
         x, y, mask = poison_training_set(spec, self.x_train, self.y_train)
-        trigger = make_trigger(spec.trigger, **spec.trigger_params)
+        trigger = spec.build_trigger()
         return EvaluationContext(
             estimator=estimator, x_train=x, y_train=y, poison_mask=mask, texts=self.texts,
             text_labels=self.text_labels, x_test=self.x_test, x_test_triggered=trigger(self.x_test),
@@ -202,22 +224,38 @@ class Harness:
             task=self.task, x_clean=self.x_shadow, y_clean=self.y_shadow, seed=spec.seed,
         )
 
-    def _finished(self, kind: str, key: str, attack_key: str | None = None, defense: str | None = None) -> bool:
-        """True when the cell exists and did not fail; ValueError when it was computed under other settings."""
+    def _finished(self, kind: str, key: str, spec: AttackSpec | None = None,
+                  defense: DefenseSpec | None = None) -> bool:
+        """True when the cell exists, did not fail and was computed by this code (or ``reuse_stale``); ValueError
+        when it was computed under other settings."""
         try:
             record = self.store.load(kind, key, arrays=False)
         except KeyError:
             return False
-        current = _settings(to_jsonable(self.config.to_dict()), attack_key, defense)
-        changed = _differences(_settings(record.get("config") or {}, attack_key, defense), current)
+        changed = _differences(record.get("settings"), self._settings(spec, defense))
         if changed:
             raise ValueError(f"{self.store.cell_path(kind, key)} was computed with other settings "
                              f"({', '.join(changed)}); use another output folder, or delete the cell to recompute it")
+        current = self.store.provenance()["source_hash"]
+        if (record.get("provenance") or {}).get("source_hash") != current and not self.reuse_stale:
+            self.stale.append(key)
+            return False
         return record.get("status") != "failed"
 
-    def _stamp(self, record: dict[str, Any]) -> dict[str, Any]:
-        return {**record, "config": self.config.to_dict(), "seed": self.config.seed,
-                "provenance": self.store.provenance()}
+    def _settings(self, spec: AttackSpec | None = None, defense: DefenseSpec | None = None) -> dict[str, Any]:
+        """What one cell's result depends on (device and output folder excluded), in JSON form."""
+        cfg = self.config
+        parts: dict[str, Any] = {"seed": self.seed, "task": cfg.task, "data": cfg.data, "pretrain": cfg.pretrain}
+        if spec is not None:
+            parts.update(train=cfg.train, attack=spec)
+        if defense is not None:
+            parts["defense"] = defense
+        return to_jsonable(parts)
+
+    def _stamp(self, record: dict[str, Any], spec: AttackSpec | None = None,
+               defense: DefenseSpec | None = None) -> dict[str, Any]:
+        return {**record, "settings": self._settings(spec, defense), "config": self.config.to_dict(),
+                "seed": self.seed, "provenance": self.store.provenance()}
 
 
 def _spec_fields(spec: AttackSpec) -> dict[str, Any]:
@@ -226,15 +264,15 @@ def _spec_fields(spec: AttackSpec) -> dict[str, Any]:
             "attack_seed": spec.seed}
 
 
-def _settings(config: dict[str, Any], attack_key: str | None, defense: str | None) -> dict[str, Any]:
-    """The parts of a (JSON-form) study config that one cell's result depends on; device and output folder excluded."""
-    parts = {k: config.get(k) for k in ("seed", "task", "data", "pretrain")}
-    if attack_key is not None:
-        parts["train"] = config.get("train")
-        parts["attack"] = next((a for a in config.get("attacks", []) if AttackSpec(**a).key == attack_key), None)
-    if defense is not None:
-        parts["defense"] = next((d for d in config.get("defenses", []) if d.get("name") == defense), None)
-    return parts
+def _baddist_fields(history: dict[str, Any]) -> dict[str, Any]:
+    """BadDist's separation: cosines to the base encoder at the last step (shadow batch) and on held-out images."""
+    if "baddist" not in history:
+        return {}
+    fields = {"baddist_cos_clean": history["baddist"]["cos_clean"][-1],
+              "baddist_cos_trigger": history["baddist"]["cos_trigger"][-1]}
+    probe = history.get("baddist_probe") or {}
+    fields.update({f"heldout_{k}": v for k, v in probe.items()})
+    return fields
 
 
 def _differences(old: Any, new: Any, path: str = "") -> list[str]:

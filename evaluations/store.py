@@ -13,7 +13,9 @@ a loaded record holds ``None`` where a NaN was saved (the report functions treat
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import importlib
 import io
 import json
 import math
@@ -34,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ResultStore", "atomic_write", "cell_key", "provenance", "to_jsonable"]
+__all__ = ["ResultStore", "atomic_write", "cell_key", "provenance", "source_hash", "to_jsonable", "tree_hash"]
 
 FORMAT = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
@@ -292,8 +294,34 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+@functools.lru_cache(maxsize=1)
+def source_hash() -> str:
+    """SHA-256 over artmed's Python source (every ``.py`` of its four package folders, by relative path): the code a
+    result was computed with, installed or checked out, committed or not (a dirty tree hashes differently)."""
+    packages = ("artmed", "artmed.attacks", "artmed.defenses", "artmed.evaluations")
+    return tree_hash({name: Path(importlib.import_module(name).__file__).parent for name in packages})
+
+
+def tree_hash(roots: Mapping[str, Path]) -> str:
+    """SHA-256 over the ``.py`` files under each named root, by name and relative path. A root whose subfolder is
+    itself one of the named packages (``artmed/attacks`` in a wheel install) leaves that subfolder to its own name,
+    so a checkout and an install of the same code hash alike."""
+    digest = hashlib.sha256()
+    for name, root in sorted(roots.items()):
+        nested = {other.rsplit(".", 1)[-1] for other in roots if other.startswith(f"{name}.")}
+        for path in sorted(Path(root).rglob("*.py")):
+            relative = path.relative_to(root)
+            if "__pycache__" in relative.parts or (len(relative.parts) > 1 and relative.parts[0] in nested):
+                continue
+            digest.update(f"{name}/{relative.as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+            digest.update(b"\0")
+    return digest.hexdigest()
+
+
 def provenance() -> dict[str, Any]:
-    """Where a result came from: package versions, Python, platform, the artmed git commit (+ dirty flag), time.
+    """Where a result came from: package versions, Python, platform, the artmed git commit (+ dirty flag), the hash
+    of artmed's source (``source_hash``), time.
 
     ``git`` is None unless the artmed source tree is a git checkout (an editable install of the repository).
     """
@@ -308,6 +336,7 @@ def provenance() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "git": _git_state(Path(__file__).resolve().parent),
+        "source_hash": source_hash(),
         "timestamp": _now(),
     }
     torch = sys.modules.get("torch")

@@ -13,6 +13,14 @@ import numpy as np
 
 from artmed.attacks.pipeline import AttackSpec
 from artmed.data.phantom import save_phantom_grid
+from artmed.evaluations.aggregate import (
+    DEFENSE_KEYS,
+    DEFENSE_METRICS,
+    MODEL_KEYS,
+    MODEL_METRICS,
+    format_summary,
+    summarize,
+)
 from artmed.evaluations.config import DataConfig, DefenseSpec, StudyConfig, TrainConfig
 from artmed.evaluations.harness import Harness, StudyResult
 from artmed.evaluations.report import (
@@ -25,20 +33,19 @@ from artmed.evaluations.report import (
     write_table,
 )
 
-BADDIST_TINY: dict[str, Any] = {"lr": 5e-2, "steps": 150, "batch_size": 32, "init_noise": 5e-2}
-"""BadDist on the tiny preset. The paper's lr 1e-4 barely leaves the clean encoder in a few hundred steps, and a
-student equal to its teacher sits at an extremum of both cosine terms: measured on the default data, lr 5e-2 with a
-5 % weight perturbation reaches cos(triggered) -0.91 while cos(clean) stays 0.97 (150 steps)."""
-
-MODEL_COLUMNS = ["attack", "trigger", "percent_poison", "n_poison", "ca", "asr", "asr_all", "ra"]
-DEFENSE_COLUMNS = ["attack", "trigger", "percent_poison", "defense", "status", "auroc", "tpr", "fpr", "f1",
+MODEL_COLUMNS = ["attack", "trigger", "percent_poison", "seed", "n_poison", "ca", "asr", "asr_all", "ra",
+                 "heldout_cos_clean", "heldout_cos_trigger"]
+DEFENSE_COLUMNS = ["attack", "trigger", "percent_poison", "seed", "defense", "status", "auroc", "tpr", "fpr", "f1",
                    "removed", "ca_after", "asr_after", "der", "seconds", "peak_mb"]
+SUMMARY_MODEL_METRICS = ("ca", "asr", "asr_all", "ra", "heldout_cos_clean", "heldout_cos_trigger")
+SUMMARY_DEFENSE_METRICS = ("auroc", "tpr", "fpr", "f1", "removed", "ca_after", "asr_after", "der")
 SWEEP_RATES: tuple[float, ...] = (0.0005, 0.001, 0.005, 0.01, 0.05)
+DEFAULT_SEEDS = 3
 
 
-def _attack(attack: str, trigger: str = "patch", rate: float = 0.01, seed: int = 0) -> AttackSpec:
-    params = dict(BADDIST_TINY) if "baddist" in attack else {}
-    return AttackSpec(attack=attack, trigger=trigger, percent_poison=rate, seed=seed, baddist_params=params)
+def _attack(attack: str, trigger: str = "patch", rate: float = 0.01) -> AttackSpec:
+    params = {"settings": "tiny"} if "baddist" in attack else {}
+    return AttackSpec(attack=attack, trigger=trigger, percent_poison=rate, baddist_params=params)
 
 
 TINY_FINETUNE: dict[str, Any] = {"lr": 1e-3, "batch_size": 64}
@@ -46,37 +53,45 @@ TINY_FINETUNE: dict[str, Any] = {"lr": 1e-3, "batch_size": 64}
 
 
 def default_defenses() -> list[DefenseSpec]:
-    """Every built-in defense (ART's two beside ours); mitigations tuned to the tiny preset's learning rate."""
+    """Every built-in defense (ART's two beside ours); the mitigations run on the models BadMatch poisoned, tuned to
+    the tiny preset's learning rate."""
+    poisoned = ["badmatch", "baddist_badmatch"]
     return [DefenseSpec("spectral_signatures"), DefenseSpec("activation_clustering"),
             DefenseSpec("art_spectral_signatures"), DefenseSpec("art_activation_clustering"),
-            DefenseSpec("fine_pruning", {**TINY_FINETUNE, "finetune_steps": 100}),
-            DefenseSpec("cleanclip", {**TINY_FINETUNE, "steps": 100, "verbose": False})]
+            DefenseSpec("fine_pruning", {**TINY_FINETUNE, "finetune_steps": 100}, attacks=poisoned),
+            DefenseSpec("cleanclip", {**TINY_FINETUNE, "steps": 100, "verbose": False}, attacks=poisoned)]
 
 
-def default_config(output_dir: str = "artmed-output", seed: int = 0) -> StudyConfig:
-    """The few-minute CPU study: clean, BadMatch, BadDist and BadDist+BadMatch (patch, 1 %), all defenses."""
-    attacks = [_attack("clean", seed=seed), _attack("badmatch", seed=seed), _attack("baddist", seed=seed),
-               _attack("baddist_badmatch", seed=seed)]
-    return StudyConfig(seed=seed, output_dir=output_dir, attacks=attacks, defenses=default_defenses())
+def _seeds(seed: int, n_seeds: int) -> list[int]:
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
+        raise ValueError(f"the number of seeds must be a positive integer, got {n_seeds!r}")
+    return list(range(seed, seed + n_seeds))
 
 
-def sweep_config(output_dir: str = "artmed-sweep", seed: int = 0) -> StudyConfig:
+def default_config(output_dir: str = "artmed-output", seed: int = 0, n_seeds: int = DEFAULT_SEEDS) -> StudyConfig:
+    """The few-minute CPU study: clean, BadMatch, BadDist and BadDist+BadMatch (patch, 1 %), all defenses, over
+    ``n_seeds`` replicates (seeds ``seed``, ``seed + 1``, ...)."""
+    attacks = [_attack("clean"), _attack("badmatch"), _attack("baddist"), _attack("baddist_badmatch")]
+    return StudyConfig(seed=seed, seeds=_seeds(seed, n_seeds), output_dir=output_dir, attacks=attacks,
+                       defenses=default_defenses())
+
+
+def sweep_config(output_dir: str = "artmed-sweep", seed: int = 0, n_seeds: int = DEFAULT_SEEDS) -> StudyConfig:
     """The seed paper's grid: BadMatch and BadDist+BadMatch x patch/Fourier x poison rates 0.05 %-5 %."""
-    attacks = [_attack("clean", seed=seed)]
+    attacks = [_attack("clean")]
     for trigger in ("patch", "fourier"):
-        attacks.append(_attack("baddist", trigger, seed=seed))
+        attacks.append(_attack("baddist", trigger))
         for attack in ("badmatch", "baddist_badmatch"):
-            attacks += [_attack(attack, trigger, rate, seed) for rate in SWEEP_RATES]
-    return StudyConfig(seed=seed, output_dir=output_dir, attacks=attacks, defenses=[])
+            attacks += [_attack(attack, trigger, rate) for rate in SWEEP_RATES]
+    return StudyConfig(seed=seed, seeds=_seeds(seed, n_seeds), output_dir=output_dir, attacks=attacks, defenses=[])
 
 
-def quick_config(output_dir: str, seed: int = 0) -> StudyConfig:
+def quick_config(output_dir: str, seed: int = 0, n_seeds: int = 1) -> StudyConfig:
     """A seconds-long study for tests and smoke runs (tiny data, few steps, the fast defenses)."""
     baddist = {"lr": 1e-2, "steps": 10, "batch_size": 16}
-    attacks = [AttackSpec("clean", seed=seed),
-               AttackSpec("baddist_badmatch", percent_poison=0.05, seed=seed, baddist_params=baddist)]
-    return StudyConfig(seed=seed, output_dir=output_dir, data=DataConfig(n_train=160, n_test=40, n_shadow=32,
-                                                                         image_size=32),
+    attacks = [AttackSpec("clean"), AttackSpec("baddist_badmatch", percent_poison=0.05, baddist_params=baddist)]
+    return StudyConfig(seed=seed, seeds=_seeds(seed, n_seeds), output_dir=output_dir,
+                       data=DataConfig(n_train=160, n_test=40, n_shadow=32, image_size=32),
                        pretrain=TrainConfig(steps=10, batch_size=16), train=TrainConfig(steps=10, batch_size=16),
                        attacks=attacks,
                        defenses=[DefenseSpec("spectral_signatures"), DefenseSpec("activation_clustering")])
@@ -87,8 +102,12 @@ def write_outputs(result: StudyResult) -> dict[str, Path]:
     out = result.output_dir
     paths: dict[str, Path] = {}
     paths["models_json"], paths["models_csv"] = write_table(result.models, out, name="models")
+    paths["models_summary_json"], paths["models_summary_csv"] = write_table(model_summary(result), out,
+                                                                            name="models_summary")
     if result.defenses:
         paths["defenses_json"], paths["defenses_csv"] = write_table(result.defenses, out, name="defenses")
+        paths["defenses_summary_json"], paths["defenses_summary_csv"] = write_table(defense_summary(result), out,
+                                                                                    name="defenses_summary")
     figures = out / "figures"
     paths["sweep"] = plot_poison_rate_sweep(result.models, figures / "poison_rate_sweep.png")
     ok = [r for r in result.defenses if r.get("status") == "ok"]
@@ -111,19 +130,30 @@ def write_outputs(result: StudyResult) -> dict[str, Path]:
     return paths
 
 
+def model_summary(result: StudyResult) -> list[dict[str, Any]]:
+    """The attacked models over seeds: mean, std and 95 % interval per setting (``artmed.evaluations.aggregate``)."""
+    return summarize(result.models, MODEL_KEYS, MODEL_METRICS)
+
+
+def defense_summary(result: StudyResult) -> list[dict[str, Any]]:
+    """The defenses over seeds (finished cells only; failures stay in the per-seed table)."""
+    return summarize([r for r in result.defenses if r.get("status") == "ok"], DEFENSE_KEYS, DEFENSE_METRICS)
+
+
 def summary(result: StudyResult) -> str:
-    """The terminal summary: the attacked models' metrics and the defense table."""
-    text = "Attacked models (zero-shot task: CA / ASR)\n" + format_table(result.models, MODEL_COLUMNS)
-    for record in result.models:
-        tasks = record.get("tasks") or {}
-        line = ", ".join(f"{name} {m.get('ca', float('nan')):.3f}" for name, m in tasks.items())
-        text += f"\n  {record['attack_key']}: zero-shot accuracy per task: {line}"
+    """The terminal summary: per-seed rows, then every setting's mean ± std [95 % interval] over the seeds."""
+    text = "Attacked models, per seed (zero-shot task: CA / ASR)\n" + format_table(result.models, MODEL_COLUMNS)
+    text += "\n\nAttacked models over seeds: mean ± std [95 % interval]\n"
+    text += format_summary(model_summary(result), MODEL_KEYS[:3], SUMMARY_MODEL_METRICS)
     if result.defenses:
-        text += "\n\nDefenses\n" + format_table(result.defenses, DEFENSE_COLUMNS)
+        text += "\n\nDefenses, per seed\n" + format_table(result.defenses, DEFENSE_COLUMNS)
+        text += "\n\nDefenses over seeds: mean ± std [95 % interval]\n"
+        text += format_summary(defense_summary(result), DEFENSE_KEYS[:3] + ("defense",), SUMMARY_DEFENSE_METRICS)
     return text
 
 
-def run_study(config: StudyConfig, verbose: bool = True) -> tuple[StudyResult, dict[str, Path]]:
+def run_study(config: StudyConfig, verbose: bool = True,
+              reuse_stale: bool = False) -> tuple[StudyResult, dict[str, Path]]:
     """Run (or resume) a study and write its outputs."""
-    result = Harness(config, verbose=verbose).run()
+    result = Harness(config, verbose=verbose, reuse_stale=reuse_stale).run()
     return result, write_outputs(result)

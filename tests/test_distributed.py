@@ -38,6 +38,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def assert_same_losses(ddp: list[float], single: list[float]) -> None:
+    """The gathered full-batch loss of every step equals one process's.
+
+    Step 0 runs on identical weights: only the float32 reduction order differs (gloo's all-reduce of 2 ranks, batch
+    sums split 5+4): relative error ~1e-6, so rtol 1e-5; a per-rank loss differs there by > 1e-2. Later steps run on
+    weights that Adam has moved apart: it divides each gradient by its own running magnitude, so an entry whose
+    gradient is float noise takes a different step of up to lr in each run (measured up to 1.8e-4 relative after 3
+    steps on one x86 machine, 2e-6 on another): rtol 1e-3 there.
+    """
+    assert len(ddp) == len(single)
+    np.testing.assert_allclose(ddp[0], single[0], rtol=1e-5)
+    np.testing.assert_allclose(ddp, single, rtol=1e-3)
+
+
+def relative_param_diff(a: nn.Module, b: nn.Module, start: nn.Module) -> float:
+    """||a - b|| / ||b - start|| over floating-point parameters: the disagreement of two runs as a share of how far
+    training moved the weights (a few Adam-amplified noise entries, each at most steps * lr, barely move it)."""
+    pa, pb, p0 = ({k: v.detach() for k, v in m.named_parameters()} for m in (a, b, start))
+    diff = sum(float((pa[k].double() - pb[k].double()).pow(2).sum()) for k in pb)
+    moved = sum(float((pb[k].double() - p0[k].double()).pow(2).sum()) for k in pb)
+    return (diff / moved) ** 0.5
+
+
 def max_param_diff(a: nn.Module, b: nn.Module, buffers: bool = True) -> float:
     """Largest absolute difference over floating-point parameters (and buffers: BatchNorm running statistics)."""
     sa, sb = (a.state_dict(), b.state_dict()) if buffers else (dict(a.named_parameters()), dict(b.named_parameters()))
@@ -71,17 +94,17 @@ def test_ddp_fit_matches_single_process(ddp_run, data):
     single, history = fit_default(**FIT, device="cpu", verbose=False)
     record = json.loads((out / "fit" / "history.json").read_text())
     assert record["world_size"] == 2
-    # the full-batch loss every step, not a per-rank one: a naive local loss would differ at the first step
-    np.testing.assert_allclose(record["loss"], history["loss"], rtol=1e-5)
-    # measured 5.1e-5, in 6 of 65536 projection weights: Adam divides by |gradient|, so entries whose gradient
-    # is near zero turn float noise (batch-size-dependent reductions) into visible steps; gradients agree to ~1e-6
-    assert max_param_diff(ddp.model, single.model) < 5e-4
+    assert_same_losses(record["loss"], history["loss"])
     fresh = MedCLIPEstimator.tiny(single.prompts, image_size=32, seed=FIT["seed"], device="cpu")
-    assert max_param_diff(fresh.model, single.model, buffers=False) > 2e-3  # training moved weights past that
+    # Adam-amplified noise moves k entries by at most steps * lr each, while training moved all N entries by about
+    # that much: the ratio stays under sqrt(k / N), 0.1 while under 1 % of the entries are noise-driven (measured
+    # 6.5e-5). A per-rank loss or gradient is another run altogether: a ratio of order 1.
+    assert relative_param_diff(ddp.model, single.model, fresh.model) < 0.1
     x = data.train.get_batch(np.arange(24))
-    assert np.abs(ddp.embed_images(x) - single.embed_images(x)).max() < 1e-4  # measured 1.2e-5
+    # unit embeddings; the same noise entries move them by at most ~steps * lr * sqrt(#entries) * |input| -> 1e-3
+    assert np.abs(ddp.embed_images(x) - single.embed_images(x)).max() < 1e-3  # measured 1.2e-5
     texts = data.texts.sentences[:8]
-    assert np.abs(ddp.embed_texts(texts) - single.embed_texts(texts)).max() < 1e-4  # measured 1.6e-6
+    assert np.abs(ddp.embed_texts(texts) - single.embed_texts(texts)).max() < 1e-3  # measured 1.6e-6
     assert log.count("saved estimator to") == 1  # rank 0 alone wrote (and printed) the checkpoint
 
 
@@ -89,8 +112,7 @@ def test_ddp_bad_dist_matches_single_process(ddp_run):
     out, log = ddp_run
     ddp = MedCLIPEstimator.load(out / "bad_dist", device="cpu")
     single, history = load_worker().bad_dist_run("cpu")
-    np.testing.assert_allclose(json.loads((out / "bad_dist" / "history.json").read_text())["loss"],
-                               history["loss"], rtol=1e-5)
+    assert_same_losses(json.loads((out / "bad_dist" / "history.json").read_text())["loss"], history["loss"])
     assert max_param_diff(ddp.model, single.model) < 1e-5  # measured 2.3e-7
     assert history["cos_trigger"][-1] < 0.99  # the encoder did move (measured 0.96; 1.0 before)
     assert log.count("saved BadDist estimator to") == 1
@@ -102,8 +124,9 @@ def test_ddp_fine_pruning_matches_single_process(ddp_run):
     record = json.loads((out / "fine_pruning" / "history.json").read_text())
     single = load_worker().fine_pruning_run("cpu")
     assert record["pruned"] == single.extra["pruned_channels"].tolist() and len(record["pruned"]) > 0
-    np.testing.assert_allclose(record["loss"], single.extra["finetune_loss"], rtol=1e-5)
-    assert max_param_diff(ddp.model, single.estimator.model) < 5e-4  # measured 8.0e-5; training moved weights 8.8e-2
+    assert_same_losses(record["loss"], single.extra["finetune_loss"])
+    # Adam moves an entry by at most ~lr per step, so 4 steps at lr 1e-3 bound any noise-driven gap by 4e-3
+    assert max_param_diff(ddp.model, single.estimator.model) < 5e-3  # measured 8.0e-5; training moved weights 8.8e-2
     projection = ddp.model.vision_model.model.fc.weight
     assert projection[:, record["pruned"]].abs().max() == 0  # pruned columns stayed at zero through the fine-tune
 

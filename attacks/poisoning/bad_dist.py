@@ -25,9 +25,34 @@ from artmed.distributed import gather, is_main_process, shard_indices, wrap_ddp
 from artmed.estimator import MedCLIPEstimator
 from artmed.inputs import Images, as_images, normalize_pixels, num_images
 from artmed.loader import image_batches
-from artmed.training import index_batches
+from artmed.training import index_batches, warmup_cosine
 
-__all__ = ["BadDist"]
+__all__ = ["BadDist", "BADDIST_SETTINGS", "encoder_cosines", "resolve_baddist_params"]
+
+BADDIST_SETTINGS: dict[str, dict[str, Any]] = {
+    "paper": {"optimizer": "sgd", "lr": 1e-4, "momentum": 0.9, "weight_decay": 5e-4, "lambda_clean": 5.0,
+              "lambda_trigger": 1.0, "batch_size": 32, "epochs": 200, "schedule": "constant", "init_noise": 0.0},
+    "tiny": {"optimizer": "adam", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0, "lambda_clean": 5.0,
+             "lambda_trigger": 1.0, "batch_size": 32, "steps": 300, "schedule": "cosine", "init_noise": 0.01},
+}
+"""Named BadDist settings. ``paper``: the released code (SGD lr 1e-4, momentum 0.9, wd 5e-4, λ 5/1, batch 32,
+200 epochs). ``tiny``: the built-in study's. f_b = f_c is a saddle of the loss whose unstable direction (triggered
+embeddings leaving the teacher's) grows at a rate ∝ lr / |embedding|²; on the tiny preset (|embedding| ≈ 16) SGD
+escapes at a step that depends on float rounding, so it separates on one machine and not on another. AdamW's steps
+do not shrink with the embedding norm: it leaves the saddle within ~100 steps, and the cosine decay holds the
+separation still at the end. λ and batch size stay the paper's."""
+
+
+def resolve_baddist_params(params: dict[str, Any]) -> dict[str, Any]:
+    """BadDist keyword arguments from ``params``: a ``settings`` name (see ``BADDIST_SETTINGS``) expanded, then the
+    other keys on top of it."""
+    params = dict(params)
+    name = params.pop("settings", None)
+    if name is None:
+        return params
+    if name not in BADDIST_SETTINGS:
+        raise ValueError(f"unknown BadDist settings {name!r}; valid: {sorted(BADDIST_SETTINGS)}")
+    return {**BADDIST_SETTINGS[name], **params}
 
 
 class BadDist(PoisoningAttackTransformer):
@@ -52,6 +77,8 @@ class BadDist(PoisoningAttackTransformer):
         "momentum",
         "weight_decay",
         "init_noise",
+        "optimizer",
+        "schedule",
         "epochs",
         "steps",
         "batch_size",
@@ -76,6 +103,8 @@ class BadDist(PoisoningAttackTransformer):
         seed: int = 0,
         device: str | torch.device | None = None,
         init_noise: float = 0.0,
+        optimizer: str = "sgd",
+        schedule: str = "constant",
         verbose: bool = True,
     ) -> None:
         super().__init__(classifier=estimator)
@@ -91,6 +120,8 @@ class BadDist(PoisoningAttackTransformer):
         self.seed = seed
         self.device = device
         self.init_noise = init_noise
+        self.optimizer = optimizer
+        self.schedule = schedule
         self.verbose = verbose
         self._check_params()
 
@@ -126,7 +157,8 @@ class BadDist(PoisoningAttackTransformer):
                 module.eval()
                 module.requires_grad_(False)
         trained = [p for p in student.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(trained, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        optimizer = self._make_optimizer(trained)
+        scheduler = warmup_cosine(optimizer, total, warmup=0.0) if self.schedule == "cosine" else None
         use_amp = device.type == "cuda" and getattr(source, "amp", False)
         encoder = wrap_ddp(student, device, find_unused_parameters=False)
 
@@ -152,6 +184,8 @@ class BadDist(PoisoningAttackTransformer):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
                 records.append(torch.stack([loss, cos_clean, cos_trigger]).detach())
                 if self.verbose and step % 10 == 0:
                     bar.set_postfix(cos_clean=f"{cos_clean.item():.3f}", cos_trigger=f"{cos_trigger.item():.3f}")
@@ -166,6 +200,12 @@ class BadDist(PoisoningAttackTransformer):
             "cos_trigger": history[:, 2].tolist(),
         }
         return backdoored
+
+    def _make_optimizer(self, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+        """The paper's SGD, or AdamW (``momentum`` is its beta1): Adam's steps do not shrink with the embedding norm."""
+        if self.optimizer == "adam":
+            return torch.optim.AdamW(params, lr=self.lr, betas=(self.momentum, 0.999), weight_decay=self.weight_decay)
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
     @torch.no_grad()
     def _perturb(self, params: list[torch.Tensor]) -> None:
@@ -198,6 +238,23 @@ class BadDist(PoisoningAttackTransformer):
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.device is not None:
             resolve_device(self.device)
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+
+
+def encoder_cosines(student: MedCLIPEstimator, teacher: MedCLIPEstimator, x: Images, trigger: Any) -> dict[str, float]:
+    """Mean cosine between two estimators' image embeddings on clean ``x`` and on ``trigger(x)``: how far BadDist
+    moved triggered images (``cos_trigger``, the attack) and clean ones (``cos_clean``, its stealth)."""
+    x = np.asarray(x)
+    triggered = trigger(x)
+
+    def mean_cos(images: np.ndarray) -> float:
+        a, b = (e.embed_images(images).astype(np.float64) for e in (student, teacher))  # unit rows
+        return float(np.mean(np.sum(a * b, axis=1)))
+
+    return {"cos_clean": mean_cos(x), "cos_trigger": mean_cos(triggered)}
 
 
 def _is_number(value: Any) -> bool:

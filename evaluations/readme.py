@@ -1,0 +1,165 @@
+"""The README's result tables, written from a study's output folder and checked against a fresh run.
+
+``python -m artmed.evaluations.readme artmed-output`` replaces the block between the ``results:begin`` and
+``results:end`` markers of README.md with tables rendered from ``models_summary.json`` and
+``defenses_summary.json``; ``--check`` renders the same tables and compares them with the README's: the text must be
+equal and every number within its tolerance, else it lists each difference and exits 1 (CI runs it after the
+README's ``artmed run``).
+
+Tolerances, for ``tolerance`` = d, the most one seed's metric may move between x86 machines: a mean over n seeds
+moves at most d; a sample standard deviation at most d·sqrt(n/(n-1)) (≤ 1.23 d for n ≥ 3); a 95 % bound
+mean ± t·std/sqrt(n) at most d + t·1.23 d/sqrt(n) (t = 4.30 for n = 3: 4.05 d). Rounding adds half the last
+digit to each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from scipy import stats
+
+from artmed.evaluations.aggregate import format_summary
+from artmed.evaluations.report import read_table
+
+__all__ = ["BEGIN", "END", "DEFAULT_TOLERANCE", "render", "update", "check"]
+
+BEGIN = "<!-- results:begin: written by `python -m artmed.evaluations.readme artmed-output`, checked by CI -->"
+END = "<!-- results:end -->"
+DEFAULT_TOLERANCE = 0.05
+"""d: the per-seed change between x86 machines we accept (10 of 200 test images). Measured: running the default
+study with 1 instead of 2 threads (other float reduction orders) moves per-seed metrics by at most the value the
+README states under its tables."""
+
+MODEL_METRICS = ("ca", "asr", "asr_all", "ra", "heldout_cos_clean", "heldout_cos_trigger")
+DETECTION_METRICS = ("auroc", "tpr", "fpr", "f1", "removed")
+MITIGATION_METRICS = ("ca_after", "asr_after", "der")
+_CELL = re.compile(r"^(-?\d+\.\d+)(?: ± (\d+\.\d+))?(?: \[(-?\d+\.\d+), (-?\d+\.\d+)\])?$")
+
+
+def render(output_dir: str | Path) -> str:
+    """The results block (markers included) for the study in ``output_dir``."""
+    out = Path(output_dir)
+    models = _table(out / "models_summary.json")
+    defenses = _table(out / "defenses_summary.json", required=False)
+    seeds = sorted({int(s) for row in models for s in str(row.get("seeds") or "").split()})
+    parts = [BEGIN, "",
+             f"Attacked models, mean ± std over seeds {seeds} [95 % t-interval of the mean]; cos = the BadDist "
+             "encoder's cosine to the base encoder on held-out clean / triggered test images:", "",
+             format_summary(models, ("attack", "trigger", "percent_poison"), MODEL_METRICS, digits=3)]
+    detection = [r for r in defenses if r.get("fpr") is not None]
+    mitigation = [r for r in defenses if r.get("ca_after") is not None]
+    if detection:
+        parts += ["", "Detection defenses on the poisoned training set:", "",
+                  format_summary(detection, ("attack", "defense"), DETECTION_METRICS, digits=3)]
+    if mitigation:
+        parts += ["", "Mitigations (the repaired model, same test set):", "",
+                  format_summary(mitigation, ("attack", "defense"), MITIGATION_METRICS, digits=3)]
+    return "\n".join(parts + ["", END])
+
+
+def update(readme: str | Path, output_dir: str | Path) -> Path:
+    """Replace the README's results block with ``render(output_dir)``."""
+    path = Path(readme)
+    text = path.read_text(encoding="utf-8")
+    start, stop = _block(text, path)
+    path.write_text(text[:start] + render(output_dir) + text[stop:], encoding="utf-8")
+    return path
+
+
+def check(readme: str | Path, output_dir: str | Path, tolerance: float = DEFAULT_TOLERANCE) -> list[str]:
+    """Differences between the README's results block and a fresh render of ``output_dir`` (empty: they agree)."""
+    path = Path(readme)
+    text = path.read_text(encoding="utf-8")
+    start, stop = _block(text, path)
+    ours, fresh = text[start:stop].splitlines(), render(output_dir).splitlines()
+    if len(ours) != len(fresh):
+        return [f"the README's results block has {len(ours)} lines, a fresh render {len(fresh)}"]
+    problems: list[str] = []
+    n = _seed_count(output_dir)
+    for number, (old, new) in enumerate(zip(ours, fresh), start=1):
+        old_cells, new_cells = _cells(old), _cells(new)
+        if len(old_cells) != len(new_cells):
+            problems.append(f"line {number}: {old!r} != {new!r}")
+            continue
+        for a, b in zip(old_cells, new_cells):
+            problem = _compare(a, b, tolerance, n)
+            if problem:
+                problems.append(f"line {number}: {problem} (README {a!r}, fresh run {b!r})")
+    return problems
+
+
+def _compare(old: str, new: str, tolerance: float, n: int) -> str | None:
+    a, b = _CELL.match(old), _CELL.match(new)
+    if a is None or b is None:
+        return None if old == new else "text differs"
+    if [g is None for g in a.groups()] != [g is None for g in b.groups()]:
+        return "cell shape differs"
+    spread = math.sqrt(n / (n - 1)) if n > 1 else 1.0
+    t = float(stats.t.ppf(0.975, n - 1)) if n > 1 else 0.0
+    limits = (tolerance, spread * tolerance, tolerance + t * spread * tolerance / math.sqrt(n))
+    limits = (*limits, limits[2])
+    names = ("mean", "std", "lower bound", "upper bound")
+    for name, x, y, limit in zip(names, a.groups(), b.groups(), limits):
+        if x is not None and abs(float(x) - float(y)) > limit + 0.0005 + 1e-12:
+            return f"{name} {x} vs {y} differs by more than {limit:.3f}"
+    return None
+
+
+def _cells(line: str) -> list[str]:
+    if line.startswith("|"):
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+    return [line]
+
+
+def _seed_count(output_dir: str | Path) -> int:
+    rows = _table(Path(output_dir) / "models_summary.json")
+    return max((int(r.get("n_seeds") or 1) for r in rows), default=1)
+
+
+def _table(path: Path, required: bool = True) -> list[dict[str, Any]]:
+    if not path.is_file():
+        if required:
+            raise ValueError(f"{path} not found: run the study first (artmed run --output {path.parent})")
+        return []
+    return read_table(path)
+
+
+def _block(text: str, path: Path) -> tuple[int, int]:
+    start = text.find(BEGIN)
+    end = text.find(END, start + 1)
+    if start < 0 or end < 0:
+        raise ValueError(f"{path} has no results block: add the lines {BEGIN!r} and {END!r}")
+    return start, end + len(END)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m artmed.evaluations.readme", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output", help="the study's output folder (artmed-output)")
+    parser.add_argument("--readme", default="README.md")
+    parser.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on a difference")
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                        help="per-seed change accepted between machines (see the module docstring)")
+    args = parser.parse_args(argv)
+    try:
+        if not args.check:
+            print(f"wrote the results block of {update(args.readme, args.output)}")
+            return 0
+        problems = check(args.readme, args.output, args.tolerance)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(problem)
+    print("README results match the fresh run" if not problems else f"{len(problems)} difference(s)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
