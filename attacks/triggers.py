@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from artmed.constants import IMAGE_SIZE
+from artmed.constants import IMAGE_MEAN, IMAGE_STD, IMAGE_SIZE
 
 __all__ = ["Trigger", "PatchTrigger", "FourierTrigger", "BlendedTrigger", "TRIGGERS", "make_trigger"]
 
@@ -141,11 +141,15 @@ class FourierTrigger(Trigger):
     inverse FFT, clip to [0, 1] (the window convention of FIBA and of the seed paper's code). The reference is a
     smooth random texture drawn from ``seed`` at 224 px (the seed code used a COCO photo; nothing is downloaded here),
     or the user's ``reference`` image ((H, W) or (C, H, W) in [0, 1]); it is resized to each image size.
+    ``unnormalized=True`` reproduces the released code, which feeds Fourier-triggered images to MedCLIP *without*
+    its mean/std normalisation: the result is mapped to ``x · IMAGE_STD + IMAGE_MEAN``, the pixels that the model's
+    normalisation turns back into ``x`` (a strong intensity change on top of the spectral one).
     """
 
     name = "fourier"
 
-    def __init__(self, window: float = 0.2, alpha: float = 0.1, seed: int = 0, reference: np.ndarray | None = None):
+    def __init__(self, window: float = 0.2, alpha: float = 0.1, seed: int = 0, reference: np.ndarray | None = None,
+                 unnormalized: bool = False):
         if not np.isfinite(window) or not 0.0 < window < 0.5:
             raise ValueError(f"FourierTrigger window (β) must be in (0, 0.5), got {window!r}")
         if not np.isfinite(alpha) or not 0.0 < alpha <= 1.0:
@@ -154,11 +158,15 @@ class FourierTrigger(Trigger):
         self.alpha = float(alpha)
         self.seed = _check_seed(seed, "FourierTrigger")
         self.reference = None if reference is None else _check_pattern(reference, "FourierTrigger reference")
+        if not isinstance(unnormalized, (bool, np.bool_)):
+            raise ValueError(f"FourierTrigger unnormalized must be True or False, got {unnormalized!r}")
+        self.unnormalized = bool(unnormalized)
         self._amplitudes: dict[tuple[int, int, int], np.ndarray] = {}
 
     def get_params(self) -> dict[str, Any]:
         """The constructor parameters."""
-        return {"window": self.window, "alpha": self.alpha, "seed": self.seed, "reference": self.reference}
+        return {"window": self.window, "alpha": self.alpha, "seed": self.seed, "reference": self.reference,
+                "unnormalized": self.unnormalized}
 
     def half_width(self, height: int, width: int) -> int:
         """FIBA's low-frequency half-width b = floor(β · min(H, W)); the window is (2b + 1)² centred bins."""
@@ -189,7 +197,8 @@ class FourierTrigger(Trigger):
         amplitude, phase = np.abs(spectrum), np.angle(spectrum)
         amplitude[..., window] = (1.0 - self.alpha) * amplitude[..., window] + self.alpha * ref_amp[..., window]
         mixed = np.fft.ifftshift(amplitude * np.exp(1j * phase), axes=(-2, -1))
-        return np.clip(np.real(np.fft.ifft2(mixed)), 0.0, 1.0).astype(x.dtype)
+        out = np.clip(np.real(np.fft.ifft2(mixed)), 0.0, 1.0)
+        return (out * IMAGE_STD + IMAGE_MEAN if self.unnormalized else out).astype(x.dtype)
 
 
 class BlendedTrigger(Trigger):

@@ -1,4 +1,5 @@
-"""The ``artmed`` command line: ``run`` (the study), ``defenses`` (installed plugins), ``label``, ``bench``."""
+"""The ``artmed`` command line: ``run`` (the study), ``defenses`` (installed plugins), ``label``, ``bench``,
+``separation`` (BadDist over seeds)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,12 @@ def _bench(args: argparse.Namespace) -> int:
     return bench_main(args.rest)
 
 
+def _separation(args: argparse.Namespace) -> int:
+    from artmed.evaluations.separation import main as separation_main
+
+    return separation_main(args.rest)
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -91,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks against ART (artmed bench --help)", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
+    separation = sub.add_parser("separation", add_help=False,
+                                help="does BadDist separate triggered embeddings? (artmed separation --help)")
+    separation.add_argument("rest", nargs=argparse.REMAINDER)
+    separation.set_defaults(func=_separation)
     return parser
 
 

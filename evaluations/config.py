@@ -18,11 +18,13 @@ from artmed.attacks.pipeline import ATTACKS, AttackSpec
 
 @dataclass
 class DataConfig:
-    """The built-in phantom data: sizes and resolution (the default study's data)."""
+    """The built-in phantom data: sizes and resolution (the default study's data). ``n_shadow`` clean images are the
+    BadDist attacker's shadow set and the defender's clean set (1024 rather than 256 costs no training time and keeps
+    BadDist's clean cosine on held-out images higher: 0.944 vs 0.874 measured with a Fourier trigger, seed 0)."""
 
     n_train: int = 2000
     n_test: int = 200
-    n_shadow: int = 256
+    n_shadow: int = 1024
     image_size: int = 64
     n_texts: int | None = None
 

@@ -74,3 +74,14 @@ def test_fine_pruning_on_a_backdoored_tiny_model(setting):
     assert before["asr"] >= 0.8  # measured 0.94
     assert after["asr"] <= before["asr"] - 0.3  # measured 0.0: on this toy backdoor fine-pruning works
     assert after["ca"] >= before["ca"] - 0.1  # measured 0.77 -> 1.00
+
+
+def test_seeded_triggers_draw_from_the_attack_seed():
+    x = np.random.default_rng(0).random((2, 1, 32, 32)).astype(np.float32)
+    first, second = (AttackSpec("badmatch", trigger="fourier", seed=s).build_trigger() for s in (0, 1))
+    assert first.seed == 0 and second.seed == 1 and not np.allclose(first(x), second(x))
+    pinned = AttackSpec("badmatch", trigger="fourier", trigger_params={"seed": 5}, seed=1).build_trigger()
+    assert pinned.seed == 5
+    assert "seed" not in AttackSpec("badmatch", trigger="patch", seed=3).build_trigger().get_params()
+    with pytest.raises(ValueError, match="unknown BadDist settings"):
+        AttackSpec("baddist", baddist_params={"settings": "nope"})

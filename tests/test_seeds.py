@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from artmed.attacks.pipeline import AttackSpec
 from artmed.evaluations import harness as harness_module
 from artmed.evaluations import readme, store
 from artmed.evaluations.aggregate import format_summary, mean_interval, summarize
@@ -177,3 +178,18 @@ def test_readme_block_is_written_and_checked(two_seeds, tmp_path, capsys):
     path.write_text("no block\n")
     assert readme.main([str(out), "--readme", str(path), "--check"]) == 2
     assert "no results block" in capsys.readouterr().err
+
+
+def test_settings_sharing_a_seed_and_trigger_share_one_baddist_encoder(tmp_path, monkeypatch):
+    calls = []
+    supply = harness_module.supply_chain_attack
+    monkeypatch.setattr(harness_module, "supply_chain_attack",
+                        lambda spec, *a, **k: calls.append(spec.key) or supply(spec, *a, **k))
+    config = quick_config(str(tmp_path / "study"))
+    config.attacks.append(AttackSpec("baddist", baddist_params=config.attacks[1].baddist_params))
+    config.defenses = []
+    result = Harness(config, verbose=False).run()
+    assert calls == ["baddist_badmatch-patch-p0.05-s0"]
+    both = [m for m in result.models if m["attack"].startswith("baddist")]
+    assert both[0]["heldout_cos_trigger"] == both[1]["heldout_cos_trigger"]
+    assert both[0]["baddist_cos_clean"] == both[1]["baddist_cos_clean"]

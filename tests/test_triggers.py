@@ -158,3 +158,16 @@ def test_patch_larger_than_image():
 def test_bad_parameters(factory):
     with pytest.raises(ValueError):
         factory()
+
+
+def test_fourier_unnormalized_is_what_the_model_sees_without_normalisation():
+    """The released code skips MedCLIP's normalisation for Fourier-triggered images: normalising ours gives them back."""
+    from artmed.constants import IMAGE_MEAN, IMAGE_STD
+
+    x = np.random.default_rng(0).random((3, 1, 32, 32)).astype(np.float32)
+    plain, released = FourierTrigger(seed=1)(x), FourierTrigger(seed=1, unnormalized=True)(x)
+    np.testing.assert_allclose((released - IMAGE_MEAN) / IMAGE_STD, plain, atol=1e-5)  # float32 round trip
+    assert released.min() >= IMAGE_MEAN and released.max() <= IMAGE_MEAN + IMAGE_STD
+    assert FourierTrigger(unnormalized=True).get_params()["unnormalized"] is True
+    with pytest.raises(ValueError, match="unnormalized"):
+        FourierTrigger(unnormalized="yes")
