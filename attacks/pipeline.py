@@ -63,7 +63,7 @@ class AttackSpec:
         return asdict(self)
 
     def build_trigger(self) -> Trigger:
-        """The trigger; a seeded one (Fourier reference, blended pattern) draws from ``seed`` unless its params set one."""
+        """The trigger; a seeded one (Fourier reference, blended pattern) draws from ``seed`` unless its params say."""
         params = dict(self.trigger_params)
         if self.trigger in TRIGGERS and "seed" in inspect.signature(TRIGGERS[self.trigger]).parameters:
             params.setdefault("seed", self.seed)

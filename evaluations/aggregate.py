@@ -39,7 +39,8 @@ def mean_interval(values: Sequence[Any]) -> dict[str, float]:
             "n": n}
 
 
-def summarize(records: Sequence[Mapping[str, Any]], keys: Sequence[str], metrics: Sequence[str]) -> list[dict[str, Any]]:
+def summarize(records: Sequence[Mapping[str, Any]], keys: Sequence[str],
+              metrics: Sequence[str]) -> list[dict[str, Any]]:
     """One row per distinct ``keys`` tuple (in first-seen order) with the seed statistics of every ``metric``.
 
     Metrics no record of a group has are left out of its row; ``seeds`` lists the group's seeds (space-separated).

@@ -57,12 +57,13 @@ class Harness:
         self.store = ResultStore(self.output_dir / "cells")
         self.stale: list[str] = []
         self.seed = config.seed_list[0]
+        self._supplied: dict[str, tuple[MedCLIPEstimator, dict[str, Any]]] = {}
 
     # ------------------------------------------------------------------ data and models
     def _load_data(self, seed: int) -> None:
         cfg = self.config
         self.seed = seed
-        self._supplied: dict[str, tuple[MedCLIPEstimator, dict[str, Any]]] = {}
+        self._supplied = {}
         data = make_default_dataset(n_train=cfg.data.n_train + cfg.data.n_shadow, n_test=cfg.data.n_test,
                                     image_size=cfg.data.image_size, seed=seed, n_texts=cfg.data.n_texts)
         if cfg.task not in data.tasks:

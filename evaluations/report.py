@@ -380,10 +380,11 @@ def _num(value: Any) -> float:
 
 
 def _mean_std(values: Iterable[Any]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1, as in the summary tables; 0 for a single value)."""
     finite = [v for v in map(_num, values) if not math.isnan(v)]
     if not finite:
         return math.nan, math.nan
-    return float(np.mean(finite)), float(np.std(finite))
+    return float(np.mean(finite)), float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
 
 
 def _labels(records: Sequence[Mapping[str, Any]], varying: Sequence[str], always: Sequence[str]) -> list[str]:

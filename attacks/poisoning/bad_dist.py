@@ -39,8 +39,8 @@ BADDIST_SETTINGS: dict[str, dict[str, Any]] = {
 200 epochs). ``tiny``: the built-in study's. f_b = f_c is a saddle of the loss whose unstable direction (triggered
 embeddings leaving the teacher's) grows at a rate ∝ lr / |embedding|²; on the tiny preset (|embedding| ≈ 16) SGD
 escapes at a step that depends on float rounding, so it separates on one machine and not on another. AdamW's steps
-do not shrink with the embedding norm: it leaves the saddle within ~100 steps, and the cosine decay holds the
-separation still at the end. λ and batch size stay the paper's."""
+do not shrink with the embedding norm: it left the saddle by step 75-150 in every measured run, and the cosine
+decay holds the separation still at the end. λ and batch size stay the paper's."""
 
 
 def resolve_baddist_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -66,7 +66,9 @@ class BadDist(PoisoningAttackTransformer):
     Training starts at f_b = f_c, a saddle where the trigger term's gradient vanishes (cos is maximal): the encoder
     leaves it through weight decay, drop-path noise and rounding, so short runs at the paper's lr may change little.
     ``init_noise`` (an artmed addition, default 0 = the paper) perturbs each trained weight tensor by Gaussian noise of
-    ``init_noise`` times its standard deviation before the first step, which breaks that symmetry.
+    ``init_noise`` times its standard deviation before the first step, which breaks that symmetry. ``optimizer``
+    ("sgd", the paper's, or "adam": AdamW with ``momentum`` as beta1) and ``schedule`` ("constant" or "cosine" decay
+    to 0 over the run) select the optimisation; ``BADDIST_SETTINGS`` names the paper's and the built-in study's.
     """
 
     attack_params = PoisoningAttackTransformer.attack_params + [
