@@ -3,8 +3,15 @@
 ``python -m artmed.evaluations.readme artmed-output`` replaces the block between the ``results:begin`` and
 ``results:end`` markers of README.md with tables rendered from ``models_summary.json`` and
 ``defenses_summary.json``; ``--check`` renders the same tables and compares them with the README's: the text must be
-equal and every number within its tolerance, else it lists each difference and exits 1 (CI runs it after the
-README's ``artmed run``).
+equal and every number of the *checked* part within its tolerance, else it lists each difference and exits 1 (CI
+runs it after the README's ``artmed run``).
+
+The checked part holds the attacked models whose backdoor comes from poisoned training (CA, ASR, ASR_all, RA, and
+BadDist's cosines). After the ``UNCHECKED`` marker come the numbers measured to move between x86 machines by more
+than any useful tolerance (the same study with AVX2 instead of AVX-512 kernels, same seeds): BadDist without
+poisoned data (ASR 0.32 vs 0.00 on seed 0: where the triggered cluster lands is arbitrary), the detectors (AC's
+TPR 0.95 vs 0.00 on one seed) and the mitigations' ASR after (up to 0.20 apart). They are written from the same run
+and compared as text, not as results.
 
 Tolerances, for ``tolerance`` = d, the most one seed's metric may move between x86 machines: a mean over n seeds
 moves at most d; a sample standard deviation at most d·sqrt(n/(n-1)) (≤ 1.23 d for n ≥ 3); a 95 % bound
@@ -27,14 +34,15 @@ from scipy import stats
 from artmed.evaluations.aggregate import format_summary
 from artmed.evaluations.report import read_table
 
-__all__ = ["BEGIN", "END", "DEFAULT_TOLERANCE", "render", "update", "check"]
+__all__ = ["BEGIN", "END", "UNCHECKED", "DEFAULT_TOLERANCE", "render", "update", "check"]
 
 BEGIN = "<!-- results:begin: written by `python -m artmed.evaluations.readme artmed-output`, checked by CI -->"
 END = "<!-- results:end -->"
-DEFAULT_TOLERANCE = 0.05
-"""d: the per-seed change between x86 machines we accept (10 of 200 test images). Measured: running the default
-study with 1 instead of 2 threads (other float reduction orders) moves per-seed metrics by at most the value the
-README states under its tables."""
+UNCHECKED = "<!-- results:unchecked: these numbers move between x86 machines; the CI check stops here -->"
+DEFAULT_TOLERANCE = 0.1
+"""d: the per-seed change between x86 machines accepted on the checked metrics. Measured with the default study run
+twice on one machine, with AVX-512 and with AVX2 kernels (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA,
+MKL_ENABLE_INSTRUCTIONS): largest per-seed change CA 0.025, ASR / RA 0.08, ASR_all 0.04, cosines 0.005."""
 
 MODEL_METRICS = ("ca", "asr", "asr_all", "ra", "heldout_cos_clean", "heldout_cos_trigger")
 DETECTION_METRICS = ("auroc", "tpr", "fpr", "f1", "removed")
@@ -48,17 +56,22 @@ def render(output_dir: str | Path) -> str:
     models = _table(out / "models_summary.json")
     defenses = _table(out / "defenses_summary.json", required=False)
     seeds = sorted({int(s) for row in models for s in str(row.get("seeds") or "").split()})
+    keys = ("attack", "trigger", "percent_poison")
+    poisoned = [r for r in models if r.get("attack") != "baddist"]
     parts = [BEGIN, "",
-             f"Attacked models, mean ± std over seeds {seeds} [95 % t-interval of the mean]; cos = the BadDist "
+             f"Attacked models, mean ± std over seeds {seeds} and the 95 % t-interval of the mean; cos = the BadDist "
              "encoder's cosine to the base encoder on held-out clean / triggered test images:", "",
-             format_summary(models, ("attack", "trigger", "percent_poison"), MODEL_METRICS, digits=3)]
+             format_summary(poisoned, keys, MODEL_METRICS, digits=3), "", UNCHECKED, "",
+             "Not stable across machines (see `artmed.evaluations.readme`), so not claims: BadDist alone (no "
+             "poisoned data),", "", format_summary([r for r in models if r.get("attack") == "baddist"], keys,
+                                                   MODEL_METRICS, digits=3)]
     detection = [r for r in defenses if r.get("fpr") is not None]
     mitigation = [r for r in defenses if r.get("ca_after") is not None]
     if detection:
-        parts += ["", "Detection defenses on the poisoned training set:", "",
+        parts += ["", "the detection defenses on the poisoned training set,", "",
                   format_summary(detection, ("attack", "defense"), DETECTION_METRICS, digits=3)]
     if mitigation:
-        parts += ["", "Mitigations (the repaired model, same test set):", "",
+        parts += ["", "and the mitigations (the repaired model, same test set):", "",
                   format_summary(mitigation, ("attack", "defense"), MITIGATION_METRICS, digits=3)]
     return "\n".join(parts + ["", END])
 
@@ -78,6 +91,9 @@ def check(readme: str | Path, output_dir: str | Path, tolerance: float = DEFAULT
     text = path.read_text(encoding="utf-8")
     start, stop = _block(text, path)
     ours, fresh = text[start:stop].splitlines(), render(output_dir).splitlines()
+    if UNCHECKED not in ours:
+        return [f"the README's results block has no {UNCHECKED!r} line: rewrite it"]
+    ours, fresh = ours[:ours.index(UNCHECKED)], fresh[:fresh.index(UNCHECKED)]
     if len(ours) != len(fresh):
         return [f"the README's results block has {len(ours)} lines, a fresh render {len(fresh)}"]
     problems: list[str] = []

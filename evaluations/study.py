@@ -62,7 +62,7 @@ def default_defenses() -> list[DefenseSpec]:
             DefenseSpec("cleanclip", {**TINY_FINETUNE, "steps": 100, "verbose": False}, attacks=poisoned)]
 
 
-VICTIM_TRAINING = TrainConfig(steps=300)
+VICTIM_STEPS = 300
 """The victim's unpaired training in the built-in studies: 300 steps (~10 passes over the 20 poisoned images).
 At 150 steps BadDist+BadMatch sat on a knife edge: the same base model gave ASR 1.00 with AVX-512 kernels and 0.26
 with AVX2 ones (seed 2); at 300 steps both gave 1.00."""
@@ -78,8 +78,8 @@ def default_config(output_dir: str = "artmed-output", seed: int = 0, n_seeds: in
     """The few-minute CPU study: clean, BadMatch, BadDist and BadDist+BadMatch (patch, 1 %), all defenses, over
     ``n_seeds`` replicates (seeds ``seed``, ``seed + 1``, ...)."""
     attacks = [_attack("clean"), _attack("badmatch"), _attack("baddist"), _attack("baddist_badmatch")]
-    return StudyConfig(seed=seed, seeds=_seeds(seed, n_seeds), output_dir=output_dir, train=VICTIM_TRAINING,
-                       attacks=attacks, defenses=default_defenses())
+    return StudyConfig(seed=seed, seeds=_seeds(seed, n_seeds), output_dir=output_dir,
+                       train=TrainConfig(steps=VICTIM_STEPS), attacks=attacks, defenses=default_defenses())
 
 
 def sweep_config(output_dir: str = "artmed-sweep", seed: int = 0, n_seeds: int = DEFAULT_SEEDS) -> StudyConfig:
@@ -89,8 +89,8 @@ def sweep_config(output_dir: str = "artmed-sweep", seed: int = 0, n_seeds: int =
         attacks.append(_attack("baddist", trigger))
         for attack in ("badmatch", "baddist_badmatch"):
             attacks += [_attack(attack, trigger, rate) for rate in SWEEP_RATES]
-    return StudyConfig(seed=seed, seeds=_seeds(seed, n_seeds), output_dir=output_dir, train=VICTIM_TRAINING,
-                       attacks=attacks, defenses=[])
+    return StudyConfig(seed=seed, seeds=_seeds(seed, n_seeds), output_dir=output_dir,
+                       train=TrainConfig(steps=VICTIM_STEPS), attacks=attacks, defenses=[])
 
 
 def quick_config(output_dir: str, seed: int = 0, n_seeds: int = 1) -> StudyConfig:

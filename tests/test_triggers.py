@@ -161,7 +161,7 @@ def test_bad_parameters(factory):
 
 
 def test_fourier_unnormalized_is_what_the_model_sees_without_normalisation():
-    """The released code skips MedCLIP's normalisation for Fourier-triggered images: normalising ours gives them back."""
+    """The released code skips MedCLIP's normalisation of Fourier-triggered images: normalising ours undoes it."""
     from artmed.constants import IMAGE_MEAN, IMAGE_STD
 
     x = np.random.default_rng(0).random((3, 1, 32, 32)).astype(np.float32)
