@@ -4,7 +4,9 @@ backdoored encoder's mean cosine to the base encoder on held-out clean and trigg
 ``artmed separation --preset tiny --seeds 10 --triggers patch fourier`` prints one row per seed and trigger and the
 count of seeds where the attack worked: cos(triggered) <= 0 while cos(clean) >= 0.95 (the bar of the built-in
 study). ``resnet50`` and ``swin_tiny`` keep their vision encoder and take the tiny text tower (BadDist touches only
-the vision side), at ``--image-size`` (Swin needs 224: its 7-token windows must fit the last stage).
+the vision side), at ``--image-size`` (Swin needs 224: its 7-token windows must fit the last stage). Their base
+must be trained until its embeddings differ between images: a ResNet-50 pre-trained 50 steps at 64 px maps every
+image to nearly one vector (student-teacher cosine 0.99996 on clean and triggered alike), which measures nothing.
 """
 
 from __future__ import annotations
