@@ -11,7 +11,7 @@ BadDist's cosines). After the ``UNCHECKED`` marker come the numbers measured to 
 than any useful tolerance (the same study with AVX2 instead of AVX-512 kernels, same seeds): BadDist without
 poisoned data (ASR 0.32 vs 0.00 on seed 0: where the triggered cluster lands is arbitrary), the detectors (AC's
 TPR 0.95 vs 0.00 on one seed) and the mitigations' ASR after (up to 0.20 apart). They are written from the same run
-and compared as text, not as results.
+and not compared.
 
 Tolerances, for ``tolerance`` = d, the most one seed's metric may move between x86 machines: a mean over n seeds
 moves at most d; a sample standard deviation at most d·sqrt(n/(n-1)) (≤ 1.23 d for n ≥ 3); a 95 % bound
@@ -31,7 +31,12 @@ from typing import Any
 
 from scipy import stats
 
-from artmed.evaluations.aggregate import format_summary
+from artmed.evaluations.aggregate import (
+    SHOWN_DETECTION_METRICS,
+    SHOWN_MITIGATION_METRICS,
+    SHOWN_MODEL_METRICS,
+    format_summary,
+)
 from artmed.evaluations.report import read_table
 
 __all__ = ["BEGIN", "END", "UNCHECKED", "DEFAULT_TOLERANCE", "render", "update", "check"]
@@ -44,9 +49,6 @@ DEFAULT_TOLERANCE = 0.1
 twice on one machine, with AVX-512 and with AVX2 kernels (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA,
 MKL_ENABLE_INSTRUCTIONS): largest per-seed change CA 0.025, ASR / RA 0.08, ASR_all 0.04, cosines 0.005."""
 
-MODEL_METRICS = ("ca", "asr", "asr_all", "ra", "heldout_cos_clean", "heldout_cos_trigger")
-DETECTION_METRICS = ("auroc", "tpr", "fpr", "f1", "removed")
-MITIGATION_METRICS = ("ca_after", "asr_after", "der")
 _CELL = re.compile(r"^(-?\d+\.\d+)(?: ± (\d+\.\d+))?(?: \[(-?\d+\.\d+), (-?\d+\.\d+)\])?$")
 
 
@@ -61,18 +63,18 @@ def render(output_dir: str | Path) -> str:
     parts = [BEGIN, "",
              f"Attacked models, mean ± std over seeds {seeds} and the 95 % t-interval of the mean; cos = the BadDist "
              "encoder's cosine to the base encoder on held-out clean / triggered test images:", "",
-             format_summary(poisoned, keys, MODEL_METRICS, digits=3), "", UNCHECKED, "",
+             format_summary(poisoned, keys, SHOWN_MODEL_METRICS, digits=3), "", UNCHECKED, "",
              "Not stable across machines (see `artmed.evaluations.readme`), so not claims: BadDist alone (no "
              "poisoned data),", "", format_summary([r for r in models if r.get("attack") == "baddist"], keys,
-                                                   MODEL_METRICS, digits=3)]
+                                                   SHOWN_MODEL_METRICS, digits=3)]
     detection = [r for r in defenses if r.get("fpr") is not None]
     mitigation = [r for r in defenses if r.get("ca_after") is not None]
     if detection:
         parts += ["", "the detection defenses on the poisoned training set,", "",
-                  format_summary(detection, ("attack", "defense"), DETECTION_METRICS, digits=3)]
+                  format_summary(detection, ("attack", "defense"), SHOWN_DETECTION_METRICS, digits=3)]
     if mitigation:
         parts += ["", "and the mitigations (the repaired model, same test set):", "",
-                  format_summary(mitigation, ("attack", "defense"), MITIGATION_METRICS, digits=3)]
+                  format_summary(mitigation, ("attack", "defense"), SHOWN_MITIGATION_METRICS, digits=3)]
     return "\n".join(parts + ["", END])
 
 

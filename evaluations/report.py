@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 from sklearn.metrics import roc_curve
 
+from artmed.evaluations.aggregate import mean_interval
 from artmed.evaluations.metrics import detection_metrics
 from artmed.evaluations.store import atomic_write, to_jsonable
 
@@ -380,11 +381,10 @@ def _num(value: Any) -> float:
 
 
 def _mean_std(values: Iterable[Any]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof 1, as in the summary tables; 0 for a single value)."""
-    finite = [v for v in map(_num, values) if not math.isnan(v)]
-    if not finite:
-        return math.nan, math.nan
-    return float(np.mean(finite)), float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+    """Mean and sample standard deviation of the finite values (``mean_interval``, as in the summary tables; a
+    single value gets 0, no values NaN)."""
+    stats = mean_interval(list(values))
+    return stats["mean"], stats["std"] if stats["n"] > 1 else (0.0 if stats["n"] else math.nan)
 
 
 def _labels(records: Sequence[Mapping[str, Any]], varying: Sequence[str], always: Sequence[str]) -> list[str]:

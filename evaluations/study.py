@@ -18,6 +18,9 @@ from artmed.evaluations.aggregate import (
     DEFENSE_METRICS,
     MODEL_KEYS,
     MODEL_METRICS,
+    SHOWN_DETECTION_METRICS,
+    SHOWN_MITIGATION_METRICS,
+    SHOWN_MODEL_METRICS,
     format_summary,
     summarize,
 )
@@ -37,8 +40,6 @@ MODEL_COLUMNS = ["attack", "trigger", "percent_poison", "seed", "n_poison", "ca"
                  "heldout_cos_clean", "heldout_cos_trigger"]
 DEFENSE_COLUMNS = ["attack", "trigger", "percent_poison", "seed", "defense", "status", "auroc", "tpr", "fpr", "f1",
                    "removed", "ca_after", "asr_after", "der", "seconds", "peak_mb"]
-SUMMARY_MODEL_METRICS = ("ca", "asr", "asr_all", "ra", "heldout_cos_clean", "heldout_cos_trigger")
-SUMMARY_DEFENSE_METRICS = ("auroc", "tpr", "fpr", "f1", "removed", "ca_after", "asr_after", "der")
 SWEEP_RATES: tuple[float, ...] = (0.0005, 0.001, 0.005, 0.01, 0.05)
 DEFAULT_SEEDS = 3
 
@@ -151,11 +152,12 @@ def summary(result: StudyResult) -> str:
     """The terminal summary: per-seed rows, then every setting's mean ± std [95 % interval] over the seeds."""
     text = "Attacked models, per seed (zero-shot task: CA / ASR)\n" + format_table(result.models, MODEL_COLUMNS)
     text += "\n\nAttacked models over seeds: mean ± std [95 % interval]\n"
-    text += format_summary(model_summary(result), MODEL_KEYS[:3], SUMMARY_MODEL_METRICS)
+    text += format_summary(model_summary(result), MODEL_KEYS[:3], SHOWN_MODEL_METRICS)
     if result.defenses:
         text += "\n\nDefenses, per seed\n" + format_table(result.defenses, DEFENSE_COLUMNS)
         text += "\n\nDefenses over seeds: mean ± std [95 % interval]\n"
-        text += format_summary(defense_summary(result), DEFENSE_KEYS[:3] + ("defense",), SUMMARY_DEFENSE_METRICS)
+        text += format_summary(defense_summary(result), DEFENSE_KEYS[:3] + ("defense",),
+                               SHOWN_DETECTION_METRICS + SHOWN_MITIGATION_METRICS)
     return text
 
 
