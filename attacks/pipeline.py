@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from artmed.attacks.poisoning.bad_dist import BadDist, encoder_cosines, resolve_
 from artmed.attacks.poisoning.bad_match import BadMatch
 from artmed.attacks.triggers import TRIGGERS, Trigger, make_trigger
 from artmed.constants import CHEXPERT_LABELS
+from artmed.validation import FieldError, blame, check_fields, check_names
 
 ATTACKS: tuple[str, ...] = ("clean", "badmatch", "baddist", "baddist_badmatch")
 
@@ -34,14 +36,30 @@ class AttackSpec:
     baddist_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        """Every field converted to its type and checked, the trigger built and the BadDist parameters checked
+        (``FieldError`` naming the field): a bad spec fails here, not after the base model's training."""
+        check_fields(self)
         if self.attack not in ATTACKS:
-            raise ValueError(f"unknown attack {self.attack!r}; valid: {list(ATTACKS)}")
+            raise FieldError(f"attack: unknown attack {self.attack!r}; valid: {list(ATTACKS)}")
         if self.target not in CHEXPERT_LABELS:
-            raise ValueError(f"unknown target class {self.target!r}; valid: {list(CHEXPERT_LABELS)}")
+            raise FieldError(f"target: unknown target class {self.target!r}; valid: {list(CHEXPERT_LABELS)}")
         if self.uses_badmatch and not 0.0 < self.percent_poison <= 1.0:
-            raise ValueError(f"percent_poison must be in (0, 1], got {self.percent_poison}")
-        self.build_trigger()
-        resolve_baddist_params(self.baddist_params)
+            raise FieldError(f"percent_poison must be in (0, 1], got {self.percent_poison!r}")
+        if self.seed < 0:
+            raise FieldError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.trigger not in TRIGGERS:
+            raise FieldError(f"trigger: unknown trigger {self.trigger!r}; valid: {sorted(TRIGGERS)}")
+        check_names(TRIGGERS[self.trigger], self.trigger_params, "trigger_params", f"trigger {self.trigger!r}")
+        with blame("trigger_params"):
+            trigger = self.build_trigger()
+        with blame("baddist_params"):
+            params = resolve_baddist_params(self.baddist_params)
+        check_names(BadDist, params, "baddist_params", "BadDist", fixed=("estimator", "trigger", "seed"))
+        # BadDist is built on an estimator, which a spec does not have: its own checks run on the parameters alone
+        bound = inspect.signature(BadDist).bind(None, trigger, seed=self.seed, **params)
+        bound.apply_defaults()
+        with blame("baddist_params"):
+            BadDist._check_params(SimpleNamespace(**bound.arguments))
 
     @property
     def uses_badmatch(self) -> bool:

@@ -30,6 +30,7 @@ import numpy as np
 from artmed.evaluations.report import format_table
 from artmed.evaluations.resources import measure
 from artmed.evaluations.store import atomic_write, provenance, to_jsonable
+from artmed.validation import check_writable
 
 LAYER = "image_pooled"
 PRESET_IMAGE_SIZE = {"tiny": 64, "resnet50": 224, "swin_tiny": 224}
@@ -418,6 +419,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.removal_share <= 0:
         raise ValueError(f"--removal-share must be positive, got {args.removal_share}")
     resolve_device(args.device)
+    check_writable(args.out, "--out", folder=False)  # before the benchmark, not after it
 
 
 def _summary_lines(scale: dict[str, dict[str, Any]]) -> list[str]:

@@ -6,11 +6,34 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from artmed.evaluations.config import StudyConfig
 
 
 def _run(args: argparse.Namespace) -> int:
+    """``artmed run``: a bad config, option or output folder is reported as ``artmed run: error: ...`` (exit status
+    2) before any work."""
+    from artmed.evaluations.study import run_study, summary
+
+    try:
+        result, paths = run_study(_study_config(args), verbose=not args.quiet, reuse_stale=args.reuse_stale)
+    except ValueError as exc:
+        print(f"artmed run: error: {exc}", file=sys.stderr)
+        return 2
+    print(summary(result))
+    print(f"\nTables and figures in {result.output_dir}/ (models.csv, defenses.csv, figures/)")
+    return 0
+
+
+def _study_config(args: argparse.Namespace) -> StudyConfig:
+    """The study ``artmed run`` was asked for: the ``--config`` file or a preset, with the options applied and
+    checked."""
+    from dataclasses import replace
+
     from artmed.evaluations.config import StudyConfig
-    from artmed.evaluations.study import default_config, quick_config, run_study, summary, sweep_config
+    from artmed.evaluations.study import default_config, quick_config, sweep_config
 
     if args.config:
         config = StudyConfig.from_yaml(args.config)
@@ -27,10 +50,7 @@ def _run(args: argparse.Namespace) -> int:
         config = preset(args.output or default_output, seed=args.seed or 0, **counts)
     if args.device:
         config.device = args.device
-    result, paths = run_study(config, verbose=not args.quiet, reuse_stale=args.reuse_stale)
-    print(summary(result))
-    print(f"\nTables and figures in {result.output_dir}/ (models.csv, defenses.csv, figures/)")
-    return 0
+    return replace(config)  # the options' values checked like the file's
 
 
 def _defenses(args: argparse.Namespace) -> int:

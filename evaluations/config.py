@@ -1,12 +1,16 @@
 """The study configuration: one dataclass tree (YAML-loadable) that says what the harness runs.
 
-Unknown keys and bad values raise a ``ValueError`` naming the field, so a typo in a YAML file never silently
-falls back to a default.
+Unknown keys and bad values raise a ``ValueError`` naming the field (``config.train.lr must be a number, got
+'abc'``), so a typo in a YAML file never silently falls back to a default. Every field is converted to its declared
+type when the config is built (``artmed.validation.check_fields``: "1e-3" -> 0.001, "160" -> 160; NaN, bools as
+numbers and fractions as integers refused); ``check_runnable`` checks the defense plugins and the output folder
+before any work.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +18,8 @@ from typing import Any
 import yaml
 
 from artmed.attacks.pipeline import ATTACKS, AttackSpec
+from artmed.defenses import registry
+from artmed.validation import FieldError, blame, check_fields, check_names, check_writable
 
 
 @dataclass
@@ -29,9 +35,11 @@ class DataConfig:
     n_texts: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "n_test", "n_shadow", "image_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"data.{name} must be a positive integer, got {getattr(self, name)!r}")
+        check_fields(self)
+        for name in ("n_train", "n_test", "n_shadow", "image_size", "n_texts"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise FieldError(f"{name} must be a positive integer, got {value!r}")
 
 
 @dataclass
@@ -45,14 +53,20 @@ class TrainConfig:
     warmup: float = 0.1
 
     def __post_init__(self) -> None:
-        if int(self.steps) < 1 or int(self.batch_size) < 1:
-            raise ValueError(f"train steps and batch_size must be positive, got {self.steps}, {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"train.lr must be positive, got {self.lr}")
+        check_fields(self)
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise FieldError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.lr <= 0:
+            raise FieldError(f"lr must be positive, got {self.lr!r}")
+        if self.weight_decay < 0:
+            raise FieldError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise FieldError(f"warmup must be a share in [0, 1), got {self.warmup!r}")
 
     def fit_params(self) -> dict[str, Any]:
-        return {"steps": int(self.steps), "batch_size": int(self.batch_size), "lr": float(self.lr),
-                "weight_decay": float(self.weight_decay), "warmup": float(self.warmup)}
+        return {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "weight_decay": self.weight_decay,
+                "warmup": self.warmup}
 
 
 @dataclass
@@ -66,10 +80,10 @@ class DefenseSpec:
     attacks: list[str] | None = None
 
     def __post_init__(self) -> None:
-        if self.attacks is not None:
-            unknown = sorted(set(self.attacks) - set(ATTACKS)) if isinstance(self.attacks, list) else self.attacks
-            if unknown:
-                raise ValueError(f"defense {self.name!r}: attacks must be a list of {list(ATTACKS)}, got {unknown!r}")
+        check_fields(self)
+        unknown = sorted(set(self.attacks or ()) - set(ATTACKS))
+        if unknown:
+            raise FieldError(f"attacks must name settings in {list(ATTACKS)}, got {unknown!r} (defense {self.name!r})")
 
     def runs_on(self, attack: str) -> bool:
         return self.attacks is None or attack in self.attacks
@@ -95,9 +109,10 @@ class StudyConfig:
     defenses: list[DefenseSpec] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        check_fields(self)
         for name, value in [("seed", self.seed)] + [(f"seeds[{i}]", v) for i, v in enumerate(self.seeds)]:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+            if value < 0:
+                raise FieldError(f"{name} must be a non-negative integer, got {value!r}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds listed twice: {sorted({s for s in self.seeds if self.seeds.count(s) > 1})}")
         keys = [a.key for a in self.attacks]
@@ -107,6 +122,21 @@ class StudyConfig:
         names = [d.name for d in self.defenses]
         if len(set(names)) != len(names):
             raise ValueError(f"defenses listed twice: {sorted({n for n in names if names.count(n) > 1})}")
+
+    def check_runnable(self) -> None:
+        """What building the config cannot check, for ``Harness.__init__`` to run before any work: every defense is
+        installed, loads, is an ``artmed.defenses.Defense`` and is built from its ``params`` (its own checks run); the
+        output folder can be written. A ValueError naming the field otherwise."""
+        for i, spec in enumerate(self.defenses):
+            where = f"config.defenses[{i}]"
+            try:
+                cls = registry.get(spec.name)
+            except (ImportError, TypeError, ValueError) as exc:
+                raise ValueError(f"{where}: {exc}") from exc
+            check_names(cls, spec.params, f"{where}.params", spec.name)
+            with blame(f"{where}.params"):
+                cls(**spec.params)
+        check_writable(self.output_dir, "config.output_dir", folder=True)
 
     @property
     def seed_list(self) -> list[int]:
@@ -123,15 +153,26 @@ class StudyConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> StudyConfig:
+        """Load a YAML study config; an empty file is refused (it would silently run the default study)."""
         path = Path(path)
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.load(path.read_text(), Loader=_Loader)
         except (OSError, yaml.YAMLError) as exc:
             raise ValueError(f"cannot read study config {path}: {exc}") from exc
+        if raw is None:
+            raise ValueError(f"study config {path} is empty")
         if not isinstance(raw, dict):
             raise ValueError(f"study config {path} must be a mapping, got {type(raw).__name__}")
         return cls.from_dict(raw)
 
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading exponent floats without a dot (``1e-3``) as YAML 1.2 does: PyYAML (YAML 1.1)
+    leaves them strings, so a learning rate in a defense's ``params`` would reach the defense as text."""
+
+
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+.0123456789"))
 
 _NESTED = {"data": DataConfig, "pretrain": TrainConfig, "train": TrainConfig}
 _LISTS = {"attacks": AttackSpec, "defenses": DefenseSpec}
@@ -150,8 +191,6 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     for key, value in raw.items():
         if cls is StudyConfig and key in _NESTED:
             value = _build(_NESTED[key], value, f"{where}.{key}")
-        elif cls is StudyConfig and key == "seeds" and not isinstance(value, list):
-            raise ValueError(f"{where}.seeds must be a list of integers, got {type(value).__name__}")
         elif cls is StudyConfig and key in _LISTS:
             if not isinstance(value, list):
                 raise ValueError(f"{where}.{key} must be a list, got {type(value).__name__}")
@@ -159,5 +198,7 @@ def _build(cls: type, raw: Any, where: str) -> Any:
         kwargs[key] = value
     try:
         return cls(**kwargs)
-    except TypeError as exc:
+    except FieldError as exc:
+        raise exc.under(where) from exc
+    except (TypeError, ValueError) as exc:
         raise ValueError(f"{where}: {exc}") from exc

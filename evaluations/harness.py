@@ -48,8 +48,7 @@ class Harness:
     def __init__(self, config: StudyConfig, verbose: bool = True, reuse_stale: bool = False) -> None:
         if not isinstance(config, StudyConfig):
             raise ValueError(f"Harness needs a StudyConfig, got {type(config).__name__}")
-        for spec in config.defenses:
-            registry.get(spec.name)
+        config.check_runnable()
         self.config = config
         self.verbose = verbose
         self.reuse_stale = reuse_stale

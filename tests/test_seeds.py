@@ -53,7 +53,7 @@ def test_seeds_in_config_and_presets():
     assert default_config(seed=7, n_seeds=2).seed_list == [7, 8]
     for raw, message in [({"seeds": 3}, "seeds must be a list"), ({"seeds": [1, 1]}, "seeds listed twice"),
                          ({"seeds": [0, -1]}, r"seeds\[1\] must be a non-negative integer"),
-                         ({"seeds": ["1"]}, r"seeds\[0\]")]:
+                         ({"seeds": ["one"]}, r"config\.seeds\[0\] must be an integer")]:
         with pytest.raises(ValueError, match=message):
             StudyConfig.from_dict(raw)
     with pytest.raises(ValueError, match="number of seeds"):
