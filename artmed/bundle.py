@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from artmed import __version__
+from artmed.files import staged_directory
 
 BUNDLE_FILE = "estimator.json"
 _VISION_KINDS = ("resnet", "swin")
@@ -52,13 +53,19 @@ def config_from_dict(data: dict[str, Any]) -> Any:
 
 
 def save_bundle(estimator: Any, directory: str | os.PathLike[str]) -> Path:
-    """Write ``estimator`` into ``directory`` (created if needed); return the directory."""
+    """Write ``estimator`` as the folder ``directory``; return the directory.
+
+    The folder is written beside ``directory`` and renamed into place when complete, so a crash leaves the previous
+    folder or none, never a torn model. An existing ``directory`` is replaced only if it is an estimator folder,
+    or holds nothing but what one holds (empty, or torn by an older writer); otherwise ValueError, as its files
+    would be lost.
+    """
     from artmed.models import save_medclip
 
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    save_medclip(estimator.model, out)
-    estimator.tokenizer.save_pretrained(str(out / "tokenizer"))
+    if not _replaceable(out):
+        raise ValueError(f"{str(out)!r} exists and is not an estimator directory (no {BUNDLE_FILE}); "
+                         "refusing to replace it")
     meta = {
         "artmed_version": __version__,
         "model": config_to_dict(estimator.model.config),
@@ -68,8 +75,23 @@ def save_bundle(estimator: Any, directory: str | os.PathLike[str]) -> Path:
         "clip_values": [float(v) for v in estimator.clip_values],
         "amp": estimator.amp,
     }
-    (out / BUNDLE_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    with staged_directory(out) as staging:
+        save_medclip(estimator.model, staging)
+        estimator.tokenizer.save_pretrained(str(staging / "tokenizer"))
+        (staging / BUNDLE_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out
+
+
+def _replaceable(out: Path) -> bool:
+    """Whether ``save_bundle`` may replace ``out``: absent, an estimator folder, or one holding only bundle parts."""
+    from artmed.models.checkpoint import CONFIG_NAME
+
+    if not out.exists():
+        return True
+    if not out.is_dir():
+        return False
+    entries = {p.name for p in out.iterdir()}
+    return BUNDLE_FILE in entries or entries <= {"model.safetensors", CONFIG_NAME, "tokenizer"}
 
 
 def load_bundle(cls: type, directory: str | os.PathLike[str], device: str | torch.device = "auto",

@@ -21,7 +21,7 @@ from art.estimators.pytorch import PyTorchEstimator
 
 from artmed.constants import IMAGE_SIZE
 from artmed.device import resolve_device
-from artmed.inputs import as_images, check_image_array, check_texts, normalize_pixels, num_images
+from artmed.inputs import as_images, check_batch_size, check_image_array, check_texts, normalize_pixels, num_images
 from artmed.loader import check_num_workers, image_batches
 from artmed.prompts import PromptBank, check_prompts, encode_sentences
 from artmed.training import train_unpaired
@@ -57,7 +57,9 @@ class _UnfilteredVerbs:
         defaults to its labels). Other keyword arguments go to ``artmed.training.train_unpaired`` (``lr``,
         ``weight_decay``, ``warmup``, ``max_grad_norm``, ``seed``, ``text_batch_size``, ``train_vision``,
         ``train_text``, ``amp``, ``verbose``). Returns the per-step history ``{"loss": [...], "lr": [...]}``.
+        Label values are CheXpert's 1 (positive), 0 (negative or blank) and -1 (uncertain); others raise ValueError.
         """
+        batch_size = self._resolve_batch_size(batch_size)
         if y is None:
             if not hasattr(x, "labels"):
                 raise ValueError("fit needs y, the (N, 14) image label vectors")
@@ -74,7 +76,7 @@ class _UnfilteredVerbs:
         history = train_unpaired(
             self.model, self.tokenizer, x, y, sentences, text_labels,
             input_shape=self.input_shape, device=self.device,
-            batch_size=batch_size or self.batch_size, nb_epochs=nb_epochs, steps=steps, **kwargs,
+            batch_size=batch_size, nb_epochs=nb_epochs, steps=steps, **kwargs,
         )
         self.model.eval()
         self._bank.clear()
@@ -123,12 +125,11 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
             device_type="gpu" if resolved.type == "cuda" else "cpu",
         )
         self._device = resolved
-        self._input_shape = self._check_input_shape(input_shape)
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.batch_size = int(batch_size)
-        self.amp = bool(amp)
-        self.num_workers = check_num_workers(num_workers)
+        self._input_shape = input_shape
+        self.batch_size = batch_size
+        self.amp = amp
+        self.num_workers = num_workers
+        self._check_params()
         self.tokenizer = tokenizer
         self._bank = PromptBank(prompts)
         self.nb_classes = len(self._bank.prompts)
@@ -136,9 +137,35 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         self._model.to(self._device).eval()
 
     # ------------------------------------------------------------------ properties
+    def _check_params(self) -> None:
+        """ART's checks plus this estimator's settings (also run by ``set_params``): ``input_shape`` (1|3, H, W),
+        ``batch_size`` a positive integer, ``amp`` a bool, ``num_workers`` a worker count."""
+        super()._check_params()
+        self._input_shape = self._check_input_shape(self._input_shape)
+        self.batch_size = check_batch_size(self.batch_size)
+        if not isinstance(self.amp, (bool, np.bool_)):
+            raise ValueError(f"amp must be True or False, got {self.amp!r}")
+        self.amp = bool(self.amp)
+        self.num_workers = check_num_workers(self.num_workers)
+
+    def set_params(self, **kwargs: Any) -> None:
+        """ART's ``set_params``, all or nothing: when ``_check_params`` refuses a value, every setting keeps its
+        previous value (ART would leave the refused one set)."""
+        state, operations = dict(self.__dict__), list(self.preprocessing_operations)
+        try:
+            super().set_params(**kwargs)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(state)
+            self.preprocessing_operations[:] = operations
+            raise
+
     @staticmethod
     def _check_input_shape(input_shape: Any) -> tuple[int, int, int]:
-        shape = tuple(int(s) for s in input_shape)
+        try:
+            shape = tuple(int(s) for s in input_shape)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"input_shape must be (1|3, H, W), got {input_shape!r}") from err
         if len(shape) != 3 or shape[0] not in (1, 3) or min(shape) < 1:
             raise ValueError(f"input_shape must be (1|3, H, W), got {tuple(input_shape)}")
         return shape  # type: ignore[return-value]
@@ -183,11 +210,15 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         with torch.autocast(device_type=self._device.type, enabled=False):
             return self._model.scale().float() * image @ self._text_matrix().T
 
+    def _resolve_batch_size(self, batch_size: int | None) -> int:
+        """``batch_size`` checked (a positive integer), or the estimator's own when None."""
+        return self.batch_size if batch_size is None else check_batch_size(batch_size)
+
     def _map_images(self, x: Any, batch_size: int | None, fn: Callable[[torch.Tensor], torch.Tensor],
                     training_mode: bool = False) -> np.ndarray:
         """Apply ``fn`` (pixel tensor -> tensor) batch-wise without gradients; concatenate as float32 numpy."""
+        bs = self._resolve_batch_size(batch_size)
         images = as_images(x, self._input_shape)
-        bs = batch_size or self.batch_size
         n = num_images(images)
         if n == 0:
             raise ValueError("no images given (x is empty)")
@@ -232,8 +263,8 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         ``objectives(logits, rows)`` gets a batch's logits and its slice of the whole input. ART preprocessing
         defences are differentiated through when they are torch-based, else via their gradient estimates.
         """
+        bs = self._resolve_batch_size(batch_size)
         x = check_image_array(x, self._input_shape)
-        bs = batch_size or self.batch_size
         grads = np.empty((n_objectives, *x.shape), dtype=np.float32)
         self._model.train(training_mode)
         for start in range(0, x.shape[0], bs):
@@ -303,11 +334,12 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
     def get_activations(self, x: Any, layer: int | str, batch_size: int = 128,
                         framework: bool = False) -> np.ndarray | torch.Tensor:
         """Image features of ``layer`` (name or index into ``layer_names``): numpy, or a torch tensor with a graph."""
+        bs = self._resolve_batch_size(batch_size)
         key = self._layer_key(layer)
         if framework:
             pixels = x if isinstance(x, torch.Tensor) else torch.from_numpy(check_image_array(x, self._input_shape))
             return self._model.image_features(normalize_pixels(pixels.to(self._device)))[key]
-        return self._map_images(x, batch_size, lambda pix: self._model.image_features(normalize_pixels(pix))[key])
+        return self._map_images(x, bs, lambda pix: self._model.image_features(normalize_pixels(pix))[key])
 
     def clone_for_refitting(self) -> MedCLIPEstimator:
         """A deep copy (ART's name for it)."""
@@ -320,9 +352,9 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
 
     def embed_texts(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         """L2-normalised text embeddings (M, D) float32; the sentences are padded together, as one batch."""
+        bs = self._resolve_batch_size(batch_size)
         self._model.eval()
-        out = encode_sentences(self._model, self.tokenizer, check_texts(texts), self._device,
-                               batch_size or self.batch_size, self.amp)
+        out = encode_sentences(self._model, self.tokenizer, check_texts(texts), self._device, bs, self.amp)
         return out.cpu().numpy()
 
     def zero_shot_logits(self, x: Any, batch_size: int | None = None) -> np.ndarray:
@@ -348,7 +380,8 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         return MedCLIPEstimator(copy.deepcopy(self._model), self.tokenizer, self.prompts, **self._settings())
 
     def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write model weights, model config, tokenizer and prompts into ``directory`` (see ``artmed.bundle``)."""
+        """Write model weights, model config, tokenizer and prompts as the folder ``directory``, atomically: a crash
+        leaves the previous folder or none (see ``artmed.bundle.save_bundle``)."""
         from artmed.bundle import save_bundle
 
         save_bundle(self, directory)

@@ -6,13 +6,14 @@ normalisation happens in exactly one place.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from artmed.constants import IMAGE_MEAN, IMAGE_STD, NUM_LABELS, TEXT_MAX_LENGTH
+from artmed.constants import CHEXPERT_LABELS, IMAGE_MEAN, IMAGE_STD, NUM_LABELS, TEXT_MAX_LENGTH
 
 
 @runtime_checkable
@@ -27,6 +28,8 @@ class BatchSource(Protocol):
 Images = np.ndarray | BatchSource
 PIXEL_TOLERANCE: float = 1e-3
 """How far outside [0, 1] a pixel may stray (rounding in attacks) before images are rejected as mis-scaled."""
+LABEL_VALUES: tuple[float, ...] = (1.0, 0.0, -1.0)
+"""The values of a CheXpert label cell: positive, negative or blank, uncertain (kept by the "keep" policy)."""
 
 
 def normalize_pixels(x: torch.Tensor) -> torch.Tensor:
@@ -73,15 +76,31 @@ def as_images(x: Any, input_shape: tuple[int, ...]) -> Images:
 
 
 def check_label_matrix(labels: Any, n: int, what: str) -> np.ndarray:
-    """Return ``labels`` as float32 (n, 14), raising ValueError naming ``what`` otherwise."""
+    """Return ``labels`` as float32 (n, 14) CheXpert labels: 1 (positive), 0 (negative or blank), -1 (uncertain).
+
+    Anything else (another shape, NaN, inf, 5, 0.5) raises a ValueError naming ``what`` and the first bad cell.
+    """
     arr = np.asarray(labels, dtype=np.float32)
     if arr.ndim != 2 or arr.shape[1] != NUM_LABELS:
         raise ValueError(f"{what} must have shape (N, {NUM_LABELS}), got {arr.shape}")
     if arr.shape[0] != n:
         raise ValueError(f"{what} has {arr.shape[0]} rows for {n} items")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{what} contains NaN or infinite values (blank labels must be 0)")
+    bad = ~np.isin(arr, LABEL_VALUES)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{what} holds values other than 1, 0, -1 in {int(bad.any(axis=1).sum())} row(s); first: "
+                         f"row {row}, column {col} ({CHEXPERT_LABELS[col]}) = {arr[row, col]} (labels are 1 positive, "
+                         "0 negative or blank, -1 uncertain)")
     return arr
+
+
+def check_batch_size(batch_size: Any, what: str = "batch_size") -> int:
+    """``batch_size`` as an int; ValueError unless it is a whole number >= 1 (8.0 is taken as 8; 0, 2.5, NaN, a bool
+    or a string are refused)."""
+    if (isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, numbers.Real)
+            or not float(batch_size).is_integer() or batch_size < 1):
+        raise ValueError(f"{what} must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
 
 
 def check_texts(texts: Any, what: str = "texts") -> list[str]:

@@ -144,7 +144,7 @@ class ActivationClustering(Defense):
     def run(self, context: EvaluationContext) -> DetectionResult:
         """Cluster every label group's `layer` features and flag the suspicious clusters."""
         feats = check_finite(context.features(self.layer), self.layer)
-        groups = LabelGroups.split(context.y_train, self.min_group_size, self.name)
+        groups = LabelGroups.split(context.y_train, feats.shape[0], self.min_group_size, self.name)
         device = resolve_device(self.device)
         stream = RowStream(feats, device)
         settings = self.resolved()

@@ -79,7 +79,8 @@ class _ARTDetector(Defense):
     def _prepare(self, context: EvaluationContext) -> tuple[LabelGroups, np.ndarray, np.ndarray, GroupedActivations]:
         if self.source == "estimator" and (context.estimator is None or context.x_train is None):
             raise ValueError("source='estimator' needs a context with an estimator and x_train")
-        groups = LabelGroups.split(context.y_train, self.min_group_size, self.name)
+        n = len(context.x_train) if self.source == "estimator" else context.features(self.layer).shape[0]
+        groups = LabelGroups.split(context.y_train, n, self.min_group_size, self.name)
         kept = np.flatnonzero(np.isin(groups.ids, [g for g, _ in groups.analysed]))
         remap = {g: i for i, (g, _) in enumerate(groups.analysed)}
         classifier = GroupedActivations(context, self.layer, max(len(remap), 1), self.source)

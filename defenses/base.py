@@ -25,13 +25,21 @@ def group_labels(y: np.ndarray) -> tuple[np.ndarray, list[str]]:
 
     Rows of a (N, 14) CheXpert matrix are grouped by their exact value (the "class" of SS/AC); a 1-D array of
     class ids is grouped by value. Names list the positive findings ("Edema+Pleural Effusion"), uncertain ones
-    with a "?", and "none" for an all-zero row. Groups are numbered in sorted order of their rows.
+    with a "?", and "none" for an all-zero row. Groups are numbered in sorted order of their rows. Labels that
+    are not numbers, or are NaN or infinite, raise a ValueError naming the first bad row and column.
     """
     arr = np.asarray(y)
     if arr.ndim == 1:
         arr = arr[:, None]
     if arr.ndim != 2 or arr.shape[0] == 0:
         raise ValueError(f"labels must be a non-empty (N,) or (N, K) array, got shape {np.shape(y)}")
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"labels must be numbers, got dtype {arr.dtype}")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"labels contain NaN or infinite values in {int(bad.any(axis=1).sum())} of {arr.shape[0]} "
+                         f"rows (first: row {row}, column {col})")
     ids = _lexicographic_ranks(arr)
     first = np.unique(ids, return_index=True)[1]
     return ids, [_group_name(row) for row in arr[first]]
@@ -67,9 +75,18 @@ class LabelGroups:
     skipped: list[dict[str, Any]]
 
     @classmethod
-    def split(cls, y: np.ndarray, min_size: int, defense: str) -> LabelGroups:
-        """Group `y` with `group_labels`; groups under `min_size` samples are skipped and warned about once."""
-        ids, names = group_labels(y)
+    def split(cls, y: np.ndarray | None, n: int, min_size: int, defense: str) -> LabelGroups:
+        """Group the `n` label rows `y` with `group_labels`; groups under `min_size` samples are skipped and warned
+        about once. Missing labels, or a number of rows other than `n` (the samples analysed), raise ValueError."""
+        if y is None:
+            raise ValueError(f"{defense}: the context has no y_train (labels of the training samples)")
+        if np.shape(y)[:1] != (n,):
+            raise ValueError(f"{defense}: y_train has shape {np.shape(y)}, but {n} training samples are analysed "
+                             "(one label row each)")
+        try:
+            ids, names = group_labels(y)
+        except ValueError as err:
+            raise ValueError(f"{defense}: y_train: {err}") from None
         analysed, skipped = [], []
         for g in range(len(names)):
             idx = np.flatnonzero(ids == g)

@@ -58,7 +58,7 @@ class SpectralSignatures(Defense):
     def run(self, context: EvaluationContext) -> DetectionResult:
         """Score and flag every training sample of `context` from its `layer` features."""
         feats = check_finite(context.features(self.layer), self.layer)
-        groups = LabelGroups.split(context.y_train, self.min_group_size, self.name)
+        groups = LabelGroups.split(context.y_train, feats.shape[0], self.min_group_size, self.name)
         stream = RowStream(feats, resolve_device(self.device))
         share = self.removal_share * self.eps
         raw = np.zeros(feats.shape[0])

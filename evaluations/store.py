@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from artmed.files import default_mode, fsync_dir
+
 __all__ = ["ResultStore", "atomic_write", "cell_key", "provenance", "source_hash", "to_jsonable", "tree_hash"]
 
 FORMAT = 1
@@ -53,13 +55,17 @@ _DISTRIBUTIONS = {
 
 
 def atomic_write(path: str | Path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one: temp file, fsync, os.replace."""
+    """Write ``data`` to ``path`` so readers see the old file or the whole new one: temp file, fsync, os.replace.
+
+    The file gets the permissions ``open(path, "w")`` would give (``0o666 & ~umask``), not mkstemp's 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), default_mode())
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
@@ -67,21 +73,8 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def cell_key(parts: Mapping[str, Any]) -> str:

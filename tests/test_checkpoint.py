@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,31 @@ def test_long_problem_lists_are_truncated(tiny: MedCLIPModel, tmp_path: Path) ->
     save_file(state, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match=r"missing keys \(\d+\): .* \.\.\. and \d+ more"):
         load_medclip(tmp_path, variant="tiny")
+
+
+@pytest.mark.parametrize(
+    "file, n_bad, listed",
+    [
+        ("model.safetensors", 1, "logit_scale$"),
+        ("pytorch_model.bin", 2, "logit_scale, text_model.model.embeddings.LayerNorm.bias$"),
+        ("model.safetensors", 7, r"(\w[\w.]*, ){4}\w[\w.]*, \.\.\.$"),
+    ],
+)
+def test_non_finite_weights_are_refused(tiny: MedCLIPModel, tmp_path: Path, file: str, n_bad: int,
+                                        listed: str) -> None:
+    """NaN/inf weights name the first five tensors and the count; with strict=False too."""
+    state = {k: v.clone() for k, v in tiny.state_dict().items()}
+    floating = [k for k, v in state.items() if v.is_floating_point()]
+    for i, key in enumerate(sorted(floating)[:n_bad]):
+        state[key].view(-1)[-1] = (float("nan"), float("inf"), -float("inf"))[i % 3]
+    if file.endswith(".safetensors"):
+        save_file(state, str(tmp_path / file))
+    else:
+        torch.save(state, tmp_path / file)
+    message = re.escape(f"{tmp_path} has non-finite values (NaN or inf) in {n_bad} tensor(s): ")
+    for strict in (True, False):
+        with pytest.raises(ValueError, match=message + listed):
+            load_medclip(tmp_path, variant="tiny", strict=strict)
 
 
 def test_pickled_objects_are_refused(tmp_path: Path) -> None:

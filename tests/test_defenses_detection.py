@@ -208,6 +208,34 @@ def test_nan_features_rejected():
             defense.run(context(feats, y))
 
 
+def _with(y, row, value):
+    y = y.copy()
+    y[row, 2] = value
+    return y
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (lambda y: _with(y, 7, np.nan), r"y_train: labels contain NaN or infinite values in 1 of 150 rows "
+                                        r"\(first: row 7, column 2\)"),
+        (lambda y: _with(_with(y, 9, -np.inf), 140, np.nan), r"in 2 of 150 rows \(first: row 9, column 2\)"),
+        (lambda y: y[:-1], r"y_train has shape \(149, 14\), but 150 training samples are analysed"),
+        (lambda y: np.concatenate([y, y[:1]]), r"y_train has shape \(151, 14\), but 150"),
+        (lambda y: y.argmax(1)[:100], r"y_train has shape \(100,\), but 150"),
+        (lambda y: np.where(y.argmax(1) == 0, "a", "b"), "labels must be numbers, got dtype <U1"),
+        (lambda y: None, "the context has no y_train"),
+    ],
+)
+@pytest.mark.parametrize("make", [SpectralSignatures, ActivationClustering, ARTSpectralSignatures,
+                                  ARTActivationClustering])
+def test_bad_labels_rejected(make, labels, message):
+    feats, y, _ = planted(n_per_class=50)
+    defense = make()
+    with pytest.raises(ValueError, match=f"^{defense.name}: .*{message}"):
+        defense.run(context(feats, labels(y)))
+
+
 def test_singleton_group_never_flagged_and_recorded():
     feats, y, _ = planted(n_per_class=100, poison_share=0.0)
     feats = np.concatenate([feats, feats[:1] + 100.0])

@@ -1,12 +1,16 @@
 """MedCLIPEstimator: unpaired training learns a separable task, prediction/embedding API, caching, errors."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from artmed import MedCLIPEstimator
 from artmed.constants import CHEXPERT_LABELS
 from artmed.data.dataset import ArrayImageSet, TextPool
+from artmed.models import checkpoint, default_tokenizer, save_medclip, save_tokenizer
 
 SIZE = 32
 PROMPTS = {
@@ -180,6 +184,107 @@ def test_save_and_load_round_trip(trained, test_set, tmp_path):
     np.testing.assert_allclose(loaded.predict(test_set[0][:8]), est.predict(test_set[0][:8]), rtol=1e-5, atol=1e-6)
 
 
+def _bundle_files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("previous", [False, True])
+def test_a_save_that_fails_midway_leaves_no_torn_model(tmp_path, monkeypatch, previous):
+    """The folder appears complete or not at all; a previous model stays untouched; no temp folder is left."""
+    est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, seed=0)
+    path = tmp_path / "models" / "m"
+    if previous:
+        est.save(path)
+    before = _bundle_files(path) if previous else None
+
+    def torn_write(tensors, filename, *args, **kwargs):
+        with open(filename, "wb") as handle:
+            handle.write(b"half a weights file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "save_file", torn_write)
+    with pytest.raises(OSError, match="disk full"):
+        MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, seed=1).save(path)
+    assert [p.name for p in path.parent.iterdir()] == (["m"] if previous else [])
+    if previous:
+        assert _bundle_files(path) == before
+        MedCLIPEstimator.load(path, device="cpu")
+
+
+def test_save_replaces_a_model_folder_whole_and_refuses_other_folders(tmp_path):
+    est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, seed=0)
+    path = tmp_path / "m"
+    est.save(path)
+    (path / "stale.txt").write_text("from an older save")
+    other = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, seed=1, batch_size=7)
+    other.save(path)
+    assert not (path / "stale.txt").exists() and [p.name for p in tmp_path.iterdir()] == ["m"]
+    assert MedCLIPEstimator.load(path, device="cpu").batch_size == 7
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("not a model")
+    (tmp_path / "file").write_text("not a folder")
+    for target in (tmp_path / "notes", tmp_path / "file"):
+        with pytest.raises(ValueError, match="not an estimator directory"):
+            est.save(target)
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "not a model"
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "torn" / "tokenizer").mkdir(parents=True)  # what an interrupted in-place save left behind
+    (tmp_path / "torn" / "model.safetensors").write_bytes(b"half a weights file")
+    for target in (tmp_path / "empty", tmp_path / "torn"):
+        est.save(target)
+        assert MedCLIPEstimator.load(target, device="cpu").batch_size == est.batch_size
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o077, 0o700)])
+def test_model_folder_and_tokenizer_cache_get_the_umask_permissions(tmp_path, monkeypatch, umask, mode):
+    """Folders written via a temp folder are as open as ``mkdir`` makes them (not mkdtemp's 0700), their files as
+    ``open`` makes them (safetensors' own 0600 included)."""
+    est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE)
+    monkeypatch.setenv("ARTMED_CACHE_DIR", str(tmp_path / "cache"))
+    old = os.umask(umask)
+    try:
+        est.save(tmp_path / "m")
+        default_tokenizer(["a sentence with the word umasktest"])
+    finally:
+        os.umask(old)
+    folders = [tmp_path / "m", *(tmp_path / "cache").glob("tokenizer-*")]
+    assert len(folders) == 2
+    assert {oct(f.stat().st_mode & 0o777) for f in folders} == {oct(mode)}
+    files = [f for f in (tmp_path / "m").rglob("*") if f.is_file()]
+    assert "model.safetensors" in {f.name for f in files}
+    assert {oct(f.stat().st_mode & 0o777) for f in files} == {oct(mode & 0o666)}
+
+
+def poison_weights(file, keys):
+    """Rewrite the safetensors ``file`` with a NaN in the first of ``keys`` and an inf in the others."""
+    state = load_file(str(file))
+    for i, key in enumerate(keys):
+        state[key] = state[key].clone()
+        state[key].view(-1)[0] = float("nan") if i == 0 else float("inf")
+    save_file(state, str(file))
+
+
+NONFINITE = ["vision_model.model.fc.weight", "text_model.projection_head.weight"]
+
+
+@pytest.mark.parametrize("layout", ["bundle", "checkpoint"])
+def test_models_with_non_finite_weights_are_refused(tmp_path, layout):
+    est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE)
+    if layout == "bundle":
+        est.save(tmp_path)
+    else:  # a released-style checkpoint folder: weights, config and the tokenizer's vocab.txt
+        save_medclip(est.model, tmp_path)
+        save_tokenizer(est.tokenizer, tmp_path)
+    poison_weights(tmp_path / "model.safetensors", NONFINITE)
+    with pytest.raises(ValueError, match=r"non-finite values \(NaN or inf\) in 2 tensor\(s\): ") as err:
+        if layout == "bundle":
+            MedCLIPEstimator.load(tmp_path, device="cpu")
+        else:
+            MedCLIPEstimator.from_checkpoint(tmp_path, "tiny", prompts=PROMPTS, input_shape=(1, SIZE, SIZE),
+                                             device="cpu")
+    assert str(tmp_path) in str(err.value) and all(key in str(err.value) for key in NONFINITE)
+
+
 @pytest.mark.parametrize(
     "x, message",
     [
@@ -216,6 +321,76 @@ def test_bad_training_inputs_are_named():
         est.fit(x, y, steps=1, verbose=False)
     with pytest.raises(ValueError, match="8 items"):
         est.fit(x, y[:4], TEXTS, TEXT_LABELS, steps=1, verbose=False)
+
+
+EDEMA = CHEXPERT_LABELS.index("Edema")
+
+
+@pytest.mark.parametrize("value", [5.0, 0.5, -2.0, np.nan, np.inf])
+@pytest.mark.parametrize("which", ["y", "text_labels"])
+def test_training_labels_outside_chexpert_values_are_named(which, value):
+    """Labels are 1, 0 or -1 (uncertain); anything else names the array, row, column and value."""
+    est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE)
+    x, c = blob_images(8, seed=0)
+    labels = {"y": label_vectors(c), "text_labels": TEXT_LABELS.copy()}
+    labels[which][2, EDEMA] = value
+    message = rf"{which}.* 1 row\(s\); first: row 2, column {EDEMA} \(Edema\) = {value}"
+    with pytest.raises(ValueError, match=message):
+        est.fit(x, labels["y"], TEXTS, labels["text_labels"], steps=1, batch_size=8, verbose=False)
+
+
+def test_uncertain_training_labels_are_accepted():
+    est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE)
+    x, c = blob_images(8, seed=0)
+    y = label_vectors(c)
+    y[:, EDEMA] = -1.0
+    assert len(est.fit(x, y, TEXTS, TEXT_LABELS, steps=1, batch_size=8, verbose=False)["loss"]) == 1
+
+
+VERBS = {
+    "predict": lambda est, x, bs: est.predict(x, batch_size=bs),
+    "zero_shot_logits": lambda est, x, bs: est.zero_shot_logits(x, batch_size=bs),
+    "embed_images": lambda est, x, bs: est.embed_images(x, batch_size=bs),
+    "embed_texts": lambda est, x, bs: est.embed_texts(TEXTS, batch_size=bs),
+    "get_activations": lambda est, x, bs: est.get_activations(x, "image_pooled", batch_size=bs),
+    "get_activations (framework)": lambda est, x, bs: est.get_activations(x, 0, batch_size=bs, framework=True),
+    "loss_gradient": lambda est, x, bs: est.loss_gradient(x, np.zeros(len(x), np.int64), batch_size=bs),
+    "class_gradient": lambda est, x, bs: est.class_gradient(x, batch_size=bs),
+    "fit": lambda est, x, bs: est.fit(x, np.zeros((len(x), 14), np.float32), TEXTS, TEXT_LABELS, steps=1,
+                                      batch_size=bs, verbose=False),
+}
+
+
+@pytest.mark.parametrize("bad", [0, -4, 2.5, True, "8", float("nan")])
+@pytest.mark.parametrize("verb", list(VERBS))
+def test_bad_batch_sizes_are_refused_by_every_verb(verb, bad):
+    est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE)
+    x = blob_images(4, seed=0)[0]
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        VERBS[verb](est, x, bad)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"batch_size": 2.5}, "batch_size must be a positive integer"),
+        ({"amp": "no"}, "amp must be True or False"),
+        ({"num_workers": -1}, "num_workers"),
+        ({"input_shape": (2, SIZE, SIZE)}, "input_shape"),
+        ({"batch_size": 16, "amp": 1}, "amp must be True or False"),
+    ],
+)
+def test_set_params_checks_and_changes_nothing_on_a_bad_value(params, message):
+    est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, batch_size=8)
+    before = {k: getattr(est, k) for k in ("batch_size", "amp", "num_workers", "input_shape")}
+    with pytest.raises(ValueError, match=message):
+        est.set_params(**params)
+    assert {k: getattr(est, k) for k in before} == before
+    with pytest.raises(ValueError, match=message):
+        MedCLIPEstimator(est.model, est.tokenizer, PROMPTS, **{"input_shape": (1, SIZE, SIZE), **params})
+    est.set_params(batch_size=16, amp=False)
+    assert est.batch_size == 16 and est.amp is False
 
 
 @pytest.mark.parametrize(

@@ -86,6 +86,19 @@ def test_crash_during_save_keeps_previous_cell(tmp_path, monkeypatch):
     np.testing.assert_array_equal(got["detection"]["scores"], _record(0)["detection"]["scores"])
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_saved_files_get_the_umask_permissions(tmp_path, umask, mode):
+    """Cell and sidecar are as readable as ``open(path, "w")`` would make them, not mkstemp's 0600."""
+    old = os.umask(umask)
+    try:
+        path = ResultStore(tmp_path).save("attack", "a1", _record())
+    finally:
+        os.umask(old)
+    files = [path, *(tmp_path / "attack").glob("a1.*.npz")]
+    assert len(files) == 2
+    assert {oct(f.stat().st_mode & 0o777) for f in files} == {oct(mode)}
+
+
 def test_leftover_temp_file_is_ignored(tmp_path):
     store = ResultStore(tmp_path)
     store.save("attack", "a1", {"ca": 0.9})

@@ -1,7 +1,8 @@
 """Safe MedCLIP checkpoint I/O: ``weights_only`` / safetensors loading with key and shape validation.
 
 Checkpoints are untrusted input (DESIGN §10): nothing is unpickled beyond tensors, and any missing key,
-unexpected key or shape mismatch is reported in one ValueError before a single weight is copied.
+unexpected key or shape mismatch is reported in one ValueError before a single weight is copied; so are weights
+holding NaN or inf (a diverged or corrupted model would otherwise score as garbage).
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from artmed.files import default_mode
 from artmed.models.config import PRESETS, MedCLIPConfig, config_from_dict, config_to_dict
 from artmed.models.medclip import MedCLIPModel, build_medclip
 
-__all__ = ["CONFIG_NAME", "load_medclip", "save_medclip", "read_state_dict", "validate_state_dict"]
+__all__ = ["CONFIG_NAME", "check_finite_weights", "load_medclip", "save_medclip", "read_state_dict",
+           "validate_state_dict"]
 
 CONFIG_NAME = "medclip_config.json"
 _WORD_EMBEDDINGS = "text_model.model.embeddings.word_embeddings.weight"
 _MAX_LISTED = 20
+_MAX_NONFINITE = 5
 
 
 def _checkpoint_file(path: Path) -> Path:
@@ -74,7 +78,7 @@ def validate_state_dict(model: MedCLIPModel, state_dict: dict[str, torch.Tensor]
 
     Legacy buffers (``position_ids``, Swin ``relative_position_index`` ...) that older transformers saved are
     accepted only if they equal what the architecture computes. With ``strict=False`` missing and unexpected
-    keys are tolerated (shape mismatches never are).
+    keys are tolerated (shape mismatches never are). Weights holding NaN or inf are refused too.
     """
     legacy = model.legacy_buffers()
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -103,7 +107,18 @@ def validate_state_dict(model: MedCLIPModel, state_dict: dict[str, torch.Tensor]
         problems.append(_listing("legacy buffers that differ from the architecture's", bad_legacy))
     if problems:
         raise ValueError(f"{source} does not fit the {type(model).__name__}:\n  " + "\n  ".join(problems))
-    return {k: v for k, v in kept.items() if k in expected}
+    kept = {k: v for k, v in kept.items() if k in expected}
+    check_finite_weights(kept, source)
+    return kept
+
+
+def check_finite_weights(state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """ValueError naming the first few (sorted) tensors of ``state_dict`` that hold NaN or inf, and how many do."""
+    bad = sorted(k for k, v in state_dict.items()
+                 if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()))
+    if bad:
+        shown = ", ".join(bad[:_MAX_NONFINITE]) + (", ..." if len(bad) > _MAX_NONFINITE else "")
+        raise ValueError(f"{source} has non-finite values (NaN or inf) in {len(bad)} tensor(s): {shown}")
 
 
 def _model_for(variant: str | MedCLIPConfig, path: Path, state_dict: dict[str, torch.Tensor]) -> MedCLIPModel:
@@ -131,7 +146,7 @@ def load_medclip(path: str | os.PathLike[str], variant: str | MedCLIPConfig = "r
     ``path``: a directory holding ``model.safetensors`` (preferred), ``pytorch_model.bin`` or a single other
     ``*.safetensors`` file, or the file itself (safetensors, or a torch file read with ``weights_only=True``). ``variant``: "resnet50" or "swin_tiny" (released architectures), "tiny" (vocabulary
     size taken from the checkpoint), a ``MedCLIPConfig``, or "auto" (the config ``save_medclip`` wrote).
-    Raises ValueError naming every missing/unexpected key and shape mismatch.
+    Raises ValueError naming every missing/unexpected key and shape mismatch, or the tensors holding NaN/inf.
     """
     if not isinstance(variant, MedCLIPConfig) and variant not in (*PRESETS, "auto"):
         raise ValueError(f"variant must be one of {sorted(PRESETS)}, 'auto' or a MedCLIPConfig, got {variant!r}")
@@ -148,5 +163,6 @@ def save_medclip(model: MedCLIPModel, out_dir: str | os.PathLike[str]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     file = out / "model.safetensors"
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(file))
+    os.chmod(file, default_mode())  # safetensors creates the file 0600 whatever the umask
     (out / CONFIG_NAME).write_text(json.dumps(config_to_dict(model.config), indent=2) + "\n", encoding="utf-8")
     return file

@@ -19,6 +19,7 @@ from tokenizers.pre_tokenizers import BertPreTokenizer
 from transformers import BertTokenizer
 
 from artmed.constants import CHEXPERT_LABELS, TEXT_MAX_LENGTH
+from artmed.files import default_mode
 
 __all__ = ["SPECIAL_TOKENS", "BUILTIN_WORDS", "load_tokenizer", "save_tokenizer", "build_vocab", "default_tokenizer"]
 
@@ -152,6 +153,7 @@ def default_tokenizer(sentences: Iterable[str] | None = None) -> BertTokenizer:
         try:
             root.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=root))
+            os.chmod(staging, default_mode(directory=True))  # mkdtemp's 0700 would hide a shared cache
             _write_vocab(lines, staging, lowercase=True)
             try:
                 staging.rename(target)
