@@ -118,6 +118,17 @@ def _check_train_params(batch_size: int, text_batch_size: int, lr: float, weight
         raise ValueError(f"steps and nb_epochs must be >= 1, got steps={steps}, nb_epochs={nb_epochs}")
 
 
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged: the loss at a step was NaN or infinite (a model trained on it would score as garbage)."""
+
+
+def check_loss(loss: torch.Tensor, step: int, where: str) -> None:
+    """Raise ``NonFiniteLossError`` naming ``where``, the (1-based) step and the value when ``loss`` is not finite."""
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise NonFiniteLossError(f"{where}: the loss is {loss.item()} at step {step + 1}; training diverged "
+                                 "(lower the learning rate, or check the inputs for NaN)")
+
+
 def train_unpaired(
     model: nn.Module,
     tokenizer: Any,
@@ -210,6 +221,7 @@ def train_unpaired(
                 torch.from_numpy(text_labels[t_idx]).to(device),
                 scale,
             )
+            check_loss(loss, step, "unpaired training")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if max_grad_norm is not None:

@@ -159,6 +159,10 @@ class EvaluationContext:
             if mask.ndim != 1 or (n is not None and mask.shape[0] != n):
                 raise ValueError(f"poison_mask must have shape ({n},), got {mask.shape}")
             self.poison_mask = mask.astype(bool)
+        for name in _SHARED_ARRAYS:
+            value = getattr(self, name)
+            if isinstance(value, np.ndarray):
+                setattr(self, name, read_only(value))
 
     @property
     def n_train(self) -> int:
@@ -183,7 +187,7 @@ class EvaluationContext:
             feats = feats.reshape(feats.shape[0], -1)
             if self.y_train is not None and feats.shape[0] != self.n_train:
                 raise ValueError(f"features of layer {layer!r} have {feats.shape[0]} rows, expected {self.n_train}")
-            self.feature_cache[layer] = feats
+            self.feature_cache[layer] = read_only(feats)
         return self.feature_cache[layer]
 
     def _extract(self, layer: str) -> np.ndarray:
@@ -207,6 +211,18 @@ class EvaluationContext:
         return feats
 
 
+_SHARED_ARRAYS = ("x_train", "y_train", "poison_mask", "text_labels", "x_test", "x_test_triggered", "test_targets",
+                  "x_clean", "y_clean")
+"""Context arrays every defense of a model shares: handed out read-only, so no defense can change what the next sees."""
+
+
+def read_only(array: np.ndarray) -> np.ndarray:
+    """A read-only view of ``array`` (the data is not copied; writing through the view raises)."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
 def load_images(images: np.ndarray | ImageSet, indices: np.ndarray) -> np.ndarray:
     """Images at `indices` from an array or an ImageSet, as an (B, C, H, W) float32 array."""
     if isinstance(images, ImageSet):
@@ -225,7 +241,7 @@ class DetectionResult:
 
     def __post_init__(self) -> None:
         self.scores = np.asarray(self.scores, dtype=np.float64)
-        self.flags = np.asarray(self.flags, dtype=bool)
+        self.flags = _as_flags(self.flags)
         if self.scores.ndim != 1 or self.flags.shape != self.scores.shape:
             raise ValueError(f"scores {self.scores.shape} and flags {self.flags.shape} must both be (N,)")
         if self.groups is not None and np.shape(self.groups) != self.scores.shape:
@@ -237,6 +253,18 @@ class DetectionResult:
         return float(self.flags.mean()) if self.flags.size else 0.0
 
 
+def _as_flags(flags: Any) -> np.ndarray:
+    """``flags`` as a bool array; numbers other than 0 and 1 (a score passed as a flag) raise instead of all
+    becoming True."""
+    arr = np.asarray(flags)
+    if arr.dtype == bool:
+        return arr
+    if arr.dtype.kind not in "iuf" or not np.isin(arr, (0, 1)).all():
+        sample = arr[~np.isin(arr, (0, 1))][:3].tolist() if arr.dtype.kind in "iuf" else arr.dtype
+        raise ValueError(f"flags must be boolean (or 0/1), got {arr.dtype} values such as {sample}")
+    return arr.astype(bool)
+
+
 @dataclass
 class MitigationResult:
     """A repaired estimator with the step-by-step history (one dict per step, e.g. CA/ASR)."""
@@ -244,6 +272,11 @@ class MitigationResult:
     estimator: Any
     history: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not callable(getattr(self.estimator, "predict", None)):
+            raise ValueError("a mitigation must return an estimator with predict(), got "
+                             f"{type(self.estimator).__name__}")
 
 
 class Defense(ABC):

@@ -32,7 +32,7 @@ from artmed.inputs import (
 from artmed.loader import image_batches
 from artmed.losses import medclip_loss
 from artmed.models.medclip import LOGIT_SCALE_MAX
-from artmed.training import index_batches, make_optimizer, warmup_cosine
+from artmed.training import check_loss, index_batches, make_optimizer, warmup_cosine
 
 WARMUP: float = 0.1
 """Share of the steps spent on linear learning-rate warm-up (then cosine decay), as in ``train_unpaired``."""
@@ -298,6 +298,7 @@ class CleanCLIP(Defense):
                     ss_text = in_modal_loss(txt[:b_txt], txt[b_txt:], ss_scale, same_txt)
                 loss_ss = (ss_image + ss_text) / 2
                 loss = self.lambda_mm * loss_mm + self.lambda_ss * loss_ss
+                check_loss(loss, step, "CleanCLIP fine-tune")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(trained, MAX_GRAD_NORM)

@@ -10,6 +10,7 @@ a float64 eigendecomposition. No float64 copy of the features and no SVD of the 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -41,7 +42,9 @@ class RowStream:
         resident = device.type != "cpu" if resident is None else resident
         self._source = self._upload(feats) if resident else None
         if self._source is None and feats.dtype == np.float32 and feats.flags.c_contiguous:
-            self._source = torch.from_numpy(feats)
+            with warnings.catch_warnings():  # the defense's features are read-only; this tensor is only read
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                self._source = torch.from_numpy(feats)
         self._buffer = torch.empty(min(self.chunk_rows, max(self.n, 1)), self.dim, dtype=torch.float32,
                                    device=device)
 

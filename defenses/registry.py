@@ -43,8 +43,8 @@ def _origin(ep: metadata.EntryPoint) -> str:
 def _load(name: str, ep: metadata.EntryPoint) -> type[Defense]:
     try:
         obj = ep.load()
-    except Exception as exc:  # a plugin may fail in any way while importing
-        reason = f"{type(exc).__name__}: {exc}"
+    except (Exception, SystemExit) as exc:  # a plugin may fail in any way while importing, sys.exit() included
+        reason = f"SystemExit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
         raise ImportError(f"defense plugin {name!r} ({_origin(ep)}) failed to load: {reason}") from exc
     if not (isinstance(obj, type) and issubclass(obj, Defense)):
         raise TypeError(f"defense plugin {name!r} ({_origin(ep)}) is not a subclass of artmed.defenses.Defense")

@@ -24,7 +24,9 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     print(summary(result))
     print(f"\nTables and figures in {result.output_dir}/ (models.csv, defenses.csv, figures/)")
-    return 0
+    if result.interrupted:
+        return 130
+    return 1 if result.failed else 0
 
 
 def _study_config(args: argparse.Namespace) -> StudyConfig:

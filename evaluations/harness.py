@@ -3,14 +3,21 @@
 Every attack runs once per study seed (an independent replicate: data draw, base model, poison subset, trigger
 reference, BadDist). Each finished cell (a seed's base model, one attacked model, one defense on one attacked model)
 is written atomically under ``output_dir/cells`` and skipped when the study is re-run, so an interrupted run resumes
-where it stopped (failed defense cells are retried). A cell computed under other settings is never reused (a
-ValueError names them); a cell computed by other code (another ``source_hash``) is recomputed, unless
+where it stopped (failed cells are retried). A cell computed under other settings is never reused (a
+``SettingsMismatchError`` names them); a cell computed by other code (another ``source_hash``) is recomputed, unless
 ``reuse_stale=True`` keeps it. Trained models are saved under ``output_dir/models``; features are extracted once per
-model and shared by all its defenses. A defense that raises is recorded as failed and the study goes on.
+model and shared by all its defenses.
+
+No failure becomes a number: a model whose training diverges or whose predictions are not finite is a failed cell
+(its defenses are skipped); a defense that raises (``sys.exit()`` included), returns a malformed result or changes
+the shared model is recorded as failed, and the study goes on. Defenses see read-only arrays and their own copy of
+the context; the harness scores them against its own copy of the truth. Ctrl-C stops the study with the finished
+cells in the result (``interrupted=True``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import traceback
 from dataclasses import dataclass, field, replace
@@ -18,18 +25,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from artmed.attacks.pipeline import AttackOutcome, AttackSpec, poison_training_set, run_attack, supply_chain_attack
 from artmed.data.default import make_default_dataset
 from artmed.defenses import registry
-from artmed.defenses.base import DetectionResult, EvaluationContext
+from artmed.defenses.base import DetectionResult, EvaluationContext, MitigationResult
 from artmed.estimator import MedCLIPEstimator
 from artmed.evaluations.config import DefenseSpec, StudyConfig
 from artmed.evaluations.metrics import defense_effectiveness_rating, detection_metrics
 from artmed.evaluations.resources import measure
 from artmed.evaluations.scoring import score_estimator, target_index
 from artmed.evaluations.store import ResultStore, to_jsonable
+
+class SettingsMismatchError(ValueError):
+    """An output folder holds a cell computed under other settings: the study stops rather than mix them."""
+
 
 @dataclass
 class StudyResult:
@@ -40,6 +52,12 @@ class StudyResult:
     output_dir: Path
     arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     projections: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        """Model and defense records whose cell did not finish (status "failed" or "skipped"), with their error."""
+        return [r for r in self.models + self.defenses if r.get("status", "ok") != "ok"]
 
 
 class Harness:
@@ -112,6 +130,37 @@ class Harness:
         self.store.save("model", spec.key, record)
         return record, outcome, outcome.estimator
 
+    def _model_cell(self, spec: AttackSpec, base: MedCLIPEstimator) -> tuple[dict[str, Any], MedCLIPEstimator | None]:
+        """The attacked model's record and estimator; a failure is recorded (status "failed") and gives None."""
+        try:
+            record, _, estimator = self._attacked_model(spec, base)
+        except SettingsMismatchError:
+            raise
+        except Exception as exc:  # a diverged training or an unscorable model must not cost the rest of the study
+            return self._failed_model(spec, _describe(exc), traceback.format_exc(limit=5)), None
+        return {**record, "status": record.get("status", "ok")}, estimator
+
+    def _failed_model(self, spec: AttackSpec, error: str, trace: str | None) -> dict[str, Any]:
+        record = {"cell": f"model/{spec.key}", **_spec_fields(spec), "status": "failed", "error": error}
+        if trace:
+            record["traceback"] = trace
+        record = self._stamp(record, spec)
+        self.store.save("model", spec.key, record)
+        return record
+
+    def _guarded(self, build: Any) -> tuple[Any, str | None]:
+        """``build()``, or (None, the error) when it raises: a failed base model fails its seed's cells, not the
+        study."""
+        try:
+            return build(), None
+        except SettingsMismatchError:
+            raise
+        except Exception as exc:
+            key = f"base-s{self.seed}"
+            self.store.save("model", key, self._stamp({"cell": key, "status": "failed", "error": _describe(exc),
+                                                       "traceback": traceback.format_exc(limit=5)}))
+            return None, _describe(exc)
+
     def _supply_chain(self, spec: AttackSpec, base: MedCLIPEstimator) -> tuple[MedCLIPEstimator, dict] | None:
         """This seed's BadDist encoder for ``spec``'s trigger and settings, computed once and shared by every setting
         (and filtered retrain) that uses it."""
@@ -148,29 +197,38 @@ class Harness:
         record: dict[str, Any] = {"cell": f"defense/{key}", **_spec_fields(spec), "defense": dspec.name,
                                   "params": dspec.params, "ca_before": model_record["ca"],
                                   "asr_before": model_record["asr"]}
+        truth = self._truth
         try:
             defense = registry.create(dspec.name, **dspec.params)
             record["kind"] = defense.kind
             with measure() as cost:
-                result = defense.run(context)
+                result = defense.run(replace(context))  # its own context: reassigned fields do not reach the next
             record.update(seconds=cost.seconds, peak_mb=cost.peak_mb)
+            _check_result(dspec.name, defense.kind, result, len(truth.poison_mask))
             if isinstance(result, DetectionResult):
-                flags, scores = np.asarray(result.flags, dtype=bool), np.asarray(result.scores, dtype=float)
-                record.update(detection_metrics(flags, context.poison_mask, scores))
-                record["arrays"] = {"scores": scores, "flags": flags, "poison_mask": context.poison_mask}
+                flags, scores = result.flags, result.scores
+                record.update(detection_metrics(flags, truth.poison_mask, scores))
+                record["arrays"] = {"scores": scores, "flags": flags, "poison_mask": truth.poison_mask}
                 repaired = self._retrain_filtered(spec, base, flags) if dspec.retrain else None
             else:
                 repaired = result.estimator
                 record["history"] = result.history
             if repaired is not None:
-                after = score_estimator(repaired, self.x_test, self.test_targets,
-                                        context.x_test_triggered, context.target_class)
+                after = score_estimator(repaired, self.x_test, self.test_targets, truth.x_test_triggered,
+                                        truth.target_class)
                 record.update({f"{k}_after": v for k, v in after.items() if k in ("ca", "asr", "asr_all", "ra")})
                 record["der"] = _der(record)
             record["status"] = "ok"
-        except Exception as exc:  # a broken plugin must not cost the rest of the study
-            record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
-                          traceback=traceback.format_exc(limit=5))
+        except KeyboardInterrupt:
+            record.update(status="failed", error="interrupted (KeyboardInterrupt) while the defense ran")
+            self.store.save("defense", key, self._stamp(record, spec, dspec))
+            raise
+        except (Exception, SystemExit) as exc:  # a broken plugin must not cost the rest of the study
+            record.update(status="failed", error=_describe(exc), traceback=traceback.format_exc(limit=5))
+        if fingerprint(estimator) != truth.fingerprint:
+            record.update(status="failed", error=f"{dspec.name} changed the shared model in place (every defense must "
+                                                 "leave context.estimator as it found it); later defenses get it "
+                                                 "reloaded from disk")
         self.store.save("defense", key, self._stamp(record, spec, dspec))
         return record
 
@@ -184,43 +242,77 @@ class Harness:
     # ------------------------------------------------------------------ the study
     def run(self) -> StudyResult:
         """Run every missing cell and return all records (finished ones are read back, not recomputed)."""
+        result = StudyResult([], [], self.output_dir)
+        try:
+            self._run_cells(result)
+        except KeyboardInterrupt:
+            result.interrupted = True
+            if self.verbose:
+                print("interrupted: the tables hold the cells finished so far; run again to resume")
+        if self.stale and self.verbose:
+            print(f"recomputed {len(self.stale)} cell(s) computed by other artmed code (--reuse-stale keeps them)")
+        return result
+
+    def _run_cells(self, result: StudyResult) -> StudyResult:
         cfg = self.config
-        models, defenses, arrays = [], [], {}
-        projections = {}
+        models, defenses, arrays, projections = result.models, result.defenses, result.arrays, result.projections
         cells = [(seed, replace(spec, seed=seed)) for seed in cfg.seed_list for spec in cfg.attacks]
         bar = tqdm(cells, desc="attacks x seeds", disable=not self.verbose)
+        loaded = None
         for seed, spec in bar:
-            if seed != self.seed or not models:
+            if seed != loaded:
                 self._load_data(seed)
-                base = self._base_model()
+                base, base_error = self._guarded(self._base_model)
+                loaded = seed
             bar.set_postfix_str(spec.key)
-            record, outcome, estimator = self._attacked_model(spec, base)
+            if base is None:
+                record, estimator = self._failed_model(spec, f"base model: {base_error}", None), None
+            else:
+                record, estimator = self._model_cell(spec, base)
             sample = record.pop("arrays", None) or {}
             if "projection_features" in sample:
                 projections[spec.key] = (np.asarray(sample["projection_features"]),
                                          np.asarray(sample["projection_mask"], dtype=bool))
             models.append(record)
             wanted = [d for d in cfg.defenses if d.runs_on(spec.attack)]
-            pending = [d for d in wanted if not self._finished("defense", f"{spec.key}+{d.name}", spec, d)]
-            if pending:
+            if estimator is None:
+                defenses += [{"cell": f"defense/{spec.key}+{d.name}", **_spec_fields(spec), "defense": d.name,
+                              "seed": seed, "status": "skipped", "error": f"the model failed: {record['error']}"}
+                             for d in wanted]
+                continue
+            try:
+                self._run_defenses(spec, record, estimator, base, wanted)
+            finally:  # also on Ctrl-C: the tables keep every defense cell written so far
+                for dspec in wanted:
+                    cell = self._current("defense", f"{spec.key}+{dspec.name}")
+                    if cell is not None:
+                        arrays[cell["cell"]] = cell.pop("arrays", None) or {}
+                        defenses.append(cell)
+        return result
+
+    def _run_defenses(self, spec: AttackSpec, record: dict[str, Any], estimator: MedCLIPEstimator,
+                      base: MedCLIPEstimator, wanted: list[DefenseSpec]) -> None:
+        """Every defense cell of one model not finished yet; a defense that changed the model gets it reloaded."""
+        pending = [d for d in wanted if not self._finished("defense", f"{spec.key}+{d.name}", spec, d)]
+        if not pending:
+            return
+        context = self._context(spec, estimator)
+        for dspec in tqdm(pending, desc=f"defenses on {spec.key}", disable=not self.verbose, leave=False):
+            self._run_defense(dspec, spec, record, estimator, base, context)
+            if fingerprint(estimator) != self._truth.fingerprint:
+                estimator = MedCLIPEstimator.load(self.output_dir / "models" / spec.key, device=self.config.device)
                 context = self._context(spec, estimator)
-                for dspec in tqdm(pending, desc=f"defenses on {spec.key}", disable=not self.verbose, leave=False):
-                    self._run_defense(dspec, spec, record, estimator, base, context)
-            for dspec in wanted:
-                record = self.store.load("defense", f"{spec.key}+{dspec.name}")
-                arrays[record["cell"]] = record.pop("arrays", None) or {}
-                defenses.append(record)
-        if self.stale and self.verbose:
-            print(f"recomputed {len(self.stale)} cell(s) computed by other artmed code (--reuse-stale keeps them)")
-        return StudyResult(models, defenses, self.output_dir, arrays, projections)
 
     def _context(self, spec: AttackSpec, estimator: MedCLIPEstimator) -> EvaluationContext:
+        """What the defenses of one model see; the harness scores them with its own copy of the truth."""
         x, y, mask = poison_training_set(spec, self.x_train, self.y_train)
-        trigger = spec.build_trigger()
+        triggered = spec.build_trigger()(self.x_test)
+        target = target_index(self.task.class_names, spec.target)
+        self._truth = _Truth(mask.copy(), triggered.copy(), target, fingerprint(estimator))
         return EvaluationContext(
-            estimator=estimator, x_train=x, y_train=y, poison_mask=mask, texts=self.texts,
-            text_labels=self.text_labels, x_test=self.x_test, x_test_triggered=trigger(self.x_test),
-            test_targets=self.test_targets, target_class=target_index(self.task.class_names, spec.target),
+            estimator=estimator, x_train=x, y_train=y, poison_mask=mask, texts=list(self.texts),
+            text_labels=self.text_labels, x_test=self.x_test, x_test_triggered=triggered,
+            test_targets=self.test_targets, target_class=target,
             task=self.task, x_clean=self.x_shadow, y_clean=self.y_shadow, seed=spec.seed,
         )
 
@@ -234,13 +326,21 @@ class Harness:
             return False
         changed = _differences(record.get("settings"), self._settings(spec, defense))
         if changed:
-            raise ValueError(f"{self.store.cell_path(kind, key)} was computed with other settings "
+            raise SettingsMismatchError(f"{self.store.cell_path(kind, key)} was computed with other settings "
                              f"({', '.join(changed)}); use another output folder, or delete the cell to recompute it")
         current = self.store.provenance()["source_hash"]
         if (record.get("provenance") or {}).get("source_hash") != current and not self.reuse_stale:
             self.stale.append(key)
             return False
         return record.get("status") != "failed"
+
+    def _current(self, kind: str, key: str) -> dict[str, Any] | None:
+        """The cell's record when it exists and was computed by this code (or ``reuse_stale``), else None."""
+        if not self.store.has(kind, key):
+            return None
+        record = self.store.load(kind, key)
+        stale = (record.get("provenance") or {}).get("source_hash") != self.store.provenance()["source_hash"]
+        return None if stale and not self.reuse_stale else record
 
     def _settings(self, spec: AttackSpec | None = None, defense: DefenseSpec | None = None) -> dict[str, Any]:
         """What one cell's result depends on (device and output folder excluded), in JSON form."""
@@ -256,6 +356,45 @@ class Harness:
                defense: DefenseSpec | None = None) -> dict[str, Any]:
         return {**record, "settings": self._settings(spec, defense), "config": self.config.to_dict(),
                 "seed": self.seed, "provenance": self.store.provenance()}
+
+
+@dataclass(frozen=True)
+class _Truth:
+    """The harness's own copy of what defenses are scored against (a defense cannot change it)."""
+
+    poison_mask: np.ndarray
+    x_test_triggered: np.ndarray
+    target_class: int | None
+    fingerprint: str
+
+
+def fingerprint(estimator: MedCLIPEstimator) -> str:
+    """A hash of the model's parameters and buffers: equal before and after a defense that left the model alone."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in estimator.model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_result(name: str, kind: str, result: Any, n: int) -> None:
+    """A defense's result must be of its kind, with finite scores for every training sample."""
+    expected = DetectionResult if kind == "detection" else MitigationResult
+    if not isinstance(result, expected):
+        raise ValueError(f"{name} is a {kind} defense but run() returned {type(result).__name__}, "
+                         f"not a {expected.__name__}")
+    if isinstance(result, DetectionResult):
+        if result.scores.shape != (n,):
+            raise ValueError(f"{name} returned {result.scores.shape[0]} scores for {n} training samples")
+        bad = int((~np.isfinite(result.scores)).sum())
+        if bad:
+            raise ValueError(f"{name} returned {bad} NaN or infinite score(s) of {n}")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r}): the code called sys.exit()"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _spec_fields(spec: AttackSpec) -> dict[str, Any]:

@@ -34,14 +34,25 @@ def score_estimator(estimator: Any, x_test: Any, targets: np.ndarray, x_triggere
                     target: int | None = None, batch_size: int | None = None) -> dict[str, float]:
     """CA and macro P/R/F1 on clean images; ASR, ASR_all and RA on triggered ones when given (NaN otherwise)."""
     nan = float("nan")
-    pred = estimator.predict(x_test, batch_size=batch_size).argmax(axis=1)
+    pred = _predict_classes(estimator, x_test, batch_size, "clean")
     report = classification_report(pred, targets, num_classes=estimator.nb_classes)
     result = {"ca": report["accuracy"], "precision": report["macro_precision"],
               "recall": report["macro_recall"], "f1": report["macro_f1"], "asr": nan, "asr_all": nan, "ra": nan}
     if x_triggered is not None:
-        pred_t = estimator.predict(x_triggered, batch_size=batch_size).argmax(axis=1)
+        pred_t = _predict_classes(estimator, x_triggered, batch_size, "triggered")
         result["ra"] = robust_accuracy(pred_t, targets, target)
         if target is not None:
             result["asr"] = attack_success_rate(pred_t, targets, target)
             result["asr_all"] = attack_success_rate_all(pred_t, target)
     return result
+
+
+def _predict_classes(estimator: Any, x: Any, batch_size: int | None, which: str) -> np.ndarray:
+    """Predicted class per image; a ValueError when any probability is NaN or infinite (argmax would pick class 0,
+    which can be the attack's target: a diverged model would score as a perfect backdoor)."""
+    probs = np.asarray(estimator.predict(x, batch_size=batch_size))
+    bad = ~np.isfinite(probs).all(axis=1)
+    if bad.any():
+        raise ValueError(f"the model's predictions are NaN or infinite on {int(bad.sum())} of {len(bad)} {which} "
+                         "test images (diverged training or non-finite weights); it cannot be scored")
+    return probs.argmax(axis=1)

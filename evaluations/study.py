@@ -36,7 +36,7 @@ from artmed.evaluations.report import (
     write_table,
 )
 
-MODEL_COLUMNS = ["attack", "trigger", "percent_poison", "seed", "n_poison", "ca", "asr", "asr_all", "ra",
+MODEL_COLUMNS = ["attack", "trigger", "percent_poison", "seed", "status", "n_poison", "ca", "asr", "asr_all", "ra",
                  "heldout_cos_clean", "heldout_cos_trigger"]
 DEFENSE_COLUMNS = ["attack", "trigger", "percent_poison", "seed", "defense", "status", "auroc", "tpr", "fpr", "f1",
                    "removed", "ca_after", "asr_after", "der", "seconds", "peak_mb"]
@@ -117,8 +117,8 @@ def write_outputs(result: StudyResult) -> dict[str, Path]:
         paths["defenses_summary_json"], paths["defenses_summary_csv"] = write_table(defense_summary(result), out,
                                                                                     name="defenses_summary")
     figures = out / "figures"
-    paths["sweep"] = plot_poison_rate_sweep(result.models, figures / "poison_rate_sweep.png")
-    ok = [r for r in result.defenses if r.get("status") == "ok"]
+    paths["sweep"] = plot_poison_rate_sweep(_ok(result.models), figures / "poison_rate_sweep.png")
+    ok = _ok(result.defenses)
     if ok:
         paths["bars"] = plot_ca_asr_bars(ok, figures / "ca_asr_before_after.png")
     by_attack: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
@@ -139,13 +139,18 @@ def write_outputs(result: StudyResult) -> dict[str, Path]:
 
 
 def model_summary(result: StudyResult) -> list[dict[str, Any]]:
-    """The attacked models over seeds: mean, std and 95 % interval per setting (``artmed.evaluations.aggregate``)."""
-    return summarize(result.models, MODEL_KEYS, MODEL_METRICS)
+    """The attacked models over seeds: mean, std and 95 % interval per setting (``artmed.evaluations.aggregate``);
+    failed cells are left out (``n`` counts the seeds that finished) and listed by ``summary``."""
+    return summarize(_ok(result.models), MODEL_KEYS, MODEL_METRICS)
 
 
 def defense_summary(result: StudyResult) -> list[dict[str, Any]]:
     """The defenses over seeds (finished cells only; failures stay in the per-seed table)."""
-    return summarize([r for r in result.defenses if r.get("status") == "ok"], DEFENSE_KEYS, DEFENSE_METRICS)
+    return summarize(_ok(result.defenses), DEFENSE_KEYS, DEFENSE_METRICS)
+
+
+def _ok(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r.get("status", "ok") == "ok"]
 
 
 def summary(result: StudyResult) -> str:
@@ -158,6 +163,11 @@ def summary(result: StudyResult) -> str:
         text += "\n\nDefenses over seeds: mean ± std [95 % interval]\n"
         text += format_summary(defense_summary(result), DEFENSE_KEYS[:3] + ("defense",),
                                SHOWN_DETECTION_METRICS + SHOWN_MITIGATION_METRICS)
+    if result.failed:
+        text += f"\n\n{len(result.failed)} cell(s) did not finish (left out of the means above):"
+        text += "".join(f"\n  {r['cell']}: {r.get('status')}: {r.get('error')}" for r in result.failed)
+    if result.interrupted:
+        text += "\n\nThe study was interrupted: these tables are partial; run it again to resume."
     return text
 
 

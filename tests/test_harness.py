@@ -161,12 +161,13 @@ def test_resume_after_interrupt_computes_only_missing_cells(tmp_path, monkeypatc
 
     monkeypatch.setattr(ActivationClustering, "run", interrupted)
     config = tiny_config(tmp_path / "study")
-    with pytest.raises(KeyboardInterrupt):
-        Harness(config, verbose=False).run()
+    assert Harness(config, verbose=False).run().interrupted
     poisoned = config.attacks[1].key
     assert spies["fit"] == 3 and spies["attacks"] == ["clean-s0", poisoned]
-    done = {p.stem for p in (tmp_path / "study" / "cells" / "defense").glob("*.json")}
-    assert done == {"clean-s0+spectral_signatures", "clean-s0+activation_clustering", f"{poisoned}+spectral_signatures"}
+    store = ResultStore(tmp_path / "study" / "cells")
+    status = {key: store.load("defense", key)["status"] for key in store.keys("defense")}
+    assert status == {"clean-s0+spectral_signatures": "ok", "clean-s0+activation_clustering": "ok",
+                      f"{poisoned}+spectral_signatures": "ok", f"{poisoned}+activation_clustering": "failed"}
 
     monkeypatch.setattr(ActivationClustering, "run", original)
     spies.update(fit=0, attacks=[], defenses=[])

@@ -25,7 +25,7 @@ from artmed.distributed import gather, is_main_process, shard_indices, wrap_ddp
 from artmed.estimator import MedCLIPEstimator
 from artmed.inputs import Images, as_images, normalize_pixels, num_images
 from artmed.loader import image_batches
-from artmed.training import index_batches, warmup_cosine
+from artmed.training import check_loss, index_batches, warmup_cosine
 
 __all__ = ["BadDist", "BADDIST_SETTINGS", "encoder_cosines", "resolve_baddist_params"]
 
@@ -183,6 +183,7 @@ class BadDist(PoisoningAttackTransformer):
                 cos = F.cosine_similarity(embedding.float(), reference.float(), dim=-1)
                 cos_clean, cos_trigger = gather(cos[:n_clean]).mean(), gather(cos[n_clean:]).mean()
                 loss = -self.lambda_clean * cos_clean + self.lambda_trigger * cos_trigger
+                check_loss(loss, step, "BadDist")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
