@@ -122,26 +122,26 @@ def check_finite(features: np.ndarray, layer: str) -> np.ndarray:
 
 @dataclass
 class EvaluationContext:
-    """Everything a defense may use: the (possibly backdoored) estimator, its training data and test sets.
+    """What a defender has: the (possibly backdoored) estimator, its training data and labels, the text pool, clean
+    data it owns and a feature cache. It holds no ground truth — not which rows are poisoned, not the trigger, not
+    the target: the harness alone holds those and scores every result.
 
     `estimator` may be None for feature-only use (then `feature_fn` or `feature_cache` must supply features).
-    `x_train` is an (N, 1, H, W) array or an ImageSet, `y_train` its (N, 14) labels, `poison_mask` the ground
-    truth (True = poisoned) when known. `texts`/`text_labels` are the unpaired text pool. The test side holds clean
-    and triggered images of one zero-shot `task` with their integer `targets` and the attack's `target_class`.
-    `x_clean`/`y_clean` is a small clean set the defender owns (fine-pruning). `features(layer)` extracts
-    activations once and caches them (share `feature_cache` between contexts of the same model).
+    `x_train` is an (N, 1, H, W) array or an ImageSet, `y_train` its (N, 14) labels. `texts`/`text_labels` are the
+    unpaired text pool. `x_test`/`test_targets` are clean held-out images of one zero-shot `task` with their integer
+    targets (validation data, e.g. fine-pruning's stopping rule); `x_clean`/`y_clean` is a clean training-like set
+    the defender owns. `report(label, estimator)` hands an intermediate model to the harness's `monitor` (which
+    scores it out of the defense's sight; a no-op without one). `features(layer)` extracts activations once and
+    caches them (share `feature_cache` between contexts of the same model).
     """
 
     estimator: Any = None
     x_train: np.ndarray | ImageSet | None = None
     y_train: np.ndarray | None = None
-    poison_mask: np.ndarray | None = None
     texts: list[str] | None = None
     text_labels: np.ndarray | None = None
     x_test: np.ndarray | ImageSet | None = None
-    x_test_triggered: np.ndarray | ImageSet | None = None
     test_targets: np.ndarray | None = None
-    target_class: int | None = None
     task: Any = None
     x_clean: np.ndarray | ImageSet | None = None
     y_clean: np.ndarray | None = None
@@ -149,20 +149,21 @@ class EvaluationContext:
     batch_size: int = 64
     feature_fn: Callable[[str], np.ndarray] | None = None
     feature_cache: dict[str, np.ndarray] = field(default_factory=dict)
+    monitor: Callable[[str, Any], None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         n = None if self.y_train is None else len(self.y_train)
         if self.x_train is not None and n is not None and len(self.x_train) != n:
             raise ValueError(f"x_train has {len(self.x_train)} samples but y_train has {n} rows")
-        if self.poison_mask is not None:
-            mask = np.asarray(self.poison_mask)
-            if mask.ndim != 1 or (n is not None and mask.shape[0] != n):
-                raise ValueError(f"poison_mask must have shape ({n},), got {mask.shape}")
-            self.poison_mask = mask.astype(bool)
         for name in _SHARED_ARRAYS:
             value = getattr(self, name)
             if isinstance(value, np.ndarray):
                 setattr(self, name, read_only(value))
+
+    def report(self, label: str, estimator: Any) -> None:
+        """Hand ``estimator`` (an intermediate or final repaired model) to the harness's monitor under ``label``."""
+        if self.monitor is not None:
+            self.monitor(label, estimator)
 
     @property
     def n_train(self) -> int:
@@ -211,8 +212,7 @@ class EvaluationContext:
         return feats
 
 
-_SHARED_ARRAYS = ("x_train", "y_train", "poison_mask", "text_labels", "x_test", "x_test_triggered", "test_targets",
-                  "x_clean", "y_clean")
+_SHARED_ARRAYS = ("x_train", "y_train", "text_labels", "x_test", "test_targets", "x_clean", "y_clean")
 """Context arrays every defense of a model shares: handed out read-only, so no defense can change what the next sees."""
 
 

@@ -120,8 +120,9 @@ class CleanCLIP(Defense):
     training rows (which may hold poisoned rows: the defender cannot tell). Sentences: ``context.texts`` with
     ``text_labels``. ``lambda_mm=0`` needs no image labels. ``temperature=None`` scales the self-supervised logits
     by the model's learnt ``exp(logit_scale)`` (CleanCLIP); a float fixes the scale at ``1/temperature``.
-    The result's history: step 0 holds CA/ASR before (when the context has test sets), steps 1..``steps`` the loss
-    terms and learning rate, the last step also CA/ASR after; ``extra`` records where the clean data came from.
+    The result's history: steps 1..``steps`` with the loss terms and learning rate; the model before and after the
+    fine-tune goes to ``context.report`` (the harness scores it); ``extra`` records where the clean data came from
+    (``clean_indices`` of x_train rows drawn as clean data: the harness counts the poisoned ones among them).
     Measured on tiny models trained from scratch (32 px, BadMatch patch): CleanCLIP at the attack's lr removes
     the backdoor, but so does plain clean fine-tuning (``lambda_ss=0``), which did better at a lower lr.
     """
@@ -188,12 +189,10 @@ class CleanCLIP(Defense):
         text_labels = check_label_matrix(context.text_labels, len(texts), "context.text_labels")
         images, labels, extra = self._clean_data(context)
         repaired = context.estimator.clone()
-        before = self._score(repaired, context)
-        steps = self._fine_tune(repaired, images, labels, texts, text_labels)
-        after = self._score(repaired, context)
-        steps[-1].update(after)
-        history = [{"step": 0, **before}, *steps] if before else steps
-        extra.update(params=self.get_params(), scores_before=before, scores_after=after)
+        context.report("before", repaired)
+        history = self._fine_tune(repaired, images, labels, texts, text_labels)
+        context.report("after", repaired)
+        extra.update(params=self.get_params())
         return MitigationResult(repaired, history, extra)
 
     # ------------------------------------------------------------------ data
@@ -208,8 +207,6 @@ class CleanCLIP(Defense):
             idx = np.sort(rng.choice(n_train, size=min(self.n_clean, n_train), replace=False))
             images = context.x_train.subset(idx) if isinstance(context.x_train, ImageSet) else context.x_train[idx]
             extra: dict[str, Any] = {"clean_source": "x_train_subset", "clean_indices": idx}
-            if context.poison_mask is not None:
-                extra["n_poisoned_in_clean"] = int(context.poison_mask[idx].sum())
             labels = self._train_labels(context, idx) if need_labels else None
             extra["labels_source"] = "y_train" if need_labels else None
         else:
@@ -313,16 +310,6 @@ class CleanCLIP(Defense):
         values = torch.stack(terms).cpu().tolist()
         keys = ("loss", "loss_mm", "loss_ss", "loss_ss_image", "loss_ss_text")
         return [{"step": s + 1, **dict(zip(keys, row)), "lr": lr} for s, (row, lr) in enumerate(zip(values, lrs))]
-
-    @staticmethod
-    def _score(estimator: Any, context: EvaluationContext) -> dict[str, float]:
-        """CA (and ASR etc. with a triggered test set) of ``estimator`` on the context's test set; {} without one."""
-        if context.x_test is None or context.test_targets is None:
-            return {}
-        from artmed.evaluations.scoring import score_estimator
-
-        return score_estimator(estimator, context.x_test, np.asarray(context.test_targets),
-                               context.x_test_triggered, context.target_class, context.batch_size)
 
 
 def _same_sentences(sentences: list[str]) -> np.ndarray:

@@ -35,9 +35,9 @@ class FinePruning(Defense):
     last step is undone), then fine-tune `finetune_steps` steps on ``context.x_clean`` with the MedCLIP loss.
 
     Channels are ranked by mean absolute activation on the validation images (= mean activation for the ResNet's
-    post-ReLU map). Validation is a seeded `val_share` of the clean test set (``x_test``/``test_targets``); the
-    history's CA/ASR per step are measured on the other test images (and their triggered copies), so the
-    stopping rule never sees the images it is scored on. Works on a clone; the context's estimator is untouched.
+    post-ReLU map). Validation is a seeded `val_share` of the clean held-out set (``x_test``/``test_targets``). The
+    history records the validation accuracy of every step; each step's model also goes to ``context.report`` (the
+    harness scores it). Works on a clone; the context's estimator is untouched.
     """
 
     name = "fine_pruning"
@@ -89,7 +89,7 @@ class FinePruning(Defense):
         rng = np.random.default_rng(np.random.SeedSequence([int(self.seed), 2]))
         order = rng.permutation(targets.shape[0])
         n_val = min(max(1, int(round(self.val_share * targets.shape[0]))), targets.shape[0] - 1)
-        val_idx, report_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        val_idx = np.sort(order[:n_val])
         x_val, t_val = load_images(context.x_test, val_idx), targets[val_idx]
 
         repaired = context.estimator.clone()
@@ -99,7 +99,7 @@ class FinePruning(Defense):
         n_channels = ranking.shape[0]
 
         base_val = _accuracy(repaired, x_val, t_val)
-        history = [self._record(repaired, context, report_idx, "prune", 0, n_channels, base_val)]
+        history = [self._record(repaired, context, "prune", 0, n_channels, base_val)]
         n_kept = 0
         for k in range(1, int(np.floor(self.max_prune / self.prune_step + 1e-9)) + 1):
             n = int(round(k * self.prune_step * n_channels))
@@ -108,7 +108,7 @@ class FinePruning(Defense):
             with torch.no_grad():
                 projection.weight[:, ranking[:n]] = 0.0
             val = _accuracy(repaired, x_val, t_val)
-            history.append(self._record(repaired, context, report_idx, "prune", n, n_channels, val))
+            history.append(self._record(repaired, context, "prune", n, n_channels, val))
             if base_val - val > self.tolerance:
                 with torch.no_grad():
                     projection.weight[:, ranking[n_kept:n]] = original[:, ranking[n_kept:n]]
@@ -118,12 +118,12 @@ class FinePruning(Defense):
         extra: dict[str, Any] = {
             "n_channels": n_channels, "n_pruned": n_kept, "pruned_share": n_kept / n_channels,
             "pruned_channels": pruned, "val_accuracy_before": base_val, "val_indices": val_idx,
-            "report_indices": report_idx, "params": self.get_params(),
+            "params": self.get_params(),
         }
         if self.finetune_steps:
             fit_history = self._fine_tune(repaired, projection, pruned, context)
             val = _accuracy(repaired, x_val, t_val)
-            history.append(self._record(repaired, context, report_idx, "finetune", n_kept, n_channels, val))
+            history.append(self._record(repaired, context, "finetune", n_kept, n_channels, val))
             extra["finetune_loss"] = fit_history.get("loss", [])
         return MitigationResult(repaired, history, extra)
 
@@ -156,17 +156,11 @@ class FinePruning(Defense):
             total = part if total is None else total + part
         return np.argsort(total, kind="stable")
 
-    def _record(self, estimator: Any, context: EvaluationContext, report_idx: np.ndarray, stage: str, n: int,
-                n_channels: int, val_accuracy: float) -> dict[str, Any]:
-        from artmed.evaluations.scoring import score_estimator
-
-        triggered = None
-        if context.x_test_triggered is not None:
-            triggered = load_images(context.x_test_triggered, report_idx)
-        scores = score_estimator(estimator, load_images(context.x_test, report_idx),
-                                 np.asarray(context.test_targets)[report_idx], triggered, context.target_class,
-                                 batch_size=self.batch_size)
-        return {"stage": stage, "n_pruned": n, "pruned_share": n / n_channels, "val_ca": val_accuracy, **scores}
+    @staticmethod
+    def _record(estimator: Any, context: EvaluationContext, stage: str, n: int, n_channels: int,
+                val_accuracy: float) -> dict[str, Any]:
+        context.report(f"{stage} {n}", estimator)
+        return {"stage": stage, "n_pruned": n, "pruned_share": n / n_channels, "val_ca": val_accuracy}
 
     def _fine_tune(self, estimator: Any, projection: nn.Linear, pruned: np.ndarray,
                    context: EvaluationContext) -> dict[str, list[float]]:

@@ -10,9 +10,10 @@ model and shared by all its defenses.
 
 No failure becomes a number: a model whose training diverges or whose predictions are not finite is a failed cell
 (its defenses are skipped); a defense that raises (``sys.exit()`` included), returns a malformed result or changes
-the shared model is recorded as failed, and the study goes on. Defenses see read-only arrays and their own copy of
-the context; the harness scores them against its own copy of the truth. Ctrl-C stops the study with the finished
-cells in the result (``interrupted=True``).
+the shared model is recorded as failed, and the study goes on. Defenses see what a defender has (no poison mask,
+trigger or target), as read-only arrays in their own copy of the context; the harness alone scores them, the models
+a mitigation hands to ``context.report`` included (the record's ``monitor``). Ctrl-C stops the study with the
+finished cells in the result (``interrupted=True``).
 """
 
 from __future__ import annotations
@@ -198,11 +199,17 @@ class Harness:
                                   "params": dspec.params, "ca_before": model_record["ca"],
                                   "asr_before": model_record["asr"]}
         truth = self._truth
+        monitored: list[dict[str, Any]] = []
+
+        def monitor(label: str, model: Any) -> None:
+            monitored.append({"label": str(label), **score_estimator(model, self.x_test, self.test_targets,
+                                                                     truth.x_test_triggered, truth.target_class)})
+
         try:
             defense = registry.create(dspec.name, **dspec.params)
             record["kind"] = defense.kind
-            with measure() as cost:
-                result = defense.run(replace(context))  # its own context: reassigned fields do not reach the next
+            with measure() as cost:  # its own context: reassigned fields do not reach the next defense
+                result = defense.run(replace(context, monitor=monitor))
             record.update(seconds=cost.seconds, peak_mb=cost.peak_mb)
             _check_result(dspec.name, defense.kind, result, len(truth.poison_mask))
             if isinstance(result, DetectionResult):
@@ -213,6 +220,9 @@ class Harness:
             else:
                 repaired = result.estimator
                 record["history"] = result.history
+                record["monitor"] = monitored
+                if "clean_indices" in result.extra:  # rows of the training set the defense took for clean
+                    record["n_poisoned_in_clean"] = int(truth.poison_mask[result.extra["clean_indices"]].sum())
             if repaired is not None:
                 after = score_estimator(repaired, self.x_test, self.test_targets, truth.x_test_triggered,
                                         truth.target_class)
@@ -310,10 +320,9 @@ class Harness:
         target = target_index(self.task.class_names, spec.target)
         self._truth = _Truth(mask.copy(), triggered.copy(), target, fingerprint(estimator))
         return EvaluationContext(
-            estimator=estimator, x_train=x, y_train=y, poison_mask=mask, texts=list(self.texts),
-            text_labels=self.text_labels, x_test=self.x_test, x_test_triggered=triggered,
-            test_targets=self.test_targets, target_class=target,
-            task=self.task, x_clean=self.x_shadow, y_clean=self.y_shadow, seed=spec.seed,
+            estimator=estimator, x_train=x, y_train=y, texts=list(self.texts), text_labels=self.text_labels,
+            x_test=self.x_test, test_targets=self.test_targets, task=self.task, x_clean=self.x_shadow,
+            y_clean=self.y_shadow, seed=spec.seed,
         )
 
     def _finished(self, kind: str, key: str, spec: AttackSpec | None = None,

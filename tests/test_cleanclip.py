@@ -12,6 +12,7 @@ from artmed.defenses import registry
 from artmed.defenses.base import EvaluationContext
 from artmed.defenses.cleanclip import CleanCLIP, augment_images, augment_texts, in_modal_loss
 from artmed.estimator import MedCLIPEstimator
+from artmed.evaluations.scoring import score_estimator
 from toy_task import PROMPTS, SIZE, TEXT_LABELS, TEXTS, TRIGGER, images
 
 FAST = dict(lr=1e-3, batch_size=16, verbose=False)
@@ -22,7 +23,7 @@ def state(estimator):
 
 
 @pytest.fixture(scope="module")
-def context():
+def trained():
     """A tiny model trained on BadMatch data (30% of images triggered and relabelled "No Finding") and its context."""
     x, y, _ = images(128, seed=0)
     attack = BadMatch(TRIGGER, target="No Finding", percent_poison=0.3, seed=0)
@@ -31,43 +32,53 @@ def context():
     estimator.fit(x_p, y_p, texts=TEXTS, text_labels=TEXT_LABELS, steps=60, batch_size=16, lr=1e-3, verbose=False)
     x_test, _, targets = images(64, seed=1)
     x_clean, y_clean, _ = images(64, seed=2)
-    return EvaluationContext(estimator=estimator, x_train=x_p, y_train=y_p, poison_mask=attack.poison_mask_,
-                             texts=TEXTS, text_labels=TEXT_LABELS, x_test=x_test, x_test_triggered=TRIGGER(x_test),
-                             test_targets=targets, target_class=0, x_clean=x_clean, y_clean=y_clean)
+    scores = {}
+
+    def monitor(label, model):  # what the harness does: score the reported model with the attack's trigger
+        scores[label] = score_estimator(model, x_test, targets, TRIGGER(x_test), 0)
+
+    context = EvaluationContext(estimator=estimator, x_train=x_p, y_train=y_p, texts=TEXTS, text_labels=TEXT_LABELS,
+                                x_test=x_test, test_targets=targets, x_clean=x_clean, y_clean=y_clean, monitor=monitor)
+    return context, attack.poison_mask_, scores
 
 
 @pytest.fixture(scope="module")
-def run(context):
+def context(trained):
+    return trained[0]
+
+
+@pytest.fixture(scope="module")
+def run(trained):
+    context, _, scores = trained
     before = state(context.estimator)
     result = CleanCLIP(steps=40, seed=0, **FAST).run(context)
-    return before, result
+    return before, result, dict(scores)
 
 
 def test_lowers_asr_and_keeps_ca(run):
-    _, result = run
-    before, after = result.history[0], result.history[-1]
+    _, result, scores = run
+    before, after = scores["before"], scores["after"]
     assert before["asr"] >= 0.8  # measured 0.94: the backdoor works
     assert after["asr"] <= 0.25  # measured 0.0 (seeds 1-3: 0.16, 0.0, 0.03)
     assert after["ca"] >= before["ca"] - 0.05  # measured 0.77 -> 1.00
-    assert result.extra["scores_before"] == {k: v for k, v in before.items() if k != "step"}
     assert result.extra["clean_source"] == "x_clean" and result.extra["labels_source"] == "y_clean"
     assert result.extra["n_clean"] == 64
 
 
 def test_history_records_every_step(run):
-    _, result = run
+    _, result, scores = run
     history = result.history
-    assert [h["step"] for h in history] == list(range(41))
-    for h in history[1:]:
+    assert [h["step"] for h in history] == list(range(1, 41)) and list(scores) == ["before", "after"]
+    for h in history:
         assert h["loss"] == pytest.approx(h["loss_mm"] + h["loss_ss"], rel=1e-5)
         assert h["loss_ss"] == pytest.approx((h["loss_ss_image"] + h["loss_ss_text"]) / 2, rel=1e-5)
-    assert history[1]["lr"] < max(h["lr"] for h in history[1:])  # warm-up, then decay
+    assert history[0]["lr"] < max(h["lr"] for h in history)  # warm-up, then decay
     assert history[-1]["lr"] < 0.05 * FAST["lr"]
 
 
 def test_self_supervised_term_finite_and_decreasing(run):
-    _, result = run
-    steps = result.history[1:]
+    _, result, _ = run
+    steps = result.history
     for key in ("loss", "loss_mm", "loss_ss", "loss_ss_image", "loss_ss_text"):
         assert all(np.isfinite(h[key]) and h[key] > 0 for h in steps), key
     first = np.mean([h["loss_ss"] for h in steps[:5]])
@@ -76,7 +87,7 @@ def test_self_supervised_term_finite_and_decreasing(run):
 
 
 def test_input_estimator_unchanged(context, run):
-    before, result = run
+    before, result, _ = run
     after = context.estimator.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "the input estimator was modified"
     repaired = result.estimator
@@ -102,12 +113,12 @@ def test_labels_from_training_rows_and_fallback_subset(context):
     assert len(result.history) == 1 and "ca" not in result.history[0]  # no test set, no scores
 
     fallback = EvaluationContext(estimator=context.estimator, x_train=context.x_train, y_train=context.y_train,
-                                 poison_mask=context.poison_mask, texts=TEXTS, text_labels=TEXT_LABELS)
+                                 texts=TEXTS, text_labels=TEXT_LABELS)
     result = CleanCLIP(steps=1, n_clean=50, seed=1, **FAST).run(fallback)
     extra = result.extra
     assert extra["clean_source"] == "x_train_subset" and extra["n_clean"] == 50
     assert np.array_equal(extra["clean_indices"], np.unique(extra["clean_indices"]))
-    assert extra["n_poisoned_in_clean"] == int(context.poison_mask[extra["clean_indices"]].sum())
+    assert "n_poisoned_in_clean" not in extra  # the defense cannot know; the harness counts them
 
 
 def test_missing_clean_labels(context):

@@ -45,7 +45,7 @@ def planted(n_per_class=400, d=64, n_classes=3, poison_share=0.01, shift=15.0, s
 
 
 def context(feats, y, mask=None):
-    return EvaluationContext(y_train=y, poison_mask=mask, feature_cache={LAYER: feats})
+    return EvaluationContext(y_train=y, feature_cache={LAYER: feats})
 
 
 def rates(flags, mask):
@@ -322,7 +322,7 @@ def test_art_adapters_with_a_single_label_group(cls):
     y[:, 0] = 1.0
     mask = np.zeros(300, dtype=bool)
     mask[:5] = True
-    context = EvaluationContext(y_train=y, poison_mask=mask, feature_cache={"image_pooled": features})
+    context = EvaluationContext(y_train=y, feature_cache={"image_pooled": features})
     result = cls().run(context)
     assert result.flags.shape == (300,) and result.flags[:5].all()
 

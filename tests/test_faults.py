@@ -1,6 +1,8 @@
 """No silent wrong results from the harness: diverged or NaN models fail their cell, defenses cannot corrupt what the
 next one sees, malformed plugin results and sys.exit()/Ctrl-C in a plugin are recorded, never ignored."""
 
+from dataclasses import fields
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ import torch
 from artmed.attacks.pipeline import AttackSpec
 from artmed.defenses import registry
 from artmed.defenses.activation_clustering import ActivationClustering
-from artmed.defenses.base import Defense, DetectionResult, MitigationResult
+from artmed.defenses.base import Defense, DetectionResult, EvaluationContext, MitigationResult
 from artmed.defenses.spectral import SpectralSignatures
 from artmed.estimator import MedCLIPEstimator
 from artmed.evaluations.cli import main
@@ -116,8 +118,8 @@ def test_nan_weights_cannot_be_scored():
 
 
 # ---------------------------------------------------------------------------------------------- shared state
-def _write_mask(context):
-    context.poison_mask[:] = True
+def _write_labels(context):
+    context.y_train[:] = 0
 
 
 def _scale_features(context):
@@ -125,9 +127,9 @@ def _scale_features(context):
 
 
 def _reassign(context):
-    context.poison_mask = np.ones_like(context.poison_mask)
-    context.x_test_triggered = context.x_test
-    n = len(context.poison_mask)
+    context.y_train = np.zeros_like(context.y_train)
+    context.feature_cache = {}
+    n = context.n_train
     return DetectionResult(np.zeros(n), np.zeros(n, dtype=bool))
 
 
@@ -135,12 +137,12 @@ def _change_model(context):
     with torch.no_grad():
         for p in context.estimator.model.vision_model.parameters():
             p.mul_(0.0)
-    n = len(context.poison_mask)
+    n = context.n_train
     return DetectionResult(np.zeros(n), np.zeros(n, dtype=bool))
 
 
 @pytest.mark.parametrize("run, status, error", [
-    (_write_mask, "failed", "read-only"),
+    (_write_labels, "failed", "read-only"),
     (_scale_features, "failed", "read-only"),
     (_reassign, "ok", None),
     (_change_model, "failed", "changed the shared model in place"),
@@ -152,13 +154,13 @@ def test_a_plugin_cannot_change_what_later_defenses_see(tmp_path, monkeypatch, r
     assert first["status"] == status
     if error:
         assert error in first["error"]
-    else:  # scored against the harness's own truth, not the reassigned field
+    else:  # scored against the harness's own truth
         assert first["tpr"] == 0.0 and first["fpr"] == 0.0
     assert_same_as_reference(result, reference)
 
 
 def _n(context):
-    return len(context.poison_mask)
+    return context.n_train
 
 
 @pytest.mark.parametrize("run, kind, error", [
@@ -212,3 +214,37 @@ def test_ctrl_c_in_a_defense_keeps_the_tables_and_says_so(tmp_path, monkeypatch)
     assert "interrupted" in summary(result)
     cell = tmp_path / "study" / "cells" / "defense"
     assert any("activation_clustering" in p.name for p in cell.glob("*.json"))
+
+
+def test_a_defense_cannot_reach_the_ground_truth(tmp_path, monkeypatch):
+    """Nothing a defense is handed holds the poison mask, the triggered test images or the target class."""
+    seen = {}
+
+    def look(context):
+        seen.update(vars(context))
+        return DetectionResult(np.zeros(context.n_train), np.zeros(context.n_train, bool))
+
+    register(monkeypatch, peek=plugin(look))
+    harness = Harness(config(tmp_path / "study", defenses=["peek"]), verbose=False)
+    harness.run()
+    names = {f.name for f in fields(EvaluationContext)}
+    assert not names & {"poison_mask", "x_test_triggered", "target_class", "trigger"}
+    truth = harness._truth
+    arrays = [v for v in seen.values() if isinstance(v, np.ndarray)]
+    assert arrays and not any(a.shape == truth.poison_mask.shape and a.dtype == bool for a in arrays)
+    assert not any(a.shape == truth.x_test_triggered.shape and np.array_equal(a, truth.x_test_triggered)
+                   for a in arrays)
+
+
+def test_reported_models_are_scored_by_the_harness(tmp_path, monkeypatch):
+    def repair(context):
+        model = context.estimator.clone()
+        context.report("step 1", model)
+        return MitigationResult(model)
+
+    register(monkeypatch, repair=plugin(repair, "mitigation"))
+    result = Harness(config(tmp_path / "study", defenses=["repair"]), verbose=False).run()
+    record = result.defenses[0]
+    assert record["status"] == "ok" and [m["label"] for m in record["monitor"]] == ["step 1"]
+    assert record["monitor"][0]["asr"] == pytest.approx(record["asr_after"])
+    assert record["monitor"][0]["ca"] == pytest.approx(record["ca_after"]) == pytest.approx(record["ca_before"])

@@ -1,5 +1,7 @@
 """Fine-pruning on a tiny MedCLIP: prunes on a clone, stops at the accuracy tolerance, fine-tuning keeps the cut."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -23,12 +25,10 @@ def labels(classes):
 def ctx():
     rng = np.random.default_rng(0)
     x_test = rng.uniform(0, 1, (16, 1, SIZE, SIZE)).astype(np.float32)
-    triggered = x_test.copy()
-    triggered[:, :, -4:, -4:] = 0.0
     x_clean = rng.uniform(0, 1, (8, 1, SIZE, SIZE)).astype(np.float32)
     return EvaluationContext(
         estimator=MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, seed=0, batch_size=8),
-        x_test=x_test, x_test_triggered=triggered, test_targets=np.arange(16) % 2, target_class=0,
+        x_test=x_test, test_targets=np.arange(16) % 2,
         x_clean=x_clean, y_clean=labels(np.arange(8) % 2), texts=TEXTS, text_labels=labels([0, 0, 1, 1]),
     )
 
@@ -43,7 +43,9 @@ def zero_columns(weight):
 
 def test_prunes_a_clone_up_to_max_and_fine_tuning_keeps_the_cut(ctx):
     before = projection_weight(ctx.estimator)
-    result = FinePruning(prune_step=0.25, max_prune=0.75, tolerance=1.0, finetune_steps=2, batch_size=8).run(ctx)
+    reported = []
+    monitored = replace(ctx, monitor=lambda label, model: reported.append((label, projection_weight(model))))
+    result = FinePruning(prune_step=0.25, max_prune=0.75, tolerance=1.0, finetune_steps=2, batch_size=8).run(monitored)
     assert isinstance(result, MitigationResult) and result.estimator is not ctx.estimator
     assert torch.equal(projection_weight(ctx.estimator), before)
     after = projection_weight(result.estimator)
@@ -51,7 +53,12 @@ def test_prunes_a_clone_up_to_max_and_fine_tuning_keeps_the_cut(ctx):
     assert result.extra["n_pruned"] == round(0.75 * n_channels) == zero_columns(after)
     assert (after[:, result.extra["pruned_channels"]] == 0).all()
     assert [h["stage"] for h in result.history] == ["prune"] * 4 + ["finetune"]
-    assert {"ca", "asr", "val_ca", "pruned_share"} <= set(result.history[-1])
+    assert {"val_ca", "pruned_share"} <= set(result.history[-1])
+    assert [label for label, _ in reported] == [f"prune {round(k * 0.25 * n_channels)}" for k in range(4)] + [
+        f"finetune {result.extra['n_pruned']}"]
+    assert [zero_columns(w) for w, in [(w,) for _, w in reported[:4]]] == [round(k * 0.25 * n_channels)
+                                                                          for k in range(4)]
+    assert torch.equal(reported[-1][1], projection_weight(result.estimator))
     kept = np.setdiff1d(np.arange(n_channels), result.extra["pruned_channels"])
     assert not torch.equal(after[:, kept], before[:, kept])
 
@@ -70,10 +77,12 @@ def test_stops_before_the_step_that_costs_more_than_tolerance(ctx, monkeypatch):
     assert torch.equal(after[:, kept], before[:, kept])
 
 
-def test_validation_and_report_images_are_disjoint(ctx):
-    result = FinePruning(prune_step=0.5, max_prune=0.5, finetune_steps=0, val_share=0.25).run(ctx)
-    val, report = result.extra["val_indices"], result.extra["report_indices"]
-    assert len(val) == 4 and len(report) == 12 and not set(val) & set(report)
+def test_validation_share_is_a_seeded_subset(ctx):
+    runs = [FinePruning(prune_step=0.5, max_prune=0.5, finetune_steps=0, val_share=0.25, seed=s).run(ctx)
+            for s in (0, 0, 1)]
+    val = [r.extra["val_indices"] for r in runs]
+    assert len(val[0]) == 4 and len(set(val[0])) == 4 and set(val[0]) <= set(range(16))
+    assert np.array_equal(val[0], val[1]) and not np.array_equal(val[0], val[2])
 
 
 def test_missing_inputs_rejected(ctx):

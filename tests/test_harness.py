@@ -153,9 +153,11 @@ def _git_head():
 # ---------------------------------------------------------------------------------------------- resume
 def test_resume_after_interrupt_computes_only_missing_cells(tmp_path, monkeypatch, spies):
     original = ActivationClustering.run
+    calls = []
 
     def interrupted(self, context):
-        if context.poison_mask.any():
+        calls.append(1)
+        if len(calls) == 2:  # on the second model, the poisoned one
             raise KeyboardInterrupt
         return original(self, context)
 

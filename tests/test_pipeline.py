@@ -66,9 +66,8 @@ def test_fine_pruning_on_a_backdoored_tiny_model(setting):
     spec = AttackSpec("badmatch", trigger="patch", trigger_params={"size": 5}, percent_poison=0.3)
     outcome, before = _asr(spec, setting)
     x_clean, y_clean, _ = images(64, seed=2)
-    context = EvaluationContext(estimator=outcome.estimator, x_test=x_test, x_test_triggered=outcome.trigger(x_test),
-                                test_targets=targets, target_class=0, x_clean=x_clean, y_clean=y_clean,
-                                texts=TEXTS, text_labels=TEXT_LABELS)
+    context = EvaluationContext(estimator=outcome.estimator, x_test=x_test, test_targets=targets, x_clean=x_clean,
+                                y_clean=y_clean, texts=TEXTS, text_labels=TEXT_LABELS)
     result = FinePruning(finetune_steps=40, lr=1e-3, batch_size=16, seed=0).run(context)
     after = score_estimator(result.estimator, x_test, targets, outcome.trigger(x_test), target=0)
     assert before["asr"] >= 0.8  # measured 0.94
