@@ -136,13 +136,15 @@ def run_attack(spec: AttackSpec, base_estimator: Any, x: np.ndarray, y: np.ndarr
                text_labels: np.ndarray, fit_params: dict[str, Any] | None = None,
                x_shadow: np.ndarray | None = None, keep: np.ndarray | None = None,
                x_probe: np.ndarray | None = None,
-               supplied: tuple[Any, dict[str, Any]] | None = None) -> AttackOutcome:
+               supplied: tuple[Any, dict[str, Any]] | None = None,
+               poisoned: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> AttackOutcome:
     """Run one setting from ``base_estimator`` (left untouched) and return the victim's trained model.
 
     ``x_shadow`` is the attacker's clean shadow set for BadDist (default: a seeded quarter of ``x``, at most 512);
     ``x_probe`` goes to ``supply_chain_attack``. ``supplied`` is a finished ``supply_chain_attack`` result for this
     spec (BadDist is then not run again: two settings sharing a seed and trigger share the backdoored encoder).
-    ``keep`` (a boolean row mask) drops rows of the poisoned training set before training — a defender's filter.
+    ``poisoned`` is a finished ``poison_training_set`` result for this spec (not rebuilt). ``keep`` (a boolean row
+    mask) drops rows of the poisoned training set before training — a defender's filter.
     """
     trigger = spec.build_trigger()
     history: dict[str, Any] = {}
@@ -158,7 +160,7 @@ def run_attack(spec: AttackSpec, base_estimator: Any, x: np.ndarray, y: np.ndarr
         history.update(bd_history)
     else:
         estimator = base_estimator.clone()
-    x_train, y_train, poison_mask = poison_training_set(spec, x, y, trigger)
+    x_train, y_train, poison_mask = poisoned if poisoned is not None else poison_training_set(spec, x, y, trigger)
     if keep is not None:
         keep = np.asarray(keep)
         if keep.dtype != bool or keep.shape != (len(x),):

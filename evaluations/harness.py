@@ -82,6 +82,7 @@ class Harness:
         cfg = self.config
         self.seed = seed
         self._supplied = {}
+        self._poisoned_sets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         data = make_default_dataset(n_train=cfg.data.n_train + cfg.data.n_shadow, n_test=cfg.data.n_test,
                                     image_size=cfg.data.image_size, seed=seed, n_texts=cfg.data.n_texts)
         if cfg.task not in data.tasks:
@@ -119,7 +120,7 @@ class Harness:
         with measure() as cost:
             outcome = run_attack(spec, base, self.x_train, self.y_train, self.texts, self.text_labels,
                                  fit_params={**self.config.train.fit_params(), "verbose": self.verbose},
-                                 supplied=self._supply_chain(spec, base))
+                                 supplied=self._supply_chain(spec, base), poisoned=self._poisoned(spec))
         outcome.estimator.save(path)
         record = {"cell": f"model/{spec.key}", **_spec_fields(spec),
                   "n_poison": int(outcome.poison_mask.sum()), "train_seconds": cost.seconds,
@@ -171,6 +172,13 @@ class Harness:
         if key not in self._supplied:
             self._supplied[key] = supply_chain_attack(spec, base, self.x_shadow, self.x_test, verbose=self.verbose)
         return self._supplied[key]
+
+    def _poisoned(self, spec: AttackSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The victim's training set under ``spec`` (x, y, poison mask), built once per seed and shared by the attacked
+        model, its defenses and filtered retraining."""
+        if spec.key not in self._poisoned_sets:
+            self._poisoned_sets[spec.key] = poison_training_set(spec, self.x_train, self.y_train)
+        return self._poisoned_sets[spec.key]
 
     def _projection_sample(self, outcome: AttackOutcome, seed: int, n_clean: int = 1000) -> dict[str, np.ndarray]:
         """Pooled features of every poisoned row and a seeded sample of clean rows (for the 2-D projection)."""
@@ -246,7 +254,7 @@ class Harness:
         """The victim's model retrained by the same pipeline on the training set minus the flagged rows."""
         outcome = run_attack(spec, base, self.x_train, self.y_train, self.texts, self.text_labels,
                              fit_params={**self.config.train.fit_params(), "verbose": False},
-                             supplied=self._supply_chain(spec, base), keep=~flags)
+                             supplied=self._supply_chain(spec, base), poisoned=self._poisoned(spec), keep=~flags)
         return outcome.estimator
 
     # ------------------------------------------------------------------ the study
@@ -298,6 +306,7 @@ class Harness:
                     if cell is not None:
                         arrays[cell["cell"]] = cell.pop("arrays", None) or {}
                         defenses.append(cell)
+                self._poisoned_sets.pop(spec.key, None)
         return result
 
     def _run_defenses(self, spec: AttackSpec, record: dict[str, Any], estimator: MedCLIPEstimator,
@@ -315,7 +324,7 @@ class Harness:
 
     def _context(self, spec: AttackSpec, estimator: MedCLIPEstimator) -> EvaluationContext:
         """What the defenses of one model see; the harness scores them with its own copy of the truth."""
-        x, y, mask = poison_training_set(spec, self.x_train, self.y_train)
+        x, y, mask = self._poisoned(spec)
         triggered = spec.build_trigger()(self.x_test)
         target = target_index(self.task.class_names, spec.target)
         self._truth = _Truth(mask.copy(), triggered.copy(), target, fingerprint(estimator))

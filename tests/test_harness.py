@@ -213,6 +213,10 @@ def test_detection_with_retrain_scores_the_filtered_model(tmp_path, spies, monke
         return run_attack(spec, *args, keep=keep, **kwargs)
 
     monkeypatch.setattr(harness_module, "run_attack", spy_keep)
+    built = []
+    poison = harness_module.poison_training_set
+    monkeypatch.setattr(harness_module, "poison_training_set",
+                        lambda spec, *args: built.append(spec.key) or poison(spec, *args))
     config = quick_config(str(tmp_path / "retrain"))
     config.attacks = config.attacks[1:]
     config.defenses = [DefenseSpec("spectral_signatures", retrain=True)]
@@ -222,6 +226,7 @@ def test_detection_with_retrain_scores_the_filtered_model(tmp_path, spies, monke
     flagged = int(np.asarray(result.arrays[record["cell"]]["flags"]).sum())
     assert kept == [None, config.data.n_train - flagged] and flagged > 0
     assert spies["fit"] == 3  # base, attacked model, retrained model
+    assert built == [config.attacks[0].key]  # the poisoned set is built once: model, defense and retrain share it
     for key in ("ca_after", "asr_after", "der"):
         assert record[key] is not None and np.isfinite(record[key])
 
