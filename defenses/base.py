@@ -279,18 +279,61 @@ class MitigationResult:
                              f"{type(self.estimator).__name__}")
 
 
+@dataclass
+class InputScreen:
+    """An input-level defense (kind ``"input"``): ``score(x)`` gives each inference-time input of an (N, C, H, W)
+    batch its suspicion (higher = more likely triggered); ``threshold``, when set, is the defense's own operating
+    point (inputs scoring above it are rejected), chosen on the defender's clean data."""
+
+    score: Callable[[np.ndarray], np.ndarray]
+    threshold: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not callable(self.score):
+            raise ValueError(f"InputScreen.score must be callable, got {type(self.score).__name__}")
+        if self.threshold is not None and not np.isfinite(self.threshold):
+            raise ValueError(f"InputScreen.threshold must be finite, got {self.threshold!r}")
+
+
+@dataclass
+class ModelVerdict:
+    """A model-level defense's verdict (kind ``"model"``): the model's suspicion ``score``, the decision
+    ``backdoored`` at the defense's ``threshold``, and ``extra`` (e.g. an inverted trigger: ``mask`` (H, W) in
+    [0, 1] and ``pattern``)."""
+
+    score: float
+    backdoored: bool
+    threshold: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.score, (int, float, np.number)) or not np.isfinite(self.score):
+            raise ValueError(f"ModelVerdict.score must be a finite number, got {self.score!r}")
+        if not isinstance(self.backdoored, (bool, np.bool_)):
+            raise ValueError(f"ModelVerdict.backdoored must be a bool, got {self.backdoored!r}")
+        self.score, self.backdoored = float(self.score), bool(self.backdoored)
+
+
+DefenseResult = DetectionResult | MitigationResult | InputScreen | ModelVerdict
+RESULT_TYPES: dict[str, type] = {"detection": DetectionResult, "mitigation": MitigationResult, "input": InputScreen,
+                                 "model": ModelVerdict}
+"""What ``run`` returns for each kind: per-training-sample flags, a repaired model, an inference-time input screen,
+or a verdict on the model itself."""
+
+
 class Defense(ABC):
     """A backdoor defense: parameters in ``__init__`` (checked by ``_check_params``), one verb ``run``."""
 
     name: ClassVar[str]
-    kind: ClassVar[Literal["detection", "mitigation"]]
+    kind: ClassVar[Literal["detection", "mitigation", "input", "model"]]
 
     @abstractmethod
     def _check_params(self) -> None:
         """Raise ValueError naming the first invalid parameter."""
 
     @abstractmethod
-    def run(self, context: EvaluationContext) -> DetectionResult | MitigationResult:
+    def run(self, context: EvaluationContext) -> DefenseResult:
         """Apply the defense to `context`."""
 
     def get_params(self) -> dict[str, Any]:

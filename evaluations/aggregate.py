@@ -16,17 +16,21 @@ import numpy as np
 from scipy import stats
 
 __all__ = ["MODEL_KEYS", "MODEL_METRICS", "DEFENSE_KEYS", "DEFENSE_METRICS", "SHOWN_MODEL_METRICS",
-           "SHOWN_DETECTION_METRICS", "SHOWN_MITIGATION_METRICS", "format_summary", "mean_interval", "summarize"]
+           "SHOWN_DETECTION_METRICS", "SHOWN_INPUT_METRICS", "SHOWN_MITIGATION_METRICS", "SHOWN_VERDICT_METRICS",
+           "format_summary", "mean_interval", "summarize"]
 
 MODEL_KEYS = ("attack", "trigger", "percent_poison", "target")
 MODEL_METRICS = ("ca", "asr", "asr_all", "ra", "n_poison", "baddist_cos_clean", "baddist_cos_trigger",
                  "heldout_cos_clean", "heldout_cos_trigger")
 DEFENSE_KEYS = MODEL_KEYS + ("defense",)
 DEFENSE_METRICS = ("auroc", "tpr", "fpr", "precision", "f1", "removed", "ca_before", "asr_before", "ca_after",
-                   "asr_after", "ra_after", "der", "seconds")
+                   "asr_after", "ra_after", "der", "far_frr1", "far_frr5", "frr", "far", "model_score",
+                   "model_flagged", "mask_overlap", "seconds")
 SHOWN_MODEL_METRICS = ("ca", "asr", "asr_all", "ra", "heldout_cos_clean", "heldout_cos_trigger")
 SHOWN_DETECTION_METRICS = ("auroc", "tpr", "fpr", "f1", "removed")
 SHOWN_MITIGATION_METRICS = ("ca_after", "asr_after", "der")
+SHOWN_INPUT_METRICS = ("auroc", "far_frr1", "far_frr5")
+SHOWN_VERDICT_METRICS = ("model_score", "model_flagged", "mask_overlap")
 """The summary columns the terminal summary and the README show (the summary tables on disk hold all of them)."""
 
 

@@ -32,10 +32,17 @@ from tqdm.auto import tqdm
 from artmed.attacks.pipeline import AttackOutcome, AttackSpec, poison_training_set, run_attack, supply_chain_attack
 from artmed.data.default import make_default_dataset
 from artmed.defenses import registry
-from artmed.defenses.base import DetectionResult, EvaluationContext, MitigationResult
+from artmed.defenses.base import (
+    RESULT_TYPES,
+    DetectionResult,
+    EvaluationContext,
+    InputScreen,
+    MitigationResult,
+    ModelVerdict,
+)
 from artmed.estimator import MedCLIPEstimator
 from artmed.evaluations.config import DefenseSpec, StudyConfig
-from artmed.evaluations.metrics import defense_effectiveness_rating, detection_metrics
+from artmed.evaluations.metrics import defense_effectiveness_rating, detection_metrics, input_screen_metrics
 from artmed.evaluations.resources import measure
 from artmed.evaluations.scoring import score_estimator, target_index
 from artmed.evaluations.store import ResultStore, to_jsonable
@@ -220,11 +227,16 @@ class Harness:
                 result = defense.run(replace(context, monitor=monitor))
             record.update(seconds=cost.seconds, peak_mb=cost.peak_mb)
             _check_result(dspec.name, defense.kind, result, len(truth.poison_mask))
+            repaired = None
             if isinstance(result, DetectionResult):
                 flags, scores = result.flags, result.scores
                 record.update(detection_metrics(flags, truth.poison_mask, scores))
                 record["arrays"] = {"scores": scores, "flags": flags, "poison_mask": truth.poison_mask}
                 repaired = self._retrain_filtered(spec, base, flags) if dspec.retrain else None
+            elif isinstance(result, InputScreen):
+                record.update(self._screen_inputs(dspec.name, result))
+            elif isinstance(result, ModelVerdict):
+                record.update(_verdict_fields(result, spec, truth))
             else:
                 repaired = result.estimator
                 record["history"] = result.history
@@ -249,6 +261,17 @@ class Harness:
                                                  "reloaded from disk")
         self.store.save("defense", key, self._stamp(record, spec, dspec))
         return record
+
+    def _screen_inputs(self, name: str, screen: InputScreen) -> dict[str, Any]:
+        """An input screen scored on the clean test images and their triggered copies (which only the harness has)."""
+        truth = self._truth
+        clean, triggered = (np.asarray(screen.score(x), dtype=np.float64)
+                            for x in (self.x_test, truth.x_test_triggered))
+        for which, scores, x in (("clean", clean, self.x_test), ("triggered", triggered, truth.x_test_triggered)):
+            if scores.shape != (len(x),):
+                raise ValueError(f"{name}: score() gave shape {scores.shape} for {len(x)} {which} inputs")
+        fields = input_screen_metrics(clean, triggered, screen.threshold)
+        return {**fields, "arrays": {"clean_scores": clean, "triggered_scores": triggered}}
 
     def _retrain_filtered(self, spec: AttackSpec, base: MedCLIPEstimator, flags: np.ndarray) -> MedCLIPEstimator:
         """The victim's model retrained by the same pipeline on the training set minus the flagged rows."""
@@ -327,7 +350,7 @@ class Harness:
         x, y, mask = self._poisoned(spec)
         triggered = spec.build_trigger()(self.x_test)
         target = target_index(self.task.class_names, spec.target)
-        self._truth = _Truth(mask.copy(), triggered.copy(), target, fingerprint(estimator))
+        self._truth = _Truth(mask.copy(), triggered.copy(), target, fingerprint(estimator), spec.build_trigger())
         return EvaluationContext(
             estimator=estimator, x_train=x, y_train=y, texts=list(self.texts), text_labels=self.text_labels,
             x_test=self.x_test, test_targets=self.test_targets, task=self.task, x_clean=self.x_shadow,
@@ -384,6 +407,7 @@ class _Truth:
     x_test_triggered: np.ndarray
     target_class: int | None
     fingerprint: str
+    trigger: Any
 
 
 def fingerprint(estimator: MedCLIPEstimator) -> str:
@@ -395,9 +419,30 @@ def fingerprint(estimator: MedCLIPEstimator) -> str:
     return digest.hexdigest()
 
 
+def _verdict_fields(verdict: ModelVerdict, spec: AttackSpec, truth: _Truth) -> dict[str, Any]:
+    """A model-level verdict against the truth (every attacked model is backdoored); with an inverted ``mask``, the
+    share of its mass inside the true trigger's footprint."""
+    backdoored = spec.attack != "clean"
+    fields: dict[str, Any] = {"model_score": verdict.score, "model_flagged": float(verdict.backdoored),
+                              "backdoored": backdoored, "verdict_correct": verdict.backdoored == backdoored,
+                              "threshold": verdict.threshold}
+    mask = verdict.extra.get("mask")
+    if mask is not None and backdoored:
+        mask = np.abs(np.asarray(mask, dtype=np.float64))
+        mask = mask.reshape(-1, *mask.shape[-2:]).mean(axis=0)  # (H, W), channels averaged
+        footprint = truth.trigger.mask(mask.shape)
+        total = mask.sum()
+        fields["mask_overlap"] = float(mask[footprint].sum() / total) if total > 0 else float("nan")
+        fields["arrays"] = {"mask": mask, **({"pattern": np.asarray(verdict.extra["pattern"])}
+                                            if "pattern" in verdict.extra else {})}
+    return fields
+
+
 def _check_result(name: str, kind: str, result: Any, n: int) -> None:
     """A defense's result must be of its kind, with finite scores for every training sample."""
-    expected = DetectionResult if kind == "detection" else MitigationResult
+    expected = RESULT_TYPES.get(kind)
+    if expected is None:
+        raise ValueError(f"{name} declares kind {kind!r}; valid kinds: {sorted(RESULT_TYPES)}")
     if not isinstance(result, expected):
         raise ValueError(f"{name} is a {kind} defense but run() returned {type(result).__name__}, "
                          f"not a {expected.__name__}")

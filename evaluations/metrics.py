@@ -143,6 +143,30 @@ def detection_metrics(flags: Any, mask: Any, scores: Any = None) -> dict[str, fl
     }
 
 
+def input_screen_metrics(clean_scores: Any, triggered_scores: Any, threshold: float | None = None,
+                         frr_levels: tuple[float, ...] = (0.01, 0.05)) -> dict[str, float]:
+    """How well an input screen separates triggered from clean inference-time inputs (STRIP's evaluation).
+
+    ``auroc`` (triggered = positive); for each FRR level ``r``, ``far_frr{100 r}``: the share of triggered inputs
+    accepted when the threshold rejects the top ``r`` share of clean inputs (the clean scores' (1 - r) quantile);
+    with the defense's own ``threshold``: its ``frr`` (clean rejected) and ``far`` (triggered accepted).
+    """
+    clean, triggered = (np.asarray(s, dtype=np.float64).reshape(-1) for s in (clean_scores, triggered_scores))
+    for name, s in (("clean_scores", clean), ("triggered_scores", triggered)):
+        if s.size == 0:
+            raise ValueError(f"{name} is empty")
+        if not np.all(np.isfinite(s)):
+            raise ValueError(f"{name} contain NaN or infinite values")
+    labels = np.r_[np.zeros(clean.size), np.ones(triggered.size)]
+    result = {"auroc": float(roc_auc_score(labels, np.r_[clean, triggered]))}
+    for rate in frr_levels:
+        cut = np.quantile(clean, 1.0 - rate, method="higher")
+        result[f"far_frr{round(100 * rate)}"] = float(np.mean(triggered <= cut))
+    if threshold is not None:
+        result.update(frr=float(np.mean(clean > threshold)), far=float(np.mean(triggered <= threshold)))
+    return result
+
+
 def defense_effectiveness_rating(asr_before: float, asr_after: float, ca_before: float, ca_after: float) -> float:
     """DER = [max(0, ASR_before − ASR_after) − max(0, CA_before − CA_after) + 1] / 2, in [0, 1]; 0.5 = no effect."""
     values = {"asr_before": asr_before, "asr_after": asr_after, "ca_before": ca_before, "ca_after": ca_after}

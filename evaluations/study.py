@@ -19,8 +19,10 @@ from artmed.evaluations.aggregate import (
     MODEL_KEYS,
     MODEL_METRICS,
     SHOWN_DETECTION_METRICS,
+    SHOWN_INPUT_METRICS,
     SHOWN_MITIGATION_METRICS,
     SHOWN_MODEL_METRICS,
+    SHOWN_VERDICT_METRICS,
     format_summary,
     summarize,
 )
@@ -40,6 +42,10 @@ MODEL_COLUMNS = ["attack", "trigger", "percent_poison", "seed", "status", "n_poi
                  "heldout_cos_clean", "heldout_cos_trigger"]
 DEFENSE_COLUMNS = ["attack", "trigger", "percent_poison", "seed", "defense", "status", "auroc", "tpr", "fpr", "f1",
                    "removed", "ca_after", "asr_after", "der", "seconds", "peak_mb"]
+INPUT_COLUMNS = ["attack", "trigger", "percent_poison", "seed", "defense", "status", "auroc", "far_frr1", "far_frr5",
+                 "frr", "far", "seconds"]
+VERDICT_COLUMNS = ["attack", "trigger", "percent_poison", "seed", "defense", "status", "model_score", "threshold",
+                   "model_flagged", "backdoored", "mask_overlap", "seconds"]
 SWEEP_RATES: tuple[float, ...] = (0.0005, 0.001, 0.005, 0.01, 0.05)
 DEFAULT_SEEDS = 3
 
@@ -158,11 +164,19 @@ def summary(result: StudyResult) -> str:
     text = "Attacked models, per seed (zero-shot task: CA / ASR)\n" + format_table(result.models, MODEL_COLUMNS)
     text += "\n\nAttacked models over seeds: mean ± std [95 % interval]\n"
     text += format_summary(model_summary(result), MODEL_KEYS[:3], SHOWN_MODEL_METRICS)
+    by_kind = {kind: [d for d in result.defenses if d.get("kind") == kind] for kind in ("input", "model")}
+    per_seed = [d for d in result.defenses if d.get("kind") not in by_kind]
+    if per_seed:
+        text += "\n\nDefenses, per seed\n" + format_table(per_seed, DEFENSE_COLUMNS)
+    for kind, title, columns in (("input", "Input screens (clean vs triggered test inputs)", INPUT_COLUMNS),
+                                 ("model", "Model verdicts", VERDICT_COLUMNS)):
+        if by_kind[kind]:
+            text += f"\n\n{title}, per seed\n" + format_table(by_kind[kind], columns)
     if result.defenses:
-        text += "\n\nDefenses, per seed\n" + format_table(result.defenses, DEFENSE_COLUMNS)
         text += "\n\nDefenses over seeds: mean ± std [95 % interval]\n"
         text += format_summary(defense_summary(result), DEFENSE_KEYS[:3] + ("defense",),
-                               SHOWN_DETECTION_METRICS + SHOWN_MITIGATION_METRICS)
+                               SHOWN_DETECTION_METRICS + SHOWN_MITIGATION_METRICS + SHOWN_INPUT_METRICS[1:]
+                               + SHOWN_VERDICT_METRICS)
     if result.failed:
         text += f"\n\n{len(result.failed)} cell(s) did not finish (left out of the means above):"
         text += "".join(f"\n  {r['cell']}: {r.get('status')}: {r.get('error')}" for r in result.failed)
