@@ -2,7 +2,8 @@
 
 from artmed.defenses import registry
 from artmed.defenses.activation_clustering import ActivationClustering
-from artmed.defenses.art_adapters import ARTActivationClustering, ARTSpectralSignatures
+from artmed.defenses.art_adapters import ARTActivationClustering, ARTSpectralSignatures, art_inputs
+from artmed.defenses.art_api import ARTPoisonFilter
 from artmed.defenses.base import (
     Defense,
     DetectionResult,
@@ -15,6 +16,7 @@ from artmed.defenses.spectral import SpectralSignatures
 
 __all__ = [
     "ARTActivationClustering",
+    "ARTPoisonFilter",
     "ARTSpectralSignatures",
     "ActivationClustering",
     "Defense",
@@ -23,6 +25,7 @@ __all__ = [
     "FinePruning",
     "MitigationResult",
     "SpectralSignatures",
+    "art_inputs",
     "group_labels",
     "registry",
 ]

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from artmed.defenses.base import DetectionResult, Defense, EvaluationContext, LabelGroups, check_finite
+from artmed.defenses.art_api import ARTPoisonFilter
+from artmed.defenses.base import DetectionResult, EvaluationContext, LabelGroups, check_finite
 from artmed.defenses.decomposition import RowStream, fast_ica, pca
 from artmed.defenses.kmeans import kmeans, silhouette
 from artmed.device import resolve_device
@@ -56,7 +57,7 @@ def suspicious_clusters(
     return small
 
 
-class ActivationClustering(Defense):
+class ActivationClustering(ARTPoisonFilter):
     """Per label group: reduce to `n_components` (FastICA or PCA), k-means with `n_clusters`, flag small clusters.
 
     Defaults (mode="artmed"): FastICA, 10 seeded k-means++ starts (plus, for 2 clusters, one start from the
@@ -68,6 +69,12 @@ class ActivationClustering(Defense):
     ART's rounding; explicit `reduce`/`analysis`/`n_init`/`fit_rows` still win. Scores (for AUROC) are a membership
     margin towards the nearest non-largest cluster times how small that cluster is: d_L/(d_L+d_S)·(1 -
     share_S/share_L). Groups under `min_group_size` samples are never flagged.
+
+    Also an ART ``PoisonFilteringDefence`` (see ``ARTPoisonFilter``): ``ActivationClustering(classifier, x_train,
+    y_train, mode="art", ...).detect_poison()`` replaces ``ActivationDefence(classifier, x_train,
+    y_train).detect_poison(nb_clusters=..., nb_dims=..., reduce=...)``: ART's nb_clusters is `n_clusters`, nb_dims
+    `n_components`, reduce "PCA"/"FastICA" is "pca"/"ica", cluster_analysis "smaller"/"relative-size" is `analysis`.
+    The report has ART's layout ("Class_<group>" -> "cluster_<c>" -> share and suspicion, plus the parameters).
     """
 
     name = "activation_clustering"
@@ -75,6 +82,10 @@ class ActivationClustering(Defense):
 
     def __init__(
         self,
+        classifier: Any = None,
+        x_train: Any = None,
+        y_train: np.ndarray | None = None,
+        *,
         n_components: int = 10,
         reduce: Literal["ica", "pca"] | None = None,
         n_clusters: int = 2,
@@ -89,6 +100,7 @@ class ActivationClustering(Defense):
         device: str = "auto",
         min_group_size: int = 10,
     ) -> None:
+        super().__init__(classifier, x_train, y_train)
         self.n_components = n_components
         self.reduce = reduce
         self.n_clusters = n_clusters
@@ -130,6 +142,7 @@ class ActivationClustering(Defense):
         if not isinstance(self.layer, str) or not self.layer:
             raise ValueError(f"layer must be a non-empty string, got {self.layer!r}")
         resolve_device(self.device)
+        self._check_data()
 
     def resolved(self) -> dict[str, object]:
         """The reduction, rule and number of starts in effect (mode defaults applied)."""
@@ -155,10 +168,26 @@ class ActivationClustering(Defense):
         for g, idx in groups.analysed:
             with _one_cpu_thread(device):
                 flags[idx], scores[idx], report = self._analyse_group(stream, idx, settings, generator)
-            per_group.append({"group": groups.names[g], "size": int(idx.shape[0]), **report})
+            per_group.append({"group": groups.names[g], "group_id": g, "size": int(idx.shape[0]), **report})
         extra = {"layer": self.layer, "mode": self.mode, **settings, "group_names": groups.names,
                  "per_group": per_group, "skipped_groups": groups.skipped}
         return DetectionResult(scores, flags, groups.ids, extra)
+
+    def _art_report(self, result: DetectionResult) -> dict[str, Any]:
+        """ART's report: per analysed label group, each cluster's share and suspicion; then the parameters."""
+        per_group = result.extra["per_group"]
+        report: dict[str, Any] = {
+            "cluster_analysis": result.extra["analysis"],
+            "suspicious_clusters": sum(len(entry["suspicious_clusters"]) for entry in per_group),
+        }
+        for entry in per_group:
+            sizes = entry["cluster_sizes"]
+            report[f"Class_{entry['group_id']}"] = {
+                f"cluster_{c}": {"ptc_data_in_cluster": round(size / sum(sizes), 2),
+                                 "suspicious_cluster": c in entry["suspicious_clusters"]}
+                for c, size in enumerate(sizes)
+            }
+        return {**report, **self.get_params()}
 
     def _analyse_group(
         self, stream: RowStream, idx: np.ndarray, settings: dict, generator: torch.Generator

@@ -4,21 +4,24 @@ ART splits samples by ``argmax(y_train)`` over ``classifier.nb_classes`` and rea
 listed last in ``classifier.layer_names``. Our label groups are the unique 14-d label rows, so ART is handed a
 one-hot of group ids and a thin view of the estimator (`GroupedActivations`) that reports one class per group
 and serves the chosen layer's activations for the sample indices ART passes around as its ``x_train``.
+`art_inputs` builds the same three inputs for a user calling ART's detectors directly with CheXpert labels.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from art.defences.detector.poison import ActivationDefence, SpectralSignatureDefense
 
+from artmed.data.dataset import ImageSet
 from artmed.defenses.base import (
     DetectionResult,
     Defense,
     EvaluationContext,
     LabelGroups,
     check_finite,
+    group_labels,
     load_images,
 )
 
@@ -60,6 +63,36 @@ class GroupedActivations:
         return self._last[1]
 
 
+def art_inputs(
+    estimator: Any, x_train: np.ndarray | ImageSet, y_train: np.ndarray, layer: str = "image_pooled"
+) -> tuple[GroupedActivations, np.ndarray, np.ndarray, list[str]]:
+    """``(classifier, x, y, group_names)`` for ART's detectors, one class per label group of `y_train`.
+
+    ART splits by ``argmax(y)`` over ``classifier.nb_classes`` (the estimator's prompts), so (N, 14) CheXpert rows
+    passed as they are raise an IndexError, or, when every argmax falls below nb_classes, are silently split by
+    their first positive column. Instead call::
+
+        classifier, x, y, names = art_inputs(estimator, x_train, y14)
+        report, is_clean = ActivationDefence(classifier, x, y).detect_poison(nb_dims=10, reduce="PCA")
+
+    `x` holds the sample indices (``classifier`` extracts `layer` of those images with the estimator's
+    ``get_activations``); is_clean[i] is sample i's verdict and class g is the group ``names[g]``, the groups of
+    ``group_labels`` that artmed's detectors analyse.
+    """
+    context = EvaluationContext(estimator=estimator, x_train=x_train, y_train=y_train)
+    ids, names = group_labels(y_train)
+    classifier = GroupedActivations(context, layer, len(names), "estimator")
+    return classifier, np.arange(ids.shape[0]), _classes(ids, len(names)), names
+
+
+def _classes(ids: np.ndarray, n_groups: int) -> np.ndarray:
+    """ART's y_train for group ids in [0, n_groups): a one-hot, or for one group its 1-D ids (ART's segment_by_class
+    calls int() on a one-column one-hot row, which NumPy 2 refuses)."""
+    if n_groups <= 1:
+        return ids.astype(np.int64)
+    return np.eye(n_groups, dtype=np.float32)[ids]
+
+
 class _ARTDetector(Defense):
     """Shared plumbing: label groups -> ART one-hot classes, run ART, map its is_clean list back to samples."""
 
@@ -82,13 +115,10 @@ class _ARTDetector(Defense):
         n = len(context.x_train) if self.source == "estimator" else context.features(self.layer).shape[0]
         groups = LabelGroups.split(context.y_train, n, self.min_group_size, self.name)
         kept = np.flatnonzero(np.isin(groups.ids, [g for g, _ in groups.analysed]))
-        remap = {g: i for i, (g, _) in enumerate(groups.analysed)}
-        classifier = GroupedActivations(context, self.layer, max(len(remap), 1), self.source)
-        if len(remap) <= 1:  # ART's segment_by_class calls int() on a one-column one-hot row, which NumPy 2 refuses
-            return groups, kept, np.zeros(kept.shape[0], dtype=np.int64), classifier
-        classes = np.zeros((kept.shape[0], len(remap)), dtype=np.float32)
-        classes[np.arange(kept.shape[0]), [remap[g] for g in groups.ids[kept]]] = 1.0
-        return groups, kept, classes, classifier
+        remap = np.zeros(len(groups.names), dtype=np.int64)
+        remap[[g for g, _ in groups.analysed]] = np.arange(len(groups.analysed))
+        classifier = GroupedActivations(context, self.layer, max(len(groups.analysed), 1), self.source)
+        return groups, kept, _classes(remap[groups.ids[kept]], len(groups.analysed)), classifier
 
     def _empty(self, groups: LabelGroups) -> DetectionResult:
         n = groups.ids.shape[0]

@@ -3,15 +3,17 @@ singular direction; torch on the chosen device, with an ART-compatible mode that
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from artmed.defenses.base import DetectionResult, Defense, EvaluationContext, LabelGroups, check_finite
+
+from artmed.defenses.art_api import ARTPoisonFilter
+from artmed.defenses.base import DetectionResult, EvaluationContext, LabelGroups, check_finite
 from artmed.defenses.decomposition import RowStream, group_pca
 from artmed.device import resolve_device
 
 
-class SpectralSignatures(Defense):
+class SpectralSignatures(ARTPoisonFilter):
     """Per label group: top right singular vector v of the centred features; flag the top `removal_share`·`eps`.
 
     mode="centered" (the paper): score = squared projection of the centred features on v; the top
@@ -20,6 +22,12 @@ class SpectralSignatures(Defense):
     so flags equal ART's with ``expected_pp_poison=eps, eps_multiplier=removal_share``. Returned scores are
     divided by their group mean so they compare across groups (raw ones are in ``extra["raw_scores"]``).
     Groups under `min_group_size` samples are never flagged (ART would flag a singleton group).
+
+    Also an ART ``PoisonFilteringDefence`` (see ``ARTPoisonFilter``): ``SpectralSignatures(classifier, x_train,
+    y_train, eps=..., ...).detect_poison()`` replaces ``SpectralSignatureDefense(classifier, x_train, y_train,
+    expected_pp_poison=..., eps_multiplier=...)``: ART's expected_pp_poison is `eps`, its eps_multiplier is
+    `removal_share` (ART's defaults: 0.33 and 1.5), and mode="art" gives ART's flags. The report maps each
+    flagged index to its raw score, as ART's does.
     """
 
     name = "spectral_signatures"
@@ -27,6 +35,10 @@ class SpectralSignatures(Defense):
 
     def __init__(
         self,
+        classifier: Any = None,
+        x_train: Any = None,
+        y_train: np.ndarray | None = None,
+        *,
         eps: float = 0.05,
         removal_share: float = 1.5,
         layer: str = "image_pooled",
@@ -34,6 +46,7 @@ class SpectralSignatures(Defense):
         device: str = "auto",
         min_group_size: int = 2,
     ) -> None:
+        super().__init__(classifier, x_train, y_train)
         self.eps = eps
         self.removal_share = removal_share
         self.layer = layer
@@ -54,6 +67,7 @@ class SpectralSignatures(Defense):
         if int(self.min_group_size) != self.min_group_size or self.min_group_size < 2:
             raise ValueError(f"min_group_size must be an integer >= 2, got {self.min_group_size!r}")
         resolve_device(self.device)
+        self._check_data()
 
     def run(self, context: EvaluationContext) -> DetectionResult:
         """Score and flag every training sample of `context` from its `layer` features."""
@@ -78,6 +92,11 @@ class SpectralSignatures(Defense):
         extra = {"layer": self.layer, "mode": self.mode, "group_names": groups.names, "per_group": per_group,
                  "skipped_groups": groups.skipped, "raw_scores": raw}
         return DetectionResult(scores, flags, groups.ids, extra)
+
+    def _art_report(self, result: DetectionResult) -> dict[int, float]:
+        """ART's report: the raw score of every flagged sample, by index."""
+        raw = result.extra["raw_scores"]
+        return {int(i): float(raw[i]) for i in np.flatnonzero(result.flags)}
 
     def _group_scores(self, stream: RowStream, idx: np.ndarray) -> tuple[np.ndarray, float]:
         """Scores of the rows `idx` and the top eigenvalue, streaming the rows in chunks (two passes)."""
