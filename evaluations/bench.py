@@ -154,9 +154,10 @@ def _detectors(planted: Planted, device: str, eps: float, removal_share: float, 
             return np.asarray(is_clean) == 0
         return run
 
+    ss_params = {"eps": eps, "removal_share": removal_share, "device": device}
     return {
-        "ss_art_mode": ours(SpectralSignatures(eps, removal_share, mode="art", device=device)),
-        "ss_centered": ours(SpectralSignatures(eps, removal_share, mode="centered", device=device)),
+        "ss_art_mode": ours(SpectralSignatures(**ss_params, mode="art")),
+        "ss_centered": ours(SpectralSignatures(**ss_params, mode="centered")),
         "art_ss": art_ss,
         "ac_art_mode": ours(ActivationClustering(mode="art", seed=seed, device=device)),
         "ac_artmed": ours(ActivationClustering(seed=seed, device=device)),
