@@ -8,7 +8,9 @@ from artmed.defenses.base import (
     Defense,
     DetectionResult,
     EvaluationContext,
+    InputScreen,
     MitigationResult,
+    ModelVerdict,
     group_labels,
 )
 from artmed.defenses.fine_pruning import FinePruning
@@ -23,7 +25,9 @@ __all__ = [
     "DetectionResult",
     "EvaluationContext",
     "FinePruning",
+    "InputScreen",
     "MitigationResult",
+    "ModelVerdict",
     "SpectralSignatures",
     "art_inputs",
     "group_labels",
