@@ -22,6 +22,10 @@ from artmed.defenses import registry
 from artmed.validation import FieldError, blame, check_fields, check_names, check_writable
 
 
+ART_DATA_ARGUMENTS = ("classifier", "x_train", "y_train")
+"""Constructor arguments of the detectors' ART interface: data, never study parameters (the harness passes a context)."""
+
+
 @dataclass
 class DataConfig:
     """The built-in phantom data: sizes and resolution (the default study's data). ``n_shadow`` clean images are the
@@ -133,7 +137,7 @@ class StudyConfig:
                 cls = registry.get(spec.name)
             except (ImportError, TypeError, ValueError) as exc:
                 raise ValueError(f"{where}: {exc}") from exc
-            check_names(cls, spec.params, f"{where}.params", spec.name)
+            check_names(cls, spec.params, f"{where}.params", spec.name, fixed=ART_DATA_ARGUMENTS)
             with blame(f"{where}.params"):
                 cls(**spec.params)
         check_writable(self.output_dir, "config.output_dir", folder=True)

@@ -147,6 +147,8 @@ def test_direct_construction_is_checked_the_same_way(build, message):
     ("defenses: [activation_clustering, {name: spectral_signatures, params: {bogus: 1}}]\n",
      r"^config\.defenses\[1\]\.params: unknown parameter 'bogus' for spectral_signatures; valid: \[.*'eps'"),
     ("defenses: [{name: spectral_signatures, params: {eps: 7}}]\n", r"^config\.defenses\[0\]\.params: eps must be"),
+    ("defenses: [{name: spectral_signatures, params: {x_train: [1, 2]}}]\n",
+     r"^config\.defenses\[0\]\.params: unknown parameter 'x_train' for spectral_signatures"),
     ("defenses: [{name: cleanclip, params: {lr: 'fast'}}]\n", r"^config\.defenses\[0\]\.params: lr must be"),
     ("defenses: [not_a_defense]\n", r"^config\.defenses\[0\]: defense plugin 'not_a_defense' .*not a subclass"),
     ("defenses: [spectral_signatures, no_such_defense]\n", r"^config\.defenses\[1\]: unknown defense 'no_such_defense'"),
