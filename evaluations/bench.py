@@ -44,6 +44,8 @@ DETECTION_COLUMNS = ["n", "comparison", "ours_s", "art_s", "ratio", "agreement",
                      "peak_mb_ours", "peak_mb_art", "us_per_sample_ours", "us_per_sample_art"]
 EXTRACTION_COLUMNS = ["preset", "image_size", "device", "batch_size", "batches", "get_activations_img_s",
                       "embed_images_img_s", "peak_mb"]
+LABELER_SIZES = (10_000, 100_000, 1_000_000)
+LABELER_COLUMNS = ["bytes", "seconds", "ratio", "size_ratio", "peak_mb"]
 
 
 @dataclass
@@ -314,6 +316,25 @@ def bench_study(preset: str, device: str, seed: int = 0) -> dict[str, Any]:
             "models": len(result.models), "defenses": len(result.defenses)}}
 
 
+def labeler_scaling(sizes: Sequence[int]) -> list[dict[str, Any]]:
+    """Seconds (and peak memory) the report labeler takes for a one-sentence report ("no effusion, effusion, ...")
+    of each size in bytes, and the ratio to the first size's seconds: linear cost keeps it near ``size_ratio``,
+    quadratic cost near its square."""
+    from artmed.data.labeler import label_report
+
+    label_report("No effusion.")  # compiled patterns and caches are not part of the first size's time
+    rows = []
+    for size in sizes:
+        report = "no " + "effusion, " * max(0, (size - 3) // 10)
+        with measure() as cost:
+            label_report(report)
+        rows.append({"bytes": len(report), "seconds": cost.seconds, "peak_mb": cost.peak_mb})
+    for row in rows:
+        row["ratio"] = row["seconds"] / rows[0]["seconds"]
+        row["size_ratio"] = row["bytes"] / rows[0]["bytes"]
+    return rows
+
+
 def machine_info(device: str) -> dict[str, Any]:
     """CPU count, torch threads, the device's name, load average, memory and package versions."""
     import torch
@@ -392,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=1, help="untimed batches before timing")
     parser.add_argument("--study", choices=["quick", "default", "none"], default="quick",
                         help="time the built-in study end to end")
+    parser.add_argument("--labeler", action="store_true",
+                        help="also time the report labeler on one-sentence reports of 10 KB, 100 KB and 1 MB")
     parser.add_argument("--threads", type=int, default=None,
                         help="cap torch and BLAS/OpenMP threads for ours and ART alike (default: untouched); "
                              "1 gives stable ratios on a busy machine")
@@ -467,6 +490,9 @@ def run_benchmarks(args: argparse.Namespace, machine: dict[str, Any]) -> dict[st
     if args.study != "none":
         print(f"study: {args.study} ...", flush=True)
         payload["study"] = bench_study(args.study, args.device, args.seed)
+    if args.labeler:
+        print("labeler: 10 KB .. 1 MB ...", flush=True)
+        payload["labeler"] = labeler_scaling(LABELER_SIZES)
     payload["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     payload["total_seconds"] = time.perf_counter() - started
     return payload
@@ -492,6 +518,9 @@ def report(payload: dict[str, Any]) -> str:
     if "study" in payload:
         study = payload["study"]
         lines += ["", f"Study '{study['preset']}' end to end: {study['seconds']:.1f} s, peak {study['peak_mb']:.0f} MB"]
+    if "labeler" in payload:
+        lines += ["", "Report labeler on one long sentence (ratio = seconds / the smallest report's; linear cost keeps "
+                      "it near size_ratio)", format_table(payload["labeler"], LABELER_COLUMNS)]
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ from artmed.data.adapters import (
     load_medclip_images,
     load_mimic,
     load_mimic_images,
+    load_mimic_reports,
     load_openi_reports,
     load_reports,
     load_rsna,
@@ -126,6 +127,28 @@ def test_bad_one_hot_row_is_reported(tmp_path):
     path = write_csv(tmp_path / "covid.csv", ["imgpath", "Normal", "COVID"], [["a.png", 1, 0], ["b.png", 1, 1]])
     with pytest.raises(ValueError, match=r"covid\.csv: data row 2"):
         load_covid_meta(path)
+
+
+LABELS = ",".join(CHEXPERT_LABELS)
+ZEROS = ",".join(["0"] * NUM_LABELS)
+
+
+@pytest.mark.parametrize(("name", "text", "load", "message"), [
+    ("train-meta.csv", f"imgpath,{LABELS}\na.png,{ZEROS}\n\nb.png,1,0,0\n", load_medclip_images,
+     r"train-meta\.csv: line 4 \(data row 2\) has fewer fields than the header; missing column\(s\) "
+     r"\['Lung Lesion', .*'Support Devices'\]"),
+    ("train-meta.csv", f'imgpath,{LABELS},report\na.png,{ZEROS},"Big\nheart."\nb.png,{ZEROS}\n', load_medclip_images,
+     r"train-meta\.csv: line 4 \(data row 2\) has fewer fields than the header; missing column\(s\) \['report'\]"),
+    ("sentence-label.csv", f"Reports,{LABELS}\nno effusion,{ZEROS}\nsmall effusion, no edema,{ZEROS}\n",
+     load_sentence_labels, r"sentence-label\.csv: line 3 \(data row 2\) has 1 field\(s\) more than the header's 15: "
+     r"\['0'\] \(a value with a comma must be quoted\)"),
+    ("covid-test-meta.csv", "imgpath,Normal,COVID\na.png,1\n", load_covid_meta,
+     r"covid-test-meta\.csv: line 2 \(data row 1\) has fewer fields .*\['COVID'\]"),
+], ids=["short-train-row", "short-row-after-multiline-cell", "extra-sentence-field", "short-covid-row"])
+def test_medclip_rows_with_too_few_or_too_many_fields_are_refused(tmp_path, name, text, load, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load(tmp_path / name)
 
 
 def test_missing_and_corrupt_images_name_the_file(medclip_dir):
@@ -348,3 +371,24 @@ def test_load_reports_from_folder(tmp_path):
     (tmp_path / "empty" / "b.txt").write_text("   ")
     with pytest.raises(ValueError, match="no report sentences"):
         load_reports(tmp_path / "empty")
+
+
+def test_report_loaders_refuse_files_that_are_not_utf8_text(tmp_path):
+    latin1, binary = "No effusion. Caf\u00e9.".encode("latin-1"), b"\x89PNG\r\n\x1a\n\x00\x00"
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "a.txt").write_bytes(latin1)
+    with pytest.raises(ValueError, match=r"a\.txt: not UTF-8 text: byte 0xe9 at byte offset 16; convert it to UTF-8"):
+        load_reports(tmp_path / "reports")
+    (tmp_path / "reports.csv").write_bytes(b"report\n" + binary + b"\n")
+    with pytest.raises(ValueError, match=r"reports\.csv: binary file \(NUL byte at byte offset 15\)"):
+        load_reports(tmp_path / "reports.csv")
+    root = tmp_path / "mimic"
+    write_csv(root / "mimic-cxr-2.0.0-split.csv", ["dicom_id", "study_id", "subject_id", "split"],
+              [["d1", "50000001", "10000032", "train"]])
+    report = root / "files" / "p10" / "p10000032" / "s50000001.txt"
+    report.parent.mkdir(parents=True)
+    for content, message in ((latin1, r"not UTF-8 text: byte 0xe9 at byte offset 16"),
+                             (binary, r"binary file \(NUL byte at byte offset 8\)")):
+        report.write_bytes(content)
+        with pytest.raises(ValueError, match=rf"s50000001\.txt: {message}"):
+            load_mimic_reports(root)

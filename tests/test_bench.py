@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from artmed.evaluations.bench import main, scaling, synthetic_features
+from artmed.evaluations import bench
+from artmed.evaluations.bench import labeler_scaling, main, scaling, synthetic_features
 from artmed.evaluations.cli import main as cli_main
 
 
@@ -97,3 +98,17 @@ def test_thread_limit_caps_pools_loaded_by_scipy_and_sklearn():
             "print(sorted({p['internal_api'] for p in pools}), max(p['num_threads'] for p in pools))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith(" 1") and "openmp" in out
+
+
+def test_labeler_scaling_is_an_optional_section(tmp_path, monkeypatch, capsys):
+    rows = labeler_scaling([2_000, 4_000])
+    assert [row["bytes"] for row in rows] == [1993, 3993]
+    assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] == pytest.approx(rows[1]["seconds"] / rows[0]["seconds"])
+    assert rows[1]["size_ratio"] == pytest.approx(3993 / 1993) and all(row["seconds"] > 0 for row in rows)
+    monkeypatch.setattr(bench, "LABELER_SIZES", (2_000, 4_000))
+    out = tmp_path / "b.json"
+    assert main(["--sizes", "501", "--skip-art-above", "500", "--threads", "1", "--study", "none", "--extract", "none",
+                 "--labeler", "--out", str(out)]) == 0
+    assert [row["bytes"] for row in json.loads(out.read_text())["labeler"]] == [1993, 3993]
+    assert "Report labeler on one long sentence" in capsys.readouterr().out
+    assert bench.build_parser().parse_args([]).labeler is False  # off unless asked for

@@ -6,6 +6,7 @@ Image paths in a meta-CSV are resolved against ``image_root`` (default: the CSV'
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from artmed.data.label_table import (
     check_uncertain,
     chexpert_labels,
     label_matrix,
+    open_text,
     read_table,
     resolve_path,
 )
@@ -61,6 +63,32 @@ DEFAULT_PROMPTS: dict[str, dict[str, list[str]]] = {
 _CLASS_LABEL = {"Normal": "No Finding", "COVID": "Pneumonia", "Pneumonia": "Pneumonia"}
 
 
+def _line_of(path: str | Path, row: int) -> int:
+    """The file line on which 1-based data row ``row`` ends (blank lines skipped, as csv.DictReader does)."""
+    with open_text(path) as fh:
+        reader = csv.reader(fh)
+        next(reader, None)
+        for number, _ in enumerate((r for r in reader if r), 1):
+            if number == row:
+                break
+        return reader.line_num
+
+
+def _read_rows(path: str | Path, required: Sequence[str]) -> list[dict[str, str]]:
+    """The rows of a MedCLIP CSV (``read_table``), each with exactly the header's fields: a row with fewer (whose
+    cells csv would leave empty, i.e. label 0) or more is a ValueError naming the file, the line and the columns."""
+    columns, rows = read_table(path, required)
+    for i, row in enumerate(rows, 1):
+        missing = [c for c in columns if row.get(c) is None]
+        if missing:
+            raise ValueError(f"{path}: line {_line_of(path, i)} (data row {i}) has fewer fields than the header; "
+                             f"missing column(s) {missing}")
+        if None in row:
+            raise ValueError(f"{path}: line {_line_of(path, i)} (data row {i}) has {len(row[None])} field(s) more "
+                             f"than the header's {len(columns)}: {row[None]} (a value with a comma must be quoted)")
+    return rows
+
+
 def default_prompts(kind: str) -> dict[str, list[str]]:
     """A copy of the default prompts of task ``kind`` ("covid" or "rsna")."""
     if kind not in DEFAULT_PROMPTS:
@@ -95,7 +123,7 @@ def load_medclip_images(meta_csv: str | Path, image_root: str | Path | None = No
                         uncertain: str = "keep", check_files: bool = False) -> FileImageSet:
     """MedCLIP's training meta-CSV (``imgpath`` + the 14 label columns; ``report`` ignored) as a lazy ImageSet."""
     check_uncertain(uncertain)
-    _, rows = read_table(meta_csv, ["imgpath", *CHEXPERT_LABELS])
+    rows = _read_rows(meta_csv, ["imgpath", *CHEXPERT_LABELS])
     root = Path(image_root) if image_root is not None else Path(meta_csv).parent
     labels = chexpert_labels(rows, meta_csv, uncertain)
     paths = [resolve_path(r["imgpath"], root, meta_csv, i, "imgpath") for i, r in enumerate(rows, 1)]
@@ -108,7 +136,7 @@ def load_medclip_images(meta_csv: str | Path, image_root: str | Path | None = No
 
 def load_sentence_labels(csv_path: str | Path) -> TextPool:
     """MedCLIP's ``sentence-label.csv`` (``Reports`` + the 14 labels) as a TextPool; blank-text rows are skipped."""
-    _, rows = read_table(csv_path, ["Reports", *CHEXPERT_LABELS])
+    rows = _read_rows(csv_path, ["Reports", *CHEXPERT_LABELS])
     numbered = [(i, r) for i, r in enumerate(rows, 1) if (r.get("Reports") or "").strip()]
     if not numbered:
         raise ValueError(f"{csv_path}: no sentences (all 'Reports' cells are blank)")
@@ -121,7 +149,7 @@ def load_binary_meta(meta_csv: str | Path, class_names: Sequence[str], name: str
                      image_size: int = IMAGE_SIZE, check_files: bool = False,
                      path_column: str = "imgpath") -> ZeroShotTask:
     """A meta-CSV with an image path column and one 0/1 column per class (exactly one 1 per row) as a task."""
-    _, rows = read_table(meta_csv, [path_column, *class_names])
+    rows = _read_rows(meta_csv, [path_column, *class_names])
     root = Path(image_root) if image_root is not None else Path(meta_csv).parent
     onehot = label_matrix(rows, meta_csv, class_names)
     for i, row in enumerate(onehot, 1):

@@ -18,6 +18,7 @@ from artmed.constants import CHEXPERT_LABELS, IMAGE_SIZE
 from artmed.data.adapt_reports import reports_to_pool
 from artmed.data.dataset import FileImageSet, MedDataset, TextPool
 from artmed.data.label_table import check_files_exist, check_uncertain, chexpert_labels, find_table, read_table
+from artmed.data.labeler import read_report
 
 CHEXPERT_TABLE = "mimic-cxr-2.0.0-chexpert"
 SPLIT_TABLE = "mimic-cxr-2.0.0-split"
@@ -92,7 +93,7 @@ def load_mimic_images(root: str | Path, split: str | None = "train", views: Sequ
 def load_mimic_reports(root: str | Path, split: str | None = "train", reports_root: str | Path | None = None,
                        findings_only: bool = True) -> TextPool:
     """Sentences of the split's study reports labelled by the rule labeler (FINDINGS/IMPRESSION by default);
-    studies without a report file are skipped."""
+    studies without a report file are skipped; a report that is not UTF-8 text is a ValueError naming it."""
     root = Path(root)
     _check_split(split)
     split_path, split_rows = _split_rows(root, split)
@@ -104,7 +105,7 @@ def load_mimic_reports(root: str | Path, split: str | None = "train", reports_ro
     if not found:
         example = f" (e.g. {str(paths[0])!r})" if paths else ""
         raise ValueError(f"{base}: none of the {len(paths)} report files of split={split!r} exist{example}")
-    reports = (p.read_text(encoding="utf-8", errors="replace") for p in tqdm(found, desc="MIMIC reports", leave=False))
+    reports = (read_report(p) for p in tqdm(found, desc="MIMIC reports", leave=False))
     return reports_to_pool(reports, base, findings_only)
 
 

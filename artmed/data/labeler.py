@@ -23,23 +23,38 @@ Decisions, following CheXpert's published rules unless noted:
   qualifier: normal/not enlarged -> 0, enlarged/widened -> 1, stable/unchanged/borderline -> -1.
 - No Finding is 1 when no finding other than Support Devices (including other abnormalities such as emphysema,
   scoliosis, granuloma) is positive or uncertain -- also for sentences that mention nothing at all.
+
+Cost is linear in a report's length: cue scopes are looked up in per-sentence indexes instead of re-scanned for every
+mention. Report files are read strictly as UTF-8.
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import csv
+import functools
+import gzip
+import itertools
+import os
 import re
 import sys
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from artmed.constants import CHEXPERT_LABELS, NUM_LABELS
 from artmed.data.label_table import open_text
+
+try:
+    from re import _parser as _sre_parse  # Python >= 3.11
+except ImportError:  # Python 3.10
+    import sre_parse as _sre_parse
 
 POSITIVE, NEGATIVE, UNCERTAIN = 1, 0, -1
 _L = {name: i for i, name in enumerate(CHEXPERT_LABELS)}
@@ -214,6 +229,10 @@ _PREDICATE = _rx(
     r"possible|likely)\b"
 )
 _CHF = _rx(r"\b(?:chf|heart failure)\b")
+_WORD = re.compile(r"\w")
+_NON_WORD = re.compile(r"\W")
+_SHORT_SPAN = 200
+"""Cue scopes up to this many characters are searched directly (faster for the usual short sentence)."""
 
 
 @dataclass(frozen=True)
@@ -250,15 +269,20 @@ def _mask(text: str, pattern: re.Pattern[str] | None) -> str:
 
 
 def _find_mentions(text: str) -> list[_Mention]:
+    """Every concept match, longest first (size/shape mentions last); a match overlapping a kept one of the same
+    label is dropped. Overlap is looked up in a per-label map of covered characters, linear in ``text``."""
     candidates = [
         _Mention(c.label, m.start(), m.end(), c.kind, m.group(0))
         for c in _CONCEPTS
         for m in c.pattern.finditer(_mask(text, c.unmention))
     ]
     candidates.sort(key=lambda m: (m.kind in _ATTRIBUTES, -(m.end - m.start), m.start))
+    covered = {label: bytearray(len(text)) for label in {m.label for m in candidates}}
     kept: list[_Mention] = []
     for m in candidates:
-        if not any(k.label == m.label and k.start < m.end and m.start < k.end for k in kept):
+        cover = covered[m.label]
+        if cover.find(1, m.start, m.end) < 0:
+            cover[m.start:m.end] = b"\x01" * (m.end - m.start)
             kept.append(m)
     return sorted(kept, key=lambda m: m.start)
 
@@ -286,52 +310,172 @@ def _items(text: str) -> list[_Item]:
     return items
 
 
-def _scopes(text: str, items: list[_Item], k: int, m: _Mention) -> tuple[str, str, str]:
-    """(cue scope before the mention, the mention's own item before it, cue scope after it)."""
-    j = k
-    while items[j].continues:
-        j -= 1
-    before = text[items[j].start:m.start]
-    own_before = text[items[k].start:m.start]
-    end = items[k].end
-    if not _PREDICATE.search(text[m.end:end]):
-        for nxt in items[k + 1:]:
-            if nxt.clause != items[k].clause or not nxt.continues:
-                break
-            end = nxt.end
-            if _PREDICATE.search(text[nxt.start:nxt.end]):
-                break
-    return before, own_before, text[m.end:end]
+def _class_reads_non_word(op: Any, av: Any) -> bool:
+    """Whether one member of a parsed character class can match a non-word character."""
+    if op.name == "LITERAL":
+        return not _WORD.match(chr(av))
+    if op.name.startswith("RANGE"):
+        return any(not _WORD.match(chr(c)) for c in range(av[0], av[1] + 1))
+    return op.name != "CATEGORY" or av.name not in ("CATEGORY_WORD", "CATEGORY_DIGIT")
 
 
-def _or_linked(text: str, items: list[_Item], k: int, m: _Mention, by_item: dict[int, list[_Mention]]) -> bool:
+def _only_space(body: Any) -> bool:
+    """Whether a parsed regex is a single whitespace class (``\\s``)."""
+    return len(body) == 1 and body[0][0].name == "IN" and all(
+        op.name == "CATEGORY" and av.name == "CATEGORY_SPACE" for op, av in body[0][1])
+
+
+def _steps(parsed: Any) -> int:
+    """The most non-word characters one path through a parsed regex consumes, lookaheads included; a repeat of
+    whitespace counts once (normalised text never holds two whitespace characters in a row)."""
+    total = 0
+    for op, av in parsed:
+        name = op.name
+        if name == "LITERAL":
+            total += not _WORD.match(chr(av))
+        elif name == "IN":
+            total += any(_class_reads_non_word(o, a) for o, a in av)
+        elif name in ("NOT_LITERAL", "ANY"):
+            total += 1
+        elif name == "SUBPATTERN":
+            total += _steps(av[-1])
+        elif name == "BRANCH":
+            total += max(_steps(branch) for branch in av[1])
+        elif name in ("ASSERT", "ASSERT_NOT") and av[0] > 0:
+            total += _steps(av[1])
+        elif name in ("MAX_REPEAT", "MIN_REPEAT") and (av[1] <= 1 or _only_space(av[2]) or not _steps(av[2])):
+            total += _steps(av[2])
+        elif name != "AT":
+            raise ValueError(f"scope pattern {name} element has no bounded reach")
+    return total
+
+
+@functools.cache
+def _reach(pattern: re.Pattern[str]) -> int:
+    """How many non-word characters one match attempt of a scope ``pattern`` can step over."""
+    return _steps(_sre_parse.parse(pattern.pattern, pattern.flags))
+
+
+@dataclass
+class _PatternIndex:
+    """One scope pattern over one sentence: its reach, where it matches in the whole text, memoised span checks."""
+
+    pattern: re.Pattern[str]  # held, so that the id() it is filed under stays its own
+    reach: int
+    starts: list[int]
+    first: dict[tuple[int, int], bool]
+    tail: dict[tuple[int, int], bool]
+
+
+class _Spans:
+    """``bool(pattern.search(text[start:end]))`` for the many cue scopes of one normalised sentence, in amortised
+    O(log n) each instead of O(end - start), so that labelling stays linear in the sentence's length.
+
+    A match attempt at position p reads nothing past its horizon, the (``_reach`` + 1)-th non-word character from p
+    on. An attempt inside the span whose horizon lies before ``end`` thus succeeds exactly when it does in the
+    whole text (a sorted list of those positions, found once per pattern); only the span's first position (where a
+    slice has its own word boundary) and the attempts near ``end`` run on the span, over a few words.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._indexes: dict[int, _PatternIndex] = {}  # by id(): hashing a compiled pattern hashes its whole code
+
+    @functools.cached_property
+    def _breaks(self) -> list[int]:
+        """Positions of the non-word characters, in order."""
+        return [m.start() for m in _NON_WORD.finditer(self.text)]
+
+    def search(self, pattern: re.Pattern[str], start: int, end: int) -> bool:
+        """Whether ``pattern`` matches somewhere in ``text[start:end]``."""
+        if end - start <= _SHORT_SPAN:
+            return pattern.search(self.text[start:end]) is not None
+        index = self._indexes.get(id(pattern)) or self._index(pattern)
+        breaks = self._breaks
+        k = bisect_left(breaks, start) + index.reach
+        stop = breaks[k] + 1 if k < len(breaks) and breaks[k] < end else end
+        found = index.first.get((start, stop))
+        if found is None:
+            found = index.first[start, stop] = pattern.match(self.text[start:stop]) is not None
+        if found:
+            return True
+        k = bisect_left(breaks, end) - index.reach
+        tail = max(start + 1, breaks[k - 1] + 1 if k > 0 else 0)
+        i = bisect_right(index.starts, start)
+        if i < len(index.starts) and index.starts[i] < tail:
+            return True
+        found = index.tail.get((tail, end))
+        if found is None:
+            found = index.tail[tail, end] = pattern.search(self.text, tail, end) is not None
+        return found
+
+    def _index(self, pattern: re.Pattern[str]) -> _PatternIndex:
+        starts, m = [], pattern.search(self.text)
+        while m:
+            starts.append(m.start())
+            m = pattern.search(self.text, m.start() + 1)
+        index = self._indexes[id(pattern)] = _PatternIndex(pattern, _reach(pattern), starts, {}, {})
+        return index
+
+
+_Span = tuple[int, int]
+
+
+def _links(text: str, items: list[_Item]) -> tuple[list[int], list[int]]:
+    """Per item: the first item of its run of continuing list items (cues before that run do not reach it), and
+    where a cue after a mention in it stops when the rest of the item has no verb: through the continuing items
+    that follow in its clause, up to and including the first with a verb."""
+    run: list[int] = []
+    for k, item in enumerate(items):
+        run.append(run[k - 1] if item.continues else k)
+    scope_end = [item.end for item in items]
+    for k in range(len(items) - 2, -1, -1):
+        nxt = items[k + 1]
+        if nxt.clause == items[k].clause and nxt.continues:
+            scope_end[k] = nxt.end if _PREDICATE.search(text[nxt.start:nxt.end]) else scope_end[k + 1]
+    return run, scope_end
+
+
+def _scopes(spans: _Spans, items: list[_Item], links: tuple[list[int], list[int]], k: int,
+            m: _Mention) -> tuple[_Span, _Span, _Span]:
+    """(cue scope before the mention, the mention's own item before it, cue scope after it) as text spans."""
+    run, scope_end = links
+    end = items[k].end if spans.search(_PREDICATE, m.end, items[k].end) else scope_end[k]
+    return (items[run[k]].start, m.start), (items[k].start, m.start), (m.end, end)
+
+
+def _or_linked(spans: _Spans, items: list[_Item], k: int, m: _Mention, by_item: dict[int, list[_Mention]]) -> bool:
     """Whether mention ``m`` (in item ``k``) is one side of "X or Y" with Y another finding: the mention nearest
     to the "or" on its side, with no verb in between."""
     item = items[k]
     if (item.lead in ("or", "and/or") and k - 1 in by_item and items[k - 1].clause == item.clause
-            and by_item[k][0] is m and not _PREDICATE.search(text[item.start:m.start])):
+            and by_item[k][0] is m and not spans.search(_PREDICATE, item.start, m.start)):
         return True
     return (k + 1 < len(items) and items[k + 1].lead in ("or", "and/or") and k + 1 in by_item
             and items[k + 1].clause == item.clause and by_item[k][-1] is m
-            and not _PREDICATE.search(text[m.end:item.end]))
+            and not spans.search(_PREDICATE, m.end, item.end))
 
 
-def _classify(m: _Mention, before: str, own_before: str, after: str, clause: str, or_linked: bool) -> int | None:
+def _classify(m: _Mention, spans: _Spans, before: _Span, own_before: _Span, after: _Span, clause_uncertain: bool,
+              or_linked: bool) -> int | None:
     """A mention's status (1, 0, -1), or None for a size/shape mention without any qualifier."""
-    if _PRE_NEG_UNC_BEFORE.search(before) or _PRE_NEG_UNC_AFTER.search(after):
+    def has(pattern: re.Pattern[str], span: _Span) -> bool:
+        return spans.search(pattern, *span)
+
+    if has(_PRE_NEG_UNC_BEFORE, before) or has(_PRE_NEG_UNC_AFTER, after):
         return UNCERTAIN
-    negated = bool(_NEG_BEFORE.search(before) or _NEG_AFTER.search(after))
+    negated = has(_NEG_BEFORE, before) or has(_NEG_AFTER, after)
     if m.kind in _ATTRIBUTES:
         q = _ATTRIBUTES[m.kind]
-        if negated or q.negative.search(own_before) or q.negative.search(after):
+        if negated or has(q.negative, own_before) or has(q.negative, after):
             return NEGATIVE
-        if not (q.positive.search(own_before) or q.positive.search(after)):
-            return UNCERTAIN if (q.uncertain.search(own_before) or q.uncertain.search(after)) else None
-        if _UNC_BEFORE.search(after):
+        if not (has(q.positive, own_before) or has(q.positive, after)):
+            return UNCERTAIN if (has(q.uncertain, own_before) or has(q.uncertain, after)) else None
+        if has(_UNC_BEFORE, after):
             return UNCERTAIN
     elif negated:
         return NEGATIVE
-    if _UNC_BEFORE.search(before) or _UNC_AFTER.search(after) or _UNC_CLAUSE.search(clause) or or_linked:
+    if has(_UNC_BEFORE, before) or has(_UNC_AFTER, after) or clause_uncertain or or_linked:
         return UNCERTAIN
     return UNCERTAIN if m.kind == "hedged" else POSITIVE
 
@@ -343,18 +487,22 @@ def _sentence_mentions(sentence: str) -> dict[int, list[int]]:
     if not mentions:
         return {}
     items = _items(text)
-    item_of = [max(k for k, it in enumerate(items) if it.start <= m.start) for m in mentions]
+    spans = _Spans(text)
+    links = _links(text, items)
+    item_starts = [it.start for it in items]
+    item_of = [bisect_right(item_starts, m.start) - 1 for m in mentions]
     by_item: dict[int, list[_Mention]] = {}
     for m, k in zip(mentions, item_of):
         by_item.setdefault(k, []).append(m)
-    clause_text: dict[int, str] = {}
+    clause_parts: dict[int, list[str]] = {}
     for it in items:
-        clause_text[it.clause] = clause_text.get(it.clause, "") + " " + text[it.start:it.end]
+        clause_parts.setdefault(it.clause, []).append(" " + text[it.start:it.end])
+    clause_uncertain = {c: bool(_UNC_CLAUSE.search("".join(parts))) for c, parts in clause_parts.items()}
     found: dict[int, list[int]] = {}
     for m, k in zip(mentions, item_of):
-        before, own_before, after = _scopes(text, items, k, m)
-        status = _classify(m, before, own_before, after, clause_text[items[k].clause],
-                           _or_linked(text, items, k, m, by_item))
+        before, own_before, after = _scopes(spans, items, links, k, m)
+        status = _classify(m, spans, before, own_before, after, clause_uncertain[items[k].clause],
+                           _or_linked(spans, items, k, m, by_item))
         if status is None:
             continue
         found.setdefault(m.label, []).append(status)
@@ -390,27 +538,42 @@ _KNOWN_HEADERS = (
 )
 _HEADER = re.compile(
     rf"(?i:\b(?:{_KNOWN_HEADERS})\s*:)|\b[A-Z][A-Z]+(?: [A-Z]+)*\s*:(?=\s|$)|(?m:^\s*FINAL REPORT\s*$)"
+    r"|(?P<skip>\b[A-Z][A-Z]+(?: [A-Z]+)*(?=(?: [A-Z]+){8})|(?m:^\s+))"
 )
+"""Section headers. A ``skip`` match is none: where no header starts at an all-caps run or a blank line, it jumps
+over the run (but its last 8 words, more than any known header has) or the blank lines, where none can start
+either, so that the scan stays linear instead of retrying every word or line of them."""
+_SENTENCE_END = re.compile(r"(?<![.!?])[.!?]+(?=\s+(\S))")
+_WORD_RUN = re.compile(r"[\w.]+")
+_TRAILING = re.compile(r"(?<![\s.])[\s.]+$")
 _ABBREVIATIONS = {"dr", "mr", "mrs", "ms", "vs", "e.g", "i.e", "approx", "st", "fig"}
 _DEID = re.compile(r"\bX{2,}\b|_{2,}")
 """De-identification placeholders (Open-i "XXXX", MIMIC "___"): a sentence of only these is dropped."""
 _FINDING_SECTIONS = re.compile(r"^(?:findings?|impressions?|conclusions?)$", re.IGNORECASE)
 
 
+def _headers(report: str) -> list[re.Match[str]]:
+    """The section headers of a report, in order."""
+    return [h for h in _HEADER.finditer(report) if h.lastgroup != "skip"]
+
+
 def split_sentences(report: str) -> list[str]:
     """Split a report into sentences: on . ! ? (not decimals or abbreviations), blank lines, numbered items and
     section headers; headers, list numbers and trailing periods are stripped, whitespace collapsed."""
-    text = _HEADER.sub("\n\n", report.replace("\r\n", "\n").replace("\r", "\n"))
+    text = _HEADER.sub(lambda h: h.group(0) if h.lastgroup == "skip" else "\n\n",
+                       report.replace("\r\n", "\n").replace("\r", "\n"))
     paragraphs = re.split(r"\n\s*\n|\n\s*(?=(?:\d+[.)]|[-*\u2022])\s)", text)
     out: list[str] = []
     for para in paragraphs:
         para = re.sub(r"\s+", " ", para).strip()
+        backwards = para[::-1]  # the word before a period is matched backwards: linear however long the sentence
         has_upper = any(ch.isupper() for ch in para)
         start = 0
-        for m in re.finditer(r"[.!?]+(?=\s+(\S))", para):
-            word = re.search(r"([\w.]+)$", para[start:m.start()])
-            if m.group(0) == "." and word and word.group(1).lower() in _ABBREVIATIONS:
-                continue
+        for m in _SENTENCE_END.finditer(para):
+            if m.group(0) == ".":
+                word = _WORD_RUN.match(backwards, len(para) - m.start(), len(para) - start)
+                if word and word.group(0)[::-1].lower() in _ABBREVIATIONS:
+                    continue
             if has_upper and m.group(1).islower():
                 continue
             out.append(para[start:m.end()])
@@ -419,7 +582,7 @@ def split_sentences(report: str) -> list[str]:
     cleaned = []
     for s in out:
         s = re.sub(r"^\s*(?:\d+[.)]|[-*\u2022])\s+", "", s)
-        s = re.sub(r"[\s.]+$", "", s).strip()
+        s = _TRAILING.sub("", s).strip()
         if re.search(r"[A-Za-z]", _DEID.sub(" ", s)):
             cleaned.append(s)
     return cleaned
@@ -427,7 +590,7 @@ def split_sentences(report: str) -> list[str]:
 
 def extract_findings(report: str) -> str:
     """The FINDINGS / IMPRESSION / CONCLUSION sections of a report, or the whole report if it has none of them."""
-    headers = list(_HEADER.finditer(report))
+    headers = _headers(report)
     keep = []
     for h, nxt in zip(headers, [*headers[1:], None]):
         name = re.sub(r"\s*:\s*$", "", h.group(0)).strip()
@@ -493,40 +656,126 @@ def _report_columns(fieldnames: Sequence[str], column: str | None, path: Path) -
     return found
 
 
+_CHUNK = 1 << 20
+"""Bytes read at a time when looking for where a file stops being UTF-8 text."""
+
+
+def _not_text(path: Path, chunks: Iterable[bytes]) -> ValueError:
+    """The error for a file that is not UTF-8 text, naming it and the byte offset of its first NUL byte (a binary
+    file) or, failing that, of its first byte that is not UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, bad = 0, ""
+    for chunk in itertools.chain(chunks, [b""]):
+        nul = chunk.find(b"\0")
+        if nul >= 0:
+            return ValueError(f"{path}: binary file (NUL byte at byte offset {offset + nul}), not a text report")
+        if not bad:
+            pending = len(decoder.getstate()[0])
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                bad = f": byte 0x{exc.object[exc.start]:02x} at byte offset {offset - pending + exc.start}"
+        offset += len(chunk)
+    return ValueError(f"{path}: not UTF-8 text{bad}; convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8 OLD > NEW "
+                      f"for a Latin-1 file)")
+
+
+def _raw_chunks(path: Path) -> Iterator[bytes]:
+    """The bytes of a file (gunzipped when it ends in .gz), ``_CHUNK`` at a time."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        yield from iter(lambda: fh.read(_CHUNK), b"")
+
+
+def read_report(path: str | Path) -> str:
+    """One report file as text: strict UTF-8 (a leading BOM dropped); ValueError naming the file and the byte offset
+    for a binary file (NUL bytes) or one in another encoding."""
+    path = Path(path)
+    data = path.read_bytes()
+    if b"\0" not in data:
+        try:
+            return data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            pass
+    raise _not_text(path, [data])
+
+
+def _text_lines(path: Path) -> Iterator[str]:
+    """The lines of a CSV (.csv/.csv.gz) read strictly as UTF-8, for the csv module; ValueError as ``read_report``."""
+    try:
+        with open_text(path) as fh:
+            for line in fh:
+                if "\0" in line:
+                    raise _not_text(path, _raw_chunks(path))
+                yield line
+    except UnicodeDecodeError:
+        raise _not_text(path, _raw_chunks(path)) from None
+
+
 def iter_reports(source: str | Path, column: str | None = None) -> Iterator[str]:
     """Report texts from a folder of .txt files (recursive, sorted), one .txt file, or a CSV (.csv/.csv.gz) with a
-    report column (autodetected: report, Reports, text, or findings + impression; or ``column``)."""
+    report column (autodetected: report, Reports, text, or findings + impression; or ``column``). Files are read
+    strictly as UTF-8: a binary file or one in another encoding is a ValueError naming it (``read_report``)."""
     path = Path(source)
     if path.is_dir():
         files = sorted(path.rglob("*.txt"))
         if not files:
             raise ValueError(f"{path}: folder holds no .txt reports")
         for f in tqdm(files, desc="reports", leave=False):
-            yield f.read_text(encoding="utf-8", errors="replace")
+            yield read_report(f)
     elif not path.exists():
         raise ValueError(f"report source {str(path)!r} does not exist")
     elif path.suffix.lower() == ".txt":
-        yield path.read_text(encoding="utf-8", errors="replace")
+        yield read_report(path)
     elif path.name.lower().endswith((".csv", ".csv.gz")):
         csv.field_size_limit(2**31 - 1)
-        with open_text(path) as fh:
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames:
-                raise ValueError(f"{path}: CSV has no header row")
-            cols = _report_columns(reader.fieldnames, column, path)
-            for row in tqdm(reader, desc="reports", leave=False):
-                yield "\n\n".join(row[c] for c in cols if row.get(c))
+        reader = csv.DictReader(_text_lines(path))
+        if not reader.fieldnames:
+            raise ValueError(f"{path}: CSV has no header row")
+        cols = _report_columns(reader.fieldnames, column, path)
+        for row in tqdm(reader, desc="reports", leave=False):
+            yield "\n\n".join(row[c] for c in cols if row.get(c))
     else:
         raise ValueError(f"{path}: expected a folder of .txt reports, a .txt file or a .csv file")
+
+
+def check_output(source: str | Path, out_csv: str | Path) -> None:
+    """ValueError naming ``out_csv`` when labels must not or cannot be written there: it is the report source itself
+    or lies in the source folder (it would overwrite or join the reports), is a folder, or its folder cannot be
+    created or written."""
+    src, out = Path(source), Path(out_csv)
+    target = out.resolve()
+    if out.is_dir():
+        raise ValueError(f"output {str(out)!r} is a folder; give a file path such as "
+                         f"{str(out / 'sentence-label.csv')!r}")
+    if src.is_dir():
+        if target.is_relative_to(src.resolve()) or (out.is_file() and out.stat().st_nlink > 1
+                                                    and any(target.samefile(f) for f in src.rglob("*.txt"))):
+            raise ValueError(f"output {str(out)!r} lies in the report folder {str(src)!r}, where it would overwrite "
+                             f"or join the reports; write it elsewhere")
+    elif src.exists() and (target == src.resolve() or (out.exists() and out.samefile(src))):
+        raise ValueError(f"output {str(out)!r} is the report source {str(src)!r}, which labelling would overwrite; "
+                         f"write it elsewhere")
+    folder = target.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"cannot create the folder of output {str(out)!r}: {str(folder)!r} is a file")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write output {str(out)!r}: no write permission in {str(folder)!r}")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise ValueError(f"cannot overwrite output {str(out)!r}: it is read-only")
 
 
 def write_sentence_labels(source: str | Path, out_csv: str | Path, column: str | None = None,
                           findings_only: bool = True) -> int:
     """Label every sentence of the reports in ``source`` and write MedCLIP's ``sentence-label.csv`` (``Reports`` +
-    the 14 labels, sentences de-duplicated case-insensitively); return the number of rows written.
+    the 14 labels, sentences de-duplicated case-insensitively); return the number of rows written. ``out_csv`` is
+    checked (``check_output``) before any report is read.
 
     ``findings_only``: keep only the FINDINGS/IMPRESSION sections of reports that have such headers.
     """
+    check_output(source, out_csv)
     sentences, labels = sentence_labels(iter_reports(source, column), findings_only)
     out = Path(out_csv)
     out.parent.mkdir(parents=True, exist_ok=True)
