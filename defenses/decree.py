@@ -1,0 +1,273 @@
+"""DECREE (Feng et al., CVPR 2023, "Detecting Backdoors in Pre-trained Encoders"): a verdict on MedCLIP's image
+encoder from the smallest trigger that makes it map clean images to one embedding.
+
+A backdoored encoder sends every triggered input close to one target embedding, so a small trigger suffices to
+collapse the embeddings of a whole clean set; on a clean encoder only a trigger covering much of the image (which
+makes the inputs themselves alike) does. DECREE inverts such a trigger on the image encoder alone, without labels,
+text or classifier head, and judges the encoder by the inverted mask's size relative to the image.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from artmed.defenses.base import Defense, EvaluationContext, ModelVerdict
+from artmed.inputs import as_images, image_batch, normalize_pixels, num_images
+
+EPSILON: float = 1e-7
+"""The released code's epsilon in the tanh parametrisation ``tanh(θ) / (2 - ε) + ½`` (keeps its inverse finite)."""
+ADAM_BETAS: tuple[float, float] = (0.5, 0.9)
+"""Adam's betas for the trigger, as in the released code."""
+LAMBDA_MAX: float = 1e5
+"""λ is not multiplied past this value (released code)."""
+
+
+def mean_pairwise_cosine(embeddings: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity over all ordered pairs i ≠ j of the rows of ``embeddings`` (N >= 2, D):
+    ``(‖Σ ê_i‖² − Σ ‖ê_i‖²) / (N (N − 1))`` with ê the L2-normalised rows (no N × N matrix)."""
+    e = torch.nn.functional.normalize(embeddings.float(), dim=-1)
+    n = e.shape[0]
+    return (e.sum(dim=0).square().sum() - e.square().sum()) / (n * (n - 1))
+
+
+def _to_unit(raw: torch.Tensor) -> torch.Tensor:
+    """The tanh parametrisation onto [0, 1]: ``clip(tanh(raw) / (2 - ε) + ½, 0, 1)``."""
+    return (torch.tanh(raw) / (2.0 - EPSILON) + 0.5).clamp(0.0, 1.0)
+
+
+def _from_unit(value: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``_to_unit`` on [0, 1): ``atanh((value − ½)(2 − ε))``."""
+    return torch.atanh((value - 0.5) * (2.0 - EPSILON))
+
+
+def stamp(x: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    """Images (B, C, H, W) in [0, 1] with the trigger stamped: ``clip((1 − m) ⊙ x + m ⊙ p, 0, 1)``, m (H, W) and p
+    (C, H, W)."""
+    return ((1.0 - mask) * x + mask * pattern).clamp(0.0, 1.0)
+
+
+class DECREE(Defense):
+    """Invert the smallest trigger that collapses the image encoder's embeddings of clean images; flag the encoder
+    when that trigger's mask is small.
+
+    Trigger: mask m ∈ [0, 1]^{H×W} (shared by the channels) and pattern p ∈ [0, 1]^{C×H×W}, stamped on a clean x as
+
+        x' = (1 − m) ⊙ x + m ⊙ p,        m = tanh(θ_m) / (2 − ε) + ½,        p = tanh(θ_p) / (2 − ε) + ½
+
+    Inversion objective on a batch B of clean images, f the image encoder (MedCLIP's projected image embedding):
+
+        L(θ_m, θ_p) = −1 / (|B| (|B| − 1)) · Σ_{i ≠ j ∈ B} cos(f(x'_i), f(x'_j)) + λ · ‖m‖₁
+
+    minimised by Adam (``lr``, betas (0.5, 0.9)) from a uniform random mask and pattern, in ``epochs`` passes over
+    ``context.x_clean`` in near-equal batches of at most ``batch_size`` images. λ adapts each step (the released
+    code's schedule): from ``init_lambda`` it is multiplied by ``lambda_factor`` (up to 1e5) after more than
+    ``patience`` steps in a row whose similarity exceeds ``target_similarity``, divided by it (while >=
+    ``lambda_min``) after more than ``patience`` steps in a row below, and reset to ``init_lambda`` after more than
+    ``2·patience`` successful steps in a row below ``lambda_min``. The trigger kept has the smallest ‖m‖₁ of the
+    steps whose batch similarity exceeded the target. The search stops after an epoch whose mean similarity exceeds
+    the target once the kept ‖m‖₁ has not improved for more than ``early_stop_patience`` steps.
+
+    Verdict: the PL1-norm ``PL1 = ‖m‖₁ / (H·W)`` of the kept mask (the share of the image it covers); the encoder is
+    backdoored when ``PL1 < threshold``. When no trigger reached the target, PL1 = 1 (the full mask, which replaces
+    every input by p, always reaches it). ``ModelVerdict.score = 1 − PL1`` (higher = more suspicious) and
+    ``ModelVerdict.threshold = 1 − threshold`` on that scale. ``extra``: ``pl1``, ``l1`` (‖m‖₁; None when no trigger
+    reached the target), ``reached``, the kept ``mask`` (H, W) and ``pattern`` (C, H, W), ``similarity`` (mean
+    pairwise cosine over all the clean images used, stamped with the kept trigger), ``clean_similarity`` (the same
+    without trigger), ``steps``, ``epochs``, the final ``lambda`` and a per-epoch ``history``.
+
+    Defaults: the released code's (github.com/GiantSeaweed/DECREE ``main.py``, with ``run_decree.py``'s lr and batch,
+    its CLIP/ImageNet setting): target similarity 0.99, lr 0.5, batch 32, 1000 epochs, λ₀ 1e-3, factor 5, patience 5,
+    λ_min 1e-7, early-stop patience 35 (7 · patience); ``threshold`` 0.1 is the paper's PL1 cut-off (the released
+    code reports ‖m‖₁ and applies none). Differences: the released code lowers lr to 0.1 after 200 epochs and 0.05
+    after 500 (here lr stays ``lr``), and its mask has 3 channels, so its ‖m‖₁ is C times this one's (λ adapts, so
+    only the scale of ``init_lambda`` and ``lambda_min`` against ‖m‖₁ shifts).
+
+    The encoder runs in eval mode in float32 (no autocast); only θ_m and θ_p get gradients and the estimator is left
+    as found. ``n_images`` (None: all) caps the clean images used (a seeded subset); ``seed`` None takes
+    ``context.seed``.
+
+    Measured on tiny MedCLIPs trained 300 steps as in the default study, with BadDist ("tiny" settings) on the study's
+    corner patch (PL1 0.024 at 32 px, 0.020 at 64 px), PL1 over DECREE seeds 0-2: the clean encoder's embeddings are
+    already close (mean cosine 0.64 at 32 px, 0.93 at 64 px) and a few dozen scattered pixels collapse them, so the
+    clean encoder is flagged too (PL1 0.036-0.039 at 32 px, 0.014-0.017 at 64 px). BadDist's encoders (patch-
+    triggered cosine 0.998 and 1.000) get PL1 0.034-0.039 at 32 px (no better than clean; scattered masks, not the
+    patch) and 0.001-0.010 at 64 px (below every clean run, but still scattered pixels, at most partly in the patch).
+    The paper's encoders are large ones; on small models compare ``clean_similarity`` and a clean model's PL1.
+    """
+
+    name = "decree"
+    kind = "model"
+
+    def __init__(
+        self,
+        target_similarity: float = 0.99,
+        threshold: float = 0.1,
+        lr: float = 0.5,
+        batch_size: int = 32,
+        epochs: int = 1000,
+        init_lambda: float = 1e-3,
+        lambda_factor: float = 5.0,
+        lambda_min: float = 1e-7,
+        patience: int = 5,
+        early_stop_patience: int = 35,
+        n_images: int | None = None,
+        seed: int | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.target_similarity = target_similarity
+        self.threshold = threshold
+        self.lr = lr
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.init_lambda = init_lambda
+        self.lambda_factor = lambda_factor
+        self.lambda_min = lambda_min
+        self.patience = patience
+        self.early_stop_patience = early_stop_patience
+        self.n_images = n_images
+        self.seed = seed
+        self.verbose = verbose
+        self._check_params()
+
+    def _check_params(self) -> None:
+        if not _is_real(self.target_similarity) or not 0.0 < self.target_similarity < 1.0:
+            raise ValueError(f"target_similarity must be in (0, 1), got {self.target_similarity!r}")
+        if not _is_real(self.threshold) or not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be a PL1-norm in (0, 1], got {self.threshold!r}")
+        for name in ("lr", "init_lambda", "lambda_min"):
+            value = getattr(self, name)
+            if not _is_real(value) or not 0.0 < value < math.inf:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if not _is_real(self.lambda_factor) or not 1.0 < self.lambda_factor < math.inf:
+            raise ValueError(f"lambda_factor must be a number > 1, got {self.lambda_factor!r}")
+        for name, low in (("batch_size", 4), ("epochs", 1), ("patience", 0), ("early_stop_patience", 0)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.n_images is not None and (not _is_int(self.n_images) or self.n_images < 2):
+            raise ValueError(f"n_images must be an integer >= 2 or None, got {self.n_images!r}")
+        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
+            raise ValueError(f"seed must be a non-negative integer or None, got {self.seed!r}")
+        if not isinstance(self.verbose, (bool, np.bool_)):
+            raise ValueError(f"verbose must be a bool, got {self.verbose!r}")
+
+    def run(self, context: EvaluationContext) -> ModelVerdict:
+        """Invert a trigger on ``context.estimator``'s image encoder with ``context.x_clean`` and return the verdict."""
+        estimator = context.estimator
+        if estimator is None:
+            raise ValueError("decree needs context.estimator, the model to judge")
+        if context.x_clean is None:
+            raise ValueError("decree needs context.x_clean, the defender's clean images")
+        seed = context.seed if self.seed is None else self.seed
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), 3]))
+        x = self._clean_images(context.x_clean, estimator.input_shape, rng)
+        model, device = estimator.model, estimator.device
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.enable_grad():
+                found = self._invert(model, x, device, rng, int(seed))
+            with torch.no_grad():
+                found["similarity"] = self._similarity(model, x, device, found["mask"], found["pattern"])
+                found["clean_similarity"] = self._similarity(model, x, device)
+        finally:
+            model.train(was_training)
+        height, width = x.shape[-2:]
+        l1 = found.pop("l1")
+        pl1 = l1 / (height * width) if found["reached"] else 1.0
+        extra = {"pl1": pl1, "pl1_threshold": self.threshold, "l1": l1 if found["reached"] else None, **found,
+                 "mask": found["mask"].cpu().numpy(), "pattern": found["pattern"].cpu().numpy(),
+                 "n_images": x.shape[0], "params": self.get_params()}
+        return ModelVerdict(score=1.0 - pl1, backdoored=bool(pl1 < self.threshold), threshold=1.0 - self.threshold,
+                            extra=extra)
+
+    def _clean_images(self, images: Any, shape: tuple[int, int, int], rng: np.random.Generator) -> torch.Tensor:
+        """The clean images used (all, or a seeded subset of ``n_images``) as a float32 CPU tensor (N, C, H, W)."""
+        images = as_images(images, shape)
+        n = num_images(images)
+        if n < 2:
+            raise ValueError(f"decree needs at least 2 clean images in context.x_clean, got {n}")
+        rows = np.arange(n)
+        if self.n_images is not None and self.n_images < n:
+            rows = np.sort(rng.choice(n, size=self.n_images, replace=False))
+        return torch.from_numpy(np.ascontiguousarray(image_batch(images, rows, shape)))
+
+    def _invert(self, model: torch.nn.Module, x: torch.Tensor, device: torch.device, rng: np.random.Generator,
+                seed: int) -> dict[str, Any]:
+        """The trigger search: the kept mask, pattern and ‖m‖₁ (or the last ones when none reached the target)."""
+        n, channels, height, width = x.shape
+        generator = torch.Generator().manual_seed(seed)
+        mask_raw = _from_unit(torch.rand(height, width, generator=generator)).to(device).requires_grad_(True)
+        pattern_raw = _from_unit(torch.rand(channels, height, width, generator=generator)).to(device)
+        pattern_raw.requires_grad_(True)
+        optimizer = torch.optim.Adam([mask_raw, pattern_raw], lr=self.lr, betas=ADAM_BETAS)
+        n_batches = math.ceil(n / self.batch_size)
+        lam = self.init_lambda
+        up = down = at_floor = stale = steps = 0
+        best_l1, best_mask, best_pattern = math.inf, None, None
+        history: list[dict[str, Any]] = []
+        bar = tqdm(range(self.epochs), desc="decree", leave=False, disable=not self.verbose)
+        for epoch in bar:
+            sims, l1s = [], []
+            for rows in np.array_split(rng.permutation(n), n_batches):
+                mask, pattern = _to_unit(mask_raw), _to_unit(pattern_raw)
+                stamped = stamp(x[rows].to(device), mask, pattern)
+                sim = mean_pairwise_cosine(model.encode_image(normalize_pixels(stamped)))
+                l1 = mask.sum()
+                loss = -sim + lam * l1
+                grads = torch.autograd.grad(loss, [mask_raw, pattern_raw])
+                mask_raw.grad, pattern_raw.grad = grads
+                optimizer.step()
+                steps += 1
+                sim_value, l1_value = float(sim.detach()), float(l1.detach())
+                sims.append(sim_value)
+                l1s.append(l1_value)
+                success = sim_value > self.target_similarity
+                if success and l1_value < best_l1:
+                    best_l1, best_mask, best_pattern = l1_value, mask.detach().clone(), pattern.detach().clone()
+                    stale = 0
+                elif best_mask is not None:
+                    stale += 1
+                at_floor = at_floor + 1 if lam < self.lambda_min and success else 0
+                if at_floor > 2 * self.patience:
+                    lam, up, down = self.init_lambda, 0, 0
+                up, down = (up + 1, 0) if success else (0, down + 1)
+                if up > self.patience:
+                    lam, up = (lam * self.lambda_factor if lam < LAMBDA_MAX else lam), 0
+                elif down > self.patience:
+                    lam, down = (lam / self.lambda_factor if lam >= self.lambda_min else lam), 0
+            epoch_sim = float(np.mean(sims))
+            history.append({"epoch": epoch + 1, "similarity": epoch_sim, "l1": float(np.mean(l1s)), "lambda": lam,
+                            "best_l1": best_l1 if best_mask is not None else None})
+            bar.set_postfix(sim=f"{epoch_sim:.4f}", best_l1=f"{best_l1:.1f}", lam=f"{lam:.1e}")
+            if epoch_sim > self.target_similarity and stale > self.early_stop_patience:
+                break
+        reached = best_mask is not None
+        if not reached:
+            best_mask, best_pattern = _to_unit(mask_raw).detach(), _to_unit(pattern_raw).detach()
+        return {"reached": reached, "l1": best_l1, "mask": best_mask, "pattern": best_pattern, "steps": steps,
+                "epochs": len(history), "lambda": lam, "history": history}
+
+    def _similarity(self, model: torch.nn.Module, x: torch.Tensor, device: torch.device,
+                    mask: torch.Tensor | None = None, pattern: torch.Tensor | None = None) -> float:
+        """Mean pairwise cosine of the embeddings of all of ``x``, stamped with (mask, pattern) when given."""
+        embeddings = []
+        for start in range(0, x.shape[0], self.batch_size):
+            batch = x[start:start + self.batch_size].to(device)
+            if mask is not None:
+                batch = stamp(batch, mask, pattern)
+            embeddings.append(model.encode_image(normalize_pixels(batch)).float())
+        return float(mean_pairwise_cosine(torch.cat(embeddings)))
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
