@@ -1,7 +1,7 @@
 """Save and load a whole ``MedCLIPEstimator`` as one directory: weights, model config, tokenizer and prompts.
 
-Layout: ``model.safetensors`` (released key names), ``estimator.json`` (model config, prompts, settings) and
-``tokenizer/`` (``vocab.txt``). Loading unpickles nothing: JSON, safetensors and a vocabulary file only.
+Layout: ``model.safetensors`` (released key names), ``estimator.json`` (model config, prompts, settings, the text
+pool if set) and ``tokenizer/`` (``vocab.txt``). Loading unpickles nothing: JSON, safetensors and a vocabulary file.
 """
 
 from __future__ import annotations
@@ -74,7 +74,10 @@ def save_bundle(estimator: Any, directory: str | os.PathLike[str]) -> Path:
         "batch_size": estimator.batch_size,
         "clip_values": [float(v) for v in estimator.clip_values],
         "amp": estimator.amp,
+        "output": estimator.output,
     }
+    if estimator.texts is not None:
+        meta["text_pool"] = {"texts": estimator.texts, "labels": estimator.text_labels.astype(int).tolist()}
     with staged_directory(out) as staging:
         save_medclip(estimator.model, staging)
         estimator.tokenizer.save_pretrained(str(staging / "tokenizer"))
@@ -119,7 +122,11 @@ def load_bundle(cls: type, directory: str | os.PathLike[str], device: str | torc
         "batch_size": meta.get("batch_size", 64),
         "clip_values": tuple(meta.get("clip_values", (0.0, 1.0))),
         "amp": meta.get("amp", True),
+        "output": meta.get("output", "probabilities"),
         "device": device,
     }
+    if "text_pool" in meta:
+        settings["texts"] = meta["text_pool"].get("texts")
+        settings["text_labels"] = meta["text_pool"].get("labels")
     settings.update(overrides)
     return cls(model, load_tokenizer(path / "tokenizer"), meta["prompts"], **settings)

@@ -1,15 +1,25 @@
 """``MedCLIPEstimator``: MedCLIP as an ART classifier (zero-shot over class prompts) that can also train unpaired.
 
 ART attacks and detectors see an ordinary image classifier: pixel-space images in [0, 1] in, class
-probabilities out. The class prompts live inside the estimator; MedCLIP's normalisation happens inside too,
-so ART's own ``preprocessing`` stays off (``None``) and nothing is normalised twice.
+probabilities (or, with ``output="logits"``, logits) out. The class prompts live inside the estimator; MedCLIP's
+normalisation happens inside too, so ART's own ``preprocessing`` stays off (``None``) and nothing is normalised twice.
+
+``est.model`` stays the ``MedCLIPModel`` (artmed trains, saves, prunes and fine-tunes it, and a pixel-only forward
+would lose the text encoder), so it is not a pixel -> class forward. ART code that calls ``estimator.model(x)`` or
+``estimator._model(x)`` is written for ``PyTorchClassifier`` (APGD/ACG with an explicit ``loss_type``, the FBF, AWP,
+TRADES and OAAT trainers, which also need its optimizer) or needs kornia (CompositeAdversarialAttackPyTorch); for those,
+wrap ``est.classifier_module`` (pixels -> this estimator's class outputs, sharing its model, prompts fixed) in a
+``PyTorchClassifier``. ART's other PyTorch attacks go through ``_predict_framework``, ``compute_loss``,
+``loss_gradient`` and ``class_gradient``, all implemented here.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable, Mapping
+import warnings
+from abc import ABC
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +29,10 @@ import torch.nn.functional as F
 from art.estimators.classification.classifier import ClassGradientsMixin, ClassifierMixin
 from art.estimators.pytorch import PyTorchEstimator
 
-from artmed.constants import IMAGE_SIZE
+from artmed.constants import CHEXPERT_LABELS, IMAGE_SIZE, NUM_LABELS
 from artmed.device import resolve_device
-from artmed.inputs import as_images, check_batch_size, check_image_array, check_texts, normalize_pixels, num_images
+from artmed.inputs import (PIXEL_TOLERANCE, BatchSource, Images, as_images, check_batch_size, check_image_array,
+                           check_label_matrix, check_texts, normalize_pixels, num_images)
 from artmed.loader import check_num_workers, image_batches
 from artmed.prompts import PromptBank, check_prompts, encode_sentences
 from artmed.training import train_unpaired
@@ -35,46 +46,97 @@ LAYERS: dict[str, str] = {
 analyse the last one listed (the pooled features before the projection)."""
 
 
-class _UnfilteredVerbs:
+OUTPUTS: tuple[str, ...] = ("probabilities", "logits")
+"""What ``predict`` returns and ``class_gradient`` differentiates: softmax probabilities or the zero-shot logits."""
+CLASS_ALIASES: dict[str, str] = {"normal": "No Finding", "covid": "Pneumonia", "covid-19": "Pneumonia"}
+"""Task class names (lower case) that are not CheXpert names -> the CheXpert label ``fit`` trains them as, as
+``artmed.data.adapt_medclip.task_labels`` labels those tasks' images."""
+CLIP_WARNING = ("images outside [0, 1] were clipped to [0, 1] (MedCLIP normalisation happens inside the estimator: "
+                "pass pixel values in [0, 1], e.g. 8-bit images divided by 255)")
+
+
+def class_label_vectors(classes: Sequence[str]) -> np.ndarray:
+    """(K, 14) float32 one-hot CheXpert label vectors of task classes named after a CheXpert label (any case) or an
+    alias in ``CLASS_ALIASES``; ValueError naming every class without a counterpart."""
+    names = {label.lower(): label for label in CHEXPERT_LABELS} | CLASS_ALIASES
+    vectors = np.zeros((len(classes), NUM_LABELS), dtype=np.float32)
+    unknown = []
+    for k, name in enumerate(classes):
+        label = names.get(str(name).strip().lower())
+        if label is None:
+            unknown.append(name)
+        else:
+            vectors[k, CHEXPERT_LABELS.index(label)] = 1.0
+    if unknown:
+        raise ValueError(f"class(es) {unknown} have no CheXpert counterpart, so class labels cannot be turned into "
+                         f"training labels; name the classes after CheXpert labels {list(CHEXPERT_LABELS)} or "
+                         f"{sorted(CLASS_ALIASES)}, or pass y as (N, 14) CheXpert label vectors")
+    return vectors
+
+
+class ClassOutputs(torch.nn.Module):
+    """Pixel-space images (N, C, H, W) -> an estimator's class outputs (its ``output`` mode), differentiable.
+
+    The estimator's MedCLIP model is a submodule, so ``parameters()``, ``train()`` and ``zero_grad()`` act on it; the
+    prompt embeddings are constants (no gradient reaches the text encoder through this module).
+    """
+
+    def __init__(self, estimator: MedCLIPEstimator) -> None:
+        super().__init__()
+        self.medclip = estimator.model
+        self.estimator = estimator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class outputs (N, K) of pixel tensors on the estimator's device."""
+        return self.estimator._outputs(x)
+
+
+class _UnfilteredVerbs(ABC):
     """``predict`` and ``fit`` defined outside ``ClassifierMixin``'s metaclass.
 
     That metaclass wraps verbs defined in a class body with ``np.array(x)``, which would read a whole lazy
-    ``ImageSet`` into memory; the verbs here take arrays *or* ImageSets and convert arrays themselves.
+    ``ImageSet`` into memory; the verbs here take arrays *or* ImageSets and convert arrays themselves. The ``ABC``
+    base, as ART's own mixins have, lets ART's STRIP re-class an estimator (with a plain ``object`` base, its
+    ``__class__`` assignment fails: "object layout differs").
     """
 
     def predict(self, x: Any, batch_size: int | None = None, training_mode: bool = False,
                 **kwargs: Any) -> np.ndarray:
-        """Zero-shot class probabilities (N, K) float32: softmax of the prompt-ensemble scaled cosine logits."""
-        logits = self._map_images(x, batch_size, self._logits, training_mode)
-        probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy().astype(np.float32)
-        return self._apply_postprocessing(preds=probs, fit=False)
+        """Zero-shot class outputs (N, K) float32: softmax probabilities of the prompt-ensemble scaled cosine logits,
+        or those logits with ``output="logits"``."""
+        preds = self._map_images(x, batch_size, self._outputs, training_mode)
+        return self._apply_postprocessing(preds=preds, fit=False)
 
     def fit(self, x: Any, y: Any = None, texts: Any = None, text_labels: Any = None, batch_size: int | None = None,
             nb_epochs: int = 1, steps: int | None = None, **kwargs: Any) -> dict[str, list[float]]:
-        """Unpaired MedCLIP training on images ``x`` (labels ``y`` (N, 14)) and sentences ``texts`` (M, 14 labels).
+        """Unpaired MedCLIP training on images ``x`` with labels ``y`` and sentences with (M, 14) labels.
 
-        ``x`` may be an ImageSet (then ``y`` defaults to its labels), ``texts`` a TextPool (then ``text_labels``
-        defaults to its labels). Other keyword arguments go to ``artmed.training.train_unpaired`` (``lr``,
-        ``weight_decay``, ``warmup``, ``max_grad_norm``, ``seed``, ``text_batch_size``, ``train_vision``,
-        ``train_text``, ``amp``, ``verbose``). Returns the per-step history ``{"loss": [...], "lr": [...]}``.
-        Label values are CheXpert's 1 (positive), 0 (negative or blank) and -1 (uncertain); others raise ValueError.
+        ``y``: (N, 14) CheXpert label vectors, or ART's label space, (N,) class ids or (N, K) one-hot/probabilities
+        (a row's argmax), turned into CheXpert vectors by ``class_label_vectors(classes)``; for a 14-class task,
+        (N, 14) means CheXpert vectors. ``x`` may be an ImageSet (then ``y`` defaults to its labels). The sentences are
+        ``texts`` (a list with ``text_labels``, or a TextPool), else the estimator's pool (``set_texts``). Preprocessing
+        defences with ``apply_fit=True`` are applied to array ``x`` first. Other keyword arguments go to
+        ``artmed.training.train_unpaired`` (``lr``, ``weight_decay``, ``warmup``, ``max_grad_norm``, ``seed``,
+        ``text_batch_size``, ``train_vision``, ``train_text``, ``amp``, ``verbose``). Returns the per-step history
+        ``{"loss": [...], "lr": [...]}``. Label values are CheXpert's 1 (positive), 0 (negative or blank) and -1
+        (uncertain); others raise ValueError.
         """
         batch_size = self._resolve_batch_size(batch_size)
+        sentences, text_labels = self._training_texts(texts, text_labels)
+        images = self._images(x)
         if y is None:
             if not hasattr(x, "labels"):
-                raise ValueError("fit needs y, the (N, 14) image label vectors")
+                raise ValueError("fit needs y: (N, 14) CheXpert label vectors, (N,) class ids or (N, K) one-hot")
             y = x.labels
-        if texts is None:
-            raise ValueError("fit needs texts (a list of sentences or a TextPool) and their (M, 14) text_labels")
-        if text_labels is None:
-            if not hasattr(texts, "labels"):
-                raise ValueError("fit needs text_labels, the (M, 14) label vectors of texts")
-            text_labels = texts.labels
-        sentences = texts.sentences if hasattr(texts, "sentences") else texts
+        if any(op.apply_fit for op in self.preprocessing_operations):
+            if not isinstance(images, np.ndarray):
+                raise ValueError("preprocessing defences with apply_fit=True need x as an array, not an ImageSet")
+            images, y = self._apply_preprocessing(images, y, fit=True)
+            images = self._pixels(images)
         kwargs.setdefault("amp", self.amp)
         kwargs.setdefault("num_workers", self.num_workers)
         history = train_unpaired(
-            self.model, self.tokenizer, x, y, sentences, text_labels,
+            self.model, self.tokenizer, images, self._training_labels(y, num_images(images)), sentences, text_labels,
             input_shape=self.input_shape, device=self.device,
             batch_size=batch_size, nb_epochs=nb_epochs, steps=steps, **kwargs,
         )
@@ -87,6 +149,12 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
     """An ART classifier around a ``MedCLIPModel``: zero-shot prediction over ``prompts``, gradients, activations.
 
     Images are float32 (N, 1|3, H, W) in [0, 1] with ``(H, W) == input_shape[1:]``; ``classes`` = ``list(prompts)``.
+    Image arrays outside [0, 1] are clipped (with a warning beyond rounding), NaN or inf raise; ImageSets must be in
+    range. ``output`` ("probabilities" or "logits") is what ``predict`` returns and ``class_gradient`` differentiates;
+    the loss (``loss_gradient``, ``compute_loss``) is the cross-entropy of the logits in both modes. Attacks that
+    expect logits (DeepFool, C&W, APGD, UniversalPerturbation's default, ``clever_u``) need ``output="logits"``;
+    STRIP needs probabilities. ``texts``/``text_labels`` (or ``set_texts``) give ``fit`` its text side, so ART's
+    trainers and refitting defences can call ``fit(x, y)`` with class labels.
     ``amp`` uses bf16 autocast for inference and training on CUDA (never on CPU; gradients are float32).
     ``num_workers`` processes read image batches ahead of the model (``artmed.loader``; through pinned memory on
     CUDA) in ``fit`` and every batched image verb; 0 reads them in the calling process.
@@ -95,7 +163,7 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
     estimator_params = (
         PyTorchEstimator.estimator_params
         + ClassifierMixin.estimator_params
-        + ["tokenizer", "prompts", "input_shape", "batch_size", "amp", "num_workers"]
+        + ["tokenizer", "prompts", "input_shape", "batch_size", "amp", "num_workers", "output"]
     )
 
     def __init__(
@@ -111,6 +179,9 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         num_workers: int = 0,
         preprocessing_defences: Any = None,
         postprocessing_defences: Any = None,
+        output: str = "probabilities",
+        texts: Any = None,
+        text_labels: Any = None,
     ) -> None:
         resolved = resolve_device(device)
         if resolved.type == "cuda" and resolved.index is None:
@@ -129,17 +200,24 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         self.batch_size = batch_size
         self.amp = amp
         self.num_workers = num_workers
+        self.output = output
         self._check_params()
         self.tokenizer = tokenizer
         self._bank = PromptBank(prompts)
         self.nb_classes = len(self._bank.prompts)
         self._layer_names = list(LAYERS)
+        self._texts: list[str] | None = None
+        self._text_labels: np.ndarray | None = None
+        if texts is not None:
+            self.set_texts(texts, text_labels)
+        elif text_labels is not None:
+            raise ValueError("text_labels given without texts")
         self._model.to(self._device).eval()
 
     # ------------------------------------------------------------------ properties
     def _check_params(self) -> None:
         """ART's checks plus this estimator's settings (also run by ``set_params``): ``input_shape`` (1|3, H, W),
-        ``batch_size`` a positive integer, ``amp`` a bool, ``num_workers`` a worker count."""
+        ``batch_size`` a positive integer, ``amp`` a bool, ``num_workers`` a worker count, ``output`` in ``OUTPUTS``."""
         super()._check_params()
         self._input_shape = self._check_input_shape(self._input_shape)
         self.batch_size = check_batch_size(self.batch_size)
@@ -147,6 +225,8 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
             raise ValueError(f"amp must be True or False, got {self.amp!r}")
         self.amp = bool(self.amp)
         self.num_workers = check_num_workers(self.num_workers)
+        if not isinstance(self.output, str) or self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
 
     def set_params(self, **kwargs: Any) -> None:
         """ART's ``set_params``, all or nothing: when ``_check_params`` refuses a value, every setting keeps its
@@ -196,6 +276,32 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         """Class names, in the order of the prediction columns."""
         return self._bank.classes
 
+    @property
+    def texts(self) -> list[str] | None:
+        """The text pool's sentences (a copy), or None when no pool is set."""
+        return None if self._texts is None else list(self._texts)
+
+    @property
+    def text_labels(self) -> np.ndarray | None:
+        """The text pool's (M, 14) CheXpert labels (a copy), or None when no pool is set."""
+        return None if self._text_labels is None else self._text_labels.copy()
+
+    @property
+    def classifier_module(self) -> ClassOutputs:
+        """A ``torch.nn.Module`` from pixel tensors to this estimator's class outputs, sharing its model."""
+        return ClassOutputs(self)
+
+    def set_texts(self, texts: Any, text_labels: Any = None) -> None:
+        """Hold ``texts`` (sentences, or a TextPool) and their (M, 14) CheXpert ``text_labels`` (default: the pool's)
+        as the text side of ``fit``."""
+        if text_labels is None:
+            if not hasattr(texts, "labels"):
+                raise ValueError("set_texts needs text_labels, the (M, 14) CheXpert label vectors of texts")
+            text_labels = texts.labels
+        sentences = check_texts(texts.sentences if hasattr(texts, "sentences") else texts)
+        self._text_labels = check_label_matrix(text_labels, len(sentences), "text_labels")
+        self._texts = sentences
+
     # ------------------------------------------------------------------ internals
     def _autocast(self) -> torch.autocast:
         return torch.autocast(device_type=self._device.type, dtype=torch.bfloat16,
@@ -210,6 +316,64 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         with torch.autocast(device_type=self._device.type, enabled=False):
             return self._model.scale().float() * image @ self._text_matrix().T
 
+    def _outputs(self, pixels: torch.Tensor) -> torch.Tensor:
+        """What ``predict`` returns for pixel-space images on the device: logits, or their softmax."""
+        logits = self._logits(pixels)
+        return logits if self.output == "logits" else torch.softmax(logits, dim=1)
+
+    def _pixels(self, x: Any) -> np.ndarray:
+        """``x`` as checked float32 (N, C, H, W) pixels, clipped to [0, 1]: ART attacks may overshoot (e.g.
+        UniversalPerturbation adds unclipped noise). Beyond rounding (``PIXEL_TOLERANCE``) that warns, once per
+        call; NaN or inf raise ValueError."""
+        arr = np.asarray(x, dtype=np.float32)
+        if arr.size:
+            lo, hi = float(arr.min()), float(arr.max())
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                raise ValueError("images hold NaN or inf values (pixel values must be in [0, 1])")
+            if lo < -PIXEL_TOLERANCE or hi > 1.0 + PIXEL_TOLERANCE:
+                warnings.warn(CLIP_WARNING, stacklevel=2)
+            if lo < 0.0 or hi > 1.0:
+                arr = np.clip(arr, 0.0, 1.0)
+        return check_image_array(arr, self._input_shape)
+
+    def _images(self, x: Any) -> Images:
+        """A batch source as is (checked by ``as_images``, which refuses pixels outside [0, 1]), else ``_pixels(x)``."""
+        if isinstance(x, BatchSource) and not isinstance(x, np.ndarray):
+            return as_images(x, self._input_shape)
+        return self._pixels(x)
+
+    def _training_texts(self, texts: Any, text_labels: Any) -> tuple[Any, Any]:
+        """``fit``'s sentences and their labels: the given ``texts`` (a TextPool's labels by default), else the pool."""
+        if texts is None:
+            if text_labels is not None:
+                raise ValueError("fit got text_labels without texts")
+            if self._texts is None:
+                raise ValueError("fit needs texts: set the estimator's text pool once with set_texts(texts, "
+                                 "text_labels), or pass texts= and text_labels= to fit")
+            return self._texts, self._text_labels
+        if text_labels is None:
+            if not hasattr(texts, "labels"):
+                raise ValueError("fit needs text_labels, the (M, 14) label vectors of texts")
+            text_labels = texts.labels
+        return (texts.sentences if hasattr(texts, "sentences") else texts), text_labels
+
+    def _training_labels(self, y: Any, n: int) -> np.ndarray:
+        """``fit``'s ``y`` as CheXpert label vectors: (N, 14) as given; class ids or one-hot/probabilities through
+        ``class_label_vectors(classes)``."""
+        arr = np.asarray(y)
+        if arr.ndim == 2 and arr.shape[1] == NUM_LABELS:
+            return arr
+        if not (arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] == self.nb_classes)):
+            raise ValueError(f"y must be (N, 14) CheXpert label vectors, (N,) class ids or (N, {self.nb_classes}) "
+                             f"one-hot/probabilities, got shape {arr.shape}")
+        return class_label_vectors(self.classes)[self._class_indices(arr, n)]
+
+    def _framework(self, x: torch.Tensor, y: Any, forward: Callable[[torch.Tensor], torch.Tensor]) -> tuple[Any, Any]:
+        """``forward`` of a pixel tensor with its graph, after framework preprocessing (no range check or clipping)."""
+        x_pre, y_pre = self._apply_preprocessing(x, y=y, fit=False, no_grad=False)
+        self._model.eval()
+        return forward(x_pre.to(self._device)), y_pre
+
     def _resolve_batch_size(self, batch_size: int | None) -> int:
         """``batch_size`` checked (a positive integer), or the estimator's own when None."""
         return self.batch_size if batch_size is None else check_batch_size(batch_size)
@@ -218,7 +382,7 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
                     training_mode: bool = False) -> np.ndarray:
         """Apply ``fn`` (pixel tensor -> tensor) batch-wise without gradients; concatenate as float32 numpy."""
         bs = self._resolve_batch_size(batch_size)
-        images = as_images(x, self._input_shape)
+        images = self._images(x)
         n = num_images(images)
         if n == 0:
             raise ValueError("no images given (x is empty)")
@@ -245,7 +409,7 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         raise ValueError(f"unknown layer {layer!r}; layers are {names} (or indices 0..{len(names) - 1})")
 
     def _class_indices(self, y: Any, n: int) -> np.ndarray:
-        arr = np.asarray(y)
+        arr = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
         if arr.ndim == 2:
             if arr.shape != (n, self.nb_classes):
                 raise ValueError(f"one-hot y must have shape ({n}, {self.nb_classes}), got {arr.shape}")
@@ -256,15 +420,15 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
             raise ValueError(f"class indices in y must be integers in [0, {self.nb_classes - 1}]")
         return arr.astype(np.int64)
 
-    def _input_gradients(self, x: Any, objectives: Callable[[torch.Tensor, slice], list[torch.Tensor]],
+    def _input_gradients(self, x: np.ndarray, forward: Callable[[torch.Tensor], torch.Tensor],
+                         objectives: Callable[[torch.Tensor, slice], list[torch.Tensor]],
                          n_objectives: int, batch_size: int | None, training_mode: bool) -> np.ndarray:
-        """Gradients (n_objectives, N, C, H, W) w.r.t. pixel-space ``x`` of scalar objectives of the logits.
+        """Gradients (n_objectives, N, C, H, W) w.r.t. checked pixels ``x`` of scalar objectives of ``forward``.
 
-        ``objectives(logits, rows)`` gets a batch's logits and its slice of the whole input. ART preprocessing
+        ``objectives(outputs, rows)`` gets a batch's outputs and its slice of the whole input. ART preprocessing
         defences are differentiated through when they are torch-based, else via their gradient estimates.
         """
         bs = self._resolve_batch_size(batch_size)
-        x = check_image_array(x, self._input_shape)
         grads = np.empty((n_objectives, *x.shape), dtype=np.float32)
         self._model.train(training_mode)
         for start in range(0, x.shape[0], bs):
@@ -277,7 +441,7 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
                 x_pre, _ = self._apply_preprocessing(x_batch, y=None, fit=False, no_grad=True)
                 x_leaf = torch.tensor(x_pre, device=self._device, requires_grad=True)
                 x_in = x_leaf
-            scalars = objectives(self._logits(x_in), rows)
+            scalars = objectives(forward(x_in), rows)
             for k, scalar in enumerate(scalars):
                 (g,) = torch.autograd.grad(scalar, x_leaf, retain_graph=k < len(scalars) - 1)
                 g = g.detach().cpu().numpy()
@@ -290,32 +454,33 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
     # ------------------------------------------------------------------ ART interface
     def loss_gradient(self, x: np.ndarray, y: np.ndarray, training_mode: bool = False, batch_size: int | None = None,
                       **kwargs: Any) -> np.ndarray:
-        """Gradient w.r.t. pixel-space ``x`` of the mean cross-entropy of the zero-shot logits.
+        """Gradient w.r.t. pixel-space ``x`` of the mean cross-entropy of the zero-shot logits (``compute_loss``'s
+        "mean"), in both output modes, as ART's PyTorchClassifier with ``CrossEntropyLoss``.
 
         ``y``: one-hot (N, K) or class indices (N,). Returns float32 of ``x``'s shape.
         """
-        x = check_image_array(x, self._input_shape)
+        x = self._pixels(x)
         target = torch.from_numpy(self._class_indices(y, x.shape[0])).to(self._device)
         n = x.shape[0]
 
         def objective(logits: torch.Tensor, rows: slice) -> list[torch.Tensor]:
             return [F.cross_entropy(logits, target[rows], reduction="sum") / n]
 
-        return self._input_gradients(x, objective, 1, batch_size, training_mode)[0]
+        return self._input_gradients(x, self._logits, objective, 1, batch_size, training_mode)[0]
 
     def class_gradient(self, x: np.ndarray, label: int | list[int] | np.ndarray | None = None,
                        training_mode: bool = False, batch_size: int | None = None, **kwargs: Any) -> np.ndarray:
-        """Gradients of the zero-shot logits w.r.t. ``x``.
+        """Gradients w.r.t. ``x`` of what ``predict`` returns (probabilities or logits, per ``output``).
 
         (N, K, C, H, W) for all classes; (N, 1, C, H, W) for ``label`` (one int or one index per sample).
         """
-        x = check_image_array(x, self._input_shape)
+        x = self._pixels(x)
         n, k = x.shape[0], self.nb_classes
         if label is None:
-            def objective(logits: torch.Tensor, rows: slice) -> list[torch.Tensor]:
-                return [logits[:, c].sum() for c in range(k)]
+            def objective(outputs: torch.Tensor, rows: slice) -> list[torch.Tensor]:
+                return [outputs[:, c].sum() for c in range(k)]
 
-            return np.swapaxes(self._input_gradients(x, objective, k, batch_size, training_mode), 0, 1)
+            return np.swapaxes(self._input_gradients(x, self._outputs, objective, k, batch_size, training_mode), 0, 1)
         if isinstance(label, (int, np.integer)):
             labels = np.full(n, int(label))
         else:
@@ -326,10 +491,31 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
             raise ValueError(f"label values must be integers in [0, {k - 1}]")
         index = torch.from_numpy(labels.astype(np.int64)).to(self._device)
 
-        def chosen(logits: torch.Tensor, rows: slice) -> list[torch.Tensor]:
-            return [logits.gather(1, index[rows, None]).sum()]
+        def chosen(outputs: torch.Tensor, rows: slice) -> list[torch.Tensor]:
+            return [outputs.gather(1, index[rows, None]).sum()]
 
-        return np.swapaxes(self._input_gradients(x, chosen, 1, batch_size, training_mode), 0, 1)
+        return np.swapaxes(self._input_gradients(x, self._outputs, chosen, 1, batch_size, training_mode), 0, 1)
+
+    def compute_loss(self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, reduction: str = "none",
+                     batch_size: int | None = None, **kwargs: Any) -> np.ndarray | torch.Tensor:
+        """Cross-entropy of the zero-shot logits, the loss ``loss_gradient`` differentiates (ART's signature).
+
+        ``y``: one-hot (N, K) or class indices (N,); ``reduction``: "none" (per image, (N,)), "mean" or "sum". A torch
+        ``x`` gives a torch loss with its graph (framework preprocessing only; no range check), numpy gives numpy.
+        """
+        if reduction not in ("none", "mean", "sum"):
+            raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+        if isinstance(x, torch.Tensor):
+            logits, _ = self._framework(x, None, self._logits)
+        else:
+            logits = torch.from_numpy(self._map_images(x, batch_size, self._logits))
+        target = torch.from_numpy(self._class_indices(y, logits.shape[0])).to(logits.device)
+        loss = F.cross_entropy(logits, target, reduction=reduction)
+        return loss if isinstance(x, torch.Tensor) else loss.numpy()
+
+    def _predict_framework(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
+        """What ``predict`` returns, for a pixel tensor and with its graph, and ``y`` (ART's PyTorch attacks' hook)."""
+        return self._framework(x, y, self._outputs)
 
     def get_activations(self, x: Any, layer: int | str, batch_size: int = 128,
                         framework: bool = False) -> np.ndarray | torch.Tensor:
@@ -337,13 +523,15 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         bs = self._resolve_batch_size(batch_size)
         key = self._layer_key(layer)
         if framework:
-            pixels = x if isinstance(x, torch.Tensor) else torch.from_numpy(check_image_array(x, self._input_shape))
+            pixels = x if isinstance(x, torch.Tensor) else torch.from_numpy(self._pixels(x))
             return self._model.image_features(normalize_pixels(pixels.to(self._device)))[key]
         return self._map_images(x, bs, lambda pix: self._model.image_features(normalize_pixels(pix))[key])
 
     def clone_for_refitting(self) -> MedCLIPEstimator:
-        """A deep copy (ART's name for it)."""
-        return self.clone()
+        """ART's refitting copy: the same architecture (model config), prompts, text pool and settings, with freshly
+        initialised weights (from torch's global random state)."""
+        fresh = type(self._model)(copy.deepcopy(self._model.config))
+        return MedCLIPEstimator(fresh, self.tokenizer, self.prompts, **self._settings())
 
     # ------------------------------------------------------------------ artmed API
     def embed_images(self, x: Any, batch_size: int | None = None) -> np.ndarray:
@@ -369,7 +557,8 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         return {"input_shape": self._input_shape, "device": self._device, "batch_size": self.batch_size,
                 "clip_values": tuple(float(v) for v in np.asarray(self._clip_values).ravel()[:2]),
                 "amp": self.amp, "num_workers": self.num_workers, "preprocessing_defences": self.preprocessing_defences,
-                "postprocessing_defences": self.postprocessing_defences}
+                "postprocessing_defences": self.postprocessing_defences, "output": self.output,
+                "texts": self._texts, "text_labels": self._text_labels}
 
     def with_prompts(self, prompts: Mapping[str, list[str]]) -> MedCLIPEstimator:
         """A new estimator for another zero-shot task that shares this one's model (training one trains both)."""
@@ -380,8 +569,8 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         return MedCLIPEstimator(copy.deepcopy(self._model), self.tokenizer, self.prompts, **self._settings())
 
     def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write model weights, model config, tokenizer and prompts as the folder ``directory``, atomically: a crash
-        leaves the previous folder or none (see ``artmed.bundle.save_bundle``)."""
+        """Write model weights, model config, tokenizer, prompts, settings and text pool as the folder ``directory``,
+        atomically: a crash leaves the previous folder or none (see ``artmed.bundle.save_bundle``)."""
         from artmed.bundle import save_bundle
 
         save_bundle(self, directory)

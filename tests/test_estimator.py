@@ -181,7 +181,38 @@ def test_save_and_load_round_trip(trained, test_set, tmp_path):
     est.save(tmp_path / "bundle")
     loaded = MedCLIPEstimator.load(tmp_path / "bundle", device="cpu")
     assert loaded.prompts == est.prompts and loaded.input_shape == est.input_shape
+    assert loaded.output == "probabilities" and loaded.texts is None
     np.testing.assert_allclose(loaded.predict(test_set[0][:8]), est.predict(test_set[0][:8]), rtol=1e-5, atol=1e-6)
+
+
+def test_output_mode_and_text_pool_travel_with_copies_and_saves(trained, test_set, tmp_path):
+    est = trained[0].clone()
+    est.set_params(output="logits")
+    est.set_texts(TextPool(TEXTS, TEXT_LABELS))
+    x = test_set[0][:4]
+    for other in (est.clone(), est.with_prompts(PROMPTS), est.clone_for_refitting()):
+        assert other.output == "logits" and other.texts == TEXTS
+        np.testing.assert_array_equal(other.text_labels, TEXT_LABELS)
+    est.save(tmp_path / "bundle")
+    loaded = MedCLIPEstimator.load(tmp_path / "bundle", device="cpu")
+    assert loaded.output == "logits" and loaded.texts == TEXTS
+    np.testing.assert_array_equal(loaded.text_labels, TEXT_LABELS)
+    np.testing.assert_allclose(loaded.predict(x), est.zero_shot_logits(x), rtol=1e-5, atol=1e-5)
+    assert MedCLIPEstimator.load(tmp_path / "bundle", device="cpu", output="probabilities").output == "probabilities"
+
+
+def test_bad_text_pools_are_named():
+    est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE)
+    with pytest.raises(ValueError, match="set_texts needs text_labels"):
+        est.set_texts(TEXTS)
+    with pytest.raises(ValueError, match="text_labels"):
+        est.set_texts(TEXTS, TEXT_LABELS[:3])
+    with pytest.raises(ValueError, match="text_labels given without texts"):
+        MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, text_labels=TEXT_LABELS)
+    x, c = blob_images(4, seed=0)
+    with pytest.raises(ValueError, match="without texts"):
+        est.fit(x, label_vectors(c), text_labels=TEXT_LABELS, steps=1, verbose=False)
+    assert est.texts is None
 
 
 def _bundle_files(folder):
@@ -356,6 +387,7 @@ VERBS = {
     "get_activations (framework)": lambda est, x, bs: est.get_activations(x, 0, batch_size=bs, framework=True),
     "loss_gradient": lambda est, x, bs: est.loss_gradient(x, np.zeros(len(x), np.int64), batch_size=bs),
     "class_gradient": lambda est, x, bs: est.class_gradient(x, batch_size=bs),
+    "compute_loss": lambda est, x, bs: est.compute_loss(x, np.zeros(len(x), np.int64), batch_size=bs),
     "fit": lambda est, x, bs: est.fit(x, np.zeros((len(x), 14), np.float32), TEXTS, TEXT_LABELS, steps=1,
                                       batch_size=bs, verbose=False),
 }
@@ -379,11 +411,12 @@ def test_bad_batch_sizes_are_refused_by_every_verb(verb, bad):
         ({"num_workers": -1}, "num_workers"),
         ({"input_shape": (2, SIZE, SIZE)}, "input_shape"),
         ({"batch_size": 16, "amp": 1}, "amp must be True or False"),
+        ({"output": "scores"}, "output must be one of"),
     ],
 )
 def test_set_params_checks_and_changes_nothing_on_a_bad_value(params, message):
     est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, batch_size=8)
-    before = {k: getattr(est, k) for k in ("batch_size", "amp", "num_workers", "input_shape")}
+    before = {k: getattr(est, k) for k in ("batch_size", "amp", "num_workers", "input_shape", "output")}
     with pytest.raises(ValueError, match=message):
         est.set_params(**params)
     assert {k: getattr(est, k) for k in before} == before
@@ -430,9 +463,16 @@ def test_missing_checkpoint_parts_are_named(tmp_path):
         MedCLIPEstimator.load(tmp_path)
 
 
-def test_mis_scaled_images_are_rejected():
+def test_mis_scaled_arrays_are_clipped_with_a_warning_and_image_sets_refused():
+    """Arrays are clipped as ART classifiers do (attacks overshoot); NaN raises; an ImageSet read from disk must be
+    in range (mis-scaled data there is a data bug, not an attack's overshoot)."""
     est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE)
-    x = blob_images(2, seed=0)[0]
-    for bad in (x * 255.0, (x - 0.5) / 0.25, np.full_like(x, np.nan)):
-        with pytest.raises(ValueError, match=r"\[0, 1\]"):
-            est.predict(bad)
+    x, c = blob_images(2, seed=0)
+    for bad in (x * 255.0, (x - 0.5) / 0.25):
+        with pytest.warns(UserWarning, match="clipped to \\[0, 1\\].*divided by 255"):
+            got = est.predict(bad)
+        np.testing.assert_array_equal(got, est.predict(np.clip(bad, 0, 1)))
+    with pytest.raises(ValueError, match=r"NaN.*\[0, 1\]"):
+        est.predict(np.full_like(x, np.nan))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        est.predict(ArrayImageSet(x * 255.0, label_vectors(c)))
