@@ -46,6 +46,7 @@ EXTRACTION_COLUMNS = ["preset", "image_size", "device", "batch_size", "batches",
                       "embed_images_img_s", "peak_mb"]
 LABELER_SIZES = (10_000, 100_000, 1_000_000)
 LABELER_COLUMNS = ["bytes", "seconds", "ratio", "size_ratio", "peak_mb"]
+SPECTRE_COLUMNS = ["n", "spectre_s", "ss_s", "time_ratio", "f1_spectre", "f1_ss", "peak_mb_spectre"]
 
 
 @dataclass
@@ -127,6 +128,7 @@ def _detectors(planted: Planted, device: str, eps: float, removal_share: float, 
     from sklearn.exceptions import ConvergenceWarning
 
     from artmed.defenses import ActivationClustering, EvaluationContext, SpectralSignatures, group_labels
+    from artmed.defenses.spectre import SPECTRE
 
     feats, y = planted.features, planted.labels
     ids, names = group_labels(y)
@@ -160,6 +162,7 @@ def _detectors(planted: Planted, device: str, eps: float, removal_share: float, 
     return {
         "ss_art_mode": ours(SpectralSignatures(**ss_params, mode="art")),
         "ss_centered": ours(SpectralSignatures(**ss_params, mode="centered")),
+        "spectre": ours(SPECTRE(**ss_params)),
         "art_ss": art_ss,
         "ac_art_mode": ours(ActivationClustering(mode="art", seed=seed, device=device)),
         "ac_artmed": ours(ActivationClustering(seed=seed, device=device)),
@@ -224,6 +227,19 @@ def bench_detection(n: int, device: str, eps: float, removal_share: float, repea
     for run in runs.values():
         del run["flags"]
     return rows, runs
+
+
+def spectre_vs_ss(runs_by_size: dict[int, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per size: SPECTRE's seconds against centred SS's from the same interleaved runs (time_ratio = SPECTRE / SS)
+    and both detectors' F1 on the planted poison."""
+    rows = []
+    for n, runs in sorted(runs_by_size.items()):
+        spectre, ss = runs["spectre"], runs["ss_centered"]
+        rows.append({"n": n, "spectre_s": spectre["seconds"], "ss_s": ss["seconds"],
+                     "time_ratio": spectre["seconds"] / ss["seconds"], "f1_spectre": spectre["f1"],
+                     "f1_ss": ss["f1"], "peak_mb_spectre": spectre["peak_mb"],
+                     "cuda_peak_mb_spectre": spectre["cuda_peak_mb"]})
+    return rows
 
 
 def warm_up_detection(device: str, eps: float, removal_share: float, art: bool, seed: int = 0) -> None:
@@ -482,6 +498,7 @@ def run_benchmarks(args: argparse.Namespace, machine: dict[str, Any]) -> dict[st
     payload["detection"] = rows
     payload["detection_runs"] = runs_by_size
     payload["scaling"] = scaling(runs_by_size)
+    payload["spectre"] = spectre_vs_ss(runs_by_size)
     payload["memory_check"] = memory_check(rows) if rows else None
     payload["extraction"] = []
     for preset in extract:
@@ -512,6 +529,8 @@ def report(payload: dict[str, Any]) -> str:
         totals = ", ".join(f"{k} {v:.0f} MB" for k, v in memory["total_mb"].items())
         lines.append(f"Memory at N={memory['n']} (features + our peak): {totals} -> "
                      f"{'under' if memory['ok'] else 'OVER'} {memory['budget_mb']:.0f} MB")
+        lines += ["", "SPECTRE beside SS centered (time_ratio = SPECTRE seconds / SS seconds, same run; F1 on the "
+                      "planted poison)", format_table(payload["spectre"], SPECTRE_COLUMNS)]
     if payload["extraction"]:
         lines += ["", "Feature extraction (random init, random images)",
                   format_table(payload["extraction"], EXTRACTION_COLUMNS)]

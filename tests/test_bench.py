@@ -31,14 +31,18 @@ def test_bench_writes_ratios_and_art_agreement(tmp_path, capsys):
     assert rows["SS art-mode vs ART SS"]["agreement"] == 1.0
     assert rows["SS art-mode vs ART SS"]["disagreements"] == 0
     assert rows["AC artmed vs ART AC"]["f1_ours"] > rows["AC artmed vs ART AC"]["f1_art"]
-    assert set(data["scaling"]) == {"ss_art_mode", "ss_centered", "art_ss", "ac_art_mode", "ac_artmed", "art_ac",
-                                    "art_ac_ica"}
+    assert set(data["scaling"]) == {"ss_art_mode", "ss_centered", "spectre", "art_ss", "ac_art_mode", "ac_artmed",
+                                    "art_ac", "art_ac_ica"}
+    (spectre,) = data["spectre"]
+    assert spectre["n"] == 1500 and spectre["time_ratio"] == pytest.approx(spectre["spectre_s"] / spectre["ss_s"])
+    assert spectre["f1_spectre"] >= spectre["f1_ss"]  # measured: both flag all 15 poisons among 1.5 eps of each group
     (extraction,) = data["extraction"]
     assert extraction["preset"] == "tiny" and extraction["get_activations_img_s"] > 0
     machine = data["machine"]
     assert machine["cpu_count"] >= 1 and machine["torch_threads"] >= 1 and machine["versions"]["art"]
     assert "study" not in data
-    assert "SS art-mode vs ART SS" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "SS art-mode vs ART SS" in printed and "SPECTRE beside SS centered" in printed
 
 
 def test_skip_art_above_and_thread_cap(tmp_path):
