@@ -18,6 +18,7 @@ from artmed.attacks.poisoning.bad_dist import BadDist, encoder_cosines, resolve_
 from artmed.attacks.poisoning.bad_match import BadMatch
 from artmed.attacks.triggers import TRIGGERS, Trigger, make_trigger
 from artmed.constants import CHEXPERT_LABELS
+from artmed.data.dataset import ImageSet
 from artmed.validation import FieldError, blame, check_fields, check_names
 
 ATTACKS: tuple[str, ...] = ("clean", "badmatch", "baddist", "baddist_badmatch")
@@ -94,16 +95,17 @@ class AttackOutcome:
 
     spec: AttackSpec
     estimator: Any
-    x_train: np.ndarray
+    x_train: np.ndarray | ImageSet
     y_train: np.ndarray
     poison_mask: np.ndarray
     trigger: Trigger
     history: dict[str, Any]
 
 
-def poison_training_set(spec: AttackSpec, x: np.ndarray, y: np.ndarray,
-                        trigger: Trigger | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def poison_training_set(spec: AttackSpec, x: np.ndarray | ImageSet, y: np.ndarray,
+                        trigger: Trigger | None = None) -> tuple[np.ndarray | ImageSet, np.ndarray, np.ndarray]:
     """The victim's training set under ``spec``: BadMatch-poisoned (seeded, so rebuilt exactly) or ``x, y`` as given.
+    An ImageSet ``x`` (whose labels are ``y``) stays lazy: the chosen images are triggered as they are read.
 
     Returns ``(x, y, poison_mask)``.
     """
@@ -111,6 +113,9 @@ def poison_training_set(spec: AttackSpec, x: np.ndarray, y: np.ndarray,
         return x, y, np.zeros(len(x), dtype=bool)
     trigger = trigger if trigger is not None else spec.build_trigger()
     bad_match = BadMatch(trigger, target=spec.target, percent_poison=spec.percent_poison, seed=spec.seed)
+    if isinstance(x, ImageSet):
+        poisoned = bad_match.poison_imageset(x)
+        return poisoned, poisoned.labels, bad_match.poison_mask_
     x_poisoned, y_poisoned = bad_match.poison(x, y)
     return x_poisoned, y_poisoned, bad_match.poison_mask_
 
@@ -132,19 +137,20 @@ def supply_chain_attack(spec: AttackSpec, base_estimator: Any, x_shadow: np.ndar
     return backdoored, history
 
 
-def run_attack(spec: AttackSpec, base_estimator: Any, x: np.ndarray, y: np.ndarray, texts: list[str],
+def run_attack(spec: AttackSpec, base_estimator: Any, x: np.ndarray | ImageSet, y: np.ndarray, texts: list[str],
                text_labels: np.ndarray, fit_params: dict[str, Any] | None = None,
-               x_shadow: np.ndarray | None = None, keep: np.ndarray | None = None,
+               x_shadow: np.ndarray | ImageSet | None = None, keep: np.ndarray | None = None,
                x_probe: np.ndarray | None = None,
                supplied: tuple[Any, dict[str, Any]] | None = None,
-               poisoned: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> AttackOutcome:
+               poisoned: tuple[np.ndarray | ImageSet, np.ndarray, np.ndarray] | None = None) -> AttackOutcome:
     """Run one setting from ``base_estimator`` (left untouched) and return the victim's trained model.
 
     ``x_shadow`` is the attacker's clean shadow set for BadDist (default: a seeded quarter of ``x``, at most 512);
     ``x_probe`` goes to ``supply_chain_attack``. ``supplied`` is a finished ``supply_chain_attack`` result for this
     spec (BadDist is then not run again: two settings sharing a seed and trigger share the backdoored encoder).
     ``poisoned`` is a finished ``poison_training_set`` result for this spec (not rebuilt). ``keep`` (a boolean row
-    mask) drops rows of the poisoned training set before training — a defender's filter.
+    mask) drops rows of the poisoned training set before training — a defender's filter. ``x`` may be an ImageSet
+    (read lazily; its subsets stay ImageSets).
     """
     trigger = spec.build_trigger()
     history: dict[str, Any] = {}
@@ -152,7 +158,8 @@ def run_attack(spec: AttackSpec, base_estimator: Any, x: np.ndarray, y: np.ndarr
         if supplied is None:
             if x_shadow is None:
                 rng = np.random.default_rng(spec.seed)
-                x_shadow = x[np.sort(rng.choice(len(x), size=min(512, max(1, len(x) // 4)), replace=False))]
+                rows = np.sort(rng.choice(len(x), size=min(512, max(1, len(x) // 4)), replace=False))
+                x_shadow = x.subset(rows) if isinstance(x, ImageSet) else x[rows]
             supplied = supply_chain_attack(spec, base_estimator, x_shadow, x_probe,
                                            verbose=(fit_params or {}).get("verbose", True))
         backdoored, bd_history = supplied
@@ -165,7 +172,8 @@ def run_attack(spec: AttackSpec, base_estimator: Any, x: np.ndarray, y: np.ndarr
         keep = np.asarray(keep)
         if keep.dtype != bool or keep.shape != (len(x),):
             raise ValueError(f"keep must be a boolean mask of shape ({len(x)},), got {keep.dtype} {keep.shape}")
-        x_train, y_train = x_train[keep], y_train[keep]
+        x_train = x_train.subset(keep) if isinstance(x_train, ImageSet) else x_train[keep]
+        y_train = y_train[keep]
     fit = {"seed": spec.seed, **(fit_params or {})}
     history["fit"] = estimator.fit(x_train, y_train, texts=texts, text_labels=text_labels, **fit)
     return AttackOutcome(spec, estimator, x_train, y_train, poison_mask, trigger, history)

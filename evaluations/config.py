@@ -3,8 +3,8 @@
 Unknown keys and bad values raise a ``ValueError`` naming the field (``config.train.lr must be a number, got
 'abc'``), so a typo in a YAML file never silently falls back to a default. Every field is converted to its declared
 type when the config is built (``artmed.validation.check_fields``: "1e-3" -> 0.001, "160" -> 160; NaN, bools as
-numbers and fractions as integers refused); ``check_runnable`` checks the defense plugins and the output folder
-before any work.
+numbers and fractions as integers refused); ``check_runnable`` checks the defense plugins, the output folder and the
+files the study reads (data and task folders, checkpoint, tokenizer; ``artmed.evaluations.sources``) before any work.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ from typing import Any
 import yaml
 
 from artmed.attacks.pipeline import ATTACKS, AttackSpec
+from artmed.constants import IMAGE_SIZE
+from artmed.data.tasks import TASK_NAMES
 from artmed.defenses import registry
+from artmed.evaluations.sources import check_inputs
 from artmed.validation import FieldError, blame, check_fields, check_names, check_writable
 
 
@@ -26,24 +29,112 @@ ART_DATA_ARGUMENTS = ("classifier", "x_train", "y_train")
 """Constructor arguments of the detectors' ART interface: data, never study parameters (the harness passes a context)."""
 
 
+DATA_SOURCES: tuple[str, ...] = ("phantom", "mimic_cxr", "chexpert", "medclip_csv")
+"""Where the training images and the text pool come from: the built-in phantoms or a user's copy of a dataset."""
+TASK_SOURCES: tuple[str, ...] = ("rsna", "covid", "mimic_cxr", "chexpert")
+"""Zero-shot tasks from real data: RSNA (Normal/Pneumonia), COVID (Normal/COVID), MIMIC- and CheXpert-5x200."""
+MODEL_VARIANTS: tuple[str, ...] = ("tiny", "resnet50", "swin_tiny")
+PHANTOM_SIZES: dict[str, int] = {"n_train": 2000, "n_test": 200, "image_size": 64}
+"""The phantom source's ``n_train`` / ``n_test`` / ``image_size`` when none are given (for a real source, no
+``n_train`` / ``n_test`` means every image, and the image size is MedCLIP's 224)."""
+
+
 @dataclass
 class DataConfig:
-    """The built-in phantom data: sizes and resolution (the default study's data). ``n_shadow`` clean images are the
-    BadDist attacker's shadow set and the defender's clean set (1024 rather than 256 costs no training time and keeps
-    BadDist's clean cosine on held-out images higher: 0.944 vs 0.874 measured with a Fourier trigger, seed 0)."""
+    """The training data: its ``source`` (``DATA_SOURCES``), sizes and resolution. The default is the built-in phantom
+    data (the default study's). A real source reads ``root`` (lazily, image by image) and report sentences from
+    ``reports_root`` (default ``root``); relative image paths in its CSVs resolve against ``image_root``.
 
-    n_train: int = 2000
-    n_test: int = 200
+    ``n_train`` / ``n_test`` cap a seeded subset of the training images / of each task's test images (phantom: how many
+    are generated, default 2000 / 200; real data: none = all). ``n_shadow`` clean images, drawn from the training images
+    before the ``n_train``, are the BadDist attacker's shadow set and the defender's clean set (1024 rather than 256
+    costs no training time and keeps BadDist's clean cosine on held-out images higher: 0.944 vs 0.874 measured with a
+    Fourier trigger, seed 0). ``n_texts`` caps the text pool's sentences. ``image_size`` is the side the images are
+    generated at (phantom, default 64) or resized to (real data, default 224); it is ``config.model.image_size`` too
+    (give either)."""
+
+    n_train: int | None = None
+    n_test: int | None = None
     n_shadow: int = 1024
-    image_size: int = 64
+    image_size: int | None = None
     n_texts: int | None = None
+    source: str = "phantom"
+    root: str | None = None
+    reports_root: str | None = None
+    image_root: str | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.source not in DATA_SOURCES:
+            raise FieldError(f"source: unknown data source {self.source!r}; valid: {list(DATA_SOURCES)}")
+        if self.source == "phantom":
+            for name, default in PHANTOM_SIZES.items():
+                if getattr(self, name) is None:
+                    setattr(self, name, default)
+            for name in ("root", "reports_root", "image_root"):
+                if getattr(self, name) is not None:
+                    raise FieldError(f"{name}: the phantom source reads no files; set source to one of "
+                                     f"{list(DATA_SOURCES[1:])} to read {getattr(self, name)!r}")
+        elif self.root is None:
+            raise FieldError(f"root: the {self.source} source needs the folder of its data")
+        if self.source == "chexpert" and self.reports_root is None:
+            raise FieldError("reports_root: CheXpert ships no reports; give MedCLIP's sentence-label.csv, a CSV of "
+                             "reports or a folder of .txt reports for the text pool")
+        if self.source == "mimic_cxr" and self.image_root is not None:
+            raise FieldError("image_root: MIMIC-CXR-JPG images are found under root/files; image_root is for CSV "
+                             "sources (chexpert, medclip_csv)")
         for name in ("n_train", "n_test", "n_shadow", "image_size", "n_texts"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise FieldError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    """The base model: a ``variant`` (``MODEL_VARIANTS``) trained from scratch by the ``pretrain`` step, or released
+    weights from ``checkpoint`` (a folder holding ``pytorch_model.bin`` or ``*.safetensors``, or the file), which are
+    the base model as they are (no pretraining). ``tokenizer``: a folder with the text encoder's ``vocab.txt``
+    (default: the checkpoint's folder; the built-in vocabulary for a ``tiny`` model from scratch). ``image_size``: the
+    model's input side, the same setting as ``config.data.image_size`` (give either)."""
+
+    variant: str = "tiny"
+    checkpoint: str | None = None
+    tokenizer: str | None = None
+    image_size: int | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.variant not in MODEL_VARIANTS:
+            raise FieldError(f"variant: unknown model variant {self.variant!r}; valid: {list(MODEL_VARIANTS)}")
+        if self.image_size is not None and self.image_size < 1:
+            raise FieldError(f"image_size must be a positive integer, got {self.image_size!r}")
+        if self.variant != "tiny" and self.checkpoint is None and self.tokenizer is None:
+            raise FieldError(f"tokenizer: a {self.variant} model trained from scratch needs the folder of the "
+                             "Bio_ClinicalBERT tokenizer (vocab.txt)")
+
+
+@dataclass
+class TaskSpec:
+    """One zero-shot evaluation set: its ``name`` (a key of the result's ``tasks``), its ``source``
+    (``TASK_SOURCES``) and ``root``: the dataset's folder or a CSV listing its images (RSNA:
+    ``stage_2_train_labels.csv`` or MedCLIP's ``rsna-test-meta.csv``; COVID: a class-folder tree or a CSV; 5x200:
+    MedCLIP's ``*-5x200-meta.csv``).
+    A ``mimic_cxr`` / ``chexpert`` task without a root uses ``config.data.root`` when the data comes from that source.
+    ``image_root``: what relative image paths in a CSV resolve against (default: the CSV's folder)."""
+
+    name: str
+    source: str
+    root: str | None = None
+    image_root: str | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not self.name.strip():
+            raise FieldError("name must not be empty")
+        if self.source not in TASK_SOURCES:
+            raise FieldError(f"source: unknown task source {self.source!r}; valid: {list(TASK_SOURCES)}")
+        if self.root is None and self.source not in ("mimic_cxr", "chexpert"):
+            raise FieldError(f"root: the {self.source} task needs the folder (or CSV) of its images")
 
 
 @dataclass
@@ -95,18 +186,23 @@ class DefenseSpec:
 
 @dataclass
 class StudyConfig:
-    """The whole study: data, the clean pre-training of the base model, the attacked trainings, the defenses.
+    """The whole study: data, the base model and its clean pre-training, the zero-shot tasks, the attacked trainings,
+    the defenses.
 
     Every attack runs once per seed in ``seeds`` (default: ``[seed]``), each an independent replicate: its own data
     draw, base model, poison subset, trigger reference and BadDist; an attack spec's own ``seed`` is replaced by it.
+    ``tasks`` are the zero-shot evaluation sets (none: the phantom data's built-in three); ``task`` names the headline
+    one, whose metrics are the record's top level (default: the first of ``tasks``, or "rsna_like").
     """
 
     seed: int = 0
     seeds: list[int] = field(default_factory=list)
-    task: str = "rsna_like"
+    task: str | None = None
     output_dir: str = "artmed-output"
     device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tasks: list[TaskSpec] = field(default_factory=list)
     pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=150))
     attacks: list[AttackSpec] = field(default_factory=lambda: [AttackSpec("clean")])
@@ -114,6 +210,8 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        self._resolve_image_size()
+        self._resolve_tasks()
         for name, value in [("seed", self.seed)] + [(f"seeds[{i}]", v) for i, v in enumerate(self.seeds)]:
             if value < 0:
                 raise FieldError(f"{name} must be a non-negative integer, got {value!r}")
@@ -130,7 +228,8 @@ class StudyConfig:
     def check_runnable(self) -> None:
         """What building the config cannot check, for ``Harness.__init__`` to run before any work: every defense is
         installed, loads, is an ``artmed.defenses.Defense`` and is built from its ``params`` (its own checks run); the
-        output folder can be written. A ValueError naming the field otherwise."""
+        output folder can be written; the data, task, checkpoint and tokenizer paths exist and look like what their
+        field names (``artmed.evaluations.sources.check_inputs``). A ValueError naming the field otherwise."""
         for i, spec in enumerate(self.defenses):
             where = f"config.defenses[{i}]"
             try:
@@ -141,6 +240,37 @@ class StudyConfig:
             with blame(f"{where}.params"):
                 cls(**spec.params)
         check_writable(self.output_dir, "config.output_dir", folder=True)
+        check_inputs(self)
+
+    def _resolve_image_size(self) -> None:
+        """One side for the images and the model's input: ``model.image_size`` or ``data.image_size`` (which must agree
+        when both are given; the phantom source's is always given), else MedCLIP's 224."""
+        model, data = self.model.image_size, self.data.image_size
+        if model is not None and data is not None and model != data:
+            raise FieldError(f"model.image_size ({model}) differs from data.image_size ({data}), the side the images "
+                             "are read at; give one of them")
+        self.model.image_size = self.data.image_size = model or data or IMAGE_SIZE
+
+    def _resolve_tasks(self) -> None:
+        """The headline ``task``: the phantom data's "rsna_like" by default, else the first of ``tasks``; a
+        ``mimic_cxr`` / ``chexpert`` task without a root reads ``data.root``."""
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise FieldError(f"tasks: names listed twice: {sorted({n for n in names if names.count(n) > 1})}")
+        if not self.tasks:
+            if self.data.source != "phantom":
+                raise FieldError(f"tasks: the {self.data.source} source needs at least one zero-shot task, e.g. "
+                                 f"{{name: rsna, source: rsna, root: /path/to/rsna}}")
+            names = list(TASK_NAMES)
+        self.task = self.task if self.task is not None else names[0]
+        if self.task not in names:
+            raise FieldError(f"task: unknown task {self.task!r}; available: {names}")
+        for i, task in enumerate(self.tasks):
+            if task.root is None:
+                if task.source != self.data.source:
+                    raise FieldError(f"tasks[{i}].root: the {task.source} task needs the folder of its data "
+                                     f"(config.data.source is {self.data.source!r}, so data.root is no default)")
+                task.root = self.data.root
 
     @property
     def seed_list(self) -> list[int]:
@@ -178,8 +308,8 @@ class _Loader(yaml.SafeLoader):
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$")
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+.0123456789"))
 
-_NESTED = {"data": DataConfig, "pretrain": TrainConfig, "train": TrainConfig}
-_LISTS = {"attacks": AttackSpec, "defenses": DefenseSpec}
+_NESTED = {"data": DataConfig, "model": ModelConfig, "pretrain": TrainConfig, "train": TrainConfig}
+_LISTS = {"attacks": AttackSpec, "defenses": DefenseSpec, "tasks": TaskSpec}
 
 
 def _build(cls: type, raw: Any, where: str) -> Any:

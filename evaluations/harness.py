@@ -30,7 +30,6 @@ import torch
 from tqdm.auto import tqdm
 
 from artmed.attacks.pipeline import AttackOutcome, AttackSpec, poison_training_set, run_attack, supply_chain_attack
-from artmed.data.default import make_default_dataset
 from artmed.defenses import registry
 from artmed.defenses.base import (
     RESULT_TYPES,
@@ -45,6 +44,7 @@ from artmed.evaluations.config import DefenseSpec, StudyConfig
 from artmed.evaluations.metrics import defense_effectiveness_rating, detection_metrics, input_screen_metrics
 from artmed.evaluations.resources import measure
 from artmed.evaluations.scoring import score_estimator, target_index
+from artmed.evaluations.sources import build_base_estimator, load_study_data
 from artmed.evaluations.store import ResultStore, to_jsonable
 
 class SettingsMismatchError(ValueError):
@@ -90,14 +90,9 @@ class Harness:
         self.seed = seed
         self._supplied = {}
         self._poisoned_sets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        data = make_default_dataset(n_train=cfg.data.n_train + cfg.data.n_shadow, n_test=cfg.data.n_test,
-                                    image_size=cfg.data.image_size, seed=seed, n_texts=cfg.data.n_texts)
-        if cfg.task not in data.tasks:
-            raise ValueError(f"unknown task {cfg.task!r}; available: {sorted(data.tasks)}")
-        images, labels = data.train.to_array(), data.train.labels
-        n = cfg.data.n_train
-        self.x_train, self.y_train = images[:n], labels[:n]
-        self.x_shadow, self.y_shadow = images[n:], labels[n:]
+        data = load_study_data(cfg, seed)
+        self.x_train, self.y_train = data.x_train, data.y_train
+        self.x_shadow, self.y_shadow = data.x_shadow, data.y_shadow
         self.texts, self.text_labels = data.texts.sentences, data.texts.labels
         self.task = data.tasks[cfg.task]
         self.tasks = data.tasks
@@ -109,8 +104,9 @@ class Harness:
         path = self.output_dir / "models" / key
         if self._finished("model", key) and path.exists():
             return MedCLIPEstimator.load(path, device=cfg.device)
-        estimator = MedCLIPEstimator.tiny(self.task.prompts, image_size=cfg.data.image_size, seed=self.seed,
-                                          device=cfg.device)
+        estimator = build_base_estimator(cfg, self.task.prompts, self.seed)
+        if cfg.model.checkpoint is not None:  # released weights are the base model as they are
+            return estimator
         with measure() as cost:
             history = estimator.fit(self.x_train, self.y_train, texts=self.texts, text_labels=self.text_labels,
                                     seed=self.seed, verbose=self.verbose, **cfg.pretrain.fit_params())

@@ -24,7 +24,7 @@ def load(tmp_path, text: str) -> StudyConfig:
 @pytest.fixture
 def no_work(monkeypatch):
     """Fail the test if the harness builds data (the first step of every study)."""
-    monkeypatch.setattr(harness_module, "make_default_dataset", lambda **kw: pytest.fail("the study started"))
+    monkeypatch.setattr(harness_module, "load_study_data", lambda *a, **kw: pytest.fail("the study started"))
 
 
 class _NotADefense:

@@ -264,7 +264,7 @@ def test_failing_plugin_is_recorded_and_the_study_goes_on(quick_copy, monkeypatc
 
 
 def test_unknown_defense_fails_before_any_work(tmp_path, monkeypatch, spies):
-    monkeypatch.setattr(harness_module, "make_default_dataset", lambda **kw: pytest.fail("data was built"))
+    monkeypatch.setattr(harness_module, "load_study_data", lambda *a, **kw: pytest.fail("data was built"))
     config = tiny_config(tmp_path / "study", defenses=["spectral_signatures", "no_such_defense"])
     installed = r"unknown defense 'no_such_defense'; installed defenses: .*spectral_signatures"
     with pytest.raises(ValueError, match=installed):

@@ -20,10 +20,13 @@ from artmed.data.adapt_mimic import load_mimic, load_mimic_images, load_mimic_re
 from artmed.data.adapt_reports import load_openi_reports, load_reports, read_openi_report
 from artmed.data.adapt_rsna import load_rsna
 from artmed.data.dicom import read_dicom, register_dicom_reader
+from artmed.data.five_by_200 import exclusive_positives, five_by_200_task
 
 __all__ = [
     "DEFAULT_PROMPTS",
     "default_prompts",
+    "exclusive_positives",
+    "five_by_200_task",
     "load_binary_meta",
     "load_chexpert",
     "load_covid",

@@ -99,11 +99,14 @@ class ImageSet(ABC):
             return np.zeros((0, *self.image_shape), dtype=np.float32)
         return self._load(idx)
 
-    def __getitem__(self, i: int) -> np.ndarray:
-        """Image `i` as a (1, H, W) float32 array."""
-        if not isinstance(i, (int, np.integer)):
-            raise TypeError(f"ImageSet indices must be integers, got {type(i).__name__}; use get_batch")
-        return self.get_batch([int(i)])[0]
+    def __getitem__(self, i: int | Sequence[int] | np.ndarray) -> np.ndarray:
+        """Image `i` as a (1, H, W) float32 array; an index array or boolean mask gives those images as one
+        (B, 1, H, W) array, as for a numpy array (``get_batch``)."""
+        if isinstance(i, (int, np.integer)):
+            return self.get_batch([int(i)])[0]
+        if isinstance(i, (list, tuple, np.ndarray)):
+            return self.get_batch(i)
+        raise TypeError(f"ImageSet indices must be integers or index arrays, got {type(i).__name__}")
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for i in range(len(self)):
