@@ -13,14 +13,19 @@ from artmed.defenses.base import (
     ModelVerdict,
     group_labels,
 )
+from artmed.defenses.decree import DECREE
 from artmed.defenses.fine_pruning import FinePruning
+from artmed.defenses.scan import SCAn
 from artmed.defenses.spectral import SpectralSignatures
+from artmed.defenses.spectre import SPECTRE
+from artmed.defenses.strip import STRIP
 
 __all__ = [
     "ARTActivationClustering",
     "ARTPoisonFilter",
     "ARTSpectralSignatures",
     "ActivationClustering",
+    "DECREE",
     "Defense",
     "DetectionResult",
     "EvaluationContext",
@@ -28,6 +33,9 @@ __all__ = [
     "InputScreen",
     "MitigationResult",
     "ModelVerdict",
+    "SCAn",
+    "SPECTRE",
+    "STRIP",
     "SpectralSignatures",
     "art_inputs",
     "group_labels",

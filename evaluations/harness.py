@@ -382,7 +382,8 @@ class Harness:
     def _settings(self, spec: AttackSpec | None = None, defense: DefenseSpec | None = None) -> dict[str, Any]:
         """What one cell's result depends on (device and output folder excluded), in JSON form."""
         cfg = self.config
-        parts: dict[str, Any] = {"seed": self.seed, "task": cfg.task, "data": cfg.data, "pretrain": cfg.pretrain}
+        parts: dict[str, Any] = {"seed": self.seed, "task": cfg.task, "data": cfg.data, "pretrain": cfg.pretrain,
+                                 "model": cfg.model, "tasks": cfg.tasks}
         if spec is not None:
             parts.update(train=cfg.train, attack=spec)
         if defense is not None:

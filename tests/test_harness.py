@@ -202,6 +202,8 @@ def test_changed_settings_are_not_reused(quick_copy, spies):
     with pytest.raises(ValueError, match=r"spectral_signatures.json was computed with other settings \(defense"):
         Harness(config, verbose=False).run()
     assert spies == {"fit": 0, "attacks": [], "defenses": []}
+    settings = Harness(quick_config(str(quick_copy)), verbose=False)._settings()
+    assert {"model", "tasks", "data", "pretrain"} <= set(settings)  # a changed checkpoint or task set is not reused
 
 
 def test_detection_with_retrain_scores_the_filtered_model(tmp_path, spies, monkeypatch):
