@@ -60,11 +60,13 @@ TINY_FINETUNE: dict[str, Any] = {"lr": 1e-3, "batch_size": 64}
 
 
 def default_defenses() -> list[DefenseSpec]:
-    """Every built-in defense (ART's two beside ours); the mitigations run on the models BadMatch poisoned, tuned to
-    the tiny preset's learning rate."""
+    """The built-in defenses (ART's two detectors beside ours); the mitigations run on the models BadMatch poisoned,
+    tuned to the tiny preset's learning rate. DECREE is left out: on tiny encoders it flags clean ones too (measured)
+    and its trigger search costs more than the rest of the study."""
     poisoned = ["badmatch", "baddist_badmatch"]
     return [DefenseSpec("spectral_signatures"), DefenseSpec("activation_clustering"),
             DefenseSpec("art_spectral_signatures"), DefenseSpec("art_activation_clustering"),
+            DefenseSpec("spectre"), DefenseSpec("scan"), DefenseSpec("strip", {"verbose": False}),
             DefenseSpec("fine_pruning", {**TINY_FINETUNE, "finetune_steps": 100}, attacks=poisoned),
             DefenseSpec("cleanclip", {**TINY_FINETUNE, "steps": 100, "verbose": False}, attacks=poisoned)]
 
