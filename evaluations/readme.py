@@ -33,6 +33,7 @@ from scipy import stats
 
 from artmed.evaluations.aggregate import (
     SHOWN_DETECTION_METRICS,
+    SHOWN_INPUT_METRICS,
     SHOWN_MITIGATION_METRICS,
     SHOWN_MODEL_METRICS,
     format_summary,
@@ -73,8 +74,12 @@ def render(output_dir: str | Path) -> str:
         parts += ["", "the detection defenses on the poisoned training set,", "",
                   format_summary(detection, ("attack", "defense"), SHOWN_DETECTION_METRICS, digits=3)]
     if mitigation:
-        parts += ["", "and the mitigations (the repaired model, same test set):", "",
+        parts += ["", "the mitigations (the repaired model, same test set),", "",
                   format_summary(mitigation, ("attack", "defense"), SHOWN_MITIGATION_METRICS, digits=3)]
+    screens = [r for r in defenses if r.get("far_frr1") is not None]
+    if screens:
+        parts += ["", "and the input screens (clean vs triggered test images; FAR at FRR 1 % / 5 %):", "",
+                  format_summary(screens, ("attack", "defense"), SHOWN_INPUT_METRICS, digits=3)]
     return "\n".join(parts + ["", END])
 
 
