@@ -4,8 +4,6 @@ uses ART's settings and decision arithmetic."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -15,7 +13,7 @@ from artmed.defenses.art_api import ARTPoisonFilter
 from artmed.defenses.base import DetectionResult, EvaluationContext, LabelGroups, check_finite
 from artmed.defenses.decomposition import RowStream, fast_ica, pca
 from artmed.defenses.kmeans import kmeans, silhouette
-from artmed.device import resolve_device
+from artmed.device import one_cpu_thread, resolve_device
 
 ANALYSES = ("relative-size", "smaller", "silhouette")
 _SILHOUETTE_SAMPLE = 5000
@@ -166,7 +164,7 @@ class ActivationClustering(ARTPoisonFilter):
         flags = np.zeros(feats.shape[0], dtype=bool)
         per_group = []
         for g, idx in groups.analysed:
-            with _one_cpu_thread(device):
+            with one_cpu_thread(device):
                 flags[idx], scores[idx], report = self._analyse_group(stream, idx, settings, generator)
             per_group.append({"group": groups.names[g], "group_id": g, "size": int(idx.shape[0]), **report})
         extra = {"layer": self.layer, "mode": self.mode, **settings, "group_names": groups.names,
@@ -220,21 +218,6 @@ class ActivationClustering(ARTPoisonFilter):
         report.update(cluster_sizes=sizes.tolist(), suspicious_clusters=poison.tolist(),
                       kmeans_converged=fit.converged, flagged=int(flags.sum()))
         return flags, _membership_scores(z, fit.centers, sizes), report
-
-
-@contextmanager
-def _one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Run on one CPU thread: the many small ICA/Lloyd steps gain nothing from threads, and on a busy machine
-    spinning worker threads slow them down by an order of magnitude (measured 20-50x on 2 shared cores)."""
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _membership_scores(z: torch.Tensor, centers: torch.Tensor, sizes: np.ndarray) -> np.ndarray:

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from artmed.defenses.activation_clustering import _one_cpu_thread
 from artmed.defenses.base import Defense, DetectionResult, EvaluationContext, LabelGroups, check_finite
 from artmed.defenses.decomposition import GroupPCA, RowStream, group_pca
 from artmed.defenses.kmeans import KMeansFit, kmeans
-from artmed.device import resolve_device
+from artmed.device import one_cpu_thread, resolve_device
 
 MAD_SCALE = 1.4826
 """Median absolute deviation to standard deviation for normal data (the paper's and its code's constant)."""
@@ -149,7 +148,7 @@ class SCAn(Defense):
                              "variation to model")
         axes = group_pca(stream, np.arange(n), dims)
         generator = torch.Generator().manual_seed(int(self.seed))
-        with _one_cpu_thread(device):  # small r x r and k-means steps: threads only slow them on a busy CPU
+        with one_cpu_thread(device):  # small r x r and k-means steps: threads only slow them on a busy CPU
             model = self._global_model(stream, axes, members)
             untangled = [self._untangle(stream, axes, model, idx, generator) for _, idx in groups.analysed]
         statistic = np.array([j - null for j, null, _, _ in untangled])

@@ -10,10 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from artmed.defenses.activation_clustering import _one_cpu_thread
 from artmed.defenses.base import Defense, DetectionResult, EvaluationContext, LabelGroups, check_finite
 from artmed.defenses.decomposition import RowStream, group_pca
-from artmed.device import resolve_device
+from artmed.device import one_cpu_thread, resolve_device
 
 AUTO_K_STEPS = 8
 """Candidate dimensions of the automatic choice: round(linspace(1, sqrt(k_max), 8)^2), so 1, 4, 9, ..., 64 for
@@ -133,7 +132,7 @@ class SPECTRE(Defense):
         for g, idx in groups.analysed:
             n = idx.shape[0]
             n_flag = min(int(np.floor(self.removal_share * self.eps * n + 1e-9)), n)
-            with _one_cpu_thread(device):  # many small k x k steps: threads only slow them on a busy CPU
+            with one_cpu_thread(device):  # many small k x k steps: threads only slow them on a busy CPU
                 fit, candidates = self._group(stream, idx, n_flag)
             scores[idx] = fit.scores.cpu().numpy()
             flags[idx[np.argsort(-scores[idx], kind="stable")[:n_flag]]] = True
