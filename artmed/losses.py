@@ -40,7 +40,7 @@ def medclip_loss(
     logit_scale: torch.Tensor | float,
     aug_text_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Soft-label image-text contrastive loss (DESIGN §4), a scalar tensor.
+    """MedCLIP's soft-label image-text contrastive loss (targets from label similarity, as released), a scalar tensor.
 
     ``logit_scale`` is the multiplier itself (``exp`` of the learnt parameter). Embeddings are L2-normalised here;
     ``Z = logit_scale * V Tᵀ``, soft targets ``softmax_rows(L_img L_txtᵀ)`` and ``softmax_rows(L_txt L_imgᵀ)``,

@@ -1,6 +1,6 @@
 """Safe MedCLIP checkpoint I/O: ``weights_only`` / safetensors loading with key and shape validation.
 
-Checkpoints are untrusted input (DESIGN §10): nothing is unpickled beyond tensors, and any missing key,
+Checkpoints are untrusted input (a pickle can run code): nothing is unpickled beyond tensors, and any missing key,
 unexpected key or shape mismatch is reported in one ValueError before a single weight is copied; so are weights
 holding NaN or inf (a diverged or corrupted model would otherwise score as garbage).
 """

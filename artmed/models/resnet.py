@@ -1,6 +1,6 @@
 """A ResNet written here with torchvision's exact parameter names, so released MedCLIP-ResNet weights load.
 
-torchvision cannot be installed beside the CPU torch used here (DESIGN §11), so the architecture is rebuilt:
+torchvision from PyPI fails to import beside the pinned CPU torch (torch==2.13.0), so the architecture is rebuilt:
 ``conv1``, ``bn1``, ``layer1..4`` of ``BasicBlock``/``Bottleneck`` (``.conv1``, ``.bn1``, ..., ``.downsample.0/.1``)
 and ``fc``, with torchvision's initialisation.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet50", "small_resnet"]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet50"]
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -144,9 +144,3 @@ class ResNet(nn.Module):
 def resnet50(num_classes: int = 1000, fc_bias: bool = True) -> ResNet:
     """ResNet-50 (Bottleneck, [3, 4, 6, 3]) with torchvision's names; 2048 pooled features."""
     return ResNet("bottleneck", (3, 4, 6, 3), (64, 128, 256, 512), num_classes=num_classes, fc_bias=fc_bias)
-
-
-def small_resnet(num_classes: int = 512, fc_bias: bool = False, widths: Sequence[int] = (16, 32, 64, 128),
-                 layers: Sequence[int] = (1, 1, 1, 1)) -> ResNet:
-    """A small BasicBlock ResNet (default 16/32/64/128 wide, one block per stage) that trains fast on CPU."""
-    return ResNet("basic", layers, widths, num_classes=num_classes, fc_bias=fc_bias)

@@ -1,6 +1,6 @@
 """Offline BERT tokenizers: load one from a local ``vocab.txt``, or build a deterministic WordPiece vocabulary.
 
-transformers 5 trap (DESIGN §11): ``BertTokenizerFast(vocab_file=...)`` silently ignores the file and maps every
+transformers 5 trap (measured with transformers 5): ``BertTokenizerFast(vocab_file=...)`` silently ignores the file and maps every
 word to [UNK]; ``load_tokenizer`` goes through ``BertTokenizer.from_pretrained(local_dir)`` instead.
 """
 
