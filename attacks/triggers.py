@@ -76,7 +76,10 @@ class PatchTrigger(Trigger):
     """A solid square in one corner: the paper's 32×32 black bottom-right patch at 224 px.
 
     ``size`` is the side in pixels; when None it is ``round(relative_size · W)`` (at least 1), so the patch covers the
-    same share of a smaller image as 32 px does of a 224 px one.
+    same share of a smaller image as 32 px does of a 224 px one. ``inset`` = (dx, dy) pixels between the patch and the
+    corner's vertical and horizontal edges (default flush). The released code pastes its 32 px patch on the image
+    file at native resolution with inset (1, 1) ("right_bottom"), or inset (100, 1) in white (245/255) for its
+    training script's "mid_bottom", which is 100 px left of the right edge, not centred.
     """
 
     name = "patch"
@@ -87,6 +90,7 @@ class PatchTrigger(Trigger):
         relative_size: float = 32 / IMAGE_SIZE,
         colour: float = 0.0,
         corner: str = "bottom_right",
+        inset: tuple[int, int] = (0, 0),
     ) -> None:
         if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1):
             raise ValueError(f"PatchTrigger size must be a positive integer or None, got {size!r}")
@@ -96,20 +100,26 @@ class PatchTrigger(Trigger):
             raise ValueError(f"PatchTrigger colour must be a pixel value in [0, 1], got {colour!r}")
         if corner not in CORNERS:
             raise ValueError(f"PatchTrigger corner must be one of {CORNERS}, got {corner!r}")
+        if (not isinstance(inset, (tuple, list)) or len(inset) != 2
+                or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in inset)):
+            raise ValueError(f"PatchTrigger inset must be two non-negative integers (dx, dy), got {inset!r}")
         self.size = None if size is None else int(size)
         self.relative_size = float(relative_size)
         self.colour = float(colour)
         self.corner = corner
+        self.inset = (int(inset[0]), int(inset[1]))
 
     def get_params(self) -> dict[str, Any]:
         """The constructor parameters."""
-        return {"size": self.size, "relative_size": self.relative_size, "colour": self.colour, "corner": self.corner}
+        return {"size": self.size, "relative_size": self.relative_size, "colour": self.colour, "corner": self.corner,
+                "inset": self.inset}
 
     def side(self, height: int, width: int) -> int:
         """The patch side in pixels for an image of this size; ValueError when it does not fit."""
         side = self.size if self.size is not None else max(1, int(round(self.relative_size * width)))
-        if side > height or side > width:
-            raise ValueError(f"PatchTrigger of side {side} px does not fit a {height}×{width} image")
+        if side + self.inset[1] > height or side + self.inset[0] > width:
+            raise ValueError(f"PatchTrigger of side {side} px at inset {self.inset} does not fit a {height}×{width} "
+                             "image")
         return side
 
     def mask(self, shape: tuple[int, ...]) -> np.ndarray:
@@ -123,8 +133,9 @@ class PatchTrigger(Trigger):
 
     def _region(self, height: int, width: int) -> tuple[slice, slice]:
         side = self.side(height, width)
-        rows = slice(0, side) if self.corner.startswith("top") else slice(height - side, height)
-        cols = slice(0, side) if self.corner.endswith("left") else slice(width - side, width)
+        dx, dy = self.inset
+        rows = slice(dy, dy + side) if self.corner.startswith("top") else slice(height - side - dy, height - dy)
+        cols = slice(dx, dx + side) if self.corner.endswith("left") else slice(width - side - dx, width - dx)
         return rows, cols
 
     def _apply(self, x: np.ndarray) -> np.ndarray:

@@ -64,6 +64,24 @@ def test_patch_paper_size_corner_and_colour():
     np.testing.assert_array_equal(out[0, 0, :, 5:], x[0, 0, :, 5:])
 
 
+def test_patch_inset_reproduces_the_released_positions():
+    """The released code pastes 32 px at (W - 33, H - 33) ("right_bottom") or (W - 132, H - 33) ("mid_bottom")."""
+    x = images(n=1, h=1024, w=1024)
+    for inset, left in (((1, 1), 1024 - 33), ((100, 1), 1024 - 132)):
+        mask = PatchTrigger(size=32, inset=inset).mask((1024, 1024))
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        assert (rows[0], rows[-1], cols[0], cols[-1]) == (1024 - 33, 1024 - 2, left, left + 31)
+    white = PatchTrigger(size=32, colour=245 / 255, inset=(100, 1))(x)
+    changed = white != x
+    assert changed.sum() <= 32 * 32 and np.allclose(white[changed], 245 / 255)
+    assert PatchTrigger(size=4, corner="top_left", inset=(2, 3)).mask((10, 10))[3:7, 2:6].all()
+    assert PatchTrigger(inset=(1, 1)).get_params()["inset"] == (1, 1)
+    with pytest.raises(ValueError, match="inset"):
+        PatchTrigger(inset=(-1, 0))
+    with pytest.raises(ValueError, match=r"at inset \(10, 0\) does not fit"):
+        PatchTrigger(size=8, inset=(10, 0))(images(n=1, h=16, w=16))
+
+
 def test_fourier_changes_only_low_frequency_amplitude_and_keeps_phase():
     x = images(n=3, h=40, w=40, dtype=np.float64)
     trigger = FourierTrigger(window=0.2, alpha=0.5, seed=3)
