@@ -103,6 +103,19 @@ class LabelGroups:
         return cls(ids, names, analysed, skipped)
 
 
+def share_count(n: int, share: float) -> int:
+    """How many of ``n`` samples a ``share`` covers: floor(share·n), at most n (1e-9 absorbs the float error of
+    share·n landing just under an integer)."""
+    return min(int(np.floor(share * n + 1e-9)), n)
+
+
+def flag_top(score: np.ndarray, share: float) -> np.ndarray:
+    """Bool flags of the ``share_count(N, share)`` highest scores (ties: the earlier sample first)."""
+    flags = np.zeros(score.shape[0], dtype=bool)
+    flags[np.argsort(-score, kind="stable")[:share_count(score.shape[0], share)]] = True
+    return flags
+
+
 def check_finite(features: np.ndarray, layer: str) -> np.ndarray:
     """Return `features` flattened to (N, D); NaN/inf rows raise a ValueError saying how many rows are bad."""
     arr = np.asarray(features)

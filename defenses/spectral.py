@@ -8,7 +8,7 @@ from typing import Any, Literal
 import numpy as np
 
 from artmed.defenses.art_api import ARTPoisonFilter
-from artmed.defenses.base import DetectionResult, EvaluationContext, LabelGroups, check_finite
+from artmed.defenses.base import DetectionResult, EvaluationContext, LabelGroups, check_finite, flag_top
 from artmed.defenses.decomposition import RowStream, group_pca
 from artmed.device import resolve_device
 
@@ -108,7 +108,4 @@ class SpectralSignatures(ARTPoisonFilter):
     def _flag(self, score: np.ndarray, share: float) -> np.ndarray:
         if self.mode == "art":
             return score >= np.quantile(score, max(1.0 - share, 0.0))
-        n_flag = min(int(np.floor(share * score.shape[0] + 1e-9)), score.shape[0])
-        flags = np.zeros(score.shape[0], dtype=bool)
-        flags[np.argsort(-score, kind="stable")[:n_flag]] = True
-        return flags
+        return flag_top(score, share)

@@ -10,7 +10,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from artmed.defenses.base import Defense, DetectionResult, EvaluationContext, LabelGroups, check_finite
+from artmed.defenses.base import (
+    Defense,
+    DetectionResult,
+    EvaluationContext,
+    LabelGroups,
+    check_finite,
+    flag_top,
+    share_count,
+)
 from artmed.defenses.decomposition import RowStream, group_pca
 from artmed.device import one_cpu_thread, resolve_device
 
@@ -131,11 +139,11 @@ class SPECTRE(Defense):
         per_group = []
         for g, idx in groups.analysed:
             n = idx.shape[0]
-            n_flag = min(int(np.floor(self.removal_share * self.eps * n + 1e-9)), n)
+            n_flag = share_count(n, self.removal_share * self.eps)
             with one_cpu_thread(device):  # many small k x k steps: threads only slow them on a busy CPU
                 fit, candidates = self._group(stream, idx, n_flag)
             scores[idx] = fit.scores.cpu().numpy()
-            flags[idx[np.argsort(-scores[idx], kind="stable")[:n_flag]]] = True
+            flags[idx] = flag_top(scores[idx], self.removal_share * self.eps)
             per_group.append({"group": groups.names[g], "size": n, "flagged": n_flag, "k": fit.k,
                               "filtered": int((~fit.kept).sum()), "k_selection": candidates})
         extra = {"layer": self.layer, "group_names": groups.names, "per_group": per_group,
@@ -146,7 +154,7 @@ class SPECTRE(Defense):
         """The chosen dimension's fit for the rows `idx` (of which `n_flag` are flagged), and each candidate k's
         selection value (automatic k only)."""
         n = idx.shape[0]
-        budget = int(np.floor(self.filter_share * self.eps * n + 1e-9))
+        budget = share_count(n, self.filter_share * self.eps)
         k_max = max(1, min(self.max_components, stream.dim, (n - budget) // 2))
         h = group_pca(stream, idx, k_max).project(stream, idx)
         if self.k is not None:
