@@ -204,7 +204,8 @@ class Harness:
 
     # ------------------------------------------------------------------ defenses
     def _run_defense(self, dspec: DefenseSpec, spec: AttackSpec, model_record: dict[str, Any],
-                     estimator: MedCLIPEstimator, base: MedCLIPEstimator, context: EvaluationContext) -> dict[str, Any]:
+                     estimator: MedCLIPEstimator, base: MedCLIPEstimator, context: EvaluationContext) -> bool:
+        """Run one defense cell and save its record; True when the defense changed the shared model in place."""
         key = f"{spec.key}+{dspec.name}"
         record: dict[str, Any] = {"cell": f"defense/{key}", **_spec_fields(spec), "defense": dspec.name,
                                   "params": dspec.params, "ca_before": model_record["ca"],
@@ -251,12 +252,13 @@ class Harness:
             raise
         except (Exception, SystemExit) as exc:  # a broken plugin must not cost the rest of the study
             record.update(status="failed", error=_describe(exc), traceback=traceback.format_exc(limit=5))
-        if fingerprint(estimator) != truth.fingerprint:
+        changed = fingerprint(estimator) != truth.fingerprint
+        if changed:
             record.update(status="failed", error=f"{dspec.name} changed the shared model in place (every defense must "
                                                  "leave context.estimator as it found it); later defenses get it "
                                                  "reloaded from disk")
         self.store.save("defense", key, self._stamp(record, spec, dspec))
-        return record
+        return changed
 
     def _screen_inputs(self, name: str, screen: InputScreen) -> dict[str, Any]:
         """An input screen scored on the clean test images and their triggered copies (which only the harness has)."""
@@ -336,8 +338,7 @@ class Harness:
             return
         context = self._context(spec, estimator)
         for dspec in tqdm(pending, desc=f"defenses on {spec.key}", disable=not self.verbose, leave=False):
-            self._run_defense(dspec, spec, record, estimator, base, context)
-            if fingerprint(estimator) != self._truth.fingerprint:
+            if self._run_defense(dspec, spec, record, estimator, base, context):
                 estimator = MedCLIPEstimator.load(self.output_dir / "models" / spec.key, device=self.config.device)
                 context = self._context(spec, estimator)
 
@@ -365,19 +366,23 @@ class Harness:
         if changed:
             raise SettingsMismatchError(f"{self.store.cell_path(kind, key)} was computed with other settings "
                              f"({', '.join(changed)}); use another output folder, or delete the cell to recompute it")
-        current = self.store.provenance()["source_hash"]
-        if (record.get("provenance") or {}).get("source_hash") != current and not self.reuse_stale:
+        if self._stale(record):
             self.stale.append(key)
             return False
         return record.get("status") != "failed"
 
     def _current(self, kind: str, key: str) -> dict[str, Any] | None:
         """The cell's record when it exists and was computed by this code (or ``reuse_stale``), else None."""
-        if not self.store.has(kind, key):
+        try:
+            record = self.store.load(kind, key)
+        except KeyError:
             return None
-        record = self.store.load(kind, key)
-        stale = (record.get("provenance") or {}).get("source_hash") != self.store.provenance()["source_hash"]
-        return None if stale and not self.reuse_stale else record
+        return None if self._stale(record) else record
+
+    def _stale(self, record: dict[str, Any]) -> bool:
+        """True when ``record`` was computed by other artmed code and ``reuse_stale`` does not keep it."""
+        source = (record.get("provenance") or {}).get("source_hash")
+        return source != self.store.provenance()["source_hash"] and not self.reuse_stale
 
     def _settings(self, spec: AttackSpec | None = None, defense: DefenseSpec | None = None) -> dict[str, Any]:
         """What one cell's result depends on (device and output folder excluded), in JSON form."""
