@@ -345,9 +345,9 @@ class Harness:
     def _context(self, spec: AttackSpec, estimator: MedCLIPEstimator) -> EvaluationContext:
         """What the defenses of one model see; the harness scores them with its own copy of the truth."""
         x, y, mask = self._poisoned(spec)
-        triggered = spec.build_trigger()(self.x_test)
+        trigger = spec.build_trigger()
         target = target_index(self.task.class_names, spec.target)
-        self._truth = _Truth(mask.copy(), triggered.copy(), target, fingerprint(estimator), spec.build_trigger())
+        self._truth = _Truth(mask, trigger(self.x_test), target, fingerprint(estimator), trigger)
         return EvaluationContext(
             estimator=estimator, x_train=x, y_train=y, texts=list(self.texts), text_labels=self.text_labels,
             x_test=self.x_test, test_targets=self.test_targets, task=self.task, x_clean=self.x_shadow,
