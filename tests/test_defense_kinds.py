@@ -5,36 +5,21 @@ import numpy as np
 import pytest
 
 from artmed.attacks.pipeline import AttackSpec
-from artmed.defenses import registry
-from artmed.defenses.base import Defense, InputScreen, ModelVerdict
+from artmed.defenses.base import InputScreen, ModelVerdict
 from artmed.evaluations.config import DataConfig, DefenseSpec, StudyConfig, TrainConfig
 from artmed.evaluations.harness import Harness
 from artmed.evaluations.metrics import input_screen_metrics
 from artmed.evaluations.study import summary
+from fake_plugins import plugin, register
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*label group:UserWarning")
 SIZE = 32
 
 
-class _EntryPoint:
-    def __init__(self, name, cls):
-        self.name, self.value, self.dist, self._cls = name, f"{__name__}:{name}", None, cls
-
-    def load(self):
-        return self._cls
-
-
-def plugin(kind, run):
-    return type("Plugin", (Defense,), {"name": "plugin", "kind": kind, "_check_params": lambda self: None,
-                                        "run": lambda self, context: run(context)})
-
-
 @pytest.fixture
 def study(tmp_path, monkeypatch):
     def run(**plugins):
-        installed = registry.available
-        monkeypatch.setattr(registry, "available",
-                            lambda: {**installed(), **{n: _EntryPoint(n, c) for n, c in plugins.items()}})
+        register(monkeypatch, **plugins)
         config = StudyConfig(seed=0, output_dir=str(tmp_path / "study"),
                              data=DataConfig(n_train=120, n_test=20, n_shadow=16, image_size=SIZE),
                              pretrain=TrainConfig(steps=3, batch_size=16), train=TrainConfig(steps=3, batch_size=16),
@@ -67,7 +52,7 @@ def test_input_screen_is_scored_by_the_harness_on_inputs_it_never_saw(study):
         seen["n_test"] = len(context.x_test)
         return InputScreen(corner_darkness, threshold=-0.05)
 
-    result = study(corner=plugin("input", screen))
+    result = study(corner=plugin(screen, "input"))
     poisoned = next(d for d in result.defenses if d["attack"] == "badmatch")
     assert poisoned["status"] == "ok" and poisoned["kind"] == "input"
     arrays = {k: np.asarray(v) for k, v in result.arrays[poisoned["cell"]].items()}
@@ -86,7 +71,7 @@ def test_model_verdict_against_the_truth_and_mask_overlap(study):
         mask[:2, :2] = 1.0  # and a decoy outside it
         return ModelVerdict(score=0.7, backdoored=True, threshold=0.5, extra={"mask": mask})
 
-    result = study(decree_like=plugin("model", verdict))
+    result = study(decree_like=plugin(verdict, "model"))
     clean, poisoned = result.defenses
     assert clean["status"] == poisoned["status"] == "ok"
     assert clean["backdoored"] is False and clean["verdict_correct"] is False and "mask_overlap" not in clean
@@ -103,7 +88,7 @@ def test_model_verdict_against_the_truth_and_mask_overlap(study):
     ("bogus", lambda c: None, "declares kind 'bogus'"),
 ])
 def test_malformed_results_of_the_new_kinds_fail_their_cell(study, kind, run, error):
-    result = study(bad=plugin(kind, run))
+    result = study(bad=plugin(run, kind))
     assert all(d["status"] == "failed" and error in d["error"] for d in result.defenses)
 
 

@@ -10,7 +10,7 @@ import torch
 from artmed.attacks.pipeline import AttackSpec
 from artmed.defenses import registry
 from artmed.defenses.activation_clustering import ActivationClustering
-from artmed.defenses.base import Defense, DetectionResult, EvaluationContext, MitigationResult
+from artmed.defenses.base import DetectionResult, EvaluationContext, MitigationResult
 from artmed.defenses.spectral import SpectralSignatures
 from artmed.estimator import MedCLIPEstimator
 from artmed.evaluations.cli import main
@@ -19,6 +19,7 @@ from artmed.evaluations.harness import Harness
 from artmed.evaluations.scoring import score_estimator
 from artmed.evaluations.study import run_study, summary
 from artmed.training import NonFiniteLossError, check_loss
+from fake_plugins import plugin, register
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*label group:UserWarning")
 REFERENCE = ["spectral_signatures", "activation_clustering"]
@@ -30,26 +31,6 @@ def config(out, defenses=REFERENCE, train_lr=1e-3, pretrain_lr=1e-3) -> StudyCon
                        train=TrainConfig(steps=5, batch_size=16, lr=train_lr),
                        attacks=[AttackSpec("badmatch", percent_poison=0.05)],
                        defenses=[DefenseSpec(name) for name in defenses])
-
-
-class _EntryPoint:
-    def __init__(self, name, cls):
-        self.name, self.value, self.dist, self._cls = name, f"{__name__}:{name}", None, cls
-
-    def load(self):
-        return self._cls
-
-
-def register(monkeypatch, **plugins):
-    installed = registry.available
-    monkeypatch.setattr(registry, "available",
-                        lambda: {**installed(), **{n: _EntryPoint(n, c) for n, c in plugins.items()}})
-
-
-def plugin(run, kind="detection"):
-    """A test plugin class whose run(context) is ``run``."""
-    return type("Plugin", (Defense,), {"name": "plugin", "kind": kind, "_check_params": lambda self: None,
-                                        "run": lambda self, context: run(context)})
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from artmed.attacks.pipeline import AttackSpec
-from artmed.defenses import registry
 from artmed.defenses.activation_clustering import ActivationClustering
 from artmed.defenses.base import Defense
 from artmed.estimator import MedCLIPEstimator
@@ -22,6 +21,7 @@ from artmed.evaluations.harness import Harness
 from artmed.evaluations.report import read_table
 from artmed.evaluations.store import ResultStore
 from artmed.evaluations.study import quick_config, run_study, summary, write_outputs
+from fake_plugins import register
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK_DEFENSES = ["spectral_signatures", "activation_clustering"]
@@ -87,21 +87,6 @@ class ExplodingDefense(Defense):
 
     def run(self, context):
         raise RuntimeError("plugin exploded on purpose")
-
-
-class FakeEntryPoint:
-    """Stands in for an installed entry point of a test-only defense class."""
-
-    def __init__(self, name, cls):
-        self.name, self.value, self.dist, self._cls = name, f"{__name__}:{cls.__name__}", None, cls
-
-    def load(self):
-        return self._cls
-
-
-def register(monkeypatch, name, cls):
-    installed = registry.available
-    monkeypatch.setattr(registry, "available", lambda: {**installed(), name: FakeEntryPoint(name, cls)})
 
 
 # ---------------------------------------------------------------------------------------------- end to end
@@ -235,7 +220,7 @@ def test_detection_with_retrain_scores_the_filtered_model(tmp_path, spies, monke
 
 # ---------------------------------------------------------------------------------------------- plugins
 def test_failing_plugin_is_recorded_and_the_study_goes_on(quick_copy, monkeypatch):
-    register(monkeypatch, "exploding", ExplodingDefense)
+    register(monkeypatch, exploding=ExplodingDefense)
     for path in (quick_copy / "cells" / "defense").glob("*+spectral_signatures*"):
         path.unlink()
     config = quick_config(str(quick_copy))
@@ -260,7 +245,7 @@ def test_failing_plugin_is_recorded_and_the_study_goes_on(quick_copy, monkeypatc
         def run(self, context):
             return ActivationClustering().run(context)
 
-    register(monkeypatch, "exploding", Repaired)
+    register(monkeypatch, exploding=Repaired)
     retried = Harness(config, verbose=False).run()
     assert [d["status"] for d in retried.defenses if d["defense"] == "exploding"] == ["ok", "ok"]
 
