@@ -103,7 +103,8 @@ class _Encoders(nn.Module):
 
 
 def _check_train_params(batch_size: int, text_batch_size: int, lr: float, weight_decay: float, warmup: float,
-                        max_grad_norm: float | None, steps: int | None, nb_epochs: int | None) -> None:
+                        max_grad_norm: float | None, steps: int | None, nb_epochs: int | None,
+                        schedule_epochs: int | None = None) -> None:
     if batch_size < 2 or text_batch_size < 2:
         raise ValueError(f"batch sizes must be >= 2, got batch_size={batch_size}, text_batch_size={text_batch_size}")
     if lr <= 0 or weight_decay < 0:
@@ -116,6 +117,9 @@ def _check_train_params(batch_size: int, text_batch_size: int, lr: float, weight
         raise ValueError("give steps or nb_epochs")
     if (steps is not None and steps < 1) or (steps is None and nb_epochs is not None and nb_epochs < 1):
         raise ValueError(f"steps and nb_epochs must be >= 1, got steps={steps}, nb_epochs={nb_epochs}")
+    if schedule_epochs is not None and (isinstance(schedule_epochs, bool) or not isinstance(schedule_epochs, int)
+                                        or schedule_epochs < 1):
+        raise ValueError(f"schedule_epochs must be a positive integer or None, got {schedule_epochs!r}")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -146,6 +150,7 @@ def train_unpaired(
     lr: float = 2e-5,
     weight_decay: float = 1e-4,
     warmup: float = 0.1,
+    schedule_epochs: int | None = None,
     max_grad_norm: float | None = 1.0,
     seed: int = 0,
     train_vision: bool = True,
@@ -156,7 +161,10 @@ def train_unpaired(
 ) -> dict[str, list[float]]:
     """Train ``model`` (a MedCLIPModel) in place on unpaired images and sentences; return the per-step history.
 
-    ``steps`` wins over ``nb_epochs`` (an epoch = ``ceil(N / batch_size)`` steps). Returns
+    ``steps`` wins over ``nb_epochs`` (an epoch = ``ceil(N / batch_size)`` steps). The learning rate warms up over
+    the first ``warmup`` share of the schedule and decays by a cosine to zero at its end; the schedule spans the steps
+    run, or ``schedule_epochs`` epochs when given (the released MedCLIP trainer sizes it for 10 epochs and stops at a
+    step count, so a run may end mid-schedule; steps past its end run at learning rate zero). Returns
     ``{"loss": [...], "lr": [...]}``. Parts not trained run without gradients and stay in eval mode.
     ``amp`` runs the encoders under bf16 autocast on CUDA (the loss stays float32; ignored on CPU).
     ``num_workers`` processes read the image batches ahead (``artmed.loader``; the batch order is fixed first).
@@ -170,7 +178,8 @@ def train_unpaired(
     texts = check_texts(texts)
     text_labels = check_label_matrix(text_labels, len(texts), "text_labels")
     text_batch_size = batch_size if text_batch_size is None else text_batch_size
-    _check_train_params(batch_size, text_batch_size, lr, weight_decay, warmup, max_grad_norm, steps, nb_epochs)
+    _check_train_params(batch_size, text_batch_size, lr, weight_decay, warmup, max_grad_norm, steps, nb_epochs,
+                        schedule_epochs)
     if n < 2:
         raise ValueError(f"need at least 2 training images, got {n}")
     if not (train_vision or train_text):
@@ -179,7 +188,9 @@ def train_unpaired(
         raise ValueError(f"distributed training over {world_size()} ranks needs batch sizes and pool sizes >= "
                          f"{world_size()}, got batch_size={batch_size}, text_batch_size={text_batch_size}, "
                          f"{n} images, {len(texts)} texts")
-    total = steps if steps is not None else nb_epochs * math.ceil(n / min(batch_size, n))
+    epoch = math.ceil(n / min(batch_size, n))
+    total = steps if steps is not None else nb_epochs * epoch
+    horizon = total if schedule_epochs is None else schedule_epochs * epoch
 
     named = [("logit_scale", model.logit_scale)]
     if train_vision:
@@ -187,7 +198,7 @@ def train_unpaired(
     if train_text:
         named += [(f"text_model.{k}", p) for k, p in model.text_model.named_parameters()]
     optimizer = make_optimizer(named, lr=lr, weight_decay=weight_decay)
-    scheduler = warmup_cosine(optimizer, total, warmup)
+    scheduler = warmup_cosine(optimizer, horizon, warmup)
     trained = [p for _, p in named if p.requires_grad]
 
     image_rng, text_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))

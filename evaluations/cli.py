@@ -38,7 +38,7 @@ def _study_config(args: argparse.Namespace) -> StudyConfig:
     from artmed.evaluations.study import default_config, quick_config, sweep_config
 
     if args.config:
-        config = StudyConfig.from_yaml(args.config)
+        config = StudyConfig.from_yaml(args.config, protocol=args.protocol)
         if args.output:
             config.output_dir = args.output
         if args.seed is not None:
@@ -50,6 +50,8 @@ def _study_config(args: argparse.Namespace) -> StudyConfig:
         default_output = "artmed-output" if args.preset == "default" else f"artmed-{args.preset}"
         counts = {} if args.seeds is None else {"n_seeds": args.seeds}
         config = preset(args.output or default_output, seed=args.seed or 0, **counts)
+        if args.protocol:
+            config = config.with_protocol(args.protocol)
     if args.device:
         config.device = args.device
     return replace(config)  # the options' values checked like the file's
@@ -106,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="study seed, or the first of --seeds (default: the config's, or 0)")
     run.add_argument("--seeds", type=_positive, help="run every cell for this many seeds: --seed, --seed + 1, ... "
                      "(default: the preset's, 3; or the config's seeds)")
+    run.add_argument("--protocol", choices=["artmed", "released"],
+                     help="released: the authors' released settings wherever artmed's differ (a --config file's own "
+                     "values still win; a preset's are replaced)")
     run.add_argument("--reuse-stale", action="store_true",
                      help="keep finished cells computed by other artmed code (default: recompute them)")
     run.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (default: the config's, auto)")

@@ -21,6 +21,7 @@ from artmed.attacks.pipeline import ATTACKS, AttackSpec
 from artmed.constants import IMAGE_SIZE
 from artmed.data.tasks import TASK_NAMES
 from artmed.defenses import registry
+from artmed.evaluations.protocol import PROTOCOLS, apply_protocol
 from artmed.evaluations.sources import check_inputs
 from artmed.validation import FieldError, blame, check_fields, check_names, check_writable
 
@@ -139,16 +140,21 @@ class TaskSpec:
 
 @dataclass
 class TrainConfig:
-    """Unpaired MedCLIP training: steps, batch size and optimiser settings (passed to ``estimator.fit``)."""
+    """Unpaired MedCLIP training: steps, batch size and optimiser settings (passed to ``estimator.fit``).
+    ``schedule_epochs``: the warm-up + cosine schedule spans that many epochs of the training set instead of the
+    ``steps`` run (the released trainer's 10; the run may stop mid-schedule)."""
 
     steps: int = 300
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup: float = 0.1
+    schedule_epochs: int | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.schedule_epochs is not None and self.schedule_epochs < 1:
+            raise FieldError(f"schedule_epochs must be a positive integer, got {self.schedule_epochs!r}")
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise FieldError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -161,7 +167,7 @@ class TrainConfig:
 
     def fit_params(self) -> dict[str, Any]:
         return {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "weight_decay": self.weight_decay,
-                "warmup": self.warmup}
+                "warmup": self.warmup, "schedule_epochs": self.schedule_epochs}
 
 
 @dataclass
@@ -193,8 +199,11 @@ class StudyConfig:
     draw, base model, poison subset, trigger reference and BadDist; an attack spec's own ``seed`` is replaced by it.
     ``tasks`` are the zero-shot evaluation sets (none: the phantom data's built-in three); ``task`` names the headline
     one, whose metrics are the record's top level (default: the first of ``tasks``, or "rsna_like").
+    ``protocol``: "artmed" (the defaults) or "released", which fills every setting the config does not give with the
+    authors' released value (``artmed.evaluations.protocol``).
     """
 
+    protocol: str = "artmed"
     seed: int = 0
     seeds: list[int] = field(default_factory=list)
     task: str | None = None
@@ -210,6 +219,8 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.protocol not in PROTOCOLS:
+            raise FieldError(f"protocol: unknown protocol {self.protocol!r}; valid: {list(PROTOCOLS)}")
         self._resolve_image_size()
         self._resolve_tasks()
         for name, value in [("seed", self.seed)] + [(f"seeds[{i}]", v) for i, v in enumerate(self.seeds)]:
@@ -282,12 +293,21 @@ class StudyConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> StudyConfig:
-        """Build from plain data (e.g. parsed YAML); unknown keys raise a ValueError naming them."""
-        return _build(cls, raw, "config")
+        """Build from plain data (e.g. parsed YAML), its ``protocol``'s values filled in where ``raw`` gives none;
+        unknown keys raise a ValueError naming them."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"config must be a mapping, got {type(raw).__name__}")
+        return _build(cls, apply_protocol(raw), "config")
+
+    def with_protocol(self, protocol: str) -> StudyConfig:
+        """A copy under ``protocol``, whose values replace this config's own (``artmed run --protocol`` on a built-in
+        study); "artmed" only renames the protocol."""
+        return StudyConfig.from_dict(apply_protocol({**self.to_dict(), "protocol": protocol}, force=True))
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> StudyConfig:
-        """Load a YAML study config; an empty file is refused (it would silently run the default study)."""
+    def from_yaml(cls, path: str | Path, protocol: str | None = None) -> StudyConfig:
+        """Load a YAML study config (under ``protocol`` when given, else the file's); an empty file is refused (it
+        would silently run the default study)."""
         path = Path(path)
         try:
             raw = yaml.load(path.read_text(), Loader=_Loader)
@@ -297,7 +317,7 @@ class StudyConfig:
             raise ValueError(f"study config {path} is empty")
         if not isinstance(raw, dict):
             raise ValueError(f"study config {path} must be a mapping, got {type(raw).__name__}")
-        return cls.from_dict(raw)
+        return cls.from_dict(raw if protocol is None else {**raw, "protocol": protocol})
 
 
 class _Loader(yaml.SafeLoader):

@@ -1,0 +1,74 @@
+"""Protocol presets: one word (``protocol: released``) that selects the authors' released behaviour wherever
+artmed's defaults differ from it (the README's "Differences from the released code" lists each setting).
+
+A preset is a nested dict of study-config values. In a YAML config the values you give win over the preset's
+(``apply_protocol(raw)``); ``artmed run --protocol released`` on a built-in study replaces the study's own values
+(``apply_protocol(raw, force=True)``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+PROTOCOLS: tuple[str, ...] = ("artmed", "released")
+
+RELEASED_TRAIN: dict[str, Any] = {"batch_size": 32, "warmup": 0.1, "schedule_epochs": 10}
+"""scripts/train.py: batch 32, warm-up 10 % of a schedule sized for 10 epochs, stopped at a step count."""
+
+RELEASED_TRIGGERS: dict[str, dict[str, Any]] = {
+    "patch": {"inset": [1, 1]},
+    "fourier": {"unnormalized": True},
+}
+"""Per trigger: the black patch 1 px in from the right and bottom edges (scripts/zero_shot.py, scripts/backdist.py:
+``right_bottom``); the Fourier-triggered image fed without MedCLIP's normalisation (medclip/dataset.py)."""
+
+RELEASED_BADDIST: dict[str, Any] = {"settings": "paper"}
+"""scripts/backdist.py: SGD lr 1e-4, momentum 0.9, weight decay 5e-4, λ 5/1, 200 epochs, fp32."""
+
+
+def released_settings(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The released protocol's values for the settings of the config dict ``raw`` (its attacks decide which
+    trigger and BadDist values apply)."""
+    attacks = []
+    for spec in raw.get("attacks") or []:
+        values: dict[str, Any] = {}
+        if isinstance(spec, Mapping):
+            values["trigger_params"] = dict(RELEASED_TRIGGERS.get(spec.get("trigger", "patch"), {}))
+            if "baddist" in str(spec.get("attack", "")):
+                values["baddist_params"] = dict(RELEASED_BADDIST)
+        attacks.append(values)
+    return {"train": dict(RELEASED_TRAIN), "attacks": attacks}
+
+
+def apply_protocol(raw: Mapping[str, Any], force: bool = False) -> dict[str, Any]:
+    """``raw`` (a study config as plain data) with the values of its ``protocol`` filled in: under the values ``raw``
+    gives, or over them with ``force``. An unknown protocol raises a ValueError naming the valid ones."""
+    out = copy.deepcopy(dict(raw))
+    name = out.get("protocol", "artmed")
+    if name not in PROTOCOLS:
+        raise ValueError(f"config.protocol: unknown protocol {name!r}; valid: {list(PROTOCOLS)}")
+    if name == "artmed":
+        return out
+    preset = released_settings(out)
+    for key, values in preset.items():
+        if key == "attacks":
+            out["attacks"] = [_merge(spec, extra, force) for spec, extra in zip(out.get("attacks") or [], values)]
+        else:
+            out[key] = _merge(out.get(key) or {}, values, force)
+    return out
+
+
+def _merge(given: Any, preset: Mapping[str, Any], force: bool) -> Any:
+    """``preset`` merged into the mapping ``given`` key by key (nested mappings too); ``given`` wins unless
+    ``force``. A non-mapping ``given`` is returned unchanged (the config's own checks report it)."""
+    if not isinstance(given, Mapping):
+        return given
+    out = dict(given)
+    for key, value in preset.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value, force)
+        elif force or key not in out:
+            out[key] = copy.deepcopy(value)
+    return out
