@@ -423,18 +423,19 @@ def fingerprint(estimator: MedCLIPEstimator) -> str:
 
 def _verdict_fields(verdict: ModelVerdict, spec: AttackSpec, truth: _Truth) -> dict[str, Any]:
     """A model-level verdict against the truth (every attacked model is backdoored); with an inverted ``mask``, the
-    share of its mass inside the true trigger's footprint."""
+    share of its mass inside the true trigger's footprint, and the mask and pattern as the record's arrays."""
     backdoored = spec.attack != "clean"
     fields: dict[str, Any] = {"model_score": verdict.score, "model_flagged": float(verdict.backdoored),
                               "backdoored": backdoored, "verdict_correct": verdict.backdoored == backdoored,
                               "threshold": verdict.threshold}
     mask = verdict.extra.get("mask")
-    if mask is not None and backdoored:
+    if mask is not None:
         mask = np.abs(np.asarray(mask, dtype=np.float64))
         mask = mask.reshape(-1, *mask.shape[-2:]).mean(axis=0)  # (H, W), channels averaged
-        footprint = truth.trigger.mask(mask.shape)
-        total = mask.sum()
-        fields["mask_overlap"] = float(mask[footprint].sum() / total) if total > 0 else float("nan")
+        if backdoored:
+            footprint = truth.trigger.mask(mask.shape)
+            total = mask.sum()
+            fields["mask_overlap"] = float(mask[footprint].sum() / total) if total > 0 else float("nan")
         fields["arrays"] = {"mask": mask, **({"pattern": np.asarray(verdict.extra["pattern"])}
                                             if "pattern" in verdict.extra else {})}
     return fields

@@ -246,6 +246,27 @@ def plot_ca_asr_bars(records: Sequence[Mapping[str, Any]], path: str | Path, tit
     return _save(fig, path)
 
 
+def plot_inverted_trigger(mask: Any, pattern: Any | None, path: str | Path, title: str | None = None) -> Path:
+    """A trigger inverted from a model (DECREE): its mask (H, W) in [0, 1], its pattern (C, H, W) and the stamp
+    ``mask * pattern`` side by side."""
+    m = np.asarray(mask, dtype=np.float64)
+    if m.ndim != 2 or not np.isfinite(m).all():
+        raise ValueError(f"mask must be a finite (H, W) array, got shape {m.shape}")
+    panels = [("mask", m)]
+    if pattern is not None:
+        p = np.asarray(pattern, dtype=np.float64)
+        if p.ndim != 3 or p.shape[1:] != m.shape:
+            raise ValueError(f"pattern must be (C, H, W) with the mask's (H, W) {m.shape}, got {p.shape}")
+        p = p.mean(axis=0) if p.shape[0] != 3 else p.transpose(1, 2, 0)
+        panels += [("pattern", p), ("mask × pattern", m[..., None] * p if p.ndim == 3 else m * p)]
+    fig = Figure(figsize=(3.0 * len(panels), 3.2))
+    for ax, (name, image) in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels):
+        ax.imshow(np.clip(image, 0.0, 1.0), cmap="gray", vmin=0.0, vmax=1.0)
+        ax.set(title=name, xticks=[], yticks=[])
+    fig.suptitle(title or "Inverted trigger", fontsize=10)
+    return _save(fig, path)
+
+
 def plot_score_histograms(scores: Any, mask: Any, path: str | Path, title: str | None = None, bins: int = 40) -> Path:
     """Histograms of clean vs poisoned suspicion scores, one panel per defense.
 

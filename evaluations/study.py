@@ -33,6 +33,7 @@ from artmed.evaluations.report import (
     plot_ca_asr_bars,
     plot_detection_roc,
     plot_feature_projection,
+    plot_inverted_trigger,
     plot_poison_rate_sweep,
     plot_score_histograms,
     write_table,
@@ -140,6 +141,14 @@ def write_outputs(result: StudyResult) -> dict[str, Path]:
         paths[f"hist_{key}"] = plot_score_histograms({k: v[0] for k, v in scores.items()},
                                                      next(iter(scores.values()))[1], figures / f"scores_{key}.png",
                                                      title=key)
+    for record in ok:
+        arrays = result.arrays.get(record["cell"]) or {}
+        if record.get("kind") == "model" and "mask" in arrays:
+            title = (f"{record['defense']} on {record['attack_key']}: score {record['model_score']:.3g}, "
+                     f"{'flagged' if record['model_flagged'] else 'not flagged'}")
+            name = f"inverted_{record['attack_key']}+{record['defense']}"
+            paths[name] = plot_inverted_trigger(arrays["mask"], arrays.get("pattern"), figures / f"{name}.png",
+                                                title=title)
     for key, (features, mask) in result.projections.items():
         paths[f"proj_{key}"] = plot_feature_projection(features, mask, figures / f"features_{key}.png", title=key)
     paths["phantoms"] = save_phantom_grid(figures / "phantoms.png", image_size=128, seed=0)

@@ -18,6 +18,7 @@ from artmed.defenses.decree import DECREE, mean_pairwise_cosine
 from artmed.estimator import MedCLIPEstimator
 from artmed.evaluations.config import DataConfig, DefenseSpec, StudyConfig, TrainConfig
 from artmed.evaluations.harness import Harness
+from artmed.evaluations.study import write_outputs
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*label group:UserWarning")
 PROMPTS = {"Normal": ["no acute cardiopulmonary findings"], "Pneumonia": ["focal consolidation of pneumonia"]}
@@ -179,8 +180,13 @@ def test_through_the_harness(tmp_path):
                          attacks=[AttackSpec("clean"),
                                   AttackSpec("baddist", baddist_params={"settings": "tiny", "steps": 10})],
                          defenses=[DefenseSpec("decree", {"epochs": 5})])
-    clean, attacked = Harness(config, verbose=False).run().defenses
+    result = Harness(config, verbose=False).run()
+    clean, attacked = result.defenses
+    paths = write_outputs(result)
     for record in (clean, attacked):
+        assert result.arrays[record["cell"]]["mask"].shape == (SIZE, SIZE)
+        name = f"inverted_{record['attack_key']}+decree"
+        assert paths[name] == result.output_dir / "figures" / f"{name}.png" and paths[name].stat().st_size > 1000
         assert record["status"] == "ok" and record["kind"] == "model"
         assert 0 <= record["model_score"] <= 1 and record["model_flagged"] in (0.0, 1.0)
         assert record["threshold"] == pytest.approx(0.9)

@@ -10,6 +10,7 @@ from sklearn.decomposition import PCA
 from artmed.defenses.base import DetectionResult
 from artmed.evaluations import report
 from artmed.evaluations.report import (
+    plot_inverted_trigger,
     format_table,
     plot_ca_asr_bars,
     plot_detection_roc,
@@ -99,6 +100,18 @@ def test_figures_write_png(tmp_path):
     feats[7, 0, 0, 0] = np.nan
     _png(plot_feature_projection(feats, mask, tmp_path / "pca.png", max_points=100))
     _png(plot_poison_rate_sweep(recs, tmp_path / "sweep.png"))
+    mask = np.zeros((16, 16))
+    mask[-4:, -4:] = 1.0
+    _png(plot_inverted_trigger(mask, np.random.default_rng(0).random((3, 16, 16)), tmp_path / "inv.png"))
+    _png(plot_inverted_trigger(mask, np.zeros((1, 16, 16)), tmp_path / "inv1.png"))
+    _png(plot_inverted_trigger(mask, None, tmp_path / "inv0.png"))
+
+
+def test_inverted_trigger_errors_name_the_array(tmp_path):
+    with pytest.raises(ValueError, match="mask must be a finite"):
+        plot_inverted_trigger(np.full((4, 4), np.nan), None, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="pattern must be"):
+        plot_inverted_trigger(np.zeros((4, 4)), np.zeros((3, 5, 5)), tmp_path / "x.png")
 
 
 def test_figures_tolerate_empty_and_nan_input(tmp_path):
