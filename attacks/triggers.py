@@ -80,6 +80,14 @@ class PatchTrigger(Trigger):
     corner's vertical and horizontal edges (default flush). The released code pastes its 32 px patch on the image
     file at native resolution with inset (1, 1) ("right_bottom"), or inset (100, 1) in white (245/255) for its
     training script's "mid_bottom", which is 100 px left of the right edge, not centred.
+
+    ``native_size`` (default None: off) emulates that on images that have no native-resolution file (the phantom,
+    any array): the image is taken as a ``native_size`` × ``native_size`` square resized to the array's size, the
+    patch's ``size`` and ``inset`` are native pixels, and the patch is drawn as it looks after an area-averaging
+    resize: each pixel is blended towards ``colour`` by the share of its area the scaled patch covers
+    (``coverage``). ``PatchTrigger(size=32, inset=(1, 1), native_size=1024)`` covers ~2 px at 64 and ~7 px at 224.
+    For file-backed images, apply a trigger without ``native_size`` to the native image instead
+    (``FileImageSet.triggered``).
     """
 
     name = "patch"
@@ -91,6 +99,7 @@ class PatchTrigger(Trigger):
         colour: float = 0.0,
         corner: str = "bottom_right",
         inset: tuple[int, int] = (0, 0),
+        native_size: int | None = None,
     ) -> None:
         if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1):
             raise ValueError(f"PatchTrigger size must be a positive integer or None, got {size!r}")
@@ -103,16 +112,22 @@ class PatchTrigger(Trigger):
         if (not isinstance(inset, (tuple, list)) or len(inset) != 2
                 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in inset)):
             raise ValueError(f"PatchTrigger inset must be two non-negative integers (dx, dy), got {inset!r}")
+        if native_size is not None and (isinstance(native_size, bool)
+                                        or not isinstance(native_size, (int, np.integer)) or native_size < 1):
+            raise ValueError(f"PatchTrigger native_size must be a positive integer or None, got {native_size!r}")
         self.size = None if size is None else int(size)
         self.relative_size = float(relative_size)
         self.colour = float(colour)
         self.corner = corner
         self.inset = (int(inset[0]), int(inset[1]))
+        self.native_size = None if native_size is None else int(native_size)
+        if self.native_size is not None:
+            self.side(self.native_size, self.native_size)
 
     def get_params(self) -> dict[str, Any]:
         """The constructor parameters."""
         return {"size": self.size, "relative_size": self.relative_size, "colour": self.colour, "corner": self.corner,
-                "inset": self.inset}
+                "inset": self.inset, "native_size": self.native_size}
 
     def side(self, height: int, width: int) -> int:
         """The patch side in pixels for an image of this size; ValueError when it does not fit."""
@@ -123,13 +138,28 @@ class PatchTrigger(Trigger):
         return side
 
     def mask(self, shape: tuple[int, ...]) -> np.ndarray:
-        """Boolean array of ``shape``: True inside the patch."""
+        """Boolean array of ``shape``: True inside the patch (with ``native_size``: where it covers any area)."""
         shape = _check_shape(shape)
         height, width = shape[-2:]
+        if self.native_size is not None:
+            return np.broadcast_to(self.coverage(height, width) > 0.0, shape).copy()
         rows, cols = self._region(height, width)
         plane = np.zeros((height, width), dtype=bool)
         plane[rows, cols] = True
         return np.broadcast_to(plane, shape).copy()
+
+    def coverage(self, height: int, width: int) -> np.ndarray:
+        """(H, W) float64 in [0, 1]: the share of each pixel's area the patch covers. Without ``native_size`` the
+        patch's pixels (1) and the rest (0); with it, the native patch scaled by (H, W) / native_size (area
+        averaging), so edge pixels are partly covered."""
+        if self.native_size is None:
+            rows, cols = self._region(height, width)
+            plane = np.zeros((height, width), dtype=np.float64)
+            plane[rows, cols] = 1.0
+            return plane
+        n = self.native_size
+        rows, cols = self._region(n, n)
+        return np.outer(_overlap(rows, height / n, height), _overlap(cols, width / n, width))
 
     def _region(self, height: int, width: int) -> tuple[slice, slice]:
         side = self.side(height, width)
@@ -139,6 +169,10 @@ class PatchTrigger(Trigger):
         return rows, cols
 
     def _apply(self, x: np.ndarray) -> np.ndarray:
+        if self.native_size is not None:
+            cover = self.coverage(*x.shape[-2:])
+            out = x * (1.0 - cover).astype(x.dtype) + (cover * self.colour).astype(x.dtype)
+            return np.clip(out, 0.0, 1.0, out=out)
         rows, cols = self._region(*x.shape[-2:])
         x[..., rows, cols] = self.colour
         return x
@@ -263,6 +297,13 @@ def _check_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     if len(shape) not in (2, 3, 4) or min(shape) < 1:
         raise ValueError(f"mask shape must be (H, W), (C, H, W) or (N, C, H, W) with positive sizes, got {shape}")
     return shape
+
+
+def _overlap(span: slice, scale: float, length: int) -> np.ndarray:
+    """(length,) share of each output pixel [i, i + 1) covered by the native pixel span scaled by ``scale``."""
+    lo, hi = span.start * scale, span.stop * scale
+    edges = np.arange(length, dtype=np.float64)
+    return np.clip(np.minimum(edges + 1.0, hi) - np.maximum(edges, lo), 0.0, 1.0)
 
 
 def _check_seed(seed: int, owner: str) -> int:
