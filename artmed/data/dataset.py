@@ -240,31 +240,99 @@ def read_image_file(path: str | Path) -> np.ndarray:
     return arr
 
 
-def preprocess_image(arr: np.ndarray, image_size: int) -> np.ndarray:
+INTERPOLATIONS: tuple[str, ...] = ("bicubic", "bilinear", "bilinear_tensor")
+"""Resize filters of ``preprocess_image``: "bicubic" (artmed's default; MedCLIP's feature extractor), "bilinear" (PIL's
+antialiased bilinear, what torchvision's ``transforms.Resize`` does to the PIL images of the released training and
+zero-shot scripts), "bilinear_tensor" (bilinear without antialiasing, ``align_corners=False``: ``transforms.Resize``
+on the tensors of the released BadDist script, torchvision 0.11)."""
+PADDINGS: tuple[str, ...] = ("square", "no_upscale", "none")
+"""How ``preprocess_image`` squares an image: "square" (artmed's default: centred zero padding to max(h, w), then a
+resize to the target size, up or down), "no_upscale" (MedCLIP's and the released scripts' ``_pad_img``: padding to
+max(size, h, w), so a small image is padded, never enlarged), "none" (no padding: the image is stretched to a square,
+as the released BadDist script's ``ToTensor`` + ``Resize((224, 224))`` does)."""
+TRIGGER_STAGES: tuple[str, ...] = ("padded", "raw")
+"""Where a native-resolution trigger acts: "padded" (on the padded square, before the resize: the released training
+set, ``ImageTextContrastiveDataset``), "raw" (on the image as read, before padding: the released zero-shot test set,
+``ZeroShotImageDataset``, and BadDist's ``TriggerDataset``)."""
+
+
+def _check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{what} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _native_trigger(trigger: Callable[[np.ndarray], np.ndarray], arr: np.ndarray) -> np.ndarray:
+    """``trigger`` applied to one 2-D native image (as a (1, 1, H, W) batch in [0, 1])."""
+    out = np.asarray(trigger(np.clip(arr, 0.0, 1.0).astype(np.float32)[None, None]), dtype=np.float32)
+    if out.shape != (1, 1, *arr.shape):
+        raise ValueError(f"trigger changed the native image's shape from {arr.shape} to {out.shape[2:]}")
+    return out[0, 0]
+
+
+def _resize(square: np.ndarray, image_size: int, interpolation: str) -> np.ndarray:
+    """A 2-D float32 image resized to (image_size, image_size) with one of ``INTERPOLATIONS``."""
+    if interpolation == "bilinear_tensor":
+        import torch
+        import torch.nn.functional as F
+
+        out = F.interpolate(torch.from_numpy(np.ascontiguousarray(square))[None, None], size=(image_size, image_size),
+                            mode="bilinear", align_corners=False, antialias=False)
+        return out[0, 0].numpy()
+    resample = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(square).resize((image_size, image_size), resample), dtype=np.float32)
+
+
+def preprocess_image(arr: np.ndarray, image_size: int, interpolation: str = "bicubic", pad: str = "square",
+                     trigger: Callable[[np.ndarray], np.ndarray] | None = None,
+                     trigger_stage: str = "padded") -> np.ndarray:
     """MedCLIP preprocessing of a 2-D [0,1] image: pad to square with 0 (centred), bicubic resize, clip to [0,1].
 
-    MedCLIP pads to max(224, h, w) and so never upscales small images; we always resize to `image_size`.
+    MedCLIP pads to max(224, h, w) and so never upscales small images; by default we always resize to `image_size`
+    (``pad="no_upscale"`` pads as MedCLIP does, to max(image_size, h, w); ``pad="none"`` stretches). ``interpolation``
+    is one of ``INTERPOLATIONS``. ``trigger`` (default none), a callable on (N, C, H, W) arrays in [0, 1] such as
+    ``PatchTrigger(size=32, inset=(1, 1))``, is applied to the native-resolution image at ``trigger_stage`` (one of
+    ``TRIGGER_STAGES``), before the resize, as the released code pastes its patch.
     """
+    _check_choice(interpolation, INTERPOLATIONS, "interpolation")
+    _check_choice(pad, PADDINGS, "pad")
+    _check_choice(trigger_stage, TRIGGER_STAGES, "trigger_stage")
+    if trigger is not None and trigger_stage == "raw":
+        arr = _native_trigger(trigger, arr)
     h, w = arr.shape
-    side = max(h, w)
-    square = np.zeros((side, side), dtype=np.float32)
-    top, left = (side - h) // 2, (side - w) // 2
-    square[top : top + h, left : left + w] = arr
-    if side != image_size:
-        resized = Image.fromarray(square).resize((image_size, image_size), Image.Resampling.BICUBIC)
-        square = np.asarray(resized, dtype=np.float32)
+    if pad == "none":
+        square = np.asarray(arr, dtype=np.float32)
+    else:
+        side = max(h, w) if pad == "square" else max(image_size, h, w)
+        square = np.zeros((side, side), dtype=np.float32)
+        top, left = (side - h) // 2, (side - w) // 2
+        square[top : top + h, left : left + w] = arr
+    if trigger is not None and trigger_stage == "padded":
+        square = _native_trigger(trigger, square)
+    if square.shape != (image_size, image_size):
+        square = _resize(square, image_size, interpolation)
     return np.clip(square, 0.0, 1.0)
 
 
 class FileImageSet(ImageSet):
-    """Images on disk, read lazily one file at a time and preprocessed like MedCLIP (pad, resize, [0,1])."""
+    """Images on disk, read lazily one file at a time and preprocessed like MedCLIP (pad, resize, [0,1]).
 
-    def __init__(self, paths: Sequence[str | Path], labels: np.ndarray, image_size: int = 224) -> None:
+    ``interpolation`` and ``pad`` choose the resize (``preprocess_image``; defaults: bicubic, pad to max(h, w)).
+    ``triggered`` gives a copy whose chosen images are triggered at native resolution as they are read.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], labels: np.ndarray, image_size: int = 224,
+                 interpolation: str = "bicubic", pad: str = "square") -> None:
         self.paths = [Path(p) for p in paths]
         if int(image_size) != image_size or image_size < 1:
             raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
         self._image_size = int(image_size)
         self._labels = validate_labels(labels, len(self.paths))
+        self.interpolation = _check_choice(interpolation, INTERPOLATIONS, "interpolation")
+        self.pad = _check_choice(pad, PADDINGS, "pad")
+        self.trigger: Callable[[np.ndarray], np.ndarray] | None = None
+        self.trigger_stage = "padded"
+        self.trigger_mask = np.zeros(len(self.paths), dtype=bool)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -280,12 +348,40 @@ class FileImageSet(ImageSet):
     def _load(self, indices: np.ndarray) -> np.ndarray:
         out = np.empty((indices.shape[0], *self.image_shape), dtype=np.float32)
         for k, i in enumerate(indices):
-            out[k, 0] = preprocess_image(read_image_file(self.paths[i]), self._image_size)
+            trigger = self.trigger if self.trigger_mask[i] else None
+            out[k, 0] = preprocess_image(read_image_file(self.paths[i]), self._image_size, self.interpolation,
+                                         self.pad, trigger, self.trigger_stage)
         return out
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> FileImageSet:
         idx = _as_index_array(indices, len(self))
-        return FileImageSet([self.paths[i] for i in idx], self._labels[idx], self._image_size)
+        out = FileImageSet([self.paths[i] for i in idx], self._labels[idx], self._image_size, self.interpolation,
+                           self.pad)
+        if self.trigger is not None:
+            out.trigger, out.trigger_stage, out.trigger_mask = self.trigger, self.trigger_stage, self.trigger_mask[idx]
+        return out
+
+    def triggered(self, trigger: Callable[[np.ndarray], np.ndarray], rows: Sequence[int] | np.ndarray | None = None,
+                  stage: str = "padded") -> FileImageSet:
+        """A copy whose images at ``rows`` (indices or a boolean mask; default all) are read with ``trigger`` applied
+        to the native-resolution image, at ``stage`` (``TRIGGER_STAGES``: "padded" as the released training set,
+        "raw" as its test and BadDist sets), before the resize. ``trigger_mask`` marks them; labels are unchanged.
+
+        ``trigger`` is used as given, in native pixels (``PatchTrigger(size=32, inset=(1, 1))`` is the released
+        32 px patch); a PatchTrigger with ``native_size`` (the emulation for arrays) is refused.
+        """
+        if not callable(trigger):
+            raise ValueError(f"trigger must be callable on (N, C, H, W) arrays, got {type(trigger).__name__}")
+        if getattr(trigger, "native_size", None) is not None:
+            raise ValueError("a trigger with native_size emulates native resolution on resized arrays; give the "
+                             "trigger without native_size to apply it to the native image")
+        if self.trigger is not None:
+            raise ValueError("this FileImageSet is already triggered; trigger the untriggered set")
+        out = self.subset(np.arange(len(self)))
+        out.trigger, out.trigger_stage = trigger, _check_choice(stage, TRIGGER_STAGES, "stage")
+        out.trigger_mask = np.zeros(len(self), dtype=bool)
+        out.trigger_mask[np.arange(len(self)) if rows is None else _as_index_array(rows, len(self))] = True
+        return out
 
 
 @dataclass

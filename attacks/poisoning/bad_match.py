@@ -83,12 +83,23 @@ class BadMatch(PoisoningAttackBlackBox):
         y_poisoned[indices] = self.target_vector
         return x_poisoned, y_poisoned
 
-    def poison_imageset(self, images: ImageSet) -> ImageSet:
-        """Lazy variant for image sets too big for memory: a view triggering and relabelling the subset on read."""
+    def poison_imageset(self, images: ImageSet, native: str | None = None) -> ImageSet:
+        """Lazy variant for image sets too big for memory: a view triggering and relabelling the subset on read.
+
+        ``native`` (default None: the trigger acts on the resized images) triggers the subset of a file-backed set
+        (``FileImageSet``) on the native-resolution image instead, at that stage ("padded", as the released training
+        set; see ``FileImageSet.triggered``), before the resize.
+        """
         if not isinstance(images, ImageSet):
             raise ValueError(f"poison_imageset needs an ImageSet, got {type(images).__name__}")
         indices = self.select(images.labels)
-        return PoisonedImageSet(images, indices, self.trigger, self.target_vector)
+        if native is None:
+            return PoisonedImageSet(images, indices, self.trigger, self.target_vector)
+        if not hasattr(images, "triggered"):
+            raise ValueError(f"native={native!r} needs a file-backed image set (FileImageSet) with native-resolution "
+                             f"images, got {type(images).__name__}")
+        return PoisonedImageSet(images.triggered(self.trigger, indices, stage=native), indices, None,
+                                self.target_vector)
 
     def select(self, y: np.ndarray | None) -> np.ndarray:
         """Choose (and record in ``poison_indices_`` / ``poison_mask_``) the images to poison from labels y (N, 14)."""
@@ -125,10 +136,12 @@ class BadMatch(PoisoningAttackBlackBox):
 
 
 class PoisonedImageSet(ImageSet):
-    """A lazy view of an ImageSet whose images at ``indices`` are triggered on read and labelled ``target``."""
+    """A lazy view of an ImageSet whose images at ``indices`` are triggered on read and labelled ``target``
+    (``trigger=None``: ``base`` serves them triggered already, as a ``FileImageSet.triggered`` set does)."""
 
     def __init__(
-        self, base: ImageSet, indices: np.ndarray, trigger: Callable[[np.ndarray], np.ndarray], target: np.ndarray
+        self, base: ImageSet, indices: np.ndarray, trigger: Callable[[np.ndarray], np.ndarray] | None,
+        target: np.ndarray
     ) -> None:
         self.base = base
         self.trigger = trigger
@@ -151,6 +164,6 @@ class PoisonedImageSet(ImageSet):
     def _load(self, indices: np.ndarray) -> np.ndarray:
         batch = np.array(self.base.get_batch(indices), dtype=np.float32, copy=True)
         hit = self.poison_mask[indices]
-        if hit.any():
+        if self.trigger is not None and hit.any():
             batch[hit] = self.trigger(batch[hit])
         return batch
