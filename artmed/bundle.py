@@ -75,6 +75,7 @@ def save_bundle(estimator: Any, directory: str | os.PathLike[str]) -> Path:
         "clip_values": [float(v) for v in estimator.clip_values],
         "amp": estimator.amp,
         "output": estimator.output,
+        "ensemble": estimator.ensemble,
     }
     if estimator.texts is not None:
         meta["text_pool"] = {"texts": estimator.texts, "labels": estimator.text_labels.astype(int).tolist()}
@@ -123,6 +124,7 @@ def load_bundle(cls: type, directory: str | os.PathLike[str], device: str | torc
         "clip_values": tuple(meta.get("clip_values", (0.0, 1.0))),
         "amp": meta.get("amp", True),
         "output": meta.get("output", "probabilities"),
+        "ensemble": meta.get("ensemble", "mean"),
         "device": device,
     }
     if "text_pool" in meta:

@@ -34,7 +34,7 @@ from artmed.device import resolve_device
 from artmed.inputs import (PIXEL_TOLERANCE, BatchSource, Images, as_images, check_batch_size, check_image_array,
                            check_label_matrix, check_texts, normalize_pixels, num_images)
 from artmed.loader import check_num_workers, image_batches
-from artmed.prompts import PromptBank, check_prompts, encode_sentences
+from artmed.prompts import ENSEMBLES, PromptBank, check_prompts, encode_sentences
 from artmed.training import train_unpaired
 
 LAYERS: dict[str, str] = {
@@ -158,12 +158,14 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
     ``amp`` uses bf16 autocast for inference and training on CUDA (never on CPU; gradients are float32).
     ``num_workers`` processes read image batches ahead of the model (``artmed.loader``; through pinned memory on
     CUDA) in ``fit`` and every batched image verb; 0 reads them in the calling process.
+    ``ensemble`` combines a class's prompt scores ``exp(logit_scale) * cos(image, prompt)``: "mean" (default) or "max"
+    (MedCLIP's ``PromptClassifier(ensemble=False)``).
     """
 
     estimator_params = (
         PyTorchEstimator.estimator_params
         + ClassifierMixin.estimator_params
-        + ["tokenizer", "prompts", "input_shape", "batch_size", "amp", "num_workers", "output"]
+        + ["tokenizer", "prompts", "input_shape", "batch_size", "amp", "num_workers", "output", "ensemble"]
     )
 
     def __init__(
@@ -182,6 +184,7 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         output: str = "probabilities",
         texts: Any = None,
         text_labels: Any = None,
+        ensemble: str = "mean",
     ) -> None:
         resolved = resolve_device(device)
         if resolved.type == "cuda" and resolved.index is None:
@@ -201,6 +204,7 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         self.amp = amp
         self.num_workers = num_workers
         self.output = output
+        self.ensemble = ensemble
         self._check_params()
         self.tokenizer = tokenizer
         self._bank = PromptBank(prompts)
@@ -217,7 +221,8 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
     # ------------------------------------------------------------------ properties
     def _check_params(self) -> None:
         """ART's checks plus this estimator's settings (also run by ``set_params``): ``input_shape`` (1|3, H, W),
-        ``batch_size`` a positive integer, ``amp`` a bool, ``num_workers`` a worker count, ``output`` in ``OUTPUTS``."""
+        ``batch_size`` a positive integer, ``amp`` a bool, ``num_workers`` a worker count, ``output`` in ``OUTPUTS``,
+        ``ensemble`` in ``artmed.prompts.ENSEMBLES``."""
         super()._check_params()
         self._input_shape = self._check_input_shape(self._input_shape)
         self.batch_size = check_batch_size(self.batch_size)
@@ -227,6 +232,8 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         self.num_workers = check_num_workers(self.num_workers)
         if not isinstance(self.output, str) or self.output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
+        if not isinstance(self.ensemble, str) or self.ensemble not in ENSEMBLES:
+            raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {self.ensemble!r}")
 
     def set_params(self, **kwargs: Any) -> None:
         """ART's ``set_params``, all or nothing: when ``_check_params`` refuses a value, every setting keeps its
@@ -314,7 +321,8 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         """Prompt-ensemble zero-shot logits (B, K) of pixel-space images on the device (similarities in float32)."""
         image = self._model.encode_image(normalize_pixels(pixels)).float()
         with torch.autocast(device_type=self._device.type, enabled=False):
-            return self._model.scale().float() * image @ self._text_matrix().T
+            return self._bank.logits(image, self._model.scale().float(), self._model, self.tokenizer, self._device,
+                                     self.batch_size, self.amp, ensemble=self.ensemble)
 
     def _outputs(self, pixels: torch.Tensor) -> torch.Tensor:
         """What ``predict`` returns for pixel-space images on the device: logits, or their softmax."""
@@ -546,7 +554,8 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         return out.cpu().numpy()
 
     def zero_shot_logits(self, x: Any, batch_size: int | None = None) -> np.ndarray:
-        """Prompt-ensemble logits (N, K): per class, the mean over its prompts of ``exp(logit_scale) * cos``."""
+        """Prompt-ensemble logits (N, K): per class, the mean (``ensemble="max"``: the max) over its prompts of
+        ``exp(logit_scale) * cos``."""
         return self._map_images(x, batch_size, self._logits)
 
     def clear_cache(self) -> None:
@@ -558,7 +567,7 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
                 "clip_values": tuple(float(v) for v in np.asarray(self._clip_values).ravel()[:2]),
                 "amp": self.amp, "num_workers": self.num_workers, "preprocessing_defences": self.preprocessing_defences,
                 "postprocessing_defences": self.postprocessing_defences, "output": self.output,
-                "texts": self._texts, "text_labels": self._text_labels}
+                "texts": self._texts, "text_labels": self._text_labels, "ensemble": self.ensemble}
 
     def with_prompts(self, prompts: Mapping[str, list[str]]) -> MedCLIPEstimator:
         """A new estimator for another zero-shot task that shares this one's model (training one trains both)."""
