@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,37 @@ def score_estimator(estimator: Any, x_test: Any, targets: np.ndarray, x_triggere
         if target is not None:
             result["asr"] = attack_success_rate(pred_t, targets, target)
             result["asr_all"] = attack_success_rate_all(pred_t, target)
+    return result
+
+
+def score_over_prompt_draws(estimator: Any, x_test: Any, targets: np.ndarray, x_triggered: Any | None = None,
+                            target: int | None = None, batch_size: int | None = None, *, draws: int = 5,
+                            n_prompts: int = 10, seed: int = 42, normal_sentences: Sequence[str] | None = None,
+                            prompt_sets: Sequence[Mapping[str, Sequence[str]]] | None = None) -> dict[str, float]:
+    """``score_estimator`` once per prompt set, as MedCLIP's ``zero_shot.py`` evaluates (``n_runs=5`` draws of
+    ``n=10`` sampled prompts per class): every metric's mean over the draws, its ``<metric>_draw_std`` (population
+    std, ``np.std`` as the released script prints) and ``"draws"``.
+
+    The sets are ``prompt_sets`` when given, else ``artmed.data.medclip_prompts.medclip_prompt_draws(estimator.classes,
+    draws, n_prompts, seed, normal_sentences)``; each must have the estimator's classes in order. Every draw is
+    scored by ``estimator.with_prompts(set)`` (same model and settings, ``ensemble`` included); ``estimator`` itself is
+    not changed. A metric that is NaN in every draw (e.g. ASR without triggered images) stays NaN.
+    """
+    from artmed.data.medclip_prompts import check_prompt_sets, medclip_prompt_draws
+
+    if prompt_sets is None:
+        prompt_sets = medclip_prompt_draws(estimator.classes, draws=draws, n=n_prompts, seed=seed,
+                                           normal_sentences=normal_sentences)
+    check_prompt_sets(prompt_sets, estimator.classes)
+    runs = [score_estimator(estimator.with_prompts(p), x_test, targets, x_triggered, target, batch_size)
+            for p in prompt_sets]
+    result: dict[str, float] = {}
+    for key in runs[0]:
+        values = np.array([r[key] for r in runs], dtype=np.float64)
+        finite = values[~np.isnan(values)]
+        result[key] = float(finite.mean()) if finite.size else float("nan")
+        result[f"{key}_draw_std"] = float(finite.std()) if finite.size else float("nan")
+    result["draws"] = len(runs)
     return result
 
 

@@ -18,6 +18,10 @@ included) and the draws use their own generators: ``random.Random(seed)`` for th
 released script. Sentences have their whitespace collapsed ("" slots leave double or edge spaces in the released
 strings); BERT tokenisation ignores whitespace, so the tokens are the released ones. The released sampler returns
 every candidate when ``n`` is not below their number; here asking for more prompts than exist is an error.
+RSNA's template has one empty combination (every slot ""): the released code prompts with a blank sentence (BERT
+encodes it as ``[CLS] [SEP]``) when it is drawn; artmed keeps it among the candidates, so the draws are the released
+ones, but drops it from a drawn set (that class then has ``n - 1`` prompts in that draw; with seed 42 no draw of the
+released five has it), since a prompt must be a non-empty sentence.
 """
 
 from __future__ import annotations
@@ -124,7 +128,8 @@ DEFAULT_SEED: int = 42
 
 
 def template_candidates(cls: str) -> list[str]:
-    """Every sentence of class ``cls``'s MedCLIP template, in the released order (repeats kept)."""
+    """Every sentence of class ``cls``'s MedCLIP template, in the released order (repeats and RSNA's one empty
+    sentence kept)."""
     if cls not in TEMPLATES:
         raise ValueError(f"no MedCLIP prompt template for class {cls!r}; templated classes: {list(TEMPLATES)}, "
                          f"normal classes (No-Finding sentences): {list(NORMAL_CLASSES)}")
@@ -173,6 +178,7 @@ def medclip_prompt_draws(task_classes: Sequence[str] | str, draws: int = DEFAULT
     (No-Finding-only sentences; default: the phantom report vocabulary's, ``finding_phrases("No Finding")``).
 
     ``task_classes`` is a list of class names or a built-in task name ("rsna_like", "covid_like", "chexpert5").
+    A drawn set has ``n`` prompts per class, except that RSNA's empty template sentence is left out when drawn.
     The same arguments give the same sets; set ``i`` is the ``i``-th draw of the streams, so ``draws=1`` gives
     the first set of any longer run.
     """
@@ -206,7 +212,7 @@ def medclip_prompt_draws(task_classes: Sequence[str] | str, draws: int = DEFAULT
     template_rng, normal_rng = random.Random(int(seed)), np.random.RandomState(int(seed) % 2**32)
     sets = []
     for _ in range(draws):
-        drawn = {c: template_rng.sample(cands, n) if n < len(cands) else list(cands)
+        drawn = {c: [s for s in (template_rng.sample(cands, n) if n < len(cands) else cands) if s]
                  for c, cands in candidates.items()}
         if normal is not None:
             drawn[normal] = ([pool[i] for i in normal_rng.choice(len(pool), n, replace=False)]
