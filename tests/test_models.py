@@ -27,7 +27,10 @@ from artmed.models import (
     build_medclip,
     build_vocab,
     default_tokenizer,
+    load_medclip,
     load_tokenizer,
+    released_state_dict,
+    save_released,
     save_tokenizer,
 )
 from artmed.models.config import preset_config
@@ -73,6 +76,33 @@ def test_released_state_dict_layout(preset: str) -> None:
     released_buffers = {k for k in golden if k.endswith(("position_ids", "relative_position_index"))}
     assert released_buffers == set(golden) - set(ours)
     assert all(legacy[k] == golden[k] for k in released_buffers)
+
+
+@pytest.mark.parametrize("preset", ["resnet50", "swin_tiny"])
+def test_released_export_has_the_release_key_set(preset: str) -> None:
+    """What ``save_released`` writes is exactly the released checkpoint's keys and shapes (a strict load there)."""
+    with torch.device("meta"):
+        model = build_medclip(preset)
+    exported = {k: list(v.shape) for k, v in released_state_dict(model).items()}
+    assert exported == _golden(preset)
+
+
+def test_released_export_round_trips(tmp_path: Path) -> None:
+    """A Swin model written as ``pytorch_model.bin`` holds the recomputed buffers with their values, and loads back
+    (strict, the buffers checked against the architecture) to identical outputs."""
+    model = small_swin()
+    file = save_released(model, tmp_path / "released")
+    assert file.name == "pytorch_model.bin"
+    state = torch.load(file, weights_only=True)
+    buffers = {k for k in state if k.endswith(("position_ids", "relative_position_index"))}
+    assert "text_model.model.embeddings.position_ids" in buffers and len(buffers) == 4  # 3 Swin blocks + BERT
+    assert not any(k.endswith("token_type_ids") for k in state)
+    positions = model.text_model.model.config.max_position_embeddings
+    assert torch.equal(state["text_model.model.embeddings.position_ids"], torch.arange(positions)[None])
+    loaded = load_medclip(tmp_path / "released", variant=model.config)
+    pixels = torch.rand(2, 3, 32, 32)
+    assert torch.equal(loaded.encode_image(pixels), model.encode_image(pixels))
+    assert set(loaded.state_dict()) == set(state) - buffers
 
 
 def test_resnet50_matches_torchvision_parameter_count() -> None:

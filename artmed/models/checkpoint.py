@@ -18,13 +18,15 @@ from artmed.files import default_mode
 from artmed.models.config import PRESETS, MedCLIPConfig, config_from_dict, config_to_dict
 from artmed.models.medclip import MedCLIPModel, build_medclip
 
-__all__ = ["CONFIG_NAME", "check_finite_weights", "load_medclip", "save_medclip", "read_state_dict",
-           "validate_state_dict"]
+__all__ = ["CONFIG_NAME", "check_finite_weights", "load_medclip", "released_state_dict", "save_medclip",
+           "save_released", "read_state_dict", "validate_state_dict"]
 
 CONFIG_NAME = "medclip_config.json"
 _WORD_EMBEDDINGS = "text_model.model.embeddings.word_embeddings.weight"
 _MAX_LISTED = 20
 _MAX_NONFINITE = 5
+_RELEASED_BUFFERS = ("embeddings.position_ids", "relative_position_index")
+"""The recomputed buffers the 2022 release stored (transformers 4.x persisted them); ``token_type_ids`` it did not."""
 
 
 def _checkpoint_file(path: Path) -> Path:
@@ -165,4 +167,25 @@ def save_medclip(model: MedCLIPModel, out_dir: str | os.PathLike[str]) -> Path:
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(file))
     os.chmod(file, default_mode())  # safetensors creates the file 0600 whatever the umask
     (out / CONFIG_NAME).write_text(json.dumps(config_to_dict(model.config), indent=2) + "\n", encoding="utf-8")
+    return file
+
+
+def released_state_dict(model: MedCLIPModel) -> dict[str, torch.Tensor]:
+    """Every weight and buffer under the released MedCLIP names, plus the buffers the release stored that this
+    model recomputes (BERT's ``position_ids``, Swin's ``relative_position_index``): the key set a strict
+    ``load_state_dict`` in the authors' MedCLIP code expects. Detached, on the model's device."""
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    state.update({k: v.detach() for k, v in model.legacy_buffers().items() if k.endswith(_RELEASED_BUFFERS)})
+    return state
+
+
+def save_released(model: MedCLIPModel, out_dir: str | os.PathLike[str]) -> Path:
+    """Write ``pytorch_model.bin`` as the released checkpoints are (``torch.save`` of ``released_state_dict``), for
+    the authors' MedCLIP code (``MedCLIPModel.from_pretrained`` / a strict ``load_state_dict``) or ``load_medclip``;
+    return the file. Use it to hand a BadDist-backdoored encoder to code that reads only the released format."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    file = out / "pytorch_model.bin"
+    torch.save({k: v.cpu().contiguous() for k, v in released_state_dict(model).items()}, file)
+    os.chmod(file, default_mode())
     return file
