@@ -117,7 +117,8 @@ class _UnfilteredVerbs(ABC):
         ``texts`` (a list with ``text_labels``, or a TextPool), else the estimator's pool (``set_texts``). Preprocessing
         defences with ``apply_fit=True`` are applied to array ``x`` first. Other keyword arguments go to
         ``artmed.training.train_unpaired`` (``lr``, ``weight_decay``, ``warmup``, ``max_grad_norm``, ``seed``,
-        ``text_batch_size``, ``train_vision``, ``train_text``, ``amp``, ``verbose``). Returns the per-step history
+        ``text_batch_size``, ``train_vision``, ``train_text``, ``amp``, ``verbose``, and the released protocol's
+        ``eda`` and ``report_sampler``). Returns the per-step history
         ``{"loss": [...], "lr": [...]}``. Label values are CheXpert's 1 (positive), 0 (negative or blank) and -1
         (uncertain); others raise ValueError.
         """

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from artmed.data.eda import EDA
+from artmed.data.report_sampling import ReportSampler
 from artmed.distributed import (
     gather,
     global_batchnorm,
@@ -93,12 +95,15 @@ class _Encoders(nn.Module):
         self.train_vision = train_vision
         self.train_text = train_text
 
-    def forward(self, pixels: torch.Tensor, ids: torch.Tensor,
-                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                aug_ids: torch.Tensor | None = None, aug_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """(image, text, scale) embeddings; with ``aug_ids`` also the augmented texts' embeddings, last."""
         with torch.set_grad_enabled(self.train_vision):
             img_emb = self.model.encode_image(pixels)
         with torch.set_grad_enabled(self.train_text):
             txt_emb = self.model.encode_text(ids, mask)
+            if aug_ids is not None:
+                return img_emb, txt_emb, self.model.scale(), self.model.encode_text(aug_ids, aug_mask)
         return img_emb, txt_emb, self.model.scale()
 
 
@@ -158,6 +163,8 @@ def train_unpaired(
     amp: bool = True,
     num_workers: int = 0,
     verbose: bool = True,
+    eda: bool | EDA = False,
+    report_sampler: ReportSampler | None = None,
 ) -> dict[str, list[float]]:
     """Train ``model`` (a MedCLIPModel) in place on unpaired images and sentences; return the per-step history.
 
@@ -171,6 +178,14 @@ def train_unpaired(
     In a process group (``torchrun``) each rank encodes its shard of every global batch under DDP, the loss is
     computed on the gathered global batch, BatchNorm uses global statistics, and only rank 0 shows progress;
     ``model`` ends up identical on every rank. Dropout masks are drawn per rank (seed ``seed + rank``).
+
+    The released protocol's text side, both off by default (then the run is exactly as without them):
+    ``eda=True`` augments every text batch with ``artmed.data.eda.EDA`` (seeded from ``seed``; or pass an ``EDA``),
+    encodes the augmented batch too and minimises the mean of the plain and augmented losses (the released
+    ``ImageTextContrastiveLoss``; both pair the texts with the plain sentences' labels). ``report_sampler`` (an
+    ``artmed.data.report_sampling.ReportSampler`` over the same images) pairs each image of a batch with a sentence
+    of its own report (released fallbacks), instead of drawing an independent batch from ``texts``, which are then
+    unused (``text_batch_size`` is the image batch size).
     """
     images = as_images(images, input_shape)
     n = num_images(images)
@@ -188,6 +203,8 @@ def train_unpaired(
         raise ValueError(f"distributed training over {world_size()} ranks needs batch sizes and pool sizes >= "
                          f"{world_size()}, got batch_size={batch_size}, text_batch_size={text_batch_size}, "
                          f"{n} images, {len(texts)} texts")
+    if report_sampler is not None and len(report_sampler) != n:
+        raise ValueError(f"report_sampler covers {len(report_sampler)} images, the training set has {n}")
     epoch = math.ceil(n / min(batch_size, n))
     total = steps if steps is not None else nb_epochs * epoch
     horizon = total if schedule_epochs is None else schedule_epochs * epoch
@@ -207,6 +224,9 @@ def train_unpaired(
     pixel_batches = image_batches(images, [shard_indices(rows) for rows in image_rows], input_shape, device,
                                   num_workers)
     text_idx = index_batches(len(texts), text_batch_size, text_rng)
+    eda_seq, sampler_seq = np.random.SeedSequence(seed).spawn(4)[2:]  # the image and text streams are children 0, 1
+    augment = eda if isinstance(eda, EDA) else EDA(eda_seq) if eda else None
+    sampler_rng = np.random.default_rng(sampler_seq)
     use_amp = amp and device.type == "cuda"
     was_training = model.training
     model.train()
@@ -220,17 +240,24 @@ def train_unpaired(
         encoders = wrap_ddp(_Encoders(model, train_vision, train_text), device)
         bar = tqdm(range(total), desc="unpaired training", leave=False, disable=not (verbose and is_main_process()))
         for step in bar:
-            i_idx, t_idx, pixels = image_rows[step], next(text_idx), next(pixel_batches)
+            i_idx, pixels = image_rows[step], next(pixel_batches)
+            if report_sampler is None:
+                t_idx = next(text_idx)
+                batch_texts, batch_labels = [texts[i] for i in t_idx], text_labels[t_idx]
+            else:
+                batch_texts, batch_labels = report_sampler.sample(i_idx, image_labels[i_idx], sampler_rng)
             # the whole global text batch is tokenised so this rank's rows get the padding one process would give
-            ids, mask = tokenize(tokenizer, [texts[i] for i in t_idx], device)
-            rows = shard_slice(len(t_idx))
+            ids, mask = tokenize(tokenizer, batch_texts, device)
+            rows = shard_slice(len(batch_texts))
+            aug = () if augment is None else tuple(t[rows] for t in tokenize(tokenizer, augment(batch_texts), device))
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                img_emb, txt_emb, scale = encoders(normalize_pixels(pixels), ids[rows], mask[rows])
+                img_emb, txt_emb, scale, *aug_emb = encoders(normalize_pixels(pixels), ids[rows], mask[rows], *aug)
             loss = medclip_loss(
                 gather(img_emb), gather(txt_emb),
                 torch.from_numpy(image_labels[i_idx]).to(device),
-                torch.from_numpy(text_labels[t_idx]).to(device),
+                torch.from_numpy(batch_labels).to(device),
                 scale,
+                *(gather(e) for e in aug_emb),
             )
             check_loss(loss, step, "unpaired training")
             optimizer.zero_grad(set_to_none=True)
