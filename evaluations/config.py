@@ -23,6 +23,7 @@ from artmed.data.tasks import TASK_NAMES
 from artmed.defenses import registry
 from artmed.evaluations.protocol import PROTOCOLS, apply_protocol
 from artmed.evaluations.sources import check_inputs
+from artmed.prompts import check_ensemble
 from artmed.validation import FieldError, blame, check_fields, check_names, check_writable
 
 
@@ -170,6 +171,40 @@ class TrainConfig:
                 "warmup": self.warmup, "schedule_epochs": self.schedule_epochs}
 
 
+PROMPT_SOURCES: tuple[str, ...] = ("artmed", "medclip")
+
+
+@dataclass
+class EvaluationConfig:
+    """How the zero-shot tasks are scored. ``prompts``: "artmed" (each task's built-in phrases) or "medclip"
+    (MedCLIP's template prompts, ``n_prompts`` per class drawn from ``prompt_seed``, the normal class from the text
+    pool's No-Finding-only sentences, as the released ``zero_shot.py``), scored over ``prompt_draws`` seeded draws
+    (released: 5): the metrics are the means over draws and ``<metric>_draw_std`` their spread; the models and the
+    defenses use the first draw. ``ensemble``: a class's logit is the ``mean`` (released evaluation) or ``max``
+    (MedCLIP's ``PromptClassifier`` default) over its prompts."""
+
+    prompts: str = "artmed"
+    prompt_draws: int = 1
+    n_prompts: int = 10
+    prompt_seed: int = 42
+    ensemble: str = "mean"
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.prompts not in PROMPT_SOURCES:
+            raise FieldError(f"prompts: unknown prompt source {self.prompts!r}; valid: {list(PROMPT_SOURCES)}")
+        for name in ("prompt_draws", "n_prompts"):
+            if getattr(self, name) < 1:
+                raise FieldError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.prompt_seed < 0:
+            raise FieldError(f"prompt_seed must be a non-negative integer, got {self.prompt_seed!r}")
+        if self.prompts == "artmed" and self.prompt_draws != 1:
+            raise FieldError(f"prompt_draws: the built-in prompts are fixed, so only one draw exists (got "
+                             f"{self.prompt_draws}); set prompts: medclip to sample MedCLIP's")
+        with blame("ensemble"):
+            check_ensemble(self.ensemble)
+
+
 @dataclass
 class DefenseSpec:
     """One defense to run: its registered name, constructor parameters, and the attack settings it runs on
@@ -212,6 +247,7 @@ class StudyConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     tasks: list[TaskSpec] = field(default_factory=list)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=150))
     attacks: list[AttackSpec] = field(default_factory=lambda: [AttackSpec("clean")])
@@ -328,7 +364,8 @@ class _Loader(yaml.SafeLoader):
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$")
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+.0123456789"))
 
-_NESTED = {"data": DataConfig, "model": ModelConfig, "pretrain": TrainConfig, "train": TrainConfig}
+_NESTED = {"data": DataConfig, "model": ModelConfig, "evaluation": EvaluationConfig, "pretrain": TrainConfig,
+           "train": TrainConfig}
 _LISTS = {"attacks": AttackSpec, "defenses": DefenseSpec, "tasks": TaskSpec}
 
 

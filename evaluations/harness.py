@@ -43,7 +43,9 @@ from artmed.estimator import MedCLIPEstimator
 from artmed.evaluations.config import DefenseSpec, StudyConfig
 from artmed.evaluations.metrics import defense_effectiveness_rating, detection_metrics, input_screen_metrics
 from artmed.evaluations.resources import measure
-from artmed.evaluations.scoring import score_estimator, target_index
+from artmed.data.dataset import ZeroShotTask
+from artmed.data.medclip_prompts import NORMAL_CLASSES, medclip_prompt_draws, no_finding_sentences
+from artmed.evaluations.scoring import score_estimator, score_over_prompt_draws, target_index
 from artmed.evaluations.sources import build_base_estimator, load_study_data
 from artmed.evaluations.store import ResultStore, to_jsonable
 
@@ -94,9 +96,21 @@ class Harness:
         self.x_train, self.y_train = data.x_train, data.y_train
         self.x_shadow, self.y_shadow = data.x_shadow, data.y_shadow
         self.texts, self.text_labels = data.texts.sentences, data.texts.labels
-        self.task = data.tasks[cfg.task]
-        self.tasks = data.tasks
+        self._prompt_sets = self._sampled_prompts(data.tasks) if cfg.evaluation.prompts == "medclip" else {}
+        self.tasks = {name: replace(task, prompts=self._prompt_sets[name][0]) if self._prompt_sets else task
+                      for name, task in data.tasks.items()}
+        self.task = self.tasks[cfg.task]
         self.x_test, self.test_targets = self.task.images.to_array(), self.task.targets
+
+    def _sampled_prompts(self, tasks: dict[str, ZeroShotTask]) -> dict[str, list[dict[str, list[str]]]]:
+        """MedCLIP's sampled prompt sets per task (``config.evaluation``); a normal class's prompts are the text
+        pool's No-Finding-only sentences, as the released evaluation draws them from sentence-label.csv."""
+        ev = self.config.evaluation
+        normal = no_finding_sentences(self.texts, self.text_labels)
+        return {name: medclip_prompt_draws(task.class_names, draws=ev.prompt_draws, n=ev.n_prompts, seed=ev.prompt_seed,
+                                           normal_sentences=normal if set(task.class_names) & set(NORMAL_CLASSES)
+                                           else None)
+                for name, task in tasks.items()}
 
     def _base_model(self) -> MedCLIPEstimator:
         cfg = self.config
@@ -198,8 +212,13 @@ class Harness:
         per_task = {}
         for name, task in self.tasks.items():
             x = self.x_test if name == self.config.task else task.images.to_array()
-            per_task[name] = score_estimator(estimator.with_prompts(task.prompts), x, task.targets, trigger(x),
-                                             target_index(task.class_names, spec.target))
+            target = target_index(task.class_names, spec.target)
+            if self._prompt_sets:
+                per_task[name] = score_over_prompt_draws(estimator.with_prompts(task.prompts), x, task.targets,
+                                                         trigger(x), target, prompt_sets=self._prompt_sets[name])
+            else:
+                per_task[name] = score_estimator(estimator.with_prompts(task.prompts), x, task.targets, trigger(x),
+                                                 target)
         return {**per_task[self.config.task], "tasks": per_task}
 
     # ------------------------------------------------------------------ defenses
@@ -357,18 +376,18 @@ class Harness:
     def _finished(self, kind: str, key: str, spec: AttackSpec | None = None,
                   defense: DefenseSpec | None = None) -> bool:
         """True when the cell exists, did not fail and was computed by this code (or ``reuse_stale``); ValueError
-        when it was computed under other settings."""
+        when it was computed under other settings (a cell of other code is recomputed whatever its settings)."""
         try:
             record = self.store.load(kind, key, arrays=False)
         except KeyError:
+            return False
+        if self._stale(record):
+            self.stale.append(key)
             return False
         changed = _differences(record.get("settings"), self._settings(spec, defense))
         if changed:
             raise SettingsMismatchError(f"{self.store.cell_path(kind, key)} was computed with other settings "
                              f"({', '.join(changed)}); use another output folder, or delete the cell to recompute it")
-        if self._stale(record):
-            self.stale.append(key)
-            return False
         return record.get("status") != "failed"
 
     def _current(self, kind: str, key: str) -> dict[str, Any] | None:
@@ -388,7 +407,7 @@ class Harness:
         """What one cell's result depends on (device and output folder excluded), in JSON form."""
         cfg = self.config
         parts: dict[str, Any] = {"seed": self.seed, "task": cfg.task, "data": cfg.data, "pretrain": cfg.pretrain,
-                                 "model": cfg.model, "tasks": cfg.tasks}
+                                 "model": cfg.model, "tasks": cfg.tasks, "evaluation": cfg.evaluation}
         if spec is not None:
             parts.update(train=cfg.train, attack=spec)
         if defense is not None:

@@ -24,6 +24,10 @@ RELEASED_TRIGGERS: dict[str, dict[str, Any]] = {
 """Per trigger: the black patch 1 px in from the right and bottom edges (scripts/zero_shot.py, scripts/backdist.py:
 ``right_bottom``); the Fourier-triggered image fed without MedCLIP's normalisation (medclip/dataset.py)."""
 
+RELEASED_EVALUATION: dict[str, Any] = {"prompts": "medclip", "prompt_draws": 5, "n_prompts": 10, "prompt_seed": 42,
+                                        "ensemble": "mean"}
+"""scripts/zero_shot.py: 10 sampled MedCLIP prompts per class, the mean over a class's prompt logits, 5 draws."""
+
 RELEASED_BADDIST: dict[str, Any] = {"settings": "paper"}
 """scripts/backdist.py: SGD lr 1e-4, momentum 0.9, weight decay 5e-4, λ 5/1, 200 epochs, fp32."""
 
@@ -39,7 +43,7 @@ def released_settings(raw: Mapping[str, Any]) -> dict[str, Any]:
             if "baddist" in str(spec.get("attack", "")):
                 values["baddist_params"] = dict(RELEASED_BADDIST)
         attacks.append(values)
-    return {"train": dict(RELEASED_TRAIN), "attacks": attacks}
+    return {"train": dict(RELEASED_TRAIN), "evaluation": dict(RELEASED_EVALUATION), "attacks": attacks}
 
 
 def apply_protocol(raw: Mapping[str, Any], force: bool = False) -> dict[str, Any]:

@@ -217,17 +217,17 @@ def build_base_estimator(config: StudyConfig, prompts: dict[str, list[str]], see
     (the tiny one exactly as the built-in study has always built it)."""
     model = config.model
     shape = (1, model.image_size, model.image_size)
+    settings = {"device": config.device, "ensemble": config.evaluation.ensemble}
     if model.checkpoint is not None:
         return MedCLIPEstimator(load_medclip(model.checkpoint, model.variant), load_tokenizer(_tokenizer_dir(model)),
-                                prompts, input_shape=shape, device=config.device)
+                                prompts, input_shape=shape, **settings)
     tokenizer = None if model.tokenizer is None else load_tokenizer(model.tokenizer)
     if model.variant == "tiny":
-        return MedCLIPEstimator.tiny(prompts, image_size=model.image_size, seed=seed, tokenizer=tokenizer,
-                                     device=config.device)
+        return MedCLIPEstimator.tiny(prompts, image_size=model.image_size, seed=seed, tokenizer=tokenizer, **settings)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         network = build_medclip(model.variant)
-    return MedCLIPEstimator(network, tokenizer, prompts, input_shape=shape, device=config.device)
+    return MedCLIPEstimator(network, tokenizer, prompts, input_shape=shape, **settings)
 
 
 def _tokenizer_dir(model: ModelConfig) -> Path:

@@ -107,3 +107,45 @@ def test_schedule_epochs_refused_by_fit():
     with pytest.raises(ValueError, match="schedule_epochs"):
         est.fit(x, y, texts=TEXTS, text_labels=np.zeros((4, 14), np.float32), batch_size=2, steps=2,
                 schedule_epochs=1.5)
+
+
+def test_released_preset_scores_over_medclip_prompt_draws():
+    evaluation = default_config().with_protocol("released").evaluation
+    assert (evaluation.prompts, evaluation.prompt_draws, evaluation.n_prompts, evaluation.ensemble) == (
+        "medclip", 5, 10, "mean")
+
+
+@pytest.mark.parametrize("evaluation, error", [
+    ({"prompts": "chexzero"}, "evaluation.prompts: unknown prompt source 'chexzero'"),
+    ({"prompt_draws": 5}, "evaluation.prompt_draws: the built-in prompts are fixed"),
+    ({"prompts": "medclip", "n_prompts": 0}, "evaluation.n_prompts must be a positive integer"),
+    ({"ensemble": "median"}, "evaluation.ensemble: ensemble must be one of"),
+])
+def test_evaluation_errors_name_the_field(evaluation, error):
+    with pytest.raises(ValueError, match=error):
+        StudyConfig.from_dict({"evaluation": evaluation})
+
+
+def test_medclip_prompt_draws_through_the_harness(tmp_path):
+    """Every task is scored over the draws (mean and spread); the model and the defenses get the first draw, whose
+    normal class comes from the text pool's No-Finding-only sentences."""
+    from artmed.attacks.pipeline import AttackSpec
+    from artmed.data.medclip_prompts import medclip_prompt_draws, no_finding_sentences
+    from artmed.evaluations.config import DataConfig, EvaluationConfig
+    from artmed.evaluations.harness import Harness
+
+    config = StudyConfig(output_dir=str(tmp_path / "study"),
+                         data=DataConfig(n_train=160, n_test=40, n_shadow=16, image_size=32),
+                         pretrain=TrainConfig(steps=3, batch_size=16), train=TrainConfig(steps=3, batch_size=16),
+                         attacks=[AttackSpec("badmatch", percent_poison=0.05)],
+                         evaluation=EvaluationConfig(prompts="medclip", prompt_draws=2, n_prompts=3, ensemble="max"))
+    harness = Harness(config, verbose=False)
+    (record,) = harness.run().models
+    assert record["status"] == "ok" and record["draws"] == 2
+    for name, scores in record["tasks"].items():
+        assert scores["draws"] == 2 and 0 <= scores["ca_draw_std"] <= 0.5 and 0 <= scores["ca"] <= 1
+    normal = no_finding_sentences(harness.texts, harness.text_labels)
+    expected = medclip_prompt_draws(["Normal", "Pneumonia"], draws=2, n=3, seed=42, normal_sentences=normal)
+    assert harness.tasks["rsna_like"].prompts == expected[0] and set(expected[0]["Normal"]) <= set(normal)
+    estimator = MedCLIPEstimator.load(tmp_path / "study" / "models" / "badmatch-patch-p0.05-s0")
+    assert estimator.ensemble == "max" and estimator.prompts == expected[0]
