@@ -143,7 +143,8 @@ class TaskSpec:
 class TrainConfig:
     """Unpaired MedCLIP training: steps, batch size and optimiser settings (passed to ``estimator.fit``).
     ``schedule_epochs``: the warm-up + cosine schedule spans that many epochs of the training set instead of the
-    ``steps`` run (the released trainer's 10; the run may stop mid-schedule)."""
+    ``steps`` run (the released trainer's 10; the run may stop mid-schedule). ``eda``: the released EDA text
+    augmentation, the loss the mean of the plain and the augmented batch's (``artmed.data.eda``)."""
 
     steps: int = 300
     batch_size: int = 64
@@ -151,6 +152,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup: float = 0.1
     schedule_epochs: int | None = None
+    eda: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -168,7 +170,7 @@ class TrainConfig:
 
     def fit_params(self) -> dict[str, Any]:
         return {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "weight_decay": self.weight_decay,
-                "warmup": self.warmup, "schedule_epochs": self.schedule_epochs}
+                "warmup": self.warmup, "schedule_epochs": self.schedule_epochs, "eda": self.eda}
 
 
 PROMPT_SOURCES: tuple[str, ...] = ("artmed", "medclip")

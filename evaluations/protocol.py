@@ -14,15 +14,20 @@ from typing import Any
 
 PROTOCOLS: tuple[str, ...] = ("artmed", "released")
 
-RELEASED_TRAIN: dict[str, Any] = {"batch_size": 32, "warmup": 0.1, "schedule_epochs": 10}
-"""scripts/train.py: batch 32, warm-up 10 % of a schedule sized for 10 epochs, stopped at a step count."""
+RELEASED_TRAIN: dict[str, Any] = {"batch_size": 32, "warmup": 0.1, "schedule_epochs": 10, "eda": True}
+"""scripts/train.py: batch 32, warm-up 10 % of a schedule sized for 10 epochs, stopped at a step count; EDA on every
+training sentence (ImageTextContrastiveCollator(use_eda=True))."""
 
 RELEASED_TRIGGERS: dict[str, dict[str, Any]] = {
-    "patch": {"inset": [1, 1]},
+    "patch": {"size": 32, "inset": [1, 1]},
     "fourier": {"unnormalized": True},
 }
-"""Per trigger: the black patch 1 px in from the right and bottom edges (scripts/zero_shot.py, scripts/backdist.py:
-``right_bottom``); the Fourier-triggered image fed without MedCLIP's normalisation (medclip/dataset.py)."""
+"""Per trigger: the black 32 px patch 1 px in from the right and bottom edges of the native image (scripts/zero_shot.py,
+scripts/backdist.py: ``right_bottom``); the Fourier-triggered image fed without MedCLIP's normalisation."""
+
+PHANTOM_NATIVE_SIZE = 1024
+"""The phantom images' emulated native side: the released patch is pasted on the radiograph file before the resize,
+so 32 px of a 1024 px image (~7 px at 224, ~2 px at 64); ``PatchTrigger(native_size=...)`` draws it so."""
 
 RELEASED_EVALUATION: dict[str, Any] = {"prompts": "medclip", "prompt_draws": 5, "n_prompts": 10, "prompt_seed": 42,
                                         "ensemble": "mean"}
@@ -35,11 +40,16 @@ RELEASED_BADDIST: dict[str, Any] = {"settings": "paper"}
 def released_settings(raw: Mapping[str, Any]) -> dict[str, Any]:
     """The released protocol's values for the settings of the config dict ``raw`` (its attacks decide which
     trigger and BadDist values apply)."""
+    data = raw.get("data")
+    phantom = not isinstance(data, Mapping) or data.get("source", "phantom") == "phantom"
     attacks = []
     for spec in raw.get("attacks") or []:
         values: dict[str, Any] = {}
         if isinstance(spec, Mapping):
-            values["trigger_params"] = dict(RELEASED_TRIGGERS.get(spec.get("trigger", "patch"), {}))
+            trigger = spec.get("trigger", "patch")
+            values["trigger_params"] = dict(RELEASED_TRIGGERS.get(trigger, {}))
+            if trigger == "patch" and phantom:
+                values["trigger_params"]["native_size"] = PHANTOM_NATIVE_SIZE
             if "baddist" in str(spec.get("attack", "")):
                 values["baddist_params"] = dict(RELEASED_BADDIST)
         attacks.append(values)

@@ -75,7 +75,7 @@ def test_numbers_are_converted_to_the_declared_type(tmp_path, text, get, expecte
 def test_converted_values_reach_training():
     config = StudyConfig(train=TrainConfig(steps="7", lr="1e-3"), data=DataConfig(n_train="160"))
     assert config.train.fit_params() == {"steps": 7, "batch_size": 64, "lr": 0.001, "weight_decay": 1e-4,
-                                         "warmup": 0.1, "schedule_epochs": None}
+                                         "warmup": 0.1, "schedule_epochs": None, "eda": False}
     assert config.data.n_train == 160
     spec = AttackSpec("badmatch", percent_poison="0.05")
     assert spec.percent_poison == 0.05 and spec.key == "badmatch-patch-p0.05-s0"

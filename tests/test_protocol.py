@@ -20,9 +20,10 @@ def test_released_preset_replaces_a_built_in_study_settings():
     released = default_config().with_protocol("released")
     assert released.protocol == "released"
     assert (released.train.batch_size, released.train.warmup, released.train.schedule_epochs) == (32, 0.1, 10)
+    assert released.train.eda and not default_config().train.eda
     assert released.train.steps == default_config().train.steps  # the budget is the study's
     for spec in released.attacks:
-        assert spec.trigger_params == {"inset": [1, 1]}
+        assert spec.trigger_params == {"size": 32, "inset": [1, 1], "native_size": 1024}
         assert spec.baddist_params == ({"settings": "paper"} if spec.uses_baddist else {})
     assert released.defenses == default_config().defenses
 
@@ -40,7 +41,7 @@ def test_a_config_file_keeps_its_own_values_under_the_preset():
     assert config.train.batch_size == 16 and config.train.schedule_epochs == RELEASED_TRAIN["schedule_epochs"]
     fourier, patch = config.attacks
     assert fourier.trigger_params == {"unnormalized": True} and fourier.baddist_params == {"settings": "tiny"}
-    assert patch.trigger_params == {"inset": [100, 1]}
+    assert patch.trigger_params == {"inset": [100, 1], "size": 32, "native_size": 1024}  # filled in, key by key
     assert raw["train"] == {"batch_size": 16}  # the caller's dict is not changed
 
 
