@@ -1,4 +1,5 @@
-"""MedCLIP's unpaired training loop and the optimiser/schedule helpers other fine-tuning code reuses.
+"""MedCLIP's unpaired training, and the one optimisation loop (``run_steps``), optimiser and schedule that every
+trainer in artmed shares (BadDist and CleanCLIP run their objectives through it; fine-pruning fine-tunes with fit).
 
 Each step draws an image batch and an *independent* text batch and minimises the soft-label loss
 (``artmed.losses.medclip_loss``); AdamW without decay on biases and norm weights, linear warm-up then cosine
@@ -10,7 +11,7 @@ batch (see ``artmed.distributed``).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -138,6 +139,51 @@ def check_loss(loss: torch.Tensor, step: int, where: str) -> None:
                                  "(lower the learning rate, or check the inputs for NaN)")
 
 
+def run_steps(objective: Callable[[int], tuple[torch.Tensor, torch.Tensor]], optimizer: torch.optim.Optimizer,
+              steps: int, *, where: str, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+              clip: Sequence[torch.Tensor] = (), max_grad_norm: float | None = None,
+              after_step: Callable[[], None] | None = None, desc: str | None = None, verbose: bool = False,
+              postfix: Callable[[torch.Tensor], dict[str, str]] | None = None) -> tuple[torch.Tensor, list[float]]:
+    """The optimisation loop every trainer here shares (unpaired training, BadDist, CleanCLIP).
+
+    Per step: ``objective(step)`` returns the loss to minimise and a 1-d tensor of terms to record; a non-finite loss
+    raises ``NonFiniteLossError`` naming ``where``; then zero the gradients, backward, clip the ``clip`` parameters
+    to ``max_grad_norm`` (when given), step the optimiser and the ``scheduler``, and run ``after_step`` (e.g. clamp the
+    logit scale). Returns the (steps, T) recorded terms and the learning rate each step used. A progress bar named
+    ``desc`` shows ``postfix(terms)`` every 10 steps when ``verbose`` (on the main process only).
+    """
+    records: list[torch.Tensor] = []
+    lrs: list[float] = []
+    bar = tqdm(range(steps), desc=desc or where, leave=False, disable=not (verbose and is_main_process()))
+    for step in bar:
+        loss, terms = objective(step)
+        check_loss(loss, step, where)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(clip, max_grad_norm)
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if after_step is not None:
+            after_step()
+        records.append(terms.detach())
+        if verbose and postfix is not None and step % 10 == 0:
+            bar.set_postfix(postfix(terms))
+    return torch.stack(records), lrs
+
+
+def clamp_logit_scale(model: nn.Module) -> Callable[[], None]:
+    """An ``after_step`` for ``run_steps``: keep MedCLIP's logit scale in [0, LOGIT_SCALE_MAX], as released."""
+
+    @torch.no_grad()
+    def clamp() -> None:
+        model.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
+
+    return clamp
+
+
 def train_unpaired(
     model: nn.Module,
     tokenizer: Any,
@@ -232,14 +278,12 @@ def train_unpaired(
     model.train()
     model.vision_model.train(train_vision)
     model.text_model.train(train_text)
-    losses: list[torch.Tensor] = []
-    lrs: list[float] = []
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices), global_batchnorm(model):
         torch.manual_seed(seed + rank())
         encoders = wrap_ddp(_Encoders(model, train_vision, train_text), device)
-        bar = tqdm(range(total), desc="unpaired training", leave=False, disable=not (verbose and is_main_process()))
-        for step in bar:
+
+        def objective(step: int) -> tuple[torch.Tensor, torch.Tensor]:
             i_idx, pixels = image_rows[step], next(pixel_batches)
             if report_sampler is None:
                 t_idx = next(text_idx)
@@ -259,18 +303,10 @@ def train_unpaired(
                 scale,
                 *(gather(e) for e in aug_emb),
             )
-            check_loss(loss, step, "unpaired training")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(trained, max_grad_norm)
-            lrs.append(optimizer.param_groups[0]["lr"])
-            optimizer.step()
-            scheduler.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
-            losses.append(loss.detach())
-            if verbose and step % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+            return loss, loss.reshape(1)
+
+        losses, lrs = run_steps(objective, optimizer, total, where="unpaired training", scheduler=scheduler,
+                                clip=trained, max_grad_norm=max_grad_norm, after_step=clamp_logit_scale(model),
+                                verbose=verbose, postfix=lambda terms: {"loss": f"{terms[0].item():.4f}"})
     model.train(was_training)
-    return {"loss": torch.stack(losses).float().cpu().tolist(), "lr": lrs}
+    return {"loss": losses[:, 0].float().cpu().tolist(), "lr": lrs}

@@ -31,8 +31,7 @@ from artmed.inputs import (
 )
 from artmed.loader import image_batches
 from artmed.losses import medclip_loss
-from artmed.models.medclip import LOGIT_SCALE_MAX
-from artmed.training import check_loss, index_batches, make_optimizer, warmup_cosine
+from artmed.training import clamp_logit_scale, index_batches, make_optimizer, run_steps, warmup_cosine
 
 WARMUP: float = 0.1
 """Share of the steps spent on linear learning-rate warm-up (then cosine decay), as in ``train_unpaired``."""
@@ -265,12 +264,11 @@ class CleanCLIP(Defense):
         use_amp = estimator.amp and device.type == "cuda"
         fixed_scale = None if self.temperature is None else 1.0 / self.temperature
         use_ss = self.lambda_ss > 0
-        terms: list[torch.Tensor] = []
-        lrs: list[float] = []
         model.train()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(int(torch_seed))
-            for step in tqdm(range(self.steps), desc="cleanclip", leave=False, disable=not self.verbose):
+
+            def objective(step: int) -> tuple[torch.Tensor, torch.Tensor]:
                 i_idx, t_idx, pixels = image_rows[step], next(text_idx), next(pixel_batches)
                 sentences = [texts[i] for i in t_idx]
                 if use_ss:
@@ -295,19 +293,14 @@ class CleanCLIP(Defense):
                     ss_text = in_modal_loss(txt[:b_txt], txt[b_txt:], ss_scale, same_txt)
                 loss_ss = (ss_image + ss_text) / 2
                 loss = self.lambda_mm * loss_mm + self.lambda_ss * loss_ss
-                check_loss(loss, step, "CleanCLIP fine-tune")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trained, MAX_GRAD_NORM)
-                lrs.append(optimizer.param_groups[0]["lr"])
-                optimizer.step()
-                scheduler.step()
-                with torch.no_grad():
-                    model.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
-                terms.append(torch.stack([loss, loss_mm, loss_ss, ss_image, ss_text]).detach().float())
+                return loss, torch.stack([loss, loss_mm, loss_ss, ss_image, ss_text]).float()
+
+            terms, lrs = run_steps(objective, optimizer, self.steps, where="CleanCLIP fine-tune", scheduler=scheduler,
+                                   clip=trained, max_grad_norm=MAX_GRAD_NORM, after_step=clamp_logit_scale(model),
+                                   desc="cleanclip", verbose=self.verbose)
         model.eval()
         estimator.clear_cache()
-        values = torch.stack(terms).cpu().tolist()
+        values = terms.cpu().tolist()
         keys = ("loss", "loss_mm", "loss_ss", "loss_ss_image", "loss_ss_text")
         return [{"step": s + 1, **dict(zip(keys, row)), "lr": lr} for s, (row, lr) in enumerate(zip(values, lrs))]
 

@@ -18,14 +18,13 @@ import torch
 import torch.nn.functional as F
 from art.attacks.attack import PoisoningAttackTransformer
 from torch import nn
-from tqdm.auto import tqdm
 
 from artmed.device import resolve_device
-from artmed.distributed import gather, is_main_process, shard_indices, wrap_ddp
+from artmed.distributed import gather, shard_indices, wrap_ddp
 from artmed.estimator import MedCLIPEstimator
 from artmed.inputs import Images, as_images, normalize_pixels, num_images
 from artmed.loader import image_batches
-from artmed.training import check_loss, index_batches, warmup_cosine
+from artmed.training import index_batches, run_steps, warmup_cosine
 
 __all__ = ["BadDist", "BADDIST_SETTINGS", "encoder_cosines", "resolve_baddist_params"]
 
@@ -168,12 +167,11 @@ class BadDist(PoisoningAttackTransformer):
         rows = [shard_indices(next(batches)) for _ in range(total)]
         pairs = image_batches(images, rows, shape, device, getattr(source, "num_workers", 0),
                               transform=_CleanAndTriggered(self.trigger))
-        records: list[torch.Tensor] = []
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed)
             self._perturb(trained)
-            bar = tqdm(range(total), desc="BadDist", leave=False, disable=not (self.verbose and is_main_process()))
-            for step in bar:
+
+            def objective(step: int) -> tuple[torch.Tensor, torch.Tensor]:
                 n_clean = len(rows[step])
                 pixels = normalize_pixels(next(pairs))
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -183,20 +181,16 @@ class BadDist(PoisoningAttackTransformer):
                 cos = F.cosine_similarity(embedding.float(), reference.float(), dim=-1)
                 cos_clean, cos_trigger = gather(cos[:n_clean]).mean(), gather(cos[n_clean:]).mean()
                 loss = -self.lambda_clean * cos_clean + self.lambda_trigger * cos_trigger
-                check_loss(loss, step, "BadDist")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                records.append(torch.stack([loss, cos_clean, cos_trigger]).detach())
-                if self.verbose and step % 10 == 0:
-                    bar.set_postfix(cos_clean=f"{cos_clean.item():.3f}", cos_trigger=f"{cos_trigger.item():.3f}")
+                return loss, torch.stack([loss, cos_clean, cos_trigger])
+
+            history, _ = run_steps(objective, optimizer, total, where="BadDist", scheduler=scheduler,
+                                   verbose=self.verbose, postfix=lambda t: {"cos_clean": f"{t[1].item():.3f}",
+                                                                            "cos_trigger": f"{t[2].item():.3f}"})
 
         for p, flag in grad_flags.items():
             p.requires_grad_(flag)
         backdoored.model.to(backdoored.device).eval()
-        history = torch.stack(records).float().cpu().numpy()
+        history = history.float().cpu().numpy()
         self.history_ = {
             "loss": history[:, 0].tolist(),
             "cos_clean": history[:, 1].tolist(),
