@@ -44,6 +44,7 @@ DETECTION_COLUMNS = ["n", "comparison", "ours_s", "art_s", "ratio", "agreement",
                      "peak_mb_ours", "peak_mb_art", "us_per_sample_ours", "us_per_sample_art"]
 EXTRACTION_COLUMNS = ["preset", "image_size", "device", "batch_size", "batches", "get_activations_img_s",
                       "embed_images_img_s", "peak_mb"]
+TRAINING_COLUMNS = ["preset", "image_size", "device", "batch_size", "steps", "img_s", "s_per_1000_images", "peak_mb"]
 LABELER_SIZES = (10_000, 100_000, 1_000_000)
 LABELER_COLUMNS = ["bytes", "seconds", "ratio", "size_ratio", "peak_mb"]
 SPECTRE_COLUMNS = ["n", "spectre_s", "ss_s", "time_ratio", "f1_spectre", "f1_ss", "peak_mb_spectre"]
@@ -318,6 +319,44 @@ def bench_extraction(preset: str, device: str, batches: int, warmup: int, batch_
     return record
 
 
+def bench_training(preset: str, device: str, steps: int, warmup: int, batch_size: int = 32,
+                   seed: int = 0) -> dict[str, Any]:
+    """Training images per second (and seconds per 1000 images) of unpaired ``fit`` through a randomly initialised
+    `preset` MedCLIP, both encoders trained, on random images and 12-token sentences (bf16 autocast on CUDA): the
+    victim's and the pre-training's cost per image; ``warmup`` untimed steps first."""
+    import torch
+
+    from artmed.constants import NUM_LABELS
+    from artmed.estimator import MedCLIPEstimator
+    from artmed.models import build_medclip, default_tokenizer
+
+    size = PRESET_IMAGE_SIZE[preset]
+    tokenizer = default_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_medclip(preset, vocab_size=len(tokenizer) if preset == "tiny" else None)
+    estimator = MedCLIPEstimator(model, tokenizer, {"a": ["a"], "b": ["b"]}, input_shape=(1, size, size),
+                                 device=device, batch_size=batch_size, amp=True)
+    rng = np.random.default_rng(seed)
+    images = rng.random((2 * batch_size, 1, size, size), dtype=np.float32)
+    labels = np.eye(NUM_LABELS, dtype=np.float32)[rng.integers(0, NUM_LABELS, len(images))]
+    texts = [" ".join(["left lower lobe opacity with small pleural effusion"] * 2)] * batch_size
+    fit = {"texts": texts, "text_labels": labels[:batch_size], "batch_size": batch_size, "lr": 1e-5, "verbose": False}
+    if warmup:
+        estimator.fit(images, labels, steps=warmup, **fit)
+    _release_memory()
+    with measure() as cost:
+        estimator.fit(images, labels, steps=steps, **fit)
+    img_s = steps * batch_size / cost.seconds
+    record = {"preset": preset, "image_size": size, "device": str(estimator.device), "batch_size": batch_size,
+              "steps": steps, "warmup": warmup, "amp_bf16": estimator.device.type == "cuda", "img_s": img_s,
+              "s_per_1000_images": 1000.0 / img_s, "peak_mb": cost.peak_mb}
+    if cost.cuda_peak_mb is not None:
+        record["cuda_peak_mb"] = cost.cuda_peak_mb
+    del estimator, model
+    return record
+
+
 def bench_study(preset: str, device: str, seed: int = 0) -> dict[str, Any]:
     """Wall time and peak memory of the built-in study end to end (in a temporary output folder)."""
     from artmed.evaluations.study import default_config, quick_config, run_study
@@ -413,8 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``artmed bench`` options."""
     parser = argparse.ArgumentParser(
         prog="artmed bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", type=_size, default=[10_000, 50_000, 200_000],
-                        help="numbers of cached 512-d feature vectors for the detection benchmark (10k, 50k ...)")
+    parser.add_argument("--sizes", nargs="*", type=_size, default=[10_000, 50_000, 200_000],
+                        help="numbers of cached 512-d feature vectors for the detection benchmark (10k, 50k ...; "
+                             "none given: no detection benchmark)")
     parser.add_argument("--skip-art-above", type=_size, default=None, metavar="N",
                         help="skip ART's detectors for sizes above N (ours still run)")
     parser.add_argument("--groups", type=int, default=4,
@@ -427,6 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
                         default=list(PRESET_IMAGE_SIZE), help="presets for the feature-extraction throughput")
     parser.add_argument("--batches", type=int, default=3, help="timed batches of 64 images per preset")
     parser.add_argument("--warmup", type=int, default=1, help="untimed batches before timing")
+    parser.add_argument("--train", nargs="+", choices=[*PRESET_IMAGE_SIZE, "none"], default=["none"],
+                        help="presets for the training throughput (unpaired fit, batch --train-batch)")
+    parser.add_argument("--train-steps", type=int, default=2, help="timed training steps per preset")
+    parser.add_argument("--train-batch", type=int, default=32, help="training batch size (the released 32)")
     parser.add_argument("--study", choices=["quick", "default", "none"], default="quick",
                         help="time the built-in study end to end")
     parser.add_argument("--labeler", action="store_true",
@@ -443,9 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_args(args: argparse.Namespace) -> None:
     from artmed.device import resolve_device
 
-    for name in ("repeats", "batches", "groups", "threads"):
+    for name in ("repeats", "batches", "groups", "threads", "train_steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.train_batch < 2:
+        raise ValueError(f"--train-batch must be >= 2, got {args.train_batch}")
     if args.warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
     if args.groups > 14:
@@ -504,6 +550,11 @@ def run_benchmarks(args: argparse.Namespace, machine: dict[str, Any]) -> dict[st
     for preset in extract:
         print(f"extraction: {preset} ...", flush=True)
         payload["extraction"].append(bench_extraction(preset, args.device, args.batches, args.warmup, seed=args.seed))
+    payload["training"] = []
+    for preset in [] if "none" in args.train else list(dict.fromkeys(args.train)):
+        print(f"training: {preset} ...", flush=True)
+        payload["training"].append(bench_training(preset, args.device, args.train_steps, args.warmup,
+                                                  args.train_batch, args.seed))
     if args.study != "none":
         print(f"study: {args.study} ...", flush=True)
         payload["study"] = bench_study(args.study, args.device, args.seed)
@@ -534,6 +585,9 @@ def report(payload: dict[str, Any]) -> str:
     if payload["extraction"]:
         lines += ["", "Feature extraction (random init, random images)",
                   format_table(payload["extraction"], EXTRACTION_COLUMNS)]
+    if payload.get("training"):
+        lines += ["", "Unpaired training (random init, random images; both encoders)",
+                  format_table(payload["training"], TRAINING_COLUMNS)]
     if "study" in payload:
         study = payload["study"]
         lines += ["", f"Study '{study['preset']}' end to end: {study['seconds']:.1f} s, peak {study['peak_mb']:.0f} MB"]

@@ -57,6 +57,22 @@ def test_skip_art_above_and_thread_cap(tmp_path):
     assert data["machine"]["torch_threads"] == threads
 
 
+def test_training_throughput_alone(tmp_path, capsys):
+    """``--sizes`` with no value skips the detection benchmark; ``--train`` times unpaired fit per preset."""
+    out = tmp_path / "t.json"
+    args = ["--sizes", "--extract", "none", "--study", "none", "--train", "tiny", "--train-steps", "2",
+            "--train-batch", "4", "--warmup", "0", "--threads", "1", "--out", str(out)]
+    assert main(args) == 0
+    data = json.loads(out.read_text())
+    assert data["detection"] == [] and data["extraction"] == []
+    (row,) = data["training"]
+    assert (row["preset"], row["batch_size"], row["steps"]) == ("tiny", 4, 2)
+    assert row["s_per_1000_images"] == pytest.approx(1000 / row["img_s"])
+    assert "Unpaired training" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--train-batch must be >= 2, got 1"):
+        main(["--sizes", "--train", "tiny", "--train-batch", "1", "--out", str(out)])
+
+
 def test_cli_routes_help_and_rejects_bad_sizes(capsys):
     with pytest.raises(SystemExit) as exc:
         cli_main(["bench", "--help"])
