@@ -103,9 +103,12 @@ class AttackOutcome:
 
 
 def poison_training_set(spec: AttackSpec, x: np.ndarray | ImageSet, y: np.ndarray,
-                        trigger: Trigger | None = None) -> tuple[np.ndarray | ImageSet, np.ndarray, np.ndarray]:
+                        trigger: Trigger | None = None,
+                        native: str | None = None) -> tuple[np.ndarray | ImageSet, np.ndarray, np.ndarray]:
     """The victim's training set under ``spec``: BadMatch-poisoned (seeded, so rebuilt exactly) or ``x, y`` as given.
     An ImageSet ``x`` (whose labels are ``y``) stays lazy: the chosen images are triggered as they are read.
+    ``native`` (default None) triggers them on the native image files of a ``FileImageSet`` at that stage
+    ("padded": the released training set; ``BadMatch.poison_imageset``).
 
     Returns ``(x, y, poison_mask)``.
     """
@@ -114,7 +117,7 @@ def poison_training_set(spec: AttackSpec, x: np.ndarray | ImageSet, y: np.ndarra
     trigger = trigger if trigger is not None else spec.build_trigger()
     bad_match = BadMatch(trigger, target=spec.target, percent_poison=spec.percent_poison, seed=spec.seed)
     if isinstance(x, ImageSet):
-        poisoned = bad_match.poison_imageset(x)
+        poisoned = bad_match.poison_imageset(x) if native is None else bad_match.poison_imageset(x, native=native)
         return poisoned, poisoned.labels, bad_match.poison_mask_
     x_poisoned, y_poisoned = bad_match.poison(x, y)
     return x_poisoned, y_poisoned, bad_match.poison_mask_
@@ -149,8 +152,8 @@ def run_attack(spec: AttackSpec, base_estimator: Any, x: np.ndarray | ImageSet, 
     ``x_probe`` goes to ``supply_chain_attack``. ``supplied`` is a finished ``supply_chain_attack`` result for this
     spec (BadDist is then not run again: two settings sharing a seed and trigger share the backdoored encoder).
     ``poisoned`` is a finished ``poison_training_set`` result for this spec (not rebuilt). ``keep`` (a boolean row
-    mask) drops rows of the poisoned training set before training — a defender's filter. ``x`` may be an ImageSet
-    (read lazily; its subsets stay ImageSets).
+    mask) drops rows of the poisoned training set before training — a defender's filter (and the same rows of a
+    ``report_sampler`` in ``fit_params``). ``x`` may be an ImageSet (read lazily; its subsets stay ImageSets).
     """
     trigger = spec.build_trigger()
     history: dict[str, Any] = {}
@@ -175,5 +178,7 @@ def run_attack(spec: AttackSpec, base_estimator: Any, x: np.ndarray | ImageSet, 
         x_train = x_train.subset(keep) if isinstance(x_train, ImageSet) else x_train[keep]
         y_train = y_train[keep]
     fit = {"seed": spec.seed, **(fit_params or {})}
+    if keep is not None and fit.get("report_sampler") is not None:  # the sampler follows the kept rows
+        fit["report_sampler"] = fit["report_sampler"].subset(keep)
     history["fit"] = estimator.fit(x_train, y_train, texts=texts, text_labels=text_labels, **fit)
     return AttackOutcome(spec, estimator, x_train, y_train, poison_mask, trigger, history)

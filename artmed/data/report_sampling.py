@@ -30,6 +30,7 @@ no rows) artmed falls back to the table's No Finding sentences, then to any tabl
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Sequence
@@ -173,6 +174,37 @@ class ReportSampler:
     lookup_hits: float | None = None
     """With ``labels="lookup"``: the share of report sentences found in the table (the rest are No Finding)."""
 
+    fallback_labels: np.ndarray | None = None
+    """(N, 14) labels the fallback of image i matches instead of the label ``sample`` is given for it (default None:
+    the given one). The released dataset draws an image's fallback from its row's labels before a BadMatch
+    relabelling, so a study sets the clean training labels here (``with_fallback_labels``)."""
+
+    def with_fallback_labels(self, labels: np.ndarray) -> ReportSampler:
+        """A copy whose fallbacks match ``labels`` ((N, 14), one row per image) rather than the labels ``sample`` is
+        given (see ``fallback_labels``); the sentences, table and prompt pool are shared."""
+        labels = np.asarray(labels, dtype=np.float32)
+        if labels.shape != (len(self), NUM_LABELS):
+            raise ValueError(f"fallback labels must have shape ({len(self)}, {NUM_LABELS}), got {labels.shape}")
+        out = copy.copy(self)
+        out.fallback_labels = labels.copy()
+        return out
+
+    def subset(self, rows: Sequence[int] | np.ndarray) -> ReportSampler:
+        """The sampler of the images at ``rows`` (indices or a boolean mask), in that order: the same table and
+        prompt pool (not drawn again), e.g. for a training set a defender filtered."""
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            if rows.shape != (len(self),):
+                raise ValueError(f"a boolean row mask must have shape ({len(self)},), got {rows.shape}")
+            rows = np.flatnonzero(rows)
+        rows = rows.astype(np.int64).tolist()
+        out = copy.copy(self)
+        out.image_sentences = [self.image_sentences[i] for i in rows]
+        out.image_sentence_labels = [self.image_sentence_labels[i] for i in rows]
+        if self.fallback_labels is not None:
+            out.fallback_labels = self.fallback_labels[rows]
+        return out
+
     def __len__(self) -> int:
         return len(self.image_sentences)
 
@@ -203,7 +235,8 @@ class ReportSampler:
     def sample(self, image_rows: Sequence[int] | np.ndarray, image_labels: np.ndarray,
                rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
         """One sentence per image of ``image_rows`` (indices into the training images, with their (B, 14)
-        ``image_labels``): a uniform draw from its report, or the fallback. Returns (sentences, (B, 14) labels)."""
+        ``image_labels``): a uniform draw from its report, or the fallback (matching ``fallback_labels[row]`` when
+        set). Returns (sentences, (B, 14) labels)."""
         sentences, labels = [], []
         for row, image_label in zip(np.asarray(image_rows).tolist(), image_labels):
             sents = self.image_sentences[row]
@@ -212,7 +245,7 @@ class ReportSampler:
                 sentences.append(sents[k])
                 labels.append(self.image_sentence_labels[row][k])
             else:
-                s, y = self.fallback(image_label, rng)
+                s, y = self.fallback(image_label if self.fallback_labels is None else self.fallback_labels[row], rng)
                 sentences.append(s)
                 labels.append(y)
         return sentences, np.stack(labels).astype(np.float32)
