@@ -36,6 +36,9 @@ DATA_SOURCES: tuple[str, ...] = ("phantom", "mimic_cxr", "chexpert", "medclip_cs
 TASK_SOURCES: tuple[str, ...] = ("rsna", "covid", "mimic_cxr", "chexpert")
 """Zero-shot tasks from real data: RSNA (Normal/Pneumonia), COVID (Normal/COVID), MIMIC- and CheXpert-5x200."""
 MODEL_VARIANTS: tuple[str, ...] = ("tiny", "resnet50", "swin_tiny")
+FILE_OPTIONS: dict[str, tuple[str, ...]] = {"interpolation": ("bicubic", "bilinear"),
+                                             "pad": ("square", "no_upscale")}
+"""``DataConfig``'s image-file options, the default first (``artmed.data.dataset.preprocess_image``)."""
 PHANTOM_SIZES: dict[str, int] = {"n_train": 2000, "n_test": 200, "image_size": 64}
 """The phantom source's ``n_train`` / ``n_test`` / ``image_size`` when none are given (for a real source, no
 ``n_train`` / ``n_test`` means every image, and the image size is MedCLIP's 224)."""
@@ -53,7 +56,16 @@ class DataConfig:
     costs no training time and keeps BadDist's clean cosine on held-out images higher: 0.944 vs 0.874 measured with a
     Fourier trigger, seed 0). ``n_texts`` caps the text pool's sentences. ``image_size`` is the side the images are
     generated at (phantom, default 64) or resized to (real data, default 224); it is ``config.model.image_size`` too
-    (give either)."""
+    (give either).
+
+    Real data only (the phantom refuses them): ``interpolation`` ("bicubic", default, or "bilinear", the released
+    ``transforms.Resize``) and ``pad`` ("square", default: pad to max(h, w) and resize; "no_upscale": pad to
+    max(image_size, h, w) as MedCLIP does) for every image file the study reads (training, shadow, task test images;
+    ``FileImageSet``). ``native_trigger`` (default False): a patch trigger is pasted on the native image file, as the
+    released code does, instead of on the resized array: BadMatch's poisoned training images after the padding to
+    square (stage "padded"), the triggered test images before it (stage "raw"); the trigger's ``size``/``inset`` are
+    then native pixels, and ``native_size`` is refused. Other triggers and BadDist's shadow images keep the array
+    path."""
 
     n_train: int | None = None
     n_test: int | None = None
@@ -64,11 +76,17 @@ class DataConfig:
     root: str | None = None
     reports_root: str | None = None
     image_root: str | None = None
+    interpolation: str = "bicubic"
+    pad: str = "square"
+    native_trigger: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)
         if self.source not in DATA_SOURCES:
             raise FieldError(f"source: unknown data source {self.source!r}; valid: {list(DATA_SOURCES)}")
+        for name, choices in FILE_OPTIONS.items():
+            if getattr(self, name) not in choices:
+                raise FieldError(f"{name}: unknown {name} {getattr(self, name)!r}; valid: {list(choices)}")
         if self.source == "phantom":
             for name, default in PHANTOM_SIZES.items():
                 if getattr(self, name) is None:
@@ -77,6 +95,14 @@ class DataConfig:
                 if getattr(self, name) is not None:
                     raise FieldError(f"{name}: the phantom source reads no files; set source to one of "
                                      f"{list(DATA_SOURCES[1:])} to read {getattr(self, name)!r}")
+            for name, choices in FILE_OPTIONS.items():
+                if getattr(self, name) != choices[0]:
+                    raise FieldError(f"{name}: the phantom source generates its images at their size, so there is no "
+                                     f"file to resize ({name}: {getattr(self, name)!r} is for a real source)")
+            if self.native_trigger:
+                raise FieldError("native_trigger: the phantom source has no native image files; it emulates the "
+                                 "released native-resolution patch with the trigger's native_size "
+                                 "(trigger_params: {native_size: 1024}) instead")
         elif self.root is None:
             raise FieldError(f"root: the {self.source} source needs the folder of its data")
         if self.source == "chexpert" and self.reports_root is None:
@@ -139,12 +165,19 @@ class TaskSpec:
             raise FieldError(f"root: the {self.source} task needs the folder (or CSV) of its images")
 
 
+TEXT_SAMPLING: tuple[str, ...] = ("pool", "own_report")
+
+
 @dataclass
 class TrainConfig:
     """Unpaired MedCLIP training: steps, batch size and optimiser settings (passed to ``estimator.fit``).
     ``schedule_epochs``: the warm-up + cosine schedule spans that many epochs of the training set instead of the
     ``steps`` run (the released trainer's 10; the run may stop mid-schedule). ``eda``: the released EDA text
-    augmentation, the loss the mean of the plain and the augmented batch's (``artmed.data.eda``)."""
+    augmentation, the loss the mean of the plain and the augmented batch's (``artmed.data.eda``). ``text_sampling``:
+    "pool" (default: each step draws an independent batch of the text pool's sentences) or "own_report" (each image is
+    paired with a sentence of its own report, ``artmed.data.report_sampling.ReportSampler``: MIMIC-CXR's report files,
+    the ``report`` column of MedCLIP's meta-CSVs; an image without one, every phantom and CheXpert image included, gets
+    the released label-matched fallback sentence from the text pool)."""
 
     steps: int = 300
     batch_size: int = 64
@@ -153,9 +186,13 @@ class TrainConfig:
     warmup: float = 0.1
     schedule_epochs: int | None = None
     eda: bool = False
+    text_sampling: str = "pool"
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.text_sampling not in TEXT_SAMPLING:
+            raise FieldError(f"text_sampling: unknown text sampling {self.text_sampling!r}; valid: "
+                             f"{list(TEXT_SAMPLING)}")
         if self.schedule_epochs is not None and self.schedule_epochs < 1:
             raise FieldError(f"schedule_epochs must be a positive integer, got {self.schedule_epochs!r}")
         for name in ("steps", "batch_size"):
@@ -266,6 +303,12 @@ class StudyConfig:
                 raise FieldError(f"{name} must be a non-negative integer, got {value!r}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds listed twice: {sorted({s for s in self.seeds if self.seeds.count(s) > 1})}")
+        if self.data.native_trigger:
+            for i, spec in enumerate(self.attacks):
+                if spec.trigger == "patch" and spec.trigger_params.get("native_size") is not None:
+                    raise FieldError(f"attacks[{i}].trigger_params.native_size: data.native_trigger pastes the "
+                                     "patch on the native image file, in native pixels; native_size (the emulation on "
+                                     "resized arrays) does not apply, remove it")
         keys = [a.key for a in self.attacks]
         duplicates = sorted({k for k in keys if keys.count(k) > 1})
         if duplicates:

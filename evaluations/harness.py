@@ -40,13 +40,14 @@ from artmed.defenses.base import (
     ModelVerdict,
 )
 from artmed.estimator import MedCLIPEstimator
-from artmed.evaluations.config import DefenseSpec, StudyConfig
+from artmed.evaluations.config import DefenseSpec, StudyConfig, TrainConfig
 from artmed.evaluations.metrics import defense_effectiveness_rating, detection_metrics, input_screen_metrics
 from artmed.evaluations.resources import measure
-from artmed.data.dataset import ZeroShotTask
+from artmed.data.dataset import FileImageSet, ZeroShotTask
 from artmed.data.medclip_prompts import NORMAL_CLASSES, medclip_prompt_draws, no_finding_sentences
+from artmed.data.report_sampling import ReportSampler
 from artmed.evaluations.scoring import score_estimator, score_over_prompt_draws, target_index
-from artmed.evaluations.sources import build_base_estimator, load_study_data
+from artmed.evaluations.sources import StudyData, _seed, build_base_estimator, load_study_data
 from artmed.evaluations.store import ResultStore, to_jsonable
 
 class SettingsMismatchError(ValueError):
@@ -101,6 +102,43 @@ class Harness:
                       for name, task in data.tasks.items()}
         self.task = self.tasks[cfg.task]
         self.x_test, self.test_targets = self.task.images.to_array(), self.task.targets
+        self._task_files = data.task_images
+        self._native_triggered: dict[tuple[str, str], np.ndarray] = {}
+        self._report_sampler = self._own_reports(data)
+
+    def _own_reports(self, data: StudyData) -> ReportSampler | None:
+        """The sampler pairing each training image with a sentence of its own report (``text_sampling:
+        own_report``), seeded from the study seed; its fallbacks match the clean training labels (the released
+        dataset draws them before a BadMatch relabelling). None when no training samples own reports."""
+        if data.reports is None:
+            return None
+        sampler = ReportSampler.from_reports(data.reports, data.texts,
+                                             labels="lookup" if data.sentence_table else "labeler",
+                                             clean_table=data.sentence_table, seed=_seed(self.seed, "report_sampler"))
+        return sampler.with_fallback_labels(self.y_train)
+
+    def _fit_params(self, train: TrainConfig) -> dict[str, Any]:
+        """``train``'s fit parameters, with the own-report sampler under ``text_sampling: own_report``."""
+        params = train.fit_params()
+        if train.text_sampling == "own_report":
+            params["report_sampler"] = self._report_sampler
+        return params
+
+    def _native(self, spec: AttackSpec) -> bool:
+        """True when ``spec``'s trigger is pasted on the native image files (``data.native_trigger``, a patch)."""
+        return self.config.data.native_trigger and spec.trigger == "patch"
+
+    def _triggered(self, task: str, spec: AttackSpec, trigger: Any, x: np.ndarray) -> np.ndarray:
+        """The triggered test images of ``task``: ``trigger(x)``, or with ``data.native_trigger`` the task's image
+        files read with the patch pasted on the native image before the padding (stage "raw", the released test set),
+        computed once per task and trigger."""
+        files = self._task_files.get(task)
+        if not self._native(spec) or files is None:
+            return trigger(x)
+        key = (task, json.dumps(to_jsonable(spec.trigger_params), sort_keys=True))
+        if key not in self._native_triggered:
+            self._native_triggered[key] = files.triggered(trigger, stage="raw").to_array()
+        return self._native_triggered[key]
 
     def _sampled_prompts(self, tasks: dict[str, ZeroShotTask]) -> dict[str, list[dict[str, list[str]]]]:
         """MedCLIP's sampled prompt sets per task (``config.evaluation``); a normal class's prompts are the text
@@ -123,7 +161,7 @@ class Harness:
             return estimator
         with measure() as cost:
             history = estimator.fit(self.x_train, self.y_train, texts=self.texts, text_labels=self.text_labels,
-                                    seed=self.seed, verbose=self.verbose, **cfg.pretrain.fit_params())
+                                    seed=self.seed, verbose=self.verbose, **self._fit_params(cfg.pretrain))
         estimator.save(path)
         record = {"cell": key, "final_loss": float(history["loss"][-1]), "seconds": cost.seconds}
         self.store.save("model", key, self._stamp(record))
@@ -136,7 +174,7 @@ class Harness:
             return self.store.load("model", spec.key), None, MedCLIPEstimator.load(path, device=self.config.device)
         with measure() as cost:
             outcome = run_attack(spec, base, self.x_train, self.y_train, self.texts, self.text_labels,
-                                 fit_params={**self.config.train.fit_params(), "verbose": self.verbose},
+                                 fit_params={**self._fit_params(self.config.train), "verbose": self.verbose},
                                  supplied=self._supply_chain(spec, base), poisoned=self._poisoned(spec))
         outcome.estimator.save(path)
         record = {"cell": f"model/{spec.key}", **_spec_fields(spec),
@@ -194,7 +232,8 @@ class Harness:
         """The victim's training set under ``spec`` (x, y, poison mask), built once per seed and shared by the attacked
         model, its defenses and filtered retraining."""
         if spec.key not in self._poisoned_sets:
-            self._poisoned_sets[spec.key] = poison_training_set(spec, self.x_train, self.y_train)
+            native = {"native": "padded"} if self._native(spec) and isinstance(self.x_train, FileImageSet) else {}
+            self._poisoned_sets[spec.key] = poison_training_set(spec, self.x_train, self.y_train, **native)
         return self._poisoned_sets[spec.key]
 
     def _projection_sample(self, outcome: AttackOutcome, seed: int, n_clean: int = 1000) -> dict[str, np.ndarray]:
@@ -213,11 +252,12 @@ class Harness:
         for name, task in self.tasks.items():
             x = self.x_test if name == self.config.task else task.images.to_array()
             target = target_index(task.class_names, spec.target)
+            x_triggered = self._triggered(name, spec, trigger, x)
             if self._prompt_sets:
                 per_task[name] = score_over_prompt_draws(estimator.with_prompts(task.prompts), x, task.targets,
-                                                         trigger(x), target, prompt_sets=self._prompt_sets[name])
+                                                         x_triggered, target, prompt_sets=self._prompt_sets[name])
             else:
-                per_task[name] = score_estimator(estimator.with_prompts(task.prompts), x, task.targets, trigger(x),
+                per_task[name] = score_estimator(estimator.with_prompts(task.prompts), x, task.targets, x_triggered,
                                                  target)
         return {**per_task[self.config.task], "tasks": per_task}
 
@@ -293,7 +333,7 @@ class Harness:
     def _retrain_filtered(self, spec: AttackSpec, base: MedCLIPEstimator, flags: np.ndarray) -> MedCLIPEstimator:
         """The victim's model retrained by the same pipeline on the training set minus the flagged rows."""
         outcome = run_attack(spec, base, self.x_train, self.y_train, self.texts, self.text_labels,
-                             fit_params={**self.config.train.fit_params(), "verbose": False},
+                             fit_params={**self._fit_params(self.config.train), "verbose": False},
                              supplied=self._supply_chain(spec, base), poisoned=self._poisoned(spec), keep=~flags)
         return outcome.estimator
 
@@ -366,7 +406,8 @@ class Harness:
         x, y, mask = self._poisoned(spec)
         trigger = spec.build_trigger()
         target = target_index(self.task.class_names, spec.target)
-        self._truth = _Truth(mask, trigger(self.x_test), target, fingerprint(estimator), trigger)
+        self._truth = _Truth(mask, self._triggered(self.config.task, spec, trigger, self.x_test), target,
+                             fingerprint(estimator), trigger)
         return EvaluationContext(
             estimator=estimator, x_train=x, y_train=y, texts=list(self.texts), text_labels=self.text_labels,
             x_test=self.x_test, test_targets=self.test_targets, task=self.task, x_clean=self.x_shadow,

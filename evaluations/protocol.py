@@ -14,9 +14,16 @@ from typing import Any
 
 PROTOCOLS: tuple[str, ...] = ("artmed", "released")
 
-RELEASED_TRAIN: dict[str, Any] = {"batch_size": 32, "warmup": 0.1, "schedule_epochs": 10, "eda": True}
+RELEASED_TRAIN: dict[str, Any] = {"batch_size": 32, "warmup": 0.1, "schedule_epochs": 10, "eda": True,
+                                   "text_sampling": "own_report"}
 """scripts/train.py: batch 32, warm-up 10 % of a schedule sized for 10 epochs, stopped at a step count; EDA on every
-training sentence (ImageTextContrastiveCollator(use_eda=True))."""
+training sentence (ImageTextContrastiveCollator(use_eda=True)); each image paired with a sentence of its own report,
+the label-matched fallback for an image without one (ImageTextContrastiveDataset)."""
+
+RELEASED_FILES: dict[str, Any] = {"interpolation": "bilinear", "pad": "no_upscale", "native_trigger": True}
+"""medclip/dataset.py, for image files (a real data source): pad to max(224, h, w) (never upscaled), the patch pasted
+on the native image (after that padding in training, before it in the test set), then ``transforms.Resize``
+(bilinear)."""
 
 RELEASED_TRIGGERS: dict[str, dict[str, Any]] = {
     "patch": {"size": 32, "inset": [1, 1]},
@@ -53,7 +60,10 @@ def released_settings(raw: Mapping[str, Any]) -> dict[str, Any]:
             if "baddist" in str(spec.get("attack", "")):
                 values["baddist_params"] = dict(RELEASED_BADDIST)
         attacks.append(values)
-    return {"train": dict(RELEASED_TRAIN), "evaluation": dict(RELEASED_EVALUATION), "attacks": attacks}
+    settings = {"train": dict(RELEASED_TRAIN), "evaluation": dict(RELEASED_EVALUATION), "attacks": attacks}
+    if not phantom:
+        settings["data"] = dict(RELEASED_FILES)
+    return settings
 
 
 def apply_protocol(raw: Mapping[str, Any], force: bool = False) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +32,7 @@ from artmed.data.adapt_rsna import load_rsna
 from artmed.data.dataset import DEFAULT_MAX_BYTES, ArrayImageSet, FileImageSet, ImageSet, TextPool, ZeroShotTask
 from artmed.data.default import make_default_dataset
 from artmed.data.five_by_200 import five_by_200_task
-from artmed.data.label_table import find_table, open_text
+from artmed.data.label_table import find_table, open_text, read_table, resolve_path
 from artmed.data.labeler import read_report
 from artmed.estimator import MedCLIPEstimator
 from artmed.models import build_medclip, load_medclip, load_tokenizer
@@ -40,7 +40,7 @@ from artmed.models.config import PRESETS
 from artmed.validation import FieldError, blame
 
 if TYPE_CHECKING:
-    from artmed.evaluations.config import ModelConfig, StudyConfig, TaskSpec
+    from artmed.evaluations.config import DataConfig, ModelConfig, StudyConfig, TaskSpec
 
 __all__ = ["StudyData", "build_base_estimator", "check_inputs", "load_study_data"]
 
@@ -54,7 +54,12 @@ TRAIN_META = "*-train-meta.csv"
 class StudyData:
     """What one seed of a study trains and scores on: training and shadow images (arrays for the phantoms, lazy
     ImageSets for real data) with their (N, 14) labels, the text pool and the zero-shot tasks (the headline
-    included)."""
+    included).
+
+    ``task_images``: each task's test images as the files they were read from (``FileImageSet``, for triggering them
+    on the native image; tasks from files only). ``reports``: with a ``text_sampling: own_report`` training, each
+    training image's raw report (None where it has none), in the order of ``x_train``; ``sentence_table``: the text
+    pool is MedCLIP's sentence-label.csv (the released own-report labels are looked up there)."""
 
     x_train: np.ndarray | ImageSet
     y_train: np.ndarray
@@ -62,6 +67,9 @@ class StudyData:
     y_shadow: np.ndarray
     texts: TextPool
     tasks: dict[str, ZeroShotTask]
+    task_images: dict[str, FileImageSet] = field(default_factory=dict)
+    reports: list[str | None] | None = None
+    sentence_table: bool = False
 
 
 # ---------------------------------------------------------------------------------------------- the data
@@ -74,28 +82,48 @@ def load_study_data(config: StudyConfig, seed: int) -> StudyData:
     tasks: dict[str, ZeroShotTask] = {}
     for i, spec in enumerate(config.tasks):
         with blame(f"config.tasks[{i}]"):
-            tasks[spec.name] = _capped(_load_task(spec, data.image_size, _seed(seed, f"task:{spec.name}")),
-                                       data.n_test, _seed(seed, f"test:{spec.name}"))
+            task = _load_task(spec, data.image_size, _seed(seed, f"task:{spec.name}"))
+            tasks[spec.name] = _capped(_styled_task(task, data), data.n_test, _seed(seed, f"test:{spec.name}"))
     _check_memory(tasks, data.image_size)
+    files = {name: task.images for name, task in tasks.items() if isinstance(task.images, FileImageSet)}
+    own_report = "own_report" in (config.train.text_sampling, config.pretrain.text_sampling)
     if data.source == "phantom":
         phantom = make_default_dataset(n_train=data.n_train + data.n_shadow, n_test=data.n_test,
                                        image_size=data.image_size, seed=seed, n_texts=data.n_texts)
         images, labels = phantom.train.to_array(), phantom.train.labels
         n = data.n_train
         return StudyData(images[:n], labels[:n], images[n:], labels[n:], phantom.texts,
-                         _in_memory(tasks) or phantom.tasks)
+                         _in_memory(tasks) or phantom.tasks, files, [None] * n if own_report else None)
     with blame("config.data.root"):
-        pool = _held_out(_training_images(config), tasks)
+        pool = _held_out(_styled(_training_images(config), data), tasks)
     shadow, train = _split(len(pool), data.n_shadow, data.n_train, _seed(seed, "split"))
     x_train, x_shadow = pool.subset(train), pool.subset(shadow)
     with blame("config.data.reports_root"):
-        texts = _capped_texts(_text_pool(config, x_train), data.n_texts, _seed(seed, "texts"))
-    return StudyData(x_train, x_train.labels, x_shadow, x_shadow.labels, texts, _in_memory(tasks))
+        texts, sentence_table = _text_pool(config, x_train)
+        texts = _capped_texts(texts, data.n_texts, _seed(seed, "texts"))
+        reports = _training_reports(config, x_train) if own_report else None
+    return StudyData(x_train, x_train.labels, x_shadow, x_shadow.labels, texts, _in_memory(tasks), files, reports,
+                     sentence_table)
 
 
 def _seed(seed: int, stream: str) -> int:
     """An independent seed for one named draw of study seed ``seed``."""
     return int(np.random.SeedSequence([int(seed), 0x50C3, zlib.crc32(stream.encode())]).generate_state(1)[0])
+
+
+def _styled(images: ImageSet, data: DataConfig) -> ImageSet:
+    """``images`` read with ``data``'s ``interpolation`` and ``pad`` (a ``FileImageSet``; the same object at the
+    defaults)."""
+    if not isinstance(images, FileImageSet) or (images.interpolation, images.pad) == (data.interpolation, data.pad):
+        return images
+    return FileImageSet(images.paths, images.labels, images.image_size, data.interpolation, data.pad)
+
+
+def _styled_task(task: ZeroShotTask, data: DataConfig) -> ZeroShotTask:
+    """``task`` with its test images read with ``data``'s ``interpolation`` and ``pad``."""
+    images = _styled(task.images, data)
+    return task if images is task.images else ZeroShotTask(task.name, task.class_names, task.prompts, images,
+                                                            task.targets)
 
 
 def _capped(task: ZeroShotTask, n: int | None, seed: int) -> ZeroShotTask:
@@ -175,26 +203,65 @@ def _split(n: int, n_shadow: int, n_train: int | None, seed: int) -> tuple[np.nd
     return np.sort(order[:n_shadow]), np.sort(rest)
 
 
-def _text_pool(config: StudyConfig, train: FileImageSet) -> TextPool:
+def _text_pool(config: StudyConfig, train: FileImageSet) -> tuple[TextPool, bool]:
     """The unpaired text pool: a file (MedCLIP's sentence-label.csv, or reports to label) or folder at
-    ``reports_root``; for MIMIC-CXR a reports tree, of which the training images' studies are read."""
+    ``reports_root``; for MIMIC-CXR a reports tree, of which the training images' studies are read. With it, whether
+    it is MedCLIP's sentence-label.csv."""
     data = config.data
     root = Path(data.root)
-    default = root / SENTENCE_LABELS if data.source == "medclip_csv" and root.is_dir() else root
-    source = Path(data.reports_root) if data.reports_root is not None else default
+    source = _reports_source(config)
     if source.is_file():
         columns = _columns(source)
         if "Reports" in columns and all(label in columns for label in CHEXPERT_LABELS):
-            return load_sentence_labels(source)
-        return load_reports(source)
+            return load_sentence_labels(source), True
+        return load_reports(source), False
     if data.source != "mimic_cxr":
-        return load_reports(source)
+        return load_reports(source), False
     reports = list(dict.fromkeys(_report_path(path, root, source) for path in train.paths))
     found = [path for path in reports if path.is_file()]
     if not found:
         raise ValueError(f"{source}: none of the {len(reports)} reports of the training images' studies exist "
                          f"(e.g. {str(reports[0])!r})")
-    return reports_to_pool((read_report(p) for p in tqdm(found, desc="MIMIC reports", leave=False)), source)
+    return reports_to_pool((read_report(p) for p in tqdm(found, desc="MIMIC reports", leave=False)), source), False
+
+
+def _reports_source(config: StudyConfig) -> Path:
+    """``data.reports_root``, else MedCLIP's sentence-label.csv in a medclip_csv root, else ``data.root``."""
+    data = config.data
+    root = Path(data.root)
+    default = root / SENTENCE_LABELS if data.source == "medclip_csv" and root.is_dir() else root
+    return Path(data.reports_root) if data.reports_root is not None else default
+
+
+def _training_reports(config: StudyConfig, train: FileImageSet) -> list[str | None]:
+    """Each training image's raw report, in ``train``'s order, for ``text_sampling: own_report`` (None where it has
+    none): MIMIC-CXR's study report (``files/pXX/pSUBJECT/sSTUDY.txt`` under ``reports_root`` when that is a folder,
+    else under ``root``); the ``report`` column of MedCLIP's meta-CSVs; none for CheXpert."""
+    data = config.data
+    root = Path(data.root)
+    if data.source == "mimic_cxr":
+        source = _reports_source(config)
+        folder = source if source.is_dir() else root
+        paths = [_report_path(path, root, folder) for path in train.paths]
+        if not any(path.is_file() for path in paths):
+            raise FieldError(f"config.train.text_sampling: own_report pairs each image with its study's report, but "
+                             f"none of the training images' reports exist under {folder} (e.g. {str(paths[0])!r})")
+        texts = {path: read_report(path) for path in tqdm(sorted(set(paths)), desc="MIMIC reports", leave=False)
+                 if path.is_file()}
+        return [texts.get(path) for path in paths]
+    if data.source == "medclip_csv":
+        metas = sorted(root.glob(TRAIN_META)) if root.is_dir() else [root]
+        found: dict[Path, str] = {}
+        for meta in metas:
+            if "report" not in _columns(meta):
+                continue
+            image_root = Path(data.image_root) if data.image_root is not None else meta.parent
+            for i, row in enumerate(read_table(meta, ["imgpath", "report"])[1], 1):
+                report = (row.get("report") or "").strip()
+                if report:
+                    found[resolve_path(row["imgpath"], image_root, meta, i, "imgpath")] = report
+        return [found.get(path) for path in train.paths]
+    return [None] * len(train)
 
 
 def _report_path(image: Path, root: Path, reports_root: Path) -> Path:

@@ -21,6 +21,10 @@ def test_released_preset_replaces_a_built_in_study_settings():
     assert released.protocol == "released"
     assert (released.train.batch_size, released.train.warmup, released.train.schedule_epochs) == (32, 0.1, 10)
     assert released.train.eda and not default_config().train.eda
+    assert released.train.text_sampling == "own_report" and default_config().train.text_sampling == "pool"
+    assert released.pretrain.text_sampling == "pool"  # the base model's pre-training is artmed's
+    data = released.data  # the phantom has no image files: no file options
+    assert (data.interpolation, data.pad, data.native_trigger) == ("bicubic", "square", False)
     assert released.train.steps == default_config().train.steps  # the budget is the study's
     for spec in released.attacks:
         assert spec.trigger_params == {"size": 32, "inset": [1, 1], "native_size": 1024}
