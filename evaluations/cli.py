@@ -14,19 +14,26 @@ if TYPE_CHECKING:
 
 def _run(args: argparse.Namespace) -> int:
     """``artmed run``: a bad config, option or output folder is reported as ``artmed run: error: ...`` (exit status
-    2) before any work."""
+    2) before any work. Under ``torchrun --nproc_per_node=N -m artmed.evaluations.cli run ...`` every rank runs the
+    study, training data-parallel, and rank 0 writes and prints."""
+    from artmed.distributed import init_from_env, is_main_process, shutdown
     from artmed.evaluations.study import run_study, summary
 
+    init_from_env()  # under torchrun: join the process group (training runs data-parallel); otherwise nothing
+    main_process = is_main_process()
     try:
         result, paths = run_study(_study_config(args), verbose=not args.quiet, reuse_stale=args.reuse_stale)
     except ValueError as exc:
         print(f"artmed run: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        shutdown()
+    status = 130 if result.interrupted else 1 if result.failed else 0
+    if not main_process:
+        return status
     print(summary(result))
     print(f"\nTables and figures in {result.output_dir}/ (models.csv, defenses.csv, figures/)")
-    if result.interrupted:
-        return 130
-    return 1 if result.failed else 0
+    return status
 
 
 def _study_config(args: argparse.Namespace) -> StudyConfig:

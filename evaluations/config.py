@@ -65,7 +65,10 @@ class DataConfig:
     released code does, instead of on the resized array: BadMatch's poisoned training images after the padding to
     square (stage "padded"), the triggered test images before it (stage "raw"); the trigger's ``size``/``inset`` are
     then native pixels, and ``native_size`` is refused. Other triggers and BadDist's shadow images keep the array
-    path."""
+    path.
+
+    ``num_workers`` (default 0): processes that read and preprocess image batches ahead of training and feature
+    extraction (``artmed.loader``; the batch order is fixed first, so results do not depend on it)."""
 
     n_train: int | None = None
     n_test: int | None = None
@@ -79,9 +82,12 @@ class DataConfig:
     interpolation: str = "bicubic"
     pad: str = "square"
     native_trigger: bool = False
+    num_workers: int = 0
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.num_workers < 0:
+            raise FieldError(f"num_workers must be a non-negative integer, got {self.num_workers!r}")
         if self.source not in DATA_SOURCES:
             raise FieldError(f"source: unknown data source {self.source!r}; valid: {list(DATA_SOURCES)}")
         for name, choices in FILE_OPTIONS.items():

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from artmed.attacks.pipeline import AttackOutcome, AttackSpec, poison_training_set, run_attack, supply_chain_attack
 from artmed.defenses import registry
+from artmed.distributed import is_main_process, world_size
 from artmed.defenses.base import (
     RESULT_TYPES,
     DetectionResult,
@@ -140,6 +141,10 @@ class Harness:
             self._native_triggered[key] = files.triggered(trigger, stage="raw").to_array()
         return self._native_triggered[key]
 
+    def _load_model(self, path: Path) -> MedCLIPEstimator:
+        """A saved model folder on the study's device, reading images with the study's loader workers."""
+        return MedCLIPEstimator.load(path, device=self.config.device, num_workers=self.config.data.num_workers)
+
     def _sampled_prompts(self, tasks: dict[str, ZeroShotTask]) -> dict[str, list[dict[str, list[str]]]]:
         """MedCLIP's sampled prompt sets per task (``config.evaluation``); a normal class's prompts are the text
         pool's No-Finding-only sentences, as the released evaluation draws them from sentence-label.csv."""
@@ -155,14 +160,14 @@ class Harness:
         key = f"base-s{self.seed}"
         path = self.output_dir / "models" / key
         if self._finished("model", key) and path.exists():
-            return MedCLIPEstimator.load(path, device=cfg.device)
+            return self._load_model(path)
         estimator = build_base_estimator(cfg, self.task.prompts, self.seed)
         if cfg.model.checkpoint is not None:  # released weights are the base model as they are
             return estimator
         with measure() as cost:
             history = estimator.fit(self.x_train, self.y_train, texts=self.texts, text_labels=self.text_labels,
                                     seed=self.seed, verbose=self.verbose, **self._fit_params(cfg.pretrain))
-        estimator.save(path)
+        _save_model(estimator, path)
         record = {"cell": key, "final_loss": float(history["loss"][-1]), "seconds": cost.seconds}
         self.store.save("model", key, self._stamp(record))
         return estimator
@@ -171,12 +176,12 @@ class Harness:
                                                                                 MedCLIPEstimator]:
         path = self.output_dir / "models" / spec.key
         if self._finished("model", spec.key, spec) and path.exists():
-            return self.store.load("model", spec.key), None, MedCLIPEstimator.load(path, device=self.config.device)
+            return self.store.load("model", spec.key), None, self._load_model(path)
         with measure() as cost:
             outcome = run_attack(spec, base, self.x_train, self.y_train, self.texts, self.text_labels,
                                  fit_params={**self._fit_params(self.config.train), "verbose": self.verbose},
                                  supplied=self._supply_chain(spec, base), poisoned=self._poisoned(spec))
-        outcome.estimator.save(path)
+        _save_model(outcome.estimator, path)
         record = {"cell": f"model/{spec.key}", **_spec_fields(spec),
                   "n_poison": int(outcome.poison_mask.sum()), "train_seconds": cost.seconds,
                   "train_peak_mb": cost.peak_mb, **_baddist_fields(outcome.history),
@@ -398,7 +403,7 @@ class Harness:
         context = self._context(spec, estimator)
         for dspec in tqdm(pending, desc=f"defenses on {spec.key}", disable=not self.verbose, leave=False):
             if self._run_defense(dspec, spec, record, estimator, base, context):
-                estimator = MedCLIPEstimator.load(self.output_dir / "models" / spec.key, device=self.config.device)
+                estimator = self._load_model(self.output_dir / "models" / spec.key)
                 context = self._context(spec, estimator)
 
     def _context(self, spec: AttackSpec, estimator: MedCLIPEstimator) -> EvaluationContext:
@@ -447,7 +452,8 @@ class Harness:
     def _settings(self, spec: AttackSpec | None = None, defense: DefenseSpec | None = None) -> dict[str, Any]:
         """What one cell's result depends on (device and output folder excluded), in JSON form."""
         cfg = self.config
-        parts: dict[str, Any] = {"seed": self.seed, "task": cfg.task, "data": cfg.data, "pretrain": cfg.pretrain,
+        data = {k: v for k, v in to_jsonable(cfg.data).items() if k != "num_workers"}  # workers change no result
+        parts: dict[str, Any] = {"seed": self.seed, "task": cfg.task, "data": data, "pretrain": cfg.pretrain,
                                  "model": cfg.model, "tasks": cfg.tasks, "evaluation": cfg.evaluation}
         if spec is not None:
             parts.update(train=cfg.train, attack=spec)
@@ -458,7 +464,7 @@ class Harness:
     def _stamp(self, record: dict[str, Any], spec: AttackSpec | None = None,
                defense: DefenseSpec | None = None) -> dict[str, Any]:
         return {**record, "settings": self._settings(spec, defense), "config": self.config.to_dict(),
-                "seed": self.seed, "provenance": self.store.provenance()}
+                "seed": self.seed, "provenance": self.store.provenance(), "world_size": world_size()}
 
 
 @dataclass(frozen=True)
@@ -470,6 +476,12 @@ class _Truth:
     target_class: int | None
     fingerprint: str
     trigger: Any
+
+
+def _save_model(estimator: MedCLIPEstimator, path: Path) -> None:
+    """Save a model folder; under ``torchrun`` rank 0 alone writes (the cell saved next waits for it)."""
+    if is_main_process():
+        estimator.save(path)
 
 
 def fingerprint(estimator: MedCLIPEstimator) -> str:

@@ -284,7 +284,8 @@ def build_base_estimator(config: StudyConfig, prompts: dict[str, list[str]], see
     (the tiny one exactly as the built-in study has always built it)."""
     model = config.model
     shape = (1, model.image_size, model.image_size)
-    settings = {"device": config.device, "ensemble": config.evaluation.ensemble}
+    settings = {"device": config.device, "ensemble": config.evaluation.ensemble,
+                "num_workers": config.data.num_workers}
     if model.checkpoint is not None:
         return MedCLIPEstimator(load_medclip(model.checkpoint, model.variant), load_tokenizer(_tokenizer_dir(model)),
                                 prompts, input_shape=shape, **settings)

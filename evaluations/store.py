@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from artmed.distributed import barrier, is_main_process
 from artmed.files import default_mode, fsync_dir
 
 __all__ = ["ResultStore", "atomic_write", "cell_key", "provenance", "source_hash", "to_jsonable", "tree_hash"]
@@ -165,10 +166,17 @@ class ResultStore:
         return record
 
     def save(self, kind: str, key: str | Mapping[str, Any], record: Mapping[str, Any]) -> Path:
-        """Write ``record`` atomically (sidecar npz first, then the JSON cell); returns the cell path."""
+        """Write ``record`` atomically (sidecar npz first, then the JSON cell); returns the cell path. Inside a
+        ``torchrun`` process group rank 0 writes and every rank waits for it, so all ranks read the same cells."""
         if not isinstance(record, Mapping):
             raise ValueError(f"record must be a mapping, got {type(record).__name__}")
         path = self.cell_path(kind, key)
+        if is_main_process():
+            self._write(path, kind, record)
+        barrier()
+        return path
+
+    def _write(self, path: Path, kind: str, record: Mapping[str, Any]) -> None:
         stem = path.name[: -len(".json")]
         arrays: dict[str, np.ndarray] = {}
         body = to_jsonable(self._extract_arrays(record, arrays, "record"))
@@ -188,7 +196,6 @@ class ResultStore:
         }
         atomic_write(path, json.dumps(cell, allow_nan=False, indent=1))
         self._remove_stale_sidecars(path, keep=npz_name)
-        return path
 
     def keys(self, kind: str) -> list[str]:
         """Keys of the cell files of ``kind`` in sorted order (unreadable ones included; ``records`` skips them)."""

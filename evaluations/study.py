@@ -13,6 +13,7 @@ import numpy as np
 
 from artmed.attacks.pipeline import AttackSpec
 from artmed.data.phantom import save_phantom_grid
+from artmed.distributed import barrier, is_main_process
 from artmed.evaluations.aggregate import (
     DEFENSE_KEYS,
     DEFENSE_METRICS,
@@ -198,6 +199,9 @@ def summary(result: StudyResult) -> str:
 
 def run_study(config: StudyConfig, verbose: bool = True,
               reuse_stale: bool = False) -> tuple[StudyResult, dict[str, Path]]:
-    """Run (or resume) a study and write its outputs."""
-    result = Harness(config, verbose=verbose, reuse_stale=reuse_stale).run()
-    return result, write_outputs(result)
+    """Run (or resume) a study and write its outputs. Under ``torchrun`` every rank runs it (training data-parallel,
+    the rest repeated) and rank 0 alone writes and shows progress; the other ranks get no paths."""
+    result = Harness(config, verbose=verbose and is_main_process(), reuse_stale=reuse_stale).run()
+    paths = write_outputs(result) if is_main_process() else {}
+    barrier()
+    return result, paths

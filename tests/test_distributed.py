@@ -189,3 +189,29 @@ def test_cli_help_and_text_dropout(capsys):
     assert all(m.p == 0.0 for m in est.model.text_model.modules() if isinstance(m, nn.Dropout))
     with pytest.raises(ValueError, match="dropout"):
         set_text_dropout(est.model, 1.5)
+
+
+def test_a_whole_study_under_torchrun(tmp_path):
+    """``torchrun -m artmed.evaluations.cli run``: both ranks run the quick study (training data-parallel), rank 0
+    alone prints and writes, every cell records the world size, and a second launch resumes every cell."""
+    out = tmp_path / "study"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+    def launch() -> str:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "artmed.evaluations.cli", "run",
+               "--preset", "quick", "--output", str(out), "--quiet"]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 0, log[-4000:]
+        return log
+
+    log = launch()
+    assert log.count("Attacked models, per seed") == 1 and log.count("Tables and figures in") == 1
+    models = json.loads((out / "models.json").read_text())
+    assert [m["status"] for m in models] == ["ok", "ok"] and {m["world_size"] for m in models} == {2}
+    cells = sorted(p.name for p in (out / "cells" / "model").glob("*.json"))
+    assert len(cells) == 3  # the base model and the two attack settings, each written once
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*.json")}
+    launch()
+    assert {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*.json")} == stamps  # resumed, not recomputed
