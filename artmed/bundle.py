@@ -6,7 +6,6 @@ pool if set) and ``tokenizer/`` (``vocab.txt``). Loading unpickles nothing: JSON
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -18,37 +17,21 @@ from artmed import __version__
 from artmed.files import staged_directory
 
 BUNDLE_FILE = "estimator.json"
-_VISION_KINDS = ("resnet", "swin")
 
 
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """A ``MedCLIPConfig`` as plain JSON data, tagging the vision encoder's kind."""
-    from artmed.models import ResNetVisionConfig
+def _model_config(data: Any) -> Any:
+    """The ``MedCLIPConfig`` of ``estimator.json``: ``artmed.models.config``'s format, or the older one that tagged the
+    vision encoder's kind at the top (``vision_kind``); ValueError naming the file on bad fields."""
+    from artmed.models.config import config_from_dict
 
-    data = dataclasses.asdict(config)
-    data["vision_kind"] = "resnet" if isinstance(config.vision, ResNetVisionConfig) else "swin"
-    return data
-
-
-def config_from_dict(data: dict[str, Any]) -> Any:
-    """The ``MedCLIPConfig`` that ``config_to_dict`` wrote (lists back to tuples); ValueError on bad fields."""
-    from artmed.models import MedCLIPConfig, ResNetVisionConfig, SwinVisionConfig, TextConfig
-
-    def tuples(d: dict[str, Any]) -> dict[str, Any]:
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-
+    if not isinstance(data, dict):
+        raise ValueError(f"{BUNDLE_FILE}: model must be a mapping, got {type(data).__name__}")
     data = dict(data)
-    kind = data.pop("vision_kind", None)
-    if kind not in _VISION_KINDS:
-        raise ValueError(f"{BUNDLE_FILE}: model.vision_kind must be one of {_VISION_KINDS}, got {kind!r}")
-    vision_cls = ResNetVisionConfig if kind == "resnet" else SwinVisionConfig
+    if "vision_kind" in data and isinstance(data.get("vision"), dict):
+        data["vision"] = {**data["vision"], "type": data.pop("vision_kind")}
     try:
-        return MedCLIPConfig(
-            vision=vision_cls(**tuples(data.pop("vision"))),
-            text=TextConfig(**tuples(data.pop("text"))),
-            **data,
-        )
-    except (TypeError, KeyError) as err:
+        return config_from_dict(data)
+    except ValueError as err:
         raise ValueError(f"{BUNDLE_FILE}: invalid model config ({err})") from err
 
 
@@ -60,7 +43,8 @@ def save_bundle(estimator: Any, directory: str | os.PathLike[str]) -> Path:
     or holds nothing but what one holds (empty, or torn by an older writer); otherwise ValueError, as its files
     would be lost.
     """
-    from artmed.models import save_medclip
+    from artmed.models import save_medclip, save_tokenizer
+    from artmed.models.config import config_to_dict
 
     out = Path(directory)
     if not _replaceable(out):
@@ -81,7 +65,7 @@ def save_bundle(estimator: Any, directory: str | os.PathLike[str]) -> Path:
         meta["text_pool"] = {"texts": estimator.texts, "labels": estimator.text_labels.astype(int).tolist()}
     with staged_directory(out) as staging:
         save_medclip(estimator.model, staging)
-        estimator.tokenizer.save_pretrained(str(staging / "tokenizer"))
+        save_tokenizer(estimator.tokenizer, staging / "tokenizer")
         (staging / BUNDLE_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out
 
@@ -115,7 +99,7 @@ def load_bundle(cls: type, directory: str | os.PathLike[str], device: str | torc
     for field in ("model", "prompts", "input_shape"):
         if field not in meta:
             raise ValueError(f"{meta_file}: missing field {field!r}")
-    model = MedCLIPModel(config_from_dict(meta["model"]))
+    model = MedCLIPModel(_model_config(meta["model"]))
     state = validate_state_dict(model, read_state_dict(path / "model.safetensors"), source=str(path))
     model.load_state_dict(state)
     settings = {

@@ -183,6 +183,25 @@ def test_save_and_load_round_trip(trained, test_set, tmp_path):
     assert loaded.prompts == est.prompts and loaded.input_shape == est.input_shape
     assert loaded.output == "probabilities" and loaded.texts is None
     np.testing.assert_allclose(loaded.predict(test_set[0][:8]), est.predict(test_set[0][:8]), rtol=1e-5, atol=1e-6)
+    assert (tmp_path / "bundle" / "tokenizer" / "vocab.txt").is_file()  # plain BERT format, as the layout promises
+
+
+def test_bundles_of_the_older_config_format_load(trained, test_set, tmp_path):
+    """estimator.json once tagged the vision kind at the top (``vision_kind``); such folders still load."""
+    import json
+
+    est, _, _ = trained
+    est.save(tmp_path / "old")
+    meta_file = tmp_path / "old" / "estimator.json"
+    meta = json.loads(meta_file.read_text())
+    meta["model"]["vision_kind"] = meta["model"]["vision"].pop("type")
+    meta_file.write_text(json.dumps(meta))
+    loaded = MedCLIPEstimator.load(tmp_path / "old", device="cpu")
+    assert loaded.model.config == est.model.config
+    meta["model"]["vision_kind"] = "vit"
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="estimator.json: invalid model config"):
+        MedCLIPEstimator.load(tmp_path / "old", device="cpu")
 
 
 def test_output_mode_and_text_pool_travel_with_copies_and_saves(trained, test_set, tmp_path):
