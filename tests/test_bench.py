@@ -125,7 +125,7 @@ def test_labeler_scaling_is_an_optional_section(tmp_path, monkeypatch, capsys):
     assert [row["bytes"] for row in rows] == [1993, 3993]
     assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] == pytest.approx(rows[1]["seconds"] / rows[0]["seconds"])
     assert rows[1]["size_ratio"] == pytest.approx(3993 / 1993) and all(row["seconds"] > 0 for row in rows)
-    monkeypatch.setattr(bench, "LABELER_SIZES", (2_000, 4_000))
+    monkeypatch.setattr(bench.cli, "LABELER_SIZES", (2_000, 4_000))  # where main reads it
     out = tmp_path / "b.json"
     assert main(["--sizes", "501", "--skip-art-above", "500", "--threads", "1", "--study", "none", "--extract", "none",
                  "--labeler", "--out", str(out)]) == 0

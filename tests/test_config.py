@@ -187,7 +187,7 @@ def test_cli_run_reports_config_errors_before_any_work(tmp_path, capsys, no_work
 def test_bench_checks_its_output_before_running(tmp_path, monkeypatch, capsys, out, message):
     (tmp_path / "folder").mkdir()
     (tmp_path / "a_file").write_text("not a folder")
-    monkeypatch.setattr(bench, "run_benchmarks", lambda *a, **k: pytest.fail("the benchmark ran"))
+    monkeypatch.setattr(bench.cli, "run_benchmarks", lambda *a, **k: pytest.fail("the benchmark ran"))
     with pytest.raises(ValueError, match=message):
         bench.main(["--out", str(tmp_path / out)])
     assert main(["bench", "--out", str(tmp_path / out)]) == 2
