@@ -11,6 +11,7 @@ import pytest
 
 from artmed.constants import CHEXPERT_LABELS, NUM_LABELS
 from artmed.data import labeler
+from artmed.data import labeler_rules as rules
 from artmed.data.labeler import (
     extract_findings,
     iter_reports,
@@ -335,9 +336,9 @@ def test_long_inputs_are_labelled_in_linear_time():
         " ".join(["Dr."] * 30_000) + " ok"]
 
 
-SCOPE_PATTERNS = [labeler._PRE_NEG_UNC_BEFORE, labeler._PRE_NEG_UNC_AFTER, labeler._NEG_BEFORE, labeler._NEG_AFTER,
-                  labeler._UNC_BEFORE, labeler._UNC_AFTER, labeler._PREDICATE,
-                  *(getattr(q, kind) for q in labeler._ATTRIBUTES.values()
+SCOPE_PATTERNS = [rules._PRE_NEG_UNC_BEFORE, rules._PRE_NEG_UNC_AFTER, rules._NEG_BEFORE, rules._NEG_AFTER,
+                  rules._UNC_BEFORE, rules._UNC_AFTER, rules._PREDICATE,
+                  *(getattr(q, kind) for q in rules._ATTRIBUTES.values()
                     for kind in ("negative", "positive", "uncertain"))]
 WORDS = ("no not without cannot can't be excluded may possible is are seen normal within limits enlarged widened "
          "heart effusion airspace diseases stable unchanged r/o rule out top-normal 1.5 , ; ? and or").split()
@@ -346,12 +347,12 @@ WORDS = ("no not without cannot can't be excluded may possible is are seen norma
 def test_span_search_matches_searching_the_slice(monkeypatch):
     """The indexed cue-scope search gives exactly what searching a slice of the sentence gives (slices start
     inside words, at list items and at the ends; spans reach across commas and clause breaks)."""
-    monkeypatch.setattr(labeler, "_SHORT_SPAN", -1)
+    monkeypatch.setattr(rules, "_SHORT_SPAN", -1)
     rng = random.Random(0)
     for _ in range(300):
         glue = (" ", " ", ", ", "-", "/", "'", "")
-        text = labeler._normalise("".join(rng.choice(WORDS) + rng.choice(glue) for _ in range(rng.randint(1, 40))))
-        spans = labeler._Spans(text)
+        text = rules._normalise("".join(rng.choice(WORDS) + rng.choice(glue) for _ in range(rng.randint(1, 40))))
+        spans = rules._Spans(text)
         for _ in range(30):
             start, end = sorted(rng.randint(0, len(text)) for _ in range(2))
             pattern = rng.choice(SCOPE_PATTERNS)
@@ -360,18 +361,18 @@ def test_span_search_matches_searching_the_slice(monkeypatch):
 
 
 def test_reach_refuses_patterns_without_a_bound():
-    assert labeler._reach(labeler._NEG_AFTER) == 2
+    assert rules._reach(rules._NEG_AFTER) == 2
     for pattern in (r"(?:no )+effusion", r"(?<=no )effusion", r"[^a]*"):
         with pytest.raises(ValueError, match="no bounded reach"):
-            labeler._reach(re.compile(pattern))
+            rules._reach(re.compile(pattern))
 
 
 def test_header_skips_do_not_change_the_headers_found():
-    plain = re.compile(labeler._HEADER.pattern.split("|(?P<skip>")[0])
+    plain = re.compile(rules._HEADER.pattern.split("|(?P<skip>")[0])
     rng = random.Random(1)
     tokens = ["NO", "EFFUSION", "A", "FINAL", "REPORT", "REASON", "FOR", "EXAM", "FINDINGS", "findings", "x2AB",
               "\u00c9"]
     glue = [" "] * 12 + [":", ": ", ":x", "\n", "\n\n", "  ", ". "]
     for _ in range(500):
         report = "".join(rng.choice(tokens) + rng.choice(glue) for _ in range(rng.randint(0, 60)))
-        assert [h.span() for h in labeler._headers(report)] == [h.span() for h in plain.finditer(report)], report
+        assert [h.span() for h in rules._headers(report)] == [h.span() for h in plain.finditer(report)], report

@@ -13,7 +13,7 @@ Differences from the release, on purpose:
   an NLTK download; artmed works offline). WordNet also offers finding words synonyms from unrelated senses; the
   table holds no label word.
 - Label words are never altered: a word inside a match of the rule labeler's finding phrases, their "looks alike
-  but is not" phrases, the size/shape qualifiers or the negation/uncertainty/scope cues (``artmed.data.labeler``)
+  but is not" phrases, the size/shape qualifiers or the negation/uncertainty/scope cues (``artmed.data.labeler_rules``)
   is never replaced, deleted or moved, and no word is inserted between two label words. An augmented sentence whose
   labeler label still differs from the original's is redrawn (up to ``tries`` times, then the sentence is left
   unchanged), so an augmented sentence keeps the plain sentence's label, which the loss pairs it with.
@@ -29,7 +29,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from artmed.data import labeler as _lab
+from artmed.data import labeler_rules as _lab
 
 RELEASED_OPERATIONS: tuple[str, ...] = ("synonym_replacement", "random_swap", "random_deletion")
 """The operations the released collator draws from (uniformly, one per sentence)."""
