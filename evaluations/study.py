@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from artmed.attacks.pipeline import AttackSpec
-from artmed.data.phantom import save_phantom_grid
+from artmed.data.phantom_plot import save_phantom_grid
 from artmed.distributed import barrier, is_main_process
 from artmed.evaluations.aggregate import (
     DEFENSE_KEYS,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -693,29 +692,10 @@ class _Renderer:
         return np.clip(img, 0.0, 1.0, out=img)
 
 
-def save_phantom_grid(path: str | Path, image_size: int = 128, seed: int = 0) -> Path:
-    """Write a PNG grid: the same phantom patient with each CheXpert finding alone, one titled panel each."""
-    import matplotlib
+def __getattr__(name: str) -> object:
+    """``save_phantom_grid``, which lives in ``artmed.data.phantom_plot``, imported on first use (no import cycle)."""
+    if name == "save_phantom_grid":
+        from artmed.data.phantom_plot import save_phantom_grid
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = np.zeros((NUM_LABELS, NUM_LABELS), dtype=np.float32)
-    labels[np.arange(NUM_LABELS), np.arange(NUM_LABELS)] = 1.0
-    images = np.stack([PhantomGenerator(image_size, seed).generate(labels[i : i + 1])[0, 0]
-                       for i in range(NUM_LABELS)])
-    cols = 7
-    rows = int(np.ceil(NUM_LABELS / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.35 * rows))
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i, ax in enumerate(axes.ravel()[:NUM_LABELS]):
-        ax.imshow(images[i], cmap="gray", vmin=0.0, vmax=1.0)
-        ax.set_title(CHEXPERT_LABELS[i], fontsize=9)
-    fig.suptitle(f"artmed phantom chest radiographs ({image_size} px, seed {seed})", fontsize=11)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+        return save_phantom_grid
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
