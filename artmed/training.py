@@ -87,8 +87,9 @@ def index_batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator
         buffer = buffer[size:]
 
 
-class _Encoders(nn.Module):
-    """One step's forward (image and text embeddings, temperature) as a module, so DDP can wrap and sync it."""
+class Encoders(nn.Module):
+    """One step's forward (image and text embeddings, temperature) as a module, so DDP can wrap and sync it; the
+    encoders not trained run without gradients."""
 
     def __init__(self, model: nn.Module, train_vision: bool, train_text: bool) -> None:
         super().__init__()
@@ -281,7 +282,7 @@ def train_unpaired(
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices), global_batchnorm(model):
         torch.manual_seed(seed + rank())
-        encoders = wrap_ddp(_Encoders(model, train_vision, train_text), device)
+        encoders = wrap_ddp(Encoders(model, train_vision, train_text), device)
 
         def objective(step: int) -> tuple[torch.Tensor, torch.Tensor]:
             i_idx, pixels = image_rows[step], next(pixel_batches)

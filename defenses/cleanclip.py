@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from artmed.data.dataset import ImageSet
+from artmed.distributed import gather, global_batchnorm, rank, shard_slice, wrap_ddp
 from artmed.defenses.base import Defense, EvaluationContext, MitigationResult, load_images
 from artmed.inputs import (
     as_images,
@@ -31,7 +32,7 @@ from artmed.inputs import (
 )
 from artmed.loader import image_batches
 from artmed.losses import medclip_loss
-from artmed.training import clamp_logit_scale, index_batches, make_optimizer, run_steps, warmup_cosine
+from artmed.training import Encoders, clamp_logit_scale, index_batches, make_optimizer, run_steps, warmup_cosine
 
 WARMUP: float = 0.1
 """Share of the steps spent on linear learning-rate warm-up (then cosine decay), as in ``train_unpaired``."""
@@ -265,21 +266,23 @@ class CleanCLIP(Defense):
         fixed_scale = None if self.temperature is None else 1.0 / self.temperature
         use_ss = self.lambda_ss > 0
         model.train()
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(int(torch_seed))
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), global_batchnorm(model):
+            torch.manual_seed(int(torch_seed) + rank())
+            encoders = wrap_ddp(Encoders(model, True, True), device)
 
             def objective(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+                # every rank draws the global batch and its augmentations, encodes its shard, gathers the rest
                 i_idx, t_idx, pixels = image_rows[step], next(text_idx), next(pixel_batches)
                 sentences = [texts[i] for i in t_idx]
                 if use_ss:
                     pixels = torch.cat([pixels, augment_images(pixels, generator)])
                     sentences = sentences + augment_texts(sentences, text_rng, self.word_dropout)
                 ids, mask = tokenize(estimator.tokenizer, sentences, device)
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    img = model.encode_image(normalize_pixels(pixels))
-                    txt = model.encode_text(ids, mask)
                 b_img, b_txt = len(i_idx), len(t_idx)
-                scale = model.scale()
+                img_rows, txt_rows = _shard_rows(b_img, use_ss, device), _shard_rows(b_txt, use_ss, device)
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    img, txt, scale = encoders(normalize_pixels(pixels[img_rows]), ids[txt_rows], mask[txt_rows])
+                img, txt = _gather_rows(img, use_ss), _gather_rows(txt, use_ss)
                 zero = scale.new_zeros(())
                 loss_mm = zero if labels is None else medclip_loss(
                     img[:b_img], txt[:b_txt], torch.from_numpy(labels[i_idx]).to(device),
@@ -303,6 +306,21 @@ class CleanCLIP(Defense):
         values = terms.cpu().tolist()
         keys = ("loss", "loss_mm", "loss_ss", "loss_ss_image", "loss_ss_text")
         return [{"step": s + 1, **dict(zip(keys, row)), "lr": lr} for s, (row, lr) in enumerate(zip(values, lrs))]
+
+
+def _shard_rows(n: int, doubled: bool, device: torch.device) -> torch.Tensor:
+    """This rank's rows of a batch of ``n`` (all of them outside a process group), followed, when the batch is
+    ``doubled`` by augmented copies, by the same rows of the copies."""
+    rows = torch.arange(n, device=device)[shard_slice(n)]
+    return torch.cat([rows, rows + n]) if doubled else rows
+
+
+def _gather_rows(local: torch.Tensor, doubled: bool) -> torch.Tensor:
+    """Every rank's ``_shard_rows`` embeddings in one process's order: the clean rows, then their augmented copies."""
+    if not doubled:
+        return gather(local)
+    half = len(local) // 2
+    return torch.cat([gather(local[:half]), gather(local[half:])])
 
 
 def _same_sentences(sentences: list[str]) -> np.ndarray:

@@ -1,9 +1,10 @@
-"""torchrun worker for tests/test_distributed.py: the ``artmed.train_ddp`` run, a BadDist fine-tune and a
-fine-pruning repair, on gloo.
+"""torchrun worker for tests/test_distributed.py: the ``artmed.train_ddp`` run, a BadDist fine-tune, a
+fine-pruning repair and a CleanCLIP fine-tune, on gloo.
 
 Usage: ``torchrun --nproc_per_node=2 tests/_ddp_worker.py OUT [train_ddp arguments...]``; rank 0 writes the
 trained bundle to OUT/fit, the BadDist bundle (plus its history) to OUT/bad_dist and the fine-pruned bundle (plus
-its fine-tuning loss and pruned channels) to OUT/fine_pruning.
+its fine-tuning loss and pruned channels) to OUT/fine_pruning and the CleanCLIP bundle (plus its losses) to
+OUT/cleanclip.
 """
 
 import json
@@ -58,6 +59,33 @@ def fine_pruning_run(device: torch.device | str) -> Any:
     return FinePruning(**FINE_PRUNING).run(context)
 
 
+CLEANCLIP = {"steps": 4, "lr": 1e-3, "batch_size": 9, "n_clean": 20, "seed": 3, "verbose": False}
+"""CleanCLIP settings (9 images and 9 sentences per step, their augmented copies too: 5 + 5 on rank 0, 4 + 4 on 1)."""
+
+
+def cleanclip_run(device: torch.device | str) -> Any:
+    """CleanCLIP on a fresh tiny estimator (text dropout off, as in the fit comparison); returns its result."""
+    from artmed.data import make_default_dataset
+    from artmed.defenses import EvaluationContext
+    from artmed.defenses.cleanclip import CleanCLIP
+    from artmed.estimator import MedCLIPEstimator
+
+    data = make_default_dataset(n_train=24, n_test=8, image_size=32, seed=5, n_texts=20)
+    task = data.tasks["rsna_like"]
+    estimator = MedCLIPEstimator.tiny(task.prompts, image_size=32, seed=7, device=device)
+    train_ddp.set_text_dropout(estimator.model, 0.0)
+    context = EvaluationContext(estimator=estimator, x_test=task.images, test_targets=task.targets,
+                                x_clean=data.train, texts=data.texts.sentences, text_labels=data.texts.labels)
+    return CleanCLIP(**CLEANCLIP).run(context)
+
+
+@on_rank0
+def save_cleanclip(result: Any, out: Path) -> None:
+    """Write the repaired bundle and its per-step losses into ``out``; rank 0 only."""
+    result.estimator.save(out)
+    (out / "history.json").write_text(json.dumps(result.history))
+
+
 @on_rank0
 def save_fine_pruning(result: Any, out: Path) -> None:
     """Write the repaired bundle, its fine-tuning loss and pruned channels into ``out``; rank 0 only."""
@@ -81,6 +109,7 @@ def main(out: str, argv: list[str]) -> None:
         train_ddp.run(train_ddp.build_parser().parse_args([*argv, "--out", str(Path(out) / "fit")]), device)
         save_bad_dist(*bad_dist_run(device), Path(out) / "bad_dist")
         save_fine_pruning(fine_pruning_run(device), Path(out) / "fine_pruning")
+        save_cleanclip(cleanclip_run(device), Path(out) / "cleanclip")
         barrier()
     finally:
         shutdown()
