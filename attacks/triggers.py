@@ -14,14 +14,20 @@ import torch
 import torch.nn.functional as F
 
 from artmed.constants import IMAGE_MEAN, IMAGE_STD, IMAGE_SIZE
+from artmed.params import Bool, Choice, Int, Items, OrNone, Params, Real
 
 __all__ = ["Trigger", "PatchTrigger", "FourierTrigger", "BlendedTrigger", "TRIGGERS", "make_trigger"]
 
 CORNERS: tuple[str, ...] = ("top_left", "top_right", "bottom_left", "bottom_right")
 
 
-class Trigger:
-    """Base class: input validation, single-image handling and dtype round-trip shared by every trigger."""
+class Trigger(Params):
+    """Base class: input validation, single-image handling and dtype round-trip shared by every trigger.
+
+    Parameters follow :mod:`artmed.params`: stored unchanged as passed, checked by ``_check_params`` (``param_rules``
+    and any cross-checks), read back by ``get_params`` and changed all-or-nothing by ``set_params``, which drops the
+    patterns a trigger cached for the old values.
+    """
 
     name: str = "trigger"
 
@@ -35,10 +41,6 @@ class Trigger:
     def mask(self, shape: tuple[int, ...]) -> np.ndarray:
         """Boolean array of ``shape`` ((H, W), (C, H, W) or (N, C, H, W)): True where the trigger may change pixels."""
         return np.ones(_check_shape(shape), dtype=bool)
-
-    def get_params(self) -> dict[str, Any]:
-        """The constructor parameters (for configs and result records)."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if not isinstance(v, np.ndarray))
@@ -91,6 +93,14 @@ class PatchTrigger(Trigger):
     """
 
     name = "patch"
+    param_rules = {
+        "size": OrNone(Int(1), text="a positive integer or None"),
+        "relative_size": Real(0.0, 1.0, "(]", text="in (0, 1]"),
+        "colour": Real(0.0, 1.0, text="a pixel value in [0, 1]"),
+        "corner": Choice(CORNERS),
+        "inset": Items(Int(0), 2, text="two non-negative integers (dx, dy)"),
+        "native_size": OrNone(Int(1), text="a positive integer or None"),
+    }
 
     def __init__(
         self,
@@ -101,39 +111,30 @@ class PatchTrigger(Trigger):
         inset: tuple[int, int] = (0, 0),
         native_size: int | None = None,
     ) -> None:
-        if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1):
-            raise ValueError(f"PatchTrigger size must be a positive integer or None, got {size!r}")
-        if not np.isfinite(relative_size) or not 0.0 < relative_size <= 1.0:
-            raise ValueError(f"PatchTrigger relative_size must be in (0, 1], got {relative_size!r}")
-        if not np.isfinite(colour) or not 0.0 <= colour <= 1.0:
-            raise ValueError(f"PatchTrigger colour must be a pixel value in [0, 1], got {colour!r}")
-        if corner not in CORNERS:
-            raise ValueError(f"PatchTrigger corner must be one of {CORNERS}, got {corner!r}")
-        if (not isinstance(inset, (tuple, list)) or len(inset) != 2
-                or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in inset)):
-            raise ValueError(f"PatchTrigger inset must be two non-negative integers (dx, dy), got {inset!r}")
-        if native_size is not None and (isinstance(native_size, bool)
-                                        or not isinstance(native_size, (int, np.integer)) or native_size < 1):
-            raise ValueError(f"PatchTrigger native_size must be a positive integer or None, got {native_size!r}")
-        self.size = None if size is None else int(size)
-        self.relative_size = float(relative_size)
-        self.colour = float(colour)
+        self.size = size
+        self.relative_size = relative_size
+        self.colour = colour
         self.corner = corner
-        self.inset = (int(inset[0]), int(inset[1]))
-        self.native_size = None if native_size is None else int(native_size)
-        if self.native_size is not None:
-            self.side(self.native_size, self.native_size)
+        self.inset = inset
+        self.native_size = native_size
+        self._check_params()
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor parameters."""
-        return {"size": self.size, "relative_size": self.relative_size, "colour": self.colour, "corner": self.corner,
-                "inset": self.inset, "native_size": self.native_size}
+    def _check_params(self) -> None:
+        self.check_rules()
+        if self.native_size is not None:
+            self.side(int(self.native_size), int(self.native_size))
+
+    @property
+    def offsets(self) -> tuple[int, int]:
+        """``inset`` as a pair of Python ints (dx, dy)."""
+        return int(self.inset[0]), int(self.inset[1])
 
     def side(self, height: int, width: int) -> int:
         """The patch side in pixels for an image of this size; ValueError when it does not fit."""
-        side = self.size if self.size is not None else max(1, int(round(self.relative_size * width)))
-        if side + self.inset[1] > height or side + self.inset[0] > width:
-            raise ValueError(f"PatchTrigger of side {side} px at inset {self.inset} does not fit a {height}×{width} "
+        side = int(self.size) if self.size is not None else max(1, int(round(float(self.relative_size) * width)))
+        dx, dy = self.offsets
+        if side + dy > height or side + dx > width:
+            raise ValueError(f"PatchTrigger of side {side} px at inset {(dx, dy)} does not fit a {height}×{width} "
                              "image")
         return side
 
@@ -157,13 +158,13 @@ class PatchTrigger(Trigger):
             plane = np.zeros((height, width), dtype=np.float64)
             plane[rows, cols] = 1.0
             return plane
-        n = self.native_size
+        n = int(self.native_size)
         rows, cols = self._region(n, n)
         return np.outer(_overlap(rows, height / n, height), _overlap(cols, width / n, width))
 
     def _region(self, height: int, width: int) -> tuple[slice, slice]:
         side = self.side(height, width)
-        dx, dy = self.inset
+        dx, dy = self.offsets
         rows = slice(dy, dy + side) if self.corner.startswith("top") else slice(height - side - dy, height - dy)
         cols = slice(dx, dx + side) if self.corner.endswith("left") else slice(width - side - dx, width - dx)
         return rows, cols
@@ -171,10 +172,10 @@ class PatchTrigger(Trigger):
     def _apply(self, x: np.ndarray) -> np.ndarray:
         if self.native_size is not None:
             cover = self.coverage(*x.shape[-2:])
-            out = x * (1.0 - cover).astype(x.dtype) + (cover * self.colour).astype(x.dtype)
+            out = x * (1.0 - cover).astype(x.dtype) + (cover * float(self.colour)).astype(x.dtype)
             return np.clip(out, 0.0, 1.0, out=out)
         rows, cols = self._region(*x.shape[-2:])
-        x[..., rows, cols] = self.colour
+        x[..., rows, cols] = float(self.colour)
         return x
 
 
@@ -192,30 +193,34 @@ class FourierTrigger(Trigger):
     """
 
     name = "fourier"
+    param_rules = {
+        "window": Real(0.0, 0.5, "()", text="FIBA's β in (0, 0.5)"),
+        "alpha": Real(0.0, 1.0, "(]", text="in (0, 1]"),
+        "seed": Int(0, text="a non-negative integer"),
+        "unnormalized": Bool(text="True or False"),
+    }
 
     def __init__(self, window: float = 0.2, alpha: float = 0.1, seed: int = 0, reference: np.ndarray | None = None,
                  unnormalized: bool = False):
-        if not np.isfinite(window) or not 0.0 < window < 0.5:
-            raise ValueError(f"FourierTrigger window (β) must be in (0, 0.5), got {window!r}")
-        if not np.isfinite(alpha) or not 0.0 < alpha <= 1.0:
-            raise ValueError(f"FourierTrigger alpha must be in (0, 1], got {alpha!r}")
-        self.window = float(window)
-        self.alpha = float(alpha)
-        self.seed = _check_seed(seed, "FourierTrigger")
-        self.reference = None if reference is None else _check_pattern(reference, "FourierTrigger reference")
-        if not isinstance(unnormalized, (bool, np.bool_)):
-            raise ValueError(f"FourierTrigger unnormalized must be True or False, got {unnormalized!r}")
-        self.unnormalized = bool(unnormalized)
+        self.window = window
+        self.alpha = alpha
+        self.seed = seed
+        self.reference = reference
+        self.unnormalized = unnormalized
         self._amplitudes: dict[tuple[int, int, int], np.ndarray] = {}
+        self._check_params()
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor parameters."""
-        return {"window": self.window, "alpha": self.alpha, "seed": self.seed, "reference": self.reference,
-                "unnormalized": self.unnormalized}
+    def _check_params(self) -> None:
+        self.check_rules()
+        if self.reference is not None:
+            _check_pattern(self.reference, "FourierTrigger reference")
+
+    def _params_changed(self) -> None:
+        self._amplitudes.clear()
 
     def half_width(self, height: int, width: int) -> int:
         """FIBA's low-frequency half-width b = floor(β · min(H, W)); the window is (2b + 1)² centred bins."""
-        return int(np.floor(self.window * min(height, width)))
+        return int(np.floor(float(self.window) * min(height, width)))
 
     def frequency_window(self, height: int, width: int) -> np.ndarray:
         """Boolean (H, W) mask over the *centred* (fftshift-ed) spectrum: True where the amplitude is blended."""
@@ -227,7 +232,8 @@ class FourierTrigger(Trigger):
 
     def reference_image(self, height: int, width: int, channels: int = 1) -> np.ndarray:
         """The reference image resized to (channels, H, W), float64 in [0, 1]."""
-        base = self.reference if self.reference is not None else _smooth_texture(self.seed, IMAGE_SIZE)
+        base = (_as_pattern(self.reference) if self.reference is not None
+                else _smooth_texture(int(self.seed), IMAGE_SIZE))
         return _resize(base, height, width, channels)
 
     def _apply(self, x: np.ndarray) -> np.ndarray:
@@ -240,7 +246,8 @@ class FourierTrigger(Trigger):
         window = self.frequency_window(height, width)
         spectrum = np.fft.fftshift(np.fft.fft2(x.astype(np.float64)), axes=(-2, -1))
         amplitude, phase = np.abs(spectrum), np.angle(spectrum)
-        amplitude[..., window] = (1.0 - self.alpha) * amplitude[..., window] + self.alpha * ref_amp[..., window]
+        alpha = float(self.alpha)
+        amplitude[..., window] = (1.0 - alpha) * amplitude[..., window] + alpha * ref_amp[..., window]
         mixed = np.fft.ifftshift(amplitude * np.exp(1j * phase), axes=(-2, -1))
         out = np.clip(np.real(np.fft.ifft2(mixed)), 0.0, 1.0)
         return (out * IMAGE_STD + IMAGE_MEAN if self.unnormalized else out).astype(x.dtype)
@@ -254,32 +261,38 @@ class BlendedTrigger(Trigger):
     """
 
     name = "blended"
+    param_rules = {"alpha": Real(0.0, 1.0, "(]", text="in (0, 1]"), "seed": Int(0, text="a non-negative integer")}
 
     def __init__(self, alpha: float = 0.1, seed: int = 0, pattern: np.ndarray | None = None) -> None:
-        if not np.isfinite(alpha) or not 0.0 < alpha <= 1.0:
-            raise ValueError(f"BlendedTrigger alpha must be in (0, 1], got {alpha!r}")
-        self.alpha = float(alpha)
-        self.seed = _check_seed(seed, "BlendedTrigger")
-        self.pattern = None if pattern is None else _check_pattern(pattern, "BlendedTrigger pattern")
+        self.alpha = alpha
+        self.seed = seed
+        self.pattern = pattern
         self._patterns: dict[tuple[int, int, int], np.ndarray] = {}
+        self._check_params()
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor parameters."""
-        return {"alpha": self.alpha, "seed": self.seed, "pattern": self.pattern}
+    def _check_params(self) -> None:
+        self.check_rules()
+        if self.pattern is not None:
+            _check_pattern(self.pattern, "BlendedTrigger pattern")
+
+    def _params_changed(self) -> None:
+        self._patterns.clear()
 
     def pattern_image(self, height: int, width: int, channels: int = 1) -> np.ndarray:
         """The blend pattern resized to (channels, H, W), float64 in [0, 1]."""
         key = (channels, height, width)
         if key not in self._patterns:
-            base = self.pattern
-            if base is None:
-                base = np.random.default_rng(self.seed).random((IMAGE_SIZE, IMAGE_SIZE))
+            if self.pattern is not None:
+                base = _as_pattern(self.pattern)
+            else:
+                base = np.random.default_rng(int(self.seed)).random((IMAGE_SIZE, IMAGE_SIZE))
             self._patterns[key] = _resize(base, height, width, channels)
         return self._patterns[key]
 
     def _apply(self, x: np.ndarray) -> np.ndarray:
         pattern = self.pattern_image(*x.shape[-2:], channels=x.shape[1]).astype(x.dtype)
-        return ((1.0 - self.alpha) * x + self.alpha * pattern).astype(x.dtype)
+        alpha = float(self.alpha)
+        return ((1.0 - alpha) * x + alpha * pattern).astype(x.dtype)
 
 
 TRIGGERS: dict[str, type[Trigger]] = {cls.name: cls for cls in (PatchTrigger, FourierTrigger, BlendedTrigger)}
@@ -306,21 +319,24 @@ def _overlap(span: slice, scale: float, length: int) -> np.ndarray:
     return np.clip(np.minimum(edges + 1.0, hi) - np.maximum(edges, lo), 0.0, 1.0)
 
 
-def _check_seed(seed: int, owner: str) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"{owner} seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
+def _as_pattern(pattern: np.ndarray) -> np.ndarray:
+    """A user's pattern (any array-like of pixel values) as float64, as the triggers compute with it."""
+    return np.asarray(pattern, dtype=np.float64)
 
 
-def _check_pattern(pattern: np.ndarray, what: str) -> np.ndarray:
-    pattern = np.asarray(pattern, dtype=np.float64)
+def _check_pattern(pattern: np.ndarray, what: str) -> None:
+    """ValueError naming ``what`` unless ``pattern`` is an (H, W) or (C, H, W) image of finite values in [0, 1]."""
+    try:
+        pattern = _as_pattern(pattern)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be an (H, W) or (C, H, W) array of pixel values in [0, 1], got "
+                         f"{type(pattern).__name__}") from None
     if pattern.ndim == 3 and pattern.shape[0] not in (1, 3):
         raise ValueError(f"{what} must be (H, W) or channels-first (C, H, W) with C in (1, 3), got {pattern.shape}")
     if pattern.ndim not in (2, 3) or min(pattern.shape) < 1:
         raise ValueError(f"{what} must be (H, W) or (C, H, W), got shape {pattern.shape}")
     if not np.all(np.isfinite(pattern)) or pattern.min() < 0.0 or pattern.max() > 1.0:
         raise ValueError(f"{what} must hold finite pixel values in [0, 1]")
-    return pattern.copy()
 
 
 def _smooth_texture(seed: int, size: int) -> np.ndarray:
