@@ -14,6 +14,7 @@ from artmed.defenses.base import DetectionResult, EvaluationContext, LabelGroups
 from artmed.defenses.decomposition import RowStream, fast_ica, pca
 from artmed.defenses.kmeans import kmeans, silhouette
 from artmed.device import one_cpu_thread, resolve_device
+from artmed.params import Choice, Int, OrNone, Real, Text
 
 ANALYSES = ("relative-size", "smaller", "silhouette")
 _SILHOUETTE_SAMPLE = 5000
@@ -77,6 +78,19 @@ class ActivationClustering(ARTPoisonFilter):
 
     name = "activation_clustering"
     kind = "detection"
+    param_rules = {
+        "mode": Choice(("artmed", "art")),
+        "reduce": OrNone(Choice(("ica", "pca")), text="'ica', 'pca' or None (the mode's default)"),
+        "analysis": OrNone(Choice(ANALYSES), text=f"one of {ANALYSES} or None (the mode's default)"),
+        "n_components": Int(1),
+        "n_clusters": Int(2),
+        "min_group_size": Int(1),
+        "n_init": OrNone(Int(1)),
+        "fit_rows": OrNone(Int(100), text="an integer >= 100 or None (all rows)"),
+        "size_threshold": Real(0.0, 1.0, "()"),
+        "silhouette_threshold": Real(-1.0, 1.0),
+        "layer": Text(),
+    }
 
     def __init__(
         self,
@@ -115,30 +129,9 @@ class ActivationClustering(ARTPoisonFilter):
         self._check_params()
 
     def _check_params(self) -> None:
-        if self.mode not in ("artmed", "art"):
-            raise ValueError(f"mode must be 'artmed' or 'art', got {self.mode!r}")
-        if self.reduce not in (None, "ica", "pca"):
-            raise ValueError(f"reduce must be 'ica' or 'pca', got {self.reduce!r}")
-        if self.analysis not in (None, *ANALYSES):
-            raise ValueError(f"analysis must be one of {ANALYSES}, got {self.analysis!r}")
-        for name in ("n_components", "n_clusters", "min_group_size"):
-            value = getattr(self, name)
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.n_clusters < 2:
-            raise ValueError(f"n_clusters must be >= 2, got {self.n_clusters!r}")
+        self.check_rules()
         if self.min_group_size < self.n_clusters:
             raise ValueError(f"min_group_size ({self.min_group_size}) must be >= n_clusters ({self.n_clusters})")
-        if self.n_init is not None and (int(self.n_init) != self.n_init or self.n_init < 1):
-            raise ValueError(f"n_init must be a positive integer, got {self.n_init!r}")
-        if self.fit_rows is not None and (int(self.fit_rows) != self.fit_rows or self.fit_rows < 100):
-            raise ValueError(f"fit_rows must be an integer >= 100 or None (all rows), got {self.fit_rows!r}")
-        if not 0.0 < self.size_threshold < 1.0:
-            raise ValueError(f"size_threshold must be in (0, 1), got {self.size_threshold!r}")
-        if not -1.0 <= self.silhouette_threshold <= 1.0:
-            raise ValueError(f"silhouette_threshold must be in [-1, 1], got {self.silhouette_threshold!r}")
-        if not isinstance(self.layer, str) or not self.layer:
-            raise ValueError(f"layer must be a non-empty string, got {self.layer!r}")
         resolve_device(self.device)
         self._check_data()
 

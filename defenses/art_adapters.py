@@ -24,6 +24,7 @@ from artmed.defenses.base import (
     group_labels,
     load_images,
 )
+from artmed.params import Choice, Int, Real, Text
 
 Source = Literal["features", "estimator"]
 
@@ -101,13 +102,8 @@ class _ARTDetector(Defense):
     source: Source
     min_group_size: int
 
-    def _check_common(self) -> None:
-        if self.source not in ("features", "estimator"):
-            raise ValueError(f"source must be 'features' or 'estimator', got {self.source!r}")
-        if not isinstance(self.layer, str) or not self.layer:
-            raise ValueError(f"layer must be a non-empty string, got {self.layer!r}")
-        if int(self.min_group_size) != self.min_group_size or self.min_group_size < 1:
-            raise ValueError(f"min_group_size must be a positive integer, got {self.min_group_size!r}")
+    common_rules = {"source": Choice(("features", "estimator")), "layer": Text(), "min_group_size": Int(1)}
+    """The rules every ART detector adds to its own ``param_rules``."""
 
     def _prepare(self, context: EvaluationContext) -> tuple[LabelGroups, np.ndarray, np.ndarray, GroupedActivations]:
         if self.source == "estimator" and (context.estimator is None or context.x_train is None):
@@ -139,6 +135,8 @@ class ARTSpectralSignatures(_ARTDetector):
     """
 
     name = "art_spectral_signatures"
+    param_rules = {**_ARTDetector.common_rules, "expected_pp_poison": Real(0.0, 1.0), "eps_multiplier": Real(0.0),
+                   "batch_size": Int(1)}
 
     def __init__(
         self,
@@ -158,13 +156,7 @@ class ARTSpectralSignatures(_ARTDetector):
         self._check_params()
 
     def _check_params(self) -> None:
-        self._check_common()
-        if not 0.0 <= self.expected_pp_poison <= 1.0:
-            raise ValueError(f"expected_pp_poison must be in [0, 1], got {self.expected_pp_poison!r}")
-        if self.eps_multiplier < 0:
-            raise ValueError(f"eps_multiplier must be >= 0, got {self.eps_multiplier!r}")
-        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        self.check_rules()
 
     def run(self, context: EvaluationContext) -> DetectionResult:
         """Run ART's detector on the context's label groups."""
@@ -192,6 +184,14 @@ class ARTActivationClustering(_ARTDetector):
     """
 
     name = "art_activation_clustering"
+    param_rules = {
+        **_ARTDetector.common_rules,
+        "nb_clusters": Int(2),
+        "nb_dims": Int(1),
+        "reduce": Choice(("PCA", "FastICA")),
+        "cluster_analysis": Choice(("smaller", "distance"), text="'smaller' or 'distance' (ART 1.20's "
+                                   "'relative-size' fails on NumPy >= 2.2 and 'silhouette-scores' is unreliable)"),
+    }
 
     def __init__(
         self,
@@ -215,18 +215,7 @@ class ARTActivationClustering(_ARTDetector):
         self._check_params()
 
     def _check_params(self) -> None:
-        self._check_common()
-        if int(self.nb_clusters) != self.nb_clusters or self.nb_clusters < 2:
-            raise ValueError(f"nb_clusters must be an integer >= 2, got {self.nb_clusters!r}")
-        if int(self.nb_dims) != self.nb_dims or self.nb_dims < 1:
-            raise ValueError(f"nb_dims must be a positive integer, got {self.nb_dims!r}")
-        if self.reduce not in ("PCA", "FastICA"):
-            raise ValueError(f"reduce must be 'PCA' or 'FastICA', got {self.reduce!r}")
-        if self.cluster_analysis not in ("smaller", "distance"):
-            raise ValueError(
-                f"cluster_analysis must be 'smaller' or 'distance', got {self.cluster_analysis!r} "
-                "(ART 1.20's 'relative-size' fails on NumPy >= 2.2 and 'silhouette-scores' is unreliable)"
-            )
+        self.check_rules()
         if self.min_group_size < max(self.nb_dims, self.nb_clusters):
             raise ValueError(
                 f"min_group_size ({self.min_group_size}) must be >= nb_dims and nb_clusters: ART's reduction "

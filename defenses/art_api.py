@@ -26,8 +26,9 @@ class ARTPoisonFilter(Defense, PoisonFilteringDefence):
     CheXpert rows, one-hot or class ids (samples are grouped by their exact label row, unlike ART's argmax).
     ``detect_poison`` runs ``run`` on an ``EvaluationContext`` of the three; features are extracted once per
     (classifier, x_train, y_train) objects and reused by later calls (assign new objects to extract again).
-    ``set_params`` takes ``defence_params`` (the ``__init__`` names), refuses other names instead of ignoring them,
-    and restores every value when ``_check_params`` refuses the new ones. ``get_params`` (what the harness records)
+    ``set_params`` (``artmed.params.Params``'s, before ART's) takes ``defence_params`` (the ``__init__`` names),
+    refuses other names instead of ignoring them, and restores every value when ``_check_params`` refuses the new
+    ones. ``get_params`` (what the harness records)
     leaves the data out. ``last_result`` is the last call's ``DetectionResult`` (continuous scores, group names).
     """
 
@@ -46,21 +47,6 @@ class ARTPoisonFilter(Defense, PoisonFilteringDefence):
     def get_params(self) -> dict[str, Any]:
         """The defense's own ``__init__`` parameters (not classifier, x_train, y_train) and their values."""
         return {k: v for k, v in super().get_params().items() if k not in ART_DATA}
-
-    def set_params(self, **kwargs: Any) -> None:
-        """Set ``defence_params`` and re-check them all; on a refusal every value is left as it was."""
-        unknown = sorted(set(kwargs) - set(self.defence_params))
-        if unknown:
-            raise ValueError(f"{type(self).__name__}: unknown parameter(s) {unknown}; valid: {self.defence_params}")
-        before = {k: getattr(self, k) for k in kwargs}
-        for key, value in kwargs.items():
-            setattr(self, key, value)
-        try:
-            self._check_params()
-        except Exception:
-            for key, value in before.items():
-                setattr(self, key, value)
-            raise
 
     def detect_poison(self, **kwargs: Any) -> tuple[dict[str, Any], list[int]]:
         """ART's ``(report, is_clean_lst)``: is_clean_lst[i] is 1 where sample i is kept, 0 where flagged.

@@ -6,7 +6,6 @@ A defense holds its parameters (set in ``__init__``, checked in one ``_check_par
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from tqdm.auto import tqdm
 
 from artmed.constants import CHEXPERT_LABELS, NUM_LABELS
 from artmed.data.dataset import ImageSet
+from artmed.params import Params
 
 
 def group_labels(y: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -335,11 +335,23 @@ RESULT_TYPES: dict[str, type] = {"detection": DetectionResult, "mitigation": Mit
 or a verdict on the model itself."""
 
 
-class Defense(ABC):
-    """A backdoor defense: parameters in ``__init__`` (checked by ``_check_params``), one verb ``run``."""
+class Defense(Params, ABC):
+    """A backdoor defense: parameters in ``__init__`` (checked by ``_check_params``), one verb ``run``.
+
+    Parameters follow :mod:`artmed.params`: stored unchanged, checked by ``_check_params`` (typically
+    ``self.check_rules()`` over the class's ``param_rules``, then checks across parameters), read by ``get_params``
+    (recorded with every result) and changed all-or-nothing by ``set_params``.
+    """
 
     name: ClassVar[str]
     kind: ClassVar[Literal["detection", "mitigation", "input", "model"]]
+
+    @classmethod
+    def param_error(cls, name: str, what: str, value: Any) -> ValueError:
+        """The error refusing ``value`` for parameter ``name``, worded "<name> must be <what>, got <value>
+        (<Class>)": it starts with the parameter, so a config that built the defense can put its field path in
+        front (``config.defenses[0].params: eps must be ...``)."""
+        return ValueError(f"{name} must be {what}, got {value!r} ({cls.__name__})")
 
     @abstractmethod
     def _check_params(self) -> None:
@@ -348,11 +360,6 @@ class Defense(ABC):
     @abstractmethod
     def run(self, context: EvaluationContext) -> DefenseResult:
         """Apply the defense to `context`."""
-
-    def get_params(self) -> dict[str, Any]:
-        """The ``__init__`` parameters and their current values (recorded with every result)."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {p: getattr(self, p) for p in names}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())

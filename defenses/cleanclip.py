@@ -32,6 +32,7 @@ from artmed.inputs import (
 )
 from artmed.loader import image_batches
 from artmed.losses import medclip_loss
+from artmed.params import Int, OrNone, Real
 from artmed.training import Encoders, clamp_logit_scale, index_batches, make_optimizer, run_steps, warmup_cosine
 
 WARMUP: float = 0.1
@@ -129,6 +130,18 @@ class CleanCLIP(Defense):
 
     name = "cleanclip"
     kind = "mitigation"
+    param_rules = {
+        "lambda_mm": Real(0.0, None),
+        "lambda_ss": Real(0.0, None),
+        "temperature": OrNone(Real(0.0, None, "()")),
+        "steps": Int(1),
+        "batch_size": Int(2),
+        "n_clean": Int(2),
+        "seed": Int(0, text="a non-negative integer"),
+        "lr": Real(0.0, None, "()"),
+        "weight_decay": Real(0.0, None),
+        "word_dropout": Real(0.0, 1.0, "[)"),
+    }
 
     def __init__(
         self,
@@ -158,26 +171,9 @@ class CleanCLIP(Defense):
         self._check_params()
 
     def _check_params(self) -> None:
-        for name in ("lambda_mm", "lambda_ss"):
-            value = getattr(self, name)
-            if not _is_real(value) or not np.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        self.check_rules()
         if self.lambda_mm + self.lambda_ss <= 0:
             raise ValueError("lambda_mm and lambda_ss are both 0: there is nothing to minimise")
-        if self.temperature is not None and (not _is_real(self.temperature) or not 0 < self.temperature < np.inf):
-            raise ValueError(f"temperature must be a positive number or None, got {self.temperature!r}")
-        for name, low in (("steps", 1), ("batch_size", 2), ("n_clean", 2)):
-            value = getattr(self, name)
-            if not _is_int(value) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if not _is_real(self.lr) or not 0 < self.lr < np.inf:
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if not _is_real(self.weight_decay) or not 0 <= self.weight_decay < np.inf:
-            raise ValueError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
-        if not _is_real(self.word_dropout) or not 0 <= self.word_dropout < 1:
-            raise ValueError(f"word_dropout must be in [0, 1), got {self.word_dropout!r}")
 
     def run(self, context: EvaluationContext) -> MitigationResult:
         """Return a fine-tuned clone of ``context.estimator`` (the input is untouched) and the run's history."""
@@ -352,11 +348,3 @@ def _matching_rows(x_clean: np.ndarray, x_train: np.ndarray | ImageSet, batch_si
 
 def _digest(row: np.ndarray) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(row, dtype=np.float32).tobytes(), digest_size=16).digest()
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from artmed.defenses.base import Defense, EvaluationContext, ModelVerdict
 from artmed.inputs import as_images, image_batch, normalize_pixels, num_images
+from artmed.params import Bool, Int, OrNone, Real
 
 EPSILON: float = 1e-7
 """The released code's epsilon in the tanh parametrisation ``tanh(θ) / (2 - ε) + ½`` (keeps its inverse finite)."""
@@ -102,6 +103,21 @@ class DECREE(Defense):
 
     name = "decree"
     kind = "model"
+    param_rules = {
+        "target_similarity": Real(0.0, 1.0, "()", text="in (0, 1)"),
+        "threshold": Real(0.0, 1.0, "(]", text="a PL1-norm in (0, 1]"),
+        "lr": Real(0.0, None, "()"),
+        "init_lambda": Real(0.0, None, "()"),
+        "lambda_min": Real(0.0, None, "()"),
+        "lambda_factor": Real(1.0, None, "()"),
+        "batch_size": Int(4),
+        "epochs": Int(1),
+        "patience": Int(0),
+        "early_stop_patience": Int(0),
+        "n_images": OrNone(Int(2)),
+        "seed": OrNone(Int(0, text="a non-negative integer")),
+        "verbose": Bool(),
+    }
 
     def __init__(
         self,
@@ -135,26 +151,7 @@ class DECREE(Defense):
         self._check_params()
 
     def _check_params(self) -> None:
-        if not _is_real(self.target_similarity) or not 0.0 < self.target_similarity < 1.0:
-            raise ValueError(f"target_similarity must be in (0, 1), got {self.target_similarity!r}")
-        if not _is_real(self.threshold) or not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold must be a PL1-norm in (0, 1], got {self.threshold!r}")
-        for name in ("lr", "init_lambda", "lambda_min"):
-            value = getattr(self, name)
-            if not _is_real(value) or not 0.0 < value < math.inf:
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        if not _is_real(self.lambda_factor) or not 1.0 < self.lambda_factor < math.inf:
-            raise ValueError(f"lambda_factor must be a number > 1, got {self.lambda_factor!r}")
-        for name, low in (("batch_size", 4), ("epochs", 1), ("patience", 0), ("early_stop_patience", 0)):
-            value = getattr(self, name)
-            if not _is_int(value) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if self.n_images is not None and (not _is_int(self.n_images) or self.n_images < 2):
-            raise ValueError(f"n_images must be an integer >= 2 or None, got {self.n_images!r}")
-        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
-            raise ValueError(f"seed must be a non-negative integer or None, got {self.seed!r}")
-        if not isinstance(self.verbose, (bool, np.bool_)):
-            raise ValueError(f"verbose must be a bool, got {self.verbose!r}")
+        self.check_rules()
 
     def run(self, context: EvaluationContext) -> ModelVerdict:
         """Invert a trigger on ``context.estimator``'s image encoder with ``context.x_clean`` and return the verdict."""
@@ -263,11 +260,3 @@ class DECREE(Defense):
                 batch = stamp(batch, mask, pattern)
             embeddings.append(model.encode_image(normalize_pixels(batch)).float())
         return float(mean_pairwise_cosine(torch.cat(embeddings)))
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

@@ -16,6 +16,7 @@ from torch import nn
 
 from artmed.defenses.base import Defense, EvaluationContext, MitigationResult, load_images
 from artmed.models.vision import ResNetVisionEncoder, SwinVisionEncoder
+from artmed.params import Int, Real
 
 
 def last_stage_parts(model: nn.Module) -> tuple[nn.Linear, tuple[int, ...]]:
@@ -42,6 +43,15 @@ class FinePruning(Defense):
 
     name = "fine_pruning"
     kind = "mitigation"
+    param_rules = {
+        "prune_step": Real(0.0, 1.0, "(]"),
+        "max_prune": Real(0.0, 1.0, "()", text="a number in [prune_step, 1)"),
+        "tolerance": Real(0.0, 1.0),
+        "finetune_steps": Int(0),
+        "lr": Real(0.0, None, "()"),
+        "batch_size": Int(1),
+        "val_share": Real(0.0, 1.0, "()"),
+    }
 
     def __init__(
         self,
@@ -67,20 +77,10 @@ class FinePruning(Defense):
         self._check_params()
 
     def _check_params(self) -> None:
-        if not 0.0 < self.prune_step <= 1.0:
-            raise ValueError(f"prune_step must be in (0, 1], got {self.prune_step!r}")
-        if not self.prune_step <= self.max_prune < 1.0:
-            raise ValueError(f"max_prune must be in [prune_step, 1), got {self.max_prune!r}")
-        if not 0.0 <= self.tolerance <= 1.0:
-            raise ValueError(f"tolerance must be in [0, 1], got {self.tolerance!r}")
-        if int(self.finetune_steps) != self.finetune_steps or self.finetune_steps < 0:
-            raise ValueError(f"finetune_steps must be a non-negative integer, got {self.finetune_steps!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr!r}")
-        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if not 0.0 < self.val_share < 1.0:
-            raise ValueError(f"val_share must be in (0, 1), got {self.val_share!r}")
+        self.check_rules()
+        if self.max_prune < self.prune_step:
+            raise ValueError(f"max_prune must be in [prune_step, 1), got {self.max_prune!r} with prune_step "
+                             f"{self.prune_step!r}")
 
     def run(self, context: EvaluationContext) -> MitigationResult:
         """Return a pruned and fine-tuned clone of ``context.estimator`` with CA/ASR after every step."""

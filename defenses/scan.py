@@ -16,6 +16,7 @@ from artmed.defenses.base import Defense, DetectionResult, EvaluationContext, La
 from artmed.defenses.decomposition import GroupPCA, RowStream, group_pca
 from artmed.defenses.kmeans import KMeansFit, kmeans
 from artmed.device import one_cpu_thread, resolve_device
+from artmed.params import Bool, Int, OrNone, Real, Text
 
 MAD_SCALE = 1.4826
 """Median absolute deviation to standard deviation for normal data (the paper's and its code's constant)."""
@@ -80,6 +81,18 @@ class SCAn(Defense):
 
     name = "scan"
     kind = "detection"
+    param_rules = {
+        "threshold": Real(0.0, None, "()"),
+        "size_correction": Bool(),
+        "max_iter": Int(1),
+        "split_components": Int(1),
+        "n_init": Int(1),
+        "n_components": OrNone(Int(1), text="None (all directions) or an integer >= 1"),
+        "tol": Real(0.0, 1.0, "()"),
+        "fit_rows": OrNone(Int(100), text="an integer >= 100 or None (all rows)"),
+        "min_group_size": Int(4),
+        "layer": Text(),
+    }
 
     def __init__(
         self,
@@ -112,26 +125,7 @@ class SCAn(Defense):
         self._check_params()
 
     def _check_params(self) -> None:
-        if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold) and self.threshold > 0):
-            raise ValueError(f"threshold must be a positive number, got {self.threshold!r}")
-        if not isinstance(self.size_correction, (bool, np.bool_)):
-            raise ValueError(f"size_correction must be a bool, got {self.size_correction!r}")
-        for name in ("max_iter", "split_components", "n_init"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.n_components is not None and (not isinstance(self.n_components, (int, np.integer))
-                                              or self.n_components < 1):
-            raise ValueError(f"n_components must be None (all directions) or a positive integer, "
-                             f"got {self.n_components!r}")
-        if not (isinstance(self.tol, (int, float)) and 0 < self.tol < 1):
-            raise ValueError(f"tol must be in (0, 1), got {self.tol!r}")
-        if self.fit_rows is not None and (not isinstance(self.fit_rows, (int, np.integer)) or self.fit_rows < 100):
-            raise ValueError(f"fit_rows must be an integer >= 100 or None (all rows), got {self.fit_rows!r}")
-        if not isinstance(self.min_group_size, (int, np.integer)) or self.min_group_size < 4:
-            raise ValueError(f"min_group_size must be an integer >= 4, got {self.min_group_size!r}")
-        if not isinstance(self.layer, str) or not self.layer:
-            raise ValueError(f"layer must be a non-empty string, got {self.layer!r}")
+        self.check_rules()
         resolve_device(self.device)
 
     def run(self, context: EvaluationContext) -> DetectionResult:

@@ -11,6 +11,7 @@ from artmed.defenses.art_api import ARTPoisonFilter
 from artmed.defenses.base import DetectionResult, EvaluationContext, LabelGroups, check_finite, flag_top
 from artmed.defenses.decomposition import RowStream, group_pca
 from artmed.device import resolve_device
+from artmed.params import Choice, Int, Real, Text
 
 
 class SpectralSignatures(ARTPoisonFilter):
@@ -32,6 +33,13 @@ class SpectralSignatures(ARTPoisonFilter):
 
     name = "spectral_signatures"
     kind = "detection"
+    param_rules = {
+        "eps": Real(0.0, 1.0, "(]"),
+        "removal_share": Real(0.0, None, "()"),
+        "mode": Choice(("centered", "art")),
+        "layer": Text(),
+        "min_group_size": Int(2),
+    }
 
     def __init__(
         self,
@@ -56,16 +64,7 @@ class SpectralSignatures(ARTPoisonFilter):
         self._check_params()
 
     def _check_params(self) -> None:
-        if not 0.0 < self.eps <= 1.0:
-            raise ValueError(f"eps must be in (0, 1], got {self.eps!r}")
-        if self.removal_share <= 0:
-            raise ValueError(f"removal_share must be positive, got {self.removal_share!r}")
-        if self.mode not in ("centered", "art"):
-            raise ValueError(f"mode must be 'centered' or 'art', got {self.mode!r}")
-        if not isinstance(self.layer, str) or not self.layer:
-            raise ValueError(f"layer must be a non-empty string, got {self.layer!r}")
-        if int(self.min_group_size) != self.min_group_size or self.min_group_size < 2:
-            raise ValueError(f"min_group_size must be an integer >= 2, got {self.min_group_size!r}")
+        self.check_rules()
         resolve_device(self.device)
         self._check_data()
 

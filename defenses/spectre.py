@@ -21,6 +21,7 @@ from artmed.defenses.base import (
 )
 from artmed.defenses.decomposition import RowStream, group_pca
 from artmed.device import one_cpu_thread, resolve_device
+from artmed.params import Int, OrNone, Real, Text
 
 AUTO_K_STEPS = 8
 """Candidate dimensions of the automatic choice: round(linspace(1, sqrt(k_max), 8)^2), so 1, 4, 9, ..., 64 for
@@ -78,6 +79,17 @@ class SPECTRE(Defense):
 
     name = "spectre"
     kind = "detection"
+    param_rules = {
+        "eps": Real(0.0, 1.0, "(]"),
+        "removal_share": Real(0.0, None, "()"),
+        "filter_share": Real(0.0, None),
+        "alpha": Real(0.0, None, "()"),
+        "max_components": Int(1),
+        "filter_rounds": Int(1),
+        "k": OrNone(Int(1), text="None (automatic) or an integer in [1, max_components]"),
+        "min_group_size": Int(4),
+        "layer": Text(),
+    }
 
     def __init__(
         self,
@@ -106,26 +118,13 @@ class SPECTRE(Defense):
         self._check_params()
 
     def _check_params(self) -> None:
-        if not 0.0 < self.eps <= 1.0:
-            raise ValueError(f"eps must be in (0, 1], got {self.eps!r}")
-        if self.removal_share <= 0:
-            raise ValueError(f"removal_share must be positive, got {self.removal_share!r}")
-        if not 0.0 <= self.filter_share * self.eps <= 0.5:
+        self.check_rules()
+        if self.filter_share * self.eps > 0.5:
             raise ValueError(f"filter_share must be >= 0 with filter_share * eps <= 0.5 (the robust covariance keeps "
                              f"at least half of each group), got {self.filter_share!r} with eps {self.eps!r}")
-        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
-            raise ValueError(f"alpha must be a positive number, got {self.alpha!r}")
-        for name in ("max_components", "filter_rounds"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.k is not None and (not isinstance(self.k, (int, np.integer)) or not 1 <= self.k <= self.max_components):
+        if self.k is not None and self.k > self.max_components:
             raise ValueError(f"k must be None (automatic) or an integer in [1, max_components={self.max_components}], "
                              f"got {self.k!r}")
-        if not isinstance(self.min_group_size, (int, np.integer)) or self.min_group_size < 4:
-            raise ValueError(f"min_group_size must be an integer >= 4, got {self.min_group_size!r}")
-        if not isinstance(self.layer, str) or not self.layer:
-            raise ValueError(f"layer must be a non-empty string, got {self.layer!r}")
         resolve_device(self.device)
 
     def run(self, context: EvaluationContext) -> DetectionResult:

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from artmed.data.dataset import ImageSet
 from artmed.defenses.base import Defense, EvaluationContext, InputScreen, load_images
+from artmed.params import Bool, Int, Real
 
 _THRESHOLD_STREAM, _SCORE_STREAM, _SPLIT_STREAM = 1, 2, 3
 """Independent random streams (``SeedSequence([seed, stream])``): the overlays of the threshold images, the overlays
@@ -62,6 +63,15 @@ class STRIP(Defense):
 
     name = "strip"
     kind = "input"
+    param_rules = {
+        "n_superimpose": Int(1),
+        "batch_size": Int(1),
+        "seed": Int(0),
+        "alpha": Real(0.0, 1.0, "()"),
+        "frr": Real(0.0, 1.0, "()"),
+        "threshold_share": Real(0.0, 1.0, "()"),
+        "verbose": Bool(),
+    }
 
     def __init__(
         self,
@@ -83,16 +93,7 @@ class STRIP(Defense):
         self._check_params()
 
     def _check_params(self) -> None:
-        for name, low in (("n_superimpose", 1), ("batch_size", 1), ("seed", 0)):
-            value = getattr(self, name)
-            if not _is_int(value) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        for name in ("alpha", "frr", "threshold_share"):
-            value = getattr(self, name)
-            if not _is_real(value) or not 0 < value < 1:
-                raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
-        if not isinstance(self.verbose, (bool, np.bool_)):
-            raise ValueError(f"verbose must be a bool, got {self.verbose!r}")
+        self.check_rules()
 
     def run(self, context: EvaluationContext) -> InputScreen:
         """Split ``context.x_clean``, set the entropy threshold on one part and return the screen that superimposes
@@ -153,11 +154,3 @@ class STRIP(Defense):
 def _subset(images: np.ndarray | ImageSet, indices: np.ndarray) -> np.ndarray | ImageSet:
     """The images at ``indices``, lazily for an ImageSet."""
     return images.subset(indices) if isinstance(images, ImageSet) else images[indices]
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
