@@ -45,18 +45,23 @@ FINE_PRUNING = {"prune_step": 0.25, "max_prune": 0.5, "tolerance": 1.0, "finetun
 
 def fine_pruning_run(device: torch.device | str) -> Any:
     """Fine-pruning of a fresh tiny estimator (text dropout off, as in the fit comparison); returns its result."""
+    from artmed.defenses.fine_pruning import FinePruning
+
+    return FinePruning(**FINE_PRUNING).run(repair_context(device, data_seed=4, model_seed=6))
+
+
+def repair_context(device: torch.device | str, data_seed: int, model_seed: int) -> Any:
+    """A mitigation's context: a fresh tiny estimator (text dropout off) and phantom clean images, texts, a test set."""
     from artmed.data import make_default_dataset
     from artmed.defenses import EvaluationContext
-    from artmed.defenses.fine_pruning import FinePruning
     from artmed.estimator import MedCLIPEstimator
 
-    data = make_default_dataset(n_train=24, n_test=8, image_size=32, seed=4, n_texts=20)
+    data = make_default_dataset(n_train=24, n_test=8, image_size=32, seed=data_seed, n_texts=20)
     task = data.tasks["rsna_like"]
-    estimator = MedCLIPEstimator.tiny(task.prompts, image_size=32, seed=6, device=device)
+    estimator = MedCLIPEstimator.tiny(task.prompts, image_size=32, seed=model_seed, device=device)
     train_ddp.set_text_dropout(estimator.model, 0.0)
-    context = EvaluationContext(estimator=estimator, x_test=task.images, test_targets=task.targets,
-                                x_clean=data.train, texts=data.texts.sentences, text_labels=data.texts.labels)
-    return FinePruning(**FINE_PRUNING).run(context)
+    return EvaluationContext(estimator=estimator, x_test=task.images, test_targets=task.targets,
+                             x_clean=data.train, texts=data.texts.sentences, text_labels=data.texts.labels)
 
 
 CLEANCLIP = {"steps": 4, "lr": 1e-3, "batch_size": 9, "n_clean": 20, "seed": 3, "verbose": False}
@@ -65,18 +70,9 @@ CLEANCLIP = {"steps": 4, "lr": 1e-3, "batch_size": 9, "n_clean": 20, "seed": 3, 
 
 def cleanclip_run(device: torch.device | str) -> Any:
     """CleanCLIP on a fresh tiny estimator (text dropout off, as in the fit comparison); returns its result."""
-    from artmed.data import make_default_dataset
-    from artmed.defenses import EvaluationContext
     from artmed.defenses.cleanclip import CleanCLIP
-    from artmed.estimator import MedCLIPEstimator
 
-    data = make_default_dataset(n_train=24, n_test=8, image_size=32, seed=5, n_texts=20)
-    task = data.tasks["rsna_like"]
-    estimator = MedCLIPEstimator.tiny(task.prompts, image_size=32, seed=7, device=device)
-    train_ddp.set_text_dropout(estimator.model, 0.0)
-    context = EvaluationContext(estimator=estimator, x_test=task.images, test_targets=task.targets,
-                                x_clean=data.train, texts=data.texts.sentences, text_labels=data.texts.labels)
-    return CleanCLIP(**CLEANCLIP).run(context)
+    return CleanCLIP(**CLEANCLIP).run(repair_context(device, data_seed=5, model_seed=7))
 
 
 @on_rank0

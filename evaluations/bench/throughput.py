@@ -16,10 +16,8 @@ PRESET_IMAGE_SIZE = {"tiny": 64, "resnet50": 224, "swin_tiny": 224}
 LABELER_SIZES = (10_000, 100_000, 1_000_000)
 
 
-def bench_extraction(preset: str, device: str, batches: int, warmup: int, batch_size: int = 64,
-                     seed: int = 0) -> dict[str, Any]:
-    """Images per second of ``get_activations(image_pooled)`` and ``embed_images`` on random images through a
-    randomly initialised `preset` MedCLIP (bf16 autocast on CUDA, the estimator's ``amp``)."""
+def _random_estimator(preset: str, device: str, batch_size: int, seed: int) -> Any:
+    """A seeded, randomly initialised `preset` MedCLIP estimator with two dummy classes (bf16 autocast on CUDA)."""
     import torch
 
     from artmed.estimator import MedCLIPEstimator
@@ -30,8 +28,16 @@ def bench_extraction(preset: str, device: str, batches: int, warmup: int, batch_
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_medclip(preset, vocab_size=len(tokenizer) if preset == "tiny" else None)
-    estimator = MedCLIPEstimator(model, tokenizer, {"a": ["a"], "b": ["b"]}, input_shape=(1, size, size),
-                                 device=device, batch_size=batch_size, amp=True)
+    return MedCLIPEstimator(model, tokenizer, {"a": ["a"], "b": ["b"]}, input_shape=(1, size, size),
+                            device=device, batch_size=batch_size, amp=True)
+
+
+def bench_extraction(preset: str, device: str, batches: int, warmup: int, batch_size: int = 64,
+                     seed: int = 0) -> dict[str, Any]:
+    """Images per second of ``get_activations(image_pooled)`` and ``embed_images`` on random images through a
+    randomly initialised `preset` MedCLIP (bf16 autocast on CUDA, the estimator's ``amp``)."""
+    size = PRESET_IMAGE_SIZE[preset]
+    estimator = _random_estimator(preset, device, batch_size, seed)
     images = np.random.default_rng(seed).random((batch_size, 1, size, size), dtype=np.float32)
     calls = {
         "get_activations": lambda: estimator.get_activations(images, LAYER, batch_size=batch_size),
@@ -53,7 +59,7 @@ def bench_extraction(preset: str, device: str, batches: int, warmup: int, batch_
         if cost.cuda_peak_mb is not None:
             record["cuda_peak_mb"] = max(record.get("cuda_peak_mb", 0.0), cost.cuda_peak_mb)
     record["peak_mb"] = peak
-    del estimator, model
+    del estimator
     return record
 
 
@@ -62,19 +68,10 @@ def bench_training(preset: str, device: str, steps: int, warmup: int, batch_size
     """Training images per second (and seconds per 1000 images) of unpaired ``fit`` through a randomly initialised
     `preset` MedCLIP, both encoders trained, on random images and 12-token sentences (bf16 autocast on CUDA): the
     victim's and the pre-training's cost per image; ``warmup`` untimed steps first."""
-    import torch
-
     from artmed.constants import NUM_LABELS
-    from artmed.estimator import MedCLIPEstimator
-    from artmed.models import build_medclip, default_tokenizer
 
     size = PRESET_IMAGE_SIZE[preset]
-    tokenizer = default_tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_medclip(preset, vocab_size=len(tokenizer) if preset == "tiny" else None)
-    estimator = MedCLIPEstimator(model, tokenizer, {"a": ["a"], "b": ["b"]}, input_shape=(1, size, size),
-                                 device=device, batch_size=batch_size, amp=True)
+    estimator = _random_estimator(preset, device, batch_size, seed)
     rng = np.random.default_rng(seed)
     images = rng.random((2 * batch_size, 1, size, size), dtype=np.float32)
     labels = np.eye(NUM_LABELS, dtype=np.float32)[rng.integers(0, NUM_LABELS, len(images))]
@@ -91,7 +88,7 @@ def bench_training(preset: str, device: str, steps: int, warmup: int, batch_size
               "s_per_1000_images": 1000.0 / img_s, "peak_mb": cost.peak_mb}
     if cost.cuda_peak_mb is not None:
         record["cuda_peak_mb"] = cost.cuda_peak_mb
-    del estimator, model
+    del estimator
     return record
 
 
