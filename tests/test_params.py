@@ -264,3 +264,26 @@ def test_new_defense_values_are_used():
     with pytest.raises(ValueError, match="removal_share"):
         defense.set_params(eps=0.3, removal_share=0)
     assert defense.run(context).flags.sum() == 60
+
+
+def test_attacks_share_the_all_or_nothing_set_params():
+    """BadMatch and BadDist: ART's ``attack_params`` are their parameters; a refused value restores every one."""
+    from artmed import MedCLIPEstimator
+    from artmed.attacks.poisoning import BadDist, BadMatch
+    from artmed.attacks.triggers import PatchTrigger
+
+    bad_match = BadMatch(PatchTrigger())
+    assert set(bad_match.get_params()) == set(BadMatch.attack_params)
+    with pytest.raises(ValueError, match="percent_poison must be in"):
+        bad_match.set_params(seed=3, percent_poison=2.0)
+    assert (bad_match.seed, bad_match.percent_poison) == (0, 0.01)
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['nope'\]"):
+        bad_match.set_params(nope=1)
+    bad_match.set_params(seed=3, percent_poison=0.05)
+    assert bad_match.get_params()["seed"] == 3 and bad_match.percent_poison == 0.05
+
+    bad_dist = BadDist(MedCLIPEstimator.tiny({"a": ["a"], "b": ["b"]}, image_size=32), PatchTrigger(), verbose=False)
+    assert set(bad_dist.get_params()) == set(BadDist.attack_params)
+    with pytest.raises(ValueError, match="lr must be a positive number"):
+        bad_dist.set_params(steps=5, lr=-1.0)
+    assert (bad_dist.steps, bad_dist.lr) == (None, 1e-4)

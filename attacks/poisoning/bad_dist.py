@@ -24,6 +24,7 @@ from artmed.distributed import gather, shard_indices, wrap_ddp
 from artmed.estimator import MedCLIPEstimator
 from artmed.inputs import Images, as_images, normalize_pixels, num_images
 from artmed.loader import image_batches
+from artmed.params import Params
 from artmed.training import index_batches, run_steps, warmup_cosine
 
 __all__ = ["BadDist", "BADDIST_SETTINGS", "encoder_cosines", "resolve_baddist_params"]
@@ -54,7 +55,7 @@ def resolve_baddist_params(params: dict[str, Any]) -> dict[str, Any]:
     return {**BADDIST_SETTINGS[name], **params}
 
 
-class BadDist(PoisoningAttackTransformer):
+class BadDist(Params, PoisoningAttackTransformer):
     """Fine-tune a copy of the estimator's vision encoder to push triggered embeddings away from the clean encoder's.
 
     ``poison_estimator(x_shadow)`` returns a new, backdoored ``MedCLIPEstimator`` (the given one is untouched) and
@@ -88,6 +89,11 @@ class BadDist(PoisoningAttackTransformer):
         "verbose",
     ]
     _estimator_requirements = (MedCLIPEstimator,)
+
+    @classmethod
+    def param_names(cls) -> list[str]:
+        """ART's ``attack_params``: what ``get_params`` reports and ``set_params`` accepts, all-or-nothing."""
+        return list(cls.attack_params)
 
     def __init__(
         self,

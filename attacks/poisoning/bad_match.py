@@ -14,6 +14,7 @@ from art.attacks.attack import PoisoningAttackBlackBox
 
 from artmed.constants import CHEXPERT_LABELS, NUM_LABELS
 from artmed.data.dataset import ImageSet
+from artmed.params import Params
 
 __all__ = ["BadMatch", "PoisonedImageSet", "target_vector"]
 
@@ -37,7 +38,7 @@ def target_vector(target: str | Sequence[float] | np.ndarray) -> np.ndarray:
     return vector
 
 
-class BadMatch(PoisoningAttackBlackBox):
+class BadMatch(Params, PoisoningAttackBlackBox):
     """Trigger a fixed, seeded ``percent_poison`` share of non-target training images and label them as the target.
 
     ``poison(x, y)`` returns the whole training set with exactly ``max(1, round(percent_poison · N))`` images
@@ -48,6 +49,11 @@ class BadMatch(PoisoningAttackBlackBox):
 
     attack_params = PoisoningAttackBlackBox.attack_params + ["trigger", "target", "percent_poison", "seed"]
     _estimator_requirements = ()
+
+    @classmethod
+    def param_names(cls) -> list[str]:
+        """ART's ``attack_params``: what ``get_params`` reports and ``set_params`` accepts, all-or-nothing."""
+        return list(cls.attack_params)
 
     def __init__(
         self,
