@@ -265,13 +265,12 @@ def train_unpaired(
     scheduler = warmup_cosine(optimizer, horizon, warmup)
     trained = [p for _, p in named if p.requires_grad]
 
-    image_rng, text_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    image_idx = index_batches(n, batch_size, image_rng)
+    image_seq, text_seq, eda_seq, sampler_seq = np.random.SeedSequence(seed).spawn(4)
+    image_idx = index_batches(n, batch_size, np.random.default_rng(image_seq))
     image_rows = [next(image_idx) for _ in range(total)]
     pixel_batches = image_batches(images, [shard_indices(rows) for rows in image_rows], input_shape, device,
                                   num_workers)
-    text_idx = index_batches(len(texts), text_batch_size, text_rng)
-    eda_seq, sampler_seq = np.random.SeedSequence(seed).spawn(4)[2:]  # the image and text streams are children 0, 1
+    text_idx = index_batches(len(texts), text_batch_size, np.random.default_rng(text_seq))
     augment = eda if isinstance(eda, EDA) else EDA(eda_seq) if eda else None
     sampler_rng = np.random.default_rng(sampler_seq)
     use_amp = amp and device.type == "cuda"
