@@ -30,8 +30,9 @@ import torch
 from tqdm.auto import tqdm
 
 from artmed.attacks.pipeline import AttackOutcome, AttackSpec, poison_training_set, run_attack, supply_chain_attack
+from artmed.data.dataset import FileImageSet, ZeroShotTask
+from artmed.data.medclip_prompts import NORMAL_CLASSES, medclip_prompt_draws, no_finding_sentences
 from artmed.defenses import registry
-from artmed.distributed import is_main_process, world_size
 from artmed.defenses.base import (
     RESULT_TYPES,
     DetectionResult,
@@ -40,16 +41,15 @@ from artmed.defenses.base import (
     MitigationResult,
     ModelVerdict,
 )
+from artmed.distributed import is_main_process, world_size
 from artmed.estimator import MedCLIPEstimator
 from artmed.evaluations.config import DefenseSpec, StudyConfig, TrainConfig
 from artmed.evaluations.metrics import defense_effectiveness_rating, detection_metrics, input_screen_metrics
 from artmed.evaluations.resources import measure
-from artmed.data.dataset import FileImageSet, ZeroShotTask
-from artmed.data.medclip_prompts import NORMAL_CLASSES, medclip_prompt_draws, no_finding_sentences
-from artmed.data.report_sampling import ReportSampler
 from artmed.evaluations.scoring import score_estimator, score_over_prompt_draws, target_index
-from artmed.evaluations.sources import StudyData, _seed, build_base_estimator, load_study_data
+from artmed.evaluations.sources import build_base_estimator, load_study_data, own_report_sampler
 from artmed.evaluations.store import ResultStore, to_jsonable
+
 
 class SettingsMismatchError(ValueError):
     """An output folder holds a cell computed under other settings: the study stops rather than mix them."""
@@ -105,18 +105,7 @@ class Harness:
         self.x_test, self.test_targets = self.task.images.to_array(), self.task.targets
         self._task_files = data.task_images
         self._native_triggered: dict[tuple[str, str], np.ndarray] = {}
-        self._report_sampler = self._own_reports(data)
-
-    def _own_reports(self, data: StudyData) -> ReportSampler | None:
-        """The sampler pairing each training image with a sentence of its own report (``text_sampling:
-        own_report``), seeded from the study seed; its fallbacks match the clean training labels (the released
-        dataset draws them before a BadMatch relabelling). None when no training samples own reports."""
-        if data.reports is None:
-            return None
-        sampler = ReportSampler.from_reports(data.reports, data.texts,
-                                             labels="lookup" if data.sentence_table else "labeler",
-                                             clean_table=data.sentence_table, seed=_seed(self.seed, "report_sampler"))
-        return sampler.with_fallback_labels(self.y_train)
+        self._report_sampler = own_report_sampler(data, self.seed)
 
     def _fit_params(self, train: TrainConfig) -> dict[str, Any]:
         """``train``'s fit parameters, with the own-report sampler under ``text_sampling: own_report``."""

@@ -34,6 +34,7 @@ from artmed.data.default import make_default_dataset
 from artmed.data.five_by_200 import five_by_200_task
 from artmed.data.label_table import find_table, open_text, read_table, resolve_path
 from artmed.data.labeler import read_report
+from artmed.data.report_sampling import ReportSampler
 from artmed.estimator import MedCLIPEstimator
 from artmed.models import build_medclip, load_medclip, load_tokenizer
 from artmed.models.config import PRESETS
@@ -104,6 +105,17 @@ def load_study_data(config: StudyConfig, seed: int) -> StudyData:
         reports = _training_reports(config, x_train) if own_report else None
     return StudyData(x_train, x_train.labels, x_shadow, x_shadow.labels, texts, _in_memory(tasks), files, reports,
                      sentence_table)
+
+
+def own_report_sampler(data: StudyData, seed: int) -> ReportSampler | None:
+    """The sampler pairing each training image with a sentence of its own report (``text_sampling: own_report``),
+    seeded from study seed ``seed``; its fallbacks match the clean training labels (the released dataset draws them
+    before a BadMatch relabelling). None when no training image owns a report."""
+    if data.reports is None:
+        return None
+    sampler = ReportSampler.from_reports(data.reports, data.texts, labels="lookup" if data.sentence_table else "labeler",
+                                         clean_table=data.sentence_table, seed=_seed(seed, "report_sampler"))
+    return sampler.with_fallback_labels(data.y_train)
 
 
 def _seed(seed: int, stream: str) -> int:
