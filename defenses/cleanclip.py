@@ -3,12 +3,35 @@ with the multimodal loss plus in-modality self-supervised terms, which break the
 
 CleanCLIP's multimodal term is CLIP's paired loss; MedCLIP trains unpaired, so here it is the soft-label loss
 (``artmed.losses.medclip_loss``) on independent clean image and sentence batches. The self-supervised term is
-InfoNCE between each image and an augmented view of it (random resized crop, flip, brightness/contrast jitter,
-Gaussian noise; torch on the model's device) and between each sentence and an augmented view (word dropout and
-one word swap, EDA-like), as in CleanCLIP's code: one direction per modality, scaled by the model's learnt
-``exp(logit_scale)`` unless a fixed ``temperature`` is given. ``L = lambda_mm * L_mm + lambda_ss * L_ss``.
-"""
+InfoNCE between each image and an augmented view of it and between each sentence and an augmented view, one
+direction per modality, scaled by the model's learnt ``exp(logit_scale)`` unless a fixed ``temperature`` is given:
+``L = lambda_mm * L_mm + lambda_ss * (L_image + L_text) / 2``, as the release's ``get_loss``.
 
+By default every choice that changes results is the release's (nishadsinghi/CleanCLIP d6e2f1db: ``src/train.py``,
+``src/main.py``, ``src/scheduler.py``, ``src/data.py``, ``utils/augment_image.py``, ``utils/augment_text.py``,
+``utils/eda.py`` and the README's CleanCLIP command line):
+
+- image views: torchvision's ``AutoAugment()`` (ImageNet policy), drawn afresh every time an image is used
+  (``image_augment="autoaugment"``; written in torch in ``artmed.data.autoaugment``, on uint8-quantised images);
+- text views: one EDA view per sentence of the pool, drawn once before training (``text_augment="once"``): the
+  release's ``eda(caption)[0]``, i.e. the caption reduced to lower-case letters and spaces, then one of synonym
+  replacement, random insertion, random swap (each on ``max(1, int(0.1 * words))`` words) or random deletion
+  (``p = 0.1``) drawn uniformly, with ``artmed.data.eda.EDA`` (its label-safe synonym table instead of WordNet);
+- AdamW (0.9, 0.999, 1e-8) at ``lr=1e-5``, ``weight_decay=0.1`` (not on biases, norm weights, the logit scale), no
+  gradient clipping, ``warmup_steps=50`` of linear warm-up then cosine decay to zero, batch 64, 10 epochs over the
+  clean images, logit scale clamped to [0, ln 100] after each step.
+
+artmed's earlier choices stay available: ``image_augment="artmed"`` (random resized crop, flip, brightness/contrast
+jitter, Gaussian noise), ``text_augment="per_step"`` (word dropout and one swap, redrawn every step),
+``lr=2e-5, weight_decay=1e-4, max_grad_norm=1.0, warmup_steps=None`` (10 % of the steps), ``batch_size=32,
+steps=500``; with all of them a seeded run is the one artmed gave before.
+
+Where the release cannot be followed: the release pairs each image with its caption, here the batches are unpaired;
+it counts epochs from 1 in its scheduler (the warm-up is skipped once an epoch has 50 batches, and the last epoch's
+rate rises again past the cosine's end), here the schedule runs from step 0 to the last step; its loader drops the
+last partial batch of each shuffled epoch, here batches walk through consecutive shuffles; repeated items of a
+batch count as positives of each other (the release's data has none).
+"""
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +42,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from artmed.data.autoaugment import autoaugment
 from artmed.data.dataset import ImageSet
+from artmed.data.eda import EDA, EDA_OPERATIONS
 from artmed.distributed import gather, global_batchnorm, rank, shard_slice, wrap_ddp
 from artmed.defenses.base import Defense, EvaluationContext, MitigationResult, load_images
 from artmed.inputs import (
@@ -32,13 +57,17 @@ from artmed.inputs import (
 )
 from artmed.loader import image_batches
 from artmed.losses import medclip_loss
-from artmed.params import Int, OrNone, Real
+from artmed.params import Choice, Int, OrNone, Real
 from artmed.training import Encoders, clamp_logit_scale, index_batches, make_optimizer, run_steps, warmup_cosine
 
 WARMUP: float = 0.1
-"""Share of the steps spent on linear learning-rate warm-up (then cosine decay), as in ``train_unpaired``."""
+"""Share of the steps spent on linear learning-rate warm-up with ``warmup_steps=None`` (artmed's earlier schedule,
+as in ``train_unpaired``)."""
 MAX_GRAD_NORM: float = 1.0
-"""Gradient-norm clip, as in ``train_unpaired``."""
+"""artmed's earlier gradient-norm clip (``max_grad_norm=1.0``, as in ``train_unpaired``); the release clips none."""
+EDA_ALPHA: float = 0.1
+"""The release's EDA share: synonym replacement, insertion and swap act on ``max(1, int(EDA_ALPHA * words))`` words,
+deletion drops each word with probability ``EDA_ALPHA``."""
 CROP_SCALE: tuple[float, float] = (0.5, 1.0)
 """Area share range of the random resized crop."""
 CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
@@ -101,6 +130,30 @@ def augment_texts(texts: list[str], rng: np.random.Generator, word_dropout: floa
     return out
 
 
+def released_text(text: str) -> str:
+    """The release's ``get_only_chars`` (``utils/eda.py``), which its augmented captions pass through: lower-case,
+    apostrophes dropped, every character but a-z turned into a space, words joined by single spaces."""
+    text = text.replace("\u2019", "").replace("'", "").lower()
+    return " ".join("".join(c if "a" <= c <= "z" else " " for c in text).split())
+
+
+def eda_views(texts: list[str], seed: np.random.SeedSequence | int) -> list[str]:
+    """One augmented view per sentence, as the release computes them once per data set (``augment_text.py``,
+    ``eda(caption)[0]``): ``released_text(sentence)``, then one EDA operation of the four drawn uniformly, with
+    ``n = max(1, int(EDA_ALPHA * words))`` for replacement, insertion and swap and ``p = EDA_ALPHA`` for deletion.
+    ``artmed.data.eda.EDA`` does the operations (built-in synonyms; label words kept), all from one generator."""
+    rng = np.random.default_rng(seed)
+    augmenters: dict[int, EDA] = {}
+    views = []
+    for text in texts:
+        clean = released_text(text)
+        n = max(1, int(EDA_ALPHA * len(clean.split())))
+        if n not in augmenters:
+            augmenters[n] = EDA(rng, operations=EDA_OPERATIONS, n_replace=n, n_swap=n, n_insert=n, p_delete=EDA_ALPHA)
+        views.append(augmenters[n].augment(clean))
+    return views
+
+
 def in_modal_loss(embeds: torch.Tensor, augmented: torch.Tensor, scale: torch.Tensor | float,
                   same: torch.Tensor) -> torch.Tensor:
     """InfoNCE of each item against the augmented views of the batch (CleanCLIP's in-modal term), in float32.
@@ -121,11 +174,17 @@ class CleanCLIP(Defense):
     training rows (which may hold poisoned rows: the defender cannot tell). Sentences: ``context.texts`` with
     ``text_labels``. ``lambda_mm=0`` needs no image labels. ``temperature=None`` scales the self-supervised logits
     by the model's learnt ``exp(logit_scale)`` (CleanCLIP); a float fixes the scale at ``1/temperature``.
+    Length: ``epochs`` passes of ``batch_size`` over the clean images (at least one step per epoch), unless ``steps``
+    is given. Defaults are the release's (see the module doc); ``image_augment="artmed"``, ``text_augment="per_step"``
+    (with ``word_dropout``), ``max_grad_norm`` and ``warmup_steps=None`` select artmed's earlier variant.
     The result's history: steps 1..``steps`` with the loss terms and learning rate; the model before and after the
     fine-tune goes to ``context.report`` (the harness scores it); ``extra`` records where the clean data came from
     (``clean_indices`` of x_train rows drawn as clean data: the harness counts the poisoned ones among them).
-    Measured on tiny models trained from scratch (32 px, BadMatch patch): CleanCLIP at the attack's lr removes
-    the backdoor, but so does plain clean fine-tuning (``lambda_ss=0``), which did better at a lower lr.
+    Measured on tiny models trained from scratch (32 px, BadMatch patch; artmed's earlier variant): CleanCLIP at the
+    attack's lr removes the backdoor, but so does plain clean fine-tuning (``lambda_ss=0``), which did better at a
+    lower lr. On the tiny model of ``tests/test_cleanclip.py`` (CA 0.75, ASR 0.94; 64 clean images; seeds 0-2): the
+    released defaults (lr 1e-5, 10 steps) leave the backdoor (CA 0.69-0.70, ASR 0.97-1.00); at lr 1e-3, batch 64,
+    100 steps the released choices give CA 0.94-0.95, ASR 0.09-0.16, artmed's variant CA 1.00, ASR 0.00.
     """
 
     name = "cleanclip"
@@ -134,12 +193,17 @@ class CleanCLIP(Defense):
         "lambda_mm": Real(0.0, None),
         "lambda_ss": Real(0.0, None),
         "temperature": OrNone(Real(0.0, None, "()")),
-        "steps": Int(1),
+        "steps": OrNone(Int(1)),
+        "epochs": Int(1),
         "batch_size": Int(2),
         "n_clean": Int(2),
         "seed": Int(0, text="a non-negative integer"),
         "lr": Real(0.0, None, "()"),
         "weight_decay": Real(0.0, None),
+        "max_grad_norm": OrNone(Real(0.0, None, "()")),
+        "warmup_steps": OrNone(Int(0)),
+        "image_augment": Choice(("autoaugment", "artmed")),
+        "text_augment": Choice(("once", "per_step")),
         "word_dropout": Real(0.0, 1.0, "[)"),
     }
 
@@ -148,10 +212,15 @@ class CleanCLIP(Defense):
         lambda_mm: float = 1.0,
         lambda_ss: float = 1.0,
         temperature: float | None = None,
-        steps: int = 500,
-        lr: float = 2e-5,
-        batch_size: int = 32,
-        weight_decay: float = 1e-4,
+        steps: int | None = None,
+        epochs: int = 10,
+        lr: float = 1e-5,
+        batch_size: int = 64,
+        weight_decay: float = 0.1,
+        max_grad_norm: float | None = None,
+        warmup_steps: int | None = 50,
+        image_augment: str = "autoaugment",
+        text_augment: str = "once",
         word_dropout: float = 0.1,
         n_clean: int = 1000,
         seed: int = 0,
@@ -161,9 +230,14 @@ class CleanCLIP(Defense):
         self.lambda_ss = lambda_ss
         self.temperature = temperature
         self.steps = steps
+        self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
         self.weight_decay = weight_decay
+        self.max_grad_norm = max_grad_norm
+        self.warmup_steps = warmup_steps
+        self.image_augment = image_augment
+        self.text_augment = text_augment
         self.word_dropout = word_dropout
         self.n_clean = n_clean
         self.seed = seed
@@ -246,13 +320,18 @@ class CleanCLIP(Defense):
         model, device, shape = estimator.model, estimator.device, estimator.input_shape
         images = as_images(images, shape)
         n = num_images(images)
+        steps = self.steps if self.steps is not None else self.epochs * max(1, n // self.batch_size)
         named = list(model.named_parameters())
         optimizer = make_optimizer(named, lr=self.lr, weight_decay=self.weight_decay)
-        scheduler = warmup_cosine(optimizer, self.steps, WARMUP)
+        warmup = WARMUP if self.warmup_steps is None else self.warmup_steps / steps
+        scheduler = warmup_cosine(optimizer, steps, warmup)
         trained = [p for _, p in named if p.requires_grad]
         image_seed, text_seed, aug_seed, torch_seed = np.random.SeedSequence([self.seed, 2]).generate_state(4)
         image_idx = index_batches(n, self.batch_size, np.random.default_rng(image_seed))
-        image_rows = [next(image_idx) for _ in range(self.steps)]
+        image_rows = [next(image_idx) for _ in range(steps)]
+        once = self.lambda_ss > 0 and self.text_augment == "once"
+        text_views = eda_views(texts, np.random.SeedSequence([self.seed, 3])) if once else None
+        view_images = autoaugment if self.image_augment == "autoaugment" else augment_images
         pixel_batches = image_batches(images, image_rows, shape, device, getattr(estimator, "num_workers", 0))
         text_idx = index_batches(len(texts), self.batch_size, np.random.default_rng(text_seed))
         text_rng = np.random.default_rng(aug_seed)
@@ -271,8 +350,10 @@ class CleanCLIP(Defense):
                 i_idx, t_idx, pixels = image_rows[step], next(text_idx), next(pixel_batches)
                 sentences = [texts[i] for i in t_idx]
                 if use_ss:
-                    pixels = torch.cat([pixels, augment_images(pixels, generator)])
-                    sentences = sentences + augment_texts(sentences, text_rng, self.word_dropout)
+                    pixels = torch.cat([pixels, view_images(pixels, generator)])
+                    views = ([text_views[i] for i in t_idx] if text_views is not None
+                             else augment_texts(sentences, text_rng, self.word_dropout))
+                    sentences = sentences + views
                 ids, mask = tokenize(estimator.tokenizer, sentences, device)
                 b_img, b_txt = len(i_idx), len(t_idx)
                 img_rows, txt_rows = _shard_rows(b_img, use_ss, device), _shard_rows(b_txt, use_ss, device)
@@ -294,8 +375,8 @@ class CleanCLIP(Defense):
                 loss = self.lambda_mm * loss_mm + self.lambda_ss * loss_ss
                 return loss, torch.stack([loss, loss_mm, loss_ss, ss_image, ss_text]).float()
 
-            terms, lrs = run_steps(objective, optimizer, self.steps, where="CleanCLIP fine-tune", scheduler=scheduler,
-                                   clip=trained, max_grad_norm=MAX_GRAD_NORM, after_step=clamp_logit_scale(model),
+            terms, lrs = run_steps(objective, optimizer, steps, where="CleanCLIP fine-tune", scheduler=scheduler,
+                                   clip=trained, max_grad_norm=self.max_grad_norm, after_step=clamp_logit_scale(model),
                                    desc="cleanclip", verbose=self.verbose)
         model.eval()
         estimator.clear_cache()

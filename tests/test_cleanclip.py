@@ -1,21 +1,43 @@
 """CleanCLIP on a tiny BadMatch-backdoored MedCLIP: ASR falls and CA holds; the input model is untouched; seeded;
-the self-supervised term is finite and falls; clean-data sources and parameter checks."""
+the self-supervised term is finite and falls; clean-data sources and parameter checks; the released defaults
+(AutoAugment views, EDA once per data set, the release's optimiser and schedule) and artmed's earlier variant,
+unchanged."""
 
+import json
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from artmed.attacks.poisoning import BadMatch
+from artmed.data.eda import SYNONYMS
 from artmed.defenses import registry
 from artmed.defenses.base import EvaluationContext
-from artmed.defenses.cleanclip import CleanCLIP, augment_images, augment_texts, in_modal_loss
+from artmed.defenses import cleanclip
+from artmed.defenses.cleanclip import (
+    CleanCLIP,
+    augment_images,
+    augment_texts,
+    eda_views,
+    in_modal_loss,
+    released_text,
+)
 from artmed.estimator import MedCLIPEstimator
 from artmed.evaluations.scoring import score_estimator
 from toy_task import PROMPTS, SIZE, TEXT_LABELS, TEXTS, TRIGGER, images
 
-FAST = dict(lr=1e-3, batch_size=16, verbose=False)
+ARTMED = dict(weight_decay=1e-4, max_grad_norm=1.0, warmup_steps=None, image_augment="artmed",
+              text_augment="per_step")
+"""artmed's variant before the released defaults (with lr=2e-5, batch_size=32, steps=500 its former defaults)."""
+FAST = dict(lr=1e-3, batch_size=16, verbose=False, **ARTMED)
+RELEASED = {"lr": 1e-5, "weight_decay": 0.1, "max_grad_norm": None, "warmup_steps": 50, "batch_size": 64,
+            "epochs": 10, "steps": None, "lambda_mm": 1.0, "lambda_ss": 1.0, "temperature": None,
+            "image_augment": "autoaugment", "text_augment": "once"}
+"""nishadsinghi/CleanCLIP d6e2f1db: README's CleanCLIP command (batch 64, 10 epochs, 50 warm-up steps, lr 1e-5),
+src/parser.py (weight decay 0.1, clip and in-modal weights 1), src/train.py (no clipping, learnt logit scale),
+src/data.py (AutoAugment per item, EDA once in the dataset's constructor)."""
 
 
 def state(estimator):
@@ -146,6 +168,11 @@ def test_missing_clean_labels(context):
     ({"lr": 0.0}, "lr"),
     ({"weight_decay": -1e-4}, "weight_decay"),
     ({"word_dropout": 1.0}, "word_dropout"),
+    ({"epochs": 0}, "epochs"),
+    ({"max_grad_norm": 0.0}, "max_grad_norm"),
+    ({"warmup_steps": -1}, "warmup_steps"),
+    ({"image_augment": "crop"}, "image_augment"),
+    ({"text_augment": "eda"}, "text_augment"),
     ({"n_clean": 1}, "n_clean"),
     ({"seed": -1}, "seed"),
     ({"lambda_ss": True}, "lambda_ss"),
@@ -187,3 +214,64 @@ def test_plugin_line_loads_through_the_registry(monkeypatch):
     assert registry.get("cleanclip") is CleanCLIP
     defense = registry.create("cleanclip", lambda_ss=0.5)
     assert defense.kind == "mitigation" and defense.name == "cleanclip" and defense.get_params()["lambda_ss"] == 0.5
+
+
+def test_defaults_are_the_release():
+    params = CleanCLIP().get_params()
+    assert {k: params[k] for k in RELEASED} == RELEASED
+
+
+def test_artmed_variant_unchanged():
+    """artmed's earlier variant, selected by parameters, repeats the run recorded with the code before the released
+    defaults (tests/golden/cleanclip_artmed_variant.json: 32 ``toy_task.images(32, seed=0)`` clean images, a
+    ``MedCLIPEstimator.tiny(PROMPTS, image_size=32, seed=0)``, ``CleanCLIP(steps=4, seed=3, lr=1e-3, batch_size=8)``,
+    one torch thread). Bit-identical on the machine that recorded it; rel 1e-4 allows other x86 float32 kernels."""
+    golden = json.loads((Path(__file__).parent / "golden" / "cleanclip_artmed_variant.json").read_text())
+    x, y, _ = images(32, seed=0)
+    estimator = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, seed=0, device="cpu")
+    context = EvaluationContext(estimator=estimator, texts=TEXTS, text_labels=TEXT_LABELS, x_clean=x, y_clean=y)
+    result = CleanCLIP(steps=4, seed=3, lr=1e-3, batch_size=8, verbose=False, **ARTMED).run(context)
+    for key in ("loss", "loss_mm", "loss_ss", "loss_ss_image", "loss_ss_text", "lr"):
+        assert [h[key] for h in result.history] == pytest.approx(golden[key], rel=1e-4), key
+    state_sum = sum(float(v.double().abs().sum()) for v in result.estimator.model.state_dict().values()
+                    if v.dtype.is_floating_point)
+    assert state_sum == pytest.approx(golden["param_sum"], rel=1e-5)
+
+
+def test_released_views_schedule_and_length(context, monkeypatch):
+    """Default run: one AutoAugment view batch per step, EDA views computed once, steps from epochs, the released
+    warm-up (lr·(step+1)/50) and no clipping."""
+    calls = {"image": 0, "text": 0}
+    real_aa, real_eda = cleanclip.autoaugment, cleanclip.eda_views
+
+    def count_aa(pixels, generator):
+        calls["image"] += 1
+        return real_aa(pixels, generator)
+
+    def count_eda(texts, seed):
+        calls["text"] += 1
+        return real_eda(texts, seed)
+
+    monkeypatch.setattr(cleanclip, "autoaugment", count_aa)
+    monkeypatch.setattr(cleanclip, "eda_views", count_eda)
+    monkeypatch.setattr(cleanclip, "augment_images", None)  # the artmed views must not run
+    monkeypatch.setattr(cleanclip, "augment_texts", None)
+    result = CleanCLIP(epochs=2, batch_size=16, lr=1e-3, verbose=False).run(context)  # 64 clean images: 4 per epoch
+    history = result.history
+    assert len(history) == 8 and calls == {"image": 8, "text": 1}
+    assert [h["lr"] for h in history] == pytest.approx([1e-3 * (s + 1) / 50 for s in range(8)])
+    assert all(np.isfinite(h["loss"]) and h["loss_ss_image"] > 0 and h["loss_ss_text"] > 0 for h in history)
+    assert len(CleanCLIP(epochs=1, batch_size=100, lr=1e-3, verbose=False).run(context).history) == 1
+
+
+def test_released_text_views():
+    assert released_text("No acute cardio-pulmonary process.  Patient\u2019s T2 film, 3cm.") == \
+        "no acute cardio pulmonary process patients t film cm"
+    texts = ["Mild cardiomegaly. The lungs are clear, no effusion.", "the portable film shows a small region of "
+             "atelectasis at the left base with mild interval improvement compared to the prior study"]
+    views = [eda_views(texts, seed) for seed in (0, 0, 1, 2, 3)]
+    assert views[0] == views[1] and len(views[0]) == 2
+    synonym_words = {w for syns in SYNONYMS.values() for syn in syns for w in syn.split()}
+    assert all(set(v.split()) <= set(released_text(t).split()) | synonym_words
+               for vs in views for v, t in zip(vs, texts))
+    assert any(vs[1] != released_text(texts[1]) for vs in views)  # the long sentence has free words to move
