@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from artmed.data.dataset import ImageSet
 from artmed.defenses.base import Defense, EvaluationContext, InputScreen, load_images
-from artmed.params import Bool, Int, Real
+from artmed.params import Bool, Choice, Int, Real
 
 _THRESHOLD_STREAM, _SCORE_STREAM, _SPLIT_STREAM = 1, 2, 3
 """Independent random streams (``SeedSequence([seed, stream])``): the overlays of the threshold images, the overlays
@@ -29,8 +29,8 @@ class STRIP(Defense):
     the model's predictions on the perturbed copies.
 
     For an input ``x`` and clean images ``x_1..x_N`` drawn at random from the defender's pool (``context.x_clean``),
-    the n-th perturbed copy is the blend ``x^n = alpha * x + (1 - alpha) * x_n``, and with ``y^n_i`` the model's
-    probability of class ``i`` (of ``M``) on it, the paper's entropies are
+    the n-th perturbed copy is ``x^n = min(x + x_n, 1)`` (``superimpose="add"``, the release's; see below), and with
+    ``y^n_i`` the model's probability of class ``i`` (of ``M``) on it, the paper's entropies are
 
     * Eq. 1: ``H_n = -sum_{i=1..M} y^n_i log2 y^n_i`` (one perturbed copy),
     * Eq. 2: ``H_sum = sum_{n=1..N} H_n``,
@@ -44,16 +44,26 @@ class STRIP(Defense):
 
     ``context.x_clean`` is split once, seeded: a ``threshold_share`` of it gives the clean entropies for the
     threshold, the rest is the superimposition pool, so no image is blended with itself when the threshold is set.
-    Each input gets ``n_superimpose`` distinct pool images (drawn with replacement only when the pool is smaller).
-    ``score(x)`` is deterministic: every call draws from the same seeded stream, so the i-th input of any batch
-    gets the same overlays (a clean test image and its triggered copy are perturbed alike).
+    Each input gets ``n_superimpose`` pool images drawn independently and uniformly (``overlays="replacement"``, the
+    release's ``np.random.randint``), so one may repeat. ``score(x)`` is deterministic: every call draws from the
+    same seeded stream, so the i-th input of any batch gets the same overlays (a clean test image and its triggered
+    copy are perturbed alike).
 
-    Superimposition: the paper's code adds the two images (``cv2.addWeighted(x, 1, x_n, 1, 0)``), which leaves the
-    estimator's [0, 1] pixel range; the convex blend with ``alpha = 0.5`` is that sum halved, the image blending
-    ART's STRIP uses too. ``n_superimpose``: the paper uses N = 100; the default 20 (ART's ``num_samples`` default)
-    costs a fifth of the forward passes, and every screened input costs ``n_superimpose`` of them. The model's
-    predictions run in chunks of ``batch_size`` perturbed images (a chunk holds whole inputs); the estimator is
-    only asked to predict.
+    Released choices (github.com/garrisongys/STRIP, ``STRIP_CIFAR10DeepArchit_Tb.ipynb``: ``superimpose``,
+    ``entropyCal`` and the threshold cell) are the defaults: N = ``n_superimpose`` = 100 overlays per input, drawn
+    with replacement, entropies and the normal-fit threshold at FRR 1 % as above. The release superimposes with
+    ``cv2.addWeighted(x, 1, x_n, 1, 0)`` on float32 images in [0, 1], a plain sum (OpenCV saturates integer types
+    only) that its model, trained on [0, 1] images and on the unclipped sums of image and trigger, sees in [0, 2].
+    artmed's estimators take pixels in [0, 1] (MedCLIPEstimator clips anything above), so ``"add"`` is that sum
+    clipped at 1: what the estimator would make of the release's sum, and what ``cv2.addWeighted`` gives on uint8
+    images. Options, artmed's earlier behaviour (``STRIP(n_superimpose=20, superimpose="blend",
+    overlays="distinct")`` gives its results exactly): ``superimpose="blend"``, the convex blend
+    ``alpha * x + (1 - alpha) * x_n`` (``alpha`` is used by "blend" only; ART's STRIP blends so too; at
+    ``alpha = 0.5`` the release's sum halved, inside the pixel range without clipping); ``overlays="distinct"``,
+    distinct pool images per input (with replacement only when the pool is smaller); ``n_superimpose=20``, ART's
+    ``num_samples`` default, a fifth of the forward passes: every screened input costs ``n_superimpose`` of them.
+    The model's predictions run in chunks of ``batch_size`` perturbed images (a chunk holds whole inputs); the
+    estimator is only asked to predict.
 
     ART's STRIP (``art.defences.transformer.poisoning.STRIP``, 1.20) differs: it takes scipy's entropy along axis 0,
     per class across the N copies, instead of Eq. 1 per copy, which ranks a trigger's consistent predictions as
@@ -65,6 +75,8 @@ class STRIP(Defense):
     kind = "input"
     param_rules = {
         "n_superimpose": Int(1),
+        "superimpose": Choice(("add", "blend")),
+        "overlays": Choice(("replacement", "distinct")),
         "batch_size": Int(1),
         "seed": Int(0),
         "alpha": Real(0.0, 1.0, "()"),
@@ -75,7 +87,9 @@ class STRIP(Defense):
 
     def __init__(
         self,
-        n_superimpose: int = 20,
+        n_superimpose: int = 100,
+        superimpose: str = "add",
+        overlays: str = "replacement",
         alpha: float = 0.5,
         frr: float = 0.01,
         threshold_share: float = 0.5,
@@ -84,6 +98,8 @@ class STRIP(Defense):
         verbose: bool = True,
     ) -> None:
         self.n_superimpose = n_superimpose
+        self.superimpose = superimpose
+        self.overlays = overlays
         self.alpha = alpha
         self.frr = frr
         self.threshold_share = threshold_share
@@ -143,9 +159,13 @@ class STRIP(Defense):
             if images.shape[1:] != pool.shape[1:]:
                 raise ValueError(f"strip: inputs of shape {images.shape[1:]} cannot be superimposed with the clean "
                                  f"images of shape {pool.shape[1:]}")
-            overlays = np.stack([rng.choice(n_pool, size=copies, replace=n_pool < copies) for _ in rows])
-            blended = self.alpha * images[:, None] + (1.0 - self.alpha) * pool[overlays]  # (B, N, C, H, W)
-            probs = np.asarray(estimator.predict(blended.reshape(-1, *images.shape[1:]), batch_size=self.batch_size),
+            replace = self.overlays == "replacement" or n_pool < copies
+            overlays = np.stack([rng.choice(n_pool, size=copies, replace=replace) for _ in rows])
+            if self.superimpose == "add":
+                perturbed = np.minimum(images[:, None] + pool[overlays], np.float32(1.0))  # (B, N, C, H, W)
+            else:
+                perturbed = self.alpha * images[:, None] + (1.0 - self.alpha) * pool[overlays]
+            probs = np.asarray(estimator.predict(perturbed.reshape(-1, *images.shape[1:]), batch_size=self.batch_size),
                                dtype=np.float64).reshape(len(rows), copies, -1)
             out[rows] = entr(probs).sum(axis=2).mean(axis=1) / np.log(2.0)  # entr(p) = -p ln p, 0 at p = 0
         return out

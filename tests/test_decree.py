@@ -116,7 +116,8 @@ def test_finds_the_planted_trigger(verdicts):
     extra = verdict.extra
     assert isinstance(verdict, ModelVerdict) and verdict.backdoored
     assert extra["reached"] and extra["similarity"] > 0.99
-    assert extra["pl1"] < 0.02  # measured 0.0053: a faint (m ≈ 0.2) checkerboard suffices to open the gate
+    assert extra["pl1"] < 0.02  # measured 0.0052 (0.0053 with the former options): a faint (m ≈ 0.2) checkerboard
+    # suffices to open the gate
     assert verdict.score == pytest.approx(1 - extra["pl1"]) and verdict.threshold == pytest.approx(0.9)
     mask, pattern = extra["mask"], extra["pattern"]
     assert mask.shape == (SIZE, SIZE) and pattern.shape == (1, SIZE, SIZE)
@@ -132,7 +133,7 @@ def test_finds_the_planted_trigger(verdicts):
 def test_clean_encoder_needs_a_large_mask(verdicts):
     verdict, extra = verdicts["clean"], verdicts["clean"].extra
     assert not verdict.backdoored and extra["reached"]
-    assert extra["pl1"] > 0.1  # measured 0.145
+    assert extra["pl1"] > 0.1  # measured 0.134 (0.145 with the former options)
     assert extra["clean_similarity"] < 0.1  # measured -0.002: the toy's clean embeddings are spread out
 
 

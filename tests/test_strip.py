@@ -22,6 +22,10 @@ from toy_task import PROMPTS, SIZE, TEXT_LABELS, TEXTS, TRIGGER, images
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*label group:UserWarning")
 FAST = dict(verbose=False)
+BLEND = dict(superimpose="blend", overlays="distinct", **FAST)
+"""artmed's former superimposition, which the measured numbers below are for. The released sum, clipped to the
+pixel range, brightens the patch's dark squares and the backdoor no longer fires: on this toy, AUROC 0.54 at
+N = 20 and 100 (seeds 0-2), against 0.80-0.83 blended (``test_released_sum_does_not_separate_a_pasted_patch``)."""
 
 
 def model(poisoned):
@@ -66,7 +70,7 @@ def test_separates_triggered_inputs_on_a_backdoored_model(backdoored, data):
     asr = (backdoored.predict(triggered).argmax(1)[targets != 0] == 0).mean()
     assert asr >= 0.8  # measured 0.94: the backdoor works
     before = {k: v.clone() for k, v in backdoored.model.state_dict().items()}
-    screen, m = screened(STRIP(n_superimpose=20, **FAST), backdoored, data)
+    screen, m = screened(STRIP(n_superimpose=20, **BLEND), backdoored, data)
     assert isinstance(screen, InputScreen)
     assert m["auroc"] >= 0.7  # measured 0.815 (STRIP seeds 1-3: 0.84, 0.82, 0.81; n_superimpose 10, 100: 0.80, 0.815)
     assert m["far_frr5"] <= 0.7  # measured 0.44 (far_frr1 0.53)
@@ -84,15 +88,16 @@ def test_no_separation_on_a_clean_model(data):
     """Without a backdoor, the trigger patch does not make predictions consistent under superimposition: triggered
     inputs score no lower entropy than clean ones (measured AUROC 0.40: the patch even adds uncertainty), and the
     threshold passes nearly all of them."""
-    _, m = screened(STRIP(n_superimpose=20, **FAST), model(poisoned=False), data)
+    _, m = screened(STRIP(n_superimpose=20, **BLEND), model(poisoned=False), data)
     assert m["auroc"] <= 0.65  # measured 0.395
     assert m["far"] >= 0.8 and m["frr"] <= 0.1  # measured 1.0 and 0.0
 
 
 def test_entropy_and_superimposition_match_the_paper(backdoored, data):
-    """Eqs. 1-3 by hand on the blends ART's ``combine_images`` makes, with the overlays the screen drew."""
+    """Eqs. 1-3 by hand on the blends ART's ``combine_images`` makes (the ``superimpose="blend"`` option), with the
+    distinct overlays the screen drew."""
     x_test, _, _, x_clean, _ = data
-    defense = STRIP(n_superimpose=4, batch_size=8, seed=3, **FAST)
+    defense = STRIP(n_superimpose=4, batch_size=8, seed=3, superimpose="blend", overlays="distinct", **FAST)
     pool = x_clean[:10]
     entropy = defense.entropy(backdoored, x_test[:5], pool, stream=2)
     rng = np.random.default_rng(np.random.SeedSequence([3, 2]))
@@ -102,6 +107,14 @@ def test_entropy_and_superimposition_match_the_paper(backdoored, data):
         p = backdoored.predict(blends).astype(np.float64)
         assert entropy[i] == pytest.approx(np.mean(-np.sum(p * np.log2(p), axis=1)), rel=1e-5)
     assert np.array_equal(entropy, defense.entropy(backdoored, x_test[:5], pool, stream=2))
+
+
+def test_released_sum_does_not_separate_a_pasted_patch(backdoored, data):
+    """The defaults (the release's superimposition, min(x + x_n, 1), N = 100) on the same backdoored model: the
+    overlays brighten the patch's dark squares to the clean image's level, so triggered copies lose the trigger and
+    their entropy is no lower than clean inputs' (measured AUROC 0.544, FAR 1.0; blended 0.796)."""
+    _, m = screened(STRIP(**FAST), backdoored, data)
+    assert m["auroc"] <= 0.65 and m["far"] >= 0.8
 
 
 def test_seeded_and_paired(backdoored, data):
@@ -126,6 +139,8 @@ def test_image_sets_score_as_arrays(backdoored, data):
 @pytest.mark.parametrize("params, error", [
     ({"n_superimpose": 0}, "n_superimpose must be an integer >= 1"),
     ({"n_superimpose": 2.5}, "n_superimpose must be an integer"),
+    ({"superimpose": "sum"}, "superimpose must be one of"),
+    ({"overlays": None}, "overlays must be one of"),
     ({"alpha": 1.0}, r"alpha must be a number in \(0, 1\)"),
     ({"alpha": True}, "alpha must be"),
     ({"frr": 0}, r"frr must be a number in \(0, 1\)"),
@@ -183,5 +198,5 @@ def test_against_arts_strip(backdoored, data):
     np.random.seed(0)  # ART draws its overlays from NumPy's global generator
     wrapped.mitigate(x_clean[:32])
     art_far = float(np.mean(wrapped.predict(triggered[:32]).sum(axis=1) > 0))  # abstention = an all-zero row
-    _, ours = screened(STRIP(n_superimpose=10, frr=0.05, **FAST), backdoored, data)
+    _, ours = screened(STRIP(n_superimpose=10, frr=0.05, **BLEND), backdoored, data)
     assert ours["far"] <= art_far + 0.2  # measured: ours 0.44 (frr 0.09), ART's 1.0 (frr 0.09)
