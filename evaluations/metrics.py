@@ -106,9 +106,11 @@ def robust_accuracy(pred_triggered: Any, true: Any, target: int | None = None) -
 def detection_metrics(flags: Any, mask: Any, scores: Any = None) -> dict[str, float]:
     """Poison-detection quality of boolean ``flags`` against the ground-truth poison ``mask`` (both (N,)).
 
-    Returns TPR (recall), FPR, precision, F1, AUROC (from continuous ``scores``, higher = more suspicious; NaN when
-    no scores or only one class in ``mask``), the removed share (flagged / N) and the raw counts. Undefined ratios
-    (no poison, no clean image, nothing flagged) are NaN.
+    Returns TPR (recall), FPR, precision, F1, AUROC and ``tpr_at_fpr5`` (both from continuous ``scores``, higher =
+    more suspicious; NaN when no scores or only one class in ``mask``), the removed share (flagged / N) and the raw
+    counts. Undefined ratios (no poison, no clean image, nothing flagged) are NaN. ``tpr_at_fpr5`` is the share of
+    poisoned samples scored above the clean samples' 95th percentile: the TPR of the score itself at 5 % FPR, whatever
+    share the defense chose to flag (the same cut as ``input_screen_metrics``' ``far_frr5``: 1 - FAR at FRR 5 %).
     """
     f = _as_bool(flags, "flags")
     m = _as_bool(mask, "mask")
@@ -120,7 +122,7 @@ def detection_metrics(flags: Any, mask: Any, scores: Any = None) -> dict[str, fl
     fp = int(np.sum(f & ~m))
     fn = int(np.sum(~f & m))
     tn = int(np.sum(~f & ~m))
-    auroc = float("nan")
+    auroc = tpr_at_fpr5 = float("nan")
     if scores is not None:
         s = np.asarray(scores, dtype=np.float64)
         if s.shape != m.shape:
@@ -129,12 +131,14 @@ def detection_metrics(flags: Any, mask: Any, scores: Any = None) -> dict[str, fl
             raise ValueError("scores contain NaN or infinite values")
         if 0 < m.sum() < m.size:
             auroc = float(roc_auc_score(m, s))
+            tpr_at_fpr5 = float(np.mean(s[m] > np.quantile(s[~m], 0.95, method="higher")))
     return {
         "tpr": _ratio(tp, tp + fn),
         "fpr": _ratio(fp, fp + tn),
         "precision": _ratio(tp, tp + fp),
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
         "auroc": auroc,
+        "tpr_at_fpr5": tpr_at_fpr5,
         "removed": float(f.mean()),
         "tp": tp,
         "fp": fp,

@@ -7,16 +7,25 @@ equal and every number of the *checked* part within its tolerance, else it lists
 runs it after the README's ``artmed run``).
 
 The checked part holds the attacked models whose backdoor comes from poisoned training (CA, ASR, ASR_all, RA, and
-BadDist's cosines). After the ``UNCHECKED`` marker come the numbers measured to move between x86 machines by more
-than any useful tolerance (the same study with AVX2 instead of AVX-512 kernels, same seeds): BadDist without
-poisoned data (ASR 0.32 vs 0.00 on seed 0: where the triggered cluster lands is arbitrary), the detectors (AC's
-TPR 0.95 vs 0.00 on one seed) and the mitigations' ASR after (up to 0.20 apart). They are written from the same run
-and not compared.
+BadDist's cosines), the detectors, mitigations and input screens on them, and the verdict table
+(``artmed.evaluations.verdicts``). After the ``UNCHECKED`` marker comes BadDist without poisoned data and the
+defenses on it: measured to move between x86 machines by more than any useful tolerance (the same study with AVX2
+instead of AVX-512 kernels, same seeds: ASR 0.32 vs 0.00 on seed 0; where the triggered cluster lands is
+arbitrary). It is written from the same run and not compared.
 
-Tolerances, for ``tolerance`` = d, the most one seed's metric may move between x86 machines: a mean over n seeds
-moves at most d; a sample standard deviation at most d·sqrt(n/(n-1)) (≤ 1.23 d for n ≥ 3); a 95 % bound
-mean ± t·std/sqrt(n) at most d + t·1.23 d/sqrt(n) (t = 4.30 for n = 3: 4.05 d). Rounding adds half the last
-digit to each.
+Verdicts: the README's verdict must be one the fresh run can give when each seed's statistic moves by its drift
+(``verdicts.reachable``): a decided verdict may read "inconclusive" on another machine and the reverse, but
+"detects" never passes against a fresh "does not detect" beyond the drift.
+
+Numbers: each column has a per-seed drift d (``verdicts.DRIFT``: ``tolerance``, default 0.1, for the attacked
+models' metrics, measured at most 0.08; 0.2 for the defenses' metrics, measured on the mitigations' ASR after), and a
+defense in ``verdicts.WHOLE_SEED`` (activation clustering) may also change k = 1 seed anywhere in the metric's range
+R (1 for rates). For n seeds: a mean moves at most ((n-k)·d + k·R)/n; a sample standard deviation, ||Δx||/sqrt(n-1)
+at most, by at most sqrt(((n-k)·d² + k·R²)/(n-1)) (d·sqrt(n/(n-1)) ≤ 1.23 d for k = 0, n ≥ 3); a 95 % bound
+mean ± t·std/sqrt(n), clipped to the range or not, at most the mean's change + t·(the std's change)/sqrt(n)
+(t = 4.30 for n = 3: 4.05 d for k = 0). Rounding adds half the last digit to each. An unbounded metric of a defense
+that may change whole seeds is not compared. The per-seed values of the verdict table may differ by more than d on
+at most k seeds.
 """
 
 from __future__ import annotations
@@ -37,8 +46,10 @@ from artmed.evaluations.aggregate import (
     SHOWN_MITIGATION_METRICS,
     SHOWN_MODEL_METRICS,
     format_summary,
+    metric_range,
 )
 from artmed.evaluations.report import read_table
+from artmed.evaluations.verdicts import Drift, describe, drift, format_verdicts, verdicts
 
 __all__ = ["BEGIN", "END", "UNCHECKED", "DEFAULT_TOLERANCE", "render", "update", "check"]
 
@@ -46,41 +57,63 @@ BEGIN = "<!-- results:begin: written by `python -m artmed.evaluations.readme art
 END = "<!-- results:end -->"
 UNCHECKED = "<!-- results:unchecked: these numbers move between x86 machines; the CI check stops here -->"
 DEFAULT_TOLERANCE = 0.1
-"""d: the per-seed change between x86 machines accepted on the checked metrics. Measured with the default study run
-twice on one machine, with AVX-512 and with AVX2 kernels (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA,
-MKL_ENABLE_INSTRUCTIONS): largest per-seed change CA 0.025, ASR / RA 0.08, ASR_all 0.04, cosines 0.005."""
+"""d: the per-seed change between x86 machines accepted on the attacked models' metrics. Measured with the default
+study run twice on one machine, with AVX-512 and with AVX2 kernels (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA,
+MKL_ENABLE_INSTRUCTIONS): largest per-seed change CA 0.025, ASR / RA 0.08, ASR_all 0.04, cosines 0.005. The
+defenses' metrics take theirs from ``artmed.evaluations.verdicts.DRIFT``."""
 
 _CELL = re.compile(r"^(-?\d+\.\d+)(?: ± (\d+\.\d+))?(?: \[(-?\d+\.\d+), (-?\d+\.\d+)\])?$")
 
 
 def render(output_dir: str | Path) -> str:
     """The results block (markers included) for the study in ``output_dir``."""
+    return _render(output_dir)[0]
+
+
+def _render(output_dir: str | Path) -> tuple[str, list[dict[str, Any]]]:
+    """The results block and the verdict rows of its checked part, in table order."""
     out = Path(output_dir)
     models = _table(out / "models_summary.json")
     defenses = _table(out / "defenses_summary.json", required=False)
+    per_seed = _table(out / "defenses.json", required=False)
     seeds = sorted({int(s) for row in models for s in str(row.get("seeds") or "").split()})
     keys = ("attack", "trigger", "percent_poison")
-    poisoned = [r for r in models if r.get("attack") != "baddist"]
+    stable = [r for r in defenses if r.get("attack") != "baddist"]
+    checked = verdicts([r for r in per_seed if r.get("attack") != "baddist"])
     parts = [BEGIN, "",
-             f"Attacked models, mean ± std over seeds {seeds} and the 95 % t-interval of the mean; cos = the BadDist "
-             "encoder's cosine to the base encoder on held-out clean / triggered test images:", "",
-             format_summary(poisoned, keys, SHOWN_MODEL_METRICS, digits=3), "", UNCHECKED, "",
-             "Not stable across machines (see `artmed.evaluations.readme`), so not claims: BadDist alone (no "
-             "poisoned data),", "", format_summary([r for r in models if r.get("attack") == "baddist"], keys,
-                                                   SHOWN_MODEL_METRICS, digits=3)]
-    detection = [r for r in defenses if r.get("fpr") is not None]
-    mitigation = [r for r in defenses if r.get("ca_after") is not None]
-    if detection:
-        parts += ["", "the detection defenses on the poisoned training set,", "",
-                  format_summary(detection, ("attack", "defense"), SHOWN_DETECTION_METRICS, digits=3)]
-    if mitigation:
-        parts += ["", "the mitigations (the repaired model, same test set),", "",
-                  format_summary(mitigation, ("attack", "defense"), SHOWN_MITIGATION_METRICS, digits=3)]
-    screens = [r for r in defenses if r.get("far_frr1") is not None]
-    if screens:
-        parts += ["", "and the input screens (clean vs triggered test images; FAR at FRR 1 % / 5 %):", "",
-                  format_summary(screens, ("attack", "defense"), SHOWN_INPUT_METRICS, digits=3)]
-    return "\n".join(parts + ["", END])
+             f"Attacked models, mean ± std over seeds {seeds} and the 95 % t-interval of the mean (kept inside the "
+             "metric's range); cos = the BadDist encoder's cosine to the base encoder on held-out clean / triggered "
+             "test images:", "",
+             format_summary([r for r in models if r.get("attack") != "baddist"], keys, SHOWN_MODEL_METRICS, digits=3)]
+    parts += _defense_tables(stable, "the detection defenses on the poisoned training set (tpr_at_fpr5: TPR of the "
+                                     "defense's scores at 5 % FPR; tpr / fpr: of the samples it flags),")
+    if checked:
+        parts += ["", f"and what they show over the seeds (`artmed.evaluations.verdicts`: {describe()}; per seed: the "
+                      "deciding statistic):", "", format_verdicts(checked)]
+    parts += ["", UNCHECKED, "",
+              "Not stable across machines (see `artmed.evaluations.readme`), so not claims: BadDist alone (no "
+              "poisoned data),", "",
+              format_summary([r for r in models if r.get("attack") == "baddist"], keys, SHOWN_MODEL_METRICS, digits=3)]
+    parts += _defense_tables([r for r in defenses if r.get("attack") == "baddist"], "the detection defenses on its "
+                                                                                     "clean training set,")
+    unstable = verdicts([r for r in per_seed if r.get("attack") == "baddist"])
+    if unstable:
+        parts += ["", "and their verdicts,", "", format_verdicts(unstable)]
+    return "\n".join(parts + ["", END]), checked
+
+
+def _defense_tables(rows: list[dict[str, Any]], detection_caption: str) -> list[str]:
+    """The detection, mitigation and input-screen tables of ``rows`` (summary rows), each only when it has rows."""
+    parts: list[str] = []
+    tables = (("fpr", detection_caption, SHOWN_DETECTION_METRICS),
+              ("ca_after", "the mitigations (the repaired model, same test set),", SHOWN_MITIGATION_METRICS),
+              ("far_frr1", "the input screens (clean vs triggered test images; FAR at FRR 1 % / 5 %),",
+               SHOWN_INPUT_METRICS))
+    for marker, caption, metrics in tables:
+        chosen = [r for r in rows if r.get(marker) is not None]
+        if chosen:
+            parts += ["", caption, "", format_summary(chosen, ("attack", "defense"), metrics, digits=3)]
+    return parts
 
 
 def update(readme: str | Path, output_dir: str | Path) -> Path:
@@ -97,40 +130,80 @@ def check(readme: str | Path, output_dir: str | Path, tolerance: float = DEFAULT
     path = Path(readme)
     text = path.read_text(encoding="utf-8")
     start, stop = _block(text, path)
-    ours, fresh = text[start:stop].splitlines(), render(output_dir).splitlines()
+    rendered, checked = _render(output_dir)
+    ours, fresh = text[start:stop].splitlines(), rendered.splitlines()
     if UNCHECKED not in ours:
         return [f"the README's results block has no {UNCHECKED!r} line: rewrite it"]
     ours, fresh = ours[:ours.index(UNCHECKED)], fresh[:fresh.index(UNCHECKED)]
     if len(ours) != len(fresh):
         return [f"the README's results block has {len(ours)} lines, a fresh render {len(fresh)}"]
     problems: list[str] = []
-    n = _seed_count(output_dir)
+    header: list[str] = []
+    verdict_rows = iter(checked)
     for number, (old, new) in enumerate(zip(ours, fresh), start=1):
         old_cells, new_cells = _cells(old), _cells(new)
         if len(old_cells) != len(new_cells):
             problems.append(f"line {number}: {old!r} != {new!r}")
             continue
-        for a, b in zip(old_cells, new_cells):
-            problem = _compare(a, b, tolerance, n)
+        if len(new_cells) == 1 or new_cells[0] == "attack" or set(new) <= set("|-: "):
+            header = new_cells if new_cells[0] == "attack" else header
+            if old != new:
+                problems.append(f"line {number}: text differs (README {old!r}, fresh run {new!r})")
+            continue
+        row = dict(zip(header, new_cells))
+        n = int(row["n"]) if row.get("n", "").isdigit() else 1
+        verdict = next(verdict_rows) if "verdict" in header else None
+        for column, a, b in zip(header, old_cells, new_cells):
+            if verdict is not None and column == "verdict":
+                problem = None if a in verdict["reachable"] else (
+                    f"verdict {a!r} is not one the fresh run gives within the drift ({sorted(verdict['reachable'])})")
+            elif verdict is not None and column == "per seed":
+                problem = _compare_seeds(a, b, verdict["drift"])
+            else:
+                change = Drift(tolerance) if "defense" not in row else drift(column, row["defense"])
+                problem = _compare(a, b, _limits(change, n, metric_range(column)))
             if problem:
-                problems.append(f"line {number}: {problem} (README {a!r}, fresh run {b!r})")
+                problems.append(f"line {number}: {column}: {problem} (README {a!r}, fresh run {b!r})")
     return problems
 
 
-def _compare(old: str, new: str, tolerance: float, n: int) -> str | None:
+def _limits(change: Drift, n: int, bounds: tuple[float, float] | None) -> tuple[float, float, float] | None:
+    """How far a mean, a standard deviation and a 95 % bound over ``n`` seeds may move when each seed moves by
+    ``change.d`` and ``change.seeds`` seeds anywhere in ``bounds`` (the module docstring); None: no limit."""
+    k = min(change.seeds, n)
+    if k and bounds is None:
+        return None
+    span = bounds[1] - bounds[0] if k else 0.0
+    mean = ((n - k) * change.d + k * span) / n
+    if n < 2:
+        return mean, 0.0, mean
+    std = math.sqrt(((n - k) * change.d ** 2 + k * span ** 2) / (n - 1))
+    return mean, std, mean + float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+
+
+def _compare(old: str, new: str, limits: tuple[float, float, float] | None) -> str | None:
     a, b = _CELL.match(old), _CELL.match(new)
     if a is None or b is None:
         return None if old == new else "text differs"
     if [g is None for g in a.groups()] != [g is None for g in b.groups()]:
         return "cell shape differs"
-    spread = math.sqrt(n / (n - 1)) if n > 1 else 1.0
-    t = float(stats.t.ppf(0.975, n - 1)) if n > 1 else 0.0
-    limits = (tolerance, spread * tolerance, tolerance + t * spread * tolerance / math.sqrt(n))
-    limits = (*limits, limits[2])
+    if limits is None:
+        return None
     names = ("mean", "std", "lower bound", "upper bound")
-    for name, x, y, limit in zip(names, a.groups(), b.groups(), limits):
+    for name, x, y, limit in zip(names, a.groups(), b.groups(), (*limits, limits[2])):
         if x is not None and abs(float(x) - float(y)) > limit + 0.0005 + 1e-12:
             return f"{name} {x} vs {y} differs by more than {limit:.3f}"
+    return None
+
+
+def _compare_seeds(old: str, new: str, change: Drift) -> str | None:
+    """Per-seed values (2 digits): at most ``change.seeds`` of them may differ by more than ``change.d``."""
+    xs, ys = old.split(), new.split()
+    if len(xs) != len(ys):
+        return "a different number of seeds"
+    moved = sum(abs(float(x) - float(y)) > change.d + 0.005 + 1e-12 for x, y in zip(xs, ys))
+    if moved > change.seeds:
+        return f"{moved} seed(s) differ by more than {change.d:.3f}"
     return None
 
 
@@ -138,11 +211,6 @@ def _cells(line: str) -> list[str]:
     if line.startswith("|"):
         return [c.strip() for c in line.strip().strip("|").split("|")]
     return [line]
-
-
-def _seed_count(output_dir: str | Path) -> int:
-    rows = _table(Path(output_dir) / "models_summary.json")
-    return max((int(r.get("n_seeds") or 1) for r in rows), default=1)
 
 
 def _table(path: Path, required: bool = True) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from artmed.evaluations.metrics import (
     clean_accuracy,
     defense_effectiveness_rating,
     detection_metrics,
+    input_screen_metrics,
     robust_accuracy,
 )
 
@@ -62,12 +63,25 @@ def test_detection_metrics():
     assert out["removed"] == pytest.approx(0.3)
     # positive-negative pairs ranked correctly: 0.9 and 0.8 beat all 7, 0.1 beats 0.0 and 0.05 -> (7+7+2)/21
     assert out["auroc"] == pytest.approx(16 / 21)
+    # the clean scores' 95th percentile (method "higher") is their maximum 0.7: 0.9 and 0.8 lie above it
+    assert out["tpr_at_fpr5"] == pytest.approx(2 / 3)
     assert (out["tp"], out["fp"], out["fn"], out["tn"]) == (2, 1, 1, 6)
+
+
+def test_tpr_at_fpr5_is_the_input_screens_cut():
+    rng = np.random.default_rng(0)
+    clean, poison = rng.normal(0, 1, 200), rng.normal(1.5, 1, 20)
+    scores = np.r_[clean, poison]
+    mask = np.r_[np.zeros(200, bool), np.ones(20, bool)]
+    out = detection_metrics(np.zeros(220, bool), mask, scores)
+    assert 0.0 < out["tpr_at_fpr5"] < 1.0
+    assert out["tpr_at_fpr5"] == pytest.approx(1.0 - input_screen_metrics(clean, poison)["far_frr5"])
+    assert np.mean(clean > np.quantile(clean, 0.95, method="higher")) <= 0.05
 
 
 def test_detection_metrics_undefined_cases():
     no_poison = detection_metrics(np.array([0, 1, 0]), np.array([0, 0, 0]), scores=np.array([0.1, 0.5, 0.2]))
-    assert math.isnan(no_poison["tpr"]) and math.isnan(no_poison["auroc"])
+    assert math.isnan(no_poison["tpr"]) and math.isnan(no_poison["auroc"]) and math.isnan(no_poison["tpr_at_fpr5"])
     assert no_poison["fpr"] == pytest.approx(1 / 3)
     nothing_flagged = detection_metrics(np.zeros(4, bool), np.array([1, 0, 0, 0], bool))
     assert math.isnan(nothing_flagged["precision"]) and nothing_flagged["f1"] == 0.0

@@ -41,7 +41,9 @@ def test_summarize_groups_seed_replicates_and_formats_them():
     assert rows[0]["ca"] == pytest.approx(0.9) and rows[0]["asr_std"] == pytest.approx(0.5)
     assert "ra" not in rows[0] and "asr" not in rows[1]
     table = format_summary(rows, ("attack", "trigger"), ("ca", "asr"))
-    assert "| badmatch | patch | 3 | 0.900 ± 0.100 [0.652, 1.148] | 0.500 ± 0.500 [-0.742, 1.742] |" in table
+    # rates: the t-intervals [0.652, 1.148] and [-0.742, 1.742] kept inside [0, 1]
+    assert (rows[0]["asr_lo"], rows[0]["asr_hi"]) == (0.0, 1.0) and rows[0]["ca_lo"] == pytest.approx(0.652, abs=1e-3)
+    assert "| badmatch | patch | 3 | 0.900 ± 0.100 [0.652, 1.000] | 0.500 ± 0.500 [0.000, 1.000] |" in table
     assert "| clean | - | 1 | 0.700 | - |" in table
 
 
