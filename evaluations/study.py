@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +28,23 @@ from artmed.evaluations.aggregate import (
     format_summary,
     summarize,
 )
+from artmed.evaluations.compare import trajectories
 from artmed.evaluations.config import DataConfig, DefenseSpec, StudyConfig, TrainConfig
 from artmed.evaluations.harness import Harness, StudyResult
 from artmed.evaluations.report import (
     format_table,
+    plot_baddist_separation,
     plot_ca_asr_bars,
-    plot_detection_roc,
     plot_feature_projection,
     plot_inverted_trigger,
+    plot_mean_roc,
     plot_poison_rate_sweep,
     plot_score_histograms,
+    plot_tradeoff,
+    plot_trigger_examples,
     write_table,
 )
+from artmed.evaluations.verdicts import format_verdicts, verdicts
 
 MODEL_COLUMNS = ["attack", "trigger", "percent_poison", "seed", "status", "n_poison", "ca", "asr", "asr_all", "ra",
                  "heldout_cos_clean", "heldout_cos_trigger"]
@@ -116,7 +122,10 @@ def quick_config(output_dir: str, seed: int = 0, n_seeds: int = 1) -> StudyConfi
 
 
 def write_outputs(result: StudyResult) -> dict[str, Path]:
-    """Tables (JSON + CSV) and figures for a finished study; returns the written paths by name."""
+    """Tables (JSON + CSV) and figures for a finished study; returns the written paths by name.
+
+    Detection ROCs are averaged over seeds, one figure per attacked setting (``roc_<setting>``); a figure with
+    nothing to compare is not written and its ``NoFigureWarning`` says why (``artmed.evaluations.report``)."""
     out = result.output_dir
     paths: dict[str, Path] = {}
     paths["models_json"], paths["models_csv"] = write_table(result.models, out, name="models")
@@ -127,33 +136,45 @@ def write_outputs(result: StudyResult) -> dict[str, Path]:
         paths["defenses_summary_json"], paths["defenses_summary_csv"] = write_table(defense_summary(result), out,
                                                                                     name="defenses_summary")
     figures = out / "figures"
-    paths["sweep"] = plot_poison_rate_sweep(_ok(result.models), figures / "poison_rate_sweep.png")
+    models = _ok(result.models)
+    drawn = {"separation": plot_baddist_separation(models, figures / "baddist_separation.png"),
+             "triggers": plot_trigger_examples(figures / "triggers.png")}
+    if len({m.get("percent_poison") for m in models if m.get("attack") != "clean"}) >= 2:  # a sweep, not one point
+        drawn["sweep"] = plot_poison_rate_sweep(models, figures / "poison_rate_sweep.png")
     ok = _ok(result.defenses)
-    if ok:
-        paths["bars"] = plot_ca_asr_bars(ok, figures / "ca_asr_before_after.png")
-    by_attack: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    mitigations = [r for r in ok if r.get("kind") == "mitigation"]
+    if any(r.get("ca_after") is not None for r in ok):
+        drawn["bars"] = plot_ca_asr_bars(ok, figures / "ca_asr_before_after.png")
+    if mitigations:
+        drawn["tradeoff"] = plot_tradeoff(trajectories(mitigations), figures / "mitigation_tradeoff.png")
+    by_setting: dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]] = {}
     for record in ok:
         arrays = result.arrays.get(record["cell"]) or {}
         if "scores" in arrays and np.asarray(arrays["poison_mask"]).any():
-            by_attack.setdefault(record["attack_key"], {})[record["defense"]] = (
-                np.asarray(arrays["scores"]), np.asarray(arrays["poison_mask"]))
-    for key, scores in by_attack.items():
-        paths[f"roc_{key}"] = plot_detection_roc(scores, figures / f"roc_{key}.png", title=key)
-        paths[f"hist_{key}"] = plot_score_histograms({k: v[0] for k, v in scores.items()},
-                                                     next(iter(scores.values()))[1], figures / f"scores_{key}.png",
-                                                     title=key)
+            by_setting.setdefault(_setting_key(record["attack_key"]), {}).setdefault(record["defense"], []).append(
+                (np.asarray(arrays["scores"]), np.asarray(arrays["poison_mask"])))
+    for key, curves in by_setting.items():
+        drawn[f"roc_{key}"] = plot_mean_roc(curves, figures / f"roc_{key}.png", title=f"{key} (mean over seeds)")
+        first = {name: seeds[0] for name, seeds in curves.items()}
+        drawn[f"hist_{key}"] = plot_score_histograms(first, None, figures / f"scores_{key}.png",
+                                                     title=f"{key} (first seed)")
     for record in ok:
         arrays = result.arrays.get(record["cell"]) or {}
         if record.get("kind") == "model" and "mask" in arrays:
             title = (f"{record['defense']} on {record['attack_key']}: score {record['model_score']:.3g}, "
                      f"{'flagged' if record['model_flagged'] else 'not flagged'}")
             name = f"inverted_{record['attack_key']}+{record['defense']}"
-            paths[name] = plot_inverted_trigger(arrays["mask"], arrays.get("pattern"), figures / f"{name}.png",
+            drawn[name] = plot_inverted_trigger(arrays["mask"], arrays.get("pattern"), figures / f"{name}.png",
                                                 title=title)
     for key, (features, mask) in result.projections.items():
-        paths[f"proj_{key}"] = plot_feature_projection(features, mask, figures / f"features_{key}.png", title=key)
-    paths["phantoms"] = save_phantom_grid(figures / "phantoms.png", image_size=128, seed=0)
-    return paths
+        drawn[f"proj_{key}"] = plot_feature_projection(features, mask, figures / f"features_{key}.png", title=key)
+    drawn["phantoms"] = save_phantom_grid(figures / "phantoms.png", image_size=128, seed=0)
+    return {**paths, **{name: path for name, path in drawn.items() if path is not None}}
+
+
+def _setting_key(attack_key: str) -> str:
+    """An attacked model's key without its seed ("badmatch-patch-p0.01-s2" -> "badmatch-patch-p0.01")."""
+    return re.sub(r"-s\d+$", "", attack_key)
 
 
 def model_summary(result: StudyResult) -> list[dict[str, Any]]:
@@ -189,6 +210,10 @@ def summary(result: StudyResult) -> str:
         text += format_summary(defense_summary(result), DEFENSE_KEYS[:3] + ("defense",),
                                SHOWN_DETECTION_METRICS + SHOWN_MITIGATION_METRICS + SHOWN_INPUT_METRICS[1:]
                                + SHOWN_VERDICT_METRICS)
+        rows = verdicts(_ok(result.defenses))
+        if rows:
+            text += ("\n\nVerdicts over seeds (artmed.evaluations.verdicts)\n"
+                     + format_verdicts(rows, DEFENSE_KEYS[:3] + ("defense",)))
     if result.failed:
         text += f"\n\n{len(result.failed)} cell(s) did not finish (left out of the means above):"
         text += "".join(f"\n  {r['cell']}: {r.get('status')}: {r.get('error')}" for r in result.failed)

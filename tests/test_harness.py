@@ -104,10 +104,13 @@ def test_quick_study_writes_tables_figures_and_provenance(quick_study):
     poisoned = [row for row in defenses if row["attack"] == "baddist_badmatch"]
     assert all(0.0 <= row["auroc"] <= 1.0 for row in poisoned)
     assert models[1]["n_poison"] == 8 and 0.0 <= models[1]["asr"] <= 1.0
-    for name in ("poison_rate_sweep", "ca_asr_before_after", f"roc_{POISONED}", f"scores_{POISONED}",
-                 f"features_{POISONED}", "phantoms"):
+    setting = "baddist_badmatch-patch-p0.05"
+    for name in (f"roc_{setting}", f"scores_{setting}", f"features_{POISONED}", "baddist_separation", "triggers",
+                 "phantoms"):
         png = out / "figures" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    for name in ("poison_rate_sweep", "ca_asr_before_after", "mitigation_tradeoff"):  # one rate, no mitigation
+        assert not (out / "figures" / f"{name}.png").exists()
     assert set(paths.values()) <= set(out.rglob("*"))
 
     config = json.loads(json.dumps(quick_config(str(out)).to_dict()))

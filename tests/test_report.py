@@ -1,4 +1,5 @@
-"""Result tables round-trip through JSON/CSV; every figure writes a PNG from synthetic records, NaN included."""
+"""Result tables round-trip through JSON/CSV; every figure writes a PNG from synthetic records, NaN included, and
+none is drawn from no data or from a single point (NoFigureWarning, no file)."""
 
 import json
 import math
@@ -6,17 +7,25 @@ import math
 import numpy as np
 import pytest
 from sklearn.decomposition import PCA
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from artmed.defenses.base import DetectionResult
 from artmed.evaluations import report
 from artmed.evaluations.report import (
-    plot_inverted_trigger,
+    NoFigureWarning,
     format_table,
+    mean_roc,
+    plot_baddist_separation,
     plot_ca_asr_bars,
     plot_detection_roc,
     plot_feature_projection,
+    plot_heatmap,
+    plot_inverted_trigger,
+    plot_mean_roc,
     plot_poison_rate_sweep,
     plot_score_histograms,
+    plot_tradeoff,
+    plot_trigger_examples,
     read_table,
     write_table,
 )
@@ -114,15 +123,150 @@ def test_inverted_trigger_errors_name_the_array(tmp_path):
         plot_inverted_trigger(np.zeros((4, 4)), np.zeros((3, 5, 5)), tmp_path / "x.png")
 
 
-def test_figures_tolerate_empty_and_nan_input(tmp_path):
+@pytest.fixture
+def drawn(monkeypatch):
+    """The matplotlib Figures the plot functions save, in order (the PNGs are still written)."""
+    figures = []
+    save = report._save
+
+    def keep(fig, path):
+        figures.append(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(report, "_save", keep)
+    return figures
+
+
+def _skipped(tmp_path, name, reason, plot, *args, **kwargs):
+    """``plot`` draws nothing for these inputs: returns None, warns why, and removes a stale file of that name."""
+    path = tmp_path / name
+    path.write_bytes(PNG + b"stale figure of an earlier run")
+    with pytest.warns(NoFigureWarning, match=f"{name} not drawn: .*{reason}"):
+        assert plot(*args, path, **kwargs) is None
+    assert not path.exists()
+
+
+def test_figures_skip_empty_and_nan_input(tmp_path):
     nan_recs = [{"attack": "a", "percent_poison": 0.01, "ca": float("nan"), "asr": None}, {"percent_poison": 0}]
-    _png(plot_detection_roc({}, tmp_path / "roc.png"))
-    _png(plot_ca_asr_bars(nan_recs, tmp_path / "bars.png"))
-    _png(plot_ca_asr_bars([], tmp_path / "bars0.png"))
-    _png(plot_score_histograms({}, None, tmp_path / "hist.png"))
-    _png(plot_score_histograms(np.full(5, np.nan), np.ones(5, dtype=bool), tmp_path / "hist_nan.png"))
-    _png(plot_feature_projection(np.full((4, 3), np.nan), np.zeros(4), tmp_path / "pca.png"))
-    _png(plot_poison_rate_sweep(nan_recs, tmp_path / "sweep.png"))
+    _skipped(tmp_path, "roc.png", "both poisoned and clean", plot_detection_roc, {})
+    _skipped(tmp_path, "roc1.png", "both poisoned and clean", plot_detection_roc,
+             {"one_class": (np.arange(5.0), np.zeros(5, dtype=bool))})
+    _skipped(tmp_path, "mean_roc.png", "both poisoned and clean", plot_mean_roc,
+             {"one_class": [(np.arange(5.0), np.ones(5, dtype=bool))]})
+    _skipped(tmp_path, "bars.png", "after a defense", plot_ca_asr_bars, nan_recs)
+    _skipped(tmp_path, "bars0.png", "after a defense", plot_ca_asr_bars, [])
+    _skipped(tmp_path, "hist.png", "no finite scores", plot_score_histograms, {}, None)
+    _skipped(tmp_path, "hist_nan.png", "no finite scores", plot_score_histograms, np.full(5, np.nan),
+             np.ones(5, dtype=bool))
+    _skipped(tmp_path, "pca.png", "0 row", plot_feature_projection, np.full((4, 3), np.nan), np.zeros(4))
+    _skipped(tmp_path, "sweep.png", "two or more poison rates", plot_poison_rate_sweep, nan_recs)
+    _skipped(tmp_path, "heat.png", "no cell has a finite value", plot_heatmap,
+             {("spectral", "badmatch"): (float("nan"), 0.1)}, title="AUROC")
+    _skipped(tmp_path, "sep.png", "no model has held-out BadDist cosines", plot_baddist_separation, nan_recs)
+    _skipped(tmp_path, "trade.png", "more than one model", plot_tradeoff, [])
+
+
+def test_sweep_needs_two_rates_per_line(tmp_path, drawn):
+    one_rate = [{"attack": "badmatch", "trigger": "patch", "percent_poison": 0.01, "seed": s, "ca": 0.8, "asr": 0.9}
+                for s in (0, 1, 2)]
+    clean = {"attack": "clean", "percent_poison": 0.0, "ca": 0.8, "asr": 0.1}
+    _skipped(tmp_path, "sweep.png", "two or more poison rates", plot_poison_rate_sweep, one_rate + [clean])
+    fourier = [{**r, "trigger": "fourier", "percent_poison": rate} for r in one_rate[:1] for rate in (0.001, 0.01)]
+    _png(plot_poison_rate_sweep(one_rate + fourier + [clean], tmp_path / "sweep2.png"))
+    asr_axis = drawn[-1].axes[0]
+    assert [text.get_text() for text in asr_axis.get_legend().get_texts()] == ["badmatch · fourier"]
+    assert len(asr_axis.lines) >= 1 and list(asr_axis.lines[0].get_xdata()) == [0.001, 0.01]
+
+
+def test_ca_asr_bars_show_before_and_after(tmp_path, drawn):
+    attack = {"attack": "badmatch", "trigger": "patch", "percent_poison": 0.01}
+    rows = [{**attack, "defense": "fine_pruning", "seed": s, "ca_before": 0.8, "asr_before": 0.9,
+             "ca_after": 0.7 + 0.02 * s, "asr_after": 0.1} for s in (0, 1)]
+    rows.append({**attack, "defense": "cleanclip", "seed": 0, "ca": 0.8, "asr": 0.95, "ca_after": 0.75,
+                 "asr_after": float("nan")})
+    rows.append({**attack, "defense": "spectral", "seed": 0, "ca_before": 0.8, "asr_before": 0.9})
+    _png(plot_ca_asr_bars(rows, tmp_path / "bars.png"))
+    ca_axis, asr_axis = drawn[-1].axes[:2]
+    assert [t.get_text() for t in ca_axis.get_yticklabels()] == ["badmatch/patch 1% · fine_pruning",
+                                                                 "badmatch/patch 1% · cleanclip"]  # spectral: no after
+    for axis, before, after in ((ca_axis, [0.8, 0.8], [0.71, 0.75]), (asr_axis, [0.9, 0.95], [0.1, 0.0])):
+        assert [t.get_text() for t in axis.get_legend().get_texts()] == ["before", "after"]
+        bars = [c for c in axis.containers if hasattr(c, "patches")]
+        assert [p.get_width() for p in bars[0].patches] == pytest.approx(before)
+        assert [p.get_width() for p in bars[1].patches] == pytest.approx(after)
+        assert all(p.get_height() == pytest.approx(0.4) for b in bars for p in b.patches)  # horizontal bars
+
+
+def test_mean_roc_averages_seed_curves():
+    rng = np.random.default_rng(3)
+    curves = []
+    for n in (200, 300):  # seeds of different sizes
+        mask = np.zeros(n, dtype=bool)
+        mask[: n // 10] = True
+        curves.append((rng.normal(size=n) + 1.5 * mask, mask))
+    curve = mean_roc(curves + [(np.arange(4.0), np.zeros(4, dtype=bool))], grid=51)
+    assert curve["n"] == 2 and curve["auroc"] == pytest.approx([roc_auc_score(m, s) for s, m in curves])
+    per_seed = []
+    for scores, mask in curves:
+        fpr, tpr, _ = roc_curve(mask, scores)
+        per_seed.append([tpr[fpr <= g + 1e-12].max() for g in curve["fpr"]])
+    np.testing.assert_allclose(curve["tpr"], np.mean(per_seed, axis=0))
+    np.testing.assert_allclose(curve["tpr_std"], np.std(per_seed, axis=0, ddof=1))
+    assert curve["tpr"][-1] == 1.0 and np.all(np.diff(curve["tpr"]) >= 0)
+    assert mean_roc([])["n"] == 0
+
+
+def test_mean_roc_figure_has_a_band_per_multi_seed_defense(tmp_path, drawn):
+    mask = np.r_[np.ones(10, dtype=bool), np.zeros(90, dtype=bool)]
+    rng = np.random.default_rng(0)
+    curves = {"spectral": [(rng.normal(size=100) + 2 * mask, mask) for _ in range(3)],
+              "ac": [(rng.normal(size=100) + mask, mask)]}
+    _png(plot_mean_roc(curves, tmp_path / "roc.png"))
+    ax = drawn[-1].axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[0].startswith("spectral: AUROC") and "(n=3)" in legend[0] and "(n=1)" in legend[1]
+    assert len(ax.collections) == 1  # the band: one seed has no spread to draw
+
+
+def test_heatmap_annotates_mean_and_std(tmp_path, drawn):
+    grid = {("spectral", "badmatch"): (0.91, 0.02), ("spectral", "clean"): (float("nan"), float("nan")),
+            ("ac", "badmatch"): (0.5, float("nan"))}
+    _png(plot_heatmap(grid, tmp_path / "heat.png", title="AUROC"))
+    ax = drawn[-1].axes[0]
+    assert sorted(t.get_text() for t in ax.texts) == ["0.50", "0.91\n± 0.02"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["badmatch"]  # the all-NaN column is dropped
+
+
+def test_tradeoff_draws_paths_of_two_or_more_models(tmp_path, drawn):
+    steps = [{"setting": "badmatch/patch 1%", "defense": "fine_pruning", "seed": 0, "step": i, "ca": 0.8 - 0.1 * i,
+              "asr": 0.9 - 0.3 * i} for i in range(3)]
+    steps.append({"setting": "badmatch/patch 1%", "defense": "cleanclip", "seed": 0, "step": 0, "ca": 0.8, "asr": 0.9})
+    _png(plot_tradeoff(steps, tmp_path / "trade.png"))
+    ax = drawn[-1].axes[0]
+    path = next(line for line in ax.lines if len(line.get_xdata()) == 3)
+    assert list(path.get_ydata()) == pytest.approx([0.9, 0.6, 0.3])
+    assert "cleanclip" not in [t.get_text() for t in drawn[-1].axes[-1].get_legend().get_texts()]
+    _skipped(tmp_path, "one.png", "more than one model", plot_tradeoff, steps[-1:])
+
+
+def test_baddist_separation_one_dot_per_seed(tmp_path, drawn):
+    rows = [{"attack": "baddist", "trigger": "patch", "seed": s, "heldout_cos_clean": 0.98,
+             "heldout_cos_trigger": -0.9 + 0.05 * s} for s in range(3)]
+    rows.append({"attack": "clean", "seed": 0, "ca": 0.8})
+    _png(plot_baddist_separation(rows, tmp_path / "sep.png"))
+    ax = drawn[-1].axes[0]
+    dots = [line for line in ax.lines if line.get_linestyle() == "None" and len(line.get_xdata()) == 3]
+    np.testing.assert_allclose(sorted(list(d.get_xdata()) for d in dots), [[-0.9, -0.85, -0.8], [0.98] * 3])
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["baddist/patch"]
+
+
+def test_trigger_examples_show_each_trigger_and_its_change(tmp_path, drawn):
+    _png(plot_trigger_examples(tmp_path / "triggers.png", image_size=64))
+    titles = [ax.get_title() for ax in drawn[-1].axes]
+    assert titles[:4] == ["clean", "patch", "fourier", "blended"]
+    peaks = [float(t.rsplit(" ", 1)[1]) for t in titles[4:]]
+    assert peaks[0] == 0.0 and all(p > 0 for p in peaks[1:])  # each trigger changes the image, clean does not
+    assert not drawn[-1].axes[4].get_visible()
 
 
 def test_figure_input_errors(tmp_path):
