@@ -1,6 +1,12 @@
 """SPECTRE (Hayase, Kong, Somani, Oh, ICML 2021): per label group, project the features on their top principal
 directions, estimate the clean rows' mean and covariance robustly, whiten with them and flag the rows with the largest
-QUantum Entropy (QUE) scores. Torch on the chosen device; the group's rows are streamed for the projection."""
+QUantum Entropy (QUE) scores. Torch on the chosen device; the group's rows are streamed for the projection.
+
+By default every step that changes which rows are flagged is the authors' released code (SewoongLab/spectre-defense,
+Julia: ``quantum_filters.jl``, ``dkk17.jl``, ``util.jl``): the filter of Diakonikolas et al. (2017) with its tail
+test and stopping rule, the k grid 1, 4, ..., 100, whitening about all rows' mean, 1.5·eps·n rounded to the nearest
+integer. artmed's earlier choices remain as options (``robust_filter="capped"``, ``max_components=64, k_steps=8``,
+``whitening="artmed"``, ``rounding="floor"``); all four together give its earlier results bit for bit."""
 
 from __future__ import annotations
 
@@ -11,24 +17,38 @@ import numpy as np
 import torch
 
 from artmed.defenses.base import (
+    DEFAULT_GROUPING,
+    GROUPING_RULE,
     Defense,
     DetectionResult,
     EvaluationContext,
     LabelGroups,
     check_finite,
-    flag_top,
     share_count,
 )
 from artmed.defenses.decomposition import RowStream, group_pca
 from artmed.device import one_cpu_thread, resolve_device
-from artmed.params import Int, OrNone, Real, Text
+from artmed.params import Choice, Int, OrNone, Real, Text
 
-AUTO_K_STEPS = 8
-"""Candidate dimensions of the automatic choice: round(linspace(1, sqrt(k_max), 8)^2), so 1, 4, 9, ..., 64 for
-k_max = 64 (the grid of the released code's ports in backdoor-toolbox and BackdoorBench; the authors' code takes 10
-steps up to 100)."""
+AUTO_K_STEPS = 10
+"""Candidate dimensions of the automatic choice (the default of ``k_steps``): round(linspace(1, sqrt(k_max), 10)^2),
+so 1, 4, 9, ..., 100 for k_max = 100, the released code's grid (``rcov_auto_quantum_filter``). The ports in
+backdoor-toolbox and BackdoorBench, and artmed before, take 8 steps to 64 (``k_steps=8, max_components=64``)."""
 POWER_STEPS = 10
-"""Power-iteration steps per filter round for the fourth-moment direction (warm-started from the previous round)."""
+"""Power-iteration steps per round of the capped filter (``robust_filter="capped"``) for the fourth-moment direction
+(warm-started from the previous round)."""
+TAU = 0.1
+"""The released filter's confidence tau: rows with squared whitened norm >= 10·k·log(m / tau) are cut at once."""
+TAIL_SHIFT = 3.0
+"""The released filter's shift: a row is only cut when its |p_i - median p| exceeds the threshold by this much."""
+KRYLOV_DIM = 30
+"""Krylov dimension per restart of the top-eigenpair search (KrylovKit's default, which the released code uses)."""
+KRYLOV_TOL = 1e-10
+"""Relative residual ||T v - lambda v|| / max(1, lambda) at which the top eigenpair counts as converged."""
+KRYLOV_CHECK = 4
+"""Products between two convergence checks of the top-eigenpair search."""
+KRYLOV_RESTARTS = 100
+"""At most this many restarts of the top-eigenpair search (KrylovKit's default maxiter)."""
 
 
 @dataclass
@@ -47,31 +67,41 @@ class SPECTRE(Defense):
     and Li 2019):
 
     1. PCA: project the centred features on the group's top-k principal directions, h_i in R^k.
-    2. Robust mean and covariance (the paper's robust covariance estimation, after Diakonikolas et al. 2017; here a
-       simpler iterative filter, see below): mu, Sigma of the rows the filter keeps.
-    3. Whitening: h~_i = Sigma^(-1/2) (h_i - mu); Sigma~ = covariance of all h~_i (> I along the directions the
-       dropped rows, i.e. the poison, stretch).
+    2. Robust covariance: Sigma, the covariance of the rows the filter of `robust_filter` keeps.
+    3. Whitening: h~_i = Sigma^(-1/2) h_i, about all rows' mean as the released code does (``whitening="artmed"``:
+       about the kept rows' mean); Sigma~ = covariance of all h~_i (> I along the directions the dropped rows, i.e. the
+       poison, stretch), with n - 1 in its denominator as released (``"artmed"``: n).
     4. QUE score: tau_i = h~_i^T Q h~_i / tr(Q) with Q = exp(alpha (Sigma~ - I) / (||Sigma~||_2 - 1)) (for
-       ||Sigma~||_2 <= 1, Q = I: the squared Mahalanobis norm); clean rows score about 1.
-    5. Flag the floor(`removal_share`·`eps`·n) rows with the largest tau (the paper's 1.5·eps·n, as SS's `eps`).
+       ||Sigma~||_2 <= 1, where the released formula divides by zero or turns, Q = I: the squared Mahalanobis norm);
+       clean rows score about 1.
+    5. Flag the round(`removal_share`·`eps`·n) rows with the largest tau (the released ``limit2 = 1.5``; ties to
+       even as Julia's ``round``; ``rounding="floor"``: floor, as SS's `eps`).
 
     k: `k` when given, else chosen automatically as the released code does: for each k of the grid
-    round(linspace(1, sqrt(k_max), 8)^2), run steps 2-5; whiten the top-k_max projection by the covariance of the
-    rows that k did not flag and keep the k whose whitened covariance S has the largest QUE-weighted spectrum
-    tr(S M) / tr(M), M = exp(alpha (S - I) / (||S||_2 - 1)). k_max = min(`max_components`, D, (n - m) // 2) with m the
-    rows the filter drops (at least two kept rows per dimension); the authors' code uses 100, its ports 64 (the
-    default here). k = 1 scores the squared projection on the top direction (the spectral signature, as in the
-    released code), divided by its variance.
+    round(linspace(1, sqrt(k_max), `k_steps`)^2), run steps 2-5; whiten the top-k_max projection by the covariance of
+    the rows that k did not flag and keep the (first) k whose whitened covariance S has the largest QUE-weighted
+    spectrum tr(S M) / tr(M), M = exp(alpha (S - I) / (||S||_2 - 1)) (both covariances with n - 1 as released,
+    ``whitening="artmed"``: n). k_max = min(`max_components`, D, (n - m) // 2) with m the filter's cap (at least two
+    kept rows per dimension): 100, so 1, 4, ..., 100, where the group allows, as released (its ports and artmed
+    before: ``max_components=64, k_steps=8``). k = 1 scores the squared projection on the top direction (the
+    spectral signature, as in the released code), divided by its variance (the same order; scores compare across
+    groups).
 
-    Robust covariance (approximation, documented): the paper runs the filter of Diakonikolas, Kamath, Kane, Li, Moitra
-    and Stewart (2017) on the fourth moments, with a tail test that may stop it early, and never drops more than
-    2·eps·n rows (the released code's ``limit1 = 2``). This implementation keeps the filter and its cap but not the
-    tail test: in `filter_rounds` rounds it whitens the kept rows by their own mean and covariance (y_i), finds the
-    unit-Frobenius symmetric V maximising the fourth-moment excess, the top eigenvector of
-    T(V) = mean_i (y_i^T V y_i) y_i y_i^T - tr(V) I (warm-started power iteration), and drops the kept rows with the
-    largest |p_i - median p|, p_i = (y_i^T V y_i - tr V) / sqrt(2), until floor(`filter_share`·`eps`·n) rows are gone.
-    So it always drops its cap, also from clean data (the released code does too whenever the tail test does not
-    stop it first). Step 3 centres on the kept rows' mean; the released code keeps the mean of all rows there.
+    Robust filter ``robust_filter="dkk17"`` (the default; ``dkk17.jl``, ``cov_estimation_iterate`` called as
+    ``quantum_filters.jl`` does): round after round, the kept rows are whitened by their second moment about all
+    rows' mean (y_i, m rows); rows with |y_i|^2 >= 10·k·log(m / 0.1) are cut at once; otherwise the top eigenpair
+    (lambda, V) of T(V) = mean_i (y_i^T V y_i) y_i y_i^T - tr(V) I (Lanczos from the all-ones start, as KrylovKit's
+    ``eigsolve``) is found. lambda <= 1 + 10·eps·log(1/eps)^2 means the kept rows look Gaussian: the filter stops and
+    keeps them all. Else, with p_i = (y_i^T V y_i - tr V) / sqrt(2) and d_i = |p_i - median p| in increasing order,
+    the first i with d_i >= 3 and i/m >= tail(d_i - 3) (tail(T) = 1 for T <= 10·log(1/eps), else
+    3·eps / (T log T)^2) sets the cut: rows with d > d_i - 3 go; no such i stops the filter. Never more than
+    round(`filter_share`·`eps`·n) rows go in all (the released ``limit1 = 2``), which also stops it.
+    ``robust_filter="capped"`` (artmed before): `filter_rounds` rounds that each whiten the kept rows by their own
+    mean and covariance, take V from `POWER_STEPS` warm-started power-iteration steps on T and drop the rows with the
+    largest |p_i - median p| until floor(`filter_share`·`eps`·n) rows are gone: no tail test, so it always drops its
+    full cap, also from clean data. The released filter costs far more: on a group of 400 rows of 128-d features it
+    took 8.9 s of one CPU core against 0.14 s for the capped one (mostly k = 64-100, where the Gaussian test never
+    passes on so few rows and each round runs a Lanczos search and cuts only a few rows until the cap).
 
     Paper defaults: alpha = 4, flags 1.5·eps·n, filter cap 2·eps·n. Scores are the tau of the chosen k (clean rows
     near 1 in every group, so they compare across groups); groups under `min_group_size` rows are never flagged.
@@ -85,10 +115,15 @@ class SPECTRE(Defense):
         "filter_share": Real(0.0, None),
         "alpha": Real(0.0, None, "()"),
         "max_components": Int(1),
+        "k_steps": Int(1),
+        "robust_filter": Choice(("dkk17", "capped")),
         "filter_rounds": Int(1),
+        "whitening": Choice(("released", "artmed")),
+        "rounding": Choice(("nearest", "floor")),
         "k": OrNone(Int(1), text="None (automatic) or an integer in [1, max_components]"),
         "min_group_size": Int(4),
         "layer": Text(),
+        "grouping": GROUPING_RULE,
     }
 
     def __init__(
@@ -99,11 +134,16 @@ class SPECTRE(Defense):
         filter_share: float = 2.0,
         alpha: float = 4.0,
         k: int | None = None,
-        max_components: int = 64,
+        max_components: int = 100,
+        k_steps: int = AUTO_K_STEPS,
+        robust_filter: str = "dkk17",
         filter_rounds: int = 4,
+        whitening: str = "released",
+        rounding: str = "nearest",
         layer: str = "image_pooled",
         device: str = "auto",
         min_group_size: int = 10,
+        grouping: str = DEFAULT_GROUPING,
     ) -> None:
         self.eps = eps
         self.removal_share = removal_share
@@ -111,10 +151,15 @@ class SPECTRE(Defense):
         self.alpha = alpha
         self.k = k
         self.max_components = max_components
+        self.k_steps = k_steps
+        self.robust_filter = robust_filter
         self.filter_rounds = filter_rounds
+        self.whitening = whitening
+        self.rounding = rounding
         self.layer = layer
         self.device = device
         self.min_group_size = min_group_size
+        self.grouping = grouping
         self._check_params()
 
     def _check_params(self) -> None:
@@ -130,7 +175,7 @@ class SPECTRE(Defense):
     def run(self, context: EvaluationContext) -> DetectionResult:
         """Score and flag every label group of `context` from its `layer` features."""
         feats = check_finite(context.features(self.layer), self.layer)
-        groups = LabelGroups.split(context.y_train, feats.shape[0], self.min_group_size, self.name)
+        groups = LabelGroups.split(context, feats.shape[0], self.min_group_size, self.name, self.grouping)
         device = resolve_device(self.device)
         stream = RowStream(feats, device)
         scores = np.zeros(feats.shape[0])
@@ -138,36 +183,46 @@ class SPECTRE(Defense):
         per_group = []
         for g, idx in groups.analysed:
             n = idx.shape[0]
-            n_flag = share_count(n, self.removal_share * self.eps)
+            n_flag = self._count(n, self.removal_share * self.eps)
             with one_cpu_thread(device):  # many small k x k steps: threads only slow them on a busy CPU
-                fit, candidates = self._group(stream, idx, n_flag)
+                fit, candidates, filtered = self._group(stream, idx, n_flag)
             scores[idx] = fit.scores.cpu().numpy()
-            flags[idx] = flag_top(scores[idx], self.removal_share * self.eps)
+            flags[idx[np.argsort(-scores[idx], kind="stable")[:n_flag]]] = True
             per_group.append({"group": groups.names[g], "size": n, "flagged": n_flag, "k": fit.k,
-                              "filtered": int((~fit.kept).sum()), "k_selection": candidates})
+                              "filtered": int((~fit.kept).sum()), "k_selection": candidates, "k_filtered": filtered})
         extra = {"layer": self.layer, "group_names": groups.names, "per_group": per_group,
                  "skipped_groups": groups.skipped}
         return DetectionResult(scores, flags, groups.ids, extra)
 
-    def _group(self, stream: RowStream, idx: np.ndarray, n_flag: int) -> tuple[KFit, dict[int, float]]:
+    def _count(self, n: int, share: float) -> int:
+        """How many of a group's `n` rows a `share` covers: round(share·n) (ties to even, as Julia's ``round``; the
+        product is first rounded to 9 decimals so that 1.5·0.05·100 is the tie 7.5) or, with ``rounding="floor"``,
+        floor(share·n) (``share_count``); at most n."""
+        if self.rounding == "floor":
+            return share_count(n, share)
+        return min(round(round(share * n, 9)), n)
+
+    def _group(self, stream: RowStream, idx: np.ndarray,
+               n_flag: int) -> tuple[KFit, dict[int, float], dict[int, int]]:
         """The chosen dimension's fit for the rows `idx` (of which `n_flag` are flagged), and each candidate k's
-        selection value (automatic k only)."""
+        selection value and number of rows its filter dropped (automatic k only)."""
         n = idx.shape[0]
-        budget = share_count(n, self.filter_share * self.eps)
+        budget = self._count(n, self.filter_share * self.eps)
         k_max = max(1, min(self.max_components, stream.dim, (n - budget) // 2))
         h = group_pca(stream, idx, k_max).project(stream, idx)
         if self.k is not None:
-            return self._fit(h[:, : min(self.k, k_max)], budget), {}
-        grid = sorted({max(1, round(v**2)) for v in np.linspace(1.0, math.sqrt(k_max), AUTO_K_STEPS)})
-        best, best_value, values = None, -math.inf, {}
+            return self._fit(h[:, : min(self.k, k_max)], budget), {}, {}
+        grid = sorted({max(1, round(v**2)) for v in np.linspace(1.0, math.sqrt(k_max), self.k_steps)})
+        best, best_value, values, filtered = None, -math.inf, {}, {}
         for k in grid:
             fit = self._fit(h[:, :k], budget)
+            filtered[k] = int((~fit.kept).sum())
             unflagged = torch.ones(n, dtype=torch.bool, device=h.device)
             unflagged[torch.argsort(fit.scores, descending=True, stable=True)[:n_flag]] = False
             values[k] = self._selection_value(h, unflagged)
             if values[k] > best_value:
                 best, best_value = fit, values[k]
-        return best, values
+        return best, values, filtered
 
     def _fit(self, h: torch.Tensor, budget: int) -> KFit:
         """QUE scores of the (n, k) projections `h` after whitening by the robust mean and covariance (steps 2-4)."""
@@ -176,23 +231,30 @@ class SPECTRE(Defense):
             centred = h[:, 0] - h[:, 0].mean()
             variance = centred.square().mean().clamp_min(torch.finfo(h.dtype).tiny)
             return KFit(1, centred.square() / variance, torch.ones(n, dtype=torch.bool, device=h.device))
-        kept = robust_filter(h, budget, self.filter_rounds)
+        if self.robust_filter == "capped":
+            kept = capped_filter(h, budget, self.filter_rounds)
+        else:
+            kept = dkk17_filter(h, self.eps, budget)
         rows = h[kept]
-        white = (h - rows.mean(0)) @ inverse_sqrt(covariance(rows))
-        return KFit(k, que_scores(white, covariance(white), self.alpha), kept)
+        if self.whitening == "artmed":
+            white = (h - rows.mean(0)) @ inverse_sqrt(covariance(rows))
+            return KFit(k, que_scores(white, covariance(white), self.alpha), kept)
+        white = h @ inverse_sqrt(covariance(rows))
+        return KFit(k, que_scores(white, covariance(white, unbiased=True), self.alpha), kept)
 
     def _selection_value(self, h: torch.Tensor, unflagged: torch.Tensor) -> float:
         """tr(S M) / tr(M) of S, the covariance of all rows whitened by that of the `unflagged` ones (auto k)."""
-        root = inverse_sqrt(covariance(h[unflagged]))
-        eigenvalues = torch.linalg.eigvalsh(root @ covariance(h) @ root)
+        unbiased = self.whitening == "released"
+        root = inverse_sqrt(covariance(h[unflagged], unbiased))
+        eigenvalues = torch.linalg.eigvalsh(root @ covariance(h, unbiased) @ root)
         weights = que_weights(eigenvalues, self.alpha)
         return float((weights * eigenvalues).sum() / weights.sum())
 
 
-def covariance(x: torch.Tensor) -> torch.Tensor:
-    """Covariance (k, k) of the rows of (n, k) `x` (divided by n)."""
+def covariance(x: torch.Tensor, unbiased: bool = False) -> torch.Tensor:
+    """Covariance (k, k) of the rows of (n, k) `x`, divided by n (by n - 1 when `unbiased`, Julia's ``cov``)."""
     centred = x - x.mean(0)
-    return centred.T @ centred / x.shape[0]
+    return centred.T @ centred / (x.shape[0] - 1 if unbiased else x.shape[0])
 
 
 def inverse_sqrt(matrix: torch.Tensor) -> torch.Tensor:
@@ -219,9 +281,9 @@ def que_scores(white: torch.Tensor, sigma: torch.Tensor, alpha: float) -> torch.
     return (white @ vectors).square() @ weights / weights.sum()
 
 
-def robust_filter(h: torch.Tensor, budget: int, rounds: int) -> torch.Tensor:
-    """Rows of (n, k) `h` kept by the fourth-moment filter: `budget` rows dropped over `rounds` rounds (see
-    `SPECTRE`); a bool mask (n,)."""
+def capped_filter(h: torch.Tensor, budget: int, rounds: int) -> torch.Tensor:
+    """Rows of (n, k) `h` kept by the capped fourth-moment filter (``robust_filter="capped"``): `budget` rows
+    dropped over `rounds` rounds (see `SPECTRE`); a bool mask (n,)."""
     n, k = h.shape
     kept = torch.ones(n, dtype=torch.bool, device=h.device)
     direction = torch.eye(k, dtype=torch.float32, device=h.device) / math.sqrt(k)
@@ -254,3 +316,99 @@ def fourth_moment_direction(white: torch.Tensor, start: torch.Tensor) -> torch.T
         v = (v + v.T) / 2
         v = v / v.norm().clamp_min(torch.finfo(v.dtype).tiny)
     return v
+
+
+def dkk17_filter(h: torch.Tensor, eps: float, limit: int) -> torch.Tensor:
+    """Rows of (n, k) `h` kept by the released filter of Diakonikolas et al. 2017 (``cov_estimation_iterate`` of
+    ``dkk17.jl``, see `SPECTRE`): rounds of `dkk17_round` until one finds the kept rows Gaussian or no cut, or `limit`
+    rows are gone; a bool mask (n,). `h` is centred on all its rows' mean: the rounds whiten about that point."""
+    positions = torch.arange(h.shape[0], device=h.device)
+    rows = h
+    while limit > 0:
+        select = dkk17_round(rows, eps, limit)
+        if select is None or bool(select.all()):  # Julia would loop for ever on a round that cuts nothing
+            break
+        limit -= int((~select).sum())
+        rows, positions = rows[select], positions[select]
+    kept = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)
+    kept[positions] = True
+    return kept
+
+
+def dkk17_round(rows: torch.Tensor, eps: float, limit: int) -> torch.Tensor | None:
+    """One round of the released filter (``cov_estimation_filter``) on the (m, k) `rows`: the rows it keeps (bool
+    (m,), at most `limit` cut), or None where it stops (the rows look Gaussian, or no row passes the tail test)."""
+    m, k = rows.shape
+    white = rows @ inverse_sqrt(rows.T @ rows / m)
+    norms = white.square().sum(1)
+    outliers = norms >= 10 * k * math.log(m / TAU)
+    if bool(outliers.any()):
+        return ~outliers | lowest(norms, max(0, m - limit))
+    value, direction = top_fourth_moment_pair(white)
+    log_eps = math.log(1.0 / eps)
+    if value <= 1.0 + 10.0 * eps * log_eps**2:  # Q(V) / 2 = ||V||_F^2 = 1: the released Gaussian test
+        return None
+    direction = (direction + direction.T) / 2
+    p = (((white @ direction) * white).sum(1) - direction.trace()) / math.sqrt(2.0)
+    ordered = p.sort().values
+    median = (ordered[(m - 1) // 2] + ordered[m // 2]) / 2  # Julia's median: the middle pair's mean
+    deviation = (p - median).abs()
+    ascending = deviation.sort().values
+    excess = ascending - TAIL_SHIFT
+    tail = torch.where(excess <= 10.0 * log_eps, torch.ones_like(excess),
+                       3.0 * eps / (excess * excess.clamp_min(torch.finfo(excess.dtype).tiny).log()).square())
+    rank = torch.arange(1, m + 1, device=rows.device, dtype=excess.dtype) / m
+    passing = torch.nonzero((excess > 0) & (rank >= tail))
+    if passing.numel() == 0:
+        return None
+    cut = excess[passing[0, 0]]
+    return (deviation <= cut) | lowest(deviation, max(0, m - limit))
+
+
+def lowest(values: torch.Tensor, count: int) -> torch.Tensor:
+    """Bool mask of the `count` smallest `values` (all values tied with the count-th too; none for 0): util.jl's
+    ``k_lowest_ind``."""
+    if count == 0:
+        return torch.zeros_like(values, dtype=torch.bool)
+    return values <= values.sort().values[count - 1]
+
+
+def top_fourth_moment_pair(white: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """The top eigenvalue and unit-Frobenius eigenvector V (k, k) of T(V) = mean_i (y_i^T V y_i) y_i y_i^T - tr(V) I
+    over the (m, k) rows `white` (whitened by their second moment, so T is positive semi-definite): Lanczos with full
+    reorthogonalisation from the all-ones matrix, as KrylovKit's ``eigsolve(T, ones(k^2))`` in the released code,
+    restarted from the top Ritz vector after `KRYLOV_DIM` products, until the residual is under
+    `KRYLOV_TOL`·max(1, lambda) (checked every `KRYLOV_CHECK` products)."""
+    m, k = white.shape
+    identity = torch.eye(k, dtype=white.dtype, device=white.device).reshape(-1)
+
+    def apply(v: torch.Tensor) -> torch.Tensor:
+        matrix = v.view(k, k)
+        quadratic = ((white @ matrix) * white).sum(1)
+        return ((white.T * quadratic) @ white / m).reshape(-1) - matrix.trace() * identity
+
+    basis = torch.empty(KRYLOV_DIM, k * k, dtype=white.dtype, device=white.device)
+    images = torch.empty_like(basis)
+    basis[0] = 1.0 / k
+    for _ in range(KRYLOV_RESTARTS):
+        for j in range(KRYLOV_DIM):
+            images[j] = apply(basis[j])
+            last = j + 1 == KRYLOV_DIM
+            if (j + 1) % KRYLOV_CHECK == 0 or last:
+                stacked, applied = basis[: j + 1], images[: j + 1]
+                projected = stacked @ applied.T
+                values, vectors = torch.linalg.eigh((projected + projected.T) / 2)
+                value, weights = float(values[-1]), vectors[:, -1]
+                vector = weights @ stacked
+                converged = bool((weights @ applied - value * vector).norm() <= KRYLOV_TOL * max(1.0, abs(value)))
+                if converged or last:
+                    break
+            fresh = images[j]
+            for _ in range(2):  # twice is enough (Kahan): the basis stays orthonormal to rounding
+                fresh = fresh - (basis[: j + 1] @ fresh) @ basis[: j + 1]
+            basis[j + 1] = fresh / fresh.norm().clamp_min(torch.finfo(fresh.dtype).tiny)
+        vector = vector / vector.norm()
+        if converged:
+            break
+        basis[0] = vector
+    return value, vector.view(k, k)

@@ -35,7 +35,7 @@ def test_bench_writes_ratios_and_art_agreement(tmp_path, capsys):
                                     "art_ac", "art_ac_ica"}
     (spectre,) = data["spectre"]
     assert spectre["n"] == 1500 and spectre["time_ratio"] == pytest.approx(spectre["spectre_s"] / spectre["ss_s"])
-    assert spectre["f1_spectre"] >= spectre["f1_ss"]  # measured: both flag all 15 poisons among 1.5 eps of each group
+    assert spectre["tpr_spectre"] >= spectre["tpr_ss"]  # measured: both flag all 15 poisons among 1.5 eps of each group
     (extraction,) = data["extraction"]
     assert extraction["preset"] == "tiny" and extraction["get_activations_img_s"] > 0
     machine = data["machine"]

@@ -40,31 +40,36 @@ def masked_by_a_wide_direction(n=1000, d=64, share=0.01, shift=6.0, wide=6.0, se
 
 # ------------------------------------------------------------------ SPECTRE
 def test_spectre_flags_planted_outliers():
-    feats, y, mask = planted(poison_share=0.02)
+    feats, y, mask = planted(poison_share=0.02, d=32)  # 32-d: k up to 32 keeps the released filter quick
     result = SPECTRE(eps=0.05).run(context(feats, y))
     tpr, fpr, _ = rates(result.flags, mask)
     assert tpr == 1.0 and fpr <= 0.06  # measured 1.0 and 0.056: 1.5·eps of each group is flagged
     assert roc_auc_score(mask, result.scores) > 0.99  # measured 1.0
-    assert result.flags.sum() == sum(int(np.floor(0.075 * (result.groups == g).sum())) for g in range(3))
+    assert result.flags.sum() == 3 * 30  # round(1.5·0.05·400) per group
     for group in result.extra["per_group"]:
-        assert group["filtered"] == 40 and 1 <= group["k"] <= 64  # 2·eps·400 rows left out of the covariance
-        assert set(group["k_selection"]) == {1, 4, 9, 16, 25, 36, 49, 64}
+        assert set(group["k_selection"]) == set(group["k_filtered"]) == {1, 2, 4, 7, 9, 13, 17, 21, 26, 32}
+        assert group["k"] in group["k_selection"]
+        assert all(0 <= dropped <= 40 for dropped in group["k_filtered"].values())  # at most round(2·eps·400)
+    # the tail test stops the filter once the kept rows look Gaussian: in the poisoned group after 1 row at k = 17
+    assert sorted(group["filtered"] for group in result.extra["per_group"]) == [1, 40, 40]
+    capped = SPECTRE(eps=0.05, robust_filter="capped").run(context(feats, y))
+    assert all(group["filtered"] == 40 for group in capped.extra["per_group"])  # always its full cap
 
 
 def test_spectre_on_clean_features_flags_its_share_at_random():
-    feats, y, _ = planted(poison_share=0.0)
+    feats, y, _ = planted(poison_share=0.0, d=32)
     result = SPECTRE(eps=0.05).run(context(feats, y))
-    assert result.flags.sum() == 3 * 30  # floor(1.5·0.05·400) per group, nothing more
-    assert np.median(result.scores) == pytest.approx(1.0, abs=0.2)  # whitened: clean rows score about 1
+    assert result.flags.sum() == 3 * 30  # round(1.5·0.05·400) per group, nothing more
+    assert np.median(result.scores) == pytest.approx(1.0, abs=0.2)  # whitened: clean rows score about 1 (0.84)
     decoy = np.random.default_rng(1).random(len(y)) < 0.05
-    assert abs(roc_auc_score(decoy, result.scores) - 0.5) < 0.1  # measured 0.46
+    assert abs(roc_auc_score(decoy, result.scores) - 0.5) < 0.1  # measured 0.54
 
 
 def test_spectre_catches_what_spectral_signatures_miss():
     feats, y, mask = masked_by_a_wide_direction()
     ss = SpectralSignatures(eps=0.02).run(context(feats, y))
     assert rates(ss.flags, mask)[0] == 0.0 and roc_auc_score(mask, ss.scores) < 0.6  # measured 0.0 and 0.47
-    spectre = SPECTRE(eps=0.02).run(context(feats, y))
+    spectre = SPECTRE(eps=0.02, max_components=32).run(context(feats, y))  # k <= 32 keeps the filter quick
     assert rates(spectre.flags, mask)[0] == 1.0 and roc_auc_score(mask, spectre.scores) > 0.99  # measured 1, 1.0
     unfiltered = SPECTRE(eps=0.02, filter_share=0.0).run(context(feats, y))  # plain whitening: Mahalanobis norm
     assert rates(unfiltered.flags, mask)[0] <= 0.8  # measured 0.7: the robust covariance is what finds them
@@ -98,9 +103,10 @@ def test_que_score_and_fourth_moment_direction():
 @pytest.mark.parametrize("params, name", [
     ({"eps": 0.0}, "eps"), ({"removal_share": 0}, "removal_share"), ({"filter_share": -1.0}, "filter_share"),
     ({"eps": 0.3, "filter_share": 2.0}, "filter_share"), ({"alpha": 0}, "alpha"), ({"alpha": float("nan")}, "alpha"),
-    ({"k": 0}, "k"), ({"k": 65}, "k"), ({"k": 2.5}, "k"), ({"max_components": 0}, "max_components"),
+    ({"k": 0}, "k"), ({"k": 101}, "k"), ({"k": 2.5}, "k"), ({"max_components": 0}, "max_components"),
     ({"filter_rounds": 0}, "filter_rounds"), ({"min_group_size": 3}, "min_group_size"), ({"layer": ""}, "layer"),
-    ({"device": "bogus"}, "device"),
+    ({"device": "bogus"}, "device"), ({"k_steps": 0}, "k_steps"), ({"robust_filter": "dkk"}, "robust_filter"),
+    ({"whitening": True}, "whitening"), ({"rounding": "ceil"}, "rounding"),
 ])
 def test_spectre_bad_params_name_the_parameter(params, name):
     with pytest.raises(ValueError, match=name):
@@ -108,10 +114,15 @@ def test_spectre_bad_params_name_the_parameter(params, name):
 
 
 # ------------------------------------------------------------------ SCAn
+ARTMED = {"identity": "posterior", "global_fit": "all_rows", "global_em": "artmed", "untangling": "pca_kmeans",
+          "one_sided": True, "size_correction": True, "tol": 1e-4}
+"""artmed's SCAn before it defaulted to the release (tests/test_scan_parity.py checks the released default)."""
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_scan_finds_the_infected_group(seed):
     feats, y, mask = planted(n_classes=5, poison_share=0.02, seed=seed)  # 40 poisons: 10 % of their group
-    result = SCAn(seed=seed).run(context(feats, y))
+    result = SCAn(seed=seed, **ARTMED).run(context(feats, y))
     tpr, fpr, _ = rates(result.flags, mask)
     assert tpr == 1.0 and fpr == 0.0  # measured 1.0 and 0.0
     assert roc_auc_score(mask, result.scores) > 0.99  # measured 1.0
@@ -125,7 +136,7 @@ def test_scan_finds_the_infected_group(seed):
 @pytest.mark.parametrize("seed", range(5))
 def test_scan_on_clean_features_finds_no_infected_group(seed):
     feats, y, _ = planted(n_classes=5, poison_share=0.0, seed=seed)
-    result = SCAn(seed=seed).run(context(feats, y))
+    result = SCAn(seed=seed, **ARTMED).run(context(feats, y))
     assert result.extra["infected_groups"] == [] and not result.flags.any()
     assert max(entry["J_star"] for entry in result.extra["group_statistics"]) < math.exp(2)  # measured <= 4.1
     assert result.extra["em_converged"]
@@ -133,16 +144,16 @@ def test_scan_on_clean_features_finds_no_infected_group(seed):
 
 def test_scan_size_correction_keeps_a_small_clean_group_clean():
     """J grows as a group shrinks (the split overfits, the identity is shrunk): uncorrected, a clean group of 30 rows
-    among groups of 400 is called infected; with the correction (the default) no group is."""
+    among groups of 400 is called infected; with the correction (artmed's option) no group is."""
     rng = np.random.default_rng(0)
     sizes, d = [400] * 6 + [30], 64
     feats = np.concatenate([rng.normal(size=d) * 3 + rng.normal(size=(n, d)) * np.linspace(3, 1, d) for n in sizes])
     y = np.zeros((sum(sizes), 14), np.float32)
     y[np.arange(sum(sizes)), np.repeat(np.arange(len(sizes)), sizes)] = 1.0
-    paper = SCAn(size_correction=False).run(context(feats.astype(np.float32), y))
+    paper = SCAn(**{**ARTMED, "size_correction": False}).run(context(feats.astype(np.float32), y))
     small = next(entry for entry in paper.extra["group_statistics"] if entry["size"] == 30)
     assert paper.extra["infected_groups"] == [small["group"]] and small["J_star"] > 20  # measured 77.6
-    corrected = SCAn().run(context(feats.astype(np.float32), y))
+    corrected = SCAn(**ARTMED).run(context(feats.astype(np.float32), y))
     assert corrected.extra["infected_groups"] == [] and not corrected.flags.any()
     assert all(entry["J_null"] > 0 for entry in corrected.extra["group_statistics"])
 
@@ -178,7 +189,8 @@ def test_anomaly_index_is_one_sided_and_mad_scaled():
     ({"n_init": 0}, "n_init"), ({"n_components": 0}, "n_components"), ({"tol": 0.0}, "tol"),
     ({"split_components": 0}, "split_components"), ({"size_correction": 1}, "size_correction"),
     ({"fit_rows": 10}, "fit_rows"), ({"min_group_size": 2}, "min_group_size"), ({"layer": None}, "layer"),
-    ({"device": "bogus"}, "device"),
+    ({"device": "bogus"}, "device"), ({"identity": "artmed"}, "identity"), ({"global_fit": "clean_set"}, "global_fit"),
+    ({"global_em": True}, "global_em"), ({"untangling": "kmeans"}, "untangling"), ({"one_sided": "yes"}, "one_sided"),
 ])
 def test_scan_bad_params_name_the_parameter(params, name):
     with pytest.raises(ValueError, match=name):
@@ -187,8 +199,8 @@ def test_scan_bad_params_name_the_parameter(params, name):
 
 def test_scan_reduced_dimensions_and_seeded():
     feats, y, mask = planted(n_classes=5, poison_share=0.02, seed=2)
-    a = SCAn(n_components=16, seed=3).run(context(feats, y))
-    b = SCAn(n_components=16, seed=3).run(context(feats, y))
+    a = SCAn(n_components=16, seed=3, **ARTMED).run(context(feats, y))
+    b = SCAn(n_components=16, seed=3, **ARTMED).run(context(feats, y))
     assert a.extra["dims"] == 16 and rates(a.flags, mask)[0] == 1.0
     np.testing.assert_array_equal(a.scores, b.scores)
 

@@ -49,7 +49,8 @@ EXTRACTION_COLUMNS = ["preset", "image_size", "device", "batch_size", "batches",
                       "embed_images_img_s", "peak_mb"]
 TRAINING_COLUMNS = ["preset", "image_size", "device", "batch_size", "steps", "img_s", "s_per_1000_images", "peak_mb"]
 LABELER_COLUMNS = ["bytes", "seconds", "ratio", "size_ratio", "peak_mb"]
-SPECTRE_COLUMNS = ["n", "spectre_s", "ss_s", "time_ratio", "f1_spectre", "f1_ss", "peak_mb_spectre"]
+SPECTRE_COLUMNS = ["n", "spectre_s", "ss_s", "time_ratio", "f1_spectre", "f1_ss", "tpr_spectre", "tpr_ss",
+                   "peak_mb_spectre"]
 
 
 def _size(text: str) -> int:

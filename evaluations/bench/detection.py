@@ -162,7 +162,8 @@ def bench_detection(n: int, device: str, eps: float, removal_share: float, repea
         run["peak_mb"] = max(c["peak_mb"] for c in run["costs"])
         cuda = [c["cuda_peak_mb"] for c in run["costs"] if c["cuda_peak_mb"] is not None]
         run["cuda_peak_mb"] = max(cuda) if cuda else None
-        run["f1"] = detection_metrics(run["flags"], planted.poison_mask)["f1"]
+        quality = detection_metrics(run["flags"], planted.poison_mask)
+        run["f1"], run["tpr"] = quality["f1"], quality["tpr"]
         run["flagged"] = int(run["flags"].sum())
         run["us_per_sample"] = 1e6 * run["seconds"] / n
     rows = []
@@ -185,13 +186,14 @@ def bench_detection(n: int, device: str, eps: float, removal_share: float, repea
 
 def spectre_vs_ss(runs_by_size: dict[int, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """Per size: SPECTRE's seconds against centred SS's from the same interleaved runs (time_ratio = SPECTRE / SS)
-    and both detectors' F1 on the planted poison."""
+    and both detectors' F1 and TPR on the planted poison (SPECTRE flags round(1.5·eps·n) of a group as released, SS
+    floor(1.5·eps·n): compare TPR)."""
     rows = []
     for n, runs in sorted(runs_by_size.items()):
         spectre, ss = runs["spectre"], runs["ss_centered"]
         rows.append({"n": n, "spectre_s": spectre["seconds"], "ss_s": ss["seconds"],
                      "time_ratio": spectre["seconds"] / ss["seconds"], "f1_spectre": spectre["f1"],
-                     "f1_ss": ss["f1"], "peak_mb_spectre": spectre["peak_mb"],
+                     "f1_ss": ss["f1"], "tpr_spectre": spectre["tpr"], "tpr_ss": ss["tpr"], "peak_mb_spectre": spectre["peak_mb"],
                      "cuda_peak_mb_spectre": spectre["cuda_peak_mb"]})
     return rows
 
