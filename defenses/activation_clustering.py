@@ -10,7 +10,14 @@ import numpy as np
 import torch
 
 from artmed.defenses.art_api import ARTPoisonFilter
-from artmed.defenses.base import DetectionResult, EvaluationContext, LabelGroups, check_finite
+from artmed.defenses.base import (
+    DEFAULT_GROUPING,
+    GROUPING_RULE,
+    DetectionResult,
+    EvaluationContext,
+    LabelGroups,
+    check_finite,
+)
 from artmed.defenses.decomposition import RowStream, fast_ica, pca
 from artmed.defenses.kmeans import kmeans, silhouette
 from artmed.device import one_cpu_thread, resolve_device
@@ -67,7 +74,8 @@ class ActivationClustering(ARTPoisonFilter):
     (PCA, one k-means++ start on all rows, "smaller" rule, which flags the smaller cluster whatever its size) and
     ART's rounding; explicit `reduce`/`analysis`/`n_init`/`fit_rows` still win. Scores (for AUROC) are a membership
     margin towards the nearest non-largest cluster times how small that cluster is: d_L/(d_L+d_S)·(1 -
-    share_S/share_L). Groups under `min_group_size` samples are never flagged.
+    share_S/share_L). Samples are grouped by `grouping` (``LabelGroups.split``); groups under `min_group_size` samples
+    are never flagged.
 
     Also an ART ``PoisonFilteringDefence`` (see ``ARTPoisonFilter``): ``ActivationClustering(classifier, x_train,
     y_train, mode="art", ...).detect_poison()`` replaces ``ActivationDefence(classifier, x_train,
@@ -90,6 +98,7 @@ class ActivationClustering(ARTPoisonFilter):
         "size_threshold": Real(0.0, 1.0, "()"),
         "silhouette_threshold": Real(-1.0, 1.0),
         "layer": Text(),
+        "grouping": GROUPING_RULE,
     }
 
     def __init__(
@@ -111,6 +120,7 @@ class ActivationClustering(ARTPoisonFilter):
         layer: str = "image_pooled",
         device: str = "auto",
         min_group_size: int = 10,
+        grouping: str = DEFAULT_GROUPING,
     ) -> None:
         super().__init__(classifier, x_train, y_train)
         self.n_components = n_components
@@ -126,6 +136,7 @@ class ActivationClustering(ARTPoisonFilter):
         self.layer = layer
         self.device = device
         self.min_group_size = min_group_size
+        self.grouping = grouping
         self._check_params()
 
     def _check_params(self) -> None:
@@ -148,7 +159,7 @@ class ActivationClustering(ARTPoisonFilter):
     def run(self, context: EvaluationContext) -> DetectionResult:
         """Cluster every label group's `layer` features and flag the suspicious clusters."""
         feats = check_finite(context.features(self.layer), self.layer)
-        groups = LabelGroups.split(context.y_train, feats.shape[0], self.min_group_size, self.name)
+        groups = LabelGroups.split(context, feats.shape[0], self.min_group_size, self.name, self.grouping)
         device = resolve_device(self.device)
         stream = RowStream(feats, device)
         settings = self.resolved()

@@ -1,9 +1,10 @@
 """ART's own poison detectors (SpectralSignatureDefense, ActivationDefence) as artmed defenses: the baselines.
 
 ART splits samples by ``argmax(y_train)`` over ``classifier.nb_classes`` and reads the activations of the layer
-listed last in ``classifier.layer_names``. Our label groups are the unique 14-d label rows, so ART is handed a
-one-hot of group ids and a thin view of the estimator (`GroupedActivations`) that reports one class per group
-and serves the chosen layer's activations for the sample indices ART passes around as its ``x_train``.
+listed last in ``classifier.layer_names``. Our groups are the detector's ``grouping`` of the training rows (by default
+their primary finding; see ``LabelGroups.split``), so ART is handed a one-hot of group ids and a thin view of the
+estimator (`GroupedActivations`) that reports one class per group and serves the chosen layer's activations for the
+sample indices ART passes around as its ``x_train``.
 `art_inputs` builds the same three inputs for a user calling ART's detectors directly with CheXpert labels.
 """
 
@@ -16,12 +17,13 @@ from art.defences.detector.poison import ActivationDefence, SpectralSignatureDef
 
 from artmed.data.dataset import ImageSet
 from artmed.defenses.base import (
+    DEFAULT_GROUPING,
+    GROUPING_RULE,
     DetectionResult,
     Defense,
     EvaluationContext,
     LabelGroups,
     check_finite,
-    group_labels,
     load_images,
 )
 from artmed.params import Choice, Int, Real, Text
@@ -65,9 +67,11 @@ class GroupedActivations:
 
 
 def art_inputs(
-    estimator: Any, x_train: np.ndarray | ImageSet, y_train: np.ndarray, layer: str = "image_pooled"
+    estimator: Any, x_train: np.ndarray | ImageSet, y_train: np.ndarray, layer: str = "image_pooled",
+    grouping: str = DEFAULT_GROUPING,
 ) -> tuple[GroupedActivations, np.ndarray, np.ndarray, list[str]]:
-    """``(classifier, x, y, group_names)`` for ART's detectors, one class per label group of `y_train`.
+    """``(classifier, x, y, group_names)`` for ART's detectors, one class per group of the training rows
+    (``grouping``, as artmed's detectors take it: see ``LabelGroups.split``).
 
     ART splits by ``argmax(y)`` over ``classifier.nb_classes`` (the estimator's prompts), so (N, 14) CheXpert rows
     passed as they are raise an IndexError, or, when every argmax falls below nb_classes, are silently split by
@@ -77,13 +81,13 @@ def art_inputs(
         report, is_clean = ActivationDefence(classifier, x, y).detect_poison(nb_dims=10, reduce="PCA")
 
     `x` holds the sample indices (``classifier`` extracts `layer` of those images with the estimator's
-    ``get_activations``); is_clean[i] is sample i's verdict and class g is the group ``names[g]``, the groups of
-    ``group_labels`` that artmed's detectors analyse.
+    ``get_activations``); is_clean[i] is sample i's verdict and class g is the group ``names[g]``, the groups
+    artmed's detectors analyse under the same ``grouping``.
     """
     context = EvaluationContext(estimator=estimator, x_train=x_train, y_train=y_train)
-    ids, names = group_labels(y_train)
-    classifier = GroupedActivations(context, layer, len(names), "estimator")
-    return classifier, np.arange(ids.shape[0]), _classes(ids, len(names)), names
+    groups = LabelGroups.split(context, len(x_train), 1, "art_inputs", grouping)
+    classifier = GroupedActivations(context, layer, len(groups.names), "estimator")
+    return classifier, np.arange(groups.ids.shape[0]), _classes(groups.ids, len(groups.names)), groups.names
 
 
 def _classes(ids: np.ndarray, n_groups: int) -> np.ndarray:
@@ -101,15 +105,17 @@ class _ARTDetector(Defense):
     layer: str
     source: Source
     min_group_size: int
+    grouping: str
 
-    common_rules = {"source": Choice(("features", "estimator")), "layer": Text(), "min_group_size": Int(1)}
+    common_rules = {"source": Choice(("features", "estimator")), "layer": Text(), "min_group_size": Int(1),
+                    "grouping": GROUPING_RULE}
     """The rules every ART detector adds to its own ``param_rules``."""
 
     def _prepare(self, context: EvaluationContext) -> tuple[LabelGroups, np.ndarray, np.ndarray, GroupedActivations]:
         if self.source == "estimator" and (context.estimator is None or context.x_train is None):
             raise ValueError("source='estimator' needs a context with an estimator and x_train")
         n = len(context.x_train) if self.source == "estimator" else context.features(self.layer).shape[0]
-        groups = LabelGroups.split(context.y_train, n, self.min_group_size, self.name)
+        groups = LabelGroups.split(context, n, self.min_group_size, self.name, self.grouping)
         kept = np.flatnonzero(np.isin(groups.ids, [g for g, _ in groups.analysed]))
         remap = np.zeros(len(groups.names), dtype=np.int64)
         remap[[g for g, _ in groups.analysed]] = np.arange(len(groups.analysed))
@@ -146,6 +152,7 @@ class ARTSpectralSignatures(_ARTDetector):
         layer: str = "image_pooled",
         source: Source = "features",
         min_group_size: int = 2,
+        grouping: str = DEFAULT_GROUPING,
     ) -> None:
         self.expected_pp_poison = expected_pp_poison
         self.eps_multiplier = eps_multiplier
@@ -153,6 +160,7 @@ class ARTSpectralSignatures(_ARTDetector):
         self.layer = layer
         self.source = source
         self.min_group_size = min_group_size
+        self.grouping = grouping
         self._check_params()
 
     def _check_params(self) -> None:
@@ -203,6 +211,7 @@ class ARTActivationClustering(_ARTDetector):
         layer: str = "image_pooled",
         source: Source = "features",
         min_group_size: int = 10,
+        grouping: str = DEFAULT_GROUPING,
     ) -> None:
         self.nb_clusters = nb_clusters
         self.nb_dims = nb_dims
@@ -212,6 +221,7 @@ class ARTActivationClustering(_ARTDetector):
         self.layer = layer
         self.source = source
         self.min_group_size = min_group_size
+        self.grouping = grouping
         self._check_params()
 
     def _check_params(self) -> None:

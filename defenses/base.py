@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from artmed.constants import CHEXPERT_LABELS, NUM_LABELS
 from artmed.data.dataset import ImageSet
-from artmed.params import Params
+from artmed.params import Choice, Params
 
 
 def group_labels(y: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -28,6 +28,14 @@ def group_labels(y: np.ndarray) -> tuple[np.ndarray, list[str]]:
     with a "?", and "none" for an all-zero row. Groups are numbered in sorted order of their rows. Labels that
     are not numbers, or are NaN or infinite, raise a ValueError naming the first bad row and column.
     """
+    arr = _label_matrix(y)
+    ids = _lexicographic_ranks(arr)
+    first = np.unique(ids, return_index=True)[1]
+    return ids, [_group_name(row) for row in arr[first]]
+
+
+def _label_matrix(y: np.ndarray) -> np.ndarray:
+    """``y`` as a 2-D label matrix (a 1-D array becomes one column), refused unless numbers, finite and non-empty."""
     arr = np.asarray(y)
     if arr.ndim == 1:
         arr = arr[:, None]
@@ -40,9 +48,7 @@ def group_labels(y: np.ndarray) -> tuple[np.ndarray, list[str]]:
         row, col = (int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"labels contain NaN or infinite values in {int(bad.any(axis=1).sum())} of {arr.shape[0]} "
                          f"rows (first: row {row}, column {col})")
-    ids = _lexicographic_ranks(arr)
-    first = np.unique(ids, return_index=True)[1]
-    return ids, [_group_name(row) for row in arr[first]]
+    return arr
 
 
 def _lexicographic_ranks(arr: np.ndarray) -> np.ndarray:
@@ -65,28 +71,115 @@ def _group_name(row: np.ndarray) -> str:
     return "+".join(parts) if parts else "none"
 
 
+GROUPINGS = ("label_vector", "finding", "predicted_class", "none")
+"""How a detector groups the training rows it analyses (``LabelGroups.split``): by the exact label vector, by the
+primary finding, by the class the model predicts zero-shot, or all rows as one group."""
+DEFAULT_GROUPING = "finding"
+"""The default: on the default study's 2000 phantom rows, exact label vectors leave 191-228 rows in groups of one and
+482-542 in groups under 10 (never examined), primary findings 0 and 0-7 (15 groups; the poisoned rows' group is the
+same "No Finding" group, 1080-1131 rows instead of 979-1026). One group ("none") or the predicted class examine every
+row but give SCAn no groups to compare and dilute the poison over all rows; single-finding labels group exactly as
+under "label_vector", so ART parity holds."""
+GROUPING_RULE = Choice(GROUPINGS)
+"""The ``grouping`` parameter rule every detector declares."""
+PREDICTED_CLASS_KEY = "zero_shot_class"
+"""``EvaluationContext.feature_cache`` key of the training rows' zero-shot classes (grouping "predicted_class")."""
+
+
+class UnexaminedRowsWarning(UserWarning):
+    """Training rows sit in groups too small to analyse: the detector never flags them."""
+
+
+def finding_groups(y: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Group samples by their primary finding: the first positive (1) column of the label row in CheXpert's column
+    order ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", ...), "none" when no column is positive
+    (uncertain -1 counts as not positive). A multi-label row thus joins one group, that of its first finding, and the
+    14 findings give at most 15 groups (label vectors give up to 2^14). The groups are those ``group_labels`` makes of
+    the rows reduced to their primary finding (a one-hot row, or all zeros), so single-finding labels group, number
+    and name exactly as under "label_vector"; a 1-D array of class ids is grouped by value. Bad labels raise as in
+    ``group_labels``."""
+    arr = _label_matrix(y)
+    if arr.shape[1] == 1:
+        return group_labels(arr)
+    positive = arr == 1
+    primary = np.zeros(arr.shape, dtype=np.int8)
+    rows = np.flatnonzero(positive.any(axis=1))
+    primary[rows, positive[rows].argmax(axis=1)] = 1
+    return group_labels(primary)
+
+
+def predicted_class_groups(context: EvaluationContext) -> tuple[np.ndarray, list[str]]:
+    """Group samples by the class the context's estimator predicts for them zero-shot (argmax of ``predict``) over
+    the context's task prompts (the estimator's own prompts when the context has no task); groups are named by the
+    class (the task's class names, else the estimator's ``classes``, else the index). The predictions are computed
+    once per model and kept in ``context.feature_cache[PREDICTED_CLASS_KEY]``, where a feature-only context may also
+    supply them."""
+    estimator = context.estimator
+    if PREDICTED_CLASS_KEY not in context.feature_cache:
+        if estimator is None or context.x_train is None:
+            raise ValueError("grouping='predicted_class' needs a context with an estimator and x_train (or the "
+                             f"classes in feature_cache[{PREDICTED_CLASS_KEY!r}])")
+        prompts = getattr(context.task, "prompts", None)
+        if prompts is not None and hasattr(estimator, "with_prompts"):
+            estimator = estimator.with_prompts(prompts)
+        n = len(context.x_train)
+        classes = np.empty(n, dtype=np.int64)
+        for start in range(0, n, context.batch_size):
+            idx = np.arange(start, min(start + context.batch_size, n))
+            classes[idx] = np.asarray(estimator.predict(load_images(context.x_train, idx))).argmax(axis=1)
+        context.feature_cache[PREDICTED_CLASS_KEY] = read_only(classes)
+    predicted = np.asarray(context.feature_cache[PREDICTED_CLASS_KEY]).reshape(-1)
+    present, ids = np.unique(predicted, return_inverse=True)
+    names = getattr(context.task, "class_names", None) or getattr(estimator, "classes", None)
+    return ids.astype(np.int64), [str(names[c]) if names is not None and c < len(names) else str(c) for c in present]
+
+
 @dataclass
 class LabelGroups:
-    """Samples split by label group: the groups large enough to analyse and a record of those skipped."""
+    """Samples split into groups (by the detector's ``grouping``): the groups large enough to analyse and a record of
+    those skipped (whose rows are never examined)."""
 
     ids: np.ndarray
     names: list[str]
     analysed: list[tuple[int, np.ndarray]]
     skipped: list[dict[str, Any]]
 
+    @property
+    def unexamined(self) -> int:
+        """How many rows sit in skipped groups."""
+        return sum(s["size"] for s in self.skipped)
+
     @classmethod
-    def split(cls, y: np.ndarray | None, n: int, min_size: int, defense: str) -> LabelGroups:
-        """Group the `n` label rows `y` with `group_labels`; groups under `min_size` samples are skipped and warned
-        about once. Missing labels, or a number of rows other than `n` (the samples analysed), raise ValueError."""
-        if y is None:
-            raise ValueError(f"{defense}: the context has no y_train (labels of the training samples)")
-        if np.shape(y)[:1] != (n,):
-            raise ValueError(f"{defense}: y_train has shape {np.shape(y)}, but {n} training samples are analysed "
-                             "(one label row each)")
-        try:
-            ids, names = group_labels(y)
-        except ValueError as err:
-            raise ValueError(f"{defense}: y_train: {err}") from None
+    def split(cls, context: EvaluationContext, n: int, min_size: int, defense: str,
+              grouping: str = DEFAULT_GROUPING) -> LabelGroups:
+        """Group the `n` training rows of `context` by `grouping` (one of ``GROUPINGS``):
+
+        - "label_vector": the exact label row (``group_labels``; the "class" of SS/AC);
+        - "finding": the primary finding (``finding_groups``);
+        - "predicted_class": the zero-shot class the context's estimator predicts (``predicted_class_groups``);
+        - "none": all rows in one group "all".
+
+        Groups under `min_size` samples are skipped, with an ``UnexaminedRowsWarning``. Missing labels (for the label
+        groupings), or a number of rows other than `n` (the samples analysed), raise ValueError."""
+        if grouping not in GROUPINGS:
+            raise ValueError(f"{defense}: grouping must be one of {GROUPINGS}, got {grouping!r}")
+        y = context.y_train
+        if grouping in ("label_vector", "finding"):
+            if y is None:
+                raise ValueError(f"{defense}: the context has no y_train (labels of the training samples)")
+            if np.shape(y)[:1] != (n,):
+                raise ValueError(f"{defense}: y_train has shape {np.shape(y)}, but {n} training samples are analysed "
+                                 "(one label row each)")
+            try:
+                ids, names = (group_labels if grouping == "label_vector" else finding_groups)(y)
+            except ValueError as err:
+                raise ValueError(f"{defense}: y_train: {err}") from None
+        elif grouping == "predicted_class":
+            ids, names = predicted_class_groups(context)
+            if ids.shape[0] != n:
+                raise ValueError(f"{defense}: {ids.shape[0]} predicted classes, but {n} training samples are analysed")
+        else:
+            ids, names = np.zeros(n, dtype=np.int64), ["all"]
         analysed, skipped = [], []
         for g in range(len(names)):
             idx = np.flatnonzero(ids == g)
@@ -94,13 +187,14 @@ class LabelGroups:
                 analysed.append((g, idx))
             else:
                 skipped.append({"group": names[g], "size": int(idx.shape[0])})
+        groups = cls(ids, names, analysed, skipped)
         if skipped:
             warnings.warn(
-                f"{defense}: {len(skipped)} label group(s) with fewer than {min_size} samples "
-                f"({sum(s['size'] for s in skipped)} samples) are never flagged; see result.extra['skipped_groups']",
-                stacklevel=3,
+                f"{defense}: {len(skipped)} label group(s) (grouping {grouping!r}) with fewer than {min_size} samples "
+                f"({groups.unexamined} samples) are never flagged; see result.extra['skipped_groups']",
+                UnexaminedRowsWarning, stacklevel=3,
             )
-        return cls(ids, names, analysed, skipped)
+        return groups
 
 
 def share_count(n: int, share: float) -> int:
@@ -245,7 +339,8 @@ def load_images(images: np.ndarray | ImageSet, indices: np.ndarray) -> np.ndarra
 
 @dataclass
 class DetectionResult:
-    """Per-sample suspicion: continuous `scores` (higher = more suspicious, for AUROC) and boolean `flags`."""
+    """Per-sample suspicion: continuous `scores` (higher = more suspicious, for AUROC) and boolean `flags`; `groups`
+    the group id of each sample and ``extra["skipped_groups"]`` the groups never examined (see ``unexamined``)."""
 
     scores: np.ndarray
     flags: np.ndarray
@@ -264,6 +359,13 @@ class DetectionResult:
     def removed_share(self) -> float:
         """Share of the training set flagged (and so removed)."""
         return float(self.flags.mean()) if self.flags.size else 0.0
+
+    @property
+    def unexamined(self) -> int | None:
+        """How many rows the detector never examined: the sizes summed over ``extra["skipped_groups"]`` (groups too
+        small to analyse); None for a detector that does not report skipped groups."""
+        skipped = self.extra.get("skipped_groups")
+        return None if skipped is None else int(sum(s["size"] for s in skipped))
 
 
 def _as_flags(flags: Any) -> np.ndarray:

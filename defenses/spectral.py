@@ -8,7 +8,15 @@ from typing import Any, Literal
 import numpy as np
 
 from artmed.defenses.art_api import ARTPoisonFilter
-from artmed.defenses.base import DetectionResult, EvaluationContext, LabelGroups, check_finite, flag_top
+from artmed.defenses.base import (
+    DEFAULT_GROUPING,
+    GROUPING_RULE,
+    DetectionResult,
+    EvaluationContext,
+    LabelGroups,
+    check_finite,
+    flag_top,
+)
 from artmed.defenses.decomposition import RowStream, group_pca
 from artmed.device import resolve_device
 from artmed.params import Choice, Int, Real, Text
@@ -22,7 +30,8 @@ class SpectralSignatures(ARTPoisonFilter):
     score = |v·r| of the *uncentred* features r, flagged where score >= the (1 - removal_share·eps) quantile,
     so flags equal ART's with ``expected_pp_poison=eps, eps_multiplier=removal_share``. Returned scores are
     divided by their group mean so they compare across groups (raw ones are in ``extra["raw_scores"]``).
-    Groups under `min_group_size` samples are never flagged (ART would flag a singleton group).
+    Samples are grouped by `grouping` (``LabelGroups.split``: label vector, primary finding, zero-shot predicted
+    class, or one group); groups under `min_group_size` samples are never flagged (ART would flag a singleton group).
 
     Also an ART ``PoisonFilteringDefence`` (see ``ARTPoisonFilter``): ``SpectralSignatures(classifier, x_train,
     y_train, eps=..., ...).detect_poison()`` replaces ``SpectralSignatureDefense(classifier, x_train, y_train,
@@ -39,6 +48,7 @@ class SpectralSignatures(ARTPoisonFilter):
         "mode": Choice(("centered", "art")),
         "layer": Text(),
         "min_group_size": Int(2),
+        "grouping": GROUPING_RULE,
     }
 
     def __init__(
@@ -53,6 +63,7 @@ class SpectralSignatures(ARTPoisonFilter):
         mode: Literal["centered", "art"] = "centered",
         device: str = "auto",
         min_group_size: int = 2,
+        grouping: str = DEFAULT_GROUPING,
     ) -> None:
         super().__init__(classifier, x_train, y_train)
         self.eps = eps
@@ -61,6 +72,7 @@ class SpectralSignatures(ARTPoisonFilter):
         self.mode = mode
         self.device = device
         self.min_group_size = min_group_size
+        self.grouping = grouping
         self._check_params()
 
     def _check_params(self) -> None:
@@ -71,7 +83,7 @@ class SpectralSignatures(ARTPoisonFilter):
     def run(self, context: EvaluationContext) -> DetectionResult:
         """Score and flag every training sample of `context` from its `layer` features."""
         feats = check_finite(context.features(self.layer), self.layer)
-        groups = LabelGroups.split(context.y_train, feats.shape[0], self.min_group_size, self.name)
+        groups = LabelGroups.split(context, feats.shape[0], self.min_group_size, self.name, self.grouping)
         stream = RowStream(feats, resolve_device(self.device))
         share = self.removal_share * self.eps
         raw = np.zeros(feats.shape[0])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import traceback
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from artmed.defenses.base import (
     InputScreen,
     MitigationResult,
     ModelVerdict,
+    UnexaminedRowsWarning,
 )
 from artmed.distributed import is_main_process, world_size
 from artmed.estimator import MedCLIPEstimator
@@ -87,6 +89,7 @@ class Harness:
         self.stale: list[str] = []
         self.seed = config.seed_list[0]
         self._supplied: dict[str, tuple[MedCLIPEstimator, dict[str, Any]]] = {}
+        self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ data and models
     def _load_data(self, seed: int) -> None:
@@ -273,7 +276,9 @@ class Harness:
         try:
             defense = registry.create(dspec.name, **dspec.params)
             record["kind"] = defense.kind
-            with measure() as cost:  # its own context: reassigned fields do not reach the next defense
+            with measure() as cost, warnings.catch_warnings():
+                warnings.simplefilter("ignore", UnexaminedRowsWarning)  # said once per defense per run, below
+                # its own context: reassigned fields do not reach the next defense
                 result = defense.run(replace(context, monitor=monitor))
             record.update(seconds=cost.seconds, peak_mb=cost.peak_mb)
             _check_result(dspec.name, defense.kind, result, len(truth.poison_mask))
@@ -281,6 +286,9 @@ class Harness:
             if isinstance(result, DetectionResult):
                 flags, scores = result.flags, result.scores
                 record.update(detection_metrics(flags, truth.poison_mask, scores))
+                if result.unexamined is not None:
+                    record["unexamined"] = result.unexamined
+                    self._warn_unexamined(dspec.name, result.unexamined, len(flags))
                 record["arrays"] = {"scores": scores, "flags": flags, "poison_mask": truth.poison_mask}
                 repaired = self._retrain_filtered(spec, base, flags) if dspec.retrain else None
             elif isinstance(result, InputScreen):
@@ -313,6 +321,14 @@ class Harness:
         self.store.save("defense", key, self._stamp(record, spec, dspec))
         return changed
 
+    def _warn_unexamined(self, name: str, unexamined: int, n: int) -> None:
+        """Warn, once per defense per run, that the detector never examined some training rows (groups too small)."""
+        if unexamined and name not in self._warned:
+            self._warned.add(name)
+            warnings.warn(f"{name}: {unexamined} of {n} training rows sit in label groups too small to analyse and are "
+                          "never examined (see its grouping and min_group_size); the 'unexamined' column counts them "
+                          "in every cell", UnexaminedRowsWarning, stacklevel=2)
+
     def _screen_inputs(self, name: str, screen: InputScreen) -> dict[str, Any]:
         """An input screen scored on the clean test images and their triggered copies (which only the harness has)."""
         truth = self._truth
@@ -335,6 +351,7 @@ class Harness:
     def run(self) -> StudyResult:
         """Run every missing cell and return all records (finished ones are read back, not recomputed)."""
         result = StudyResult([], [], self.output_dir)
+        self._warned = set()
         try:
             self._run_cells(result)
         except KeyboardInterrupt:

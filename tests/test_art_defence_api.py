@@ -117,7 +117,7 @@ def test_recorded_params_unchanged(cls, data):
     assert cls(FlatEstimator(), x, y).get_params() == params == registry.create(cls.name).get_params()
     assert cls(**params).get_params() == params and "x_train" not in repr(cls(FlatEstimator(), x, y))
     assert list(SpectralSignatures().get_params()) == ["eps", "removal_share", "layer", "mode", "device",
-                                                       "min_group_size"]
+                                                       "min_group_size", "grouping"]
 
 
 def test_art_api_refuses_missing_data_and_bad_truth(data):
