@@ -60,6 +60,7 @@ def save_bundle(estimator: Any, directory: str | os.PathLike[str]) -> Path:
         "amp": estimator.amp,
         "output": estimator.output,
         "ensemble": estimator.ensemble,
+        "decision": estimator.decision,
     }
     if estimator.texts is not None:
         meta["text_pool"] = {"texts": estimator.texts, "labels": estimator.text_labels.astype(int).tolist()}
@@ -109,6 +110,7 @@ def load_bundle(cls: type, directory: str | os.PathLike[str], device: str | torc
         "amp": meta.get("amp", True),
         "output": meta.get("output", "probabilities"),
         "ensemble": meta.get("ensemble", "mean"),
+        "decision": meta.get("decision", "argmax"),
         "device": device,
     }
     if "text_pool" in meta:

@@ -48,11 +48,29 @@ analyse the last one listed (the pooled features before the projection)."""
 
 OUTPUTS: tuple[str, ...] = ("probabilities", "logits")
 """What ``predict`` returns and ``class_gradient`` differentiates: softmax probabilities or the zero-shot logits."""
+DECISIONS: tuple[str, ...] = ("argmax", "released_sigmoid")
+"""How ``predict_classes`` turns zero-shot logits into a class: their ``argmax`` (artmed's scoring: of the softmax
+probabilities), or as the
+released ``medclip/evaluator.py`` does: a two-class task takes ``argmax(sigmoid(logits))`` in float32, where both
+sigmoids round to 1.0 above a logit of ~16.6 (MedCLIP's logits reach exp(logit_scale) = 100) and the tie goes to
+class 0; a task of more classes takes ``argmax(logits)``."""
 CLASS_ALIASES: dict[str, str] = {"normal": "No Finding", "covid": "Pneumonia", "covid-19": "Pneumonia"}
 """Task class names (lower case) that are not CheXpert names -> the CheXpert label ``fit`` trains them as, as
 ``artmed.data.adapt_medclip.task_labels`` labels those tasks' images."""
 CLIP_WARNING = ("images outside [0, 1] were clipped to [0, 1] (MedCLIP normalisation happens inside the estimator: "
                 "pass pixel values in [0, 1], e.g. 8-bit images divided by 255)")
+
+
+def decide(logits: np.ndarray, decision: str = "argmax") -> np.ndarray:
+    """The class (N,) int64 of each row of zero-shot logits (N, K) under ``decision`` (see ``DECISIONS``); the
+    ``released_sigmoid`` rule computes as ``medclip/evaluator.py`` does (``torch.tensor(pred).sigmoid()`` in float32,
+    then ``np.argmax``, first maximum on ties)."""
+    if decision not in DECISIONS:
+        raise ValueError(f"decision must be one of {DECISIONS}, got {decision!r}")
+    logits = np.asarray(logits, dtype=np.float32)
+    if decision == "released_sigmoid" and logits.shape[1] == 2:
+        return np.argmax(torch.from_numpy(logits).sigmoid().numpy(), axis=1).astype(np.int64)
+    return logits.argmax(axis=1).astype(np.int64)
 
 
 def class_label_vectors(classes: Sequence[str]) -> np.ndarray:
@@ -160,13 +178,15 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
     ``num_workers`` processes read image batches ahead of the model (``artmed.loader``; through pinned memory on
     CUDA) in ``fit`` and every batched image verb; 0 reads them in the calling process.
     ``ensemble`` combines a class's prompt scores ``exp(logit_scale) * cos(image, prompt)``: "mean" (default) or "max"
-    (MedCLIP's ``PromptClassifier(ensemble=False)``).
+    (MedCLIP's ``PromptClassifier(ensemble=False)``). ``decision`` (one of ``DECISIONS``) is the rule
+    ``predict_classes`` (and so artmed's CA/ASR scoring) applies; ``predict`` is unaffected.
     """
 
     estimator_params = (
         PyTorchEstimator.estimator_params
         + ClassifierMixin.estimator_params
-        + ["tokenizer", "prompts", "input_shape", "batch_size", "amp", "num_workers", "output", "ensemble"]
+        + ["tokenizer", "prompts", "input_shape", "batch_size", "amp", "num_workers", "output", "ensemble",
+                                                             "decision"]
     )
 
     def __init__(
@@ -186,6 +206,7 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         texts: Any = None,
         text_labels: Any = None,
         ensemble: str = "mean",
+        decision: str = "argmax",
     ) -> None:
         resolved = resolve_device(device)
         if resolved.type == "cuda" and resolved.index is None:
@@ -206,6 +227,7 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         self.num_workers = num_workers
         self.output = output
         self.ensemble = ensemble
+        self.decision = decision
         self._check_params()
         self.tokenizer = tokenizer
         self._bank = PromptBank(prompts)
@@ -223,7 +245,7 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
     def _check_params(self) -> None:
         """ART's checks plus this estimator's settings (also run by ``set_params``): ``input_shape`` (1|3, H, W),
         ``batch_size`` a positive integer, ``amp`` a bool, ``num_workers`` a worker count, ``output`` in ``OUTPUTS``,
-        ``ensemble`` in ``artmed.prompts.ENSEMBLES``."""
+        ``ensemble`` in ``artmed.prompts.ENSEMBLES``, ``decision`` in ``DECISIONS``."""
         super()._check_params()
         self._input_shape = self._check_input_shape(self._input_shape)
         self.batch_size = check_batch_size(self.batch_size)
@@ -235,6 +257,8 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
             raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
         if not isinstance(self.ensemble, str) or self.ensemble not in ENSEMBLES:
             raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {self.ensemble!r}")
+        if not isinstance(self.decision, str) or self.decision not in DECISIONS:
+            raise ValueError(f"decision must be one of {DECISIONS}, got {self.decision!r}")
 
     def set_params(self, **kwargs: Any) -> None:
         """ART's ``set_params``, all or nothing: when ``_check_params`` refuses a value, every setting keeps its
@@ -559,6 +583,15 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         ``exp(logit_scale) * cos``."""
         return self._map_images(x, batch_size, self._logits)
 
+    def predict_classes(self, x: Any, batch_size: int | None = None) -> np.ndarray:
+        """The predicted class (N,) int64 of each pixel-space image under ``decision``; a ValueError when a logit is
+        NaN or infinite (argmax would pick class 0, which can be the attack's target)."""
+        logits = self.zero_shot_logits(x, batch_size)
+        bad = ~np.isfinite(logits).all(axis=1)
+        if bad.any():
+            raise ValueError(f"the model's logits are NaN or infinite on {int(bad.sum())} of {len(bad)} images")
+        return decide(logits, self.decision)
+
     def clear_cache(self) -> None:
         """Forget the cached prompt embeddings (they are also refreshed automatically when text weights change)."""
         self._bank.clear()
@@ -568,7 +601,8 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
                 "clip_values": tuple(float(v) for v in np.asarray(self._clip_values).ravel()[:2]),
                 "amp": self.amp, "num_workers": self.num_workers, "preprocessing_defences": self.preprocessing_defences,
                 "postprocessing_defences": self.postprocessing_defences, "output": self.output,
-                "texts": self._texts, "text_labels": self._text_labels, "ensemble": self.ensemble}
+                "texts": self._texts, "text_labels": self._text_labels, "ensemble": self.ensemble,
+                "decision": self.decision}
 
     def with_prompts(self, prompts: Mapping[str, list[str]]) -> MedCLIPEstimator:
         """A new estimator for another zero-shot task that shares this one's model (training one trains both)."""

@@ -43,7 +43,7 @@ from artmed.inputs import (
 )
 from artmed.loader import image_batches
 from artmed.losses import medclip_loss
-from artmed.models.medclip import LOGIT_SCALE_MAX
+from artmed.models.medclip import LOGIT_SCALE_MAX, MedCLIPModel
 
 
 def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
@@ -176,11 +176,13 @@ def run_steps(objective: Callable[[int], tuple[torch.Tensor, torch.Tensor]], opt
 
 
 def clamp_logit_scale(model: nn.Module) -> Callable[[], None]:
-    """An ``after_step`` for ``run_steps``: keep MedCLIP's logit scale in [0, LOGIT_SCALE_MAX], as released."""
+    """An ``after_step`` for ``run_steps``: keep MedCLIP's logit scale in [0, its ``config.logit_scale_max``] (another
+    module: [0, LOGIT_SCALE_MAX]), as released."""
+    cap = model.config.logit_scale_max if isinstance(model, MedCLIPModel) else LOGIT_SCALE_MAX
 
     @torch.no_grad()
     def clamp() -> None:
-        model.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
+        model.logit_scale.clamp_(0.0, cap)
 
     return clamp
 

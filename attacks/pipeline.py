@@ -26,7 +26,8 @@ ATTACKS: tuple[str, ...] = ("clean", "badmatch", "baddist", "baddist_badmatch")
 
 @dataclass
 class AttackSpec:
-    """What to run: the attack setting, its trigger, poison rate, target, seed and BadDist hyper-parameters."""
+    """What to run: the attack setting, its trigger, poison rate, target, seed, BadDist hyper-parameters and BadMatch's
+    other parameters (``badmatch_params``, e.g. ``{candidates: released}``)."""
 
     attack: str = "clean"
     trigger: str = "patch"
@@ -35,6 +36,7 @@ class AttackSpec:
     target: str = "No Finding"
     seed: int = 0
     baddist_params: dict[str, Any] = field(default_factory=dict)
+    badmatch_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Every field converted to its type and checked, the trigger built and the BadDist parameters checked
@@ -56,6 +58,12 @@ class AttackSpec:
         with blame("baddist_params"):
             params = resolve_baddist_params(self.baddist_params)
         check_names(BadDist, params, "baddist_params", "BadDist", fixed=("estimator", "trigger", "seed"))
+        check_names(BadMatch, self.badmatch_params, "badmatch_params", "BadMatch",
+                    fixed=("trigger", "target", "percent_poison", "seed"))
+        if self.uses_badmatch:
+            with blame("badmatch_params"):
+                BadMatch(trigger, target=self.target, percent_poison=self.percent_poison, seed=self.seed,
+                         **self.badmatch_params)
         # BadDist is built on an estimator, which a spec does not have: its own checks run on the parameters alone
         bound = inspect.signature(BadDist).bind(None, trigger, seed=self.seed, **params)
         bound.apply_defaults()
@@ -115,7 +123,8 @@ def poison_training_set(spec: AttackSpec, x: np.ndarray | ImageSet, y: np.ndarra
     if not spec.uses_badmatch:
         return x, y, np.zeros(len(x), dtype=bool)
     trigger = trigger if trigger is not None else spec.build_trigger()
-    bad_match = BadMatch(trigger, target=spec.target, percent_poison=spec.percent_poison, seed=spec.seed)
+    bad_match = BadMatch(trigger, target=spec.target, percent_poison=spec.percent_poison, seed=spec.seed,
+                         **spec.badmatch_params)
     if isinstance(x, ImageSet):
         poisoned = bad_match.poison_imageset(x) if native is None else bad_match.poison_imageset(x, native=native)
         return poisoned, poisoned.labels, bad_match.poison_mask_

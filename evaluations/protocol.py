@@ -12,6 +12,8 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from artmed.models.config import RELEASED_LOGIT_SCALE_MAX
+
 PROTOCOLS: tuple[str, ...] = ("artmed", "released")
 
 RELEASED_TRAIN: dict[str, Any] = {"batch_size": 32, "warmup": 0.1, "schedule_epochs": 10, "eda": True,
@@ -37,8 +39,16 @@ PHANTOM_NATIVE_SIZE = 1024
 so 32 px of a 1024 px image (~7 px at 224, ~2 px at 64); ``PatchTrigger(native_size=...)`` draws it so."""
 
 RELEASED_EVALUATION: dict[str, Any] = {"prompts": "medclip", "prompt_draws": 5, "n_prompts": 10, "prompt_seed": 42,
-                                        "ensemble": "mean"}
-"""scripts/zero_shot.py: 10 sampled MedCLIP prompts per class, the mean over a class's prompt logits, 5 draws."""
+                                        "ensemble": "mean", "decision": "released_sigmoid"}
+"""scripts/zero_shot.py: 10 sampled MedCLIP prompts per class, the mean over a class's prompt logits, 5 draws;
+medclip/evaluator.py: a binary task's class is argmax(sigmoid(logits)) in float32 (saturated ties go to class 0)."""
+
+RELEASED_MODEL: dict[str, Any] = {"logit_scale_max": RELEASED_LOGIT_SCALE_MAX}
+"""medclip/modeling_medclip.py ``compute_logits``: logit_scale clamped to [0, 4.6052] (artmed: ln 100)."""
+
+RELEASED_BADMATCH: dict[str, Any] = {"candidates": "released"}
+"""medclip/dataset.py: ``if img_label[0] != 1``, an image labelled No Finding (with any other finding) is never
+poisoned."""
 
 RELEASED_BADDIST: dict[str, Any] = {"settings": "paper"}
 """scripts/backdist.py: SGD lr 1e-4, momentum 0.9, weight decay 5e-4, λ 5/1, 200 epochs, fp32."""
@@ -59,8 +69,11 @@ def released_settings(raw: Mapping[str, Any]) -> dict[str, Any]:
                 values["trigger_params"]["native_size"] = PHANTOM_NATIVE_SIZE
             if "baddist" in str(spec.get("attack", "")):
                 values["baddist_params"] = dict(RELEASED_BADDIST)
+            if "badmatch" in str(spec.get("attack", "")):
+                values["badmatch_params"] = dict(RELEASED_BADMATCH)
         attacks.append(values)
-    settings = {"train": dict(RELEASED_TRAIN), "evaluation": dict(RELEASED_EVALUATION), "attacks": attacks}
+    settings = {"train": dict(RELEASED_TRAIN), "evaluation": dict(RELEASED_EVALUATION),
+                "model": dict(RELEASED_MODEL), "attacks": attacks}
     if not phantom:
         settings["data"] = dict(RELEASED_FILES)
     return settings

@@ -81,7 +81,13 @@ def score_over_prompt_draws(estimator: Any, x_test: Any, targets: np.ndarray, x_
 
 def _predict_classes(estimator: Any, x: Any, batch_size: int | None, which: str) -> np.ndarray:
     """Predicted class per image; a ValueError when any probability is NaN or infinite (argmax would pick class 0,
-    which can be the attack's target: a diverged model would score as a perfect backdoor)."""
+    which can be the attack's target: a diverged model would score as a perfect backdoor). An estimator whose
+    ``decision`` is not ``argmax`` (``artmed.estimator.DECISIONS``) decides by its ``predict_classes``."""
+    if getattr(estimator, "decision", "argmax") != "argmax":
+        try:
+            return estimator.predict_classes(x, batch_size=batch_size)
+        except ValueError as err:
+            raise ValueError(f"{err} ({which} test images): it cannot be scored") from err
     probs = np.asarray(estimator.predict(x, batch_size=batch_size))
     bad = ~np.isfinite(probs).all(axis=1)
     if bad.any():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -297,16 +297,19 @@ def build_base_estimator(config: StudyConfig, prompts: dict[str, list[str]], see
     model = config.model
     shape = (1, model.image_size, model.image_size)
     settings = {"device": config.device, "ensemble": config.evaluation.ensemble,
-                "num_workers": config.data.num_workers}
+                "decision": config.evaluation.decision, "num_workers": config.data.num_workers}
+    overrides = {} if model.logit_scale_max is None else {"logit_scale_max": model.logit_scale_max}
     if model.checkpoint is not None:
-        return MedCLIPEstimator(load_medclip(model.checkpoint, model.variant), load_tokenizer(_tokenizer_dir(model)),
-                                prompts, input_shape=shape, **settings)
+        network = load_medclip(model.checkpoint, model.variant)
+        network.config = replace(network.config, **overrides)
+        return MedCLIPEstimator(network, load_tokenizer(_tokenizer_dir(model)), prompts, input_shape=shape, **settings)
     tokenizer = None if model.tokenizer is None else load_tokenizer(model.tokenizer)
     if model.variant == "tiny":
-        return MedCLIPEstimator.tiny(prompts, image_size=model.image_size, seed=seed, tokenizer=tokenizer, **settings)
+        return MedCLIPEstimator.tiny(prompts, image_size=model.image_size, seed=seed, tokenizer=tokenizer,
+                                     model_overrides=overrides, **settings)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        network = build_medclip(model.variant)
+        network = build_medclip(model.variant, **overrides)
     return MedCLIPEstimator(network, tokenizer, prompts, input_shape=shape, **settings)
 
 

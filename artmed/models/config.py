@@ -7,10 +7,12 @@ released MedCLIP checkpoints (Bio_ClinicalBERT text side, torchvision ResNet-50 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Union
 
 __all__ = [
+    "RELEASED_LOGIT_SCALE_MAX",
     "ResNetVisionConfig",
     "SwinVisionConfig",
     "TextConfig",
@@ -20,6 +22,10 @@ __all__ = [
     "config_to_dict",
     "config_from_dict",
 ]
+
+
+RELEASED_LOGIT_SCALE_MAX = 4.6052
+"""The released ``MedCLIPModel.compute_logits`` clamps ``logit_scale`` to [0, 4.6052] (ln 100 = 4.605170...)."""
 
 
 @dataclass(frozen=True)
@@ -90,12 +96,14 @@ VisionConfig = Union[ResNetVisionConfig, SwinVisionConfig]
 
 @dataclass(frozen=True)
 class MedCLIPConfig:
-    """The whole dual encoder: vision config, text config, shared embedding size and temperature init."""
+    """The whole dual encoder: vision config, text config, shared embedding size, temperature init and the cap on the
+    learnt ``logit_scale`` (ln 100; the released ``compute_logits`` clamps to ``RELEASED_LOGIT_SCALE_MAX``, 4.6052)."""
 
     vision: VisionConfig = field(default_factory=ResNetVisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     proj_dim: int = 512
     logit_scale_init: float = 0.07
+    logit_scale_max: float = math.log(100.0)
 
     def __post_init__(self) -> None:
         if not isinstance(self.vision, (ResNetVisionConfig, SwinVisionConfig)):
@@ -106,6 +114,8 @@ class MedCLIPConfig:
         if self.proj_dim < 1 or not 0 < self.logit_scale_init:
             raise ValueError(f"MedCLIPConfig needs proj_dim >= 1 and logit_scale_init > 0, "
                              f"got {self.proj_dim} and {self.logit_scale_init}")
+        if not (isinstance(self.logit_scale_max, (int, float)) and 0 < self.logit_scale_max < math.inf):
+            raise ValueError(f"MedCLIPConfig.logit_scale_max must be a positive number, got {self.logit_scale_max!r}")
 
 
 PRESETS: dict[str, MedCLIPConfig] = {

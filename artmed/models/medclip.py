@@ -16,6 +16,7 @@ from artmed.models.vision import build_vision_encoder
 __all__ = ["MedCLIPModel", "build_medclip", "LOGIT_SCALE_MAX"]
 
 LOGIT_SCALE_MAX = math.log(100.0)
+"""The default cap on ``logit_scale`` (``MedCLIPConfig.logit_scale_max``)."""
 
 
 class MedCLIPModel(nn.Module):
@@ -40,8 +41,8 @@ class MedCLIPModel(nn.Module):
         return legacy
 
     def scale(self) -> torch.Tensor:
-        """The temperature multiplier exp(logit_scale), logit_scale clamped to [0, ln 100]."""
-        return self.logit_scale.clamp(0.0, LOGIT_SCALE_MAX).exp()
+        """The temperature multiplier exp(logit_scale), logit_scale clamped to [0, ``config.logit_scale_max``]."""
+        return self.logit_scale.clamp(0.0, self.config.logit_scale_max).exp()
 
     def image_features(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         """``last_stage``, ``pooled`` (before projection) and ``embedding`` (projected, not normalised)."""

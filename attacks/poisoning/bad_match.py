@@ -14,9 +14,14 @@ from art.attacks.attack import PoisoningAttackBlackBox
 
 from artmed.constants import CHEXPERT_LABELS, NUM_LABELS
 from artmed.data.dataset import ImageSet
-from artmed.params import Params
+from artmed.params import Choice, Params
 
-__all__ = ["BadMatch", "PoisonedImageSet", "target_vector"]
+__all__ = ["BadMatch", "CANDIDATE_RULES", "PoisonedImageSet", "target_vector"]
+
+CANDIDATE_RULES: tuple[str, ...] = ("not_target", "released")
+"""Which training images BadMatch may poison: ``not_target`` every image whose label vector is not exactly the
+target's; ``released`` (``medclip/dataset.py``: ``if img_label[0] != 1``) every image without a 1 in the target's
+columns, so an image labelled No Finding *and* another finding (e.g. Support Devices) is never poisoned."""
 
 
 def target_vector(target: str | Sequence[float] | np.ndarray) -> np.ndarray:
@@ -44,10 +49,13 @@ class BadMatch(Params, PoisoningAttackBlackBox):
     ``poison(x, y)`` returns the whole training set with exactly ``max(1, round(percent_poison · N))`` images
     triggered and relabelled; ``poison_indices_`` / ``poison_mask_`` give the ground truth to evaluations.
     The subset is drawn once from ``seed`` (the paper's setting); the released code instead re-draws ~20 % of a
-    batch's samples every epoch, which poisons far more distinct images over training.
+    batch's samples every epoch, which poisons far more distinct images over training. ``candidates`` (one of
+    ``CANDIDATE_RULES``) says which images may be drawn.
     """
 
-    attack_params = PoisoningAttackBlackBox.attack_params + ["trigger", "target", "percent_poison", "seed"]
+    attack_params = PoisoningAttackBlackBox.attack_params + ["trigger", "target", "percent_poison", "seed",
+                                                             "candidates"]
+    param_rules = {"candidates": Choice(CANDIDATE_RULES)}
     _estimator_requirements = ()
 
     @classmethod
@@ -61,12 +69,14 @@ class BadMatch(Params, PoisoningAttackBlackBox):
         target: str | Sequence[float] | np.ndarray = "No Finding",
         percent_poison: float = 0.01,
         seed: int = 0,
+        candidates: str = "not_target",
     ) -> None:
         super().__init__()
         self.trigger = trigger
         self.target = target
         self.percent_poison = percent_poison
         self.seed = seed
+        self.candidates = candidates
         self._check_params()
 
     @property
@@ -116,12 +126,12 @@ class BadMatch(Params, PoisoningAttackBlackBox):
             raise ValueError(f"y must be label vectors of shape (N, {NUM_LABELS}), got {y.shape}")
         if not np.all(np.isfinite(y)):
             raise ValueError("y contains NaN or infinite labels (blank labels must be 0)")
-        candidates = np.flatnonzero(~np.all(y == self.target_vector, axis=1))
+        candidates = np.flatnonzero(self.candidate_mask(y))
         n_poison = max(1, int(round(self.percent_poison * len(y))))
         if n_poison > len(candidates):
             raise ValueError(
                 f"percent_poison={self.percent_poison} asks for {n_poison} poisoned images but only "
-                f"{len(candidates)} of {len(y)} images have a label other than the target"
+                f"{len(candidates)} of {len(y)} images are candidates (candidates={self.candidates!r})"
             )
         rng = np.random.default_rng(self.seed)
         self.poison_indices_ = np.sort(rng.choice(candidates, size=n_poison, replace=False)).astype(np.int64)
@@ -129,7 +139,15 @@ class BadMatch(Params, PoisoningAttackBlackBox):
         self.poison_mask_[self.poison_indices_] = True
         return self.poison_indices_
 
+    def candidate_mask(self, y: np.ndarray) -> np.ndarray:
+        """(N,) bool: the rows of label vectors ``y`` (N, 14) that ``candidates`` allows to be poisoned."""
+        target = self.target_vector
+        if self.candidates == "released":
+            return ~np.all(y[:, target == 1] == 1, axis=1)
+        return ~np.all(y == target, axis=1)
+
     def _check_params(self) -> None:
+        self.check_rules()
         if not callable(self.trigger):
             raise ValueError(f"trigger must be callable on (N, C, H, W) arrays, got {type(self.trigger).__name__}")
         target_vector(self.target)
