@@ -10,6 +10,8 @@ files the study reads (data and task folders, checkpoint, tokenizer; ``artmed.ev
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,8 +23,11 @@ from artmed.attacks.pipeline import ATTACKS, AttackSpec
 from artmed.constants import IMAGE_SIZE
 from artmed.data.tasks import TASK_NAMES
 from artmed.defenses import registry
+from artmed.device import resolve_device
 from artmed.evaluations.protocol import PROTOCOLS, apply_protocol
 from artmed.evaluations.sources import check_inputs
+from artmed.evaluations.store import to_jsonable
+from artmed.estimator import DECISIONS
 from artmed.prompts import check_ensemble
 from artmed.validation import FieldError, blame, check_fields, check_names, check_writable
 
@@ -129,12 +134,14 @@ class ModelConfig:
     weights from ``checkpoint`` (a folder holding ``pytorch_model.bin`` or ``*.safetensors``, or the file), which are
     the base model as they are (no pretraining). ``tokenizer``: a folder with the text encoder's ``vocab.txt``
     (default: the checkpoint's folder; the built-in vocabulary for a ``tiny`` model from scratch). ``image_size``: the
-    model's input side, the same setting as ``config.data.image_size`` (give either)."""
+    model's input side, the same setting as ``config.data.image_size`` (give either). ``logit_scale_max``: the cap on
+    the learnt logit scale (default the model's, ln 100; released 4.6052)."""
 
     variant: str = "tiny"
     checkpoint: str | None = None
     tokenizer: str | None = None
     image_size: int | None = None
+    logit_scale_max: float | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -142,6 +149,8 @@ class ModelConfig:
             raise FieldError(f"variant: unknown model variant {self.variant!r}; valid: {list(MODEL_VARIANTS)}")
         if self.image_size is not None and self.image_size < 1:
             raise FieldError(f"image_size must be a positive integer, got {self.image_size!r}")
+        if self.logit_scale_max is not None and not 0 < self.logit_scale_max < float("inf"):
+            raise FieldError(f"logit_scale_max must be a positive number, got {self.logit_scale_max!r}")
         if self.variant != "tiny" and self.checkpoint is None and self.tokenizer is None:
             raise FieldError(f"tokenizer: a {self.variant} model trained from scratch needs the folder of the "
                              "Bio_ClinicalBERT tokenizer (vocab.txt)")
@@ -226,13 +235,15 @@ class EvaluationConfig:
     pool's No-Finding-only sentences, as the released ``zero_shot.py``), scored over ``prompt_draws`` seeded draws
     (released: 5): the metrics are the means over draws and ``<metric>_draw_std`` their spread; the models and the
     defenses use the first draw. ``ensemble``: a class's logit is the ``mean`` (released evaluation) or ``max``
-    (MedCLIP's ``PromptClassifier`` default) over its prompts."""
+    (MedCLIP's ``PromptClassifier`` default) over its prompts. ``decision``: how logits become a class for CA/ASR
+    (``artmed.estimator.DECISIONS``: ``argmax``, or ``released_sigmoid`` as the released evaluator)."""
 
     prompts: str = "artmed"
     prompt_draws: int = 1
     n_prompts: int = 10
     prompt_seed: int = 42
     ensemble: str = "mean"
+    decision: str = "argmax"
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -248,6 +259,8 @@ class EvaluationConfig:
                              f"{self.prompt_draws}); set prompts: medclip to sample MedCLIP's")
         with blame("ensemble"):
             check_ensemble(self.ensemble)
+        if self.decision not in DECISIONS:
+            raise FieldError(f"decision: unknown decision rule {self.decision!r}; valid: {list(DECISIONS)}")
 
 
 @dataclass
@@ -315,10 +328,16 @@ class StudyConfig:
                     raise FieldError(f"attacks[{i}].trigger_params.native_size: data.native_trigger pastes the "
                                      "patch on the native image file, in native pixels; native_size (the emulation on "
                                      "resized arrays) does not apply, remove it")
-        keys = [a.key for a in self.attacks]
-        duplicates = sorted({k for k in keys if keys.count(k) > 1})
+        identities = [_identity(a) for a in self.attacks]
+        duplicates = [f"attacks[{identities.index(i)}] = attacks[{n}] ({a.key})"
+                      for n, (a, i) in enumerate(zip(self.attacks, identities)) if identities.index(i) < n]
         if duplicates:
-            raise ValueError(f"attacks listed twice: {duplicates}")
+            raise ValueError(f"attacks listed twice (the same settings; the study's seeds replace an attack's own "
+                             f"seed): {', '.join(duplicates)}")
+        by_key: dict[str, set[str]] = {}
+        for spec, identity in zip(self.attacks, identities):
+            by_key.setdefault(dataclasses.replace(spec, seed=0).key, set()).add(identity)
+        self._shared_keys = {i for ids in by_key.values() if len(ids) > 1 for i in ids}
         names = [d.name for d in self.defenses]
         if len(set(names)) != len(names):
             raise ValueError(f"defenses listed twice: {sorted({n for n in names if names.count(n) > 1})}")
@@ -326,8 +345,9 @@ class StudyConfig:
     def check_runnable(self) -> None:
         """What building the config cannot check, for ``Harness.__init__`` to run before any work: every defense is
         installed, loads, is an ``artmed.defenses.Defense`` and is built from its ``params`` (its own checks run); the
-        output folder can be written; the data, task, checkpoint and tokenizer paths exist and look like what their
-        field names (``artmed.evaluations.sources.check_inputs``). A ValueError naming the field otherwise."""
+        output folder can be written; the ``device`` exists here (``cuda`` without a GPU is refused); the data, task,
+        checkpoint and tokenizer paths exist and look like what their field names (``artmed.evaluations.sources.
+        check_inputs``). A ValueError naming the field otherwise."""
         for i, spec in enumerate(self.defenses):
             where = f"config.defenses[{i}]"
             try:
@@ -338,6 +358,8 @@ class StudyConfig:
             with blame(f"{where}.params"):
                 cls(**spec.params)
         check_writable(self.output_dir, "config.output_dir", folder=True)
+        with blame("config.device"):
+            resolve_device(self.device)  # "cuda" on a machine without one is refused here, not cell by cell
         check_inputs(self)
 
     def _resolve_image_size(self) -> None:
@@ -369,6 +391,16 @@ class StudyConfig:
                     raise FieldError(f"tasks[{i}].root: the {task.source} task needs the folder of its data "
                                      f"(config.data.source is {self.data.source!r}, so data.root is no default)")
                 task.root = self.data.root
+
+    def attack_key(self, spec: AttackSpec) -> str:
+        """The name of ``spec``'s cells and model folder: ``spec.key``, with a digest of its settings appended when
+        another listed attack has the same ``spec.key`` but other settings (those ``spec.key`` leaves out: ``target``,
+        the trigger's, BadDist's, BadMatch's parameters), so such attacks never share a cell; an attack no other one
+        collides with keeps ``spec.key`` (existing output folders keep their names)."""
+        identity = _identity(spec)
+        if identity not in self._shared_keys:
+            return spec.key
+        return f"{spec.key}-{hashlib.sha1(identity.encode('utf-8')).hexdigest()[:8]}"
 
     @property
     def seed_list(self) -> list[int]:
@@ -409,11 +441,32 @@ class StudyConfig:
 
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader, reading exponent floats without a dot (``1e-3``) as YAML 1.2 does: PyYAML (YAML 1.1)
-    leaves them strings, so a learning rate in a defense's ``params`` would reach the defense as text."""
+    leaves them strings, so a learning rate in a defense's ``params`` would reach the defense as text. A key given
+    twice in one mapping is an error naming it and its lines (PyYAML keeps the last value silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.setdefault(key, line)
+            except TypeError:  # an unhashable key: construct_mapping reports it
+                continue
+            if first != line:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"key {key!r} given twice (lines {first} and {line})", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$")
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+.0123456789"))
+
+def _identity(spec: AttackSpec) -> str:
+    """Every setting of ``spec`` but its seed (the study's seeds replace it), as canonical JSON."""
+    return json.dumps(to_jsonable({**asdict(spec), "seed": None}), sort_keys=True)
+
 
 _NESTED = {"data": DataConfig, "model": ModelConfig, "evaluation": EvaluationConfig, "pretrain": TrainConfig,
            "train": TrainConfig}

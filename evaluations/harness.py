@@ -14,6 +14,10 @@ the shared model is recorded as failed, and the study goes on. Defenses see what
 trigger or target), as read-only arrays in their own copy of the context; the harness alone scores them, the models
 a mitigation hands to ``context.report`` included (the record's ``monitor``). Ctrl-C stops the study with the
 finished cells in the result (``interrupted=True``).
+
+Nothing is reused that should not be: a run holds the output folder's lock (a second run on it is refused before it
+touches a cell), removes what a killed run left half-written, and recomputes a cell whose record lacks a field its
+kind needs or holds one of the wrong type (``RECORD_FIELDS``), with a warning naming the file and the field.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from artmed.evaluations.metrics import defense_effectiveness_rating, detection_m
 from artmed.evaluations.resources import measure
 from artmed.evaluations.scoring import score_estimator, score_over_prompt_draws, target_index
 from artmed.evaluations.sources import build_base_estimator, load_study_data, own_report_sampler
-from artmed.evaluations.store import ResultStore, to_jsonable
+from artmed.evaluations.store import ResultStore, folder_lock, remove_leftovers, to_jsonable
 
 
 class SettingsMismatchError(ValueError):
@@ -166,22 +170,23 @@ class Harness:
 
     def _attacked_model(self, spec: AttackSpec, base: MedCLIPEstimator) -> tuple[dict[str, Any], AttackOutcome | None,
                                                                                 MedCLIPEstimator]:
-        path = self.output_dir / "models" / spec.key
-        if self._finished("model", spec.key, spec) and path.exists():
-            return self.store.load("model", spec.key), None, self._load_model(path)
+        key = self._key(spec)
+        path = self.output_dir / "models" / key
+        if self._finished("model", key, spec) and path.exists():
+            return self.store.load("model", key), None, self._load_model(path)
         with measure() as cost:
             outcome = run_attack(spec, base, self.x_train, self.y_train, self.texts, self.text_labels,
                                  fit_params={**self._fit_params(self.config.train), "verbose": self.verbose},
                                  supplied=self._supply_chain(spec, base), poisoned=self._poisoned(spec))
         _save_model(outcome.estimator, path)
-        record = {"cell": f"model/{spec.key}", **_spec_fields(spec),
+        record = {"cell": f"model/{key}", **_spec_fields(spec, key),
                   "n_poison": int(outcome.poison_mask.sum()), "train_seconds": cost.seconds,
                   "train_peak_mb": cost.peak_mb, **_baddist_fields(outcome.history),
                   **self._score_all_tasks(outcome.estimator, spec)}
         if outcome.poison_mask.any():
             record["arrays"] = self._projection_sample(outcome, spec.seed)
         record = self._stamp(record, spec)
-        self.store.save("model", spec.key, record)
+        self.store.save("model", key, record)
         return record, outcome, outcome.estimator
 
     def _model_cell(self, spec: AttackSpec, base: MedCLIPEstimator) -> tuple[dict[str, Any], MedCLIPEstimator | None]:
@@ -195,11 +200,12 @@ class Harness:
         return {**record, "status": record.get("status", "ok")}, estimator
 
     def _failed_model(self, spec: AttackSpec, error: str, trace: str | None) -> dict[str, Any]:
-        record = {"cell": f"model/{spec.key}", **_spec_fields(spec), "status": "failed", "error": error}
+        key = self._key(spec)
+        record = {"cell": f"model/{key}", **_spec_fields(spec, key), "status": "failed", "error": error}
         if trace:
             record["traceback"] = trace
         record = self._stamp(record, spec)
-        self.store.save("model", spec.key, record)
+        self.store.save("model", key, record)
         return record
 
     def _guarded(self, build: Any) -> tuple[Any, str | None]:
@@ -228,10 +234,11 @@ class Harness:
     def _poisoned(self, spec: AttackSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The victim's training set under ``spec`` (x, y, poison mask), built once per seed and shared by the attacked
         model, its defenses and filtered retraining."""
-        if spec.key not in self._poisoned_sets:
+        key = self._key(spec)
+        if key not in self._poisoned_sets:
             native = {"native": "padded"} if self._native(spec) and isinstance(self.x_train, FileImageSet) else {}
-            self._poisoned_sets[spec.key] = poison_training_set(spec, self.x_train, self.y_train, **native)
-        return self._poisoned_sets[spec.key]
+            self._poisoned_sets[key] = poison_training_set(spec, self.x_train, self.y_train, **native)
+        return self._poisoned_sets[key]
 
     def _projection_sample(self, outcome: AttackOutcome, seed: int, n_clean: int = 1000) -> dict[str, np.ndarray]:
         """Pooled features of every poisoned row and a seeded sample of clean rows (for the 2-D projection)."""
@@ -262,8 +269,9 @@ class Harness:
     def _run_defense(self, dspec: DefenseSpec, spec: AttackSpec, model_record: dict[str, Any],
                      estimator: MedCLIPEstimator, base: MedCLIPEstimator, context: EvaluationContext) -> bool:
         """Run one defense cell and save its record; True when the defense changed the shared model in place."""
-        key = f"{spec.key}+{dspec.name}"
-        record: dict[str, Any] = {"cell": f"defense/{key}", **_spec_fields(spec), "defense": dspec.name,
+        model_key = self._key(spec)
+        key = f"{model_key}+{dspec.name}"
+        record: dict[str, Any] = {"cell": f"defense/{key}", **_spec_fields(spec, model_key), "defense": dspec.name,
                                   "params": dspec.params, "ca_before": model_record["ca"],
                                   "asr_before": model_record["asr"]}
         truth = self._truth
@@ -349,15 +357,21 @@ class Harness:
 
     # ------------------------------------------------------------------ the study
     def run(self) -> StudyResult:
-        """Run every missing cell and return all records (finished ones are read back, not recomputed)."""
+        """Run every missing cell and return all records (finished ones are read back, not recomputed). The output
+        folder is locked for the run (``folder_lock``: a second run on it is refused before touching any cell), and
+        what a killed run left half-written there (staging folders, temp files) is removed first."""
         result = StudyResult([], [], self.output_dir)
         self._warned = set()
-        try:
-            self._run_cells(result)
-        except KeyboardInterrupt:
-            result.interrupted = True
-            if self.verbose:
-                print("interrupted: the tables hold the cells finished so far; run again to resume")
+        with folder_lock(self.output_dir):
+            if is_main_process():
+                for path in remove_leftovers(self.output_dir):
+                    warnings.warn(f"removed {path}, left half-written by an interrupted run", stacklevel=2)
+            try:
+                self._run_cells(result)
+            except KeyboardInterrupt:
+                result.interrupted = True
+                if self.verbose:
+                    print("interrupted: the tables hold the cells finished so far; run again to resume")
         if self.stale and self.verbose:
             print(f"recomputed {len(self.stale)} cell(s) computed by other artmed code (--reuse-stale keeps them)")
         return result
@@ -373,19 +387,20 @@ class Harness:
                 self._load_data(seed)
                 base, base_error = self._guarded(self._base_model)
                 loaded = seed
-            bar.set_postfix_str(spec.key)
+            key = self._key(spec)
+            bar.set_postfix_str(key)
             if base is None:
                 record, estimator = self._failed_model(spec, f"base model: {base_error}", None), None
             else:
                 record, estimator = self._model_cell(spec, base)
             sample = record.pop("arrays", None) or {}
             if "projection_features" in sample:
-                projections[spec.key] = (np.asarray(sample["projection_features"]),
+                projections[key] = (np.asarray(sample["projection_features"]),
                                          np.asarray(sample["projection_mask"], dtype=bool))
             models.append(record)
             wanted = [d for d in cfg.defenses if d.runs_on(spec.attack)]
             if estimator is None:
-                defenses += [{"cell": f"defense/{spec.key}+{d.name}", **_spec_fields(spec), "defense": d.name,
+                defenses += [{"cell": f"defense/{key}+{d.name}", **_spec_fields(spec, key), "defense": d.name,
                               "seed": seed, "status": "skipped", "error": f"the model failed: {record['error']}"}
                              for d in wanted]
                 continue
@@ -393,23 +408,24 @@ class Harness:
                 self._run_defenses(spec, record, estimator, base, wanted)
             finally:  # also on Ctrl-C: the tables keep every defense cell written so far
                 for dspec in wanted:
-                    cell = self._current("defense", f"{spec.key}+{dspec.name}")
+                    cell = self._current("defense", f"{key}+{dspec.name}")
                     if cell is not None:
                         arrays[cell["cell"]] = cell.pop("arrays", None) or {}
                         defenses.append(cell)
-                self._poisoned_sets.pop(spec.key, None)
+                self._poisoned_sets.pop(key, None)
         return result
 
     def _run_defenses(self, spec: AttackSpec, record: dict[str, Any], estimator: MedCLIPEstimator,
                       base: MedCLIPEstimator, wanted: list[DefenseSpec]) -> None:
         """Every defense cell of one model not finished yet; a defense that changed the model gets it reloaded."""
-        pending = [d for d in wanted if not self._finished("defense", f"{spec.key}+{d.name}", spec, d)]
+        key = self._key(spec)
+        pending = [d for d in wanted if not self._finished("defense", f"{key}+{d.name}", spec, d)]
         if not pending:
             return
         context = self._context(spec, estimator)
-        for dspec in tqdm(pending, desc=f"defenses on {spec.key}", disable=not self.verbose, leave=False):
+        for dspec in tqdm(pending, desc=f"defenses on {key}", disable=not self.verbose, leave=False):
             if self._run_defense(dspec, spec, record, estimator, base, context):
-                estimator = self._load_model(self.output_dir / "models" / spec.key)
+                estimator = self._load_model(self.output_dir / "models" / key)
                 context = self._context(spec, estimator)
 
     def _context(self, spec: AttackSpec, estimator: MedCLIPEstimator) -> EvaluationContext:
@@ -433,6 +449,8 @@ class Harness:
             record = self.store.load(kind, key, arrays=False)
         except KeyError:
             return False
+        if not self._valid(kind, key, record):
+            return False
         if self._stale(record):
             self.stale.append(key)
             return False
@@ -448,7 +466,28 @@ class Harness:
             record = self.store.load(kind, key)
         except KeyError:
             return None
-        return None if self._stale(record) else record
+        return None if self._stale(record) or not self._valid(kind, key, record) else record
+
+    def _key(self, spec: AttackSpec) -> str:
+        """The name of ``spec``'s cells and model folder (``StudyConfig.attack_key``)."""
+        return self.config.attack_key(spec)
+
+    def _valid(self, kind: str, key: str, record: dict[str, Any]) -> bool:
+        """True when ``record`` has the fields its kind needs, of their types (``RECORD_FIELDS``); else a warning
+        naming the file and the field, and the cell counts as missing (recomputed), never as finished."""
+        status = record.get("status", "ok")
+        which = "base" if kind == "model" and key.startswith("base-") else kind
+        fields = {"settings": (dict,), "status": (str,)}
+        if status == "ok":
+            fields.update(RECORD_FIELDS.get(which, {}))
+        for name, types in fields.items():
+            value = record.get(name, "ok" if name == "status" else _MISSING)
+            if value is _MISSING or isinstance(value, bool) or not isinstance(value, types):
+                got = "missing" if value is _MISSING else f"{value!r} ({type(value).__name__})"
+                warnings.warn(f"ignoring result cell {self.store.cell_path(kind, key)}: field {name!r} must be "
+                              f"{_type_names(types)}, got {got}; it will be recomputed", stacklevel=3)
+                return False
+        return True
 
     def _stale(self, record: dict[str, Any]) -> bool:
         """True when ``record`` was computed by other artmed code and ``reuse_stale`` does not keep it."""
@@ -471,6 +510,23 @@ class Harness:
                defense: DefenseSpec | None = None) -> dict[str, Any]:
         return {**record, "settings": self._settings(spec, defense), "config": self.config.to_dict(),
                 "seed": self.seed, "provenance": self.store.provenance(), "world_size": world_size()}
+
+
+_MISSING = object()
+_NUMBER = (int, float)
+RECORD_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
+    "base": {"final_loss": _NUMBER},
+    "model": {"ca": _NUMBER, "asr": (*_NUMBER, type(None)), "n_poison": (int,)},
+    "defense": {"ca_before": (*_NUMBER, type(None)), "asr_before": (*_NUMBER, type(None))},
+}
+"""The fields a finished cell (status "ok") must hold to be reused, with their JSON types (None: a NaN saved), by
+kind ("base": a seed's base model cell). Every cell also needs its ``settings`` (a mapping)."""
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    """``types`` in words, e.g. "a number or null" (an int is a number)."""
+    names = {int: "an integer", float: "a number", dict: "a mapping", str: "a string", type(None): "null"}
+    return " or ".join(names[t] for t in types if not (t is int and float in types))
 
 
 @dataclass(frozen=True)
@@ -541,8 +597,8 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _spec_fields(spec: AttackSpec) -> dict[str, Any]:
-    return {"attack_key": spec.key, "attack": spec.attack, "trigger": spec.trigger if spec.attack != "clean" else None,
+def _spec_fields(spec: AttackSpec, key: str) -> dict[str, Any]:
+    return {"attack_key": key, "attack": spec.attack, "trigger": spec.trigger if spec.attack != "clean" else None,
             "percent_poison": spec.percent_poison if spec.uses_badmatch else 0.0, "target": spec.target,
             "attack_seed": spec.seed}
 

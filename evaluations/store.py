@@ -8,11 +8,15 @@ or the new one; a torn, truncated or dangling cell is reported with a warning an
 
 JSON is strict (RFC 8259): numpy scalars become Python numbers, small arrays lists, and NaN/±inf become ``null`` —
 a loaded record holds ``None`` where a NaN was saved (the report functions treat ``None`` as missing).
+
+One run at a time writes an output folder: ``folder_lock`` holds ``<folder>/.lock`` (flock, naming the holder) for the
+run, and ``remove_leftovers`` then clears what a killed writer left half-written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import importlib
@@ -22,13 +26,16 @@ import math
 import os
 import platform
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import uuid
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -36,10 +43,11 @@ from typing import Any
 
 import numpy as np
 
-from artmed.distributed import barrier, is_main_process
+from artmed.distributed import all_reduce_mean, barrier, is_main_process
 from artmed.files import default_mode, fsync_dir
 
-__all__ = ["ResultStore", "atomic_write", "cell_key", "provenance", "source_hash", "to_jsonable", "tree_hash"]
+__all__ = ["FolderLockedError", "ResultStore", "atomic_write", "cell_key", "folder_lock", "provenance",
+           "remove_leftovers", "source_hash", "to_jsonable", "tree_hash"]
 
 FORMAT = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
@@ -76,6 +84,83 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
         raise
     fsync_dir(path.parent)
     return path
+
+
+class FolderLockedError(ValueError):
+    """Another process holds the output folder's lock: two runs writing one folder would overwrite each other's
+    cells."""
+
+
+_HELD: dict[Path, int] = {}
+"""Output folders this process holds the lock of, with how many ``folder_lock`` blocks hold it (re-entrant)."""
+_FDS: dict[Path, int] = {}
+"""The open ``.lock`` file of each folder in ``_HELD`` (rank 0's): closing it releases the flock."""
+
+
+@contextmanager
+def folder_lock(folder: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` for the block: ``flock`` on ``folder/.lock``, which names the holder (PID,
+    host, start time). Another process asking for it gets a ``FolderLockedError`` naming the holder at once. The OS
+    releases an flock when its process dies, so a lock file left by a killed run blocks nothing. Re-entrant within a
+    process. Under ``torchrun`` rank 0 alone takes it, and every rank raises when rank 0 could not (no rank is left
+    waiting in a collective)."""
+    folder = Path(folder).absolute()
+    error = _take_lock(folder) if is_main_process() and folder not in _HELD else None
+    refused = float(all_reduce_mean(1.0 if error else 0.0)) > 0
+    if error is not None:
+        raise error
+    if refused:
+        raise FolderLockedError(f"output folder {folder} is in use by another artmed run (see rank 0's error)")
+    _HELD[folder] = _HELD.get(folder, 0) + 1
+    try:
+        yield
+    finally:
+        _HELD[folder] -= 1
+        if not _HELD[folder]:
+            del _HELD[folder]
+            fd = _FDS.pop(folder, None)
+            if fd is not None:
+                os.close(fd)
+
+
+def _take_lock(folder: Path) -> FolderLockedError | None:
+    """Lock ``folder`` for this process (its descriptor kept in ``_FDS``), or the error naming the holder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, default_mode())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        holder = path.read_text(encoding="utf-8", errors="replace").strip() or "a process that has not said who it is"
+        return FolderLockedError(f"output folder {folder} is in use by another artmed run ({holder}); wait for it to "
+                                 "finish or use another output folder")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n".encode(), 0)
+    _FDS[folder] = fd
+    return None
+
+
+def remove_leftovers(folder: str | Path) -> list[Path]:
+    """Remove what a killed writer left under ``folder``: staging folders of model saves (``.<name>.tmp-*``), temp
+    files of atomic writes (``.<name>.<random>.tmp``) and the old copy of a replaced folder (``.<name>.old-*``) whose
+    new copy is in place. Only safe while ``folder_lock`` is held (no live writer); returns what it removed."""
+    removed = []
+    for path in sorted(Path(folder).rglob(".*")):
+        if _leftover(path):
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _leftover(path: Path) -> bool:
+    """True for a staging folder, an atomic write's temp file, or a replaced folder's old copy beside its new one."""
+    if re.match(r"^\..+\.tmp-[^/]+$", path.name):
+        return path.is_dir()
+    if re.match(r"^\..+\.tmp$", path.name):
+        return path.is_file()
+    old = re.match(r"^\.(.+)\.old-[0-9a-f]{8}$", path.name)
+    return old is not None and path.is_dir() and (path.parent / old.group(1)).exists()
 
 
 def cell_key(parts: Mapping[str, Any]) -> str:

@@ -44,6 +44,7 @@ from artmed.evaluations.report import (
     plot_trigger_examples,
     write_table,
 )
+from artmed.evaluations.store import folder_lock
 from artmed.evaluations.verdicts import format_verdicts, verdicts
 
 MODEL_COLUMNS = ["attack", "trigger", "percent_poison", "seed", "status", "n_poison", "ca", "asr", "asr_all", "ra",
@@ -226,7 +227,9 @@ def run_study(config: StudyConfig, verbose: bool = True,
               reuse_stale: bool = False) -> tuple[StudyResult, dict[str, Path]]:
     """Run (or resume) a study and write its outputs. Under ``torchrun`` every rank runs it (training data-parallel,
     the rest repeated) and rank 0 alone writes and shows progress; the other ranks get no paths."""
-    result = Harness(config, verbose=verbose and is_main_process(), reuse_stale=reuse_stale).run()
-    paths = write_outputs(result) if is_main_process() else {}
+    harness = Harness(config, verbose=verbose and is_main_process(), reuse_stale=reuse_stale)
+    with folder_lock(harness.output_dir):  # held over the tables too: no other run writes the folder meanwhile
+        result = harness.run()
+        paths = write_outputs(result) if is_main_process() else {}
     barrier()
     return result, paths

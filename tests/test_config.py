@@ -3,6 +3,7 @@ and parameters are refused before any training (``artmed run`` and ``artmed benc
 
 import math
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -192,3 +193,36 @@ def test_bench_checks_its_output_before_running(tmp_path, monkeypatch, capsys, o
         bench.main(["--out", str(tmp_path / out)])
     assert main(["bench", "--out", str(tmp_path / out)]) == 2
     assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("seed: 1\ntrain: {steps: 5}\nseed: 2\n", r"key 'seed' given twice \(lines 1 and 3\)"),
+    ("train:\n  lr: 0.1\n  steps: 3\n  lr: 0.2\n", r"key 'lr' given twice \(lines 2 and 4\)"),
+])
+def test_duplicate_yaml_keys_are_an_error(tmp_path, text, message):
+    with pytest.raises(ValueError, match=message):
+        load(tmp_path, text)
+
+
+def test_cuda_without_cuda_is_refused_before_any_work(tmp_path, capsys, no_work, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main(["run", "--preset", "quick", "--output", str(tmp_path / "out"), "--device", "cuda", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"config\.device: device 'cuda' requested but CUDA is not available", err), err
+    assert not (tmp_path / "out" / "cells").exists()
+
+
+def test_attacks_differing_only_in_target_or_params_get_their_own_cells():
+    from artmed.evaluations.study import default_config, sweep_config
+
+    specs = [AttackSpec("badmatch"), AttackSpec("badmatch", target="Pneumonia"),
+             AttackSpec("badmatch", trigger_params={"size": 6})]
+    config = StudyConfig(attacks=specs)
+    keys = [config.attack_key(s) for s in specs]
+    assert len(set(keys)) == 3 and all(k.startswith("badmatch-patch-p0.01-s0-") for k in keys)
+    assert config.attack_key(replace(specs[1], seed=3)).startswith("badmatch-patch-p0.01-s3-")
+    with pytest.raises(ValueError, match=r"attacks listed twice .*: attacks\[0\] = attacks\[1\]"):
+        StudyConfig(attacks=[AttackSpec("badmatch"), AttackSpec("badmatch", seed=1)])  # the study's seeds replace it
+    for preset in (default_config, sweep_config):  # no collision: the existing cell and model names stay
+        config = preset("out")
+        assert [config.attack_key(s) for s in config.attacks] == [s.key for s in config.attacks]

@@ -1,6 +1,8 @@
 """The evaluation harness end to end: outputs and provenance, resume, failing plugins, config checks, the CLI."""
 
+import fcntl
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -325,3 +327,41 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     path.write_text("trian: {steps: 3}\n")
     assert main(["run", "--config", str(path), "--quiet"]) == 2
     assert "unknown key(s) ['trian']" in capsys.readouterr().err
+
+
+def test_a_second_run_on_a_locked_folder_is_refused_before_any_cell(quick_copy, spies, capsys):
+    (quick_copy / ".lock").write_text("pid 4242 on elsewhere since 2026-01-01T00:00:00+00:00\n")
+    fd = os.open(quick_copy / ".lock", os.O_RDWR)  # another run holds the folder
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    staging = quick_copy / "models" / ".base-s0.tmp-k3j2h1"
+    staging.mkdir()
+    cells = {p: p.read_bytes() for p in (quick_copy / "cells").rglob("*.json")}
+    try:
+        assert main(["run", "--preset", "quick", "--output", str(quick_copy), "--seed", "1", "--quiet"]) == 2
+    finally:
+        os.close(fd)
+    err = capsys.readouterr().err
+    assert "in use by another artmed run (pid 4242 on elsewhere" in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in (quick_copy / "cells").rglob("*.json")} == cells
+    assert staging.is_dir() and spies == {"fit": 0, "attacks": [], "defenses": []}
+    with pytest.warns(UserWarning, match=r"removed .*\.base-s0\.tmp-k3j2h1, left half-written"):
+        Harness(quick_config(str(quick_copy)), verbose=False).run()  # the holder is gone: it runs, and cleans up
+    assert not staging.exists() and spies == {"fit": 0, "attacks": [], "defenses": []}
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda record: record.update(ca="0.9"), "ca"),
+    (lambda record: [record.pop("ca"), record.pop("asr")], "ca"),
+    (lambda record: record.update(n_poison=2.5), "n_poison"),
+])
+def test_a_malformed_cell_is_recomputed_not_reused(quick_study, quick_copy, spies, edit, field):
+    path = quick_copy / "cells" / "model" / f"{POISONED}.json"
+    cell = json.loads(path.read_text())
+    edit(cell["record"])
+    path.write_text(json.dumps(cell))
+    with pytest.warns(UserWarning, match=rf"ignoring result cell .*{POISONED}\.json: field '{field}' must be"):
+        result = Harness(quick_config(str(quick_copy)), verbose=False).run()
+    assert spies["attacks"] == [POISONED] and spies["defenses"] == []
+    model = next(m for m in result.models if m["attack_key"] == POISONED)
+    assert isinstance(model["ca"], float) and model["ca"] == pytest.approx(
+        next(m for m in quick_study[0].models if m["attack_key"] == POISONED)["ca"])

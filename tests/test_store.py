@@ -1,5 +1,6 @@
 """ResultStore: atomic cells, resume semantics, corrupt cells treated as missing, provenance."""
 
+import fcntl
 import json
 import os
 import re
@@ -8,7 +9,15 @@ import numpy as np
 import pytest
 
 from artmed.evaluations import store as store_module
-from artmed.evaluations.store import ResultStore, cell_key, provenance, to_jsonable
+from artmed.evaluations.store import (
+    FolderLockedError,
+    ResultStore,
+    cell_key,
+    folder_lock,
+    provenance,
+    remove_leftovers,
+    to_jsonable,
+)
 
 
 def _record(seed=0):
@@ -179,3 +188,53 @@ def test_provenance_keys(tmp_path):
     assert git is None or (re.fullmatch(r"[0-9a-f]{40}", git["commit"]) and isinstance(git["dirty"], bool))
     assert store_module._git_state(tmp_path) is None  # not a git checkout
     json.dumps(info, allow_nan=False)
+
+
+def _hold(folder, holder="pid 4242 on elsewhere since 2026-01-01T00:00:00+00:00"):
+    """Lock ``folder`` as another run would (a separate open file description), naming ``holder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ".lock").write_text(holder + "\n")
+    fd = os.open(folder / ".lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def test_folder_lock_refuses_a_second_run_naming_the_holder(tmp_path):
+    fd = _hold(tmp_path / "out")
+    with pytest.raises(FolderLockedError, match=r"out is in use by another artmed run \(pid 4242 on elsewhere"):
+        with folder_lock(tmp_path / "out"):
+            pytest.fail("the lock was taken twice")
+    os.close(fd)  # the holder exits (or is killed: the OS releases its flock); its lock file stays behind
+    with folder_lock(tmp_path / "out"):
+        assert (tmp_path / "out" / ".lock").read_text().startswith(f"pid {os.getpid()} on ")
+        with folder_lock(tmp_path / "out"):  # re-entrant within the process
+            pass
+        fd = os.open(tmp_path / "out" / ".lock", os.O_RDWR)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(fd)
+
+
+def test_folder_lock_is_released_when_the_block_raises(tmp_path):
+    with pytest.raises(RuntimeError, match="boom"):
+        with folder_lock(tmp_path):
+            raise RuntimeError("boom")
+    os.close(_hold(tmp_path))  # nobody holds it any more
+
+
+def test_leftovers_of_killed_writers_are_removed(tmp_path):
+    models, cells = tmp_path / "models", tmp_path / "cells" / "model"
+    staging = models / ".base-s0.tmp-k3j2h1"
+    staging.mkdir(parents=True)
+    (staging / "model.safetensors").write_bytes(b"half")
+    cells.mkdir(parents=True)
+    torn = cells / ".clean-s0.json.a1b2c3.tmp"
+    torn.write_text("{")
+    (models / "clean-s0").mkdir()
+    old = models / ".clean-s0.old-0123abcd"
+    old.mkdir()
+    orphan = models / ".gone-s0.old-0123abcd"  # its new copy never arrived: the only copy, kept
+    orphan.mkdir()
+    (cells / "clean-s0.json").write_text("{}")
+    assert sorted(remove_leftovers(tmp_path)) == sorted([staging, torn, old])
+    assert orphan.is_dir() and (models / "clean-s0").is_dir() and (cells / "clean-s0.json").is_file()
