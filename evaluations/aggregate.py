@@ -52,14 +52,19 @@ UNIT_METRICS = frozenset({"ca", "asr", "asr_all", "ra", "auroc", "tpr_at_fpr5", 
                           "der", "frr", "far", "model_flagged", "mask_overlap"})
 """Metrics that are shares or probabilities, in [0, 1] (``far_frr<r>`` too)."""
 COSINE_METRICS = frozenset({"baddist_cos_clean", "baddist_cos_trigger", "heldout_cos_clean", "heldout_cos_trigger"})
+COUNT_METRICS = frozenset({"n_poison", "unexamined"})
+"""Metrics that count rows, in [0, inf)."""
 
 
 def metric_range(metric: str) -> tuple[float, float] | None:
-    """The values ``metric`` can take: (0, 1) for rates, AUROC and DER, (-1, 1) for cosines, None when unbounded."""
+    """The values ``metric`` can take: (0, 1) for rates, AUROC and DER, (-1, 1) for cosines, (0, inf) for counts,
+    None when unbounded."""
     if metric in UNIT_METRICS or metric.startswith("far_frr"):
         return 0.0, 1.0
     if metric in COSINE_METRICS:
         return -1.0, 1.0
+    if metric in COUNT_METRICS:
+        return 0.0, math.inf
     return None
 
 

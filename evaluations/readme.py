@@ -7,18 +7,20 @@ equal and every number of the *checked* part within its tolerance, else it lists
 runs it after the README's ``artmed run``).
 
 The checked part holds the attacked models whose backdoor comes from poisoned training (CA, ASR, ASR_all, RA, and
-BadDist's cosines), the detectors, mitigations and input screens on them, and the verdict table
-(``artmed.evaluations.verdicts``). After the ``UNCHECKED`` marker comes BadDist without poisoned data and the
-defenses on it: measured to move between x86 machines by more than any useful tolerance (the same study with AVX2
-instead of AVX-512 kernels, same seeds: ASR 0.32 vs 0.00 on seed 0; where the triggered cluster lands is
-arbitrary). It is written from the same run and not compared.
+BadDist's cosines). After the ``UNCHECKED`` marker come BadDist without poisoned data, every defense table and the
+verdict table (``artmed.evaluations.verdicts``), written from the same run and not compared: between two real
+machines (2-core AMD EPYC with AVX-512, and one with AVX2 only; same code and seeds) one seed's BadDist + BadMatch
+model moved from ASR 0.99 to 0.74, and the defenses on such a model change whole (SPECTRE caught all 20 poisoned
+images of one and none of the other), which no tolerance short of the metric's range absorbs. ``check`` still compares
+defense and verdict rows placed above the marker, as follows.
 
 Verdicts: the README's verdict must be one the fresh run can give when each seed's statistic moves by its drift
 (``verdicts.reachable``): a decided verdict may read "inconclusive" on another machine and the reverse, but
 "detects" never passes against a fresh "does not detect" beyond the drift.
 
-Numbers: each column has a per-seed drift d (``verdicts.DRIFT``: ``tolerance``, default 0.1, for the attacked
-models' metrics, measured at most 0.08; 0.2 for the defenses' metrics, measured on the mitigations' ASR after), and a
+Numbers: each column has a per-seed drift d (``verdicts.DRIFT``: for the attacked models' CA and cosines
+``tolerance``, default 0.1; for their ASR, ASR_all and RA 0.3, measured 0.25 between the two machines above; 0.2 for
+the defenses' metrics, measured on the mitigations' ASR after), and a
 defense in ``verdicts.WHOLE_SEED`` (activation clustering) may also change k = 1 seed anywhere in the metric's range
 R (1 for rates). For n seeds: a mean moves at most ((n-k)·d + k·R)/n; a sample standard deviation, ||Δx||/sqrt(n-1)
 at most, by at most sqrt(((n-k)·d² + k·R²)/(n-1)) (d·sqrt(n/(n-1)) ≤ 1.23 d for k = 0, n ≥ 3); a 95 % bound
@@ -49,7 +51,7 @@ from artmed.evaluations.aggregate import (
     metric_range,
 )
 from artmed.evaluations.report import read_table
-from artmed.evaluations.verdicts import Drift, describe, drift, format_verdicts, verdicts
+from artmed.evaluations.verdicts import DRIFT, Drift, describe, drift, format_verdicts, verdicts
 
 __all__ = ["BEGIN", "END", "UNCHECKED", "DEFAULT_TOLERANCE", "render", "update", "check"]
 
@@ -78,27 +80,23 @@ def _render(output_dir: str | Path) -> tuple[str, list[dict[str, Any]]]:
     per_seed = _table(out / "defenses.json", required=False)
     seeds = sorted({int(s) for row in models for s in str(row.get("seeds") or "").split()})
     keys = ("attack", "trigger", "percent_poison")
-    stable = [r for r in defenses if r.get("attack") != "baddist"]
-    checked = verdicts([r for r in per_seed if r.get("attack") != "baddist"])
+    checked: list[dict[str, Any]] = []
     parts = [BEGIN, "",
              f"Attacked models, mean ± std over seeds {seeds} and the 95 % t-interval of the mean (kept inside the "
              "metric's range); cos = the BadDist encoder's cosine to the base encoder on held-out clean / triggered "
              "test images:", "",
              format_summary([r for r in models if r.get("attack") != "baddist"], keys, SHOWN_MODEL_METRICS, digits=3)]
-    parts += _defense_tables(stable, "the detection defenses on the poisoned training set (tpr_at_fpr5: TPR of the "
-                                     "defense's scores at 5 % FPR; tpr / fpr: of the samples it flags),")
-    if checked:
-        parts += ["", f"and what they show over the seeds (`artmed.evaluations.verdicts`: {describe()}; per seed: the "
-                      "deciding statistic):", "", format_verdicts(checked)]
     parts += ["", UNCHECKED, "",
-              "Not stable across machines (see `artmed.evaluations.readme`), so not claims: BadDist alone (no "
+              "Not stable across machines (see `artmed.evaluations.readme`), so not checked: BadDist alone (no "
               "poisoned data),", "",
               format_summary([r for r in models if r.get("attack") == "baddist"], keys, SHOWN_MODEL_METRICS, digits=3)]
-    parts += _defense_tables([r for r in defenses if r.get("attack") == "baddist"], "the detection defenses on its "
-                                                                                     "clean training set,")
-    unstable = verdicts([r for r in per_seed if r.get("attack") == "baddist"])
-    if unstable:
-        parts += ["", "and their verdicts,", "", format_verdicts(unstable)]
+    parts += _defense_tables(defenses, "the detection defenses on the training set (tpr_at_fpr5: TPR of the "
+                                       "defense's scores at 5 % FPR; tpr / fpr: of the samples it flags; unexamined: "
+                                       "rows in groups too small to analyse),")
+    found = verdicts(per_seed)
+    if found:
+        parts += ["", f"and what they show over the seeds (`artmed.evaluations.verdicts`: {describe()}; per seed: the "
+                      "deciding statistic):", "", format_verdicts(found)]
     return "\n".join(parts + ["", END]), checked
 
 
@@ -160,7 +158,8 @@ def check(readme: str | Path, output_dir: str | Path, tolerance: float = DEFAULT
             elif verdict is not None and column == "per seed":
                 problem = _compare_seeds(a, b, verdict["drift"])
             else:
-                change = Drift(tolerance) if "defense" not in row else drift(column, row["defense"])
+                change = Drift(max(tolerance, DRIFT.get(column, 0.0))) if "defense" not in row else drift(
+                    column, row["defense"])
                 problem = _compare(a, b, _limits(change, n, metric_range(column)))
             if problem:
                 problems.append(f"line {number}: {column}: {problem} (README {a!r}, fresh run {b!r})")

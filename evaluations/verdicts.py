@@ -8,7 +8,7 @@ at least T + m, *no* when at most T - m, *undecided* in between:
   positives, whatever share the defense flags itself);
 - input screen: 1 - ``far_frr5`` (the triggered inputs rejected while 5 % of the clean ones are), the same statistic
   and T: "detects" / "does not detect";
-- mitigation: ``asr_before - asr_after`` (the ASR removed), T = 0.25: "mitigates" / "does not mitigate"; a yes seed
+- mitigation: ``asr_before - asr_after`` (the ASR removed), T = 0.3: "mitigates" / "does not mitigate"; a yes seed
   must also keep CA (``ca_before - ca_after`` at most ``CA_LOSS``), else it is undecided;
 - model verdict: whether ``model_flagged`` matches the truth (attacked models are backdoored), T = 0.5, m = 0.5:
   "correct" / "wrong".
@@ -35,14 +35,20 @@ __all__ = ["DRIFT", "WHOLE_SEED", "CA_LOSS", "RULES", "Drift", "Rule", "describe
            "format_verdicts"]
 
 MODEL_DRIFT = 0.1
-"""d for the attacked models' metrics (CA, ASR, ASR_all, RA, cosines): largest per-seed change measured between
-AVX-512 and AVX2 kernels, same seeds: CA 0.025, ASR / RA 0.08, ASR_all 0.04, cosines 0.005 (``readme``)."""
+"""d for the attacked models' CA and cosines: largest per-seed change measured between AVX-512 and AVX2 kernels on
+one machine, same seeds: CA 0.025, cosines 0.005 (``readme``)."""
+ASR_DRIFT = 0.3
+"""d for the attacked models' ASR, ASR_all and RA. Between two real machines, same code (eb375ce) and seeds, the
+default study's BadDist + BadMatch ASR moved by 0.08, 0.25 and 0.00 on seeds 0, 1, 2 (2-core AMD EPYC with AVX-512:
+0.98 / 0.99 / 1.00; 2-core AMD EPYC with AVX2 only: 0.90 / 0.74 / 1.00); emulating AVX2 on the AVX-512 machine had
+moved it by at most 0.08."""
 DEFENSE_DRIFT = 0.2
 """d for the defenses' metrics: the mitigations' ASR after moved up to 0.20 between those two runs; the detectors'
 and STRIP's metrics were not measured apart from activation clustering's, so they get the same d."""
 DRIFT: dict[str, float] = {
-    **dict.fromkeys(("ca", "asr", "asr_all", "ra", "ca_before", "asr_before", "baddist_cos_clean",
-                     "baddist_cos_trigger", "heldout_cos_clean", "heldout_cos_trigger"), MODEL_DRIFT),
+    **dict.fromkeys(("ca", "ca_before", "baddist_cos_clean", "baddist_cos_trigger", "heldout_cos_clean",
+                     "heldout_cos_trigger"), MODEL_DRIFT),
+    **dict.fromkeys(("asr", "asr_all", "ra", "asr_before"), ASR_DRIFT),
     **dict.fromkeys(("auroc", "tpr_at_fpr5", "tpr", "fpr", "precision", "f1", "removed", "ca_after", "asr_after",
                      "asr_all_after", "ra_after", "der", "far_frr1", "far_frr5", "frr", "far"), DEFENSE_DRIFT),
     "model_flagged": 0.0,
@@ -92,7 +98,7 @@ RULES: dict[str, Rule] = {
     "detection": Rule("detection", "tpr_at_fpr5", 0.5, DRIFT["tpr_at_fpr5"] / 2 + SLACK, "detects",
                       "does not detect"),
     "input": Rule("input", "1 - far_frr5", 0.5, DRIFT["far_frr5"] / 2 + SLACK, "detects", "does not detect"),
-    "mitigation": Rule("mitigation", "asr_before - asr_after", 0.25,
+    "mitigation": Rule("mitigation", "asr_before - asr_after", 0.3,
                        (DRIFT["asr_before"] + DRIFT["asr_after"]) / 2 + SLACK, "mitigates", "does not mitigate"),
     "model": Rule("model", "flag matches truth", 0.5, 0.5, "correct", "wrong"),
 }
@@ -106,7 +112,8 @@ def verdicts(records: Sequence[Mapping[str, Any]], keys: Sequence[str] = ("attac
     A row holds the keys, ``kind``, ``n`` (seeds with the statistic), ``statistic``, ``values`` (per seed, in record
     order), ``verdict``, ``reachable`` (the verdicts within the machine-to-machine drift) and ``drift`` (the
     statistic's, a ``Drift``); groups without the
-    statistic on any seed (detectors on data without poison) get no row.
+    statistic on any seed (detectors on data without poison) get no row, and neither do input screens and mitigations
+    of the clean model (no backdoor to detect or remove).
     """
     groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
     for record in records:
@@ -115,7 +122,7 @@ def verdicts(records: Sequence[Mapping[str, Any]], keys: Sequence[str] = ("attac
     rows = []
     for group in groups.values():
         kind = _kind(group[0])
-        if kind is None:
+        if kind is None or (kind in ("input", "mitigation") and group[0].get("attack") == "clean"):
             continue
         rule = RULES[kind]
         seeds = [s for s in (_seed(rule, r) for r in group) if s is not None]

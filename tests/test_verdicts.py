@@ -52,9 +52,10 @@ def test_verdicts_need_every_seed_past_the_margin():
         ("spectre", "detects"), ("activation_clustering", "inconclusive"), ("scan", "does not detect"),
         ("spectral_signatures", "inconclusive")]  # no row without the statistic
     assert rows[0]["values"] == [1.0, 0.95, 1.0] and rows[0]["n"] == 3
-    assert verdicts(_mitigation((0.8,) * 3, (0.3,) * 3))[0]["verdict"] == "mitigates"
-    assert verdicts(_mitigation((0.8,) * 3, (0.3,) * 3, ca_lost=0.1))[0]["verdict"] == "inconclusive"  # CA not kept
-    assert verdicts(_mitigation((0.8,) * 3, (0.75,) * 3))[0]["verdict"] == "does not mitigate"
+    assert verdicts(_mitigation((0.9,) * 3, (0.3,) * 3))[0]["verdict"] == "mitigates"
+    assert verdicts(_mitigation((0.8,) * 3, (0.3,) * 3))[0]["verdict"] == "inconclusive"  # 0.5 < 0.3 + margin 0.26
+    assert verdicts(_mitigation((0.9,) * 3, (0.3,) * 3, ca_lost=0.1))[0]["verdict"] == "inconclusive"  # CA not kept
+    assert verdicts(_mitigation((0.8,) * 3, (0.78,) * 3))[0]["verdict"] == "does not mitigate"
     screens = [{"attack": "badmatch", "defense": "strip", "kind": "input", "seed": s, "far_frr5": 0.2} for s in SEEDS]
     assert verdicts(screens)[0]["verdict"] == "detects" and verdicts(screens)[0]["values"] == [0.8] * 3
     model = [{"attack": a, "defense": "decree", "kind": "model", "seed": s, "model_flagged": 1.0}
@@ -134,33 +135,21 @@ def _study(out, shift=0.0, ac=(0.0, 0.0, 0.75), mitigations=True):
     return out
 
 
-def test_readme_checks_defense_tables_and_verdicts(tmp_path):
+def test_readme_lists_defense_tables_and_verdicts_unchecked(tmp_path):
+    """The defenses sit below the check line: between real AVX-512 and AVX2 machines a seed's backdoored model can
+    change enough (BadDist + BadMatch ASR 0.99 vs 0.74 on one seed) that SPECTRE's catch on it flips whole, so only the
+    attacked models are compared (ASR within ASR_DRIFT, CA within the tolerance)."""
     path = tmp_path / "README.md"
     path.write_text(f"{readme.BEGIN}\n{readme.END}\n")
     readme.update(path, _study(tmp_path / "a"))
-    text = path.read_text()
-    checked = text.split(readme.UNCHECKED)[0]
-    assert "| badmatch | spectre | detection | 3 | tpr_at_fpr5 | 1.00 1.00 1.00 | detects |" in checked
-    assert "| activation_clustering | detection | 3 | tpr_at_fpr5 | 0.00 0.00 0.75 | inconclusive |" in checked
-    assert "| cleanclip | mitigation | 3 | asr_before - asr_after | 0.72 0.72 0.72 | mitigates |" in checked
-    assert "| activation_clustering | 3 | 0.900 ± 0.000 [0.900, 0.900] | 0.250 ± 0.433 [0.000, 1.000]" in checked
-    assert "| baddist | strip |" in text.split(readme.UNCHECKED)[1] and "| baddist |" not in checked
-
-    # another machine: every defense metric moved by 0.19, AC found the poison on seed 1 too -> still agrees
-    assert readme.check(path, _study(tmp_path / "b", shift=0.19, ac=(0.0, 1.0, 0.75))) == []
-    # beyond the drift: numbers and per-seed values are reported
-    problems = readme.check(path, _study(tmp_path / "c", shift=0.3))
-    assert any("spectre" not in p and "tpr_at_fpr5" in p and "mean" in p for p in problems)
-    assert any("per seed: 3 seed(s) differ by more than 0.200" in p for p in problems)
-    # a verdict the fresh run cannot give within the drift
-    path.write_text(text.replace("| 1.00 1.00 1.00 | detects |", "| 1.00 1.00 1.00 | does not detect |", 1))
-    (problem,) = readme.check(path, tmp_path / "a")
-    assert "verdict: verdict 'does not detect' is not one the fresh run gives" in problem
-    # AC detects on every seed here and misses seed 1 on another machine: "inconclusive" there, explained by the drift
-    readme.update(path, _study(tmp_path / "d", ac=(1.0, 1.0, 1.0)))
-    assert "| activation_clustering | detection | 3 | tpr_at_fpr5 | 1.00 1.00 1.00 | detects |" in path.read_text()
-    assert readme.check(path, _study(tmp_path / "e", ac=(1.0, 0.0, 1.0))) == []
-    assert any("2 seed(s) differ" in p for p in readme.check(path, _study(tmp_path / "f", ac=(0.0, 0.0, 1.0))))
+    checked, unchecked = path.read_text().split(readme.UNCHECKED)
+    assert "| badmatch | spectre | detection | 3 | tpr_at_fpr5 | 1.00 1.00 1.00 | detects |" in unchecked
+    assert "| activation_clustering | detection | 3 | tpr_at_fpr5 | 0.00 0.00 0.75 | inconclusive |" in unchecked
+    assert "| cleanclip | mitigation | 3 | asr_before - asr_after | 0.72 0.72 0.72 | mitigates |" in unchecked
+    assert "| activation_clustering | 3 | 0.900 ± 0.000 [0.900, 0.900] | 0.250 ± 0.433 [0.000, 1.000]" in unchecked
+    assert "| spectre |" not in checked and "| badmatch | patch | 0.01 | 3 |" in checked
+    # defenses moved far beyond their drift on another machine: not compared
+    assert readme.check(path, _study(tmp_path / "b", shift=0.3, ac=(1.0, 1.0, 1.0))) == []
 
 
 def test_readme_renders_studies_without_some_defenses(tmp_path):
