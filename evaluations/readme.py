@@ -11,23 +11,13 @@ BadDist's cosines). After the ``UNCHECKED`` marker come BadDist without poisoned
 verdict table (``artmed.evaluations.verdicts``), written from the same run and not compared: between two real
 machines (2-core AMD EPYC with AVX-512, and one with AVX2 only; same code and seeds) one seed's BadDist + BadMatch
 model moved from ASR 0.99 to 0.74, and the defenses on such a model change whole (SPECTRE caught all 20 poisoned
-images of one and none of the other), which no tolerance short of the metric's range absorbs. ``check`` still compares
-defense and verdict rows placed above the marker, as follows.
+images of one and none of the other), which no tolerance short of the metric's range absorbs.
 
-Verdicts: the README's verdict must be one the fresh run can give when each seed's statistic moves by its drift
-(``verdicts.reachable``): a decided verdict may read "inconclusive" on another machine and the reverse, but
-"detects" never passes against a fresh "does not detect" beyond the drift.
-
-Numbers: each column has a per-seed drift d (``verdicts.DRIFT``: for the attacked models' CA and cosines
-``tolerance``, default 0.1; for their ASR, ASR_all and RA 0.3, measured 0.25 between the two machines above; 0.2 for
-the defenses' metrics, measured on the mitigations' ASR after), and a
-defense in ``verdicts.WHOLE_SEED`` (activation clustering) may also change k = 1 seed anywhere in the metric's range
-R (1 for rates). For n seeds: a mean moves at most ((n-k)·d + k·R)/n; a sample standard deviation, ||Δx||/sqrt(n-1)
-at most, by at most sqrt(((n-k)·d² + k·R²)/(n-1)) (d·sqrt(n/(n-1)) ≤ 1.23 d for k = 0, n ≥ 3); a 95 % bound
-mean ± t·std/sqrt(n), clipped to the range or not, at most the mean's change + t·(the std's change)/sqrt(n)
-(t = 4.30 for n = 3: 4.05 d for k = 0). Rounding adds half the last digit to each. An unbounded metric of a defense
-that may change whole seeds is not compared. The per-seed values of the verdict table may differ by more than d on
-at most k seeds.
+Numbers: each column has a per-seed drift d (the larger of ``tolerance``, default 0.1, and ``verdicts.DRIFT``: 0.1
+for CA and the cosines, 0.3 for ASR, ASR_all and RA, measured 0.25 between the two machines above). For n seeds a
+mean moves at most d; a sample standard deviation, ||Δx||/sqrt(n-1) at most, by at most d·sqrt(n/(n-1)) (≤ 1.23 d
+for n ≥ 3); a 95 % bound mean ± t·std/sqrt(n), clipped to the metric's range or not, at most d + t·d·sqrt(n/(n-1))
+/sqrt(n) (t = 4.30 for n = 3: 4.05 d). Rounding adds half the last digit to each.
 """
 
 from __future__ import annotations
@@ -48,10 +38,9 @@ from artmed.evaluations.aggregate import (
     SHOWN_MITIGATION_METRICS,
     SHOWN_MODEL_METRICS,
     format_summary,
-    metric_range,
 )
 from artmed.evaluations.report import read_table
-from artmed.evaluations.verdicts import DRIFT, Drift, describe, drift, format_verdicts, verdicts
+from artmed.evaluations.verdicts import DRIFT, describe, format_verdicts, verdicts
 
 __all__ = ["BEGIN", "END", "UNCHECKED", "DEFAULT_TOLERANCE", "render", "update", "check"]
 
@@ -69,18 +58,12 @@ _CELL = re.compile(r"^(-?\d+\.\d+)(?: ± (\d+\.\d+))?(?: \[(-?\d+\.\d+), (-?\d+\
 
 def render(output_dir: str | Path) -> str:
     """The results block (markers included) for the study in ``output_dir``."""
-    return _render(output_dir)[0]
-
-
-def _render(output_dir: str | Path) -> tuple[str, list[dict[str, Any]]]:
-    """The results block and the verdict rows of its checked part, in table order."""
     out = Path(output_dir)
     models = _table(out / "models_summary.json")
     defenses = _table(out / "defenses_summary.json", required=False)
     per_seed = _table(out / "defenses.json", required=False)
     seeds = sorted({int(s) for row in models for s in str(row.get("seeds") or "").split()})
     keys = ("attack", "trigger", "percent_poison")
-    checked: list[dict[str, Any]] = []
     parts = [BEGIN, "",
              f"Attacked models, mean ± std over seeds {seeds} and the 95 % t-interval of the mean (kept inside the "
              "metric's range); cos = the BadDist encoder's cosine to the base encoder on held-out clean / triggered "
@@ -97,7 +80,7 @@ def _render(output_dir: str | Path) -> tuple[str, list[dict[str, Any]]]:
     if found:
         parts += ["", f"and what they show over the seeds (`artmed.evaluations.verdicts`: {describe()}; per seed: the "
                       "deciding statistic):", "", format_verdicts(found)]
-    return "\n".join(parts + ["", END]), checked
+    return "\n".join(parts + ["", END])
 
 
 def _defense_tables(rows: list[dict[str, Any]], detection_caption: str) -> list[str]:
@@ -128,7 +111,7 @@ def check(readme: str | Path, output_dir: str | Path, tolerance: float = DEFAULT
     path = Path(readme)
     text = path.read_text(encoding="utf-8")
     start, stop = _block(text, path)
-    rendered, checked = _render(output_dir)
+    rendered = render(output_dir)
     ours, fresh = text[start:stop].splitlines(), rendered.splitlines()
     if UNCHECKED not in ours:
         return [f"the README's results block has no {UNCHECKED!r} line: rewrite it"]
@@ -137,7 +120,6 @@ def check(readme: str | Path, output_dir: str | Path, tolerance: float = DEFAULT
         return [f"the README's results block has {len(ours)} lines, a fresh render {len(fresh)}"]
     problems: list[str] = []
     header: list[str] = []
-    verdict_rows = iter(checked)
     for number, (old, new) in enumerate(zip(ours, fresh), start=1):
         old_cells, new_cells = _cells(old), _cells(new)
         if len(old_cells) != len(new_cells):
@@ -150,59 +132,32 @@ def check(readme: str | Path, output_dir: str | Path, tolerance: float = DEFAULT
             continue
         row = dict(zip(header, new_cells))
         n = int(row["n"]) if row.get("n", "").isdigit() else 1
-        verdict = next(verdict_rows) if "verdict" in header else None
         for column, a, b in zip(header, old_cells, new_cells):
-            if verdict is not None and column == "verdict":
-                problem = None if a in verdict["reachable"] else (
-                    f"verdict {a!r} is not one the fresh run gives within the drift ({sorted(verdict['reachable'])})")
-            elif verdict is not None and column == "per seed":
-                problem = _compare_seeds(a, b, verdict["drift"])
-            else:
-                change = Drift(max(tolerance, DRIFT.get(column, 0.0))) if "defense" not in row else drift(
-                    column, row["defense"])
-                problem = _compare(a, b, _limits(change, n, metric_range(column)))
+            problem = _compare(a, b, _limits(max(tolerance, DRIFT.get(column, 0.0)), n))
             if problem:
                 problems.append(f"line {number}: {column}: {problem} (README {a!r}, fresh run {b!r})")
     return problems
 
 
-def _limits(change: Drift, n: int, bounds: tuple[float, float] | None) -> tuple[float, float, float] | None:
-    """How far a mean, a standard deviation and a 95 % bound over ``n`` seeds may move when each seed moves by
-    ``change.d`` and ``change.seeds`` seeds anywhere in ``bounds`` (the module docstring); None: no limit."""
-    k = min(change.seeds, n)
-    if k and bounds is None:
-        return None
-    span = bounds[1] - bounds[0] if k else 0.0
-    mean = ((n - k) * change.d + k * span) / n
+def _limits(d: float, n: int) -> tuple[float, float, float]:
+    """How far a mean, a standard deviation and a 95 % bound over ``n`` seeds may move when each seed moves by ``d``
+    (the module docstring)."""
     if n < 2:
-        return mean, 0.0, mean
-    std = math.sqrt(((n - k) * change.d ** 2 + k * span ** 2) / (n - 1))
-    return mean, std, mean + float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+        return d, 0.0, d
+    std = d * math.sqrt(n / (n - 1))
+    return d, std, d + float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
 
 
-def _compare(old: str, new: str, limits: tuple[float, float, float] | None) -> str | None:
+def _compare(old: str, new: str, limits: tuple[float, float, float]) -> str | None:
     a, b = _CELL.match(old), _CELL.match(new)
     if a is None or b is None:
         return None if old == new else "text differs"
     if [g is None for g in a.groups()] != [g is None for g in b.groups()]:
         return "cell shape differs"
-    if limits is None:
-        return None
     names = ("mean", "std", "lower bound", "upper bound")
     for name, x, y, limit in zip(names, a.groups(), b.groups(), (*limits, limits[2])):
         if x is not None and abs(float(x) - float(y)) > limit + 0.0005 + 1e-12:
             return f"{name} {x} vs {y} differs by more than {limit:.3f}"
-    return None
-
-
-def _compare_seeds(old: str, new: str, change: Drift) -> str | None:
-    """Per-seed values (2 digits): at most ``change.seeds`` of them may differ by more than ``change.d``."""
-    xs, ys = old.split(), new.split()
-    if len(xs) != len(ys):
-        return "a different number of seeds"
-    moved = sum(abs(float(x) - float(y)) > change.d + 0.005 + 1e-12 for x, y in zip(xs, ys))
-    if moved > change.seeds:
-        return f"{moved} seed(s) differ by more than {change.d:.3f}"
     return None
 
 

@@ -19,8 +19,9 @@ change ``seeds`` seeds arbitrarily (activation clustering finds all 20 poisoned 
 another). Each margin is half the statistic's d plus 0.01, so a seed moving by at most d cannot go from yes to no
 (that takes 2m > d), and a setting cannot go from yes to no unless every seed does, which a change of fewer than n
 seeds cannot do: a decided verdict may weaken to "inconclusive" on another machine, never reverse. ``reachable``
-lists the verdicts a run can give after moving each seed by at most d (and any ``seeds`` seeds arbitrarily): the
-README check accepts its verdict when it is among those of the fresh run.
+lists the verdicts a run can give after moving each seed by at most d (and any ``seeds`` seeds arbitrarily). The
+drift values are measured with the attacked models of one machine kept; between real AVX-512 and AVX2 machines a
+seed's model itself can change (``ASR_DRIFT``), which is why the README lists verdicts below its check line.
 """
 
 from __future__ import annotations
