@@ -207,13 +207,7 @@ def plot_detection_roc(scores_by_defense: Mapping[str, Any], path: str | Path,
         (curve,) = ax.plot(fpr, tpr, label=f"{name} (AUROC {quality['auroc']:.3f})")
         if flags is not None:
             ax.plot([quality["fpr"]], [quality["tpr"]], "o", color=curve.get_color())
-    if len(scores_by_defense) == len(skipped):
-        return _skip(path, "no defense has scores for both poisoned and clean samples")
-    ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (clean flagged)",
-           ylabel="true positive rate (poison flagged)", title=title or "Poison detection ROC")
-    _finish(ax, skipped=skipped)
-    return _save(fig, path)
+    return _save_roc(fig, ax, path, title or "Poison detection ROC", len(scores_by_defense), skipped)
 
 
 def mean_roc(curves: Iterable[tuple[Any, Any]], grid: int = 101) -> dict[str, Any]:
@@ -261,11 +255,18 @@ def plot_mean_roc(curves_by_defense: Mapping[str, Sequence[tuple[Any, Any]]], pa
             ax.fill_between(curve["fpr"], np.clip(curve["tpr"] - curve["tpr_std"], 0, 1),
                             np.clip(curve["tpr"] + curve["tpr_std"], 0, 1), step="post", alpha=0.2,
                             color=line.get_color(), linewidth=0)
-    if len(curves_by_defense) == len(skipped):
+    return _save_roc(fig, ax, path, title or "Poison detection ROC, mean over seeds", len(curves_by_defense),
+                     skipped)
+
+
+def _save_roc(fig: Figure, ax: Any, path: str | Path, title: str, n_defenses: int,
+              skipped: Sequence[str]) -> Path | None:
+    """Finish a ROC figure (chance line, unit axes, legend) and save it; skipped when no defense drew a curve."""
+    if n_defenses == len(skipped):
         return _skip(path, "no defense has scores for both poisoned and clean samples")
     ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (clean flagged)",
-           ylabel="true positive rate (poison flagged)", title=title or "Poison detection ROC, mean over seeds")
+           ylabel="true positive rate (poison flagged)", title=title)
     _finish(ax, skipped=skipped)
     return _save(fig, path)
 
