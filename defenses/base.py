@@ -108,27 +108,30 @@ def finding_groups(y: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return group_labels(primary)
 
 
-def predicted_class_groups(context: EvaluationContext) -> tuple[np.ndarray, list[str]]:
+def predicted_class_groups(context: EvaluationContext, rows: str = "train") -> tuple[np.ndarray, list[str]]:
     """Group samples by the class the context's estimator predicts for them zero-shot (argmax of ``predict``) over
     the context's task prompts (the estimator's own prompts when the context has no task); groups are named by the
-    class (the task's class names, else the estimator's ``classes``, else the index). The predictions are computed
-    once per model and kept in ``context.feature_cache[PREDICTED_CLASS_KEY]``, where a feature-only context may also
-    supply them."""
+    class (the task's class names, else the estimator's ``classes``, else the index). `rows` picks the samples:
+    "train" (``x_train``) or "clean" (the defender's ``x_clean``). The predictions are computed once per model and
+    kept in ``context.feature_cache`` (under ``PREDICTED_CLASS_KEY``, with "/clean" for the clean rows), where a
+    feature-only context may also supply them."""
     estimator = context.estimator
-    if PREDICTED_CLASS_KEY not in context.feature_cache:
-        if estimator is None or context.x_train is None:
-            raise ValueError("grouping='predicted_class' needs a context with an estimator and x_train (or the "
-                             f"classes in feature_cache[{PREDICTED_CLASS_KEY!r}])")
+    key, x = (PREDICTED_CLASS_KEY, context.x_train) if rows == "train" else (f"{PREDICTED_CLASS_KEY}/clean",
+                                                                             context.x_clean)
+    if key not in context.feature_cache:
+        if estimator is None or x is None:
+            raise ValueError(f"grouping='predicted_class' needs a context with an estimator and x_{rows} (or the "
+                             f"classes in feature_cache[{key!r}])")
         prompts = getattr(context.task, "prompts", None)
         if prompts is not None and hasattr(estimator, "with_prompts"):
             estimator = estimator.with_prompts(prompts)
-        n = len(context.x_train)
+        n = len(x)
         classes = np.empty(n, dtype=np.int64)
         for start in range(0, n, context.batch_size):
             idx = np.arange(start, min(start + context.batch_size, n))
-            classes[idx] = np.asarray(estimator.predict(load_images(context.x_train, idx))).argmax(axis=1)
-        context.feature_cache[PREDICTED_CLASS_KEY] = read_only(classes)
-    predicted = np.asarray(context.feature_cache[PREDICTED_CLASS_KEY]).reshape(-1)
+            classes[idx] = np.asarray(estimator.predict(load_images(x, idx))).argmax(axis=1)
+        context.feature_cache[key] = read_only(classes)
+    predicted = np.asarray(context.feature_cache[key]).reshape(-1)
     present, ids = np.unique(predicted, return_inverse=True)
     names = getattr(context.task, "class_names", None) or getattr(estimator, "classes", None)
     return ids.astype(np.int64), [str(names[c]) if names is not None and c < len(names) else str(c) for c in present]
@@ -161,25 +164,13 @@ class LabelGroups:
 
         Groups under `min_size` samples are skipped, with an ``UnexaminedRowsWarning``. Missing labels (for the label
         groupings), or a number of rows other than `n` (the samples analysed), raise ValueError."""
-        if grouping not in GROUPINGS:
-            raise ValueError(f"{defense}: grouping must be one of {GROUPINGS}, got {grouping!r}")
-        y = context.y_train
         if grouping in ("label_vector", "finding"):
-            if y is None:
+            if context.y_train is None:
                 raise ValueError(f"{defense}: the context has no y_train (labels of the training samples)")
-            if np.shape(y)[:1] != (n,):
-                raise ValueError(f"{defense}: y_train has shape {np.shape(y)}, but {n} training samples are analysed "
-                                 "(one label row each)")
-            try:
-                ids, names = (group_labels if grouping == "label_vector" else finding_groups)(y)
-            except ValueError as err:
-                raise ValueError(f"{defense}: y_train: {err}") from None
-        elif grouping == "predicted_class":
-            ids, names = predicted_class_groups(context)
-            if ids.shape[0] != n:
-                raise ValueError(f"{defense}: {ids.shape[0]} predicted classes, but {n} training samples are analysed")
-        else:
-            ids, names = np.zeros(n, dtype=np.int64), ["all"]
+            if np.shape(context.y_train)[:1] != (n,):
+                raise ValueError(f"{defense}: y_train has shape {np.shape(context.y_train)}, but {n} training samples "
+                                 "are analysed (one label row each)")
+        ids, names = row_groups(context, grouping, n, defense)
         analysed, skipped = [], []
         for g in range(len(names)):
             idx = np.flatnonzero(ids == g)
@@ -195,6 +186,32 @@ class LabelGroups:
                 UnexaminedRowsWarning, stacklevel=3,
             )
         return groups
+
+
+def row_groups(context: EvaluationContext, grouping: str, n: int, defense: str, rows: str = "train",
+               labels: Any = None) -> tuple[np.ndarray, list[str]]:
+    """Group ids and names of the context's `n` training rows (`rows` "train", labels ``y_train``) or its defender's
+    clean rows ("clean", ``y_clean``) by `grouping` (one of ``GROUPINGS``): one rule for both, so a detector that
+    compares the two (SCAn's global model) groups them alike. The label groupings read `labels` when given, else the
+    context's field; errors name the defense and the field."""
+    if grouping not in GROUPINGS:
+        raise ValueError(f"{defense}: grouping must be one of {GROUPINGS}, got {grouping!r}")
+    if grouping == "predicted_class":
+        ids, names = predicted_class_groups(context, rows)
+    elif grouping == "none":
+        ids, names = np.zeros(n, dtype=np.int64), ["all"]
+    else:
+        field = f"y_{rows}"
+        try:
+            rule = group_labels if grouping == "label_vector" else finding_groups
+            ids, names = rule(getattr(context, field) if labels is None else labels)
+        except ValueError as err:
+            raise ValueError(f"{defense}: {field}: {err}") from None
+    if ids.shape[0] != n:
+        what = "predicted classes" if grouping == "predicted_class" else "label rows"
+        raise ValueError(f"{defense}: {ids.shape[0]} {what}, but {n} {'training' if rows == 'train' else rows} "
+                         "samples are analysed")
+    return ids, names
 
 
 def share_count(n: int, share: float) -> int:

@@ -14,7 +14,7 @@ import torch
 
 from artmed.data.dataset import ImageSet
 from artmed.defenses.base import (DEFAULT_GROUPING, GROUPING_RULE, Defense, DetectionResult, EvaluationContext,
-                                   LabelGroups, check_finite, group_labels, load_images, read_only)
+                                   LabelGroups, check_finite, load_images, read_only, row_groups)
 from artmed.defenses.decomposition import GroupPCA, RowStream, group_pca
 from artmed.defenses.kmeans import KMeansFit, kmeans
 from artmed.device import one_cpu_thread, resolve_device
@@ -214,8 +214,9 @@ class SCAn(Defense):
         return DetectionResult(scores, flags, groups.ids, extra)
 
     def _clean_set(self, context: EvaluationContext, device: torch.device) -> tuple[RowStream, list[np.ndarray]]:
-        """The defender's clean rows (`layer` features of ``x_clean``, cached under ``CLEAN_KEY``) and their label
-        groups (every group, however small), which the released code fits the global model on."""
+        """The defender's clean rows (`layer` features of ``x_clean``, cached under ``CLEAN_KEY``) and their groups
+        under the detector's ``grouping``, as the training rows are grouped (every group, however small), which the
+        released code fits the global model on."""
         key = CLEAN_KEY.format(layer=self.layer)
         labels = context.y_clean
         if labels is None and isinstance(context.x_clean, ImageSet):
@@ -228,13 +229,11 @@ class SCAn(Defense):
                                  "give them, or set global_fit='all_rows' to fit it on every training row")
             context.feature_cache[key] = read_only(clean_features(context, self.layer))
         feats = check_finite(context.feature_cache[key], self.layer)
-        if labels is None or np.shape(labels)[:1] != (feats.shape[0],):
+        if self.grouping in ("label_vector", "finding") and (labels is None
+                                                              or np.shape(labels)[:1] != (feats.shape[0],)):
             raise ValueError(f"{self.name}: global_fit='clean' needs one label row per clean sample (context.y_clean), "
                              f"got {None if labels is None else np.shape(labels)} for {feats.shape[0]} clean samples")
-        try:
-            ids, names = group_labels(labels)
-        except ValueError as err:
-            raise ValueError(f"{self.name}: y_clean: {err}") from None
+        ids, names = row_groups(context, self.grouping, feats.shape[0], self.name, rows="clean", labels=labels)
         return RowStream(feats, device), [np.flatnonzero(ids == g) for g in range(len(names))]
 
     def _global_model(self, stream: RowStream, axes: GroupPCA, members: list[np.ndarray]) -> DecompositionModel:

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from test_defenses_detection import context, planted
 
-from artmed.defenses.base import EvaluationContext
+from artmed.defenses.base import EvaluationContext, LabelGroups
 from artmed.defenses.scan import SCAn, anomaly_index
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -119,3 +120,22 @@ def test_released_anomaly_index_is_two_sided():
     j = np.array([1.0, 2.0, 3.0, 4.0, -30.0])
     np.testing.assert_allclose(anomaly_index(j, "scan", one_sided=False), np.abs(j - 2.0) / 1.4826)
     assert anomaly_index(j, "scan", one_sided=False)[-1] > math.exp(2)  # a group far below is "infected" as released
+
+
+@pytest.mark.parametrize("grouping, n_groups", [("finding", 2), ("label_vector", 4), ("none", 1)])
+def test_clean_set_is_grouped_like_the_training_rows(grouping, n_groups):
+    """The global model's groups on the defender's clean set follow the detector's ``grouping``: under "finding" a
+    multi-label clean row joins its primary finding's group, as a training row does (it had its own group before)."""
+    rng = np.random.default_rng(3)
+    y = np.zeros((40, 14))
+    y[:20, 0] = 1  # No Finding
+    y[20:, 2] = 1  # Cardiomegaly
+    y[15:20, 13] = 1  # + Support Devices: a label vector of its own, the "No Finding" finding
+    y[35:40, 5] = 1  # + Lung Opacity
+    feats = rng.normal(size=(40, 8)).astype(np.float32)
+    context = EvaluationContext(y_train=y, y_clean=y, feature_cache={"image_pooled": feats,
+                                                                     "image_pooled@x_clean": feats})
+    _, members = SCAn(grouping=grouping)._clean_set(context, torch.device("cpu"))
+    assert len(members) == n_groups
+    assert sorted(len(m) for m in members) == sorted(np.bincount(
+        LabelGroups.split(context, 40, 1, "scan", grouping).ids).tolist())
