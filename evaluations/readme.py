@@ -1,17 +1,20 @@
-"""The README's result tables, written from a study's output folder and checked against a fresh run.
+"""The published result tables (docs/results.md), written from a study's output folder and checked against a fresh run.
 
 ``python -m artmed.evaluations.readme artmed-output`` replaces the block between the ``results:begin`` and
-``results:end`` markers of README.md with tables rendered from ``models_summary.json`` and
-``defenses_summary.json``; ``--check`` renders the same tables and compares them with the README's: the text must be
-equal and every number of the *checked* part within its tolerance, else it lists each difference and exits 1 (CI
-runs it after the README's ``artmed run``).
+``results:end`` markers of docs/results.md (``--readme`` names another file) with tables rendered from
+``models_summary.json``, ``defenses_summary.json`` and ``defenses.json``; ``--check`` renders the same tables and
+compares them with the file's: the text must be equal, every number of the *checked* part within its tolerance and
+no verdict reversed, else it lists each difference and exits 1 (CI runs it after the README's ``artmed run``).
 
 The checked part holds the attacked models whose backdoor comes from poisoned training (CA, ASR, ASR_all, RA, and
-BadDist's cosines). After the ``UNCHECKED`` marker come BadDist without poisoned data, every defense table and the
-verdict table (``artmed.evaluations.verdicts``), written from the same run and not compared: between two real
-machines (2-core AMD EPYC with AVX-512, and one with AVX2 only; same code and seeds) one seed's BadDist + BadMatch
-model moved from ASR 0.99 to 0.74, and the defenses on such a model change whole (SPECTRE caught all 20 poisoned
-images of one and none of the other), which no tolerance short of the metric's range absorbs.
+BadDist's cosines) and the verdict table (``artmed.evaluations.verdicts``): what each defense shows over the seeds.
+A verdict is checked as the verdict rules guarantee across machines: a decided verdict ("detects", "does not
+detect", "mitigates", ...) must not turn into its opposite; it may weaken to "inconclusive", and an inconclusive one
+may be decided on another machine (one seed's model can change whole between machines: between a 2-core AMD EPYC
+with AVX-512 and one with AVX2 only, same code and seeds, one BadDist + BadMatch model moved from ASR 0.99 to 0.74 and
+SPECTRE's catch on it from all 20 poisoned images to none). The per-seed values are shown, not compared. After the
+``UNCHECKED`` marker come BadDist without poisoned data and every defense's metric table, written from the same run
+and not compared: no tolerance short of the metric's range absorbs such a change.
 
 Numbers: each column has a per-seed drift d (the larger of ``tolerance``, default 0.1, and ``verdicts.DRIFT``: 0.1
 for CA and the cosines, 0.3 for ASR, ASR_all and RA, measured 0.25 between the two machines above). For n seeds a
@@ -40,13 +43,15 @@ from artmed.evaluations.aggregate import (
     format_summary,
 )
 from artmed.evaluations.report import read_table
-from artmed.evaluations.verdicts import DRIFT, describe, format_verdicts, verdicts
+from artmed.evaluations.verdicts import DRIFT, RULES, describe, format_verdicts, verdicts
 
-__all__ = ["BEGIN", "END", "UNCHECKED", "DEFAULT_TOLERANCE", "render", "update", "check"]
+__all__ = ["BEGIN", "END", "UNCHECKED", "DEFAULT_TOLERANCE", "RESULTS", "render", "update", "check"]
 
 BEGIN = "<!-- results:begin: written by `python -m artmed.evaluations.readme artmed-output`, checked by CI -->"
 END = "<!-- results:end -->"
 UNCHECKED = "<!-- results:unchecked: these numbers move between x86 machines; the CI check stops here -->"
+RESULTS = "docs/results.md"
+"""The file holding the results block, relative to the repository root."""
 DEFAULT_TOLERANCE = 0.1
 """d: the per-seed change between x86 machines accepted on the attacked models' metrics. Measured with the default
 study run twice on one machine, with AVX-512 and with AVX2 kernels (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA,
@@ -69,6 +74,10 @@ def render(output_dir: str | Path) -> str:
              "metric's range); cos = the BadDist encoder's cosine to the base encoder on held-out clean / triggered "
              "test images:", "",
              format_summary([r for r in models if r.get("attack") != "baddist"], keys, SHOWN_MODEL_METRICS, digits=3)]
+    found = verdicts(per_seed)
+    if found:
+        parts += ["", f"What each defense shows over the seeds (`artmed.evaluations.verdicts`: {describe()}; per seed: "
+                      "the deciding statistic; checked: no verdict reversed):", "", format_verdicts(found)]
     parts += ["", UNCHECKED, "",
               "Not stable across machines (see `artmed.evaluations.readme`), so not checked: BadDist alone (no "
               "poisoned data),", "",
@@ -76,10 +85,6 @@ def render(output_dir: str | Path) -> str:
     parts += _defense_tables(defenses, "the detection defenses on the training set (tpr_at_fpr5: TPR of the "
                                        "defense's scores at 5 % FPR; tpr / fpr: of the samples it flags; unexamined: "
                                        "rows in groups too small to analyse),")
-    found = verdicts(per_seed)
-    if found:
-        parts += ["", f"and what they show over the seeds (`artmed.evaluations.verdicts`: {describe()}; per seed: the "
-                      "deciding statistic):", "", format_verdicts(found)]
     return "\n".join(parts + ["", END])
 
 
@@ -98,7 +103,7 @@ def _defense_tables(rows: list[dict[str, Any]], detection_caption: str) -> list[
 
 
 def update(readme: str | Path, output_dir: str | Path) -> Path:
-    """Replace the README's results block with ``render(output_dir)``."""
+    """Replace the results block of ``readme`` (docs/results.md) with ``render(output_dir)``."""
     path = Path(readme)
     text = path.read_text(encoding="utf-8")
     start, stop = _block(text, path)
@@ -107,17 +112,18 @@ def update(readme: str | Path, output_dir: str | Path) -> Path:
 
 
 def check(readme: str | Path, output_dir: str | Path, tolerance: float = DEFAULT_TOLERANCE) -> list[str]:
-    """Differences between the README's results block and a fresh render of ``output_dir`` (empty: they agree)."""
+    """Differences between the results block of ``readme`` (docs/results.md) and a fresh render of ``output_dir``
+    (empty: they agree)."""
     path = Path(readme)
     text = path.read_text(encoding="utf-8")
     start, stop = _block(text, path)
     rendered = render(output_dir)
     ours, fresh = text[start:stop].splitlines(), rendered.splitlines()
     if UNCHECKED not in ours:
-        return [f"the README's results block has no {UNCHECKED!r} line: rewrite it"]
+        return [f"the results block of {path} has no {UNCHECKED!r} line: rewrite it"]
     ours, fresh = ours[:ours.index(UNCHECKED)], fresh[:fresh.index(UNCHECKED)]
     if len(ours) != len(fresh):
-        return [f"the README's results block has {len(ours)} lines, a fresh render {len(fresh)}"]
+        return [f"the results block of {path} has {len(ours)} checked lines, a fresh render {len(fresh)}"]
     problems: list[str] = []
     header: list[str] = []
     for number, (old, new) in enumerate(zip(ours, fresh), start=1):
@@ -128,15 +134,32 @@ def check(readme: str | Path, output_dir: str | Path, tolerance: float = DEFAULT
         if len(new_cells) == 1 or new_cells[0] == "attack" or set(new) <= set("|-: "):
             header = new_cells if new_cells[0] == "attack" else header
             if old != new:
-                problems.append(f"line {number}: text differs (README {old!r}, fresh run {new!r})")
+                problems.append(f"line {number}: text differs ({path.name} {old!r}, fresh run {new!r})")
             continue
         row = dict(zip(header, new_cells))
         n = int(row["n"]) if row.get("n", "").isdigit() else 1
+        where = f"line {number} ({' / '.join(new_cells[:header.index('n')] if 'n' in header else new_cells[:1])})"
         for column, a, b in zip(header, old_cells, new_cells):
-            problem = _compare(a, b, _limits(max(tolerance, DRIFT.get(column, 0.0)), n))
+            if "verdict" in header:
+                problem = _compare_verdict(column, a, b)
+            else:
+                problem = _compare(a, b, _limits(max(tolerance, DRIFT.get(column, 0.0)), n))
             if problem:
-                problems.append(f"line {number}: {column}: {problem} (README {a!r}, fresh run {b!r})")
+                problems.append(f"{where}: {column}: {problem} ({path.name} {a!r}, fresh run {b!r})")
     return problems
+
+
+_OPPOSITE = {**{rule.yes: rule.no for rule in RULES.values()}, **{rule.no: rule.yes for rule in RULES.values()}}
+"""Each decided verdict's opposite: the one change between machines the verdict rules rule out."""
+
+
+def _compare_verdict(column: str, old: str, new: str) -> str | None:
+    """A verdict-table cell: the per-seed values may move, a verdict may not reverse, every other cell is text."""
+    if column == "per seed":
+        return None
+    if column == "verdict":
+        return f"reversed: {old} became {new}" if _OPPOSITE.get(old) == new else None
+    return None if old == new else "text differs"
 
 
 def _limits(d: float, n: int) -> tuple[float, float, float]:
@@ -187,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m artmed.evaluations.readme", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output", help="the study's output folder (artmed-output)")
-    parser.add_argument("--readme", default="README.md")
+    parser.add_argument("--readme", default=RESULTS, help=f"the file with the results block (default: {RESULTS})")
     parser.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on a difference")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help="per-seed change accepted between machines (see the module docstring)")
@@ -202,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for problem in problems:
         print(problem)
-    print("README results match the fresh run" if not problems else f"{len(problems)} difference(s)")
+    print(f"{args.readme}: results match the fresh run" if not problems else f"{len(problems)} difference(s)")
     return 1 if problems else 0
 
 

@@ -135,21 +135,26 @@ def _study(out, shift=0.0, ac=(0.0, 0.0, 0.75), mitigations=True):
     return out
 
 
-def test_readme_lists_defense_tables_and_verdicts_unchecked(tmp_path):
-    """The defenses sit below the check line: between real AVX-512 and AVX2 machines a seed's backdoored model can
-    change enough (BadDist + BadMatch ASR 0.99 vs 0.74 on one seed) that SPECTRE's catch on it flips whole, so only the
-    attacked models are compared (ASR within ASR_DRIFT, CA within the tolerance)."""
-    path = tmp_path / "README.md"
+def test_readme_checks_verdicts_for_reversal_and_lists_defense_metrics_unchecked(tmp_path):
+    """The verdicts sit above the check line and are checked as their rules guarantee across machines: a decided
+    verdict may weaken to "inconclusive" (or an inconclusive one be decided), never reverse; the per-seed values may
+    move. The defenses' metric tables sit below it: between real AVX-512 and AVX2 machines a seed's backdoored model
+    can change enough (BadDist + BadMatch ASR 0.99 vs 0.74 on one seed) that SPECTRE's catch on it flips whole."""
+    path = tmp_path / "results.md"
     path.write_text(f"{readme.BEGIN}\n{readme.END}\n")
     readme.update(path, _study(tmp_path / "a"))
     checked, unchecked = path.read_text().split(readme.UNCHECKED)
-    assert "| badmatch | spectre | detection | 3 | tpr_at_fpr5 | 1.00 1.00 1.00 | detects |" in unchecked
-    assert "| activation_clustering | detection | 3 | tpr_at_fpr5 | 0.00 0.00 0.75 | inconclusive |" in unchecked
-    assert "| cleanclip | mitigation | 3 | asr_before - asr_after | 0.72 0.72 0.72 | mitigates |" in unchecked
+    assert "| badmatch | spectre | detection | 3 | tpr_at_fpr5 | 1.00 1.00 1.00 | detects |" in checked
+    assert "| activation_clustering | detection | 3 | tpr_at_fpr5 | 0.00 0.00 0.75 | inconclusive |" in checked
+    assert "| cleanclip | mitigation | 3 | asr_before - asr_after | 0.72 0.72 0.72 | mitigates |" in checked
     assert "| activation_clustering | 3 | 0.900 ± 0.000 [0.900, 0.900] | 0.250 ± 0.433 [0.000, 1.000]" in unchecked
-    assert "| spectre |" not in checked and "| badmatch | patch | 0.01 | 3 |" in checked
-    # defenses moved far beyond their drift on another machine: not compared
+    assert "| badmatch | patch | 0.01 | 3 |" in checked and "| spectre | 3 |" in unchecked
+    # metrics moved far beyond their drift, AC decided on every seed, SPECTRE weakened: none reversed
     assert readme.check(path, _study(tmp_path / "b", shift=0.3, ac=(1.0, 1.0, 1.0))) == []
+    assert readme.check(path, _study(tmp_path / "c", shift=0.2)) == []
+    problems = readme.check(path, _study(tmp_path / "d", shift=1.0))  # SPECTRE catches nothing on any seed
+    assert any("verdict: reversed: detects became does not detect" in p and "spectre" in p for p in problems), problems
+    assert any("reversed: mitigates became does not mitigate" in p for p in problems), problems
 
 
 def test_readme_renders_studies_without_some_defenses(tmp_path):
