@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from artmed.progress import tqdm
 
 from artmed.data.eda import EDA
 from artmed.data.report_sampling import ReportSampler

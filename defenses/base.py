@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from tqdm.auto import tqdm
+from artmed.progress import tqdm
 
 from artmed.constants import CHEXPERT_LABELS, NUM_LABELS
 from artmed.data.dataset import ImageSet

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from artmed.progress import tqdm
 
 from artmed.data.autoaugment import autoaugment
 from artmed.data.dataset import ImageSet

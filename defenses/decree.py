@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from artmed.progress import tqdm
 
 from artmed.defenses.base import Defense, EvaluationContext, ModelVerdict
 from artmed.inputs import as_images, image_batch, normalize_pixels, num_images

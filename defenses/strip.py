@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from scipy.special import entr
 from scipy.stats import norm
-from tqdm.auto import tqdm
+from artmed.progress import tqdm
 
 from artmed.data.dataset import ImageSet
 from artmed.defenses.base import Defense, EvaluationContext, InputScreen, load_images

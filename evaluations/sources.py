@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from artmed.progress import tqdm
 
 from artmed.constants import CHEXPERT_LABELS
 from artmed.data.adapt_chexpert import load_chexpert

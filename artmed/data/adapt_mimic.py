@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from artmed.progress import tqdm
 
 from artmed.constants import CHEXPERT_LABELS, IMAGE_SIZE
 from artmed.data.adapt_reports import reports_to_pool

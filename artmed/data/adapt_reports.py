@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from artmed.progress import tqdm
 
 from artmed.data.dataset import TextPool
 from artmed.data.labeler import iter_reports, sentence_labels

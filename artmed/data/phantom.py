@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
+from artmed.progress import tqdm
 
 from artmed.constants import CHEXPERT_LABELS, NUM_LABELS
 
