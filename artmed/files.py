@@ -2,6 +2,8 @@
 
 ``tempfile`` creates its files 0600 and folders 0700 whatever the umask; what is renamed into place from them is
 given ``0o666 & ~umask`` (files) or ``0o777 & ~umask`` (folders) first, so a shared results folder stays readable.
+A write that fails (disk full, folder not writable) raises ``OutputWriteError`` naming the file and folder, and leaves
+the previous file or folder as it was.
 """
 
 from __future__ import annotations
@@ -14,7 +16,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["current_umask", "default_mode", "fsync_dir", "staged_directory"]
+__all__ = ["OutputWriteError", "atomic_file", "current_umask", "default_mode", "fsync_dir", "output_error",
+           "staged_directory"]
+
+
+class OutputWriteError(OSError, ValueError):
+    """A result file or folder could not be written (disk full, no permission): an ``OSError`` that is also a
+    ``ValueError``, so ``artmed run`` reports it as an error (exit status 2) instead of a traceback."""
+
+
+def output_error(path: str | os.PathLike[str], exc: OSError) -> OutputWriteError:
+    """``exc`` as an ``OutputWriteError`` naming ``path``, its folder and what to do; what was written before stays."""
+    if isinstance(exc, OutputWriteError):
+        return exc
+    folder = Path(path).parent
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    message = (f"cannot write {path}: {reason} (in folder {folder}); the previous version and everything finished "
+               "before are kept: free disk space or make the folder writable, then run again to resume")
+    error = OutputWriteError(message)
+    error.errno = exc.errno
+    return error
 
 
 def current_umask() -> int:
@@ -63,13 +84,47 @@ def _fsync_tree(root: Path) -> None:
 
 
 @contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary sibling path (``.<name>.<random>.tmp``) for a writer to fill; when the block ends the file is
+    fsynced, given ``default_mode()`` and renamed over ``path``, so ``path`` holds the old file or the whole new one
+    (never a file truncated by a full disk). If the block raises, the temp file is removed and ``path`` untouched."""
+    target = Path(os.path.abspath(path))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as exc:
+        raise output_error(target, exc) from exc
+    tmp = Path(name)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, default_mode())
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise output_error(target, exc) from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(target.parent)
+
+
+@contextmanager
 def staged_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield an empty temporary sibling folder (``.<name>.tmp-<random>``) to fill; when the block ends it replaces
     ``path`` (an old folder is renamed away, the new one renamed in, the old one removed), so ``path`` holds the
     previous folder or the complete new one. If the block raises, the sibling is removed and ``path`` untouched."""
     target = Path(os.path.abspath(path))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as exc:
+        raise output_error(target, exc) from exc
     try:
         os.chmod(staging, default_mode(directory=True))
         yield staging
@@ -87,6 +142,9 @@ def staged_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         fsync_dir(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise output_error(target, exc) from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

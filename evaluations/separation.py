@@ -16,18 +16,20 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from artmed.progress import tqdm
 
 from artmed.attacks.pipeline import AttackSpec, supply_chain_attack
 from artmed.data.default import make_default_dataset
+from artmed.device import resolve_device
 from artmed.estimator import MedCLIPEstimator
 from artmed.evaluations.aggregate import format_summary, summarize
+from artmed.evaluations.store import atomic_write
 from artmed.models import build_medclip, default_tokenizer
 from artmed.models.config import PRESETS
+from artmed.validation import check_writable
 
 __all__ = ["SUCCESS", "base_model", "separation", "main"]
 
@@ -65,7 +67,9 @@ def separation(preset: str, seed: int, triggers: Sequence[tuple[str, dict[str, A
     for trigger, params in triggers:
         spec = AttackSpec("baddist", trigger=trigger, trigger_params=params, seed=seed, baddist_params=baddist)
         start = time.perf_counter()
-        _, history = supply_chain_attack(spec, base, images[n_train:], task.images.to_array(), verbose=verbose)
+        context = spec.context(x_shadow=images[n_train:], y_shadow=labels[n_train:], x_probe=task.images.to_array(),
+                               verbose=verbose)
+        _, history = supply_chain_attack(spec, base, context)
         probe, steps = history["baddist_probe"], history["baddist"]
         rows.append({**rows[0], "trigger": _label(trigger, params), "baddist_seconds": time.perf_counter() - start,
                      "cos_clean": probe["cos_clean"], "cos_trigger": probe["cos_trigger"],
@@ -85,33 +89,78 @@ def _trigger(text: str) -> tuple[str, dict[str, Any]]:
     params = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        params[key] = json.loads(value)
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: the value of {key!r} is not JSON ({exc.msg})") from exc
     return name, params
+
+
+def _positive(text: str) -> int:
+    """A positive integer option value."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _mapping(text: str) -> dict[str, Any]:
+    """A JSON object option value."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc.msg}): {text!r}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object ({{...}}), got {text!r}")
+    return value
+
+
+def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace, baddist: dict[str, Any]) -> None:
+    """Every trigger and the BadDist settings build, the device exists and ``--out`` can be written: refused here,
+    before the first base model's minutes of training."""
+    for trigger, params in args.triggers:
+        try:
+            AttackSpec("baddist", trigger=trigger, trigger_params=params, baddist_params=baddist)
+        except ValueError as exc:
+            parser.error(f"--triggers {_label(trigger, params)}: {exc}")
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:
+        parser.error(f"--device: {exc}")
+    if args.out:
+        try:
+            check_writable(args.out, "--out", folder=False)
+        except ValueError as exc:
+            parser.error(str(exc))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="artmed separation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    parser.add_argument("--seeds", type=int, default=10, help="seeds 0 .. N-1 (each its own data and base model)")
-    parser.add_argument("--triggers", nargs="+", default=["patch", "fourier"], type=_trigger,
+    parser.add_argument("--seeds", type=_positive, default=10, help="seeds 0 .. N-1 (each its own data and base model)")
+    parser.add_argument("--triggers", nargs="+", default=[("patch", {}), ("fourier", {})], type=_trigger,
                         help="trigger names with optional parameters, e.g. fourier:alpha=0.3")
     parser.add_argument("--settings", default="tiny", help="BadDist settings name (artmed.attacks.poisoning)")
-    parser.add_argument("--baddist", default="{}", type=json.loads, help="JSON BadDist parameters over --settings")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--n-train", type=int, default=2000)
-    parser.add_argument("--n-shadow", type=int, default=1024)
-    parser.add_argument("--pretrain", default="{}", type=json.loads, help="JSON fit parameters of the base model")
+    parser.add_argument("--baddist", default="{}", type=_mapping, help="JSON BadDist parameters over --settings")
+    parser.add_argument("--image-size", type=_positive, default=64)
+    parser.add_argument("--n-train", type=_positive, default=2000)
+    parser.add_argument("--n-shadow", type=_positive, default=1024)
+    parser.add_argument("--pretrain", default="{}", type=_mapping, help="JSON fit parameters of the base model")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=None, help="write every row (JSON) here")
     args = parser.parse_args(argv)
     baddist = {"settings": args.settings, **args.baddist}
+    _check_options(parser, args, baddist)
     rows: list[dict[str, Any]] = []
     for seed in tqdm(range(args.seeds), desc=f"BadDist separation ({args.preset})"):
         rows += separation(args.preset, seed, args.triggers, baddist, image_size=args.image_size,
                            n_train=args.n_train, n_shadow=args.n_shadow, pretrain=args.pretrain, device=args.device)
         if args.out:
-            Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+            atomic_write(args.out, json.dumps(rows, indent=1) + "\n")
     for row in rows:
         print(f"seed {row['seed']:3d}  {row['trigger']:24s} cos clean {row['cos_clean']:+.3f}  "
               f"cos triggered {row['cos_trigger']:+.3f}  {'separated' if row['separated'] else 'NOT separated'}")

@@ -44,10 +44,10 @@ from typing import Any
 import numpy as np
 
 from artmed.distributed import all_reduce_mean, barrier, is_main_process
-from artmed.files import default_mode, fsync_dir
+from artmed.files import OutputWriteError, default_mode, fsync_dir, output_error
 
-__all__ = ["FolderLockedError", "ResultStore", "atomic_write", "cell_key", "folder_lock", "provenance",
-           "remove_leftovers", "source_hash", "to_jsonable", "tree_hash"]
+__all__ = ["FolderLockedError", "OutputWriteError", "ResultStore", "atomic_write", "cell_key", "folder_lock",
+           "provenance", "remove_leftovers", "source_hash", "to_jsonable", "tree_hash"]
 
 FORMAT = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
@@ -66,12 +66,16 @@ _DISTRIBUTIONS = {
 def atomic_write(path: str | Path, data: bytes | str) -> Path:
     """Write ``data`` to ``path`` so readers see the old file or the whole new one: temp file, fsync, os.replace.
 
-    The file gets the permissions ``open(path, "w")`` would give (``0o666 & ~umask``), not mkstemp's 0600.
+    The file gets the permissions ``open(path, "w")`` would give (``0o666 & ~umask``), not mkstemp's 0600. A failed
+    write (disk full, folder not writable) is an ``OutputWriteError`` naming the file and its folder.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise output_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), default_mode())
@@ -79,6 +83,9 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise output_error(path, exc) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -206,11 +206,19 @@ def test_a_defense_cannot_reach_the_ground_truth(tmp_path, monkeypatch):
         return DetectionResult(np.zeros(context.n_train), np.zeros(context.n_train, bool))
 
     register(monkeypatch, peek=plugin(look))
-    harness = Harness(config(tmp_path / "study", defenses=["peek"]), verbose=False)
-    harness.run()
+    truths = []
+    context = Harness._context
+
+    def spy(self, *args):
+        pair = context(self, *args)
+        truths.append(pair[1])
+        return pair
+
+    monkeypatch.setattr(Harness, "_context", spy)
+    Harness(config(tmp_path / "study", defenses=["peek"]), verbose=False).run()
     names = {f.name for f in fields(EvaluationContext)}
     assert not names & {"poison_mask", "x_test_triggered", "target_class", "trigger"}
-    truth = harness._truth
+    (truth,) = truths  # the harness's own copy, handed to the defense's cell beside the context
     arrays = [v for v in seen.values() if isinstance(v, np.ndarray)]
     assert arrays and not any(a.shape == truth.poison_mask.shape and a.dtype == bool for a in arrays)
     assert not any(a.shape == truth.x_test_triggered.shape and np.array_equal(a, truth.x_test_triggered)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from artmed.constants import CHEXPERT_LABELS, IMAGE_SIZE
 from artmed.data.dataset import FileImageSet
-from artmed.data.label_table import check_files_exist, check_uncertain, chexpert_labels, read_table, resolve_path
+from artmed.data.label_table import (check_files_exist, check_uncertain, chexpert_labels, read_table, resolve_path,
+                                     unique_rows)
 
 
 def load_chexpert(csv_path: str | Path, root: str | Path | None = None, image_size: int = IMAGE_SIZE,
@@ -28,6 +29,8 @@ def load_chexpert(csv_path: str | Path, root: str | Path | None = None, image_si
     base = Path(root) if root is not None else Path(csv_path).resolve().parent.parent
     labels = chexpert_labels([r for _, r in numbered], csv_path, uncertain, [i for i, _ in numbered])
     paths = [resolve_path(r["Path"], base, csv_path, i, "Path") for i, r in numbered]
+    keep = unique_rows(paths, labels, csv_path, [i for i, _ in numbered])
+    paths, labels = [paths[i] for i in keep], labels[keep]
     if check_files:
         check_files_exist(paths, csv_path)
     return FileImageSet(paths, labels, image_size)

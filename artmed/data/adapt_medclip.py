@@ -23,6 +23,7 @@ from artmed.data.label_table import (
     open_text,
     read_table,
     resolve_path,
+    unique_rows,
 )
 
 COVID_CLASSES: tuple[str, str] = ("Normal", "COVID")
@@ -129,6 +130,8 @@ def load_medclip_images(meta_csv: str | Path, image_root: str | Path | None = No
     paths = [resolve_path(r["imgpath"], root, meta_csv, i, "imgpath") for i, r in enumerate(rows, 1)]
     if not paths:
         raise ValueError(f"{meta_csv}: no data rows")
+    keep = unique_rows(paths, labels, meta_csv)
+    paths, labels = [paths[i] for i in keep], labels[keep]
     if check_files:
         check_files_exist(paths, meta_csv)
     return FileImageSet(paths, labels, image_size)
@@ -157,7 +160,9 @@ def load_binary_meta(meta_csv: str | Path, class_names: Sequence[str], name: str
             raise ValueError(f"{meta_csv}: data row {i}: columns {list(class_names)} must hold exactly one 1 and "
                              f"otherwise 0, got {row.astype(int).tolist()}")
     paths = [resolve_path(r[path_column], root, meta_csv, i, path_column) for i, r in enumerate(rows, 1)]
-    return file_task(name, class_names, paths, onehot.argmax(axis=1), prompts, kind, image_size, check_files, meta_csv)
+    keep = unique_rows(paths, onehot, meta_csv)
+    return file_task(name, class_names, [paths[i] for i in keep], onehot[keep].argmax(axis=1), prompts, kind,
+                     image_size, check_files, meta_csv)
 
 
 def load_covid_meta(meta_csv: str | Path, prompts: Mapping[str, list[str]] | None = None,

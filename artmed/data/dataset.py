@@ -199,14 +199,25 @@ class SubsetImageSet(ImageSet):
 
 
 def _pil_to_float(img: Image.Image) -> np.ndarray:
-    """A PIL image as a 2-D float32 grayscale array in [0, 1] (8-bit, 16-bit and float modes handled)."""
+    """A PIL image as a 2-D float32 grayscale array in [0, 1] (8-bit, 16-bit, 32-bit integer and float modes).
+
+    Integer images are divided by their bit depth's range, never by their own maximum, so two images of one source
+    keep their relative brightness: 16-bit ("I;16") and 32-bit integer ("I") images by 65535 (a 32-bit file of
+    medical images holds 16-bit values); an "I" image with values outside 0..65535 is refused, as no fixed range
+    would place it in [0, 1]."""
     if img.mode.startswith("I;16"):
         return np.asarray(img, dtype=np.float32) / 65535.0
-    if img.mode in ("I", "F"):
+    if img.mode == "I":
+        arr = np.asarray(img, dtype=np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ValueError(f"32-bit integer pixel values span {arr.min()}..{arr.max()}, outside the 16-bit range "
+                             "0..65535 that such images are scaled by; save the image as 16-bit or float")
+        return arr.astype(np.float32) / 65535.0
+    if img.mode == "F":
         arr = np.asarray(img, dtype=np.float32)
         hi = float(arr.max()) if arr.size else 1.0
         lo = float(arr.min()) if arr.size else 0.0
-        if lo >= 0.0 and hi <= 1.0 and img.mode == "F":
+        if lo >= 0.0 and hi <= 1.0:
             return arr
         if lo >= 0.0 and hi <= 255.0:
             return arr / 255.0

@@ -31,28 +31,58 @@ def _first(value: Any) -> float:
     return float(value)
 
 
+def _luts() -> tuple[Any, Any]:
+    """pydicom's ``apply_modality_lut`` and ``apply_voi_lut`` (pydicom 3's ``pydicom.pixels``, else pydicom 2's)."""
+    try:
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError:
+        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
+    return apply_modality_lut, apply_voi_lut
+
+
+def _voi_range(ds: Any, apply_voi_lut: Any) -> tuple[float, float]:
+    """The output range of the dataset's first VOI transform: the VOI LUT's entries, or the window's output range
+    (what pydicom's windowing maps values far below and above the window to, for LINEAR, LINEAR_EXACT and SIGMOID
+    alike)."""
+    if ds.get("VOILUTSequence"):
+        n, first, _ = (int(v) for v in ds.VOILUTSequence[0].LUTDescriptor)
+        entries = apply_voi_lut(np.arange(first, first + (n or 65536), dtype=np.int64), ds, index=0)
+        return float(np.min(entries)), float(np.max(entries))
+    centre, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+    far = abs(centre) + 1e6 * max(width, 1.0)
+    with np.errstate(over="ignore"):
+        ends = apply_voi_lut(np.array([centre - far, centre + far], dtype=np.float64), ds, index=0)
+    return float(ends[0]), float(ends[1])
+
+
 def dicom_to_unit(ds: Any) -> np.ndarray:
-    """A pydicom dataset's image as 2-D float32 in [0, 1]: first frame, colour averaged, rescale slope/intercept,
-    the stored VOI window (else min-max), MONOCHROME1 inverted so that bright is always dense."""
-    arr = np.asarray(ds.pixel_array, dtype=np.float32)
-    if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
+    """A pydicom dataset's image as 2-D float32 in [0, 1]: first frame; the modality LUT (Modality LUT Sequence or
+    rescale slope/intercept) and the first VOI transform (VOI LUT Sequence, else the window with its VOI LUT Function:
+    LINEAR, LINEAR_EXACT or SIGMOID), both by pydicom, scaled by the VOI's output range; without a VOI, min-max.
+    Colour images are averaged and min-max scaled. MONOCHROME1 is inverted so that bright is always dense."""
+    arr = np.asarray(ds.pixel_array)
+    colour = int(ds.get("SamplesPerPixel", 1) or 1) > 1
+    if colour:
         arr = arr.mean(axis=-1)
     if arr.ndim == 3:
         arr = arr[0]
     if arr.ndim != 2:
         raise ValueError(f"expected a 2-D image, got pixel data of shape {arr.shape}")
-    slope, intercept = ds.get("RescaleSlope", None), ds.get("RescaleIntercept", None)
-    if slope not in (None, ""):
-        arr = arr * _first(slope)
-    if intercept not in (None, ""):
-        arr = arr + _first(intercept)
-    centre, width = ds.get("WindowCenter", None), ds.get("WindowWidth", None)
-    if centre not in (None, "") and width not in (None, "") and _first(width) > 1.0:
-        c, w = _first(centre), _first(width)
-        out = (arr - (c - 0.5)) / (w - 1.0) + 0.5
+    windowed = ds.get("WindowCenter", None) not in (None, "") and ds.get("WindowWidth", None) not in (None, "") \
+        and _first(ds.WindowWidth) > 1.0
+    if colour or not (ds.get("VOILUTSequence") or windowed):
+        values = np.asarray(arr if colour else _luts()[0](arr, ds), dtype=np.float64)
+        lo, hi = float(values.min()), float(values.max())
+        out = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
     else:
-        lo, hi = float(arr.min()), float(arr.max())
-        out = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+        apply_modality_lut, apply_voi_lut = _luts()
+        modality = np.asarray(apply_modality_lut(arr, ds))
+        if ds.get("VOILUTSequence") and modality.dtype.kind == "f":  # a LUT is indexed by stored integers
+            modality = np.rint(modality).astype(np.int64)
+        with np.errstate(over="ignore"):
+            values = np.asarray(apply_voi_lut(modality, ds, index=0), dtype=np.float64)
+        lo, hi = _voi_range(ds, apply_voi_lut)
+        out = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
     out = np.clip(out, 0.0, 1.0)
     if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
         out = 1.0 - out

@@ -2,13 +2,15 @@
 
 Every adapter reads its metadata through here so bad input fails the same way: a missing column names the file
 and the column(s); a bad label value names the file, the 1-based data row and the column; a missing image names
-the path.
+the path. An image listed on several rows is refused when the rows' labels differ (naming the file and the rows);
+rows repeating the same labels are kept once, with one warning per file (``unique_rows``).
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
@@ -132,3 +134,38 @@ def check_files_exist(paths: Sequence[Path], source: str | Path) -> None:
     if missing:
         raise ValueError(f"{source}: image file {str(missing[0])!r} does not exist "
                          f"({len(missing)} of {len(paths)} listed images are missing)")
+
+
+def unique_rows(paths: Sequence[Path], labels: np.ndarray, source: str | Path,
+                row_numbers: Sequence[int] | None = None) -> np.ndarray:
+    """Indices of ``paths`` to keep, each image once: an image listed on several rows with different ``labels`` is a
+    ValueError naming ``source`` and the 1-based data rows (it would be trained on once per row, each time with
+    another label); rows repeating one image with the same labels are kept once (the first), with one warning."""
+    numbers = list(row_numbers) if row_numbers is not None else list(range(1, len(paths) + 1))
+    first: dict[Path, int] = {}
+    repeats: dict[Path, list[int]] = {}
+    for i, path in enumerate(paths):
+        if first.setdefault(path, i) != i:
+            repeats.setdefault(path, [first[path]]).append(i)
+    if not repeats:
+        return np.arange(len(paths))
+    labels = np.asarray(labels)
+    for path, rows in repeats.items():
+        if any(not np.array_equal(labels[rows[0]], labels[k], equal_nan=True) for k in rows[1:]):
+            shown = "; ".join(f"row {numbers[k]}: {_positives(labels[k])}" for k in rows)
+            raise ValueError(f"{source}: image {str(path)!r} is listed on data rows {[numbers[k] for k in rows]} with "
+                             f"different labels ({shown}); keep one row per image")
+    dropped = sum(len(rows) - 1 for rows in repeats.values())
+    path, rows = next(iter(repeats.items()))
+    warnings.warn(f"{source}: {len(repeats)} image(s) are listed on several data rows with the same labels (e.g. "
+                  f"{str(path)!r} on rows {[numbers[k] for k in rows]}); each is used once ({dropped} row(s) left out)",
+                  stacklevel=3)
+    repeated = {k for rows in repeats.values() for k in rows[1:]}
+    return np.array([i for i in range(len(paths)) if i not in repeated], dtype=np.int64)
+
+
+def _positives(row: np.ndarray) -> str:
+    """A label row as its non-zero CheXpert labels (``Edema=1, Pneumonia=-1``), else its values."""
+    if len(row) != len(CHEXPERT_LABELS):
+        return str(np.asarray(row).tolist())
+    return ", ".join(f"{CHEXPERT_LABELS[j]}={row[j]:g}" for j in np.flatnonzero(row)) or "no label set"

@@ -18,10 +18,11 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from artmed.progress import tqdm
 
 from artmed.constants import CHEXPERT_LABELS
 from artmed.data.label_table import open_text
+from artmed.files import atomic_file
 from artmed.data.labeler_rules import (
     NEGATIVE,
     POSITIVE,
@@ -183,9 +184,7 @@ def write_sentence_labels(source: str | Path, out_csv: str | Path, column: str |
     """
     check_output(source, out_csv)
     sentences, labels = sentence_labels(iter_reports(source, column), findings_only)
-    out = Path(out_csv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8", newline="") as fh:
+    with atomic_file(out_csv) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:  # never a torn table
         writer = csv.writer(fh)
         writer.writerow(["Reports", *CHEXPERT_LABELS])
         writer.writerows([s, *(int(v) for v in row)] for s, row in zip(sentences, labels))

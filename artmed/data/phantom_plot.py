@@ -8,6 +8,7 @@ import numpy as np
 
 from artmed.constants import CHEXPERT_LABELS, NUM_LABELS
 from artmed.data.phantom import PhantomGenerator
+from artmed.files import atomic_file
 
 
 def save_phantom_grid(path: str | Path, image_size: int = 128, seed: int = 0) -> Path:
@@ -32,7 +33,9 @@ def save_phantom_grid(path: str | Path, image_size: int = 128, seed: int = 0) ->
     fig.suptitle(f"artmed phantom chest radiographs ({image_size} px, seed {seed})", fontsize=11)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_file(path) as tmp:  # a full disk leaves the previous figure and an OutputWriteError
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return path

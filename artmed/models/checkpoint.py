@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from artmed.files import default_mode
+from artmed.files import atomic_file
 from artmed.models.config import PRESETS, MedCLIPConfig, config_from_dict, config_to_dict
 from artmed.models.medclip import MedCLIPModel, build_medclip
 
@@ -61,11 +62,35 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     except Exception as err:
         raise ValueError(f"{file}: refused to load (only plain tensors are accepted with weights_only=True): "
                          f"{err}") from err
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    return _unwrapped(state, file)
+
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+"""Keys under which training scripts commonly store the weights beside ``epoch``, ``optimizer`` ... ."""
+
+
+def _tensors(value: object) -> bool:
+    """Whether ``value`` is a non-empty dict of tensors (a state dict)."""
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def _unwrapped(state: object, file: Path) -> dict[str, torch.Tensor]:
+    """The state dict in a loaded torch file: the file itself, or the dict of tensors under one of ``_WRAPPER_KEYS``
+    (``{'model': sd, 'epoch': 3}``; a warning names the key used and the entries left out)."""
+    if _tensors(state):
+        return dict(state)
+    if not isinstance(state, dict):
         raise ValueError(f"{file}: expected a dict of tensors (a state dict), got {type(state).__name__}")
-    return dict(state)
+    for key in _WRAPPER_KEYS:
+        if _tensors(state.get(key)):
+            others = sorted(str(k) for k in state if k != key)
+            warnings.warn(f"{file}: using the weights under the {key!r} entry of the checkpoint"
+                          + (f" (left out: {', '.join(others)})" if others else ""), stacklevel=3)
+            return dict(state[key])
+    nested = sorted(str(k) for k, v in state.items() if _tensors(v))
+    hint = (f"; the tensors are under {nested}: save that entry alone (torch.save(ckpt[{nested[0]!r}], path))"
+            if nested else f"; its entries are {sorted(map(str, state))[:_MAX_LISTED]}")
+    raise ValueError(f"{file}: expected a dict of tensors (a state dict) or one under {list(_WRAPPER_KEYS)}{hint}")
 
 
 def _listing(title: str, items: list[str]) -> str:
@@ -164,9 +189,10 @@ def save_medclip(model: MedCLIPModel, out_dir: str | os.PathLike[str]) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     file = out / "model.safetensors"
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(file))
-    os.chmod(file, default_mode())  # safetensors creates the file 0600 whatever the umask
-    (out / CONFIG_NAME).write_text(json.dumps(config_to_dict(model.config), indent=2) + "\n", encoding="utf-8")
+    with atomic_file(file) as tmp:  # a full disk leaves the previous weights, never a truncated file
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+    with atomic_file(out / CONFIG_NAME) as tmp:
+        tmp.write_text(json.dumps(config_to_dict(model.config), indent=2) + "\n", encoding="utf-8")
     return file
 
 
@@ -186,6 +212,6 @@ def save_released(model: MedCLIPModel, out_dir: str | os.PathLike[str]) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     file = out / "pytorch_model.bin"
-    torch.save({k: v.cpu().contiguous() for k, v in released_state_dict(model).items()}, file)
-    os.chmod(file, default_mode())
+    with atomic_file(file) as tmp:  # a full disk leaves the previous checkpoint, never a truncated one
+        torch.save({k: v.cpu().contiguous() for k, v in released_state_dict(model).items()}, tmp)
     return file
