@@ -29,6 +29,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from artmed.suggest import did_you_mean_each
+
 __all__ = ["Bool", "Check", "Choice", "Int", "Items", "OrNone", "Params", "Real", "Rule", "Text", "check",
            "is_int", "is_real"]
 
@@ -247,7 +249,8 @@ class Params:
         names = self.param_names()
         unknown = sorted(set(kwargs) - set(names))
         if unknown:
-            raise ValueError(f"{type(self).__name__}: unknown parameter(s) {unknown}; valid: {names}")
+            hint = did_you_mean_each(unknown, names)
+            raise ValueError(f"{type(self).__name__}: unknown parameter(s) {unknown}{hint}; valid: {names}")
         before = {k: getattr(self, k) for k in kwargs}
         for key, value in kwargs.items():
             setattr(self, key, value)

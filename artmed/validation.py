@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from artmed.suggest import did_you_mean_each
+
 __all__ = ["FieldError", "blame", "check_fields", "check_names", "check_writable", "coerce"]
 
 
@@ -97,8 +99,9 @@ def check_names(target: Callable[..., Any], params: dict[str, Any], field: str, 
     unknown = [name for name in params if name not in valid]
     if unknown:
         listed = ", ".join(repr(name) for name in unknown)
+        hint = did_you_mean_each(unknown, valid)
         raise FieldError(f"{field}: unknown parameter{'s' if len(unknown) > 1 else ''} {listed} for {owner}; "
-                         f"valid: {valid}")
+                         f"valid: {valid}{hint}")
 
 
 @contextmanager
