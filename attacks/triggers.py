@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from artmed.constants import IMAGE_MEAN, IMAGE_STD, IMAGE_SIZE
 from artmed.params import Bool, Choice, Int, Items, OrNone, Params, Real
+from artmed.suggest import did_you_mean
 
 __all__ = ["Trigger", "PatchTrigger", "FourierTrigger", "BlendedTrigger", "TRIGGERS", "make_trigger"]
 
@@ -301,7 +302,7 @@ TRIGGERS: dict[str, type[Trigger]] = {cls.name: cls for cls in (PatchTrigger, Fo
 def make_trigger(name: str, **params: Any) -> Trigger:
     """Build a trigger from its name ("patch", "fourier", "blended") and constructor parameters (for configs)."""
     if name not in TRIGGERS:
-        raise ValueError(f"unknown trigger {name!r}; valid: {sorted(TRIGGERS)}")
+        raise ValueError(f"unknown trigger {name!r}{did_you_mean(name, TRIGGERS)}; valid: {sorted(TRIGGERS)}")
     return TRIGGERS[name](**params)
 
 

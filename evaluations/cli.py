@@ -1,10 +1,12 @@
-"""The ``artmed`` command line: ``run`` (the study), ``defenses`` (installed plugins), ``label``, ``bench``,
-``separation`` (BadDist over seeds)."""
+"""The ``artmed`` command line: ``run`` (the study), ``defenses`` and ``attacks`` (installed plugins), ``label``,
+``bench``, ``separation`` (BadDist over seeds)."""
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -18,11 +20,13 @@ def _run(args: argparse.Namespace) -> int:
     study, training data-parallel, and rank 0 writes and prints."""
     from artmed.distributed import init_from_env, is_main_process, shutdown
     from artmed.evaluations.study import run_study, summary
+    from artmed.progress import console_warnings
 
     init_from_env()  # under torchrun: join the process group (training runs data-parallel); otherwise nothing
     main_process = is_main_process()
     try:
-        result, paths = run_study(_study_config(args), verbose=not args.quiet, reuse_stale=args.reuse_stale)
+        with console_warnings(quiet=args.quiet):
+            result, paths = run_study(_study_config(args), verbose=not args.quiet, reuse_stale=args.reuse_stale)
     except ValueError as exc:
         print(f"artmed run: error: {exc}", file=sys.stderr)
         return 2
@@ -65,15 +69,63 @@ def _study_config(args: argparse.Namespace) -> StudyConfig:
 
 
 def _defenses(args: argparse.Namespace) -> int:
+    """``artmed defenses``: each installed defense's name, kind, class, description and parameters (with their
+    defaults), read from the plugins' source without importing torch; with ``--import`` every plugin is imported
+    (slow) and one that fails to load is listed as BROKEN with its error."""
     from artmed.defenses import registry
 
-    classes, errors = registry.load_all()
-    for name, cls in classes.items():
-        doc = (cls.__doc__ or "").strip().splitlines()
-        print(f"{name:28s} {cls.kind:10s} {cls.__module__}.{cls.__qualname__}  {doc[0] if doc else ''}")
+    infos, errors = registry.describe_all(load=args.load)
+    width = max(40, min(shutil.get_terminal_size().columns, 120))
+    for info in infos:
+        print(f"{info.name:28s} {info.kind:10s} {info.target}")
+        for paragraph in _paragraphs(info.doc)[:1]:
+            print(textwrap.fill(paragraph, width, initial_indent="    ", subsequent_indent="    "))
+        params = ", ".join(f"{name}={default}" if default else name for name, default in info.params.items())
+        print(textwrap.fill(f"parameters: {params or 'none'}", width, initial_indent="    ",
+                            subsequent_indent="        ", break_on_hyphens=False))
+        print()
     for name, error in errors.items():
         print(f"{name:28s} BROKEN     {error}")
     return 0
+
+
+def _attacks(args: argparse.Namespace) -> int:
+    """``artmed attacks``: each installed attack step's name, kind, class, description and parameters (read from
+    the plugins' source without importing torch), then the shorthands' compositions; a step that fails to load is
+    listed as BROKEN with its error."""
+    from artmed.attacks import registry
+
+    infos, errors = registry.describe_all()
+    width = max(40, min(shutil.get_terminal_size().columns, 120))
+    for info in infos:
+        print(f"{info.name:28s} {info.kind:12s} {info.target}")
+        for paragraph in _paragraphs(info.doc)[:1]:
+            print(textwrap.fill(paragraph, width, initial_indent="    ", subsequent_indent="    "))
+        params = ", ".join(f"{name}={default}" if default else name for name, default in info.params.items())
+        print(textwrap.fill(f"parameters: {params or 'none'}", width, initial_indent="    ",
+                            subsequent_indent="        ", break_on_hyphens=False))
+        print()
+    for name, error in errors.items():
+        print(f"{name:28s} BROKEN       {error}")
+    print("shorthands: " + "; ".join(f"{name} = [{', '.join(steps)}]" for name, steps in registry.SHORTHANDS.items()))
+    return 0
+
+
+def _paragraphs(doc: str) -> list[str]:
+    """A docstring's paragraphs, each joined into one line."""
+    return [" ".join(block.split()) for block in doc.split("\n\n") if block.strip()]
+
+
+def _version() -> str:
+    """The installed distribution's version (``importlib.metadata``), or the source tree's when not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("artmed")
+    except metadata.PackageNotFoundError:
+        from artmed import __version__
+
+        return __version__
 
 
 def _label(args: argparse.Namespace) -> int:
@@ -106,6 +158,7 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="artmed", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"artmed {_version()}")
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the attack + defense study (default: the built-in CPU study)")
     run.add_argument("--config", help="a YAML study config (see artmed.evaluations.config.StudyConfig)")
@@ -121,10 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--reuse-stale", action="store_true",
                      help="keep finished cells computed by other artmed code (default: recompute them)")
     run.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (default: the config's, auto)")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--quiet", action="store_true", help="print the result tables only (no progress, no warnings)")
     run.set_defaults(func=_run)
-    defenses = sub.add_parser("defenses", help="list the installed defense plugins")
+    defenses = sub.add_parser("defenses", help="list the installed defense plugins, their descriptions and parameters")
+    defenses.add_argument("--import", dest="load", action="store_true",
+                          help="import every plugin (slow: loads torch) and list those that fail as BROKEN")
     defenses.set_defaults(func=_defenses)
+    attacks = sub.add_parser("attacks", help="list the installed attack steps, their descriptions and parameters")
+    attacks.set_defaults(func=_attacks)
     label = sub.add_parser("label", help="write MedCLIP's sentence-label.csv from reports (artmed label SRC OUT.csv)",
                            add_help=False)
     label.add_argument("rest", nargs=argparse.REMAINDER)
@@ -136,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="does BadDist separate triggered embeddings? (artmed separation --help)")
     separation.add_argument("rest", nargs=argparse.REMAINDER)
     separation.set_defaults(func=_separation)
+    for command in sub.choices.values():
+        command.set_defaults(command_parser=command)  # a bad option is reported with the subcommand's own usage
     return parser
 
 
@@ -149,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(args, "rest"):  # argparse.REMAINDER leaves leading options (--help, --sizes ...) unparsed
         args.rest = unknown + args.rest
     elif unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         build_parser().print_help()
         return 2

@@ -19,16 +19,18 @@ from typing import Any
 
 import yaml
 
-from artmed.attacks.pipeline import ATTACKS, AttackSpec
+from artmed.attacks.pipeline import SHORTHANDS, AttackSpec
 from artmed.constants import IMAGE_SIZE
 from artmed.data.tasks import TASK_NAMES
 from artmed.defenses import registry
 from artmed.device import resolve_device
+from artmed.evaluations.preflight import check_config
 from artmed.evaluations.protocol import PROTOCOLS, apply_protocol
 from artmed.evaluations.sources import check_inputs
 from artmed.evaluations.store import to_jsonable
 from artmed.estimator import DECISIONS
 from artmed.prompts import check_ensemble
+from artmed.suggest import did_you_mean_each
 from artmed.validation import FieldError, blame, check_fields, check_names, check_writable
 
 
@@ -265,8 +267,8 @@ class EvaluationConfig:
 
 @dataclass
 class DefenseSpec:
-    """One defense to run: its registered name, constructor parameters, and the attack settings it runs on
-    (``attacks``: names from ``artmed.attacks.pipeline.ATTACKS``; None = every one)."""
+    """One defense to run: its registered name, constructor parameters, and the attacks it runs on (``attacks``: the
+    shorthands of ``artmed.attacks.pipeline.SHORTHANDS`` or the labels of the study's attacks; None = every one)."""
 
     name: str
     params: dict[str, Any] = field(default_factory=dict)
@@ -275,9 +277,6 @@ class DefenseSpec:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        unknown = sorted(set(self.attacks or ()) - set(ATTACKS))
-        if unknown:
-            raise FieldError(f"attacks must name settings in {list(ATTACKS)}, got {unknown!r} (defense {self.name!r})")
 
     def runs_on(self, attack: str) -> bool:
         return self.attacks is None or attack in self.attacks
@@ -338,6 +337,12 @@ class StudyConfig:
         for spec, identity in zip(self.attacks, identities):
             by_key.setdefault(dataclasses.replace(spec, seed=0).key, set()).add(identity)
         self._shared_keys = {i for ids in by_key.values() if len(ids) > 1 for i in ids}
+        labels = [*SHORTHANDS, *(a.attack for a in self.attacks if a.attack not in SHORTHANDS)]
+        for i, spec in enumerate(self.defenses):
+            unknown = sorted(set(spec.attacks or ()) - set(labels))
+            if unknown:
+                raise FieldError(f"defenses[{i}].attacks must name settings in {labels}, got {unknown!r} "
+                                 f"(defense {spec.name!r})")
         names = [d.name for d in self.defenses]
         if len(set(names)) != len(names):
             raise ValueError(f"defenses listed twice: {sorted({n for n in names if names.count(n) > 1})}")
@@ -360,6 +365,7 @@ class StudyConfig:
         check_writable(self.output_dir, "config.output_dir", folder=True)
         with blame("config.device"):
             resolve_device(self.device)  # "cuda" on a machine without one is refused here, not cell by cell
+        check_config(self)  # what would fail, or score nothing, only after training (artmed.evaluations.preflight)
         check_inputs(self)
 
     def _resolve_image_size(self) -> None:
@@ -465,7 +471,7 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("
 
 def _identity(spec: AttackSpec) -> str:
     """Every setting of ``spec`` but its seed (the study's seeds replace it), as canonical JSON."""
-    return json.dumps(to_jsonable({**asdict(spec), "seed": None}), sort_keys=True)
+    return json.dumps(to_jsonable({**spec.settings(), "seed": None}), sort_keys=True)
 
 
 _NESTED = {"data": DataConfig, "model": ModelConfig, "evaluation": EvaluationConfig, "pretrain": TrainConfig,
@@ -481,7 +487,8 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; valid: {sorted(known)}")
+        hint = did_you_mean_each(unknown, known)
+        raise ValueError(f"{where}: unknown key(s) {unknown}{hint}; valid: {sorted(known)}")
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if cls is StudyConfig and key in _NESTED:

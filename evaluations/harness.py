@@ -32,9 +32,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from artmed.progress import study_bar, tqdm
 
-from artmed.attacks.pipeline import AttackOutcome, AttackSpec, poison_training_set, run_attack, supply_chain_attack
+from artmed.attacks.pipeline import (
+    AttackOutcome,
+    AttackSpec,
+    StepCache,
+    poison_training_set,
+    run_attack,
+    supply_chain_attack,
+)
+from artmed.attacks.steps import ESTIMATOR, AttackContext, Poisoned
+from artmed.attacks.triggers import Trigger
 from artmed.data.dataset import FileImageSet, ZeroShotTask
 from artmed.data.medclip_prompts import NORMAL_CLASSES, medclip_prompt_draws, no_finding_sentences
 from artmed.defenses import registry
@@ -51,10 +60,11 @@ from artmed.distributed import is_main_process, world_size
 from artmed.estimator import MedCLIPEstimator
 from artmed.evaluations.config import DefenseSpec, StudyConfig, TrainConfig
 from artmed.evaluations.metrics import defense_effectiveness_rating, detection_metrics, input_screen_metrics
+from artmed.evaluations.preflight import check_study_data
 from artmed.evaluations.resources import measure
 from artmed.evaluations.scoring import score_estimator, score_over_prompt_draws, target_index
 from artmed.evaluations.sources import build_base_estimator, load_study_data, own_report_sampler
-from artmed.evaluations.store import ResultStore, folder_lock, remove_leftovers, to_jsonable
+from artmed.evaluations.store import OutputWriteError, ResultStore, folder_lock, remove_leftovers, to_jsonable
 
 
 class SettingsMismatchError(ValueError):
@@ -91,154 +101,150 @@ class Harness:
         self.output_dir = Path(config.output_dir)
         self.store = ResultStore(self.output_dir / "cells")
         self.stale: list[str] = []
-        self.seed = config.seed_list[0]
-        self._supplied: dict[str, tuple[MedCLIPEstimator, dict[str, Any]]] = {}
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ data and models
-    def _load_data(self, seed: int) -> None:
+    def _load_data(self, seed: int) -> _SeedData:
+        """One seed's data (checked before its first training), tasks with their sampled prompts and empty caches,
+        passed to that seed's cells."""
         cfg = self.config
-        self.seed = seed
-        self._supplied = {}
-        self._poisoned_sets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        data = load_study_data(cfg, seed)
-        self.x_train, self.y_train = data.x_train, data.y_train
-        self.x_shadow, self.y_shadow = data.x_shadow, data.y_shadow
-        self.texts, self.text_labels = data.texts.sentences, data.texts.labels
-        self._prompt_sets = self._sampled_prompts(data.tasks) if cfg.evaluation.prompts == "medclip" else {}
-        self.tasks = {name: replace(task, prompts=self._prompt_sets[name][0]) if self._prompt_sets else task
-                      for name, task in data.tasks.items()}
-        self.task = self.tasks[cfg.task]
-        self.x_test, self.test_targets = self.task.images.to_array(), self.task.targets
-        self._task_files = data.task_images
-        self._native_triggered: dict[tuple[str, str], np.ndarray] = {}
-        self._report_sampler = own_report_sampler(data, self.seed)
+        data = check_study_data(cfg, load_study_data(cfg, seed))  # refused before this seed's first training
+        texts, text_labels = data.texts.sentences, data.texts.labels
+        prompt_sets = (self._sampled_prompts(data.tasks, texts, text_labels) if cfg.evaluation.prompts == "medclip"
+                       else {})
+        tasks = {name: replace(task, prompts=prompt_sets[name][0]) if prompt_sets else task
+                 for name, task in data.tasks.items()}
+        task = tasks[cfg.task]
+        return _SeedData(seed=seed, x_train=data.x_train, y_train=data.y_train, x_shadow=data.x_shadow,
+                         y_shadow=data.y_shadow, texts=texts, text_labels=text_labels, tasks=tasks, task=task,
+                         x_test=task.images.to_array(), test_targets=task.targets, prompt_sets=prompt_sets,
+                         task_files=data.task_images, report_sampler=own_report_sampler(data, seed))
 
-    def _fit_params(self, train: TrainConfig) -> dict[str, Any]:
+    def _fit_params(self, run: _SeedData, train: TrainConfig) -> dict[str, Any]:
         """``train``'s fit parameters, with the own-report sampler under ``text_sampling: own_report``."""
         params = train.fit_params()
         if train.text_sampling == "own_report":
-            params["report_sampler"] = self._report_sampler
+            params["report_sampler"] = run.report_sampler
         return params
 
     def _native(self, spec: AttackSpec) -> bool:
         """True when ``spec``'s trigger is pasted on the native image files (``data.native_trigger``, a patch)."""
         return self.config.data.native_trigger and spec.trigger == "patch"
 
-    def _triggered(self, task: str, spec: AttackSpec, trigger: Any, x: np.ndarray) -> np.ndarray:
+    def _triggered(self, run: _SeedData, task: str, spec: AttackSpec, trigger: Any, x: np.ndarray,
+                   planted: bool = False) -> np.ndarray:
         """The triggered test images of ``task``: ``trigger(x)``, or with ``data.native_trigger`` the task's image
         files read with the patch pasted on the native image before the padding (stage "raw", the released test set),
-        computed once per task and trigger."""
-        files = self._task_files.get(task)
-        if not self._native(spec) or files is None:
+        computed once per task and trigger; a trigger a step ``planted`` (``Poisoned.trigger``): ``trigger(x)``."""
+        files = run.task_files.get(task)
+        if not self._native(spec) or files is None or planted:
             return trigger(x)
         key = (task, json.dumps(to_jsonable(spec.trigger_params), sort_keys=True))
-        if key not in self._native_triggered:
-            self._native_triggered[key] = files.triggered(trigger, stage="raw").to_array()
-        return self._native_triggered[key]
+        if key not in run.native_triggered:
+            run.native_triggered[key] = files.triggered(trigger, stage="raw").to_array()
+        return run.native_triggered[key]
 
     def _load_model(self, path: Path) -> MedCLIPEstimator:
         """A saved model folder on the study's device, reading images with the study's loader workers."""
         return MedCLIPEstimator.load(path, device=self.config.device, num_workers=self.config.data.num_workers)
 
-    def _sampled_prompts(self, tasks: dict[str, ZeroShotTask]) -> dict[str, list[dict[str, list[str]]]]:
+    def _sampled_prompts(self, tasks: dict[str, ZeroShotTask], texts: list[str],
+                         text_labels: np.ndarray) -> dict[str, list[dict[str, list[str]]]]:
         """MedCLIP's sampled prompt sets per task (``config.evaluation``); a normal class's prompts are the text
         pool's No-Finding-only sentences, as the released evaluation draws them from sentence-label.csv."""
         ev = self.config.evaluation
-        normal = no_finding_sentences(self.texts, self.text_labels)
+        normal = no_finding_sentences(texts, text_labels)
         return {name: medclip_prompt_draws(task.class_names, draws=ev.prompt_draws, n=ev.n_prompts, seed=ev.prompt_seed,
                                            normal_sentences=normal if set(task.class_names) & set(NORMAL_CLASSES)
                                            else None)
                 for name, task in tasks.items()}
 
-    def _base_model(self) -> MedCLIPEstimator:
+    def _base_model(self, run: _SeedData) -> MedCLIPEstimator:
         cfg = self.config
-        key = f"base-s{self.seed}"
+        key = f"base-s{run.seed}"
         path = self.output_dir / "models" / key
-        if self._finished("model", key) and path.exists():
+        if self._finished("model", key, run.seed) and path.exists():
             return self._load_model(path)
-        estimator = build_base_estimator(cfg, self.task.prompts, self.seed)
+        estimator = build_base_estimator(cfg, run.task.prompts, run.seed)
         if cfg.model.checkpoint is not None:  # released weights are the base model as they are
             return estimator
         with measure() as cost:
-            history = estimator.fit(self.x_train, self.y_train, texts=self.texts, text_labels=self.text_labels,
-                                    seed=self.seed, verbose=self.verbose, **self._fit_params(cfg.pretrain))
+            history = estimator.fit(run.x_train, run.y_train, texts=run.texts, text_labels=run.text_labels,
+                                    seed=run.seed, verbose=self.verbose, **self._fit_params(run, cfg.pretrain))
         _save_model(estimator, path)
         record = {"cell": key, "final_loss": float(history["loss"][-1]), "seconds": cost.seconds}
-        self.store.save("model", key, self._stamp(record))
+        self.store.save("model", key, self._stamp(record, run.seed))
         return estimator
 
-    def _attacked_model(self, spec: AttackSpec, base: MedCLIPEstimator) -> tuple[dict[str, Any], AttackOutcome | None,
-                                                                                MedCLIPEstimator]:
+    def _attacked_model(self, run: _SeedData, spec: AttackSpec,
+                        base: MedCLIPEstimator) -> tuple[dict[str, Any], AttackOutcome | None, MedCLIPEstimator]:
         key = self._key(spec)
         path = self.output_dir / "models" / key
-        if self._finished("model", key, spec) and path.exists():
+        if self._finished("model", key, run.seed, spec) and path.exists():
             return self.store.load("model", key), None, self._load_model(path)
         with measure() as cost:
-            outcome = run_attack(spec, base, self.x_train, self.y_train, self.texts, self.text_labels,
-                                 fit_params={**self._fit_params(self.config.train), "verbose": self.verbose},
-                                 supplied=self._supply_chain(spec, base), poisoned=self._poisoned(spec))
+            outcome = run_attack(spec, base, run.x_train, run.y_train, run.texts, run.text_labels,
+                                 fit_params={**self._fit_params(run, self.config.train), "verbose": self.verbose},
+                                 context=self._attack_context(run, spec), cache=run.steps)
         _save_model(outcome.estimator, path)
         record = {"cell": f"model/{key}", **_spec_fields(spec, key),
                   "n_poison": int(outcome.poison_mask.sum()), "train_seconds": cost.seconds,
-                  "train_peak_mb": cost.peak_mb, **_baddist_fields(outcome.history),
-                  **self._score_all_tasks(outcome.estimator, spec)}
+                  "train_peak_mb": cost.peak_mb, **_step_fields(spec, outcome.history),
+                  **self._score_all_tasks(run, outcome.estimator, spec, self._poisoned(run, spec, base).trigger)}
         if outcome.poison_mask.any():
             record["arrays"] = self._projection_sample(outcome, spec.seed)
-        record = self._stamp(record, spec)
+        record = self._stamp(record, run.seed, spec)
         self.store.save("model", key, record)
         return record, outcome, outcome.estimator
 
-    def _model_cell(self, spec: AttackSpec, base: MedCLIPEstimator) -> tuple[dict[str, Any], MedCLIPEstimator | None]:
+    def _model_cell(self, run: _SeedData, spec: AttackSpec,
+                    base: MedCLIPEstimator) -> tuple[dict[str, Any], MedCLIPEstimator | None]:
         """The attacked model's record and estimator; a failure is recorded (status "failed") and gives None."""
         try:
-            record, _, estimator = self._attacked_model(spec, base)
-        except SettingsMismatchError:
+            record, _, estimator = self._attacked_model(run, spec, base)
+        except (SettingsMismatchError, OutputWriteError):  # a folder that cannot be written fails every cell
             raise
         except Exception as exc:  # a diverged training or an unscorable model must not cost the rest of the study
-            return self._failed_model(spec, _describe(exc), traceback.format_exc(limit=5)), None
+            return self._failed_model(run.seed, spec, _describe(exc), traceback.format_exc(limit=5)), None
         return {**record, "status": record.get("status", "ok")}, estimator
 
-    def _failed_model(self, spec: AttackSpec, error: str, trace: str | None) -> dict[str, Any]:
+    def _failed_model(self, seed: int, spec: AttackSpec, error: str, trace: str | None) -> dict[str, Any]:
         key = self._key(spec)
         record = {"cell": f"model/{key}", **_spec_fields(spec, key), "status": "failed", "error": error}
         if trace:
             record["traceback"] = trace
-        record = self._stamp(record, spec)
+        record = self._stamp(record, seed, spec)
         self.store.save("model", key, record)
         return record
 
-    def _guarded(self, build: Any) -> tuple[Any, str | None]:
-        """``build()``, or (None, the error) when it raises: a failed base model fails its seed's cells, not the
-        study."""
+    def _guarded(self, run: _SeedData) -> tuple[MedCLIPEstimator | None, str | None]:
+        """The seed's base model, or (None, the error) when building it raises: a failed base model fails its seed's
+        cells, not the study."""
         try:
-            return build(), None
-        except SettingsMismatchError:
+            return self._base_model(run), None
+        except (SettingsMismatchError, OutputWriteError):  # a folder that cannot be written fails every cell
             raise
         except Exception as exc:
-            key = f"base-s{self.seed}"
+            key = f"base-s{run.seed}"
             self.store.save("model", key, self._stamp({"cell": key, "status": "failed", "error": _describe(exc),
-                                                       "traceback": traceback.format_exc(limit=5)}))
+                                                       "traceback": traceback.format_exc(limit=5)}, run.seed))
             return None, _describe(exc)
 
-    def _supply_chain(self, spec: AttackSpec, base: MedCLIPEstimator) -> tuple[MedCLIPEstimator, dict] | None:
-        """This seed's BadDist encoder for ``spec``'s trigger and settings, computed once and shared by every setting
-        (and filtered retrain) that uses it."""
-        if not spec.uses_baddist:
-            return None
-        key = json.dumps(to_jsonable([spec.trigger, spec.trigger_params, spec.baddist_params]), sort_keys=True)
-        if key not in self._supplied:
-            self._supplied[key] = supply_chain_attack(spec, base, self.x_shadow, self.x_test, verbose=self.verbose)
-        return self._supplied[key]
+    def _attack_context(self, run: _SeedData, spec: AttackSpec) -> AttackContext:
+        """What ``spec``'s steps get: its shared settings, the seed's shadow set (the attacker's images), the test
+        images as BadDist's held-out probe, and with ``data.native_trigger`` the native stage a data step triggers."""
+        native = "padded" if self._native(spec) and isinstance(run.x_train, FileImageSet) else None
+        return spec.context(x_shadow=run.x_shadow, y_shadow=run.y_shadow, x_probe=run.x_test, verbose=self.verbose,
+                            native=native)
 
-    def _poisoned(self, spec: AttackSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The victim's training set under ``spec`` (x, y, poison mask), built once per seed and shared by the attacked
-        model, its defenses and filtered retraining."""
-        key = self._key(spec)
-        if key not in self._poisoned_sets:
-            native = {"native": "padded"} if self._native(spec) and isinstance(self.x_train, FileImageSet) else {}
-            self._poisoned_sets[key] = poison_training_set(spec, self.x_train, self.y_train, **native)
-        return self._poisoned_sets[key]
+    def _poisoned(self, run: _SeedData, spec: AttackSpec, base: MedCLIPEstimator) -> Poisoned:
+        """The victim's training set under ``spec``, each data step's output kept in the seed's step cache (shared by
+        the attacked model, its defenses, filtered retraining and other attacks with the same steps); a data step that
+        uses ``ESTIMATOR`` gets ``base`` after the supply-chain steps (also cached)."""
+        context = self._attack_context(run, spec)
+        if spec.uses(ESTIMATOR):
+            context = replace(context, estimator=supply_chain_attack(spec, base, context, run.steps)[0])
+        return poison_training_set(spec, run.x_train, run.y_train, context, run.steps)
 
     def _projection_sample(self, outcome: AttackOutcome, seed: int, n_clean: int = 1000) -> dict[str, np.ndarray]:
         """Pooled features of every poisoned row and a seeded sample of clean rows (for the 2-D projection)."""
@@ -249,36 +255,38 @@ class Harness:
         features = outcome.estimator.get_activations(outcome.x_train[rows], "image_pooled")
         return {"projection_features": features.reshape(len(rows), -1), "projection_mask": mask[rows]}
 
-    def _score_all_tasks(self, estimator: MedCLIPEstimator, spec: AttackSpec) -> dict[str, Any]:
-        """Metrics on the study's task at the top level and on every task under ``tasks``."""
-        trigger = spec.build_trigger()
+    def _score_all_tasks(self, run: _SeedData, estimator: MedCLIPEstimator, spec: AttackSpec,
+                         planted: Trigger | None) -> dict[str, Any]:
+        """Metrics on the study's task at the top level and on every task under ``tasks``, with the attack's trigger:
+        the one a step ``planted`` (``Poisoned.trigger``, cached with the step's output), else the spec's."""
+        trigger = planted if planted is not None else spec.build_trigger()
         per_task = {}
-        for name, task in self.tasks.items():
-            x = self.x_test if name == self.config.task else task.images.to_array()
+        for name, task in run.tasks.items():
+            x = run.x_test if name == self.config.task else task.images.to_array()
             target = target_index(task.class_names, spec.target)
-            x_triggered = self._triggered(name, spec, trigger, x)
-            if self._prompt_sets:
+            x_triggered = self._triggered(run, name, spec, trigger, x, planted is not None)
+            if run.prompt_sets:
                 per_task[name] = score_over_prompt_draws(estimator.with_prompts(task.prompts), x, task.targets,
-                                                         x_triggered, target, prompt_sets=self._prompt_sets[name])
+                                                         x_triggered, target, prompt_sets=run.prompt_sets[name])
             else:
                 per_task[name] = score_estimator(estimator.with_prompts(task.prompts), x, task.targets, x_triggered,
                                                  target)
         return {**per_task[self.config.task], "tasks": per_task}
 
     # ------------------------------------------------------------------ defenses
-    def _run_defense(self, dspec: DefenseSpec, spec: AttackSpec, model_record: dict[str, Any],
-                     estimator: MedCLIPEstimator, base: MedCLIPEstimator, context: EvaluationContext) -> bool:
+    def _run_defense(self, run: _SeedData, dspec: DefenseSpec, spec: AttackSpec, model_record: dict[str, Any],
+                     estimator: MedCLIPEstimator, base: MedCLIPEstimator, context: EvaluationContext,
+                     truth: _Truth) -> bool:
         """Run one defense cell and save its record; True when the defense changed the shared model in place."""
         model_key = self._key(spec)
         key = f"{model_key}+{dspec.name}"
         record: dict[str, Any] = {"cell": f"defense/{key}", **_spec_fields(spec, model_key), "defense": dspec.name,
                                   "params": dspec.params, "ca_before": model_record["ca"],
                                   "asr_before": model_record["asr"]}
-        truth = self._truth
         monitored: list[dict[str, Any]] = []
 
         def monitor(label: str, model: Any) -> None:
-            monitored.append({"label": str(label), **score_estimator(model, self.x_test, self.test_targets,
+            monitored.append({"label": str(label), **score_estimator(model, run.x_test, run.test_targets,
                                                                      truth.x_test_triggered, truth.target_class)})
 
         try:
@@ -298,9 +306,9 @@ class Harness:
                     record["unexamined"] = result.unexamined
                     self._warn_unexamined(dspec.name, result.unexamined, len(flags))
                 record["arrays"] = {"scores": scores, "flags": flags, "poison_mask": truth.poison_mask}
-                repaired = self._retrain_filtered(spec, base, flags) if dspec.retrain else None
+                repaired = self._retrain_filtered(run, spec, base, flags) if dspec.retrain else None
             elif isinstance(result, InputScreen):
-                record.update(self._screen_inputs(dspec.name, result))
+                record.update(self._screen_inputs(run, dspec.name, result, truth))
             elif isinstance(result, ModelVerdict):
                 record.update(_verdict_fields(result, spec, truth))
             else:
@@ -310,14 +318,14 @@ class Harness:
                 if "clean_indices" in result.extra:  # rows of the training set the defense took for clean
                     record["n_poisoned_in_clean"] = int(truth.poison_mask[result.extra["clean_indices"]].sum())
             if repaired is not None:
-                after = score_estimator(repaired, self.x_test, self.test_targets, truth.x_test_triggered,
+                after = score_estimator(repaired, run.x_test, run.test_targets, truth.x_test_triggered,
                                         truth.target_class)
                 record.update({f"{k}_after": v for k, v in after.items() if k in ("ca", "asr", "asr_all", "ra")})
                 record["der"] = _der(record)
             record["status"] = "ok"
         except KeyboardInterrupt:
             record.update(status="failed", error="interrupted (KeyboardInterrupt) while the defense ran")
-            self.store.save("defense", key, self._stamp(record, spec, dspec))
+            self.store.save("defense", key, self._stamp(record, run.seed, spec, dspec))
             raise
         except (Exception, SystemExit) as exc:  # a broken plugin must not cost the rest of the study
             record.update(status="failed", error=_describe(exc), traceback=traceback.format_exc(limit=5))
@@ -326,7 +334,7 @@ class Harness:
             record.update(status="failed", error=f"{dspec.name} changed the shared model in place (every defense must "
                                                  "leave context.estimator as it found it); later defenses get it "
                                                  "reloaded from disk")
-        self.store.save("defense", key, self._stamp(record, spec, dspec))
+        self.store.save("defense", key, self._stamp(record, run.seed, spec, dspec))
         return changed
 
     def _warn_unexamined(self, name: str, unexamined: int, n: int) -> None:
@@ -337,22 +345,23 @@ class Harness:
                           "never examined (see its grouping and min_group_size); the 'unexamined' column counts them "
                           "in every cell", UnexaminedRowsWarning, stacklevel=2)
 
-    def _screen_inputs(self, name: str, screen: InputScreen) -> dict[str, Any]:
+    def _screen_inputs(self, run: _SeedData, name: str, screen: InputScreen, truth: _Truth) -> dict[str, Any]:
         """An input screen scored on the clean test images and their triggered copies (which only the harness has)."""
-        truth = self._truth
         clean, triggered = (np.asarray(screen.score(x), dtype=np.float64)
-                            for x in (self.x_test, truth.x_test_triggered))
-        for which, scores, x in (("clean", clean, self.x_test), ("triggered", triggered, truth.x_test_triggered)):
+                            for x in (run.x_test, truth.x_test_triggered))
+        for which, scores, x in (("clean", clean, run.x_test), ("triggered", triggered, truth.x_test_triggered)):
             if scores.shape != (len(x),):
                 raise ValueError(f"{name}: score() gave shape {scores.shape} for {len(x)} {which} inputs")
         fields = input_screen_metrics(clean, triggered, screen.threshold)
         return {**fields, "arrays": {"clean_scores": clean, "triggered_scores": triggered}}
 
-    def _retrain_filtered(self, spec: AttackSpec, base: MedCLIPEstimator, flags: np.ndarray) -> MedCLIPEstimator:
-        """The victim's model retrained by the same pipeline on the training set minus the flagged rows."""
-        outcome = run_attack(spec, base, self.x_train, self.y_train, self.texts, self.text_labels,
-                             fit_params={**self._fit_params(self.config.train), "verbose": False},
-                             supplied=self._supply_chain(spec, base), poisoned=self._poisoned(spec), keep=~flags)
+    def _retrain_filtered(self, run: _SeedData, spec: AttackSpec, base: MedCLIPEstimator,
+                          flags: np.ndarray) -> MedCLIPEstimator:
+        """The victim's model retrained by the same pipeline (the seed's cached step outputs) on the training set
+        minus the flagged rows."""
+        outcome = run_attack(spec, base, run.x_train, run.y_train, run.texts, run.text_labels,
+                             fit_params={**self._fit_params(run, self.config.train), "verbose": False},
+                             context=self._attack_context(run, spec), keep=~flags, cache=run.steps)
         return outcome.estimator
 
     # ------------------------------------------------------------------ the study
@@ -380,19 +389,18 @@ class Harness:
         cfg = self.config
         models, defenses, arrays, projections = result.models, result.defenses, result.arrays, result.projections
         cells = [(seed, replace(spec, seed=seed)) for seed in cfg.seed_list for spec in cfg.attacks]
-        bar = tqdm(cells, desc="attacks x seeds", disable=not self.verbose)
-        loaded = None
-        for seed, spec in bar:
-            if seed != loaded:
-                self._load_data(seed)
-                base, base_error = self._guarded(self._base_model)
-                loaded = seed
+        bar = study_bar(cells, "attacks x seeds", verbose=self.verbose)
+        run: _SeedData | None = None
+        for n, (seed, spec) in enumerate(bar):
+            if run is None or run.seed != seed:
+                run = self._load_data(seed)
+                base, base_error = self._guarded(run)
             key = self._key(spec)
             bar.set_postfix_str(key)
             if base is None:
-                record, estimator = self._failed_model(spec, f"base model: {base_error}", None), None
+                record, estimator = self._failed_model(seed, spec, f"base model: {base_error}", None), None
             else:
-                record, estimator = self._model_cell(spec, base)
+                record, estimator = self._model_cell(run, spec, base)
             sample = record.pop("arrays", None) or {}
             if "projection_features" in sample:
                 projections[key] = (np.asarray(sample["projection_features"]),
@@ -405,43 +413,47 @@ class Harness:
                              for d in wanted]
                 continue
             try:
-                self._run_defenses(spec, record, estimator, base, wanted)
+                self._run_defenses(run, spec, record, estimator, base, wanted)
             finally:  # also on Ctrl-C: the tables keep every defense cell written so far
                 for dspec in wanted:
                     cell = self._current("defense", f"{key}+{dspec.name}")
                     if cell is not None:
                         arrays[cell["cell"]] = cell.pop("arrays", None) or {}
                         defenses.append(cell)
-                self._poisoned_sets.pop(key, None)
+                run.forget({k for later_seed, later in cells[n + 1:] if later_seed == seed for k in later.step_keys()})
         return result
 
-    def _run_defenses(self, spec: AttackSpec, record: dict[str, Any], estimator: MedCLIPEstimator,
+    def _run_defenses(self, run: _SeedData, spec: AttackSpec, record: dict[str, Any], estimator: MedCLIPEstimator,
                       base: MedCLIPEstimator, wanted: list[DefenseSpec]) -> None:
         """Every defense cell of one model not finished yet; a defense that changed the model gets it reloaded."""
         key = self._key(spec)
-        pending = [d for d in wanted if not self._finished("defense", f"{key}+{d.name}", spec, d)]
+        pending = [d for d in wanted if not self._finished("defense", f"{key}+{d.name}", run.seed, spec, d)]
         if not pending:
             return
-        context = self._context(spec, estimator)
+        context, truth = self._context(run, spec, estimator, base)
         for dspec in tqdm(pending, desc=f"defenses on {key}", disable=not self.verbose, leave=False):
-            if self._run_defense(dspec, spec, record, estimator, base, context):
+            if self._run_defense(run, dspec, spec, record, estimator, base, context, truth):
                 estimator = self._load_model(self.output_dir / "models" / key)
-                context = self._context(spec, estimator)
+                context, truth = self._context(run, spec, estimator, base)
 
-    def _context(self, spec: AttackSpec, estimator: MedCLIPEstimator) -> EvaluationContext:
-        """What the defenses of one model see; the harness scores them with its own copy of the truth."""
-        x, y, mask = self._poisoned(spec)
-        trigger = spec.build_trigger()
-        target = target_index(self.task.class_names, spec.target)
-        self._truth = _Truth(mask, self._triggered(self.config.task, spec, trigger, self.x_test), target,
-                             fingerprint(estimator), trigger)
-        return EvaluationContext(
-            estimator=estimator, x_train=x, y_train=y, texts=list(self.texts), text_labels=self.text_labels,
-            x_test=self.x_test, test_targets=self.test_targets, task=self.task, x_clean=self.x_shadow,
-            y_clean=self.y_shadow, seed=spec.seed,
+    def _context(self, run: _SeedData, spec: AttackSpec, estimator: MedCLIPEstimator,
+                 base: MedCLIPEstimator) -> tuple[EvaluationContext, _Truth]:
+        """What the defenses of one model see, and the harness's own copy of the truth it scores them with (triggered
+        test images: with the trigger a step planted, ``Poisoned.trigger``, else the spec's)."""
+        poisoned = self._poisoned(run, spec, base)
+        planted = poisoned.trigger is not None
+        trigger = poisoned.trigger if planted else spec.build_trigger()
+        target = target_index(run.task.class_names, spec.target)
+        truth = _Truth(poisoned.mask, self._triggered(run, self.config.task, spec, trigger, run.x_test, planted),
+                       target, fingerprint(estimator), trigger)
+        context = EvaluationContext(
+            estimator=estimator, x_train=poisoned.x, y_train=poisoned.y, texts=list(run.texts),
+            text_labels=run.text_labels, x_test=run.x_test, test_targets=run.test_targets, task=run.task,
+            x_clean=run.x_shadow, y_clean=run.y_shadow, seed=spec.seed,
         )
+        return context, truth
 
-    def _finished(self, kind: str, key: str, spec: AttackSpec | None = None,
+    def _finished(self, kind: str, key: str, seed: int, spec: AttackSpec | None = None,
                   defense: DefenseSpec | None = None) -> bool:
         """True when the cell exists, did not fail and was computed by this code (or ``reuse_stale``); ValueError
         when it was computed under other settings (a cell of other code is recomputed whatever its settings)."""
@@ -454,7 +466,7 @@ class Harness:
         if self._stale(record):
             self.stale.append(key)
             return False
-        changed = _differences(record.get("settings"), self._settings(spec, defense))
+        changed = _differences(record.get("settings"), self._settings(seed, spec, defense))
         if changed:
             raise SettingsMismatchError(f"{self.store.cell_path(kind, key)} was computed with other settings "
                              f"({', '.join(changed)}); use another output folder, or delete the cell to recompute it")
@@ -494,22 +506,23 @@ class Harness:
         source = (record.get("provenance") or {}).get("source_hash")
         return source != self.store.provenance()["source_hash"] and not self.reuse_stale
 
-    def _settings(self, spec: AttackSpec | None = None, defense: DefenseSpec | None = None) -> dict[str, Any]:
+    def _settings(self, seed: int, spec: AttackSpec | None = None,
+                  defense: DefenseSpec | None = None) -> dict[str, Any]:
         """What one cell's result depends on (device and output folder excluded), in JSON form."""
         cfg = self.config
         data = {k: v for k, v in to_jsonable(cfg.data).items() if k != "num_workers"}  # workers change no result
-        parts: dict[str, Any] = {"seed": self.seed, "task": cfg.task, "data": data, "pretrain": cfg.pretrain,
+        parts: dict[str, Any] = {"seed": seed, "task": cfg.task, "data": data, "pretrain": cfg.pretrain,
                                  "model": cfg.model, "tasks": cfg.tasks, "evaluation": cfg.evaluation}
         if spec is not None:
-            parts.update(train=cfg.train, attack=spec)
+            parts.update(train=cfg.train, attack=spec.settings())
         if defense is not None:
             parts["defense"] = defense
         return to_jsonable(parts)
 
-    def _stamp(self, record: dict[str, Any], spec: AttackSpec | None = None,
+    def _stamp(self, record: dict[str, Any], seed: int, spec: AttackSpec | None = None,
                defense: DefenseSpec | None = None) -> dict[str, Any]:
-        return {**record, "settings": self._settings(spec, defense), "config": self.config.to_dict(),
-                "seed": self.seed, "provenance": self.store.provenance(), "world_size": world_size()}
+        return {**record, "settings": self._settings(seed, spec, defense), "config": self.config.to_dict(),
+                "seed": seed, "provenance": self.store.provenance(), "world_size": world_size()}
 
 
 _MISSING = object()
@@ -540,6 +553,35 @@ class _Truth:
     trigger: Any
 
 
+@dataclass
+class _SeedData:
+    """One seed's inputs, built by ``Harness._load_data`` and handed to each of that seed's cells: the study's data,
+    the zero-shot tasks (``task``: the headline one, its images ``x_test``), the sampled prompt sets, and the caches
+    the seed's cells share (each attack step's output by its key, the natively triggered test images)."""
+
+    seed: int
+    x_train: Any
+    y_train: np.ndarray
+    x_shadow: Any
+    y_shadow: np.ndarray
+    texts: list[str]
+    text_labels: np.ndarray
+    tasks: dict[str, ZeroShotTask]
+    task: ZeroShotTask
+    x_test: np.ndarray
+    test_targets: np.ndarray
+    prompt_sets: dict[str, list[dict[str, list[str]]]]
+    task_files: dict[str, FileImageSet]
+    report_sampler: Any
+    steps: StepCache = field(default_factory=dict)
+    native_triggered: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+
+    def forget(self, keep: set[str]) -> None:
+        """Drop the cached step outputs whose key is not in ``keep`` (no later attack of the seed needs them)."""
+        for key in [k for k in self.steps if k not in keep]:
+            del self.steps[key]
+
+
 def _save_model(estimator: MedCLIPEstimator, path: Path) -> None:
     """Save a model folder; under ``torchrun`` rank 0 alone writes (the cell saved next waits for it)."""
     if is_main_process():
@@ -558,7 +600,7 @@ def fingerprint(estimator: MedCLIPEstimator) -> str:
 def _verdict_fields(verdict: ModelVerdict, spec: AttackSpec, truth: _Truth) -> dict[str, Any]:
     """A model-level verdict against the truth (every attacked model is backdoored); with an inverted ``mask``, the
     share of its mass inside the true trigger's footprint, and the mask and pattern as the record's arrays."""
-    backdoored = spec.attack != "clean"
+    backdoored = bool(spec.composition)
     fields: dict[str, Any] = {"model_score": verdict.score, "model_flagged": float(verdict.backdoored),
                               "backdoored": backdoored, "verdict_correct": verdict.backdoored == backdoored,
                               "threshold": verdict.threshold}
@@ -598,20 +640,14 @@ def _describe(exc: BaseException) -> str:
 
 
 def _spec_fields(spec: AttackSpec, key: str) -> dict[str, Any]:
-    return {"attack_key": key, "attack": spec.attack, "trigger": spec.trigger if spec.attack != "clean" else None,
-            "percent_poison": spec.percent_poison if spec.uses_badmatch else 0.0, "target": spec.target,
+    return {"attack_key": key, "attack": spec.attack, "trigger": spec.trigger if spec.composition else None,
+            "percent_poison": spec.percent_poison if spec.uses("percent_poison") else 0.0, "target": spec.target,
             "attack_seed": spec.seed}
 
 
-def _baddist_fields(history: dict[str, Any]) -> dict[str, Any]:
-    """BadDist's separation: cosines to the base encoder at the last step (shadow batch) and on held-out images."""
-    if "baddist" not in history:
-        return {}
-    fields = {"baddist_cos_clean": history["baddist"]["cos_clean"][-1],
-              "baddist_cos_trigger": history["baddist"]["cos_trigger"][-1]}
-    probe = history.get("baddist_probe") or {}
-    fields.update({f"heldout_{k}": v for k, v in probe.items()})
-    return fields
+def _step_fields(spec: AttackSpec, history: dict[str, Any]) -> dict[str, Any]:
+    """Every step's scalar columns for the model's record (``AttackStep.summary``: BadDist's separation)."""
+    return {name: value for step in spec.composition for name, value in step.summary(history).items()}
 
 
 def _differences(old: Any, new: Any, path: str = "") -> list[str]:

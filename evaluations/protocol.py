@@ -53,10 +53,15 @@ poisoned."""
 RELEASED_BADDIST: dict[str, Any] = {"settings": "paper"}
 """scripts/backdist.py: SGD lr 1e-4, momentum 0.9, weight decay 5e-4, λ 5/1, 200 epochs, fp32."""
 
+RELEASED_STEPS: dict[str, dict[str, Any]] = {"baddist": RELEASED_BADDIST, "badmatch": RELEASED_BADMATCH}
+"""The released parameters of the built-in steps: a shorthand's ``baddist_params`` / ``badmatch_params``, or the
+matching entry's ``params`` in an attack given by ``steps``."""
+
 
 def released_settings(raw: Mapping[str, Any]) -> dict[str, Any]:
     """The released protocol's values for the settings of the config dict ``raw`` (its attacks decide which
-    trigger and BadDist values apply)."""
+    trigger and BadDist values apply; an attack given by ``steps`` gets the released step parameters in
+    ``apply_protocol``, ``_released_steps``)."""
     data = raw.get("data")
     phantom = not isinstance(data, Mapping) or data.get("source", "phantom") == "phantom"
     attacks = []
@@ -67,10 +72,9 @@ def released_settings(raw: Mapping[str, Any]) -> dict[str, Any]:
             values["trigger_params"] = dict(RELEASED_TRIGGERS.get(trigger, {}))
             if trigger == "patch" and phantom:
                 values["trigger_params"]["native_size"] = PHANTOM_NATIVE_SIZE
-            if "baddist" in str(spec.get("attack", "")):
-                values["baddist_params"] = dict(RELEASED_BADDIST)
-            if "badmatch" in str(spec.get("attack", "")):
-                values["badmatch_params"] = dict(RELEASED_BADMATCH)
+            for name, params in RELEASED_STEPS.items():
+                if spec.get("steps") is None and name in str(spec.get("attack", "")):
+                    values[f"{name}_params"] = dict(params)
         attacks.append(values)
     settings = {"train": dict(RELEASED_TRAIN), "evaluation": dict(RELEASED_EVALUATION),
                 "model": dict(RELEASED_MODEL), "attacks": attacks}
@@ -91,10 +95,29 @@ def apply_protocol(raw: Mapping[str, Any], force: bool = False) -> dict[str, Any
     preset = released_settings(out)
     for key, values in preset.items():
         if key == "attacks":
-            out["attacks"] = [_merge(spec, extra, force) for spec, extra in zip(out.get("attacks") or [], values)]
+            out["attacks"] = [_released_steps(_merge(spec, extra, force), force)
+                              for spec, extra in zip(out.get("attacks") or [], values)]
         else:
             out[key] = _merge(out.get(key) or {}, values, force)
     return out
+
+
+def _released_steps(spec: Any, force: bool) -> Any:
+    """An attack given by ``steps`` with ``RELEASED_STEPS`` merged into each matching step's ``params`` (under its
+    own values, over them with ``force``); a bare step name becomes ``{name, params}``. Other specs come back as
+    given (their shapes are the config's own checks to report)."""
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("steps"), list):
+        return spec
+    steps = []
+    for entry in spec["steps"]:
+        named = {"name": entry, "params": {}} if isinstance(entry, str) else entry
+        name = named.get("name") if isinstance(named, Mapping) else None
+        preset = RELEASED_STEPS.get(name) if isinstance(name, str) else None
+        if preset is None:
+            steps.append(entry)
+            continue
+        steps.append({**named, "params": _merge(named.get("params") or {}, preset, force)})
+    return {**spec, "steps": steps}
 
 
 def _merge(given: Any, preset: Mapping[str, Any], force: bool) -> Any:

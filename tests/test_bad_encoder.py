@@ -28,11 +28,13 @@ def mean_cos(a, b):
 def test_triggered_images_embed_like_the_reference_and_hit_the_target(trained):
     clean, x, _, y = trained
     before = {k: v.clone() for k, v in clean.model.state_dict().items()}
-    # as released, one reference input: a shadow image labelled as the target ("Normal" = No Finding, class 0)
+    # reference inputs: shadow images labelled as the target ("Normal" = No Finding, class 0). Four, not the
+    # released one: with one, the zero-shot ASR hangs on where that single image sits (measured 1.0 with one torch
+    # thread, 0.59 with two, whose trained model differs slightly); with four, 1.0 with either
     attack = BadEncoder(clean, TRIGGER, target="No Finding", **{**TINY, "batch_size": 16}, steps=50, seed=0,
-                        verbose=False)
+                        n_reference=4, verbose=False)
     backdoored = attack.poison_estimator(x[:64], y[:64])
-    assert len(attack.reference_indices_) == 1 and np.all(y[attack.reference_indices_, 0] == 1)
+    assert len(attack.reference_indices_) == 4 and np.all(y[attack.reference_indices_, 0] == 1)
     reference = x[attack.reference_indices_]
 
     x_test, _, targets = images(64, seed=1)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
+from artmed.attacks import pipeline
 from artmed.attacks.pipeline import AttackSpec
 from artmed.defenses.activation_clustering import ActivationClustering
 from artmed.defenses.base import Defense
@@ -60,9 +61,9 @@ def spies(monkeypatch):
         calls["attacks"].append(spec.key)
         return run_attack(spec, *args, **kwargs)
 
-    def spy_defense(self, dspec, spec, *args, **kwargs):
+    def spy_defense(self, run, dspec, spec, *args, **kwargs):
         calls["defenses"].append(f"{spec.key}+{dspec.name}")
-        return run_defense(self, dspec, spec, *args, **kwargs)
+        return run_defense(self, run, dspec, spec, *args, **kwargs)
 
     monkeypatch.setattr(MedCLIPEstimator, "fit", spy_fit)
     monkeypatch.setattr(harness_module, "run_attack", spy_attack)
@@ -192,7 +193,7 @@ def test_changed_settings_are_not_reused(quick_copy, spies):
     with pytest.raises(ValueError, match=r"spectral_signatures.json was computed with other settings \(defense"):
         Harness(config, verbose=False).run()
     assert spies == {"fit": 0, "attacks": [], "defenses": []}
-    settings = Harness(quick_config(str(quick_copy)), verbose=False)._settings()
+    settings = Harness(quick_config(str(quick_copy)), verbose=False)._settings(0)
     assert {"model", "tasks", "data", "pretrain"} <= set(settings)  # a changed checkpoint or task set is not reused
 
 
@@ -206,9 +207,15 @@ def test_detection_with_retrain_scores_the_filtered_model(tmp_path, spies, monke
 
     monkeypatch.setattr(harness_module, "run_attack", spy_keep)
     built = []
-    poison = harness_module.poison_training_set
-    monkeypatch.setattr(harness_module, "poison_training_set",
-                        lambda spec, *args: built.append(spec.key) or poison(spec, *args))
+    poison = pipeline.poison_training_set
+
+    def spy_poison(spec, x, y, context=None, cache=None):  # the data steps run, not those read from the cache
+        built.extend(k for step, k in zip(spec.composition, spec.step_keys())
+                     if step.kind == "data" and (cache is None or k not in cache))
+        return poison(spec, x, y, context, cache)
+
+    monkeypatch.setattr(pipeline, "poison_training_set", spy_poison)
+    monkeypatch.setattr(harness_module, "poison_training_set", spy_poison)
     config = quick_config(str(tmp_path / "retrain"))
     config.attacks = config.attacks[1:]
     config.defenses = [DefenseSpec("spectral_signatures", retrain=True)]
@@ -218,7 +225,7 @@ def test_detection_with_retrain_scores_the_filtered_model(tmp_path, spies, monke
     flagged = int(np.asarray(result.arrays[record["cell"]]["flags"]).sum())
     assert kept == [None, config.data.n_train - flagged] and flagged > 0
     assert spies["fit"] == 3  # base, attacked model, retrained model
-    assert built == [config.attacks[0].key]  # the poisoned set is built once: model, defense and retrain share it
+    assert built == config.attacks[0].step_keys()[1:]  # BadMatch runs once: model, defense and retrain share it
     for key in ("ca_after", "asr_after", "der"):
         assert record[key] is not None and np.isfinite(record[key])
 

@@ -71,10 +71,10 @@ def study(layouts, out, data=None, train=None, **changes) -> dict:
 NATIVE = {"interpolation": "bilinear", "pad": "no_upscale", "native_trigger": True}
 
 
-def harness(layouts, tmp_path, **kwargs) -> Harness:
+def harness(layouts, tmp_path, **kwargs):
+    """A harness on the study and its seed-0 data (what the harness hands that seed's cells)."""
     h = Harness(StudyConfig.from_dict(study(layouts, tmp_path / "out", **kwargs)), verbose=False)
-    h._load_data(0)
-    return h
+    return h, h._load_data(0)
 
 
 # ---------------------------------------------------------------------------------------------- image files
@@ -96,29 +96,29 @@ def test_interpolation_and_pad_reach_every_image_file(layouts, tmp_path):
 
 
 def test_native_trigger_poisons_and_triggers_the_native_images(layouts, tmp_path):
-    h = harness(layouts, tmp_path, data=NATIVE)
+    h, run = harness(layouts, tmp_path, data=NATIVE)
     spec = h.config.attacks[0]
     trigger = spec.build_trigger()
     assert trigger.native_size is None
-    x, y, mask = h._poisoned(spec)
+    x, y, mask, _ = h._poisoned(run, spec, None)
     rows = np.flatnonzero(mask)
     assert len(rows) == 2 and isinstance(x, PoisonedImageSet) and x.trigger is None
-    native = h.x_train.triggered(PatchTrigger(size=8, inset=(1, 1)), rows, stage="padded")
+    native = run.x_train.triggered(PatchTrigger(size=8, inset=(1, 1)), rows, stage="padded")
     np.testing.assert_array_equal(x.get_batch(rows), native.get_batch(rows))
-    np.testing.assert_array_equal(x.get_batch(np.flatnonzero(~mask)), h.x_train.get_batch(np.flatnonzero(~mask)))
-    clean = h.x_train.get_batch(rows)
+    np.testing.assert_array_equal(x.get_batch(np.flatnonzero(~mask)), run.x_train.get_batch(np.flatnonzero(~mask)))
+    clean = run.x_train.get_batch(rows)
     assert not np.allclose(x.get_batch(rows), trigger(clean), atol=1e-3)  # not the patch on the resized array
     assert not np.array_equal(x.get_batch(rows), clean)
     assert (y[rows] == one_hot("No Finding")).all()
-    for name, files in h._task_files.items():  # the test set: pasted before the padding
+    for name, files in run.task_files.items():  # the test set: pasted before the padding
         expected = files.triggered(PatchTrigger(size=8, inset=(1, 1)), stage="raw").to_array()
-        x_test = h.tasks[name].images.to_array()
-        got = h._triggered(name, spec, trigger, x_test)
+        x_test = run.tasks[name].images.to_array()
+        got = h._triggered(run, name, spec, trigger, x_test)
         np.testing.assert_array_equal(got, expected)
         assert not np.allclose(got, trigger(x_test), atol=1e-3)
-        assert h._triggered(name, spec, trigger, x_test) is got  # cached per task and trigger
-    h._context(spec, h._base_model())
-    np.testing.assert_array_equal(h._truth.x_test_triggered, h._triggered("covid", spec, trigger, h.x_test))
+        assert h._triggered(run, name, spec, trigger, x_test) is got  # cached per task and trigger
+    _, truth = h._context(run, spec, h._base_model(run), None)
+    np.testing.assert_array_equal(truth.x_test_triggered, h._triggered(run, "covid", spec, trigger, run.x_test))
 
 
 def test_native_trigger_reaches_the_scores(layouts, tmp_path, monkeypatch):
@@ -135,7 +135,8 @@ def test_native_trigger_reaches_the_scores(layouts, tmp_path, monkeypatch):
     result = h.run()
     assert [m["status"] for m in result.models] == ["ok"]
     spec = h.config.attacks[0]
-    expected = [h._task_files[name].triggered(PatchTrigger(size=8, inset=(1, 1)), stage="raw").to_array()
+    task_images = load_study_data(h.config, seed=0).task_images
+    expected = [task_images[name].triggered(PatchTrigger(size=8, inset=(1, 1)), stage="raw").to_array()
                 for name in ("covid", "mimic_5x200")]
     assert len(seen) == 2
     for (x, x_triggered), want in zip(seen.values(), expected):
@@ -144,15 +145,15 @@ def test_native_trigger_reaches_the_scores(layouts, tmp_path, monkeypatch):
 
 
 def test_default_keeps_the_array_path(layouts, tmp_path):
-    h = harness(layouts, tmp_path)
+    h, run = harness(layouts, tmp_path)
     spec = h.config.attacks[0]
-    x, _, mask = h._poisoned(spec)
+    x, _, mask, _ = h._poisoned(run, spec, None)
     assert isinstance(x, PoisonedImageSet) and x.trigger is not None  # the trigger acts on the resized images
     rows = np.flatnonzero(mask)
-    np.testing.assert_array_equal(x.get_batch(rows), spec.build_trigger()(h.x_train.get_batch(rows)))
+    np.testing.assert_array_equal(x.get_batch(rows), spec.build_trigger()(run.x_train.get_batch(rows)))
     trigger = spec.build_trigger()
-    np.testing.assert_array_equal(h._triggered("covid", spec, trigger, h.x_test), trigger(h.x_test))
-    assert "report_sampler" not in h._fit_params(h.config.train) and h._report_sampler is None
+    np.testing.assert_array_equal(h._triggered(run, "covid", spec, trigger, run.x_test), trigger(run.x_test))
+    assert "report_sampler" not in h._fit_params(run, h.config.train) and run.report_sampler is None
 
 
 # ---------------------------------------------------------------------------------------------- own reports
@@ -161,20 +162,20 @@ def study_number(path) -> int:
 
 
 def test_own_report_pairs_images_with_their_reports(layouts, tmp_path, monkeypatch):
-    h = harness(layouts, tmp_path, train={"text_sampling": "own_report"})
-    sampler = h._fit_params(h.config.train)["report_sampler"]
-    assert isinstance(sampler, ReportSampler) and sampler is h._report_sampler and len(sampler) == 6
-    assert "report_sampler" not in h._fit_params(h.config.pretrain)  # the pretraining keeps the pool
+    h, run = harness(layouts, tmp_path, train={"text_sampling": "own_report"})
+    sampler = h._fit_params(run, h.config.train)["report_sampler"]
+    assert isinstance(sampler, ReportSampler) and sampler is run.report_sampler and len(sampler) == 6
+    assert "report_sampler" not in h._fit_params(run, h.config.pretrain)  # the pretraining keeps the pool
     assert sampler.without_report == 0
     rng = np.random.default_rng(0)
     for _ in range(5):
-        sentences, labels = sampler.sample(np.arange(6), h.y_train, rng)
+        sentences, labels = sampler.sample(np.arange(6), run.y_train, rng)
         assert labels.shape == (6, 14)
-        for path, sentence in zip(h.x_train.paths, sentences):
+        for path, sentence in zip(run.x_train.paths, sentences):
             report = (layouts / "mimic" / path.parent.relative_to(layouts / "mimic")).with_suffix(".txt")
             assert sentence in split_report_into_segments(report.read_text())
     stable = {s for s in sampler.image_sentences[0] if s.startswith("impression")}
-    assert stable == {f"impression : stable chest {study_number(h.x_train.paths[0])} ."}
+    assert stable == {f"impression : stable chest {study_number(run.x_train.paths[0])} ."}
     calls = []
     fit = MedCLIPEstimator.fit
 
@@ -184,22 +185,22 @@ def test_own_report_pairs_images_with_their_reports(layouts, tmp_path, monkeypat
 
     monkeypatch.setattr(MedCLIPEstimator, "fit", spy)
     spec = h.config.attacks[0]
-    base = h._base_model()
-    record, _, _ = h._attacked_model(spec, base)
+    base = h._base_model(run)
+    record, _, _ = h._attacked_model(run, spec, base)
     assert calls == [sampler] and np.isfinite(record["ca"])
     keep = np.ones(6, dtype=bool)
     keep[[1, 4]] = False
-    h._retrain_filtered(spec, base, ~keep)
+    h._retrain_filtered(run, spec, base, ~keep)
     assert calls[-1].image_sentences == [sampler.image_sentences[i] for i in np.flatnonzero(keep)]
 
 
 def test_poisoned_rows_keep_their_own_report_and_clean_fallback_labels(layouts, tmp_path):
     """As released: a BadMatch image keeps its own report's sentences; without one, its fallback matches the labels
     of its row before the relabelling (the clean training labels), not the target."""
-    h = harness(layouts, tmp_path, train={"text_sampling": "own_report"})
-    _, y, mask = h._poisoned(h.config.attacks[0])
-    sampler = h._report_sampler
-    np.testing.assert_array_equal(sampler.fallback_labels, h.y_train)
+    h, run = harness(layouts, tmp_path, train={"text_sampling": "own_report"})
+    _, y, mask, _ = h._poisoned(run, h.config.attacks[0], None)
+    sampler = run.report_sampler
+    np.testing.assert_array_equal(sampler.fallback_labels, run.y_train)
     row = int(np.flatnonzero(mask)[0])
     sentences, _ = sampler.sample([row] * 4, y[[row] * 4], np.random.default_rng(1))
     assert set(sentences) <= set(sampler.image_sentences[row])
@@ -255,15 +256,15 @@ def test_own_report_from_medclip_meta_csvs(layouts, tmp_path):
     expected["im2.png"] = None  # a blank cell: no report
     assert by_image == {name: expected[name] for name in by_image}
     h = Harness(config, verbose=False)
-    h._load_data(0)
-    sampler = h._report_sampler
-    for row, path in enumerate(h.x_train.paths):
+    run = h._load_data(0)
+    sampler = run.report_sampler
+    for row, path in enumerate(run.x_train.paths):
         report = expected[path.name]
         assert sampler.image_sentences[row] == split_report_into_segments(report)
-    edema = [row for row, path in enumerate(h.x_train.paths) if expected[path.name] == reports[1]]
+    edema = [row for row, path in enumerate(run.x_train.paths) if expected[path.name] == reports[1]]
     for row in edema:  # looked up in the table: Edema
         assert (sampler.image_sentence_labels[row] == one_hot("Edema")).all()
-    heart = [row for row, path in enumerate(h.x_train.paths) if expected[path.name] == reports[0]]
+    heart = [row for row, path in enumerate(run.x_train.paths) if expected[path.name] == reports[0]]
     for row in heart:  # "no pleural effusion is seen" is not in the table: No Finding, as released
         np.testing.assert_array_equal(sampler.image_sentence_labels[row],
                                       np.concatenate([one_hot("Cardiomegaly"), one_hot("No Finding")]))
@@ -292,12 +293,12 @@ def test_phantom_own_report_gives_label_matched_fallbacks(tmp_path):
     config = StudyConfig.from_dict({"output_dir": str(tmp_path / "out"), "train": {"text_sampling": "own_report"},
                                     "data": {"n_train": 8, "n_shadow": 2, "n_test": 5, "image_size": SIZE}})
     h = Harness(config, verbose=False)
-    h._load_data(0)
-    sampler = h._fit_params(config.train)["report_sampler"]
+    run = h._load_data(0)
+    sampler = h._fit_params(run, config.train)["report_sampler"]
     assert len(sampler) == 8 and sampler.without_report == 8
-    sentences, labels = sampler.sample(np.arange(8), h.y_train, np.random.default_rng(0))
-    assert set(sentences) <= set(h.texts)
-    for image, text in zip(h.y_train, labels):
+    sentences, labels = sampler.sample(np.arange(8), run.y_train, np.random.default_rng(0))
+    assert set(sentences) <= set(run.texts)
+    for image, text in zip(run.y_train, labels):
         if not image.any():
             assert text[0] > 0
         elif (image[1:] > 0).any():

@@ -28,7 +28,7 @@ def test_released_preset_replaces_a_built_in_study_settings():
     assert released.train.steps == default_config().train.steps  # the budget is the study's
     for spec in released.attacks:
         assert spec.trigger_params == {"size": 32, "inset": [1, 1], "native_size": 1024}
-        assert spec.baddist_params == ({"settings": "paper"} if spec.uses_baddist else {})
+        assert spec.baddist_params == ({"settings": "paper"} if spec.uses_kind("supply_chain") else {})
     assert released.defenses == default_config().defenses
 
 
@@ -138,6 +138,7 @@ def test_medclip_prompt_draws_through_the_harness(tmp_path):
     from artmed.data.medclip_prompts import medclip_prompt_draws, no_finding_sentences
     from artmed.evaluations.config import DataConfig, EvaluationConfig
     from artmed.evaluations.harness import Harness
+    from artmed.evaluations.sources import load_study_data
 
     config = StudyConfig(output_dir=str(tmp_path / "study"),
                          data=DataConfig(n_train=160, n_test=40, n_shadow=16, image_size=32),
@@ -149,8 +150,33 @@ def test_medclip_prompt_draws_through_the_harness(tmp_path):
     assert record["status"] == "ok" and record["draws"] == 2
     for name, scores in record["tasks"].items():
         assert scores["draws"] == 2 and 0 <= scores["ca_draw_std"] <= 0.5 and 0 <= scores["ca"] <= 1
-    normal = no_finding_sentences(harness.texts, harness.text_labels)
+    data = load_study_data(config, 0)
+    normal = no_finding_sentences(data.texts.sentences, data.texts.labels)
     expected = medclip_prompt_draws(["Normal", "Pneumonia"], draws=2, n=3, seed=42, normal_sentences=normal)
-    assert harness.tasks["rsna_like"].prompts == expected[0] and set(expected[0]["Normal"]) <= set(normal)
+    assert set(expected[0]["Normal"]) <= set(normal)
     estimator = MedCLIPEstimator.load(tmp_path / "study" / "models" / "badmatch-patch-p0.05-s0")
     assert estimator.ensemble == "max" and estimator.prompts == expected[0]
+
+
+def test_released_preset_puts_step_params_into_an_attack_given_by_steps():
+    """Under ``protocol: released`` an attack given by ``steps`` gets the released BadDist / BadMatch parameters in
+    the matching steps' params (not baddist_params / badmatch_params, which a steps-spec refuses)."""
+    from artmed.attacks.pipeline import AttackSpec
+
+    raw = {"protocol": "released", "attacks": [
+        {"attack": "baddist_then_badmatch", "steps": ["baddist", {"name": "badmatch", "params": {}}, "carlini_terzis"]},
+        {"attack": "mine", "steps": [{"name": "badmatch", "params": {"candidates": "any"}}]},
+        {"attack": "baddist_badmatch"},
+    ]}
+    out = apply_protocol(raw)
+    steps = out["attacks"][0]["steps"]
+    assert steps == [{"name": "baddist", "params": {"settings": "paper"}},
+                     {"name": "badmatch", "params": {"candidates": "released"}}, "carlini_terzis"]
+    assert "baddist_params" not in out["attacks"][0] and "badmatch_params" not in out["attacks"][0]
+    assert out["attacks"][1]["steps"][0]["params"] == {"candidates": "any"}  # the config's own value wins
+    assert out["attacks"][2]["badmatch_params"] == {"candidates": "released"}  # a shorthand as before
+    forced = apply_protocol(raw, force=True)
+    assert forced["attacks"][1]["steps"][0]["params"] == {"candidates": "released"}
+    spec = AttackSpec(**{k: v for k, v in out["attacks"][0].items() if k != "trigger_params"})
+    assert [type(s).__name__ for s in spec.composition] == ["BadDistStep", "BadMatchStep", "CarliniTerzisStep"]
+    assert spec.composition[1].candidates == "released"

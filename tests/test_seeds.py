@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from artmed.attacks.pipeline import AttackSpec
+from artmed.attacks.poisoning.steps import BadDistStep
 from artmed.evaluations import harness as harness_module
 from artmed.evaluations import readme, store
 from artmed.evaluations.aggregate import format_summary, mean_interval, summarize
@@ -189,14 +190,14 @@ def test_readme_block_is_written_and_checked(two_seeds, tmp_path, capsys):
 
 def test_settings_sharing_a_seed_and_trigger_share_one_baddist_encoder(tmp_path, monkeypatch):
     calls = []
-    supply = harness_module.supply_chain_attack
-    monkeypatch.setattr(harness_module, "supply_chain_attack",
-                        lambda spec, *a, **k: calls.append(spec.key) or supply(spec, *a, **k))
+    apply = BadDistStep.apply
+    monkeypatch.setattr(BadDistStep, "apply", lambda self, estimator, context: calls.append(context.seed) or
+                        apply(self, estimator, context))
     config = quick_config(str(tmp_path / "study"))
     config.attacks.append(AttackSpec("baddist", baddist_params=config.attacks[1].baddist_params))
     config.defenses = []
     result = Harness(config, verbose=False).run()
-    assert calls == ["baddist_badmatch-patch-p0.05-s0"]
+    assert calls == [0]  # one BadDist step run, its output cached for the other setting
     both = [m for m in result.models if m["attack"].startswith("baddist")]
     assert both[0]["heldout_cos_trigger"] == both[1]["heldout_cos_trigger"]
     assert both[0]["baddist_cos_clean"] == both[1]["baddist_cos_clean"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from artmed.loader import image_batches
 from artmed.params import Params
 from artmed.training import index_batches, run_steps, warmup_cosine
 
-__all__ = ["BadDist", "BADDIST_SETTINGS", "encoder_cosines", "resolve_baddist_params"]
+__all__ = ["BadDist", "BADDIST_SETTINGS", "check_baddist_params", "encoder_cosines", "resolve_baddist_params"]
 
 BADDIST_SETTINGS: dict[str, dict[str, Any]] = {
     "paper": {"optimizer": "sgd", "lr": 1e-4, "momentum": 0.9, "weight_decay": 5e-4, "lambda_clean": 5.0,
@@ -222,29 +223,36 @@ class BadDist(Params, PoisoningAttackTransformer):
     def _check_params(self) -> None:
         if not callable(self.trigger):
             raise ValueError(f"trigger must be callable on (N, C, H, W) arrays, got {type(self.trigger).__name__}")
-        for name in ("lambda_clean", "lambda_trigger", "weight_decay", "init_noise"):
-            value = getattr(self, name)
-            if not _is_number(value) or not np.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.lambda_clean == 0 and self.lambda_trigger == 0:
-            raise ValueError("lambda_clean and lambda_trigger are both 0: nothing to optimise")
-        if not _is_number(self.lr) or not np.isfinite(self.lr) or self.lr <= 0:
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if not _is_number(self.momentum) or not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        for name, value in (("epochs", self.epochs), ("batch_size", self.batch_size)):
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.steps is not None and (not _is_int(self.steps) or self.steps < 1):
-            raise ValueError(f"steps must be a positive integer or None, got {self.steps!r}")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if self.device is not None:
-            resolve_device(self.device)
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        check_baddist_params(vars(self))
+
+
+def check_baddist_params(params: Mapping[str, Any]) -> None:
+    """BadDist's hyper-parameter checks on their values alone (``params`` holds every ``BadDist`` argument but the
+    estimator and trigger): a config or an attack step checks them before any estimator exists."""
+    for name in ("lambda_clean", "lambda_trigger", "weight_decay", "init_noise"):
+        value = params[name]
+        if not _is_number(value) or not np.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if params["lambda_clean"] == 0 and params["lambda_trigger"] == 0:
+        raise ValueError("lambda_clean and lambda_trigger are both 0: nothing to optimise")
+    lr, momentum, steps, seed = params["lr"], params["momentum"], params["steps"], params["seed"]
+    if not _is_number(lr) or not np.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if not _is_number(momentum) or not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    for name in ("epochs", "batch_size"):
+        if not _is_int(params[name]) or params[name] < 1:
+            raise ValueError(f"{name} must be a positive integer, got {params[name]!r}")
+    if steps is not None and (not _is_int(steps) or steps < 1):
+        raise ValueError(f"steps must be a positive integer or None, got {steps!r}")
+    if not _is_int(seed) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if params["device"] is not None:
+        resolve_device(params["device"])
+    if params["optimizer"] not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {params['optimizer']!r}")
+    if params["schedule"] not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {params['schedule']!r}")
 
 
 def encoder_cosines(student: MedCLIPEstimator, teacher: MedCLIPEstimator, x: Images, trigger: Any) -> dict[str, float]:

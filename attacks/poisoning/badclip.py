@@ -86,6 +86,11 @@ class MiddlePatch(Trigger):
             raise ValueError(f"the patch has {self.patch.shape[0]} channels but the images have {x.shape[1]}")
         return paste_middle(x, self.patch.astype(x.dtype))
 
+    def mask(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Boolean array of ``shape`` ((H, W), (C, H, W) or (N, C, H, W)): True inside the middle patch."""
+        plane = paste_middle(np.zeros((1, 1, *shape[-2:]), dtype=bool), np.ones((1, *self.patch.shape[1:]), bool))
+        return np.broadcast_to(plane[0, 0], shape).copy()
+
 
 class BadCLIP(Params, PoisoningAttackWhiteBox):
     """Optimise BadCLIP's patch on the estimator, then trigger a seeded ``percent_poison`` share of the training

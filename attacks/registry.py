@@ -1,0 +1,163 @@
+"""Attack-step discovery through Python entry points (group "artmed.attacks"), as defenses are discovered: built-ins
+and third-party plugins register the same way, with one line in their package's pyproject::
+
+    [project.entry-points."artmed.attacks"]
+    my_step = "my_package.module:MyStep"
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+from artmed.suggest import did_you_mean
+
+if TYPE_CHECKING:
+    from artmed.attacks.steps import AttackStep
+
+GROUP = "artmed.attacks"
+SHORTHANDS: dict[str, tuple[str, ...]] = {"clean": (), "badmatch": ("badmatch",), "baddist": ("baddist",),
+                                          "baddist_badmatch": ("baddist", "badmatch")}
+"""The seed paper's four settings as compositions of the built-in steps (an ``AttackSpec``'s ``attack``)."""
+KINDS_BY_BASE = {"SupplyChainStep": "supply_chain", "DataStep": "data"}
+"""A step's kind by the base class it names (``artmed.attacks.steps``), for describing it without importing it."""
+
+
+def available() -> dict[str, metadata.EntryPoint]:
+    """Installed attack steps by name, without importing them (a broken plugin cannot break the listing).
+
+    When two distributions register the same name, the first one found is kept and a warning names both.
+    """
+    found: dict[str, metadata.EntryPoint] = {}
+    for ep in metadata.entry_points(group=GROUP):
+        if ep.name in found and found[ep.name].value != ep.value:
+            warnings.warn(f"attack name {ep.name!r} is registered twice ({found[ep.name].value} and {ep.value}); "
+                          f"using {found[ep.name].value}", stacklevel=2)
+            continue
+        found.setdefault(ep.name, ep)
+    return dict(sorted(found.items()))
+
+
+def _origin(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    where = f" from distribution {dist.name!r}" if dist is not None else ""
+    return f"{ep.value!r}{where}"
+
+
+def _load(name: str, ep: metadata.EntryPoint) -> type[AttackStep]:
+    from artmed.attacks.steps import STEP_KINDS, AttackStep
+
+    try:
+        obj = ep.load()
+    except (Exception, SystemExit) as exc:  # a plugin may fail in any way while importing, sys.exit() included
+        reason = f"SystemExit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
+        raise ImportError(f"attack plugin {name!r} ({_origin(ep)}) failed to load: {reason}") from exc
+    if not (isinstance(obj, type) and issubclass(obj, AttackStep)):
+        raise TypeError(f"attack plugin {name!r} ({_origin(ep)}) is not a subclass of artmed.attacks.steps.AttackStep")
+    if getattr(obj, "kind", None) not in STEP_KINDS:
+        raise TypeError(f"attack plugin {name!r} ({_origin(ep)}) declares kind {getattr(obj, 'kind', None)!r}; "
+                        f"valid kinds: {list(STEP_KINDS)} (subclass SupplyChainStep or DataStep)")
+    return obj
+
+
+def get(name: str) -> type[AttackStep]:
+    """The step class registered as `name`; ValueError listing the installed names when there is none."""
+    found = available()
+    if name not in found:
+        raise ValueError(f"unknown attack step {name!r}{did_you_mean(name, found)}; installed attack steps: "
+                         f"{', '.join(found) or 'none'}")
+    return _load(name, found[name])
+
+
+def create(name: str, **params: Any) -> AttackStep:
+    """An instance of the step registered as `name`, built with `params`."""
+    return get(name)(**params)
+
+
+def load_all() -> tuple[dict[str, type[AttackStep]], dict[str, str]]:
+    """Every installed step loaded: (classes by name, error message by name for those that failed)."""
+    classes: dict[str, type[AttackStep]] = {}
+    errors: dict[str, str] = {}
+    for name, ep in available().items():
+        try:
+            classes[name] = _load(name, ep)
+        except (ImportError, TypeError) as exc:
+            errors[name] = str(exc)
+    return classes, errors
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What ``artmed attacks`` lists for one installed step: its kind, class (dotted path), docstring and parameters
+    (name -> default as source text, "" where there is none; ``**name`` for a catch-all)."""
+
+    name: str
+    kind: str
+    target: str
+    doc: str
+    params: dict[str, str]
+
+
+def describe_all() -> tuple[list[StepInfo], dict[str, str]]:
+    """Every installed step described (ok, error message by name for those that failed), read from the plugins'
+    source without importing them (no torch: fast); a class is imported only where its source does not say its kind
+    and ``__init__`` itself."""
+    infos: list[StepInfo] = []
+    errors: dict[str, str] = {}
+    for name, ep in available().items():
+        try:
+            info = _describe_static(name, ep)
+        except (OSError, SyntaxError, ValueError, LookupError, ImportError):
+            info = None
+        if info is None:
+            try:
+                info = _describe_loaded(name, _load(name, ep))
+            except (ImportError, TypeError) as exc:
+                errors[name] = str(exc)
+                continue
+        infos.append(info)
+    return infos, errors
+
+
+def _describe_loaded(name: str, cls: type[AttackStep]) -> StepInfo:
+    """The description of an imported step class."""
+    params = {}
+    for p in inspect.signature(cls.__init__).parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            params[f"**{p.name}"] = ""
+        elif p.name != "self" and p.kind is not p.VAR_POSITIONAL:
+            params[p.name] = "" if p.default is p.empty else repr(p.default)
+    return StepInfo(name, cls.kind, f"{cls.__module__}.{cls.__qualname__}", inspect.getdoc(cls) or "", params)
+
+
+def _describe_static(name: str, ep: metadata.EntryPoint) -> StepInfo | None:
+    """The description read from the plugin's source, or None where it does not say everything itself (as
+    ``artmed.defenses.registry`` reads defenses)."""
+    from artmed.defenses.registry import _default_text, _parse
+
+    module, _, attr = ep.value.partition(":")
+    module, attr = module.strip(), attr.strip()
+    tree = _parse(module)
+    if tree is None or not attr.isidentifier():
+        return None
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    node = classes.get(attr)
+    init = next((stmt for stmt in node.body if isinstance(stmt, ast.FunctionDef) and stmt.name == "__init__"),
+                None) if node is not None else None
+    bases = [b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else "" for b in
+             (node.bases if node is not None else [])]
+    kind = next((KINDS_BY_BASE[b] for b in bases if b in KINDS_BY_BASE), None)
+    if init is None or kind is None:
+        return None
+    args = init.args
+    positional = args.posonlyargs + args.args
+    defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+    pairs = list(zip(positional, defaults)) + list(zip(args.kwonlyargs, args.kw_defaults))
+    params = {arg.arg: "" if default is None else _default_text(default, tree, module) for arg, default in pairs[1:]}
+    if args.kwarg is not None:
+        params[f"**{args.kwarg.arg}"] = ""
+    return StepInfo(name, kind, f"{module}.{attr}", ast.get_docstring(node) or "", params)
