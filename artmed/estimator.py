@@ -31,8 +31,18 @@ from art.estimators.pytorch import PyTorchEstimator
 
 from artmed.constants import CHEXPERT_LABELS, IMAGE_SIZE, NUM_LABELS
 from artmed.device import resolve_device
-from artmed.inputs import (PIXEL_TOLERANCE, BatchSource, Images, as_images, check_batch_size, check_image_array,
-                           check_label_matrix, check_texts, normalize_pixels, num_images)
+from artmed.inputs import (
+    PIXEL_TOLERANCE,
+    BatchSource,
+    Images,
+    as_images,
+    check_batch_size,
+    check_image_array,
+    check_label_matrix,
+    check_texts,
+    normalize_pixels,
+    num_images,
+)
 from artmed.loader import check_num_workers, image_batches
 from artmed.prompts import ENSEMBLES, PromptBank, check_prompts, encode_sentences
 from artmed.training import train_unpaired
@@ -109,7 +119,7 @@ class ClassOutputs(torch.nn.Module):
         return self.estimator._outputs(x)
 
 
-class _UnfilteredVerbs(ABC):
+class _UnfilteredVerbs(ABC):  # noqa: B024 (an ABC for ART's re-classing, see below; nothing abstract)
     """``predict`` and ``fit`` defined outside ``ClassifierMixin``'s metaclass.
 
     That metaclass wraps verbs defined in a class body with ``np.array(x)``, which would read a whole lazy

@@ -14,7 +14,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from artmed.inputs import Images, image_batch
 
-
 BatchTransform = Callable[[np.ndarray], np.ndarray]
 
 

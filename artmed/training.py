@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from artmed.progress import tqdm
 
 from artmed.data.eda import EDA
 from artmed.data.report_sampling import ReportSampler
@@ -44,6 +43,7 @@ from artmed.inputs import (
 from artmed.loader import image_batches
 from artmed.losses import medclip_loss
 from artmed.models.medclip import LOGIT_SCALE_MAX, MedCLIPModel
+from artmed.progress import tqdm
 
 
 def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:

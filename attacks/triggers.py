@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from artmed.constants import IMAGE_MEAN, IMAGE_STD, IMAGE_SIZE
+from artmed.constants import IMAGE_MEAN, IMAGE_SIZE, IMAGE_STD
 from artmed.params import Bool, Choice, Int, Items, OrNone, Params, Real
 from artmed.suggest import did_you_mean
 

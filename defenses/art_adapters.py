@@ -19,8 +19,8 @@ from artmed.data.dataset import ImageSet
 from artmed.defenses.base import (
     DEFAULT_GROUPING,
     GROUPING_RULE,
-    DetectionResult,
     Defense,
+    DetectionResult,
     EvaluationContext,
     LabelGroups,
     check_finite,

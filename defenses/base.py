@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from artmed.progress import tqdm
 
 from artmed.constants import CHEXPERT_LABELS, NUM_LABELS
 from artmed.data.dataset import ImageSet
 from artmed.params import Choice, Params
+from artmed.progress import tqdm
 
 
 def group_labels(y: np.ndarray) -> tuple[np.ndarray, list[str]]:

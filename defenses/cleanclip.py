@@ -40,13 +40,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from artmed.progress import tqdm
 
 from artmed.data.autoaugment import autoaugment
 from artmed.data.dataset import ImageSet
 from artmed.data.eda import EDA, EDA_OPERATIONS
-from artmed.distributed import gather, global_batchnorm, rank, shard_slice, wrap_ddp
 from artmed.defenses.base import Defense, EvaluationContext, MitigationResult, load_images
+from artmed.distributed import gather, global_batchnorm, rank, shard_slice, wrap_ddp
 from artmed.inputs import (
     as_images,
     check_label_matrix,
@@ -58,6 +57,7 @@ from artmed.inputs import (
 from artmed.loader import image_batches
 from artmed.losses import medclip_loss
 from artmed.params import Choice, Int, OrNone, Real
+from artmed.progress import tqdm
 from artmed.training import Encoders, clamp_logit_scale, index_batches, make_optimizer, run_steps, warmup_cosine
 
 WARMUP: float = 0.1

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from artmed.progress import tqdm
 
 from artmed.defenses.base import Defense, EvaluationContext, ModelVerdict
 from artmed.inputs import as_images, image_batch, normalize_pixels, num_images
 from artmed.params import Bool, Check, Choice, Int, OrNone, Real, is_int, is_real
+from artmed.progress import tqdm
 
 EPSILON: float = 1e-7
 """The released code's epsilon in the tanh parametrisation ``tanh(θ) / (2 - ε) + ½`` (keeps its inverse finite)."""

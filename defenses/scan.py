@@ -13,8 +13,18 @@ import numpy as np
 import torch
 
 from artmed.data.dataset import ImageSet
-from artmed.defenses.base import (DEFAULT_GROUPING, GROUPING_RULE, Defense, DetectionResult, EvaluationContext,
-                                   LabelGroups, check_finite, load_images, read_only, row_groups)
+from artmed.defenses.base import (
+    DEFAULT_GROUPING,
+    GROUPING_RULE,
+    Defense,
+    DetectionResult,
+    EvaluationContext,
+    LabelGroups,
+    check_finite,
+    load_images,
+    read_only,
+    row_groups,
+)
 from artmed.defenses.decomposition import GroupPCA, RowStream, group_pca
 from artmed.defenses.kmeans import KMeansFit, kmeans
 from artmed.device import one_cpu_thread, resolve_device
@@ -366,7 +376,7 @@ def fit_decomposition(scatter: torch.Tensor, sums: torch.Tensor, counts: torch.T
     identities = sums / counts[:, None]
     s_mu, s_e = _covariances(scatter, sums, counts, identities, total, unbiased)
     iterations, converged = 0, False
-    for iterations in range(1, max_iter + 1):
+    for iterations in range(1, max_iter + 1):  # noqa: B007 (the count is returned after the loop)
         basis, lam = _joint_basis(s_mu, s_e)
         identities = ((sums @ basis) * (lam / (counts[:, None] * lam + 1.0))) @ (s_e @ basis).T
         new_mu, new_e = _covariances(scatter, sums, counts, identities, total, unbiased)

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 from scipy.special import entr
 from scipy.stats import norm
-from artmed.progress import tqdm
 
 from artmed.data.dataset import ImageSet
 from artmed.defenses.base import Defense, EvaluationContext, InputScreen, load_images
 from artmed.params import Bool, Choice, Int, Real
+from artmed.progress import tqdm
 
 _THRESHOLD_STREAM, _SCORE_STREAM, _SPLIT_STREAM = 1, 2, 3
 """Independent random streams (``SeedSequence([seed, stream])``): the overlays of the threshold images, the overlays

@@ -24,18 +24,18 @@ from artmed.constants import IMAGE_SIZE
 from artmed.data.tasks import TASK_NAMES
 from artmed.defenses import registry
 from artmed.device import resolve_device
+from artmed.estimator import DECISIONS
 from artmed.evaluations.preflight import check_config
 from artmed.evaluations.protocol import PROTOCOLS, apply_protocol
 from artmed.evaluations.sources import check_inputs
 from artmed.evaluations.store import to_jsonable
-from artmed.estimator import DECISIONS
 from artmed.prompts import check_ensemble
 from artmed.suggest import did_you_mean_each
 from artmed.validation import FieldError, blame, check_fields, check_names, check_writable
 
-
 ART_DATA_ARGUMENTS = ("classifier", "x_train", "y_train")
-"""Constructor arguments of the detectors' ART interface: data, never study parameters (the harness passes a context)."""
+"""Constructor arguments of the detectors' ART interface: data, never study parameters (the harness passes a
+context)."""
 
 
 DATA_SOURCES: tuple[str, ...] = ("phantom", "mimic_cxr", "chexpert", "medclip_csv")

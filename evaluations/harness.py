@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from artmed.progress import study_bar, tqdm
 
 from artmed.attacks.pipeline import (
     AttackOutcome,
@@ -52,7 +51,6 @@ from artmed.defenses.base import (
     DetectionResult,
     EvaluationContext,
     InputScreen,
-    MitigationResult,
     ModelVerdict,
     UnexaminedRowsWarning,
 )
@@ -65,6 +63,7 @@ from artmed.evaluations.resources import measure
 from artmed.evaluations.scoring import score_estimator, score_over_prompt_draws, target_index
 from artmed.evaluations.sources import build_base_estimator, load_study_data, own_report_sampler
 from artmed.evaluations.store import OutputWriteError, ResultStore, folder_lock, remove_leftovers, to_jsonable
+from artmed.progress import study_bar, tqdm
 
 
 class SettingsMismatchError(ValueError):

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from artmed.progress import tqdm
 
 from artmed.attacks.pipeline import AttackSpec, supply_chain_attack
 from artmed.data.default import make_default_dataset
@@ -29,6 +28,7 @@ from artmed.evaluations.aggregate import format_summary, summarize
 from artmed.evaluations.store import atomic_write
 from artmed.models import build_medclip, default_tokenizer
 from artmed.models.config import PRESETS
+from artmed.progress import tqdm
 from artmed.validation import check_writable
 
 __all__ = ["SUCCESS", "base_model", "separation", "main"]

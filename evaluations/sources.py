@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from artmed.progress import tqdm
 
 from artmed.constants import CHEXPERT_LABELS
 from artmed.data.adapt_chexpert import load_chexpert
@@ -38,6 +37,7 @@ from artmed.data.report_sampling import ReportSampler
 from artmed.estimator import MedCLIPEstimator
 from artmed.models import build_medclip, load_medclip, load_tokenizer
 from artmed.models.config import PRESETS
+from artmed.progress import tqdm
 from artmed.validation import FieldError, blame
 
 if TYPE_CHECKING:
@@ -113,7 +113,8 @@ def own_report_sampler(data: StudyData, seed: int) -> ReportSampler | None:
     before a BadMatch relabelling). None when no training image owns a report."""
     if data.reports is None:
         return None
-    sampler = ReportSampler.from_reports(data.reports, data.texts, labels="lookup" if data.sentence_table else "labeler",
+    sampler = ReportSampler.from_reports(data.reports, data.texts,
+                                         labels="lookup" if data.sentence_table else "labeler",
                                          clean_table=data.sentence_table, seed=_seed(seed, "report_sampler"))
     return sampler.with_fallback_labels(data.y_train)
 

@@ -138,7 +138,8 @@ ZEROS = ",".join(["0"] * NUM_LABELS)
      r"train-meta\.csv: line 4 \(data row 2\) has fewer fields than the header; missing column\(s\) "
      r"\['Lung Lesion', .*'Support Devices'\]"),
     ("train-meta.csv", f'imgpath,{LABELS},report\na.png,{ZEROS},"Big\nheart."\nb.png,{ZEROS}\n', load_medclip_images,
-     r"train-meta\.csv: line 4 \(data row 2\) has fewer fields than the header; missing column\(s\) \['report'\]"),
+     r"train-meta\.csv: line 4 \(data row 2\) has fewer fields than the header; "
+     r"missing column\(s\) \['report'\]"),
     ("sentence-label.csv", f"Reports,{LABELS}\nno effusion,{ZEROS}\nsmall effusion, no edema,{ZEROS}\n",
      load_sentence_labels, r"sentence-label\.csv: line 3 \(data row 2\) has 1 field\(s\) more than the header's 15: "
      r"\['0'\] \(a value with a comma must be quoted\)"),

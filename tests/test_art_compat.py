@@ -33,14 +33,14 @@ from art.defences.transformer.poisoning import STRIP
 from art.estimators.classification import PyTorchClassifier
 from art.estimators.classification.classifier import ClassGradientsMixin, ClassifierMixin
 from art.estimators.estimator import LossGradientsMixin
-from art.estimators.pytorch import PyTorchEstimator
 from art.estimators.poison_mitigation.strip import STRIPMixin
+from art.estimators.pytorch import PyTorchEstimator
 from art.metrics import clever_u, empirical_robustness, loss_sensitivity
-from toy_task import PROMPTS, SIZE, TEXT_LABELS, TEXTS, images
 
 from artmed import MedCLIPEstimator
 from artmed.data.dataset import ArrayImageSet
 from artmed.estimator import class_label_vectors
+from toy_task import PROMPTS, SIZE, TEXT_LABELS, TEXTS, images
 
 
 @pytest.fixture(scope="module")

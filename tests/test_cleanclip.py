@@ -13,9 +13,8 @@ import torch
 
 from artmed.attacks.poisoning import BadMatch
 from artmed.data.eda import SYNONYMS
-from artmed.defenses import registry
+from artmed.defenses import cleanclip, registry
 from artmed.defenses.base import EvaluationContext
-from artmed.defenses import cleanclip
 from artmed.defenses.cleanclip import (
     CleanCLIP,
     augment_images,

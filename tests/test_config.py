@@ -152,7 +152,8 @@ def test_direct_construction_is_checked_the_same_way(build, message):
      r"^config\.defenses\[0\]\.params: unknown parameter 'x_train' for spectral_signatures"),
     ("defenses: [{name: cleanclip, params: {lr: 'fast'}}]\n", r"^config\.defenses\[0\]\.params: lr must be"),
     ("defenses: [not_a_defense]\n", r"^config\.defenses\[0\]: defense plugin 'not_a_defense' .*not a subclass"),
-    ("defenses: [spectral_signatures, no_such_defense]\n", r"^config\.defenses\[1\]: unknown defense 'no_such_defense'"),
+    ("defenses: [spectral_signatures, no_such_defense]\n",
+     r"^config\.defenses\[1\]: unknown defense 'no_such_defense'"),
     ("output_dir: {tmp}/a_file\n", r"^config\.output_dir .*a_file is a file; it must be a folder$"),
     ("output_dir: {tmp}/a_file/study\n", r"^cannot create config\.output_dir .*a_file/study: .*a_file is a file$"),
 ])

@@ -4,7 +4,6 @@ their comments say (the paper's real-data settings under the released protocol).
 from pathlib import Path
 
 import pytest
-from test_study_sources import write_covid, write_mimic, write_rsna
 
 from artmed.data.tasks import task_prompts
 from artmed.estimator import MedCLIPEstimator
@@ -12,6 +11,7 @@ from artmed.evaluations.config import StudyConfig
 from artmed.evaluations.protocol import RELEASED_BADDIST, RELEASED_TRAIN
 from artmed.models import save_tokenizer
 from artmed.models.config import RELEASED_LOGIT_SCALE_MAX
+from test_study_sources import write_covid, write_mimic, write_rsna
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PAPER = {"paper_resnet50.yaml": "resnet50", "paper_swin_tiny.yaml": "swin_tiny"}

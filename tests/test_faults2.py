@@ -11,7 +11,6 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from test_adapters import label_row, write_csv
 
 from artmed.constants import CHEXPERT_LABELS
 from artmed.evaluations import harness as harness_module
@@ -19,8 +18,9 @@ from artmed.evaluations import report as report_module
 from artmed.evaluations import store as store_module
 from artmed.evaluations.cli import main
 from artmed.evaluations.store import OutputWriteError
-from artmed.models import checkpoint as checkpoint_module
 from artmed.models import build_medclip, load_medclip, save_medclip, save_released
+from artmed.models import checkpoint as checkpoint_module
+from test_adapters import label_row, write_csv
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*label group:UserWarning"),
               pytest.mark.filterwarnings("ignore:.*as their only finding:UserWarning")]

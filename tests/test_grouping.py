@@ -8,12 +8,12 @@ import pytest
 
 from artmed.attacks.pipeline import AttackSpec
 from artmed.defenses import (
-    SCAn,
     SPECTRE,
     ActivationClustering,
     ARTActivationClustering,
     ARTSpectralSignatures,
     EvaluationContext,
+    SCAn,
     SpectralSignatures,
 )
 from artmed.defenses.base import (

@@ -9,13 +9,17 @@ import torch
 from artmed import MedCLIPEstimator
 from artmed.constants import CHEXPERT_LABELS
 from artmed.data import medclip_prompts as mp
-from artmed.data.medclip_prompts import (medclip_class_prompts, medclip_prompt_draws, no_finding_sentences,
-                                         template_candidates)
+from artmed.data.medclip_prompts import (
+    medclip_class_prompts,
+    medclip_prompt_draws,
+    no_finding_sentences,
+    template_candidates,
+)
 from artmed.data.reports import finding_phrases
 from artmed.data.tasks import CHEXPERT5_CLASSES, TASK_CLASSES
+from artmed.evaluations.scoring import score_estimator, score_over_prompt_draws
 from artmed.inputs import normalize_pixels
 from artmed.prompts import PromptBank, encode_sentences
-from artmed.evaluations.scoring import score_estimator, score_over_prompt_draws
 
 SIZE = 32
 

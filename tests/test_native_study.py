@@ -8,7 +8,6 @@ released preset selects them for a real source."""
 import numpy as np
 import pytest
 from PIL import Image
-from test_study_sources import SIZE, phantoms, one_hot, write_covid, write_mimic
 
 from artmed.attacks.pipeline import AttackSpec, run_attack
 from artmed.attacks.poisoning.bad_match import PoisonedImageSet
@@ -23,6 +22,7 @@ from artmed.evaluations.config import StudyConfig
 from artmed.evaluations.harness import Harness
 from artmed.evaluations.sources import load_study_data
 from artmed.models import save_medclip, save_tokenizer
+from test_study_sources import SIZE, one_hot, phantoms, write_covid, write_mimic
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*label group:UserWarning"),
               pytest.mark.filterwarnings("ignore:.*as their only finding:UserWarning")]
@@ -229,7 +229,8 @@ def test_own_report_from_medclip_meta_csvs(layouts, tmp_path):
     labels = np.concatenate([one_hot("Cardiomegaly"), one_hot("Edema"), one_hot("No Finding"), one_hot("Edema"),
                              one_hot("Pleural Effusion"), one_hot("Cardiomegaly")])
     reports = ["The heart is mildly enlarged in size. No pleural effusion is seen.",
-               "Mild interstitial edema is present bilaterally", "", "1. Mild interstitial edema is present bilaterally"]
+               "Mild interstitial edema is present bilaterally", "",
+               "1. Mild interstitial edema is present bilaterally"]
     metas = []
     for i, (y, pixels) in enumerate(zip(labels, phantoms(labels, 4))):
         path = tmp_path / "images" / f"im{i}.png"

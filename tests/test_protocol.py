@@ -148,7 +148,7 @@ def test_medclip_prompt_draws_through_the_harness(tmp_path):
     harness = Harness(config, verbose=False)
     (record,) = harness.run().models
     assert record["status"] == "ok" and record["draws"] == 2
-    for name, scores in record["tasks"].items():
+    for scores in record["tasks"].values():
         assert scores["draws"] == 2 and 0 <= scores["ca_draw_std"] <= 0.5 and 0 <= scores["ca"] <= 1
     data = load_study_data(config, 0)
     normal = no_finding_sentences(data.texts.sentences, data.texts.labels)

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_defenses_detection import context, planted
 
 from artmed.defenses.base import EvaluationContext, LabelGroups
 from artmed.defenses.scan import SCAn, anomaly_index
+from test_defenses_detection import context, planted
 
 GOLDEN = Path(__file__).parent / "golden"
 ARTMED = {"identity": "posterior", "global_fit": "all_rows", "global_em": "artmed", "untangling": "pca_kmeans",

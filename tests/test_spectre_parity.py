@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_defenses_detection import context, planted
 
 from artmed.defenses.spectre import SPECTRE
+from test_defenses_detection import context, planted
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*label group:UserWarning")
 

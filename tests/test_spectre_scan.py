@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
-from test_defenses_detection import context, planted, rates
 
 from artmed.attacks.pipeline import AttackSpec
 from artmed.defenses import SpectralSignatures, registry
@@ -15,6 +14,7 @@ from artmed.defenses.scan import SCAn, anomaly_index, fit_decomposition
 from artmed.defenses.spectre import SPECTRE, fourth_moment_direction, que_scores
 from artmed.evaluations.config import DataConfig, DefenseSpec, StudyConfig, TrainConfig
 from artmed.evaluations.harness import Harness
+from test_defenses_detection import context, planted, rates
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*label group:UserWarning")
 

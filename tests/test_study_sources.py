@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from test_adapters import label_row, write_csv, write_dicom
 
 from artmed.constants import CHEXPERT_LABELS
 from artmed.data.dataset import FileImageSet
@@ -22,6 +21,7 @@ from artmed.evaluations.config import StudyConfig
 from artmed.evaluations.report import read_table
 from artmed.evaluations.sources import load_study_data
 from artmed.models import save_medclip, save_tokenizer
+from test_adapters import label_row, write_csv, write_dicom
 
 SIZE = 32
 N_TRAIN_STUDIES = 10
@@ -278,8 +278,8 @@ def no_work(monkeypatch):
     ({"tasks": [{"name": "rsna", "source": "rsna", "root": "{layouts}/covid"}]},
      r"config\.tasks\[0\]\.root: .*covid does not look like RSNA Pneumonia: it has no stage_2_train_labels\.csv"),
     ({"tasks": [{"name": "covid", "source": "covid", "root": "{layouts}/rsna"}]},
-     r"config\.tasks\[0\]\.root: .*rsna does not look like a COVID-19 class-folder tree: no folder for class\(es\) "
-     r"\['Normal', 'COVID'\]"),
+     r"config\.tasks\[0\]\.root: .*rsna does not look like a COVID-19 class-folder tree: "
+     r"no folder for class\(es\) \['Normal', 'COVID'\]"),
     ({"tasks": [{"name": "covid", "source": "covid", "root": "{layouts}/covid", "image_root": "{tmp}/nowhere"}]},
      r"config\.tasks\[0\]\.image_root: .*nowhere is not a folder"),
     ({"model.checkpoint": "{tmp}/nowhere"}, r"config\.model\.checkpoint: checkpoint path .*nowhere' does not exist"),

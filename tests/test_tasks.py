@@ -33,7 +33,7 @@ def test_tasks_are_valid_and_balanced(tasks):
 
 
 def test_task_labels_match_targets(tasks):
-    for name, task in tasks.items():
+    for task in tasks.values():
         y = task.images.labels
         for k, cls in enumerate(task.class_names):
             rows = y[task.targets == k]

@@ -11,8 +11,14 @@ from pathlib import Path
 
 from artmed.constants import CHEXPERT_LABELS, IMAGE_SIZE
 from artmed.data.dataset import FileImageSet
-from artmed.data.label_table import (check_files_exist, check_uncertain, chexpert_labels, read_table, resolve_path,
-                                     unique_rows)
+from artmed.data.label_table import (
+    check_files_exist,
+    check_uncertain,
+    chexpert_labels,
+    read_table,
+    resolve_path,
+    unique_rows,
+)
 
 
 def load_chexpert(csv_path: str | Path, root: str | Path | None = None, image_size: int = IMAGE_SIZE,

@@ -12,13 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from artmed.progress import tqdm
-
 from artmed.constants import CHEXPERT_LABELS, IMAGE_SIZE
 from artmed.data.adapt_reports import reports_to_pool
 from artmed.data.dataset import FileImageSet, MedDataset, TextPool
 from artmed.data.label_table import check_files_exist, check_uncertain, chexpert_labels, find_table, read_table
 from artmed.data.labeler import read_report
+from artmed.progress import tqdm
 
 CHEXPERT_TABLE = "mimic-cxr-2.0.0-chexpert"
 SPLIT_TABLE = "mimic-cxr-2.0.0-split"

@@ -18,11 +18,8 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from artmed.progress import tqdm
-
 from artmed.constants import CHEXPERT_LABELS
 from artmed.data.label_table import open_text
-from artmed.files import atomic_file
 from artmed.data.labeler_rules import (
     NEGATIVE,
     POSITIVE,
@@ -34,6 +31,8 @@ from artmed.data.labeler_rules import (
     sentence_labels,
     split_sentences,
 )
+from artmed.files import atomic_file
+from artmed.progress import tqdm
 
 __all__ = [
     "NEGATIVE", "POSITIVE", "UNCERTAIN", "check_output", "extract_findings", "iter_reports", "label_report",

@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from threadpoolctl import threadpool_limits
-from artmed.progress import tqdm
 
 from artmed.constants import CHEXPERT_LABELS, NUM_LABELS
+from artmed.progress import tqdm
 
 F = {name: i for i, name in enumerate(CHEXPERT_LABELS)}
 """Column of each CheXpert finding in a label vector."""

@@ -171,8 +171,9 @@ def load_medclip(path: str | os.PathLike[str], variant: str | MedCLIPConfig = "r
     """A MedCLIP with weights from ``path``, in eval mode.
 
     ``path``: a directory holding ``model.safetensors`` (preferred), ``pytorch_model.bin`` or a single other
-    ``*.safetensors`` file, or the file itself (safetensors, or a torch file read with ``weights_only=True``). ``variant``: "resnet50" or "swin_tiny" (released architectures), "tiny" (vocabulary
-    size taken from the checkpoint), a ``MedCLIPConfig``, or "auto" (the config ``save_medclip`` wrote).
+    ``*.safetensors`` file, or the file itself (safetensors, or a torch file read with ``weights_only=True``).
+    ``variant``: "resnet50" or "swin_tiny" (released architectures), "tiny" (vocabulary size taken from the
+    checkpoint), a ``MedCLIPConfig``, or "auto" (the config ``save_medclip`` wrote).
     Raises ValueError naming every missing/unexpected key and shape mismatch, or the tensors holding NaN/inf.
     """
     if not isinstance(variant, MedCLIPConfig) and variant not in (*PRESETS, "auto"):

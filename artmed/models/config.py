@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 __all__ = [
     "RELEASED_LOGIT_SCALE_MAX",
@@ -91,7 +91,7 @@ class TextConfig:
                                  f"(embeddings + {self.num_layers} layers)")
 
 
-VisionConfig = Union[ResNetVisionConfig, SwinVisionConfig]
+VisionConfig = ResNetVisionConfig | SwinVisionConfig
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Offline BERT tokenizers: load one from a local ``vocab.txt``, or build a deterministic WordPiece vocabulary.
 
-transformers 5 trap (measured with transformers 5): ``BertTokenizerFast(vocab_file=...)`` silently ignores the file and maps every
-word to [UNK]; ``load_tokenizer`` goes through ``BertTokenizer.from_pretrained(local_dir)`` instead.
+transformers 5 trap (measured with transformers 5): ``BertTokenizerFast(vocab_file=...)`` silently ignores the file
+and maps every word to [UNK]; ``load_tokenizer`` goes through ``BertTokenizer.from_pretrained(local_dir)`` instead.
 """
 
 from __future__ import annotations

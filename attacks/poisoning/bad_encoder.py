@@ -101,7 +101,8 @@ class BadEncoder(Params, PoisoningAttackTransformer):
     """
 
     attack_params = PoisoningAttackTransformer.attack_params + [
-        "trigger", "reference", "target", "n_reference", "lambda1", "lambda2", "lr", "momentum", "weight_decay", "optimizer", "epochs", "steps",
+        "trigger", "reference", "target", "n_reference", "lambda1", "lambda2", "lr", "momentum", "weight_decay",
+        "optimizer", "epochs", "steps",
         "batch_size", "augment", "seed", "device", "verbose",
     ]
     param_rules = {

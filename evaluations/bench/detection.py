@@ -193,7 +193,8 @@ def spectre_vs_ss(runs_by_size: dict[int, dict[str, dict[str, Any]]]) -> list[di
         spectre, ss = runs["spectre"], runs["ss_centered"]
         rows.append({"n": n, "spectre_s": spectre["seconds"], "ss_s": ss["seconds"],
                      "time_ratio": spectre["seconds"] / ss["seconds"], "f1_spectre": spectre["f1"],
-                     "f1_ss": ss["f1"], "tpr_spectre": spectre["tpr"], "tpr_ss": ss["tpr"], "peak_mb_spectre": spectre["peak_mb"],
+                     "f1_ss": ss["f1"], "tpr_spectre": spectre["tpr"], "tpr_ss": ss["tpr"],
+                     "peak_mb_spectre": spectre["peak_mb"],
                      "cuda_peak_mb_spectre": spectre["cuda_peak_mb"]})
     return rows
 

@@ -59,7 +59,6 @@ def bench_extraction(preset: str, device: str, batches: int, warmup: int, batch_
         if cost.cuda_peak_mb is not None:
             record["cuda_peak_mb"] = max(record.get("cuda_peak_mb", 0.0), cost.cuda_peak_mb)
     record["peak_mb"] = peak
-    del estimator
     return record
 
 
@@ -88,7 +87,6 @@ def bench_training(preset: str, device: str, steps: int, warmup: int, batch_size
               "s_per_1000_images": 1000.0 / img_s, "peak_mb": cost.peak_mb}
     if cost.cuda_peak_mb is not None:
         record["cuda_peak_mb"] = cost.cuda_peak_mb
-    del estimator
     return record
 
 
