@@ -78,12 +78,16 @@ class ARTPoisonFilter(Defense, PoisonFilteringDefence):
         name = type(self).__name__
         if self.classifier is not None:
             if not callable(getattr(self.classifier, "get_activations", None)):
-                raise ValueError(f"{name}: classifier must be an ART classifier with get_activations, got "
-                                 f"{type(self.classifier).__name__} (the defense's own parameters are keyword-only)")
+                raise ValueError(
+                    f"{name}: classifier must be an ART classifier with get_activations, got "
+                    f"{type(self.classifier).__name__} (the defense's own parameters are keyword-only)"
+                )
             names = getattr(self.classifier, "layer_names", None)
             if names is not None and self.layer not in names:
-                raise ValueError(f"{name}: layer {self.layer!r} is not one of the classifier's layer_names {names} "
-                                 f"(ART's detectors analyse the last one: layer={names[-1]!r})")
+                raise ValueError(
+                    f"{name}: layer {self.layer!r} is not one of the classifier's layer_names {names} "
+                    f"(ART's detectors analyse the last one: layer={names[-1]!r})"
+                )
         if self.x_train is not None and self.y_train is not None and len(self.x_train) != len(self.y_train):
             raise ValueError(f"{name}: x_train has {len(self.x_train)} samples but y_train {len(self.y_train)} rows")
 
@@ -92,8 +96,10 @@ class ARTPoisonFilter(Defense, PoisonFilteringDefence):
         data = (self.classifier, self.x_train, self.y_train)
         missing = [k for k, v in zip(ART_DATA, data) if v is None]
         if missing:
-            raise ValueError(f"{type(self).__name__}: ART's API needs {', '.join(missing)}: construct it as "
-                             f"{type(self).__name__}(classifier, x_train, y_train, ...) or use set_params")
+            raise ValueError(
+                f"{type(self).__name__}: ART's API needs {', '.join(missing)}: construct it as "
+                f"{type(self).__name__}(classifier, x_train, y_train, ...) or use set_params"
+            )
         if self._cached is None or any(a is not b for a, b in zip(self._cached[0], data)):
             self._cached = data, EvaluationContext(estimator=data[0], x_train=data[1], y_train=data[2])
         return self._cached[1]

@@ -101,8 +101,9 @@ def _lloyd_all(x: torch.Tensor, starts: torch.Tensor, max_iter: int, tol: float)
     return fits
 
 
-def _cluster_sums(x: torch.Tensor, labels: torch.Tensor, k: int, total: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def _cluster_sums(
+    x: torch.Tensor, labels: torch.Tensor, k: int, total: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per run and cluster, the member count (S, k) and the sum of members (S, k, D) for labels (S, N)."""
     if k == 2:
         n_ones = labels.sum(1)
@@ -112,8 +113,9 @@ def _cluster_sums(x: torch.Tensor, labels: torch.Tensor, k: int, total: torch.Te
     return onehot.sum(1).long(), torch.einsum("snk,nd->skd", onehot, x)
 
 
-def _fill_empty(x: torch.Tensor, partial: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def _fill_empty(
+    x: torch.Tensor, partial: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Give each empty cluster the point farthest from its own centre."""
     dist = partial.gather(1, labels[:, None]).squeeze(1) + (x * x).sum(1)
     for empty in torch.nonzero(counts == 0).flatten().tolist():

@@ -183,8 +183,7 @@ def _format_cell(value: Any, digits: int) -> str:
 # ---------------------------------------------------------------- figures
 
 
-def plot_detection_roc(scores_by_defense: Mapping[str, Any], path: str | Path,
-                       title: str | None = None) -> Path | None:
+def plot_detection_roc(scores_by_defense: Mapping[str, Any], path: str | Path, title: str | None = None) -> Path | None:
     """ROC curve per detection defense (one model), AUROC in the legend; the defense's flags as a dot when given.
 
     Each value is ``(scores, mask)``, ``(scores, mask, flags)`` or ``(DetectionResult, mask)``. Samples with NaN
@@ -236,8 +235,9 @@ def mean_roc(curves: Iterable[tuple[Any, Any]], grid: int = 101) -> dict[str, An
     return {"fpr": fpr_grid, "tpr": stacked.mean(axis=0), "tpr_std": std, "n": len(tprs), "auroc": aurocs}
 
 
-def plot_mean_roc(curves_by_defense: Mapping[str, Sequence[tuple[Any, Any]]], path: str | Path,
-                  title: str | None = None) -> Path | None:
+def plot_mean_roc(
+    curves_by_defense: Mapping[str, Sequence[tuple[Any, Any]]], path: str | Path, title: str | None = None
+) -> Path | None:
     """ROC per detection defense averaged over seeds (``mean_roc``): the mean TPR with a ± one-standard-deviation
     band, mean ± std AUROC and the number of seeds in the legend. Each value lists ``(scores, mask)`` per seed."""
     fig = Figure(figsize=(5.5, 5))
@@ -249,24 +249,39 @@ def plot_mean_roc(curves_by_defense: Mapping[str, Sequence[tuple[Any, Any]]], pa
             skipped.append(str(name))
             continue
         auroc, spread = _mean_std(curve["auroc"])
-        (line,) = ax.plot(curve["fpr"], curve["tpr"], drawstyle="steps-post",
-                          label=f"{name}: AUROC {auroc:.2f} ± {spread:.2f} (n={curve['n']})")
+        (line,) = ax.plot(
+            curve["fpr"],
+            curve["tpr"],
+            drawstyle="steps-post",
+            label=f"{name}: AUROC {auroc:.2f} ± {spread:.2f} (n={curve['n']})",
+        )
         if curve["n"] > 1:
-            ax.fill_between(curve["fpr"], np.clip(curve["tpr"] - curve["tpr_std"], 0, 1),
-                            np.clip(curve["tpr"] + curve["tpr_std"], 0, 1), step="post", alpha=0.2,
-                            color=line.get_color(), linewidth=0)
-    return _save_roc(fig, ax, path, title or "Poison detection ROC, mean over seeds", len(curves_by_defense),
-                     skipped)
+            ax.fill_between(
+                curve["fpr"],
+                np.clip(curve["tpr"] - curve["tpr_std"], 0, 1),
+                np.clip(curve["tpr"] + curve["tpr_std"], 0, 1),
+                step="post",
+                alpha=0.2,
+                color=line.get_color(),
+                linewidth=0,
+            )
+    return _save_roc(fig, ax, path, title or "Poison detection ROC, mean over seeds", len(curves_by_defense), skipped)
 
 
-def _save_roc(fig: Figure, ax: Any, path: str | Path, title: str, n_defenses: int,
-              skipped: Sequence[str]) -> Path | None:
+def _save_roc(
+    fig: Figure, ax: Any, path: str | Path, title: str, n_defenses: int, skipped: Sequence[str]
+) -> Path | None:
     """Finish a ROC figure (chance line, unit axes, legend) and save it; skipped when no defense drew a curve."""
     if n_defenses == len(skipped):
         return _skip(path, "no defense has scores for both poisoned and clean samples")
     ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (clean flagged)",
-           ylabel="true positive rate (poison flagged)", title=title)
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        xlabel="false positive rate (clean flagged)",
+        ylabel="true positive rate (poison flagged)",
+        title=title,
+    )
     _finish(ax, skipped=skipped)
     return _save(fig, path)
 
@@ -290,8 +305,7 @@ def _detection_inputs(name: Any, value: Any) -> tuple[np.ndarray, np.ndarray, np
     return scores, mask.astype(bool), flags
 
 
-def plot_ca_asr_bars(records: Sequence[Mapping[str, Any]], path: str | Path,
-                     title: str | None = None) -> Path | None:
+def plot_ca_asr_bars(records: Sequence[Mapping[str, Any]], path: str | Path, title: str | None = None) -> Path | None:
     """CA and ASR before and after each defense that changed the model: two panels of horizontal bar pairs.
 
     Only records with an "after" value (``ca_after`` or ``asr_after``: mitigations, detections with ``retrain``)
@@ -310,14 +324,29 @@ def plot_ca_asr_bars(records: Sequence[Mapping[str, Any]], path: str | Path,
     axes = fig.subplots(1, 2, sharey=True)
     ys = np.arange(len(groups))
     for ax, metric, name in zip(axes, ("ca", "asr"), ("clean accuracy (CA)", "attack success (ASR)")):
-        for shift, when, colour in ((-0.2, "before", "#bdbdbd"), (0.2, "after", "#08519c" if metric == "ca"
-                                                                  else "#a50f15")):
+        for shift, when, colour in (
+            (-0.2, "before", "#bdbdbd"),
+            (0.2, "after", "#08519c" if metric == "ca" else "#a50f15"),
+        ):
             keys = (f"{metric}_{when}",) if when == "after" else (f"{metric}_before", metric)
-            stats = [_mean_std(next((r.get(k) for k in keys if not math.isnan(_num(r.get(k)))), None)
-                               for r, lab in zip(records, labels) if lab == g) for g in groups]
+            stats = [
+                _mean_std(
+                    next((r.get(k) for k in keys if not math.isnan(_num(r.get(k)))), None)
+                    for r, lab in zip(records, labels)
+                    if lab == g
+                )
+                for g in groups
+            ]
             means = np.array([m for m, _ in stats])
-            ax.barh(ys + shift, np.nan_to_num(means), 0.4, xerr=[0.0 if math.isnan(e) else e for _, e in stats],
-                    color=colour, label=when, capsize=2)
+            ax.barh(
+                ys + shift,
+                np.nan_to_num(means),
+                0.4,
+                xerr=[0.0 if math.isnan(e) else e for _, e in stats],
+                color=colour,
+                label=when,
+                capsize=2,
+            )
         ax.set(xlim=(0, 1.05), xlabel=name)
         ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=2, frameon=False)
     axes[0].set_yticks(ys, groups, fontsize=8)
@@ -326,8 +355,13 @@ def plot_ca_asr_bars(records: Sequence[Mapping[str, Any]], path: str | Path,
     return _save(fig, path)
 
 
-def plot_heatmap(cells: Mapping[tuple[str, str], tuple[float, float]], path: str | Path, title: str,
-                 value_range: tuple[float, float] = (0.0, 1.0), cmap: str = "viridis") -> Path | None:
+def plot_heatmap(
+    cells: Mapping[tuple[str, str], tuple[float, float]],
+    path: str | Path,
+    title: str,
+    value_range: tuple[float, float] = (0.0, 1.0),
+    cmap: str = "viridis",
+) -> Path | None:
     """A grid of ``(row, column) -> (mean, std)`` (e.g. defense × attack setting -> AUROC over seeds), each cell
     annotated "mean ± std" (mean only when the std is NaN); missing or NaN cells stay blank."""
     cells = {k: v for k, v in cells.items() if not math.isnan(_num(v[0]))}
@@ -340,13 +374,19 @@ def plot_heatmap(cells: Mapping[tuple[str, str], tuple[float, float]], path: str
         grid[rows.index(r), cols.index(c)] = mean
     fig = Figure(figsize=(2.0 + 1.5 * len(cols), 1.4 + 0.5 * len(rows)))
     ax = fig.subplots()
-    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=value_range[0], vmax=value_range[1],
-                      aspect="auto")
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=value_range[0], vmax=value_range[1], aspect="auto")
     for (r, c), (mean, std) in cells.items():
         text = f"{mean:.2f}" if math.isnan(_num(std)) else f"{mean:.2f}\n± {std:.2f}"
         shade = (mean - value_range[0]) / ((value_range[1] - value_range[0]) or 1.0)
-        ax.text(cols.index(c), rows.index(r), text, ha="center", va="center", fontsize=8,
-                color="black" if shade > 0.6 else "white")
+        ax.text(
+            cols.index(c),
+            rows.index(r),
+            text,
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="black" if shade > 0.6 else "white",
+        )
     ax.set_xticks(range(len(cols)), cols, rotation=20, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.set_title(title, fontsize=10)
@@ -385,11 +425,14 @@ def plot_tradeoff(steps: Sequence[Mapping[str, Any]], path: str | Path, title: s
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("attack success (ASR)")
     handles = [axes[0].plot([], [], "-", color=colours[d], label=d)[0] for d in defenses]
-    handles += [axes[0].plot([], [], "o", color="grey", label="first")[0],
-                axes[0].plot([], [], "*", color="grey", markersize=10, label="last")[0]]
+    handles += [
+        axes[0].plot([], [], "o", color="grey", label="first")[0],
+        axes[0].plot([], [], "*", color="grey", markersize=10, label="last")[0],
+    ]
     axes[-1].legend(handles=handles, fontsize=8, loc="best")
-    fig.suptitle(title or "Mitigations: CA and ASR of the models each one passed through (one line per seed)",
-                 fontsize=10)
+    fig.suptitle(
+        title or "Mitigations: CA and ASR of the models each one passed through (one line per seed)", fontsize=10
+    )
     return _save(fig, path)
 
 
@@ -414,8 +457,9 @@ def plot_inverted_trigger(mask: Any, pattern: Any | None, path: str | Path, titl
     return _save(fig, path)
 
 
-def plot_score_histograms(scores: Any, mask: Any, path: str | Path, title: str | None = None,
-                          bins: int = 40) -> Path | None:
+def plot_score_histograms(
+    scores: Any, mask: Any, path: str | Path, title: str | None = None, bins: int = 40
+) -> Path | None:
     """Histograms of clean vs poisoned suspicion scores, one panel per defense.
 
     ``scores``: an (N,) array, or a dict name -> scores / ``(scores, mask)`` / DetectionResult (``mask`` is used
@@ -446,7 +490,7 @@ def plot_score_histograms(scores: Any, mask: Any, path: str | Path, title: str |
             ax.plot(s[m], np.zeros(int(m.sum())), "|", color="#cb181d", markersize=12)
         ax.set(title=str(name), xlabel="suspicion score", ylabel="density")
         _finish(ax)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     if title:
         fig.suptitle(title)
@@ -510,8 +554,9 @@ def _pca2(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return centred @ axes, variance / total if total > 0 else np.zeros(2)
 
 
-def plot_poison_rate_sweep(records: Sequence[Mapping[str, Any]], path: str | Path,
-                           title: str | None = None) -> Path | None:
+def plot_poison_rate_sweep(
+    records: Sequence[Mapping[str, Any]], path: str | Path, title: str | None = None
+) -> Path | None:
     """ASR and CA against the poison rate (log x), one line per attack × trigger: the attack study of the paper.
 
     Uses the records without a defense when there are any (else all); rates ≤ 0 cannot sit on a log axis and are
@@ -548,8 +593,9 @@ def plot_poison_rate_sweep(records: Sequence[Mapping[str, Any]], path: str | Pat
     return _save(fig, path)
 
 
-def plot_baddist_separation(records: Sequence[Mapping[str, Any]], path: str | Path,
-                            title: str | None = None) -> Path | None:
+def plot_baddist_separation(
+    records: Sequence[Mapping[str, Any]], path: str | Path, title: str | None = None
+) -> Path | None:
     """BadDist's separation on held-out images: the backdoored encoder's mean cosine to the clean encoder on clean
     images (``heldout_cos_clean``, near 1 = stealthy) and on triggered ones (``heldout_cos_trigger``, low = the
     trigger moves the embedding), one dot per seed and the mean ± std per setting.
@@ -569,15 +615,25 @@ def plot_baddist_separation(records: Sequence[Mapping[str, Any]], path: str | Pa
         for i, group in enumerate(groups):
             values = [_num(r[key]) for r, lab in zip(records, labels) if lab == group]
             y = i + (j - 0.5) * 0.3
-            ax.plot(values, np.full(len(values), y), "o", color=colour, alpha=0.5, markersize=5,
-                    label=legend if i == 0 else None)
+            ax.plot(
+                values,
+                np.full(len(values), y),
+                "o",
+                color=colour,
+                alpha=0.5,
+                markersize=5,
+                label=legend if i == 0 else None,
+            )
             mean, std = _mean_std(values)
             ax.errorbar([mean], [y], xerr=[std], fmt="|", color=colour, markersize=14, capsize=4)
     ax.axvline(0.0, color="grey", linestyle=":")
     ax.set_yticks(range(len(groups)), groups, fontsize=8)
     ax.invert_yaxis()
-    ax.set(xlim=(-1.05, 1.05), title=title or "BadDist: clean vs triggered embeddings",
-           xlabel="cosine to the clean encoder (held-out test images; dots: seeds, bar: mean ± std)")
+    ax.set(
+        xlim=(-1.05, 1.05),
+        title=title or "BadDist: clean vs triggered embeddings",
+        xlabel="cosine to the clean encoder (held-out test images; dots: seeds, bar: mean ± std)",
+    )
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
 
@@ -598,8 +654,9 @@ def plot_trigger_examples(path: str | Path, image_size: int = 96, seed: int = 0)
         axes[0, col].set_title(name, fontsize=9)
         change = np.abs(image[0] - clean[0])
         peak = float(change.max())
-        axes[1, col].imshow(change / peak if peak > 0 else change, cmap="magma", vmin=0.0, vmax=1.0,
-                            interpolation="nearest")
+        axes[1, col].imshow(
+            change / peak if peak > 0 else change, cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest"
+        )
         axes[1, col].set_title(f"|change|, max {peak:.3f}", fontsize=8)
     for ax in axes.ravel():
         ax.set(xticks=[], yticks=[])
@@ -657,8 +714,16 @@ def _finish(ax: Any, skipped: Sequence[str] = ()) -> None:
     """The legend; series left out for having one class only are listed under the plot."""
     ax.legend(fontsize=8, loc="best")
     if skipped:
-        ax.text(0.99, 0.01, "skipped (one class only): " + ", ".join(skipped), ha="right", va="bottom",
-                transform=ax.transAxes, fontsize=7, color="grey")
+        ax.text(
+            0.99,
+            0.01,
+            "skipped (one class only): " + ", ".join(skipped),
+            ha="right",
+            va="bottom",
+            transform=ax.transAxes,
+            fontsize=7,
+            color="grey",
+        )
 
 
 class NoFigureWarning(UserWarning):

@@ -46,8 +46,19 @@ import numpy as np
 from artmed.distributed import all_reduce_mean, barrier, is_main_process
 from artmed.files import OutputWriteError, default_mode, fsync_dir, output_error
 
-__all__ = ["FolderLockedError", "OutputWriteError", "ResultStore", "atomic_write", "cell_key", "folder_lock",
-           "provenance", "remove_leftovers", "source_hash", "to_jsonable", "tree_hash"]
+__all__ = [
+    "FolderLockedError",
+    "OutputWriteError",
+    "ResultStore",
+    "atomic_write",
+    "cell_key",
+    "folder_lock",
+    "provenance",
+    "remove_leftovers",
+    "source_hash",
+    "to_jsonable",
+    "tree_hash",
+]
 
 FORMAT = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
@@ -140,8 +151,10 @@ def _take_lock(folder: Path) -> FolderLockedError | None:
     except OSError:
         os.close(fd)
         holder = path.read_text(encoding="utf-8", errors="replace").strip() or "a process that has not said who it is"
-        return FolderLockedError(f"output folder {folder} is in use by another artmed run ({holder}); wait for it to "
-                                 "finish or use another output folder")
+        return FolderLockedError(
+            f"output folder {folder} is in use by another artmed run ({holder}); wait for it to "
+            "finish or use another output folder"
+        )
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n".encode(), 0)
     _FDS[folder] = fd
@@ -439,9 +452,7 @@ def provenance() -> dict[str, Any]:
 
 def _git_state(folder: Path) -> dict[str, Any] | None:
     def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10, check=True
-        )
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10, check=True)
         return done.stdout.strip()
 
     try:

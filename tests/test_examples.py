@@ -25,9 +25,13 @@ def roots(tmp_path_factory):
     write_rsna(root / "rsna")
     write_covid(root / "covid")
     save_tokenizer(MedCLIPEstimator.tiny(task_prompts("rsna_like"), image_size=32, seed=0).tokenizer, root / "bert")
-    return {"/data/mimic-cxr-jpg": root / "mimic", "/data/mimic-cxr-reports": root / "mimic",
-            "/data/rsna-pneumonia": root / "rsna", "/data/covid19-radiography": root / "covid",
-            "/models/Bio_ClinicalBERT": root / "bert"}
+    return {
+        "/data/mimic-cxr-jpg": root / "mimic",
+        "/data/mimic-cxr-reports": root / "mimic",
+        "/data/rsna-pneumonia": root / "rsna",
+        "/data/covid19-radiography": root / "covid",
+        "/models/Bio_ClinicalBERT": root / "bert",
+    }
 
 
 def localised(name: str, roots: dict[str, Path], tmp_path: Path) -> Path:
@@ -56,8 +60,16 @@ def test_paper_configs_pass_every_check_on_real_layouts(name, roots, tmp_path, m
     assert {a.percent_poison for a in poisoned} == {0.0005} and {a.trigger for a in poisoned} == {"patch", "fourier"}
     assert all(a.baddist_params == RELEASED_BADDIST for a in poisoned if "baddist" in a.attack)
     assert all(a.badmatch_params == {"candidates": "released"} for a in poisoned)
-    assert {d.name for d in config.defenses} >= {"spectral_signatures", "activation_clustering", "fine_pruning",
-                                                 "spectre", "scan", "strip", "decree", "cleanclip"}
+    assert {d.name for d in config.defenses} >= {
+        "spectral_signatures",
+        "activation_clustering",
+        "fine_pruning",
+        "spectre",
+        "scan",
+        "strip",
+        "decree",
+        "cleanclip",
+    }
 
 
 def test_every_example_config_loads():

@@ -78,8 +78,10 @@ class _Qualifiers:
 _NEVER = re.compile(r"(?!x)x")
 _ATTRIBUTES: dict[str, _Qualifiers] = {
     "heart": _Qualifiers(
-        negative=_rx(r"\b(?:normal|unremarkable|within normal limits|not (?:\w+ )?enlarged|top[- ]normal|"
-                     r"upper (?:limits?|range) of normal|upper normal)\b"),
+        negative=_rx(
+            r"\b(?:normal|unremarkable|within normal limits|not (?:\w+ )?enlarged|top[- ]normal|"
+            r"upper (?:limits?|range) of normal|upper normal)\b"
+        ),
         positive=_rx(r"\b(?:enlarg\w*|large|increased|prominent|cardiomegaly)\b"),
         uncertain=_rx(r"\b(?:borderline|stable|unchanged|similar|not changed)\b"),
     ),
@@ -102,59 +104,90 @@ def _concept(label: str | int, pattern: str, kind: str = "direct", unmention: st
 
 
 _CONCEPTS: tuple[_Concept, ...] = (
-    _concept("Enlarged Cardiomediastinum",
-             r"\bwiden(?:ed|ing) (?:of (?:the )?)?(?:superior )?mediastin\w*|\bmediastinal (?:widening|enlargement)|"
-             r"\benlarged cardiomediastin\w*|\bcardiomediastinal enlargement|\bwide mediastinum"),
-    _concept("Enlarged Cardiomediastinum",
-             r"\bcardiomediastinal(?: (?:silhouettes?|contours?|size|shadow|structures|width))?\b|"
-             r"\bmediastinal (?:silhouettes?|contours?|configuration|structures|width|shadow)\b|\bmediastinum\b",
-             kind="mediastinum"),
-    _concept("Cardiomegaly",
-             r"\bcardiomegaly\b|\benlarged (?:heart|cardiac silhouette)\b|\bcardiac enlargement\b|"
-             r"\benlargement of the (?:heart|cardiac silhouette)\b"),
-    _concept("Cardiomegaly",
-             r"\bheart(?: size)?\b|\bcardiac (?:silhouette|size|shadow|contours?)\b|\bsize of the heart\b",
-             kind="heart", unmention=r"\bheart (?:failure|borders?|valves?|rate)\b|\b(?:left|right) heart\b"),
-    _concept("Lung Lesion",
-             r"\bnodul\w*|\bmass(?:es)?\b|\blesions?\b|\btumou?rs?\b|\bneoplas\w*|\bcarcinoma\w*|\bmalignan\w*|"
-             r"\bcancers?\b", unmention=r"\bmass effect\b"),
-    _concept("Lung Opacity",
-             r"\bopaci\w*|\binfiltrat\w*|\bair[- ]?space (?:disease|process|opacit\w*)|\bhaz(?:e|iness|y)\b|"
-             r"\bdensit(?:y|ies)\b", unmention=r"\bbone densit\w*"),
-    _concept("Edema",
-             r"\b(?:o)?edema\w*|\bfluid overload\b|\bheart failure\b|\bchf\b|\bkerley\b",
-             unmention=r"\b(?:soft tissue|subcutaneous|(?:chest )?wall) (?:o)?edema\b"),
-    _concept("Edema",
-             r"\b(?:vascular|pulmonary|venous|interstitial) (?:congestion|engorgement|prominence|redistribution)\b|"
-             r"\bcongestion\b|\bcephalization\b|\bindistinct(?:ness)?\b", kind="hedged"),
+    _concept(
+        "Enlarged Cardiomediastinum",
+        r"\bwiden(?:ed|ing) (?:of (?:the )?)?(?:superior )?mediastin\w*|\bmediastinal (?:widening|enlargement)|"
+        r"\benlarged cardiomediastin\w*|\bcardiomediastinal enlargement|\bwide mediastinum",
+    ),
+    _concept(
+        "Enlarged Cardiomediastinum",
+        r"\bcardiomediastinal(?: (?:silhouettes?|contours?|size|shadow|structures|width))?\b|"
+        r"\bmediastinal (?:silhouettes?|contours?|configuration|structures|width|shadow)\b|\bmediastinum\b",
+        kind="mediastinum",
+    ),
+    _concept(
+        "Cardiomegaly",
+        r"\bcardiomegaly\b|\benlarged (?:heart|cardiac silhouette)\b|\bcardiac enlargement\b|"
+        r"\benlargement of the (?:heart|cardiac silhouette)\b",
+    ),
+    _concept(
+        "Cardiomegaly",
+        r"\bheart(?: size)?\b|\bcardiac (?:silhouette|size|shadow|contours?)\b|\bsize of the heart\b",
+        kind="heart",
+        unmention=r"\bheart (?:failure|borders?|valves?|rate)\b|\b(?:left|right) heart\b",
+    ),
+    _concept(
+        "Lung Lesion",
+        r"\bnodul\w*|\bmass(?:es)?\b|\blesions?\b|\btumou?rs?\b|\bneoplas\w*|\bcarcinoma\w*|\bmalignan\w*|"
+        r"\bcancers?\b",
+        unmention=r"\bmass effect\b",
+    ),
+    _concept(
+        "Lung Opacity",
+        r"\bopaci\w*|\binfiltrat\w*|\bair[- ]?space (?:disease|process|opacit\w*)|\bhaz(?:e|iness|y)\b|"
+        r"\bdensit(?:y|ies)\b",
+        unmention=r"\bbone densit\w*",
+    ),
+    _concept(
+        "Edema",
+        r"\b(?:o)?edema\w*|\bfluid overload\b|\bheart failure\b|\bchf\b|\bkerley\b",
+        unmention=r"\b(?:soft tissue|subcutaneous|(?:chest )?wall) (?:o)?edema\b",
+    ),
+    _concept(
+        "Edema",
+        r"\b(?:vascular|pulmonary|venous|interstitial) (?:congestion|engorgement|prominence|redistribution)\b|"
+        r"\bcongestion\b|\bcephalization\b|\bindistinct(?:ness)?\b",
+        kind="hedged",
+    ),
     _concept("Consolidation", r"\bconsolidat\w*"),
     _concept("Pneumonia", r"\b(?:broncho)?pneumonias?\b|\binfections?\b|\binfectious\b|\binfective\b"),
-    _concept("Atelectasis", r"\batelecta\w*|\bcollapsed?\b",
-             unmention=r"\b(?:vertebral|compression|vertebral body) collapse\b"),
+    _concept(
+        "Atelectasis",
+        r"\batelecta\w*|\bcollapsed?\b",
+        unmention=r"\b(?:vertebral|compression|vertebral body) collapse\b",
+    ),
     _concept("Pneumothorax", r"pneumothora(?:x|ces)\b|\bptx\b"),
-    _concept("Pleural Effusion",
-             r"\beffusions?\b|\bpleural fluid\b|\bhydrothorax\b|\bhydropneumothora(?:x|ces)\b|"
-             r"\bfluid in the (?:pleural space|fissures?)\b|\bloculated fluid\b|\bempyema\b",
-             unmention=r"\b(?:pericardial|joint) effusions?\b"),
+    _concept(
+        "Pleural Effusion",
+        r"\beffusions?\b|\bpleural fluid\b|\bhydrothorax\b|\bhydropneumothora(?:x|ces)\b|"
+        r"\bfluid in the (?:pleural space|fissures?)\b|\bloculated fluid\b|\bempyema\b",
+        unmention=r"\b(?:pericardial|joint) effusions?\b",
+    ),
     _concept("Pleural Effusion", r"\b(?:costophrenic|cp) (?:angles?|sulc(?:us|i))\b", kind="costophrenic"),
-    _concept("Pleural Other",
-             r"\bpleural (?:thickening|plaques?|scar\w*|calcification\w*|abnormalit\w*|reaction)\b|\bfibrothorax\b|"
-             r"\bapical (?:pleural )?(?:cap|capping|thickening)\b|\bpleuro-?parenchymal (?:scar\w*|thickening)\b"),
+    _concept(
+        "Pleural Other",
+        r"\bpleural (?:thickening|plaques?|scar\w*|calcification\w*|abnormalit\w*|reaction)\b|\bfibrothorax\b|"
+        r"\bapical (?:pleural )?(?:cap|capping|thickening)\b|\bpleuro-?parenchymal (?:scar\w*|thickening)\b",
+    ),
     _concept("Fracture", r"\bfractur\w*|\bfx\b"),
-    _concept("Support Devices",
-             r"\btubes?\b|\bcatheters?\b|\bpace(?:maker|r)s?\b|\bwires?\b|\bpicc\b|\bports?\b|\bport-?a-?cath\b|"
-             r"\bett?\b|\bngt\b|\bogt\b|\bintubat\w*|\btracheostomy\b|\bdrains?\b|\bstents?\b|\bclips?\b|"
-             r"\bdefibrillators?\b|\ba?icd\b|\bdevices?\b|\bhardware\b|\bprosthe\w*|\bvalve replacement\b|"
-             r"\bswan[- ]ganz\b|\belectrodes?\b|\b(?:pacer|pacing|pacemaker|icd|defibrillator) leads?\b|\blines?\b",
-             unmention=r"\b(?:pleural|septal|kerley b|b|skin ?fold|fissural|paraspinal|paratracheal|azygoesophageal|"
-                       r"mach|fine|reticular) lines?\b|\blines? of\b"),
-    _concept(_OTHER,
-             r"\bemphysem\w*|\bhyperinflat\w*|\bhyperexpan\w*|\bcopd\b|\bscolio\w*|\bkyphos\w*|\bdegenerat\w*|"
-             r"\bspondylo\w*|\bosteophyt\w*|\bcalcifi\w*|\bgranulom\w*|\bhernia\w*|\bbronchiectas\w*|\bfibros\w*|"
-             r"\bfibrotic\b|\bscar(?:s|ring|red)?\b|\binterstitial (?:lung disease|markings|abnormalit\w*)|"
-             r"\breticula\w*|\bthicken\w*|\bpneumomediastinum\b|\bpneumoperitoneum\b|\belevat\w*|\beventration\b|"
-             r"\bosteopeni\w*|\bmetasta\w*|\bhematoma\w*|\bhemorrhag\w*|\bdeformit\w*|\bvolume loss\b|\bbulla\w*|"
-             r"\bblebs?\b|\baspiration\b|\bcontusion\w*|\bathero\w*|\btortu\w*|\bcavit\w*"),
+    _concept(
+        "Support Devices",
+        r"\btubes?\b|\bcatheters?\b|\bpace(?:maker|r)s?\b|\bwires?\b|\bpicc\b|\bports?\b|\bport-?a-?cath\b|"
+        r"\bett?\b|\bngt\b|\bogt\b|\bintubat\w*|\btracheostomy\b|\bdrains?\b|\bstents?\b|\bclips?\b|"
+        r"\bdefibrillators?\b|\ba?icd\b|\bdevices?\b|\bhardware\b|\bprosthe\w*|\bvalve replacement\b|"
+        r"\bswan[- ]ganz\b|\belectrodes?\b|\b(?:pacer|pacing|pacemaker|icd|defibrillator) leads?\b|\blines?\b",
+        unmention=r"\b(?:pleural|septal|kerley b|b|skin ?fold|fissural|paraspinal|paratracheal|azygoesophageal|"
+        r"mach|fine|reticular) lines?\b|\blines? of\b",
+    ),
+    _concept(
+        _OTHER,
+        r"\bemphysem\w*|\bhyperinflat\w*|\bhyperexpan\w*|\bcopd\b|\bscolio\w*|\bkyphos\w*|\bdegenerat\w*|"
+        r"\bspondylo\w*|\bosteophyt\w*|\bcalcifi\w*|\bgranulom\w*|\bhernia\w*|\bbronchiectas\w*|\bfibros\w*|"
+        r"\bfibrotic\b|\bscar(?:s|ring|red)?\b|\binterstitial (?:lung disease|markings|abnormalit\w*)|"
+        r"\breticula\w*|\bthicken\w*|\bpneumomediastinum\b|\bpneumoperitoneum\b|\belevat\w*|\beventration\b|"
+        r"\bosteopeni\w*|\bmetasta\w*|\bhematoma\w*|\bhemorrhag\w*|\bdeformit\w*|\bvolume loss\b|\bbulla\w*|"
+        r"\bblebs?\b|\baspiration\b|\bcontusion\w*|\bathero\w*|\btortu\w*|\bcavit\w*",
+    ),
 )
 
 # Cues. "Pre-negation uncertainty" is checked first, then negation, then uncertainty (CheXpert's order).
@@ -198,8 +231,10 @@ _UNC_AFTER = _rx(
 _UNC_CLAUSE = _rx(r"\b(?:versus|vs)\b|\?")
 
 # Sentence structure: clause breaks end every cue's scope; list items extend it unless they start a new statement.
-_CLAUSE_BREAK = _rx(r"[;:]|\b(?:but|however|although|though|whereas|except|aside from|apart from|other than|"
-                    r"which|while|besides)\b")
+_CLAUSE_BREAK = _rx(
+    r"[;:]|\b(?:but|however|although|though|whereas|except|aside from|apart from|other than|"
+    r"which|while|besides)\b"
+)
 _SEPARATOR = _rx(r"\s*,\s*(?:(and/or|and|or|nor)\b\s*)?|\s+(and/or|and|or|nor)\s+")
 _STATEMENT_START = _rx(
     r"(?:there|the|this|these|that|it|its|with|also|again|now|new|newly|increased|increasing|decreased|decreasing|"
@@ -272,7 +307,7 @@ def _find_mentions(text: str) -> list[_Mention]:
     for m in candidates:
         cover = covered[m.label]
         if cover.find(1, m.start, m.end) < 0:
-            cover[m.start:m.end] = b"\x01" * (m.end - m.start)
+            cover[m.start : m.end] = b"\x01" * (m.end - m.start)
             kept.append(m)
     return sorted(kept, key=lambda m: m.start)
 
@@ -311,8 +346,11 @@ def _class_reads_non_word(op: Any, av: Any) -> bool:
 
 def _only_space(body: Any) -> bool:
     """Whether a parsed regex is a single whitespace class (``\\s``)."""
-    return len(body) == 1 and body[0][0].name == "IN" and all(
-        op.name == "CATEGORY" and av.name == "CATEGORY_SPACE" for op, av in body[0][1])
+    return (
+        len(body) == 1
+        and body[0][0].name == "IN"
+        and all(op.name == "CATEGORY" and av.name == "CATEGORY_SPACE" for op, av in body[0][1])
+    )
 
 
 def _steps(parsed: Any) -> int:
@@ -422,12 +460,13 @@ def _links(text: str, items: list[_Item]) -> tuple[list[int], list[int]]:
     for k in range(len(items) - 2, -1, -1):
         nxt = items[k + 1]
         if nxt.clause == items[k].clause and nxt.continues:
-            scope_end[k] = nxt.end if _PREDICATE.search(text[nxt.start:nxt.end]) else scope_end[k + 1]
+            scope_end[k] = nxt.end if _PREDICATE.search(text[nxt.start : nxt.end]) else scope_end[k + 1]
     return run, scope_end
 
 
-def _scopes(spans: _Spans, items: list[_Item], links: tuple[list[int], list[int]], k: int,
-            m: _Mention) -> tuple[_Span, _Span, _Span]:
+def _scopes(
+    spans: _Spans, items: list[_Item], links: tuple[list[int], list[int]], k: int, m: _Mention
+) -> tuple[_Span, _Span, _Span]:
     """(cue scope before the mention, the mention's own item before it, cue scope after it) as text spans."""
     run, scope_end = links
     end = items[k].end if spans.search(_PREDICATE, m.end, items[k].end) else scope_end[k]
@@ -438,17 +477,29 @@ def _or_linked(spans: _Spans, items: list[_Item], k: int, m: _Mention, by_item: 
     """Whether mention ``m`` (in item ``k``) is one side of "X or Y" with Y another finding: the mention nearest
     to the "or" on its side, with no verb in between."""
     item = items[k]
-    if (item.lead in ("or", "and/or") and k - 1 in by_item and items[k - 1].clause == item.clause
-            and by_item[k][0] is m and not spans.search(_PREDICATE, item.start, m.start)):
+    if (
+        item.lead in ("or", "and/or")
+        and k - 1 in by_item
+        and items[k - 1].clause == item.clause
+        and by_item[k][0] is m
+        and not spans.search(_PREDICATE, item.start, m.start)
+    ):
         return True
-    return (k + 1 < len(items) and items[k + 1].lead in ("or", "and/or") and k + 1 in by_item
-            and items[k + 1].clause == item.clause and by_item[k][-1] is m
-            and not spans.search(_PREDICATE, m.end, item.end))
+    return (
+        k + 1 < len(items)
+        and items[k + 1].lead in ("or", "and/or")
+        and k + 1 in by_item
+        and items[k + 1].clause == item.clause
+        and by_item[k][-1] is m
+        and not spans.search(_PREDICATE, m.end, item.end)
+    )
 
 
-def _classify(m: _Mention, spans: _Spans, before: _Span, own_before: _Span, after: _Span, clause_uncertain: bool,
-              or_linked: bool) -> int | None:
+def _classify(
+    m: _Mention, spans: _Spans, before: _Span, own_before: _Span, after: _Span, clause_uncertain: bool, or_linked: bool
+) -> int | None:
     """A mention's status (1, 0, -1), or None for a size/shape mention without any qualifier."""
+
     def has(pattern: re.Pattern[str], span: _Span) -> bool:
         return spans.search(pattern, *span)
 
@@ -486,13 +537,20 @@ def _sentence_mentions(sentence: str) -> dict[int, list[int]]:
         by_item.setdefault(k, []).append(m)
     clause_parts: dict[int, list[str]] = {}
     for it in items:
-        clause_parts.setdefault(it.clause, []).append(" " + text[it.start:it.end])
+        clause_parts.setdefault(it.clause, []).append(" " + text[it.start : it.end])
     clause_uncertain = {c: bool(_UNC_CLAUSE.search("".join(parts))) for c, parts in clause_parts.items()}
     found: dict[int, list[int]] = {}
     for m, k in zip(mentions, item_of):
         before, own_before, after = _scopes(spans, items, links, k, m)
-        status = _classify(m, spans, before, own_before, after, clause_uncertain[items[k].clause],
-                           _or_linked(spans, items, k, m, by_item))
+        status = _classify(
+            m,
+            spans,
+            before,
+            own_before,
+            after,
+            clause_uncertain[items[k].clause],
+            _or_linked(spans, items, k, m, by_item),
+        )
         if status is None:
             continue
         found.setdefault(m.label, []).append(status)
@@ -513,8 +571,12 @@ def _to_vector(found: dict[int, list[int]]) -> np.ndarray:
     for slot, statuses in found.items():
         if slot >= 0:
             vec[slot] = _combine(statuses)
-    finding = any(s in (POSITIVE, UNCERTAIN) for slot, statuses in found.items()
-                  if slot != _L["Support Devices"] for s in statuses)
+    finding = any(
+        s in (POSITIVE, UNCERTAIN)
+        for slot, statuses in found.items()
+        if slot != _L["Support Devices"]
+        for s in statuses
+    )
     vec[_L["No Finding"]] = 0.0 if finding else 1.0
     return vec
 
@@ -550,8 +612,9 @@ def _headers(report: str) -> list[re.Match[str]]:
 def split_sentences(report: str) -> list[str]:
     """Split a report into sentences: on . ! ? (not decimals or abbreviations), blank lines, numbered items and
     section headers; headers, list numbers and trailing periods are stripped, whitespace collapsed."""
-    text = _HEADER.sub(lambda h: h.group(0) if h.lastgroup == "skip" else "\n\n",
-                       report.replace("\r\n", "\n").replace("\r", "\n"))
+    text = _HEADER.sub(
+        lambda h: h.group(0) if h.lastgroup == "skip" else "\n\n", report.replace("\r\n", "\n").replace("\r", "\n")
+    )
     paragraphs = re.split(r"\n\s*\n|\n\s*(?=(?:\d+[.)]|[-*\u2022])\s)", text)
     out: list[str] = []
     for para in paragraphs:
@@ -566,7 +629,7 @@ def split_sentences(report: str) -> list[str]:
                     continue
             if has_upper and m.group(1).islower():
                 continue
-            out.append(para[start:m.end()])
+            out.append(para[start : m.end()])
             start = m.end()
         out.append(para[start:])
     cleaned = []
@@ -585,7 +648,7 @@ def extract_findings(report: str) -> str:
     for h, nxt in zip(headers, [*headers[1:], None]):
         name = re.sub(r"\s*:\s*$", "", h.group(0)).strip()
         if _FINDING_SECTIONS.match(name):
-            keep.append(report[h.end():nxt.start() if nxt else len(report)])
+            keep.append(report[h.end() : nxt.start() if nxt else len(report)])
     return "\n\n".join(keep) if keep else report
 
 
