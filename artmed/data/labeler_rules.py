@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,11 +41,6 @@ from typing import Any
 import numpy as np
 
 from artmed.constants import CHEXPERT_LABELS, NUM_LABELS
-
-try:
-    from re import _parser as _sre_parse  # Python >= 3.11
-except ImportError:  # Python 3.10
-    import sre_parse as _sre_parse
 
 POSITIVE, NEGATIVE, UNCERTAIN = 1, 0, -1
 _L = {name: i for i, name in enumerate(CHEXPERT_LABELS)}
@@ -335,53 +331,257 @@ def _items(text: str) -> list[_Item]:
     return items
 
 
-def _class_reads_non_word(op: Any, av: Any) -> bool:
-    """Whether one member of a parsed character class can match a non-word character."""
-    if op.name == "LITERAL":
-        return not _WORD.match(chr(av))
-    if op.name.startswith("RANGE"):
-        return any(not _WORD.match(chr(c)) for c in range(av[0], av[1] + 1))
-    return op.name != "CATEGORY" or av.name not in ("CATEGORY_WORD", "CATEGORY_DIGIT")
+_AT_ESCAPES = frozenset("bBAZ")
+_CATEGORY_ESCAPES = frozenset("wWdDsS")
+_CHAR_ESCAPES = {"a": "\a", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+_QUANTIFIER = re.compile(r"\{(\d*)(?:(,)(\d*))?\}")
+_INLINE_FLAGS = frozenset("aiLmsux")
+_UNBOUNDED = 1 << 32
+
+# Parsed regex, the little that the reach needs: ("literal", char), ("class", can read a non-word character, is
+# whitespace only), ("any",), ("at",), ("group", unwrappable (non-capturing, no flags), body), ("branch", bodies),
+# ("assert", lookahead, negative, body), ("repeat", max, kind, atom), ("refuse", name); a body is a list of atoms.
+_Atom = tuple[Any, ...]
 
 
-def _only_space(body: Any) -> bool:
-    """Whether a parsed regex is a single whitespace class (``\\s``)."""
-    return (
-        len(body) == 1
-        and body[0][0].name == "IN"
-        and all(op.name == "CATEGORY" and av.name == "CATEGORY_SPACE" for op, av in body[0][1])
-    )
+class _RegexReader:
+    """A recursive-descent reader of Python regex syntax (patterns that ``re.compile`` accepted), keeping per element
+    only what ``_steps`` needs; constructs whose reach is never bounded are kept as ("refuse", name), named as
+    ``re``'s own parser names them."""
+
+    def __init__(self, pattern: str, verbose: bool) -> None:
+        self.text, self.pos = pattern, 0
+        self.verbose = verbose
+
+    def _char(self) -> str:
+        char = self.text[self.pos]
+        self.pos += 1
+        return char
+
+    def _skip_verbose(self, verbose: bool) -> None:
+        while verbose and self.pos < len(self.text):
+            char = self.text[self.pos]
+            if char in " \t\n\r\v\f":
+                self.pos += 1
+            elif char == "#":
+                newline = self.text.find("\n", self.pos)
+                self.pos = len(self.text) if newline < 0 else newline + 1
+            else:
+                return
+
+    def alternation(self, verbose: bool) -> list[_Atom]:
+        """Alternatives separated by ``|`` up to a ``)`` or the end: one body, or [("branch", bodies)]."""
+        bodies = [self.sequence(verbose)]
+        while self.pos < len(self.text) and self.text[self.pos] == "|":
+            self.pos += 1
+            bodies.append(self.sequence(verbose))
+        return bodies[0] if len(bodies) == 1 else [("branch", bodies)]
+
+    def sequence(self, verbose: bool) -> list[_Atom]:
+        atoms: list[_Atom] = []
+        while True:
+            self._skip_verbose(verbose)
+            if self.pos >= len(self.text) or self.text[self.pos] in "|)":
+                # Non-capturing groups without flags are spliced into the sequence, as re's own parser does.
+                return [a for atom in atoms for a in (atom[2] if atom[0] == "group" and atom[1] else [atom])]
+            char = self.text[self.pos]
+            if char in "*+?{":
+                bound = self._quantifier()
+                if bound is not None:
+                    kind = "MAX_REPEAT"
+                    if self.text.startswith("?", self.pos):
+                        kind, self.pos = "MIN_REPEAT", self.pos + 1
+                    elif self.text.startswith("+", self.pos):
+                        kind, self.pos = "POSSESSIVE_REPEAT", self.pos + 1
+                    atoms[-1] = ("repeat", bound, kind, atoms[-1])
+                    continue
+            atom = self._atom(verbose)
+            if atom is not None:
+                atoms.append(atom)
+
+    def _quantifier(self) -> int | None:
+        """The upper bound of the quantifier at the reading position (consumed), or None for a literal ``{``."""
+        char = self.text[self.pos]
+        if char in "*+?":
+            self.pos += 1
+            return 1 if char == "?" else _UNBOUNDED
+        m = _QUANTIFIER.match(self.text, self.pos)
+        if m is None or m.group(0) == "{}":
+            return None
+        self.pos = m.end()
+        high = m.group(1) if m.group(2) is None else m.group(3)
+        return int(high) if high else _UNBOUNDED
+
+    def _atom(self, verbose: bool) -> _Atom | None:
+        char = self._char()
+        if char == "(":
+            return self._group(verbose)
+        if char == "[":
+            return self._class()
+        if char == ".":
+            return ("any",)
+        if char in "^$":
+            return ("at",)
+        if char == "\\":
+            return self._escape()
+        return ("literal", char)
+
+    def _escape(self) -> _Atom:
+        char = self._char()
+        if char in _AT_ESCAPES:
+            return ("at",)
+        if char in _CATEGORY_ESCAPES:
+            return ("class", char not in "wd", char == "s")
+        if char.isdigit():
+            octal = re.match(r"0[0-7]{0,2}|[0-7]{3}", self.text[self.pos - 1 : self.pos + 2])
+            if octal is None:
+                return ("refuse", "GROUPREF")
+            self.pos += len(octal.group(0)) - 1
+            return ("literal", chr(int(octal.group(0), 8)))
+        return ("literal", self._escaped_char(char))
+
+    def _escaped_char(self, char: str) -> str:
+        """The character an escape other than a class or anchor escape stands for (``char`` read after the ``\\``)."""
+        if char in _CHAR_ESCAPES:
+            return _CHAR_ESCAPES[char]
+        width = {"x": 2, "u": 4, "U": 8}.get(char)
+        if width is not None:
+            digits = self.text[self.pos : self.pos + width]
+            self.pos += width
+            return chr(int(digits, 16))
+        if char == "N":
+            close = self.text.index("}", self.pos)
+            name = self.text[self.pos + 1 : close]
+            self.pos = close + 1
+            return unicodedata.lookup(name)
+        return char
+
+    def _class(self) -> _Atom:
+        """A ``[...]`` class, after the ``[``: ("class", reads a non-word character, whitespace only)."""
+        negate = self.text.startswith("^", self.pos)
+        self.pos += negate
+        reads_non_word, only_space, first = negate, not negate, True
+        while True:
+            if self.text.startswith("]", self.pos) and not first:
+                self.pos += 1
+                return ("class", reads_non_word, only_space)
+            first = False
+            low = self._class_char()
+            if len(low) > 1:  # a category escape
+                reads_non_word |= low[1] not in "wd"
+                only_space &= low[1] == "s"
+                continue
+            only_space = False
+            high = low
+            if self.text.startswith("-", self.pos) and not self.text.startswith("-]", self.pos):
+                self.pos += 1
+                high = self._class_char()
+            reads_non_word |= any(not _WORD.match(chr(c)) for c in range(ord(low), ord(high) + 1))
+
+    def _class_char(self) -> str:
+        """One member of a class: a character, or a category escape as ``\\w`` (two characters)."""
+        char = self._char()
+        if char != "\\":
+            return char
+        escaped = self._char()
+        if escaped in _CATEGORY_ESCAPES:
+            return char + escaped
+        if escaped in "01234567":
+            octal = re.match(r"[0-7]{1,3}", self.text[self.pos - 1 : self.pos + 2])
+            assert octal is not None
+            self.pos += len(octal.group(0)) - 1
+            return chr(int(octal.group(0), 8))
+        return "\b" if escaped == "b" else self._escaped_char(escaped)
+
+    def _group(self, verbose: bool) -> _Atom | None:
+        """A group, after the ``(``: ("group", ...), ("assert", ...), ("refuse", name), or None for a comment or
+        leading global flags."""
+        capturing, flagged = True, False
+        if self.text.startswith("?", self.pos):
+            self.pos += 1
+            kind = self._char()
+            if kind == "#":
+                self.pos = self.text.index(")", self.pos) + 1
+                return None
+            if kind in "=!" or (kind == "<" and self.text[self.pos] in "=!"):
+                lookahead = kind != "<"
+                negative = (kind if lookahead else self._char()) == "!"
+                body = self.alternation(verbose)
+                self.pos += 1
+                return ("assert", lookahead, negative, body)
+            if kind == "P" and self.text.startswith("=", self.pos):
+                self.pos = self.text.index(")", self.pos) + 1
+                return ("refuse", "GROUPREF")
+            if kind == "(":
+                self.pos = self.text.index(")", self.pos) + 1
+                self.alternation(verbose)
+                self.pos += 1
+                return ("refuse", "GROUPREF_EXISTS")
+            if kind == ">":
+                self.alternation(verbose)
+                self.pos += 1
+                return ("refuse", "ATOMIC_GROUP")
+            if kind in "P<":
+                self.pos = self.text.index(">", self.pos) + 1
+            elif kind == ":":
+                capturing = False
+            else:  # flags: (?aiLmsux) for the whole pattern, or (?flags-flags:...) for a group
+                start = self.pos - 1
+                while self.text[self.pos] not in ":)":
+                    self.pos += 1
+                flags = self.text[start : self.pos]
+                if self._char() == ")":
+                    return None
+                capturing, flagged = False, True
+                on, _, off = flags.partition("-")
+                verbose = (verbose or "x" in on) and "x" not in off
+        body = self.alternation(verbose)
+        self.pos += 1
+        return ("group", not capturing and not flagged, body)
 
 
-def _steps(parsed: Any) -> int:
+def _body_steps(body: list[_Atom]) -> int:
     """The most non-word characters one path through a parsed regex consumes, lookaheads included; a repeat of
     whitespace counts once (normalised text never holds two whitespace characters in a row)."""
-    total = 0
-    for op, av in parsed:
-        name = op.name
-        if name == "LITERAL":
-            total += not _WORD.match(chr(av))
-        elif name == "IN":
-            total += any(_class_reads_non_word(o, a) for o, a in av)
-        elif name in ("NOT_LITERAL", "ANY"):
-            total += 1
-        elif name == "SUBPATTERN":
-            total += _steps(av[-1])
-        elif name == "BRANCH":
-            total += max(_steps(branch) for branch in av[1])
-        elif name in ("ASSERT", "ASSERT_NOT") and av[0] > 0:
-            total += _steps(av[1])
-        elif name in ("MAX_REPEAT", "MIN_REPEAT") and (av[1] <= 1 or _only_space(av[2]) or not _steps(av[2])):
-            total += _steps(av[2])
-        elif name != "AT":
-            raise ValueError(f"scope pattern {name} element has no bounded reach")
-    return total
+    return sum(_atom_steps(atom) for atom in body)
+
+
+def _atom_steps(atom: _Atom) -> int:
+    kind = atom[0]
+    if kind == "literal":
+        return _WORD.match(atom[1]) is None
+    if kind == "class":
+        return int(atom[1])
+    if kind == "any":
+        return 1
+    if kind == "at":
+        return 0
+    if kind == "group":
+        return _body_steps(atom[2])
+    if kind == "branch":
+        return max(_body_steps(body) for body in atom[1])
+    if kind == "assert":
+        if atom[1]:
+            return _body_steps(atom[3])
+        name = "ASSERT_NOT" if atom[2] else "ASSERT"
+    elif kind == "repeat":
+        _, bound, name, inner = atom
+        # A quantified non-capturing group without flags repeats its body, as re's own parser has it.
+        body = inner[2] if inner[0] == "group" and inner[1] else [inner]
+        only_space = len(body) == 1 and body[0][0] == "class" and body[0][2]
+        if name != "POSSESSIVE_REPEAT" and (bound <= 1 or only_space or not _body_steps(body)):
+            return _body_steps(body)
+    else:
+        name = atom[1]
+    raise ValueError(f"scope pattern {name} element has no bounded reach")
 
 
 @functools.cache
 def _reach(pattern: re.Pattern[str]) -> int:
     """How many non-word characters one match attempt of a scope ``pattern`` can step over."""
-    return _steps(_sre_parse.parse(pattern.pattern, pattern.flags))
+    reader = _RegexReader(pattern.pattern, bool(pattern.flags & re.VERBOSE))
+    body = reader.alternation(reader.verbose)
+    return _body_steps(body)
 
 
 @dataclass
