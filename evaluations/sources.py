@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import torch
@@ -80,24 +80,28 @@ def load_study_data(config: StudyConfig, seed: int) -> StudyData:
     task's test images: ``n_shadow`` for the shadow set, then at most ``n_train`` for training. Each task keeps a seeded
     subset of at most ``n_test`` test images."""
     data = config.data
+    image_size = data.image_size
+    assert image_size is not None  # StudyConfig resolves it (model.image_size, data.image_size or 224)
     tasks: dict[str, ZeroShotTask] = {}
     for i, spec in enumerate(config.tasks):
         with blame(f"config.tasks[{i}]"):
-            task = _load_task(spec, data.image_size, _seed(seed, f"task:{spec.name}"))
+            task = _load_task(spec, image_size, _seed(seed, f"task:{spec.name}"))
             tasks[spec.name] = _capped(_styled_task(task, data), data.n_test, _seed(seed, f"test:{spec.name}"))
-    _check_memory(tasks, data.image_size)
+    _check_memory(tasks, image_size)
     files = {name: task.images for name, task in tasks.items() if isinstance(task.images, FileImageSet)}
     own_report = "own_report" in (config.train.text_sampling, config.pretrain.text_sampling)
     if data.source == "phantom":
+        assert data.n_train is not None and data.n_test is not None  # DataConfig fills PHANTOM_SIZES
         phantom = make_default_dataset(
             n_train=data.n_train + data.n_shadow,
             n_test=data.n_test,
-            image_size=data.image_size,
+            image_size=image_size,
             seed=seed,
             n_texts=data.n_texts,
         )
         images, labels = phantom.train.to_array(), phantom.train.labels
         n = data.n_train
+        no_reports: list[str | None] | None = [None] * n if own_report else None
         return StudyData(
             images[:n],
             labels[:n],
@@ -106,7 +110,7 @@ def load_study_data(config: StudyConfig, seed: int) -> StudyData:
             phantom.texts,
             _in_memory(tasks) or phantom.tasks,
             files,
-            [None] * n if own_report else None,
+            no_reports,
         )
     with blame("config.data.root"):
         pool = _held_out(_styled(_training_images(config), data), tasks)
@@ -142,6 +146,10 @@ def _seed(seed: int, stream: str) -> int:
     return int(np.random.SeedSequence([int(seed), 0x50C3, zlib.crc32(stream.encode())]).generate_state(1)[0])
 
 
+@overload
+def _styled(images: FileImageSet, data: DataConfig) -> FileImageSet: ...
+@overload
+def _styled(images: ImageSet, data: DataConfig) -> ImageSet: ...
 def _styled(images: ImageSet, data: DataConfig) -> ImageSet:
     """``images`` read with ``data``'s ``interpolation`` and ``pad`` (a ``FileImageSet``; the same object at the
     defaults)."""
@@ -194,7 +202,7 @@ def _in_memory(tasks: dict[str, ZeroShotTask]) -> dict[str, ZeroShotTask]:
 
 def _load_task(spec: TaskSpec, image_size: int, seed: int) -> ZeroShotTask:
     """One zero-shot task from its folder or CSV (see ``TaskSpec``)."""
-    root = Path(spec.root)
+    root = _task_root(spec)
     if spec.source == "covid":
         return load_covid(root, image_root=spec.image_root, image_size=image_size, name=spec.name)
     if spec.source == "rsna":
@@ -216,17 +224,31 @@ def _load_task(spec: TaskSpec, image_size: int, seed: int) -> ZeroShotTask:
 def _training_images(config: StudyConfig) -> FileImageSet:
     """Every training image of a real source with its labels, lazily."""
     data = config.data
-    root = Path(data.root)
+    root = _data_root(data)
+    image_size = data.image_size
+    assert image_size is not None  # StudyConfig resolves it
     if data.source == "mimic_cxr":
-        return load_mimic_images(root, split="train", image_size=data.image_size)
+        return load_mimic_images(root, split="train", image_size=image_size)
     if data.source == "chexpert":
         csv_path = root / CHEXPERT_CSV if root.is_dir() else root
-        return load_chexpert(csv_path, data.image_root, data.image_size)
+        return load_chexpert(csv_path, data.image_root, image_size)
     metas = sorted(root.glob(TRAIN_META)) if root.is_dir() else [root]
-    parts = [load_medclip_images(meta, data.image_root, data.image_size) for meta in metas]
+    parts = [load_medclip_images(meta, data.image_root, image_size) for meta in metas]
     return FileImageSet(
-        [p for part in parts for p in part.paths], np.concatenate([part.labels for part in parts]), data.image_size
+        [p for part in parts for p in part.paths], np.concatenate([part.labels for part in parts]), image_size
     )
+
+
+def _data_root(data: DataConfig) -> Path:
+    """``data.root`` of a real source (DataConfig refuses a real source without one)."""
+    assert data.root is not None
+    return Path(data.root)
+
+
+def _task_root(spec: TaskSpec) -> Path:
+    """``spec.root`` (StudyConfig fills a mimic_cxr / chexpert task's missing root with ``data.root``)."""
+    assert spec.root is not None
+    return Path(spec.root)
 
 
 def _held_out(pool: FileImageSet, tasks: dict[str, ZeroShotTask]) -> FileImageSet:
@@ -253,7 +275,7 @@ def _text_pool(config: StudyConfig, train: FileImageSet) -> tuple[TextPool, bool
     ``reports_root``; for MIMIC-CXR a reports tree, of which the training images' studies are read. With it, whether
     it is MedCLIP's sentence-label.csv."""
     data = config.data
-    root = Path(data.root)
+    root = _data_root(data)
     source = _reports_source(config)
     if source.is_file():
         columns = _columns(source)
@@ -275,7 +297,7 @@ def _text_pool(config: StudyConfig, train: FileImageSet) -> tuple[TextPool, bool
 def _reports_source(config: StudyConfig) -> Path:
     """``data.reports_root``, else MedCLIP's sentence-label.csv in a medclip_csv root, else ``data.root``."""
     data = config.data
-    root = Path(data.root)
+    root = _data_root(data)
     default = root / SENTENCE_LABELS if data.source == "medclip_csv" and root.is_dir() else root
     return Path(data.reports_root) if data.reports_root is not None else default
 
@@ -285,7 +307,7 @@ def _training_reports(config: StudyConfig, train: FileImageSet) -> list[str | No
     none): MIMIC-CXR's study report (``files/pXX/pSUBJECT/sSTUDY.txt`` under ``reports_root`` when that is a folder,
     else under ``root``); the ``report`` column of MedCLIP's meta-CSVs; none for CheXpert."""
     data = config.data
-    root = Path(data.root)
+    root = _data_root(data)
     if data.source == "mimic_cxr":
         source = _reports_source(config)
         folder = source if source.is_dir() else root
@@ -335,14 +357,15 @@ def build_base_estimator(config: StudyConfig, prompts: dict[str, list[str]], see
     """The study's base model over ``prompts``: the checkpoint's weights, or a fresh ``variant`` seeded by ``seed``
     (the tiny one exactly as the built-in study has always built it)."""
     model = config.model
+    assert model.image_size is not None  # StudyConfig resolves it
     shape = (1, model.image_size, model.image_size)
-    settings = {
+    settings: dict[str, Any] = {
         "device": config.device,
         "ensemble": config.evaluation.ensemble,
         "decision": config.evaluation.decision,
         "num_workers": config.data.num_workers,
     }
-    overrides = {} if model.logit_scale_max is None else {"logit_scale_max": model.logit_scale_max}
+    overrides: dict[str, Any] = {} if model.logit_scale_max is None else {"logit_scale_max": model.logit_scale_max}
     if model.checkpoint is not None:
         network = load_medclip(model.checkpoint, model.variant)
         network.config = replace(network.config, **overrides)
@@ -362,6 +385,7 @@ def _tokenizer_dir(model: ModelConfig) -> Path:
     """``model.tokenizer``, else the checkpoint's folder."""
     if model.tokenizer is not None:
         return Path(model.tokenizer)
+    assert model.checkpoint is not None  # only asked for a checkpoint's model
     checkpoint = Path(model.checkpoint)
     return checkpoint if checkpoint.is_dir() else checkpoint.parent
 
@@ -373,13 +397,13 @@ def check_inputs(config: StudyConfig) -> None:
     data = config.data
     if data.source != "phantom":
         with blame("config.data.root"):
-            _check_data_root(data.source, Path(data.root))
+            _check_data_root(data.source, _data_root(data))
         with blame("config.data.reports_root"):
-            _check_reports(data.source, Path(data.root), data.reports_root)
+            _check_reports(data.source, _data_root(data), data.reports_root)
         _check_folder(data.image_root, "config.data.image_root")
     for i, spec in enumerate(config.tasks):
         with blame(f"config.tasks[{i}].root"):
-            _check_task_root(spec.source, Path(spec.root))
+            _check_task_root(spec.source, _task_root(spec))
         _check_folder(spec.image_root, f"config.tasks[{i}].image_root")
     _check_model(config.model)
 
