@@ -21,7 +21,7 @@ import warnings
 from abc import ABC
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -46,6 +46,41 @@ from artmed.inputs import (
 from artmed.loader import check_num_workers, image_batches
 from artmed.prompts import ENSEMBLES, PromptBank, check_prompts, encode_sentences
 from artmed.training import train_unpaired
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class _Verbs(Protocol):
+        """What ``_UnfilteredVerbs`` uses of the ``MedCLIPEstimator`` it is mixed into."""
+
+        amp: bool
+        num_workers: int
+        tokenizer: Any
+        preprocessing_operations: list[Any]
+        _bank: PromptBank
+
+        @property
+        def model(self) -> torch.nn.Module: ...
+        @property
+        def input_shape(self) -> tuple[int, int, int]: ...
+        @property
+        def device(self) -> torch.device: ...
+        def _outputs(self, pixels: torch.Tensor) -> torch.Tensor: ...
+        def _map_images(
+            self,
+            x: Any,
+            batch_size: int | None,
+            fn: Callable[[torch.Tensor], torch.Tensor],
+            training_mode: bool = False,
+        ) -> np.ndarray: ...
+        def _apply_postprocessing(self, preds: np.ndarray, fit: bool) -> np.ndarray: ...
+        def _apply_preprocessing(self, x: Any, y: Any, fit: bool = False, no_grad: bool = True) -> tuple[Any, Any]: ...
+        def _resolve_batch_size(self, batch_size: int | None) -> int: ...
+        def _training_texts(self, texts: Any, text_labels: Any) -> tuple[Any, Any]: ...
+        def _training_labels(self, y: Any, n: int) -> np.ndarray: ...
+        def _images(self, x: Any) -> Images: ...
+        def _pixels(self, x: Any) -> np.ndarray: ...
+
 
 LAYERS: dict[str, str] = {
     "vision_last_stage": "last_stage",
@@ -132,14 +167,16 @@ class _UnfilteredVerbs(ABC):  # noqa: B024 (an ABC for ART's re-classing, see be
     ``__class__`` assignment fails: "object layout differs").
     """
 
-    def predict(self, x: Any, batch_size: int | None = None, training_mode: bool = False, **kwargs: Any) -> np.ndarray:
+    def predict(
+        self: _Verbs, x: Any, batch_size: int | None = None, training_mode: bool = False, **kwargs: Any
+    ) -> np.ndarray:
         """Zero-shot class outputs (N, K) float32: softmax probabilities of the prompt-ensemble scaled cosine logits,
         or those logits with ``output="logits"``."""
         preds = self._map_images(x, batch_size, self._outputs, training_mode)
         return self._apply_postprocessing(preds=preds, fit=False)
 
     def fit(
-        self,
+        self: _Verbs,
         x: Any,
         y: Any = None,
         texts: Any = None,
@@ -310,7 +347,7 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
             raise ValueError(f"input_shape must be (1|3, H, W), got {input_shape!r}") from err
         if len(shape) != 3 or shape[0] not in (1, 3) or min(shape) < 1:
             raise ValueError(f"input_shape must be (1|3, H, W), got {tuple(input_shape)}")
-        return shape  # type: ignore[return-value]
+        return shape
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -527,10 +564,10 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
             scalars = objectives(forward(x_in), rows)
             for k, scalar in enumerate(scalars):
                 (g,) = torch.autograd.grad(scalar, x_leaf, retain_graph=k < len(scalars) - 1)
-                g = g.detach().cpu().numpy()
+                grad = g.detach().cpu().numpy()
                 if not self.all_framework_preprocessing:
-                    g = self._apply_preprocessing_gradient(x_batch, g)
-                grads[k, rows] = g
+                    grad = self._apply_preprocessing_gradient(x_batch, grad)
+                grads[k, rows] = grad
         self._model.eval()
         return grads
 
