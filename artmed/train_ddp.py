@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -29,7 +29,7 @@ def set_text_dropout(model: nn.Module, p: float) -> None:
     """Set every dropout probability in the text encoder to ``p`` (0 makes runs independent of dropout masks)."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"text dropout must be in [0, 1), got {p}")
-    for module in model.text_model.modules():
+    for module in cast(nn.Module, model.text_model).modules():
         if isinstance(module, nn.Dropout):
             module.p = p
 

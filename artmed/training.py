@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -48,7 +48,8 @@ from artmed.progress import tqdm
 
 def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
     """Split parameters into a decayed group and an undecayed one (biases, norm weights, scalars: ndim <= 1)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in named_params:
         if not p.requires_grad:
             continue
@@ -95,7 +96,7 @@ class Encoders(nn.Module):
 
     def __init__(self, model: nn.Module, train_vision: bool, train_text: bool) -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model  # a MedCLIPModel or a module with its encode_image / encode_text / scale
         self.train_vision = train_vision
         self.train_text = train_text
 
@@ -210,7 +211,7 @@ def clamp_logit_scale(model: nn.Module) -> Callable[[], None]:
 
     @torch.no_grad()
     def clamp() -> None:
-        model.logit_scale.clamp_(0.0, cap)
+        cast(torch.Tensor, model.logit_scale).clamp_(0.0, cap)
 
     return clamp
 
@@ -286,14 +287,18 @@ def train_unpaired(
     if report_sampler is not None and len(report_sampler) != n:
         raise ValueError(f"report_sampler covers {len(report_sampler)} images, the training set has {n}")
     epoch = math.ceil(n / min(batch_size, n))
-    total = steps if steps is not None else nb_epochs * epoch
+    if steps is not None:
+        total = steps
+    else:
+        assert nb_epochs is not None  # _check_train_params refuses neither steps nor nb_epochs
+        total = nb_epochs * epoch
     horizon = total if schedule_epochs is None else schedule_epochs * epoch
 
-    named = [("logit_scale", model.logit_scale)]
+    named: list[tuple[str, nn.Parameter]] = [("logit_scale", cast(nn.Parameter, model.logit_scale))]
     if train_vision:
-        named += [(f"vision_model.{k}", p) for k, p in model.vision_model.named_parameters()]
+        named += [(f"vision_model.{k}", p) for k, p in cast(nn.Module, model.vision_model).named_parameters()]
     if train_text:
-        named += [(f"text_model.{k}", p) for k, p in model.text_model.named_parameters()]
+        named += [(f"text_model.{k}", p) for k, p in cast(nn.Module, model.text_model).named_parameters()]
     optimizer = make_optimizer(named, lr=lr, weight_decay=weight_decay)
     scheduler = warmup_cosine(optimizer, horizon, warmup)
     trained = [p for _, p in named if p.requires_grad]
@@ -310,8 +315,8 @@ def train_unpaired(
     use_amp = amp and device.type == "cuda"
     was_training = model.training
     model.train()
-    model.vision_model.train(train_vision)
-    model.text_model.train(train_text)
+    cast(nn.Module, model.vision_model).train(train_vision)
+    cast(nn.Module, model.text_model).train(train_text)
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices), global_batchnorm(model):
         torch.manual_seed(seed + rank())
