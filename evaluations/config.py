@@ -366,11 +366,11 @@ class StudyConfig:
             by_key.setdefault(dataclasses.replace(spec, seed=0).key, set()).add(identity)
         self._shared_keys = {i for ids in by_key.values() if len(ids) > 1 for i in ids}
         labels = [*SHORTHANDS, *(a.attack for a in self.attacks if a.attack not in SHORTHANDS)]
-        for i, spec in enumerate(self.defenses):
-            unknown = sorted(set(spec.attacks or ()) - set(labels))
+        for i, defense in enumerate(self.defenses):
+            unknown = sorted(set(defense.attacks or ()) - set(labels))
             if unknown:
                 raise FieldError(
-                    f"defenses[{i}].attacks must name settings in {labels}, got {unknown!r} (defense {spec.name!r})"
+                    f"defenses[{i}].attacks must name settings in {labels}, got {unknown!r} (defense {defense.name!r})"
                 )
         names = [d.name for d in self.defenses]
         if len(set(names)) != len(names):

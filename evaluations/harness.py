@@ -28,7 +28,7 @@ import traceback
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -116,6 +116,7 @@ class Harness:
             name: replace(task, prompts=prompt_sets[name][0]) if prompt_sets else task
             for name, task in data.tasks.items()
         }
+        assert cfg.task is not None  # StudyConfig resolves the headline task
         task = tasks[cfg.task]
         return _SeedData(
             seed=seed,
@@ -335,6 +336,7 @@ class Harness:
                 per_task[name] = score_estimator(
                     estimator.with_prompts(task.prompts), x, task.targets, x_triggered, target
                 )
+        assert self.config.task is not None  # StudyConfig resolves the headline task
         return {**per_task[self.config.task], "tasks": per_task}
 
     # ------------------------------------------------------------------ defenses
@@ -520,6 +522,7 @@ class Harness:
                     for d in wanted
                 ]
                 continue
+            assert base is not None  # a model cell has an estimator only over a base model
             try:
                 self._run_defenses(run, spec, record, estimator, base, wanted)
             finally:  # also on Ctrl-C: the tables keep every defense cell written so far
@@ -560,6 +563,7 @@ class Harness:
         planted = poisoned.trigger is not None
         trigger = poisoned.trigger if planted else spec.build_trigger()
         target = target_index(run.task.class_names, spec.target)
+        assert self.config.task is not None  # StudyConfig resolves the headline task
         truth = _Truth(
             poisoned.mask,
             self._triggered(run, self.config.task, spec, trigger, run.x_test, planted),
@@ -621,7 +625,7 @@ class Harness:
         naming the file and the field, and the cell counts as missing (recomputed), never as finished."""
         status = record.get("status", "ok")
         which = "base" if kind == "model" and key.startswith("base-") else kind
-        fields = {"settings": (dict,), "status": (str,)}
+        fields: dict[str, tuple[type, ...]] = {"settings": (dict,), "status": (str,)}
         if status == "ok":
             fields.update(RECORD_FIELDS.get(which, {}))
         for name, types in fields.items():
@@ -827,4 +831,4 @@ def _der(record: dict[str, Any]) -> float:
     values = [record.get(k) for k in ("asr_before", "asr_after", "ca_before", "ca_after")]
     if any(v is None or not np.isfinite(v) for v in values):
         return float("nan")
-    return defense_effectiveness_rating(*values)
+    return defense_effectiveness_rating(*cast("list[float]", values))  # none is None (checked above)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -58,6 +58,7 @@ def headline_classes(config: StudyConfig) -> tuple[str, ...]:
     for spec in config.tasks:
         if spec.name == config.task:
             return _TASK_SOURCE_CLASSES[spec.source]
+    assert config.task is not None  # StudyConfig resolves the headline task
     return TASK_CLASSES[config.task]
 
 
@@ -69,9 +70,10 @@ def _check_attacks(config: StudyConfig) -> None:
             "config.attacks: no attack listed, so the study would train and score nothing; list at least "
             "one, e.g. [{attack: clean}, {attack: badmatch}]"
         )
-    listed = sorted({spec.attack for spec in config.attacks})
+    attacks = [cast(str, spec.attack) for spec in config.attacks]  # AttackSpec resolves every attack's label
+    listed = sorted(set(attacks))
     for i, defense in enumerate(config.defenses):
-        if not any(defense.runs_on(spec.attack) for spec in config.attacks):
+        if not any(defense.runs_on(attack) for attack in attacks):
             raise FieldError(
                 f"config.defenses[{i}].attacks: {defense.attacks} matches none of the study's attacks "
                 f"{listed}, so defense {defense.name!r} would never run; list one of them or drop the "
@@ -91,6 +93,7 @@ def _check_attacks(config: StudyConfig) -> None:
 def _check_sizes(config: StudyConfig) -> None:
     """Arrays the study holds in memory: the phantom source's generated images, and each task's test images."""
     data = config.data
+    assert data.image_size is not None  # StudyConfig resolves it
     pixels = data.image_size**2 * 4
     if data.n_test is not None and data.n_test * pixels > DEFAULT_MAX_BYTES:
         gib = data.n_test * pixels / 1024**3
@@ -101,6 +104,7 @@ def _check_sizes(config: StudyConfig) -> None:
         )
     if data.source != "phantom":
         return  # real training images stay on disk, read batch by batch
+    assert data.n_train is not None and data.n_test is not None  # DataConfig fills PHANTOM_SIZES
     need = (data.n_train + data.n_shadow + _PHANTOM_TASKS * data.n_test) * pixels
     limit = _memory_limit()
     if need > limit:

@@ -273,7 +273,8 @@ def _save_roc(
 ) -> Path | None:
     """Finish a ROC figure (chance line, unit axes, legend) and save it; skipped when no defense drew a curve."""
     if n_defenses == len(skipped):
-        return _skip(path, "no defense has scores for both poisoned and clean samples")
+        _skip(path, "no defense has scores for both poisoned and clean samples")
+        return None
     ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
     ax.set(
         xlim=(0, 1),
@@ -315,7 +316,8 @@ def plot_ca_asr_bars(records: Sequence[Mapping[str, Any]], path: str | Path, tit
     """
     records = [r for r in records if any(not math.isnan(_num(r.get(k))) for k in ("ca_after", "asr_after"))]
     if not records:
-        return _skip(path, "no record has CA or ASR after a defense (no mitigation, no retrain)")
+        _skip(path, "no record has CA or ASR after a defense (no mitigation, no retrain)")
+        return None
     tasks = len({r.get("task") for r in records}) > 1
     labels = [f"{r.get('task')}: {setting_label(r)}" if tasks else setting_label(r) for r in records]
     labels = [f"{label} · {_label_part('defense', r.get('defense'))}" for label, r in zip(labels, records)]
@@ -366,7 +368,8 @@ def plot_heatmap(
     annotated "mean ± std" (mean only when the std is NaN); missing or NaN cells stay blank."""
     cells = {k: v for k, v in cells.items() if not math.isnan(_num(v[0]))}
     if not cells:
-        return _skip(path, "no cell has a finite value")
+        _skip(path, "no cell has a finite value")
+        return None
     rows = list(dict.fromkeys(r for r, _ in cells))
     cols = list(dict.fromkeys(c for _, c in cells))
     grid = np.full((len(rows), len(cols)), np.nan)
@@ -407,7 +410,8 @@ def plot_tradeoff(steps: Sequence[Mapping[str, Any]], path: str | Path, title: s
             paths.setdefault(key, []).append((int(row.get("step", 0)), ca, asr))
     paths = {k: sorted(v) for k, v in paths.items() if len(v) > 1}
     if not paths:
-        return _skip(path, "no mitigation reported more than one model")
+        _skip(path, "no mitigation reported more than one model")
+        return None
     settings = list(dict.fromkeys(k[0] for k in paths))
     defenses = list(dict.fromkeys(k[1] for k in paths))
     colours = {d: f"C{i % 10}" for i, d in enumerate(defenses)}
@@ -417,10 +421,10 @@ def plot_tradeoff(steps: Sequence[Mapping[str, Any]], path: str | Path, title: s
         for (where, defense, _), points in paths.items():
             if where != setting:
                 continue
-            _, ca, asr = zip(*points)
-            ax.plot(ca, asr, "-", color=colours[defense], alpha=0.7, linewidth=1)
-            ax.plot(ca[0], asr[0], "o", color=colours[defense], markersize=5)
-            ax.plot(ca[-1], asr[-1], "*", color=colours[defense], markersize=10)
+            _, cas, asrs = zip(*points)
+            ax.plot(cas, asrs, "-", color=colours[defense], alpha=0.7, linewidth=1)
+            ax.plot(cas[0], asrs[0], "o", color=colours[defense], markersize=5)
+            ax.plot(cas[-1], asrs[-1], "*", color=colours[defense], markersize=10)
         ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="clean accuracy (CA)", title=setting)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("attack success (ASR)")
@@ -476,7 +480,8 @@ def plot_score_histograms(
         if keep.any():
             panels[name] = (s[keep], m[keep])
     if not panels:
-        return _skip(path, "no finite scores")
+        _skip(path, "no finite scores")
+        return None
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig = Figure(figsize=(4.2 * cols, 3.4 * rows), layout="constrained")
@@ -518,7 +523,8 @@ def plot_feature_projection(
     chosen = np.concatenate([_subset(np.flatnonzero(keep & part), max_points, rng) for part in (~m, m)])
     x, m = x[chosen], m[chosen]
     if x.shape[0] < 2:
-        return _skip(path, f"{x.shape[0]} row(s) of finite features")
+        _skip(path, f"{x.shape[0]} row(s) of finite features")
+        return None
     fig = Figure(figsize=(5.5, 5))
     ax = fig.subplots()
     points, ratio = _pca2(x)
@@ -574,7 +580,8 @@ def plot_poison_rate_sweep(
         if len(rates) > 1:
             lines[line] = (mine, rates)
     if not lines:
-        return _skip(path, "no attack × trigger was run at two or more poison rates")
+        _skip(path, "no attack × trigger was run at two or more poison rates")
+        return None
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, key, name in zip(axes, ("asr", "ca"), ("attack success rate", "clean accuracy")):
@@ -606,7 +613,8 @@ def plot_baddist_separation(
     series = (("heldout_cos_clean", "clean images", "#2171b5"), ("heldout_cos_trigger", "triggered images", "#cb181d"))
     records = [r for r in records if all(not math.isnan(_num(r.get(k))) for k, _, _ in series)]
     if not records:
-        return _skip(path, "no model has held-out BadDist cosines (no BadDist attack)")
+        _skip(path, "no model has held-out BadDist cosines (no BadDist attack)")
+        return None
     labels = [setting_label(r) for r in records]
     groups = list(dict.fromkeys(labels))
     fig = Figure(figsize=(7.5, 1.8 + 0.6 * len(groups)))
