@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from scipy import stats
@@ -216,7 +216,7 @@ def _spread(row: Mapping[str, Any], metric: str, show_interval: bool, digits: in
     if _is_finite(std):
         text += f" ± {std:.{digits}f}"
     if show_interval and _is_finite(half):
-        lo, hi = interval(mean, half, metric)
+        lo, hi = interval(cast(float, mean), cast(float, half), metric)  # finite numbers (checked above)
         text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
     return text
 

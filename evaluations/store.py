@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -382,7 +382,7 @@ def _restore_arrays(obj: Any, npz: Any, load: bool) -> Any:
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    np.savez_compressed(buffer, **cast("dict[str, Any]", arrays))  # numpy's stub: a key could be allow_pickle
     return buffer.getvalue()
 
 
@@ -404,7 +404,14 @@ def source_hash() -> str:
     """SHA-256 over artmed's Python source (every ``.py`` of its four package folders, by relative path): the code a
     result was computed with, installed or checked out, committed or not (a dirty tree hashes differently)."""
     packages = ("artmed", "artmed.attacks", "artmed.defenses", "artmed.evaluations")
-    return tree_hash({name: Path(importlib.import_module(name).__file__).parent for name in packages})
+    return tree_hash({name: _package_dir(name) for name in packages})
+
+
+def _package_dir(name: str) -> Path:
+    """The folder of the (regular, ``__init__.py``) package ``name``."""
+    file = importlib.import_module(name).__file__
+    assert file is not None  # a regular package has an __init__.py
+    return Path(file).parent
 
 
 def tree_hash(roots: Mapping[str, Path]) -> str:
@@ -430,7 +437,7 @@ def provenance() -> dict[str, Any]:
 
     ``git`` is None unless the artmed source tree is a git checkout (an editable install of the repository).
     """
-    versions = {}
+    versions: dict[str, str | None] = {}
     for short, dist in _DISTRIBUTIONS.items():
         try:
             versions[short] = metadata.version(dist)

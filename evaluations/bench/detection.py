@@ -129,7 +129,7 @@ def _detectors(
 
         return run
 
-    ss_params = {"eps": eps, "removal_share": removal_share, "device": device}
+    ss_params: dict[str, Any] = {"eps": eps, "removal_share": removal_share, "device": device}
     return {
         "ss_art_mode": ours(SpectralSignatures(**ss_params, mode="art")),
         "ss_centered": ours(SpectralSignatures(**ss_params, mode="centered")),
