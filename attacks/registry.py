@@ -167,7 +167,7 @@ def _describe_static(name: str, ep: metadata.EntryPoint) -> StepInfo | None:
         for b in (node.bases if node is not None else [])
     ]
     kind = next((KINDS_BY_BASE[b] for b in bases if b in KINDS_BY_BASE), None)
-    if init is None or kind is None:
+    if node is None or init is None or kind is None:  # no node: no init either
         return None
     args = init.args
     positional = args.posonlyargs + args.args

@@ -57,6 +57,7 @@ class GroupedActivations:
             return check_finite(self.context.features(self.layer), self.layer)[idx]
         if self._last is None or self._last[0] != idx.tobytes():
             est, images = self.context.estimator, self.context.x_train
+            assert images is not None  # _prepare refuses source='estimator' without x_train
             chunks = [
                 est.get_activations(load_images(images, part), layer=self.layer, batch_size=batch_size)
                 for part in np.array_split(idx, range(batch_size, idx.shape[0], batch_size))
@@ -119,9 +120,12 @@ class _ARTDetector(Defense):
     """The rules every ART detector adds to its own ``param_rules``."""
 
     def _prepare(self, context: EvaluationContext) -> tuple[LabelGroups, np.ndarray, np.ndarray, GroupedActivations]:
-        if self.source == "estimator" and (context.estimator is None or context.x_train is None):
-            raise ValueError("source='estimator' needs a context with an estimator and x_train")
-        n = len(context.x_train) if self.source == "estimator" else context.features(self.layer).shape[0]
+        if self.source == "estimator":
+            if context.estimator is None or context.x_train is None:
+                raise ValueError("source='estimator' needs a context with an estimator and x_train")
+            n = len(context.x_train)
+        else:
+            n = context.features(self.layer).shape[0]
         groups = LabelGroups.split(context, n, self.min_group_size, self.name, self.grouping)
         kept = np.flatnonzero(np.isin(groups.ids, [g for g, _ in groups.analysed]))
         remap = np.zeros(len(groups.names), dtype=np.int64)

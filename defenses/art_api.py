@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import inspect
 from abc import abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from art.defences.detector.poison import GroundTruthEvaluator, PoisonFilteringDefence
@@ -48,7 +48,7 @@ class ARTPoisonFilter(Defense, PoisonFilteringDefence):
         """The defense's own ``__init__`` parameters (not classifier, x_train, y_train) and their values."""
         return {k: v for k, v in super().get_params().items() if k not in ART_DATA}
 
-    def detect_poison(self, **kwargs: Any) -> tuple[dict[str, Any], list[int]]:
+    def detect_poison(self, **kwargs: Any) -> tuple[dict[Any, Any], list[int]]:
         """ART's ``(report, is_clean_lst)``: is_clean_lst[i] is 1 where sample i is kept, 0 where flagged.
         `kwargs` are parameters, set (and kept) first as in ART."""
         self.set_params(**kwargs)
@@ -62,11 +62,14 @@ class ARTPoisonFilter(Defense, PoisonFilteringDefence):
         truth = None if is_clean is None else np.asarray(is_clean)
         if truth is None or truth.size == 0:
             raise ValueError("is_clean was not provided while invoking evaluate_defence.")
-        n = len(self._context().y_train)
+        y_train = self._context().y_train
+        assert y_train is not None  # _context refuses a missing y_train
+        n = len(y_train)
         if truth.shape != (n,) or not np.isin(truth, (0, 1)).all():
             raise ValueError(f"is_clean must be a ({n},) array of 0 (poison) and 1 (clean), got shape {truth.shape}")
         result = self._run_on_data()
         predicted = (~result.flags).astype(int)
+        assert result.groups is not None  # the label-grouped detectors behind this API always set it
         members = [np.flatnonzero(result.groups == g) for g in range(int(result.groups.max()) + 1)]
         _, matrices = GroundTruthEvaluator().analyze_correctness(
             [predicted[idx] for idx in members], [truth[idx] for idx in members]
@@ -104,10 +107,14 @@ class ARTPoisonFilter(Defense, PoisonFilteringDefence):
             self._cached = data, EvaluationContext(estimator=data[0], x_train=data[1], y_train=data[2])
         return self._cached[1]
 
+    if TYPE_CHECKING:
+
+        def run(self, context: EvaluationContext) -> DetectionResult: ...
+
     def _run_on_data(self) -> DetectionResult:
         self.last_result = self.run(self._context())
         return self.last_result
 
     @abstractmethod
-    def _art_report(self, result: DetectionResult) -> dict[str, Any]:
+    def _art_report(self, result: DetectionResult) -> dict[Any, Any]:
         """ART's report of this detector for `result`."""

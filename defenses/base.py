@@ -329,7 +329,9 @@ class EvaluationContext:
     def _extract(self, layer: str) -> np.ndarray:
         """Stream the images through the estimator batch by batch into one preallocated (N, D) array (no list of
         batches to concatenate, which would hold the features twice)."""
-        n = len(self.x_train)
+        x_train = self.x_train
+        assert x_train is not None  # features() extracts only with x_train
+        n = len(x_train)
         if n == 0:
             raise ValueError("cannot extract features: x_train is empty")
         feats: np.ndarray | None = None
@@ -337,13 +339,14 @@ class EvaluationContext:
             stop = min(start + self.batch_size, n)
             batch = np.asarray(
                 self.estimator.get_activations(
-                    load_images(self.x_train, np.arange(start, stop)), layer=layer, batch_size=self.batch_size
+                    load_images(x_train, np.arange(start, stop)), layer=layer, batch_size=self.batch_size
                 )
             )
             batch = batch.reshape(batch.shape[0], -1)
             if feats is None:
                 feats = np.empty((n, batch.shape[1]), dtype=batch.dtype)
             feats[start:stop] = batch
+        assert feats is not None  # n > 0: at least one batch
         return feats
 
 

@@ -311,6 +311,7 @@ class CleanCLIP(Defense):
         if isinstance(context.x_clean, ImageSet):
             return context.x_clean.labels, "x_clean.labels"
         if context.x_train is not None:
+            assert context.x_clean is not None  # _clean_data asks only for a context's own x_clean
             rows = _matching_rows(context.x_clean, context.x_train, context.batch_size, self.verbose)
             if rows is not None:
                 return self._train_labels(context, rows), "y_train (x_clean rows found in x_train)"

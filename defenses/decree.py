@@ -10,7 +10,8 @@ text or classifier head, and judges the encoder by the inverted mask's size rela
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -279,7 +280,8 @@ class DECREE(Defense):
             for rows in self._batches(rng.permutation(n)):
                 mask, pattern = _to_unit(mask_raw), _to_unit(pattern_raw)
                 stamped = stamp(x[rows].to(device, dtype), mask, pattern)
-                sim = mean_pairwise_cosine(model.encode_image(normalize_pixels(stamped).float()))
+                encode_image = cast(Callable[..., torch.Tensor], model.encode_image)
+                sim = mean_pairwise_cosine(encode_image(normalize_pixels(stamped).float()))
                 l1 = mask.sum() * mask_channels if mask_channels > 1 else mask.sum()
                 loss = -sim + lam * l1
                 grads = torch.autograd.grad(loss, [mask_raw, pattern_raw])
@@ -361,6 +363,8 @@ class DECREE(Defense):
         for start in range(0, x.shape[0], self.batch_size):
             batch = x[start : start + self.batch_size].to(device)
             if mask is not None:
+                assert pattern is not None  # a found trigger has both
                 batch = stamp(batch.to(mask.dtype), mask, pattern)
-            embeddings.append(model.encode_image(normalize_pixels(batch).float()).float())
+            encode_image = cast(Callable[..., torch.Tensor], model.encode_image)
+            embeddings.append(encode_image(normalize_pixels(batch).float()).float())
         return float(mean_pairwise_cosine(torch.cat(embeddings)))

@@ -143,6 +143,7 @@ class FinePruning(Defense):
     def run(self, context: EvaluationContext) -> MitigationResult:
         """Return a pruned and fine-tuned clone of ``context.estimator`` with CA/ASR after every step."""
         self._check_context(context)
+        assert context.x_test is not None  # _check_context refuses a context without it
         targets = np.asarray(context.test_targets)
         rng = np.random.default_rng(np.random.SeedSequence([int(self.seed), 2]))
         order = rng.permutation(targets.shape[0])

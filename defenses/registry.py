@@ -174,7 +174,9 @@ def _class_attribute(classes: dict[str, ast.ClassDef], name: str, attribute: str
                 if isinstance(stmt, ast.AnnAssign) and stmt.value is not None
                 else []
             )
-            if any(isinstance(t, ast.Name) and t.id == attribute for t in targets):
+            if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and any(  # targets: only an assignment has them
+                isinstance(t, ast.Name) and t.id == attribute for t in targets
+            ):
                 return stmt.value
         bases = [b.id for b in node.bases if isinstance(b, ast.Name)]
         node = classes.get(bases[0]) if bases else None

@@ -380,18 +380,21 @@ def released_untangling(
         centers = torch.stack([u2, u1])
         labels = (u1 @ u1 - u2 @ u2) - 2.0 * (white @ (u1 - u2)) < 0
     labels = labels.long()
+    assert centers is not None  # the first step splits the rows (the start has both subgroups when N >= 2)
     j = ((white - identity).square().sum(1) - (white - centers[labels]).square().sum(1)).mean()
     return float(j), labels, centers
 
 
 def clean_features(context: EvaluationContext, layer: str) -> np.ndarray:
     """Activations of `layer` for every ``context.x_clean`` image as (N, D), batch by batch through the estimator."""
-    n = len(context.x_clean)
+    x_clean = context.x_clean
+    assert x_clean is not None  # callers check the context has x_clean
+    n = len(x_clean)
     if n == 0:
         raise ValueError("cannot extract clean-set features: x_clean is empty")
     batches = []
     for start in range(0, n, context.batch_size):
-        images = load_images(context.x_clean, np.arange(start, min(start + context.batch_size, n)))
+        images = load_images(x_clean, np.arange(start, min(start + context.batch_size, n)))
         batch = np.asarray(context.estimator.get_activations(images, layer=layer, batch_size=context.batch_size))
         batches.append(batch.reshape(batch.shape[0], -1))
     return np.concatenate(batches)

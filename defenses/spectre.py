@@ -228,7 +228,10 @@ class SPECTRE(Defense):
         if self.k is not None:
             return self._fit(h[:, : min(self.k, k_max)], budget), {}, {}
         grid = sorted({max(1, round(v**2)) for v in np.linspace(1.0, math.sqrt(k_max), self.k_steps)})
-        best, best_value, values, filtered = None, -math.inf, {}, {}
+        best: KFit | None = None
+        best_value = -math.inf
+        values: dict[int, float] = {}
+        filtered: dict[int, int] = {}
         for k in grid:
             fit = self._fit(h[:, :k], budget)
             filtered[k] = int((~fit.kept).sum())
@@ -237,7 +240,7 @@ class SPECTRE(Defense):
             values[k] = self._selection_value(h, unflagged)
             if values[k] > best_value:
                 best, best_value = fit, values[k]
-        return best, values, filtered
+        return best, values, filtered  # type: ignore[return-value]  # None only if every value is NaN: fails as before
 
     def _fit(self, h: torch.Tensor, budget: int) -> KFit:
         """QUE scores of the (n, k) projections `h` after whitening by the robust mean and covariance (steps 2-4)."""
