@@ -13,7 +13,7 @@ import inspect
 import json
 import re
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -25,8 +25,10 @@ from artmed.attacks.steps import (
     SUPPLY_CHAIN,
     AttackContext,
     AttackStep,
+    DataStep,
     Images,
     Poisoned,
+    SupplyChainStep,
     check_output,
 )
 from artmed.attacks.triggers import TRIGGERS, Trigger, make_trigger
@@ -90,6 +92,7 @@ class AttackSpec:
             with blame(where):
                 step.check(context)
         if self.steps is None:  # a shorthand's unused parameters are checked too: a typo there is still a typo
+            assert self.attack is not None  # _resolve filled it in
             for name, where in SHORTHAND_PARAMS.items():
                 if name not in SHORTHANDS[self.attack]:
                     self._build(name, getattr(self, where), where)
@@ -154,7 +157,8 @@ class AttackSpec:
         """One cache key per step: the step and every earlier step of its kind (their names, parameters and the shared
         settings they use) and the seed; a step that uses ``ESTIMATOR`` also every supply-chain step (its model).
         Equal keys, equal outputs: two attacks share a step's result through it."""
-        keys, chains = [], {SUPPLY_CHAIN: [], DATA: []}
+        keys: list[str] = []
+        chains: dict[str, list[dict[str, Any]]] = {SUPPLY_CHAIN: [], DATA: []}
         entries = []
         for step, (name, params, _) in zip(self._steps, self._composition):
             shared = {s: getattr(self, s) for s in step.uses if s != ESTIMATOR}
@@ -237,12 +241,13 @@ def supply_chain_attack(
 ) -> tuple[Any, dict[str, Any]]:
     """Every supply-chain step of ``spec`` in order from ``base_estimator`` (left untouched): ``(the estimator the
     victim starts from, the steps' merged history)``; a step whose key is in ``cache`` is not run again."""
-    estimator, history = base_estimator, {}
+    estimator = base_estimator
+    history: dict[str, Any] = {}
     for step, key in zip(spec.composition, spec.step_keys()):
         if step.kind != SUPPLY_CHAIN:
             continue
         if cache is None or key not in cache:
-            output = step.apply(estimator, context)
+            output = cast(SupplyChainStep, step).apply(estimator, context)  # by its kind
             check_output(step, output, 0)
             result = (output[0], {**history, **output[1]})
             if cache is None:
@@ -272,7 +277,7 @@ def poison_training_set(
                 f"attack step {step.name!r} needs the model the victim starts from (context.estimator); "
                 "run it through run_attack, or pass a context with estimator set"
             )
-        output = step.apply(current.x, current.y, context)
+        output = cast(DataStep, step).apply(current.x, current.y, context)  # by its kind
         check_output(step, output, len(current.x))
         mask = np.zeros(len(output.x), dtype=bool)
         mask[: len(current.mask)] = current.mask

@@ -299,7 +299,7 @@ class BlendedTrigger(Trigger):
         return self._patterns[key]
 
     def _apply(self, x: np.ndarray) -> np.ndarray:
-        pattern = self.pattern_image(*x.shape[-2:], channels=x.shape[1]).astype(x.dtype)
+        pattern = self.pattern_image(x.shape[-2], x.shape[-1], channels=x.shape[1]).astype(x.dtype)
         alpha = float(self.alpha)
         return ((1.0 - alpha) * x + alpha * pattern).astype(x.dtype)
 
@@ -368,6 +368,6 @@ def _resize(image: np.ndarray, height: int, width: int, channels: int) -> np.nda
         raise ValueError(f"pattern has {planes.shape[0]} channels but the images have {channels}")
     if planes.shape[-2:] != (height, width):
         tensor = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float64))[None]
-        planes = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-        planes = planes[0].numpy()
+        resized = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+        planes = resized[0].numpy()
     return np.clip(np.broadcast_to(planes, (channels, height, width)), 0.0, 1.0).astype(np.float64)

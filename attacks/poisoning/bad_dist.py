@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -224,22 +224,22 @@ class BadDist(Params, PoisoningAttackTransformer):
         for p, flag in grad_flags.items():
             p.requires_grad_(flag)
         backdoored.model.to(backdoored.device).eval()
-        history = history.float().cpu().numpy()
+        table = history.float().cpu().numpy()
         self.history_ = {
-            "loss": history[:, 0].tolist(),
-            "cos_clean": history[:, 1].tolist(),
-            "cos_trigger": history[:, 2].tolist(),
+            "loss": table[:, 0].tolist(),
+            "cos_clean": table[:, 1].tolist(),
+            "cos_trigger": table[:, 2].tolist(),
         }
         return backdoored
 
-    def _make_optimizer(self, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    def _make_optimizer(self, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
         """The paper's SGD, or AdamW (``momentum`` is its beta1): Adam's steps do not shrink with the embedding norm."""
         if self.optimizer == "adam":
             return torch.optim.AdamW(params, lr=self.lr, betas=(self.momentum, 0.999), weight_decay=self.weight_decay)
         return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
     @torch.no_grad()
-    def _perturb(self, params: list[torch.Tensor]) -> None:
+    def _perturb(self, params: Sequence[torch.Tensor]) -> None:
         """Nudge the student off the teacher: at f_b = f_c both cosine terms are at an extremum (zero gradient)."""
         if self.init_noise == 0:
             return

@@ -281,9 +281,9 @@ class BadEncoder(Params, PoisoningAttackTransformer):
         for p, flag in grad_flags.items():
             p.requires_grad_(flag)
         backdoored.model.to(backdoored.device).eval()
-        history = history.float().cpu().numpy()
+        table = history.float().cpu().numpy()
         self.history_ = {
-            name: history[:, i].tolist()
+            name: table[:, i].tolist()
             for i, name in enumerate(("loss", "cos_trigger_reference", "cos_reference", "cos_clean"))
         }
         return backdoored

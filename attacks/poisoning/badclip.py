@@ -37,7 +37,7 @@ poison label           a natural caption of the target                 the targe
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -55,7 +55,10 @@ from artmed.training import index_batches, run_steps
 __all__ = ["BadCLIP", "MiddlePatch", "paste_middle"]
 
 
-def paste_middle(x: torch.Tensor | np.ndarray, patch: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+_Pixels = TypeVar("_Pixels", torch.Tensor, np.ndarray)
+
+
+def paste_middle(x: _Pixels, patch: _Pixels) -> _Pixels:
     """Copy of ``x`` (N, C, H, W) with ``patch`` (C or 1, l, l) pasted at the released ``middle`` location
     (top-left corner at ``int(H / 2 - l / 2)``, ``int(W / 2 - l / 2)``); differentiable for tensors."""
     height, width = x.shape[-2:]
@@ -210,6 +213,7 @@ class BadCLIP(Params, PoisoningAttackWhiteBox):
         x, y = self._check_data(x, y)
         if self.trigger_ is None:
             self.optimize_patch(x, y)
+        assert self.trigger_ is not None  # optimize_patch sets it
         n_poison = max(1, int(round(self.percent_poison * len(y))))
         rng = np.random.default_rng(self.seed)
         self.poison_indices_ = np.sort(rng.choice(len(y), size=n_poison, replace=False)).astype(np.int64)
@@ -285,10 +289,8 @@ class BadCLIP(Params, PoisoningAttackWhiteBox):
         finally:
             for p, flag in flags.items():
                 p.requires_grad_(flag)
-        history = history.float().cpu().numpy()
-        self.history_ = {
-            name: history[:, i].tolist() for i, name in enumerate(("loss", "text", "visual", "target_rate"))
-        }
+        table = history.float().cpu().numpy()
+        self.history_ = {name: table[:, i].tolist() for i, name in enumerate(("loss", "text", "visual", "target_rate"))}
         self.trigger_ = MiddlePatch(patch.detach().clamp(0.0, 1.0).cpu().numpy())
         return self.trigger_
 

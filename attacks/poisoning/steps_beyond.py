@@ -8,7 +8,7 @@ settings (``AttackContext``).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 
@@ -146,7 +146,8 @@ class CarliniTerzisStep(DataStep):
         """Copies of ``x`` (an ImageSet read whole) and ``y`` with the chosen rows patched and relabelled."""
         attack = self._attack(context)
         x_poisoned, y_poisoned = attack.poison(_array(x), y)
-        return Poisoned(x_poisoned, y_poisoned, attack.poison_mask_, attack.trigger_)
+        trigger = cast(RandomPositionPatch, attack.trigger_)  # the one _attack gave it
+        return Poisoned(x_poisoned, y_poisoned, attack.poison_mask_, trigger)
 
 
 class BadCLIPStep(DataStep):
