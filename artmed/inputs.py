@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 import torch
@@ -108,7 +108,7 @@ def check_batch_size(batch_size: Any, what: str = "batch_size") -> int:
         or batch_size < 1
     ):
         raise ValueError(f"{what} must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
+    return int(cast(float, batch_size))  # a whole real number (checked above)
 
 
 def check_texts(texts: Any, what: str = "texts") -> list[str]:

@@ -84,7 +84,8 @@ def _declared(cls: type) -> dict[str, Any]:
 
 def check_fields(obj: Any) -> None:
     """Set every field of the dataclass instance ``obj`` to its value as the declared type (see ``coerce``)."""
-    for name, declared in _declared(type(obj)).items():
+    cls: type = type(obj)
+    for name, declared in _declared(cls).items():
         setattr(obj, name, coerce(getattr(obj, name), declared, name))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -87,9 +88,10 @@ def _read_rows(path: str | Path, required: Sequence[str]) -> list[dict[str, str]
                 f"missing column(s) {missing}"
             )
         if None in row:
+            extra = cast("dict[str | None, list[str]]", row)[None]  # csv's restkey: the fields past the header
             raise ValueError(
-                f"{path}: line {_line_of(path, i)} (data row {i}) has {len(row[None])} field(s) more "
-                f"than the header's {len(columns)}: {row[None]} (a value with a comma must be quoted)"
+                f"{path}: line {_line_of(path, i)} (data row {i}) has {len(extra)} field(s) more "
+                f"than the header's {len(columns)}: {extra} (a value with a comma must be quoted)"
             )
     return rows
 
@@ -126,10 +128,11 @@ def file_task(
         raise ValueError(f"{source}: task {name!r} has no images")
     if check_files:
         check_files_exist(list(paths), source)
-    targets = np.asarray(targets, dtype=np.int64)
-    images = FileImageSet(list(paths), task_labels(class_names, targets), image_size)
+    target_ids = np.asarray(targets, dtype=np.int64)
+    images = FileImageSet(list(paths), task_labels(class_names, target_ids), image_size)
     chosen = default_prompts(kind) if prompts is None else prompts
-    return ZeroShotTask(name, list(class_names), chosen, images, targets)
+    # ZeroShotTask takes any mapping of prompts (it keeps a dict copy)
+    return ZeroShotTask(name, list(class_names), cast("dict[str, list[str]]", chosen), images, target_ids)
 
 
 def load_medclip_images(

@@ -163,7 +163,7 @@ class ArrayImageSet(ImageSet):
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+        return tuple(self.images.shape[1:])
 
     def _load(self, indices: np.ndarray) -> np.ndarray:
         return self.images[indices]

@@ -36,7 +36,10 @@ def _luts() -> tuple[Any, Any]:
     try:
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError:
-        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
+        from pydicom.pixel_data_handlers.util import (  # type: ignore[no-redef]  # pydicom 2's names
+            apply_modality_lut,
+            apply_voi_lut,
+        )
     return apply_modality_lut, apply_voi_lut
 
 

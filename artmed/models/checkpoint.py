@@ -11,6 +11,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import Any, TypeGuard
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -81,7 +82,7 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 """Keys under which training scripts commonly store the weights beside ``epoch``, ``optimizer`` ... ."""
 
 
-def _tensors(value: object) -> bool:
+def _tensors(value: object) -> TypeGuard[dict[Any, torch.Tensor]]:
     """Whether ``value`` is a non-empty dict of tensors (a state dict)."""
     return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
 

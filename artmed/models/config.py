@@ -205,7 +205,7 @@ def config_from_dict(data: dict[str, Any]) -> MedCLIPConfig:
         kind = vision.pop("type")
         vision_cls = {"resnet": ResNetVisionConfig, "swin": SwinVisionConfig}[kind]
         as_tuples = {k: tuple(v) if isinstance(v, list) else v for k, v in vision.items()}
-        text = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(data["text"]).items()}
+        text: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(data["text"]).items()}
         rest = {k: v for k, v in data.items() if k not in ("vision", "text")}
         return MedCLIPConfig(vision=vision_cls(**as_tuples), text=TextConfig(**text), **rest)
     except (KeyError, TypeError) as err:
