@@ -48,8 +48,9 @@ def save_bundle(estimator: Any, directory: str | os.PathLike[str]) -> Path:
 
     out = Path(directory)
     if not _replaceable(out):
-        raise ValueError(f"{str(out)!r} exists and is not an estimator directory (no {BUNDLE_FILE}); "
-                         "refusing to replace it")
+        raise ValueError(
+            f"{str(out)!r} exists and is not an estimator directory (no {BUNDLE_FILE}); refusing to replace it"
+        )
     meta = {
         "artmed_version": __version__,
         "model": config_to_dict(estimator.model.config),
@@ -83,8 +84,9 @@ def _replaceable(out: Path) -> bool:
     return BUNDLE_FILE in entries or entries <= {"model.safetensors", CONFIG_NAME, "tokenizer"}
 
 
-def load_bundle(cls: type, directory: str | os.PathLike[str], device: str | torch.device = "auto",
-                **overrides: Any) -> Any:
+def load_bundle(
+    cls: type, directory: str | os.PathLike[str], device: str | torch.device = "auto", **overrides: Any
+) -> Any:
     """An estimator of class ``cls`` from a directory written by ``save_bundle``; ``overrides`` replace settings."""
     from artmed.models import MedCLIPModel, load_tokenizer
     from artmed.models.checkpoint import read_state_dict, validate_state_dict

@@ -263,6 +263,8 @@ class GlobalBatchNorm(_BatchNorm):
                 self.num_batches_tracked.add_(1)
                 if self.momentum is None:
                     factor = 1.0 / float(self.num_batches_tracked)
+            # torch's BatchNorm: momentum None comes with num_batches_tracked; running_var with running_mean
+            assert factor is not None and self.running_var is not None
             with torch.no_grad():
                 self.running_mean.mul_(1.0 - factor).add_(mean.detach().to(self.running_mean.dtype), alpha=factor)
                 unbiased = var.detach() * n / (n - 1).clamp_min(1.0)

@@ -21,7 +21,7 @@ import warnings
 from abc import ABC
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,11 +31,56 @@ from art.estimators.pytorch import PyTorchEstimator
 
 from artmed.constants import CHEXPERT_LABELS, IMAGE_SIZE, NUM_LABELS
 from artmed.device import resolve_device
-from artmed.inputs import (PIXEL_TOLERANCE, BatchSource, Images, as_images, check_batch_size, check_image_array,
-                           check_label_matrix, check_texts, normalize_pixels, num_images)
+from artmed.inputs import (
+    PIXEL_TOLERANCE,
+    BatchSource,
+    Images,
+    as_images,
+    check_batch_size,
+    check_image_array,
+    check_label_matrix,
+    check_texts,
+    normalize_pixels,
+    num_images,
+)
 from artmed.loader import check_num_workers, image_batches
 from artmed.prompts import ENSEMBLES, PromptBank, check_prompts, encode_sentences
 from artmed.training import train_unpaired
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class _Verbs(Protocol):
+        """What ``_UnfilteredVerbs`` uses of the ``MedCLIPEstimator`` it is mixed into."""
+
+        amp: bool
+        num_workers: int
+        tokenizer: Any
+        preprocessing_operations: list[Any]
+        _bank: PromptBank
+
+        @property
+        def model(self) -> torch.nn.Module: ...
+        @property
+        def input_shape(self) -> tuple[int, int, int]: ...
+        @property
+        def device(self) -> torch.device: ...
+        def _outputs(self, pixels: torch.Tensor) -> torch.Tensor: ...
+        def _map_images(
+            self,
+            x: Any,
+            batch_size: int | None,
+            fn: Callable[[torch.Tensor], torch.Tensor],
+            training_mode: bool = False,
+        ) -> np.ndarray: ...
+        def _apply_postprocessing(self, preds: np.ndarray, fit: bool) -> np.ndarray: ...
+        def _apply_preprocessing(self, x: Any, y: Any, fit: bool = False, no_grad: bool = True) -> tuple[Any, Any]: ...
+        def _resolve_batch_size(self, batch_size: int | None) -> int: ...
+        def _training_texts(self, texts: Any, text_labels: Any) -> tuple[Any, Any]: ...
+        def _training_labels(self, y: Any, n: int) -> np.ndarray: ...
+        def _images(self, x: Any) -> Images: ...
+        def _pixels(self, x: Any) -> np.ndarray: ...
+
 
 LAYERS: dict[str, str] = {
     "vision_last_stage": "last_stage",
@@ -57,8 +102,10 @@ class 0; a task of more classes takes ``argmax(logits)``."""
 CLASS_ALIASES: dict[str, str] = {"normal": "No Finding", "covid": "Pneumonia", "covid-19": "Pneumonia"}
 """Task class names (lower case) that are not CheXpert names -> the CheXpert label ``fit`` trains them as, as
 ``artmed.data.adapt_medclip.task_labels`` labels those tasks' images."""
-CLIP_WARNING = ("images outside [0, 1] were clipped to [0, 1] (MedCLIP normalisation happens inside the estimator: "
-                "pass pixel values in [0, 1], e.g. 8-bit images divided by 255)")
+CLIP_WARNING = (
+    "images outside [0, 1] were clipped to [0, 1] (MedCLIP normalisation happens inside the estimator: "
+    "pass pixel values in [0, 1], e.g. 8-bit images divided by 255)"
+)
 
 
 def decide(logits: np.ndarray, decision: str = "argmax") -> np.ndarray:
@@ -86,9 +133,11 @@ def class_label_vectors(classes: Sequence[str]) -> np.ndarray:
         else:
             vectors[k, CHEXPERT_LABELS.index(label)] = 1.0
     if unknown:
-        raise ValueError(f"class(es) {unknown} have no CheXpert counterpart, so class labels cannot be turned into "
-                         f"training labels; name the classes after CheXpert labels {list(CHEXPERT_LABELS)} or "
-                         f"{sorted(CLASS_ALIASES)}, or pass y as (N, 14) CheXpert label vectors")
+        raise ValueError(
+            f"class(es) {unknown} have no CheXpert counterpart, so class labels cannot be turned into "
+            f"training labels; name the classes after CheXpert labels {list(CHEXPERT_LABELS)} or "
+            f"{sorted(CLASS_ALIASES)}, or pass y as (N, 14) CheXpert label vectors"
+        )
     return vectors
 
 
@@ -109,7 +158,7 @@ class ClassOutputs(torch.nn.Module):
         return self.estimator._outputs(x)
 
 
-class _UnfilteredVerbs(ABC):
+class _UnfilteredVerbs(ABC):  # noqa: B024 (an ABC for ART's re-classing, see below; nothing abstract)
     """``predict`` and ``fit`` defined outside ``ClassifierMixin``'s metaclass.
 
     That metaclass wraps verbs defined in a class body with ``np.array(x)``, which would read a whole lazy
@@ -118,15 +167,25 @@ class _UnfilteredVerbs(ABC):
     ``__class__`` assignment fails: "object layout differs").
     """
 
-    def predict(self, x: Any, batch_size: int | None = None, training_mode: bool = False,
-                **kwargs: Any) -> np.ndarray:
+    def predict(
+        self: _Verbs, x: Any, batch_size: int | None = None, training_mode: bool = False, **kwargs: Any
+    ) -> np.ndarray:
         """Zero-shot class outputs (N, K) float32: softmax probabilities of the prompt-ensemble scaled cosine logits,
         or those logits with ``output="logits"``."""
         preds = self._map_images(x, batch_size, self._outputs, training_mode)
         return self._apply_postprocessing(preds=preds, fit=False)
 
-    def fit(self, x: Any, y: Any = None, texts: Any = None, text_labels: Any = None, batch_size: int | None = None,
-            nb_epochs: int = 1, steps: int | None = None, **kwargs: Any) -> dict[str, list[float]]:
+    def fit(
+        self: _Verbs,
+        x: Any,
+        y: Any = None,
+        texts: Any = None,
+        text_labels: Any = None,
+        batch_size: int | None = None,
+        nb_epochs: int = 1,
+        steps: int | None = None,
+        **kwargs: Any,
+    ) -> dict[str, list[float]]:
         """Unpaired MedCLIP training on images ``x`` with labels ``y`` and sentences with (M, 14) labels.
 
         ``y``: (N, 14) CheXpert label vectors, or ART's label space, (N,) class ids or (N, K) one-hot/probabilities
@@ -155,9 +214,18 @@ class _UnfilteredVerbs(ABC):
         kwargs.setdefault("amp", self.amp)
         kwargs.setdefault("num_workers", self.num_workers)
         history = train_unpaired(
-            self.model, self.tokenizer, images, self._training_labels(y, num_images(images)), sentences, text_labels,
-            input_shape=self.input_shape, device=self.device,
-            batch_size=batch_size, nb_epochs=nb_epochs, steps=steps, **kwargs,
+            self.model,
+            self.tokenizer,
+            images,
+            self._training_labels(y, num_images(images)),
+            sentences,
+            text_labels,
+            input_shape=self.input_shape,
+            device=self.device,
+            batch_size=batch_size,
+            nb_epochs=nb_epochs,
+            steps=steps,
+            **kwargs,
         )
         self.model.eval()
         self._bank.clear()
@@ -185,8 +253,7 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
     estimator_params = (
         PyTorchEstimator.estimator_params
         + ClassifierMixin.estimator_params
-        + ["tokenizer", "prompts", "input_shape", "batch_size", "amp", "num_workers", "output", "ensemble",
-                                                             "decision"]
+        + ["tokenizer", "prompts", "input_shape", "batch_size", "amp", "num_workers", "output", "ensemble", "decision"]
     )
 
     def __init__(
@@ -280,7 +347,7 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
             raise ValueError(f"input_shape must be (1|3, H, W), got {input_shape!r}") from err
         if len(shape) != 3 or shape[0] not in (1, 3) or min(shape) < 1:
             raise ValueError(f"input_shape must be (1|3, H, W), got {tuple(input_shape)}")
-        return shape  # type: ignore[return-value]
+        return shape
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -336,8 +403,9 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
 
     # ------------------------------------------------------------------ internals
     def _autocast(self) -> torch.autocast:
-        return torch.autocast(device_type=self._device.type, dtype=torch.bfloat16,
-                              enabled=self.amp and self._device.type == "cuda")
+        return torch.autocast(
+            device_type=self._device.type, dtype=torch.bfloat16, enabled=self.amp and self._device.type == "cuda"
+        )
 
     def _text_matrix(self) -> torch.Tensor:
         return self._bank.matrix(self._model, self.tokenizer, self._device, self.batch_size, self.amp)
@@ -346,8 +414,16 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         """Prompt-ensemble zero-shot logits (B, K) of pixel-space images on the device (similarities in float32)."""
         image = self._model.encode_image(normalize_pixels(pixels)).float()
         with torch.autocast(device_type=self._device.type, enabled=False):
-            return self._bank.logits(image, self._model.scale().float(), self._model, self.tokenizer, self._device,
-                                     self.batch_size, self.amp, ensemble=self.ensemble)
+            return self._bank.logits(
+                image,
+                self._model.scale().float(),
+                self._model,
+                self.tokenizer,
+                self._device,
+                self.batch_size,
+                self.amp,
+                ensemble=self.ensemble,
+            )
 
     def _outputs(self, pixels: torch.Tensor) -> torch.Tensor:
         """What ``predict`` returns for pixel-space images on the device: logits, or their softmax."""
@@ -381,8 +457,10 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
             if text_labels is not None:
                 raise ValueError("fit got text_labels without texts")
             if self._texts is None:
-                raise ValueError("fit needs texts: set the estimator's text pool once with set_texts(texts, "
-                                 "text_labels), or pass texts= and text_labels= to fit")
+                raise ValueError(
+                    "fit needs texts: set the estimator's text pool once with set_texts(texts, "
+                    "text_labels), or pass texts= and text_labels= to fit"
+                )
             return self._texts, self._text_labels
         if text_labels is None:
             if not hasattr(texts, "labels"):
@@ -397,8 +475,10 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         if arr.ndim == 2 and arr.shape[1] == NUM_LABELS:
             return arr
         if not (arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] == self.nb_classes)):
-            raise ValueError(f"y must be (N, 14) CheXpert label vectors, (N,) class ids or (N, {self.nb_classes}) "
-                             f"one-hot/probabilities, got shape {arr.shape}")
+            raise ValueError(
+                f"y must be (N, 14) CheXpert label vectors, (N,) class ids or (N, {self.nb_classes}) "
+                f"one-hot/probabilities, got shape {arr.shape}"
+            )
         return class_label_vectors(self.classes)[self._class_indices(arr, n)]
 
     def _framework(self, x: torch.Tensor, y: Any, forward: Callable[[torch.Tensor], torch.Tensor]) -> tuple[Any, Any]:
@@ -411,8 +491,9 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         """``batch_size`` checked (a positive integer), or the estimator's own when None."""
         return self.batch_size if batch_size is None else check_batch_size(batch_size)
 
-    def _map_images(self, x: Any, batch_size: int | None, fn: Callable[[torch.Tensor], torch.Tensor],
-                    training_mode: bool = False) -> np.ndarray:
+    def _map_images(
+        self, x: Any, batch_size: int | None, fn: Callable[[torch.Tensor], torch.Tensor], training_mode: bool = False
+    ) -> np.ndarray:
         """Apply ``fn`` (pixel tensor -> tensor) batch-wise without gradients; concatenate as float32 numpy."""
         bs = self._resolve_batch_size(batch_size)
         images = self._images(x)
@@ -453,9 +534,15 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
             raise ValueError(f"class indices in y must be integers in [0, {self.nb_classes - 1}]")
         return arr.astype(np.int64)
 
-    def _input_gradients(self, x: np.ndarray, forward: Callable[[torch.Tensor], torch.Tensor],
-                         objectives: Callable[[torch.Tensor, slice], list[torch.Tensor]],
-                         n_objectives: int, batch_size: int | None, training_mode: bool) -> np.ndarray:
+    def _input_gradients(
+        self,
+        x: np.ndarray,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        objectives: Callable[[torch.Tensor, slice], list[torch.Tensor]],
+        n_objectives: int,
+        batch_size: int | None,
+        training_mode: bool,
+    ) -> np.ndarray:
         """Gradients (n_objectives, N, C, H, W) w.r.t. checked pixels ``x`` of scalar objectives of ``forward``.
 
         ``objectives(outputs, rows)`` gets a batch's outputs and its slice of the whole input. ART preprocessing
@@ -477,16 +564,17 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
             scalars = objectives(forward(x_in), rows)
             for k, scalar in enumerate(scalars):
                 (g,) = torch.autograd.grad(scalar, x_leaf, retain_graph=k < len(scalars) - 1)
-                g = g.detach().cpu().numpy()
+                grad = g.detach().cpu().numpy()
                 if not self.all_framework_preprocessing:
-                    g = self._apply_preprocessing_gradient(x_batch, g)
-                grads[k, rows] = g
+                    grad = self._apply_preprocessing_gradient(x_batch, grad)
+                grads[k, rows] = grad
         self._model.eval()
         return grads
 
     # ------------------------------------------------------------------ ART interface
-    def loss_gradient(self, x: np.ndarray, y: np.ndarray, training_mode: bool = False, batch_size: int | None = None,
-                      **kwargs: Any) -> np.ndarray:
+    def loss_gradient(
+        self, x: np.ndarray, y: np.ndarray, training_mode: bool = False, batch_size: int | None = None, **kwargs: Any
+    ) -> np.ndarray:
         """Gradient w.r.t. pixel-space ``x`` of the mean cross-entropy of the zero-shot logits (``compute_loss``'s
         "mean"), in both output modes, as ART's PyTorchClassifier with ``CrossEntropyLoss``.
 
@@ -501,8 +589,14 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
 
         return self._input_gradients(x, self._logits, objective, 1, batch_size, training_mode)[0]
 
-    def class_gradient(self, x: np.ndarray, label: int | list[int] | np.ndarray | None = None,
-                       training_mode: bool = False, batch_size: int | None = None, **kwargs: Any) -> np.ndarray:
+    def class_gradient(
+        self,
+        x: np.ndarray,
+        label: int | list[int] | np.ndarray | None = None,
+        training_mode: bool = False,
+        batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
         """Gradients w.r.t. ``x`` of what ``predict`` returns (probabilities or logits, per ``output``).
 
         (N, K, C, H, W) for all classes; (N, 1, C, H, W) for ``label`` (one int or one index per sample).
@@ -510,6 +604,7 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         x = self._pixels(x)
         n, k = x.shape[0], self.nb_classes
         if label is None:
+
             def objective(outputs: torch.Tensor, rows: slice) -> list[torch.Tensor]:
                 return [outputs[:, c].sum() for c in range(k)]
 
@@ -529,8 +624,14 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
 
         return np.swapaxes(self._input_gradients(x, self._outputs, chosen, 1, batch_size, training_mode), 0, 1)
 
-    def compute_loss(self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, reduction: str = "none",
-                     batch_size: int | None = None, **kwargs: Any) -> np.ndarray | torch.Tensor:
+    def compute_loss(
+        self,
+        x: np.ndarray | torch.Tensor,
+        y: np.ndarray | torch.Tensor,
+        reduction: str = "none",
+        batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray | torch.Tensor:
         """Cross-entropy of the zero-shot logits, the loss ``loss_gradient`` differentiates (ART's signature).
 
         ``y``: one-hot (N, K) or class indices (N,); ``reduction``: "none" (per image, (N,)), "mean" or "sum". A torch
@@ -550,8 +651,9 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         """What ``predict`` returns, for a pixel tensor and with its graph, and ``y`` (ART's PyTorch attacks' hook)."""
         return self._framework(x, y, self._outputs)
 
-    def get_activations(self, x: Any, layer: int | str, batch_size: int = 128,
-                        framework: bool = False) -> np.ndarray | torch.Tensor:
+    def get_activations(
+        self, x: Any, layer: int | str, batch_size: int = 128, framework: bool = False
+    ) -> np.ndarray | torch.Tensor:
         """Image features of ``layer`` (name or index into ``layer_names``): numpy, or a torch tensor with a graph."""
         bs = self._resolve_batch_size(batch_size)
         key = self._layer_key(layer)
@@ -597,12 +699,21 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         self._bank.clear()
 
     def _settings(self) -> dict[str, Any]:
-        return {"input_shape": self._input_shape, "device": self._device, "batch_size": self.batch_size,
-                "clip_values": tuple(float(v) for v in np.asarray(self._clip_values).ravel()[:2]),
-                "amp": self.amp, "num_workers": self.num_workers, "preprocessing_defences": self.preprocessing_defences,
-                "postprocessing_defences": self.postprocessing_defences, "output": self.output,
-                "texts": self._texts, "text_labels": self._text_labels, "ensemble": self.ensemble,
-                "decision": self.decision}
+        return {
+            "input_shape": self._input_shape,
+            "device": self._device,
+            "batch_size": self.batch_size,
+            "clip_values": tuple(float(v) for v in np.asarray(self._clip_values).ravel()[:2]),
+            "amp": self.amp,
+            "num_workers": self.num_workers,
+            "preprocessing_defences": self.preprocessing_defences,
+            "postprocessing_defences": self.postprocessing_defences,
+            "output": self.output,
+            "texts": self._texts,
+            "text_labels": self._text_labels,
+            "ensemble": self.ensemble,
+            "decision": self.decision,
+        }
 
     def with_prompts(self, prompts: Mapping[str, list[str]]) -> MedCLIPEstimator:
         """A new estimator for another zero-shot task that shares this one's model (training one trains both)."""
@@ -620,16 +731,24 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         save_bundle(self, directory)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], device: str | torch.device = "auto",
-             **kwargs: Any) -> MedCLIPEstimator:
+    def load(
+        cls, directory: str | os.PathLike[str], device: str | torch.device = "auto", **kwargs: Any
+    ) -> MedCLIPEstimator:
         """An estimator saved with ``save``; ``kwargs`` override saved settings (e.g. ``batch_size``)."""
         from artmed.bundle import load_bundle
 
         return load_bundle(cls, directory, device=device, **kwargs)
 
     @classmethod
-    def tiny(cls, prompts: Mapping[str, list[str]], image_size: int = 64, seed: int = 0, tokenizer: Any = None,
-             model_overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> MedCLIPEstimator:
+    def tiny(
+        cls,
+        prompts: Mapping[str, list[str]],
+        image_size: int = 64,
+        seed: int = 0,
+        tokenizer: Any = None,
+        model_overrides: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> MedCLIPEstimator:
         """A seeded, freshly initialised tiny MedCLIP (small ResNet + 2-layer BERT) over the built-in vocabulary.
 
         ``model_overrides`` go to ``build_medclip`` (e.g. ``{"masked_mean": True}``); ``kwargs`` to the estimator.
@@ -643,9 +762,15 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
         return cls(model, tokenizer, prompts, input_shape=(1, image_size, image_size), **kwargs)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike[str], variant: str = "resnet50",
-                        tokenizer_dir: str | os.PathLike[str] | None = None, *,
-                        prompts: Mapping[str, list[str]], **kwargs: Any) -> MedCLIPEstimator:
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike[str],
+        variant: str = "resnet50",
+        tokenizer_dir: str | os.PathLike[str] | None = None,
+        *,
+        prompts: Mapping[str, list[str]],
+        **kwargs: Any,
+    ) -> MedCLIPEstimator:
         """A released MedCLIP ("resnet50" or "swin_tiny") from local weights and a local ``vocab.txt`` directory.
 
         ``tokenizer_dir`` defaults to ``path`` when that directory holds ``vocab.txt``. Input is (1, 224, 224).
@@ -654,8 +779,10 @@ class MedCLIPEstimator(_UnfilteredVerbs, ClassGradientsMixin, ClassifierMixin, P
 
         if tokenizer_dir is None:
             if not (Path(path).is_dir() and (Path(path) / "vocab.txt").is_file()):
-                raise ValueError(f"no tokenizer_dir given and {str(path)!r} holds no vocab.txt; "
-                                 "pass the directory of the Bio_ClinicalBERT tokenizer")
+                raise ValueError(
+                    f"no tokenizer_dir given and {str(path)!r} holds no vocab.txt; "
+                    "pass the directory of the Bio_ClinicalBERT tokenizer"
+                )
             tokenizer_dir = path
         check_prompts(prompts)
         return cls(load_medclip(path, variant=variant), load_tokenizer(tokenizer_dir), prompts, **kwargs)

@@ -16,8 +16,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["OutputWriteError", "atomic_file", "current_umask", "default_mode", "fsync_dir", "output_error",
-           "staged_directory"]
+__all__ = [
+    "OutputWriteError",
+    "atomic_file",
+    "current_umask",
+    "default_mode",
+    "fsync_dir",
+    "output_error",
+    "staged_directory",
+]
 
 
 class OutputWriteError(OSError, ValueError):
@@ -31,8 +38,10 @@ def output_error(path: str | os.PathLike[str], exc: OSError) -> OutputWriteError
         return exc
     folder = Path(path).parent
     reason = exc.strerror or str(exc) or type(exc).__name__
-    message = (f"cannot write {path}: {reason} (in folder {folder}); the previous version and everything finished "
-               "before are kept: free disk space or make the folder writable, then run again to resume")
+    message = (
+        f"cannot write {path}: {reason} (in folder {folder}); the previous version and everything finished "
+        "before are kept: free disk space or make the folder writable, then run again to resume"
+    )
     error = OutputWriteError(message)
     error.errno = exc.errno
     return error

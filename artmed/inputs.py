@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 import torch
@@ -50,8 +50,10 @@ def check_image_array(x: Any, input_shape: tuple[int, ...]) -> np.ndarray:
     if arr.size:
         lo, hi = float(arr.min()), float(arr.max())
         if not (lo >= -PIXEL_TOLERANCE and hi <= 1.0 + PIXEL_TOLERANCE):
-            raise ValueError(f"images must be pixel values in [0, 1], got range [{lo:.4g}, {hi:.4g}] "
-                             "(MedCLIP normalisation happens inside the estimator)")
+            raise ValueError(
+                f"images must be pixel values in [0, 1], got range [{lo:.4g}, {hi:.4g}] "
+                "(MedCLIP normalisation happens inside the estimator)"
+            )
     return arr
 
 
@@ -88,19 +90,25 @@ def check_label_matrix(labels: Any, n: int, what: str) -> np.ndarray:
     bad = ~np.isin(arr, LABEL_VALUES)
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{what} holds values other than 1, 0, -1 in {int(bad.any(axis=1).sum())} row(s); first: "
-                         f"row {row}, column {col} ({CHEXPERT_LABELS[col]}) = {arr[row, col]} (labels are 1 positive, "
-                         "0 negative or blank, -1 uncertain)")
+        raise ValueError(
+            f"{what} holds values other than 1, 0, -1 in {int(bad.any(axis=1).sum())} row(s); first: "
+            f"row {row}, column {col} ({CHEXPERT_LABELS[col]}) = {arr[row, col]} (labels are 1 positive, "
+            "0 negative or blank, -1 uncertain)"
+        )
     return arr
 
 
 def check_batch_size(batch_size: Any, what: str = "batch_size") -> int:
     """``batch_size`` as an int; ValueError unless it is a whole number >= 1 (8.0 is taken as 8; 0, 2.5, NaN, a bool
     or a string are refused)."""
-    if (isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, numbers.Real)
-            or not float(batch_size).is_integer() or batch_size < 1):
+    if (
+        isinstance(batch_size, (bool, np.bool_))
+        or not isinstance(batch_size, numbers.Real)
+        or not float(batch_size).is_integer()
+        or batch_size < 1
+    ):
         raise ValueError(f"{what} must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
+    return int(cast(float, batch_size))  # a whole real number (checked above)
 
 
 def check_texts(texts: Any, what: str = "texts") -> list[str]:
@@ -116,8 +124,9 @@ def check_texts(texts: Any, what: str = "texts") -> list[str]:
     return out
 
 
-def tokenize(tokenizer: Any, texts: list[str], device: torch.device,
-             max_length: int = TEXT_MAX_LENGTH) -> tuple[torch.Tensor, torch.Tensor]:
+def tokenize(
+    tokenizer: Any, texts: list[str], device: torch.device, max_length: int = TEXT_MAX_LENGTH
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokenise sentences (padded to the longest, truncated at ``max_length``) to ids and mask on ``device``."""
     enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)

@@ -14,15 +14,19 @@ from torch.utils.data import DataLoader, Dataset
 
 from artmed.inputs import Images, image_batch
 
-
 BatchTransform = Callable[[np.ndarray], np.ndarray]
 
 
 class _IndexedBatches(Dataset):
     """Batch ``i`` = the checked float32 images of `images` at ``batches[i]``, through `transform` when given."""
 
-    def __init__(self, images: Images, batches: Sequence[np.ndarray], input_shape: tuple[int, ...],
-                 transform: BatchTransform | None = None) -> None:
+    def __init__(
+        self,
+        images: Images,
+        batches: Sequence[np.ndarray],
+        input_shape: tuple[int, ...],
+        transform: BatchTransform | None = None,
+    ) -> None:
         self.images = images
         self.batches = batches
         self.input_shape = input_shape
@@ -45,9 +49,14 @@ def check_num_workers(num_workers: int) -> int:
     return int(num_workers)
 
 
-def image_batches(images: Images, batches: Sequence[np.ndarray], input_shape: tuple[int, ...],
-                  device: torch.device, num_workers: int = 0,
-                  transform: BatchTransform | None = None) -> Iterator[torch.Tensor]:
+def image_batches(
+    images: Images,
+    batches: Sequence[np.ndarray],
+    input_shape: tuple[int, ...],
+    device: torch.device,
+    num_workers: int = 0,
+    transform: BatchTransform | None = None,
+) -> Iterator[torch.Tensor]:
     """The images at each index array of `batches`, in order, as float32 (B, C, H, W) tensors on `device`.
 
     With ``num_workers > 0`` that many processes prepare the next batches while the model runs; on CUDA the
@@ -64,7 +73,14 @@ def image_batches(images: Images, batches: Sequence[np.ndarray], input_shape: tu
         return
     # its own generator: a DataLoader otherwise draws its workers' base seed from torch's global RNG, which would
     # shift every later dropout mask of the caller's seeded run
-    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=pin,
-                        prefetch_factor=2 if num_workers else None, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin,
+        prefetch_factor=2 if num_workers else None,
+        generator=torch.Generator().manual_seed(0),
+    )
     for batch in loader:
         yield batch.to(device, non_blocking=pin)

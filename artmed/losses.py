@@ -19,8 +19,7 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 def _check_shapes(img_embeds, text_embeds, img_labels, text_labels) -> None:
     if img_embeds.ndim != 2 or text_embeds.ndim != 2 or img_embeds.shape[1] != text_embeds.shape[1]:
         raise ValueError(
-            "embeddings must be (B, D) and (M, D), got "
-            f"{tuple(img_embeds.shape)} and {tuple(text_embeds.shape)}"
+            f"embeddings must be (B, D) and (M, D), got {tuple(img_embeds.shape)} and {tuple(text_embeds.shape)}"
         )
     if img_labels.ndim != 2 or img_labels.shape[0] != img_embeds.shape[0]:
         raise ValueError(f"img_labels must be ({img_embeds.shape[0]}, L), got {tuple(img_labels.shape)}")

@@ -31,8 +31,21 @@ import numpy as np
 
 from artmed.suggest import did_you_mean_each
 
-__all__ = ["Bool", "Check", "Choice", "Int", "Items", "OrNone", "Params", "Real", "Rule", "Text", "check",
-           "is_int", "is_real"]
+__all__ = [
+    "Bool",
+    "Check",
+    "Choice",
+    "Int",
+    "Items",
+    "OrNone",
+    "Params",
+    "Real",
+    "Rule",
+    "Text",
+    "check",
+    "is_int",
+    "is_real",
+]
 
 
 def is_int(value: Any) -> bool:
@@ -74,8 +87,7 @@ class Int(Rule):
     text: str | None = None
 
     def accepts(self, value: Any) -> bool:
-        return (is_int(value) and (self.low is None or value >= self.low)
-                and (self.high is None or value <= self.high))
+        return is_int(value) and (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
 
     def _what(self) -> str:
         if self.low is not None and self.high is not None:
@@ -126,8 +138,10 @@ class Choice(Rule):
     text: str | None = None
 
     def accepts(self, value: Any) -> bool:
-        return any(value is o or (isinstance(value, type(o)) and isinstance(value, bool) == isinstance(o, bool)
-                                  and value == o) for o in self.options)
+        return any(
+            value is o or (isinstance(value, type(o)) and isinstance(value, bool) == isinstance(o, bool) and value == o)
+            for o in self.options
+        )
 
     def _what(self) -> str:
         return f"one of {self.options}"
@@ -182,8 +196,9 @@ class Items(Rule):
     text: str | None = None
 
     def accepts(self, value: Any) -> bool:
-        return (isinstance(value, (tuple, list)) and len(value) == self.length
-                and all(self.rule.accepts(v) for v in value))
+        return (
+            isinstance(value, (tuple, list)) and len(value) == self.length and all(self.rule.accepts(v) for v in value)
+        )
 
     def _what(self) -> str:
         return f"{self.length} values, each {self.rule.what}"
@@ -230,8 +245,11 @@ class Params:
     def param_names(cls) -> list[str]:
         """The ``__init__`` parameters (not self, not ``*args``/``**kwargs``), in signature order."""
         skip = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-        return [p.name for p in inspect.signature(cls.__init__).parameters.values()
-                if p.name != "self" and p.kind not in skip]
+        return [
+            p.name
+            for p in inspect.signature(cls.__init__).parameters.values()
+            if p.name != "self" and p.kind not in skip
+        ]
 
     @classmethod
     def param_error(cls, name: str, what: str, value: Any) -> ValueError:

@@ -54,8 +54,11 @@ class _LineProgress:
             yield item
             elapsed = time.monotonic() - start
             eta = elapsed / done * (total - done)
-            print(f"{self.desc}: {done}/{total} done ({self.postfix}); elapsed {_clock(elapsed)}, "
-                  f"ETA {_clock(eta)}", file=sys.stderr, flush=True)
+            print(
+                f"{self.desc}: {done}/{total} done ({self.postfix}); elapsed {_clock(elapsed)}, ETA {_clock(eta)}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def study_bar(items: Iterable[T], desc: str, verbose: bool = True) -> Any:
@@ -81,8 +84,14 @@ def console_warnings(quiet: bool = False, stream: TextIO | None = None) -> Itera
     counts: Counter[str] = Counter()
     out = sys.stderr if stream is None else stream
 
-    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-             file: TextIO | None = None, line: str | None = None) -> None:
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
         text = f"{category.__name__}: {message}"
         counts[text] += 1
         if counts[text] == 1 and not quiet:

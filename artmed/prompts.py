@@ -9,8 +9,8 @@ prompt's embedding. Both are recomputed whenever the text encoder's weights chan
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -54,14 +54,16 @@ def text_weights_key(text_model: nn.Module) -> tuple[int, ...]:
 
 
 @torch.no_grad()
-def encode_sentences(model: nn.Module, tokenizer: Any, sentences: list[str], device: torch.device,
-                     batch_size: int, amp: bool = False) -> torch.Tensor:
+def encode_sentences(
+    model: nn.Module, tokenizer: Any, sentences: list[str], device: torch.device, batch_size: int, amp: bool = False
+) -> torch.Tensor:
     """Normalised float32 text embeddings (M, D); all sentences padded together, so chunking changes nothing."""
     ids, mask = tokenize(tokenizer, sentences, device)
     chunks = []
     for start in range(0, ids.shape[0], batch_size):
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            emb = model.encode_text(ids[start:start + batch_size], mask[start:start + batch_size])
+            encode_text = cast(Callable[..., torch.Tensor], model.encode_text)
+            emb = encode_text(ids[start : start + batch_size], mask[start : start + batch_size])
         chunks.append(torch.nn.functional.normalize(emb.float(), dim=-1))
     return torch.cat(chunks)
 
@@ -87,33 +89,48 @@ class PromptBank:
         self._key, self._matrix, self._rows = None, None, None
 
     def _encode(self, model: nn.Module, tokenizer: Any, device: torch.device, batch_size: int, amp: bool) -> None:
-        key = text_weights_key(model.text_model)
+        text_model = cast(nn.Module, model.text_model)
+        key = text_weights_key(text_model)
         if self._matrix is None or self._key != key or self._matrix.device != device:
-            was_training = model.text_model.training
-            model.text_model.eval()
+            was_training = text_model.training
+            text_model.eval()
             per_class = [encode_sentences(model, tokenizer, s, device, batch_size, amp) for s in self.prompts.values()]
-            model.text_model.train(was_training)
+            text_model.train(was_training)
             self._matrix, self._rows, self._key = torch.stack([e.mean(0) for e in per_class]), torch.cat(per_class), key
 
-    def matrix(self, model: nn.Module, tokenizer: Any, device: torch.device, batch_size: int,
-               amp: bool = False) -> torch.Tensor:
+    def matrix(
+        self, model: nn.Module, tokenizer: Any, device: torch.device, batch_size: int, amp: bool = False
+    ) -> torch.Tensor:
         """(K, D) mean of each class's normalised prompt embeddings (each class's prompts padded together)."""
         self._encode(model, tokenizer, device, batch_size, amp)
+        assert self._matrix is not None  # _encode sets it
         return self._matrix
 
-    def embeddings(self, model: nn.Module, tokenizer: Any, device: torch.device, batch_size: int,
-                   amp: bool = False) -> torch.Tensor:
+    def embeddings(
+        self, model: nn.Module, tokenizer: Any, device: torch.device, batch_size: int, amp: bool = False
+    ) -> torch.Tensor:
         """(P, D) normalised embedding of every prompt, class after class in prompt order, encoded as for ``matrix``."""
         self._encode(model, tokenizer, device, batch_size, amp)
+        assert self._rows is not None  # _encode sets it
         return self._rows
 
-    def logits(self, image: torch.Tensor, scale: torch.Tensor, model: nn.Module, tokenizer: Any,
-               device: torch.device, batch_size: int, amp: bool = False, ensemble: str | None = None) -> torch.Tensor:
+    def logits(
+        self,
+        image: torch.Tensor,
+        scale: torch.Tensor,
+        model: nn.Module,
+        tokenizer: Any,
+        device: torch.device,
+        batch_size: int,
+        amp: bool = False,
+        ensemble: str | None = None,
+    ) -> torch.Tensor:
         """Zero-shot logits (B, K) of normalised image embeddings (B, D): per class, the ``ensemble`` (default: this
         bank's) over its prompts of ``scale * cos(image, prompt)``."""
         ensemble = self.ensemble if ensemble is None else check_ensemble(ensemble)
         if ensemble == "mean":
             return scale * image @ self.matrix(model, tokenizer, device, batch_size, amp).T
         sims = scale * image @ self.embeddings(model, tokenizer, device, batch_size, amp).T
-        return torch.stack([part.max(dim=1).values
-                            for part in sims.split([len(s) for s in self.prompts.values()], dim=1)], dim=1)
+        return torch.stack(
+            [part.max(dim=1).values for part in sims.split([len(s) for s in self.prompts.values()], dim=1)], dim=1
+        )

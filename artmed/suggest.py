@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 
 def did_you_mean(word: object, choices: Iterable[str]) -> str:
-    """" (did you mean 'x'?)" naming the choice closest to a misspelt `word` (``difflib``'s ratio >= 0.6), or ""
+    """ " (did you mean 'x'?)" naming the choice closest to a misspelt `word` (``difflib``'s ratio >= 0.6), or ""
     when none is close, or `word` is not a string."""
     if not isinstance(word, str):
         return ""

@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -29,15 +29,27 @@ def set_text_dropout(model: nn.Module, p: float) -> None:
     """Set every dropout probability in the text encoder to ``p`` (0 makes runs independent of dropout masks)."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"text dropout must be in [0, 1), got {p}")
-    for module in model.text_model.modules():
+    for module in cast(nn.Module, model.text_model).modules():
         if isinstance(module, nn.Dropout):
             module.p = p
 
 
-def fit_default(*, steps: int, batch_size: int = 32, text_batch_size: int | None = None, lr: float = 1e-3,
-                n_train: int = 512, n_texts: int | None = None, image_size: int = 64, seed: int = 0,
-                init: str | os.PathLike[str] | None = None, text_dropout: float | None = None,
-                device: Any = "auto", verbose: bool = True, **fit_kwargs: Any) -> tuple[Any, dict[str, list[float]]]:
+def fit_default(
+    *,
+    steps: int,
+    batch_size: int = 32,
+    text_batch_size: int | None = None,
+    lr: float = 1e-3,
+    n_train: int = 512,
+    n_texts: int | None = None,
+    image_size: int = 64,
+    seed: int = 0,
+    init: str | os.PathLike[str] | None = None,
+    text_dropout: float | None = None,
+    device: Any = "auto",
+    verbose: bool = True,
+    **fit_kwargs: Any,
+) -> tuple[Any, dict[str, list[float]]]:
     """Build the phantom dataset and an estimator (fresh tiny one, or the bundle ``init``) and ``fit`` it.
 
     ``batch_size`` is the GLOBAL batch: under torchrun each rank encodes its share. Returns
@@ -48,17 +60,29 @@ def fit_default(*, steps: int, batch_size: int = 32, text_batch_size: int | None
 
     data = make_default_dataset(n_train=n_train, n_test=5, image_size=image_size, seed=seed, n_texts=n_texts)
     if init is None:
-        estimator = MedCLIPEstimator.tiny(data.tasks[PROMPT_TASK].prompts, image_size=image_size, seed=seed,
-                                          device=device)
+        estimator = MedCLIPEstimator.tiny(
+            data.tasks[PROMPT_TASK].prompts, image_size=image_size, seed=seed, device=device
+        )
     else:
         estimator = MedCLIPEstimator.load(init, device=device)
         if tuple(estimator.input_shape[1:]) != (image_size, image_size):
-            raise ValueError(f"--init {str(init)!r} expects {estimator.input_shape[1]}px images; "
-                             f"pass --image-size {estimator.input_shape[1]}")
+            raise ValueError(
+                f"--init {str(init)!r} expects {estimator.input_shape[1]}px images; "
+                f"pass --image-size {estimator.input_shape[1]}"
+            )
     if text_dropout is not None:
         set_text_dropout(estimator.model, text_dropout)
-    history = estimator.fit(data.train, texts=data.texts, steps=steps, batch_size=batch_size,
-                            text_batch_size=text_batch_size, lr=lr, seed=seed, verbose=verbose, **fit_kwargs)
+    history = estimator.fit(
+        data.train,
+        texts=data.texts,
+        steps=steps,
+        batch_size=batch_size,
+        text_batch_size=text_batch_size,
+        lr=lr,
+        seed=seed,
+        verbose=verbose,
+        **fit_kwargs,
+    )
     return estimator, history
 
 
@@ -86,10 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="seeds data, model and sampling (same on every rank)")
     parser.add_argument("--init", type=Path, default=None, help="start from a saved estimator bundle")
-    parser.add_argument("--text-dropout", type=float, default=None,
-                        help="override BERT's dropout (0 makes a DDP run match a single-process run exactly)")
-    parser.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto",
-                        help="process-group backend under torchrun (auto: nccl on CUDA, else gloo)")
+    parser.add_argument(
+        "--text-dropout",
+        type=float,
+        default=None,
+        help="override BERT's dropout (0 makes a DDP run match a single-process run exactly)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "gloo", "nccl"),
+        default="auto",
+        help="process-group backend under torchrun (auto: nccl on CUDA, else gloo)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -97,10 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, device: Any = "auto") -> tuple[Any, dict[str, list[float]]]:
     """Train as ``args`` (parsed by ``build_parser``) say, save on rank 0, wait for every rank; return the result."""
     estimator, history = fit_default(
-        steps=args.steps, batch_size=args.batch_size, text_batch_size=args.text_batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, warmup=args.warmup, n_train=args.n_train, n_texts=args.n_texts,
-        image_size=args.image_size, seed=args.seed, init=args.init, text_dropout=args.text_dropout,
-        device=device, verbose=not args.quiet,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        text_batch_size=args.text_batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup=args.warmup,
+        n_train=args.n_train,
+        n_texts=args.n_texts,
+        image_size=args.image_size,
+        seed=args.seed,
+        init=args.init,
+        text_dropout=args.text_dropout,
+        device=device,
+        verbose=not args.quiet,
     )
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     save_run(estimator, history, args.out, config)

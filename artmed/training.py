@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
-from artmed.progress import tqdm
 
 from artmed.data.eda import EDA
 from artmed.data.report_sampling import ReportSampler
@@ -44,11 +43,13 @@ from artmed.inputs import (
 from artmed.loader import image_batches
 from artmed.losses import medclip_loss
 from artmed.models.medclip import LOGIT_SCALE_MAX, MedCLIPModel
+from artmed.progress import tqdm
 
 
 def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
     """Split parameters into a decayed group and an undecayed one (biases, norm weights, scalars: ndim <= 1)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in named_params:
         if not p.requires_grad:
             continue
@@ -56,14 +57,16 @@ def param_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(named_params: Iterable[tuple[str, nn.Parameter]], lr: float = 2e-5,
-                   weight_decay: float = 1e-4) -> torch.optim.AdamW:
+def make_optimizer(
+    named_params: Iterable[tuple[str, nn.Parameter]], lr: float = 2e-5, weight_decay: float = 1e-4
+) -> torch.optim.AdamW:
     """AdamW over ``named_params`` with no weight decay on biases and LayerNorm/BatchNorm weights."""
     return torch.optim.AdamW(param_groups(named_params, weight_decay), lr=lr)
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int,
-                  warmup: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup: float = 0.1
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over the first ``warmup`` share of ``total_steps``, then cosine decay to zero."""
     warm = int(round(warmup * total_steps))
 
@@ -93,12 +96,18 @@ class Encoders(nn.Module):
 
     def __init__(self, model: nn.Module, train_vision: bool, train_text: bool) -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model  # a MedCLIPModel or a module with its encode_image / encode_text / scale
         self.train_vision = train_vision
         self.train_text = train_text
 
-    def forward(self, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
-                aug_ids: torch.Tensor | None = None, aug_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self,
+        pixels: torch.Tensor,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        aug_ids: torch.Tensor | None = None,
+        aug_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
         """(image, text, scale) embeddings; with ``aug_ids`` also the augmented texts' embeddings, last."""
         with torch.set_grad_enabled(self.train_vision):
             img_emb = self.model.encode_image(pixels)
@@ -109,9 +118,17 @@ class Encoders(nn.Module):
         return img_emb, txt_emb, self.model.scale()
 
 
-def _check_train_params(batch_size: int, text_batch_size: int, lr: float, weight_decay: float, warmup: float,
-                        max_grad_norm: float | None, steps: int | None, nb_epochs: int | None,
-                        schedule_epochs: int | None = None) -> None:
+def _check_train_params(
+    batch_size: int,
+    text_batch_size: int,
+    lr: float,
+    weight_decay: float,
+    warmup: float,
+    max_grad_norm: float | None,
+    steps: int | None,
+    nb_epochs: int | None,
+    schedule_epochs: int | None = None,
+) -> None:
     if batch_size < 2 or text_batch_size < 2:
         raise ValueError(f"batch sizes must be >= 2, got batch_size={batch_size}, text_batch_size={text_batch_size}")
     if lr <= 0 or weight_decay < 0:
@@ -124,8 +141,9 @@ def _check_train_params(batch_size: int, text_batch_size: int, lr: float, weight
         raise ValueError("give steps or nb_epochs")
     if (steps is not None and steps < 1) or (steps is None and nb_epochs is not None and nb_epochs < 1):
         raise ValueError(f"steps and nb_epochs must be >= 1, got steps={steps}, nb_epochs={nb_epochs}")
-    if schedule_epochs is not None and (isinstance(schedule_epochs, bool) or not isinstance(schedule_epochs, int)
-                                        or schedule_epochs < 1):
+    if schedule_epochs is not None and (
+        isinstance(schedule_epochs, bool) or not isinstance(schedule_epochs, int) or schedule_epochs < 1
+    ):
         raise ValueError(f"schedule_epochs must be a positive integer or None, got {schedule_epochs!r}")
 
 
@@ -136,15 +154,26 @@ class NonFiniteLossError(FloatingPointError):
 def check_loss(loss: torch.Tensor, step: int, where: str) -> None:
     """Raise ``NonFiniteLossError`` naming ``where``, the (1-based) step and the value when ``loss`` is not finite."""
     if not bool(torch.isfinite(loss.detach()).all()):
-        raise NonFiniteLossError(f"{where}: the loss is {loss.item()} at step {step + 1}; training diverged "
-                                 "(lower the learning rate, or check the inputs for NaN)")
+        raise NonFiniteLossError(
+            f"{where}: the loss is {loss.item()} at step {step + 1}; training diverged "
+            "(lower the learning rate, or check the inputs for NaN)"
+        )
 
 
-def run_steps(objective: Callable[[int], tuple[torch.Tensor, torch.Tensor]], optimizer: torch.optim.Optimizer,
-              steps: int, *, where: str, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-              clip: Sequence[torch.Tensor] = (), max_grad_norm: float | None = None,
-              after_step: Callable[[], None] | None = None, desc: str | None = None, verbose: bool = False,
-              postfix: Callable[[torch.Tensor], dict[str, str]] | None = None) -> tuple[torch.Tensor, list[float]]:
+def run_steps(
+    objective: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    *,
+    where: str,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    clip: Sequence[torch.Tensor] = (),
+    max_grad_norm: float | None = None,
+    after_step: Callable[[], None] | None = None,
+    desc: str | None = None,
+    verbose: bool = False,
+    postfix: Callable[[torch.Tensor], dict[str, str]] | None = None,
+) -> tuple[torch.Tensor, list[float]]:
     """The optimisation loop every trainer here shares (unpaired training, BadDist, CleanCLIP).
 
     Per step: ``objective(step)`` returns the loss to minimise and a 1-d tensor of terms to record; a non-finite loss
@@ -182,7 +211,7 @@ def clamp_logit_scale(model: nn.Module) -> Callable[[], None]:
 
     @torch.no_grad()
     def clamp() -> None:
-        model.logit_scale.clamp_(0.0, cap)
+        cast(torch.Tensor, model.logit_scale).clamp_(0.0, cap)
 
     return clamp
 
@@ -242,27 +271,34 @@ def train_unpaired(
     texts = check_texts(texts)
     text_labels = check_label_matrix(text_labels, len(texts), "text_labels")
     text_batch_size = batch_size if text_batch_size is None else text_batch_size
-    _check_train_params(batch_size, text_batch_size, lr, weight_decay, warmup, max_grad_norm, steps, nb_epochs,
-                        schedule_epochs)
+    _check_train_params(
+        batch_size, text_batch_size, lr, weight_decay, warmup, max_grad_norm, steps, nb_epochs, schedule_epochs
+    )
     if n < 2:
         raise ValueError(f"need at least 2 training images, got {n}")
     if not (train_vision or train_text):
         raise ValueError("nothing to train: train_vision and train_text are both False")
     if is_distributed() and min(batch_size, n, text_batch_size, len(texts)) < world_size():
-        raise ValueError(f"distributed training over {world_size()} ranks needs batch sizes and pool sizes >= "
-                         f"{world_size()}, got batch_size={batch_size}, text_batch_size={text_batch_size}, "
-                         f"{n} images, {len(texts)} texts")
+        raise ValueError(
+            f"distributed training over {world_size()} ranks needs batch sizes and pool sizes >= "
+            f"{world_size()}, got batch_size={batch_size}, text_batch_size={text_batch_size}, "
+            f"{n} images, {len(texts)} texts"
+        )
     if report_sampler is not None and len(report_sampler) != n:
         raise ValueError(f"report_sampler covers {len(report_sampler)} images, the training set has {n}")
     epoch = math.ceil(n / min(batch_size, n))
-    total = steps if steps is not None else nb_epochs * epoch
+    if steps is not None:
+        total = steps
+    else:
+        assert nb_epochs is not None  # _check_train_params refuses neither steps nor nb_epochs
+        total = nb_epochs * epoch
     horizon = total if schedule_epochs is None else schedule_epochs * epoch
 
-    named = [("logit_scale", model.logit_scale)]
+    named: list[tuple[str, nn.Parameter]] = [("logit_scale", cast(nn.Parameter, model.logit_scale))]
     if train_vision:
-        named += [(f"vision_model.{k}", p) for k, p in model.vision_model.named_parameters()]
+        named += [(f"vision_model.{k}", p) for k, p in cast(nn.Module, model.vision_model).named_parameters()]
     if train_text:
-        named += [(f"text_model.{k}", p) for k, p in model.text_model.named_parameters()]
+        named += [(f"text_model.{k}", p) for k, p in cast(nn.Module, model.text_model).named_parameters()]
     optimizer = make_optimizer(named, lr=lr, weight_decay=weight_decay)
     scheduler = warmup_cosine(optimizer, horizon, warmup)
     trained = [p for _, p in named if p.requires_grad]
@@ -270,16 +306,17 @@ def train_unpaired(
     image_seq, text_seq, eda_seq, sampler_seq = np.random.SeedSequence(seed).spawn(4)
     image_idx = index_batches(n, batch_size, np.random.default_rng(image_seq))
     image_rows = [next(image_idx) for _ in range(total)]
-    pixel_batches = image_batches(images, [shard_indices(rows) for rows in image_rows], input_shape, device,
-                                  num_workers)
+    pixel_batches = image_batches(
+        images, [shard_indices(rows) for rows in image_rows], input_shape, device, num_workers
+    )
     text_idx = index_batches(len(texts), text_batch_size, np.random.default_rng(text_seq))
     augment = eda if isinstance(eda, EDA) else EDA(eda_seq) if eda else None
     sampler_rng = np.random.default_rng(sampler_seq)
     use_amp = amp and device.type == "cuda"
     was_training = model.training
     model.train()
-    model.vision_model.train(train_vision)
-    model.text_model.train(train_text)
+    cast(nn.Module, model.vision_model).train(train_vision)
+    cast(nn.Module, model.text_model).train(train_text)
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices), global_batchnorm(model):
         torch.manual_seed(seed + rank())
@@ -299,7 +336,8 @@ def train_unpaired(
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 img_emb, txt_emb, scale, *aug_emb = encoders(normalize_pixels(pixels), ids[rows], mask[rows], *aug)
             loss = medclip_loss(
-                gather(img_emb), gather(txt_emb),
+                gather(img_emb),
+                gather(txt_emb),
                 torch.from_numpy(image_labels[i_idx]).to(device),
                 torch.from_numpy(batch_labels).to(device),
                 scale,
@@ -307,8 +345,17 @@ def train_unpaired(
             )
             return loss, loss.reshape(1)
 
-        losses, lrs = run_steps(objective, optimizer, total, where="unpaired training", scheduler=scheduler,
-                                clip=trained, max_grad_norm=max_grad_norm, after_step=clamp_logit_scale(model),
-                                verbose=verbose, postfix=lambda terms: {"loss": f"{terms[0].item():.4f}"})
+        losses, lrs = run_steps(
+            objective,
+            optimizer,
+            total,
+            where="unpaired training",
+            scheduler=scheduler,
+            clip=trained,
+            max_grad_norm=max_grad_norm,
+            after_step=clamp_logit_scale(model),
+            verbose=verbose,
+            postfix=lambda terms: {"loss": f"{terms[0].item():.4f}"},
+        )
     model.train(was_training)
     return {"loss": losses[:, 0].float().cpu().tolist(), "lr": lrs}

@@ -84,12 +84,14 @@ def _declared(cls: type) -> dict[str, Any]:
 
 def check_fields(obj: Any) -> None:
     """Set every field of the dataclass instance ``obj`` to its value as the declared type (see ``coerce``)."""
-    for name, declared in _declared(type(obj)).items():
+    cls: type = type(obj)
+    for name, declared in _declared(cls).items():
         setattr(obj, name, coerce(getattr(obj, name), declared, name))
 
 
-def check_names(target: Callable[..., Any], params: dict[str, Any], field: str, owner: str,
-                fixed: Collection[str] = ()) -> None:
+def check_names(
+    target: Callable[..., Any], params: dict[str, Any], field: str, owner: str, fixed: Collection[str] = ()
+) -> None:
     """A FieldError naming ``field`` when ``params`` has a key that ``target`` takes by no keyword (``fixed``: those
     the caller passes itself). A ``target`` taking ``**kwargs`` accepts every name."""
     parameters = inspect.signature(target).parameters.values()
@@ -100,8 +102,9 @@ def check_names(target: Callable[..., Any], params: dict[str, Any], field: str, 
     if unknown:
         listed = ", ".join(repr(name) for name in unknown)
         hint = did_you_mean_each(unknown, valid)
-        raise FieldError(f"{field}: unknown parameter{'s' if len(unknown) > 1 else ''} {listed} for {owner}; "
-                         f"valid: {valid}{hint}")
+        raise FieldError(
+            f"{field}: unknown parameter{'s' if len(unknown) > 1 else ''} {listed} for {owner}; valid: {valid}{hint}"
+        )
 
 
 @contextmanager
@@ -121,8 +124,9 @@ def check_writable(path: str | Path, what: str, folder: bool) -> None:
     without creating anything: it is not the other kind, and its nearest existing ancestor is a writable folder."""
     path = Path(path).absolute()
     if path.exists() and path.is_dir() != folder:
-        raise ValueError(f"{what} {path} is a {'file' if folder else 'folder'}; it must be a "
-                         f"{'folder' if folder else 'file'}")
+        raise ValueError(
+            f"{what} {path} is a {'file' if folder else 'folder'}; it must be a {'folder' if folder else 'file'}"
+        )
     existing = path if folder else path.parent
     while not existing.exists():
         existing = existing.parent

@@ -13,7 +13,7 @@ import inspect
 import json
 import re
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -25,8 +25,10 @@ from artmed.attacks.steps import (
     SUPPLY_CHAIN,
     AttackContext,
     AttackStep,
+    DataStep,
     Images,
     Poisoned,
+    SupplyChainStep,
     check_output,
 )
 from artmed.attacks.triggers import TRIGGERS, Trigger, make_trigger
@@ -79,8 +81,10 @@ class AttackSpec:
         if self.seed < 0:
             raise FieldError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.trigger not in TRIGGERS:
-            raise FieldError(f"trigger: unknown trigger {self.trigger!r}{did_you_mean(self.trigger, TRIGGERS)}; "
-                             f"valid: {sorted(TRIGGERS)}")
+            raise FieldError(
+                f"trigger: unknown trigger {self.trigger!r}{did_you_mean(self.trigger, TRIGGERS)}; "
+                f"valid: {sorted(TRIGGERS)}"
+            )
         check_names(TRIGGERS[self.trigger], self.trigger_params, "trigger_params", f"trigger {self.trigger!r}")
         with blame("trigger_params"):
             context = self.context()
@@ -88,6 +92,7 @@ class AttackSpec:
             with blame(where):
                 step.check(context)
         if self.steps is None:  # a shorthand's unused parameters are checked too: a typo there is still a typo
+            assert self.attack is not None  # _resolve filled it in
             for name, where in SHORTHAND_PARAMS.items():
                 if name not in SHORTHANDS[self.attack]:
                     self._build(name, getattr(self, where), where)
@@ -97,11 +102,15 @@ class AttackSpec:
         if self.steps is None:
             self.attack = "clean" if self.attack is None else self.attack
             if self.attack not in SHORTHANDS:
-                raise FieldError(f"attack: unknown attack {self.attack!r}{did_you_mean(self.attack, SHORTHANDS)}; "
-                                 f"valid: {list(SHORTHANDS)}, or give its "
-                                 "steps (steps: [{name: <step>, params: {...}}, ...])")
-            return [(name, getattr(self, SHORTHAND_PARAMS[name]), SHORTHAND_PARAMS[name])
-                    for name in SHORTHANDS[self.attack]]
+                raise FieldError(
+                    f"attack: unknown attack {self.attack!r}{did_you_mean(self.attack, SHORTHANDS)}; "
+                    f"valid: {list(SHORTHANDS)}, or give its "
+                    "steps (steps: [{name: <step>, params: {...}}, ...])"
+                )
+            return [
+                (name, getattr(self, SHORTHAND_PARAMS[name]), SHORTHAND_PARAMS[name])
+                for name in SHORTHANDS[self.attack]
+            ]
         for where in SHORTHAND_PARAMS.values():
             if getattr(self, where):
                 raise FieldError(f"{where}: with steps given, put a step's parameters in its steps[i].params")
@@ -116,8 +125,10 @@ class AttackSpec:
         if not _LABEL.fullmatch(self.attack):
             raise FieldError(f"attack: the label {self.attack!r} must be letters, digits, '_' and '.' (it names files)")
         if self.attack in SHORTHANDS and names != SHORTHANDS[self.attack]:
-            raise FieldError(f"attack: {self.attack!r} is the shorthand of steps {list(SHORTHANDS[self.attack])}, "
-                             f"not {list(names)}; give the attack another label")
+            raise FieldError(
+                f"attack: {self.attack!r} is the shorthand of steps {list(SHORTHANDS[self.attack])}, "
+                f"not {list(names)}; give the attack another label"
+            )
         return [(entry["name"], entry["params"], f"steps[{i}].params") for i, entry in enumerate(self.steps)]
 
     @staticmethod
@@ -146,7 +157,8 @@ class AttackSpec:
         """One cache key per step: the step and every earlier step of its kind (their names, parameters and the shared
         settings they use) and the seed; a step that uses ``ESTIMATOR`` also every supply-chain step (its model).
         Equal keys, equal outputs: two attacks share a step's result through it."""
-        keys, chains = [], {SUPPLY_CHAIN: [], DATA: []}
+        keys: list[str] = []
+        chains: dict[str, list[dict[str, Any]]] = {SUPPLY_CHAIN: [], DATA: []}
         entries = []
         for step, (name, params, _) in zip(self._steps, self._composition):
             shared = {s: getattr(self, s) for s in step.uses if s != ESTIMATOR}
@@ -185,8 +197,13 @@ class AttackSpec:
     def context(self, **inputs: Any) -> AttackContext:
         """The settings the steps share, with ``inputs`` (``x_shadow``, ``y_shadow``, ``x_probe``, ``verbose``,
         ``native``; see ``AttackContext``)."""
-        return AttackContext(trigger=self.build_trigger(), target=self.target, percent_poison=self.percent_poison,
-                             seed=self.seed, **inputs)
+        return AttackContext(
+            trigger=self.build_trigger(),
+            target=self.target,
+            percent_poison=self.percent_poison,
+            seed=self.seed,
+            **inputs,
+        )
 
 
 def _step_entry(entry: Any, index: int) -> Any:
@@ -219,16 +236,18 @@ class AttackOutcome:
     history: dict[str, Any]
 
 
-def supply_chain_attack(spec: AttackSpec, base_estimator: Any, context: AttackContext,
-                        cache: StepCache | None = None) -> tuple[Any, dict[str, Any]]:
+def supply_chain_attack(
+    spec: AttackSpec, base_estimator: Any, context: AttackContext, cache: StepCache | None = None
+) -> tuple[Any, dict[str, Any]]:
     """Every supply-chain step of ``spec`` in order from ``base_estimator`` (left untouched): ``(the estimator the
     victim starts from, the steps' merged history)``; a step whose key is in ``cache`` is not run again."""
-    estimator, history = base_estimator, {}
+    estimator = base_estimator
+    history: dict[str, Any] = {}
     for step, key in zip(spec.composition, spec.step_keys()):
         if step.kind != SUPPLY_CHAIN:
             continue
         if cache is None or key not in cache:
-            output = step.apply(estimator, context)
+            output = cast(SupplyChainStep, step).apply(estimator, context)  # by its kind
             check_output(step, output, 0)
             result = (output[0], {**history, **output[1]})
             if cache is None:
@@ -239,8 +258,9 @@ def supply_chain_attack(spec: AttackSpec, base_estimator: Any, context: AttackCo
     return estimator, history
 
 
-def poison_training_set(spec: AttackSpec, x: Images, y: np.ndarray, context: AttackContext | None = None,
-                        cache: StepCache | None = None) -> Poisoned:
+def poison_training_set(
+    spec: AttackSpec, x: Images, y: np.ndarray, context: AttackContext | None = None, cache: StepCache | None = None
+) -> Poisoned:
     """The victim's training set under ``spec``: every data step in order (each seeded, so rebuilt exactly), or
     ``x, y`` as given; the mask marks the rows any step poisoned. An ImageSet ``x`` stays lazy. A step whose key is
     in ``cache`` is not run again. ``trigger``: the last trigger a step planted itself (None: the spec's)."""
@@ -253,9 +273,11 @@ def poison_training_set(spec: AttackSpec, x: Images, y: np.ndarray, context: Att
             current = cache[key]
             continue
         if ESTIMATOR in step.uses and context.estimator is None:
-            raise ValueError(f"attack step {step.name!r} needs the model the victim starts from (context.estimator); "
-                             "run it through run_attack, or pass a context with estimator set")
-        output = step.apply(current.x, current.y, context)
+            raise ValueError(
+                f"attack step {step.name!r} needs the model the victim starts from (context.estimator); "
+                "run it through run_attack, or pass a context with estimator set"
+            )
+        output = cast(DataStep, step).apply(current.x, current.y, context)  # by its kind
         check_output(step, output, len(current.x))
         mask = np.zeros(len(output.x), dtype=bool)
         mask[: len(current.mask)] = current.mask
@@ -273,10 +295,18 @@ def default_shadow(spec: AttackSpec, x: Images) -> Images:
     return x.subset(rows) if isinstance(x, ImageSet) else x[rows]
 
 
-def run_attack(spec: AttackSpec, base_estimator: Any, x: Images, y: np.ndarray, texts: list[str],
-               text_labels: np.ndarray, fit_params: dict[str, Any] | None = None,
-               context: AttackContext | None = None, keep: np.ndarray | None = None,
-               cache: StepCache | None = None) -> AttackOutcome:
+def run_attack(
+    spec: AttackSpec,
+    base_estimator: Any,
+    x: Images,
+    y: np.ndarray,
+    texts: list[str],
+    text_labels: np.ndarray,
+    fit_params: dict[str, Any] | None = None,
+    context: AttackContext | None = None,
+    keep: np.ndarray | None = None,
+    cache: StepCache | None = None,
+) -> AttackOutcome:
     """Run one attack from ``base_estimator`` (left untouched) and return the victim's trained model.
 
     ``context`` holds the shared settings and the attacker's data (default: ``spec.context()`` with a seeded quarter
@@ -286,8 +316,10 @@ def run_attack(spec: AttackSpec, base_estimator: Any, x: Images, y: np.ndarray, 
     ImageSet (read lazily; its subsets stay ImageSets).
     """
     if context is None:
-        context = spec.context(x_shadow=default_shadow(spec, x) if spec.uses_kind(SUPPLY_CHAIN) else None,
-                               verbose=(fit_params or {}).get("verbose", True))
+        context = spec.context(
+            x_shadow=default_shadow(spec, x) if spec.uses_kind(SUPPLY_CHAIN) else None,
+            verbose=(fit_params or {}).get("verbose", True),
+        )
     supplied, history = supply_chain_attack(spec, base_estimator, context, cache)
     estimator = supplied.clone()
     history = dict(history)

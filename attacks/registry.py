@@ -20,8 +20,12 @@ if TYPE_CHECKING:
     from artmed.attacks.steps import AttackStep
 
 GROUP = "artmed.attacks"
-SHORTHANDS: dict[str, tuple[str, ...]] = {"clean": (), "badmatch": ("badmatch",), "baddist": ("baddist",),
-                                          "baddist_badmatch": ("baddist", "badmatch")}
+SHORTHANDS: dict[str, tuple[str, ...]] = {
+    "clean": (),
+    "badmatch": ("badmatch",),
+    "baddist": ("baddist",),
+    "baddist_badmatch": ("baddist", "badmatch"),
+}
 """The seed paper's four settings as compositions of the built-in steps (an ``AttackSpec``'s ``attack``)."""
 KINDS_BY_BASE = {"SupplyChainStep": "supply_chain", "DataStep": "data"}
 """A step's kind by the base class it names (``artmed.attacks.steps``), for describing it without importing it."""
@@ -35,8 +39,11 @@ def available() -> dict[str, metadata.EntryPoint]:
     found: dict[str, metadata.EntryPoint] = {}
     for ep in metadata.entry_points(group=GROUP):
         if ep.name in found and found[ep.name].value != ep.value:
-            warnings.warn(f"attack name {ep.name!r} is registered twice ({found[ep.name].value} and {ep.value}); "
-                          f"using {found[ep.name].value}", stacklevel=2)
+            warnings.warn(
+                f"attack name {ep.name!r} is registered twice ({found[ep.name].value} and {ep.value}); "
+                f"using {found[ep.name].value}",
+                stacklevel=2,
+            )
             continue
         found.setdefault(ep.name, ep)
     return dict(sorted(found.items()))
@@ -59,8 +66,10 @@ def _load(name: str, ep: metadata.EntryPoint) -> type[AttackStep]:
     if not (isinstance(obj, type) and issubclass(obj, AttackStep)):
         raise TypeError(f"attack plugin {name!r} ({_origin(ep)}) is not a subclass of artmed.attacks.steps.AttackStep")
     if getattr(obj, "kind", None) not in STEP_KINDS:
-        raise TypeError(f"attack plugin {name!r} ({_origin(ep)}) declares kind {getattr(obj, 'kind', None)!r}; "
-                        f"valid kinds: {list(STEP_KINDS)} (subclass SupplyChainStep or DataStep)")
+        raise TypeError(
+            f"attack plugin {name!r} ({_origin(ep)}) declares kind {getattr(obj, 'kind', None)!r}; "
+            f"valid kinds: {list(STEP_KINDS)} (subclass SupplyChainStep or DataStep)"
+        )
     return obj
 
 
@@ -68,8 +77,10 @@ def get(name: str) -> type[AttackStep]:
     """The step class registered as `name`; ValueError listing the installed names when there is none."""
     found = available()
     if name not in found:
-        raise ValueError(f"unknown attack step {name!r}{did_you_mean(name, found)}; installed attack steps: "
-                         f"{', '.join(found) or 'none'}")
+        raise ValueError(
+            f"unknown attack step {name!r}{did_you_mean(name, found)}; installed attack steps: "
+            f"{', '.join(found) or 'none'}"
+        )
     return _load(name, found[name])
 
 
@@ -146,12 +157,17 @@ def _describe_static(name: str, ep: metadata.EntryPoint) -> StepInfo | None:
         return None
     classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
     node = classes.get(attr)
-    init = next((stmt for stmt in node.body if isinstance(stmt, ast.FunctionDef) and stmt.name == "__init__"),
-                None) if node is not None else None
-    bases = [b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else "" for b in
-             (node.bases if node is not None else [])]
+    init = (
+        next((stmt for stmt in node.body if isinstance(stmt, ast.FunctionDef) and stmt.name == "__init__"), None)
+        if node is not None
+        else None
+    )
+    bases = [
+        b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else ""
+        for b in (node.bases if node is not None else [])
+    ]
     kind = next((KINDS_BY_BASE[b] for b in bases if b in KINDS_BY_BASE), None)
-    if init is None or kind is None:
+    if node is None or init is None or kind is None:  # no node: no init either
         return None
     args = init.args
     positional = args.posonlyargs + args.args

@@ -127,18 +127,25 @@ def check_output(step: AttackStep, output: Any, n_rows: int) -> None:
     """Refuse a step's output that breaks its contract (a TypeError / ValueError naming the step)."""
     if step.kind == SUPPLY_CHAIN:
         if not (isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], dict)):
-            raise TypeError(f"attack step {step.name!r}: apply() must return (estimator, history dict), got "
-                            f"{type(output).__name__}")
+            raise TypeError(
+                f"attack step {step.name!r}: apply() must return (estimator, history dict), got {type(output).__name__}"
+            )
         return
     if not isinstance(output, Poisoned):
         raise TypeError(f"attack step {step.name!r}: apply() must return a Poisoned, got {type(output).__name__}")
     if output.trigger is not None and not isinstance(output.trigger, Trigger):
-        raise TypeError(f"attack step {step.name!r}: Poisoned.trigger must be an artmed.attacks.triggers.Trigger or "
-                        f"None, got {type(output.trigger).__name__}")
+        raise TypeError(
+            f"attack step {step.name!r}: Poisoned.trigger must be an artmed.attacks.triggers.Trigger or "
+            f"None, got {type(output.trigger).__name__}"
+        )
     mask = np.asarray(output.mask)
     if mask.dtype != bool or mask.shape != (len(output.x),) or len(output.y) != len(output.x):
-        raise ValueError(f"attack step {step.name!r}: returned {len(output.x)} images, {len(output.y)} labels and a "
-                         f"{mask.dtype} mask of shape {mask.shape}; they must agree (a boolean mask per image)")
+        raise ValueError(
+            f"attack step {step.name!r}: returned {len(output.x)} images, {len(output.y)} labels and a "
+            f"{mask.dtype} mask of shape {mask.shape}; they must agree (a boolean mask per image)"
+        )
     if len(output.x) < n_rows:
-        raise ValueError(f"attack step {step.name!r}: returned {len(output.x)} rows of {n_rows}; a data step keeps "
-                         "every row it gets (appending is allowed)")
+        raise ValueError(
+            f"attack step {step.name!r}: returned {len(output.x)} rows of {n_rows}; a data step keeps "
+            "every row it gets (appending is allowed)"
+        )

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from artmed.constants import IMAGE_MEAN, IMAGE_STD, IMAGE_SIZE
+from artmed.constants import IMAGE_MEAN, IMAGE_SIZE, IMAGE_STD
 from artmed.params import Bool, Choice, Int, Items, OrNone, Params, Real
 from artmed.suggest import did_you_mean
 
@@ -135,8 +135,9 @@ class PatchTrigger(Trigger):
         side = int(self.size) if self.size is not None else max(1, int(round(float(self.relative_size) * width)))
         dx, dy = self.offsets
         if side + dy > height or side + dx > width:
-            raise ValueError(f"PatchTrigger of side {side} px at inset {(dx, dy)} does not fit a {height}×{width} "
-                             "image")
+            raise ValueError(
+                f"PatchTrigger of side {side} px at inset {(dx, dy)} does not fit a {height}×{width} image"
+            )
         return side
 
     def mask(self, shape: tuple[int, ...]) -> np.ndarray:
@@ -201,8 +202,14 @@ class FourierTrigger(Trigger):
         "unnormalized": Bool(text="True or False"),
     }
 
-    def __init__(self, window: float = 0.2, alpha: float = 0.1, seed: int = 0, reference: np.ndarray | None = None,
-                 unnormalized: bool = False):
+    def __init__(
+        self,
+        window: float = 0.2,
+        alpha: float = 0.1,
+        seed: int = 0,
+        reference: np.ndarray | None = None,
+        unnormalized: bool = False,
+    ):
         self.window = window
         self.alpha = alpha
         self.seed = seed
@@ -233,8 +240,9 @@ class FourierTrigger(Trigger):
 
     def reference_image(self, height: int, width: int, channels: int = 1) -> np.ndarray:
         """The reference image resized to (channels, H, W), float64 in [0, 1]."""
-        base = (_as_pattern(self.reference) if self.reference is not None
-                else _smooth_texture(int(self.seed), IMAGE_SIZE))
+        base = (
+            _as_pattern(self.reference) if self.reference is not None else _smooth_texture(int(self.seed), IMAGE_SIZE)
+        )
         return _resize(base, height, width, channels)
 
     def _apply(self, x: np.ndarray) -> np.ndarray:
@@ -291,7 +299,7 @@ class BlendedTrigger(Trigger):
         return self._patterns[key]
 
     def _apply(self, x: np.ndarray) -> np.ndarray:
-        pattern = self.pattern_image(*x.shape[-2:], channels=x.shape[1]).astype(x.dtype)
+        pattern = self.pattern_image(x.shape[-2], x.shape[-1], channels=x.shape[1]).astype(x.dtype)
         alpha = float(self.alpha)
         return ((1.0 - alpha) * x + alpha * pattern).astype(x.dtype)
 
@@ -330,8 +338,9 @@ def _check_pattern(pattern: np.ndarray, what: str) -> None:
     try:
         pattern = _as_pattern(pattern)
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must be an (H, W) or (C, H, W) array of pixel values in [0, 1], got "
-                         f"{type(pattern).__name__}") from None
+        raise ValueError(
+            f"{what} must be an (H, W) or (C, H, W) array of pixel values in [0, 1], got {type(pattern).__name__}"
+        ) from None
     if pattern.ndim == 3 and pattern.shape[0] not in (1, 3):
         raise ValueError(f"{what} must be (H, W) or channels-first (C, H, W) with C in (1, 3), got {pattern.shape}")
     if pattern.ndim not in (2, 3) or min(pattern.shape) < 1:
@@ -359,6 +368,6 @@ def _resize(image: np.ndarray, height: int, width: int, channels: int) -> np.nda
         raise ValueError(f"pattern has {planes.shape[0]} channels but the images have {channels}")
     if planes.shape[-2:] != (height, width):
         tensor = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float64))[None]
-        planes = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-        planes = planes[0].numpy()
+        resized = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+        planes = resized[0].numpy()
     return np.clip(np.broadcast_to(planes, (channels, height, width)), 0.0, 1.0).astype(np.float64)

@@ -4,11 +4,25 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "ARTActivationClustering": "art_adapters", "ARTSpectralSignatures": "art_adapters", "art_inputs": "art_adapters",
-    "ARTPoisonFilter": "art_api", "ActivationClustering": "activation_clustering", "DECREE": "decree",
-    "Defense": "base", "DetectionResult": "base", "EvaluationContext": "base", "InputScreen": "base",
-    "MitigationResult": "base", "ModelVerdict": "base", "group_labels": "base", "FinePruning": "fine_pruning",
-    "SCAn": "scan", "SpectralSignatures": "spectral", "SPECTRE": "spectre", "STRIP": "strip", "registry": "registry",
+    "ARTActivationClustering": "art_adapters",
+    "ARTSpectralSignatures": "art_adapters",
+    "art_inputs": "art_adapters",
+    "ARTPoisonFilter": "art_api",
+    "ActivationClustering": "activation_clustering",
+    "DECREE": "decree",
+    "Defense": "base",
+    "DetectionResult": "base",
+    "EvaluationContext": "base",
+    "InputScreen": "base",
+    "MitigationResult": "base",
+    "ModelVerdict": "base",
+    "group_labels": "base",
+    "FinePruning": "fine_pruning",
+    "SCAn": "scan",
+    "SpectralSignatures": "spectral",
+    "SPECTRE": "spectre",
+    "STRIP": "strip",
+    "registry": "registry",
 }
 
 

@@ -171,8 +171,14 @@ class ActivationClustering(ARTPoisonFilter):
             with one_cpu_thread(device):
                 flags[idx], scores[idx], report = self._analyse_group(stream, idx, settings, generator)
             per_group.append({"group": groups.names[g], "group_id": g, "size": int(idx.shape[0]), **report})
-        extra = {"layer": self.layer, "mode": self.mode, **settings, "group_names": groups.names,
-                 "per_group": per_group, "skipped_groups": groups.skipped}
+        extra = {
+            "layer": self.layer,
+            "mode": self.mode,
+            **settings,
+            "group_names": groups.names,
+            "per_group": per_group,
+            "skipped_groups": groups.skipped,
+        }
         return DetectionResult(scores, flags, groups.ids, extra)
 
     def _art_report(self, result: DetectionResult) -> dict[str, Any]:
@@ -185,8 +191,10 @@ class ActivationClustering(ARTPoisonFilter):
         for entry in per_group:
             sizes = entry["cluster_sizes"]
             report[f"Class_{entry['group_id']}"] = {
-                f"cluster_{c}": {"ptc_data_in_cluster": round(size / sum(sizes), 2),
-                                 "suspicious_cluster": c in entry["suspicious_clusters"]}
+                f"cluster_{c}": {
+                    "ptc_data_in_cluster": round(size / sum(sizes), 2),
+                    "suspicious_cluster": c in entry["suspicious_clusters"],
+                }
                 for c, size in enumerate(sizes)
             }
         return {**report, **self.get_params()}
@@ -206,8 +214,14 @@ class ActivationClustering(ARTPoisonFilter):
                 z = pca(stream, idx, k, generator, settings["fit_rows"])
         else:
             z = stream.gather(idx)
-        fit = kmeans(z, self.n_clusters, settings["n_init"], generator, axis_starts=self.mode == "artmed",
-                     fit_rows=settings["fit_rows"])
+        fit = kmeans(
+            z,
+            self.n_clusters,
+            settings["n_init"],
+            generator,
+            axis_starts=self.mode == "artmed",
+            fit_rows=settings["fit_rows"],
+        )
         labels = fit.labels.cpu().numpy()
         sil = None
         if settings["analysis"] == "silhouette":
@@ -219,8 +233,12 @@ class ActivationClustering(ARTPoisonFilter):
         )
         sizes = np.bincount(labels, minlength=self.n_clusters)
         flags = np.isin(labels, poison)
-        report.update(cluster_sizes=sizes.tolist(), suspicious_clusters=poison.tolist(),
-                      kmeans_converged=fit.converged, flagged=int(flags.sum()))
+        report.update(
+            cluster_sizes=sizes.tolist(),
+            suspicious_clusters=poison.tolist(),
+            kmeans_converged=fit.converged,
+            flagged=int(flags.sum()),
+        )
         return flags, _membership_scores(z, fit.centers, sizes), report
 
 

@@ -19,8 +19,8 @@ from artmed.data.dataset import ImageSet
 from artmed.defenses.base import (
     DEFAULT_GROUPING,
     GROUPING_RULE,
-    DetectionResult,
     Defense,
+    DetectionResult,
     EvaluationContext,
     LabelGroups,
     check_finite,
@@ -57,6 +57,7 @@ class GroupedActivations:
             return check_finite(self.context.features(self.layer), self.layer)[idx]
         if self._last is None or self._last[0] != idx.tobytes():
             est, images = self.context.estimator, self.context.x_train
+            assert images is not None  # _prepare refuses source='estimator' without x_train
             chunks = [
                 est.get_activations(load_images(images, part), layer=self.layer, batch_size=batch_size)
                 for part in np.array_split(idx, range(batch_size, idx.shape[0], batch_size))
@@ -67,7 +68,10 @@ class GroupedActivations:
 
 
 def art_inputs(
-    estimator: Any, x_train: np.ndarray | ImageSet, y_train: np.ndarray, layer: str = "image_pooled",
+    estimator: Any,
+    x_train: np.ndarray | ImageSet,
+    y_train: np.ndarray,
+    layer: str = "image_pooled",
     grouping: str = DEFAULT_GROUPING,
 ) -> tuple[GroupedActivations, np.ndarray, np.ndarray, list[str]]:
     """``(classifier, x, y, group_names)`` for ART's detectors, one class per group of the training rows
@@ -107,14 +111,21 @@ class _ARTDetector(Defense):
     min_group_size: int
     grouping: str
 
-    common_rules = {"source": Choice(("features", "estimator")), "layer": Text(), "min_group_size": Int(1),
-                    "grouping": GROUPING_RULE}
+    common_rules = {
+        "source": Choice(("features", "estimator")),
+        "layer": Text(),
+        "min_group_size": Int(1),
+        "grouping": GROUPING_RULE,
+    }
     """The rules every ART detector adds to its own ``param_rules``."""
 
     def _prepare(self, context: EvaluationContext) -> tuple[LabelGroups, np.ndarray, np.ndarray, GroupedActivations]:
-        if self.source == "estimator" and (context.estimator is None or context.x_train is None):
-            raise ValueError("source='estimator' needs a context with an estimator and x_train")
-        n = len(context.x_train) if self.source == "estimator" else context.features(self.layer).shape[0]
+        if self.source == "estimator":
+            if context.estimator is None or context.x_train is None:
+                raise ValueError("source='estimator' needs a context with an estimator and x_train")
+            n = len(context.x_train)
+        else:
+            n = context.features(self.layer).shape[0]
         groups = LabelGroups.split(context, n, self.min_group_size, self.name, self.grouping)
         kept = np.flatnonzero(np.isin(groups.ids, [g for g, _ in groups.analysed]))
         remap = np.zeros(len(groups.names), dtype=np.int64)
@@ -129,8 +140,13 @@ class _ARTDetector(Defense):
     def _result(self, groups: LabelGroups, kept: np.ndarray, is_clean: list[int], scores: np.ndarray, extra: dict):
         flags = np.zeros(groups.ids.shape[0], dtype=bool)
         flags[kept] = np.asarray(is_clean) == 0
-        extra = {"layer": self.layer, "source": self.source, "group_names": groups.names,
-                 "skipped_groups": groups.skipped, **extra}
+        extra = {
+            "layer": self.layer,
+            "source": self.source,
+            "group_names": groups.names,
+            "skipped_groups": groups.skipped,
+            **extra,
+        }
         return DetectionResult(scores, flags, groups.ids, extra)
 
 
@@ -141,8 +157,12 @@ class ARTSpectralSignatures(_ARTDetector):
     """
 
     name = "art_spectral_signatures"
-    param_rules = {**_ARTDetector.common_rules, "expected_pp_poison": Real(0.0, 1.0), "eps_multiplier": Real(0.0),
-                   "batch_size": Int(1)}
+    param_rules = {
+        **_ARTDetector.common_rules,
+        "expected_pp_poison": Real(0.0, 1.0),
+        "eps_multiplier": Real(0.0),
+        "batch_size": Int(1),
+    }
 
     def __init__(
         self,
@@ -197,8 +217,11 @@ class ARTActivationClustering(_ARTDetector):
         "nb_clusters": Int(2),
         "nb_dims": Int(1),
         "reduce": Choice(("PCA", "FastICA")),
-        "cluster_analysis": Choice(("smaller", "distance"), text="'smaller' or 'distance' (ART 1.20's "
-                                   "'relative-size' fails on NumPy >= 2.2 and 'silhouette-scores' is unreliable)"),
+        "cluster_analysis": Choice(
+            ("smaller", "distance"),
+            text="'smaller' or 'distance' (ART 1.20's "
+            "'relative-size' fails on NumPy >= 2.2 and 'silhouette-scores' is unreliable)",
+        ),
     }
 
     def __init__(
@@ -242,7 +265,9 @@ class ARTActivationClustering(_ARTDetector):
         np.random.seed(self.seed)
         try:
             report, is_clean = defence.detect_poison(
-                nb_clusters=self.nb_clusters, nb_dims=self.nb_dims, reduce=self.reduce,
+                nb_clusters=self.nb_clusters,
+                nb_dims=self.nb_dims,
+                reduce=self.reduce,
                 cluster_analysis=self.cluster_analysis,
             )
         finally:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import inspect
 from abc import abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from art.defences.detector.poison import GroundTruthEvaluator, PoisonFilteringDefence
@@ -48,7 +48,7 @@ class ARTPoisonFilter(Defense, PoisonFilteringDefence):
         """The defense's own ``__init__`` parameters (not classifier, x_train, y_train) and their values."""
         return {k: v for k, v in super().get_params().items() if k not in ART_DATA}
 
-    def detect_poison(self, **kwargs: Any) -> tuple[dict[str, Any], list[int]]:
+    def detect_poison(self, **kwargs: Any) -> tuple[dict[Any, Any], list[int]]:
         """ART's ``(report, is_clean_lst)``: is_clean_lst[i] is 1 where sample i is kept, 0 where flagged.
         `kwargs` are parameters, set (and kept) first as in ART."""
         self.set_params(**kwargs)
@@ -62,11 +62,14 @@ class ARTPoisonFilter(Defense, PoisonFilteringDefence):
         truth = None if is_clean is None else np.asarray(is_clean)
         if truth is None or truth.size == 0:
             raise ValueError("is_clean was not provided while invoking evaluate_defence.")
-        n = len(self._context().y_train)
+        y_train = self._context().y_train
+        assert y_train is not None  # _context refuses a missing y_train
+        n = len(y_train)
         if truth.shape != (n,) or not np.isin(truth, (0, 1)).all():
             raise ValueError(f"is_clean must be a ({n},) array of 0 (poison) and 1 (clean), got shape {truth.shape}")
         result = self._run_on_data()
         predicted = (~result.flags).astype(int)
+        assert result.groups is not None  # the label-grouped detectors behind this API always set it
         members = [np.flatnonzero(result.groups == g) for g in range(int(result.groups.max()) + 1)]
         _, matrices = GroundTruthEvaluator().analyze_correctness(
             [predicted[idx] for idx in members], [truth[idx] for idx in members]
@@ -78,12 +81,16 @@ class ARTPoisonFilter(Defense, PoisonFilteringDefence):
         name = type(self).__name__
         if self.classifier is not None:
             if not callable(getattr(self.classifier, "get_activations", None)):
-                raise ValueError(f"{name}: classifier must be an ART classifier with get_activations, got "
-                                 f"{type(self.classifier).__name__} (the defense's own parameters are keyword-only)")
+                raise ValueError(
+                    f"{name}: classifier must be an ART classifier with get_activations, got "
+                    f"{type(self.classifier).__name__} (the defense's own parameters are keyword-only)"
+                )
             names = getattr(self.classifier, "layer_names", None)
             if names is not None and self.layer not in names:
-                raise ValueError(f"{name}: layer {self.layer!r} is not one of the classifier's layer_names {names} "
-                                 f"(ART's detectors analyse the last one: layer={names[-1]!r})")
+                raise ValueError(
+                    f"{name}: layer {self.layer!r} is not one of the classifier's layer_names {names} "
+                    f"(ART's detectors analyse the last one: layer={names[-1]!r})"
+                )
         if self.x_train is not None and self.y_train is not None and len(self.x_train) != len(self.y_train):
             raise ValueError(f"{name}: x_train has {len(self.x_train)} samples but y_train {len(self.y_train)} rows")
 
@@ -92,16 +99,22 @@ class ARTPoisonFilter(Defense, PoisonFilteringDefence):
         data = (self.classifier, self.x_train, self.y_train)
         missing = [k for k, v in zip(ART_DATA, data) if v is None]
         if missing:
-            raise ValueError(f"{type(self).__name__}: ART's API needs {', '.join(missing)}: construct it as "
-                             f"{type(self).__name__}(classifier, x_train, y_train, ...) or use set_params")
+            raise ValueError(
+                f"{type(self).__name__}: ART's API needs {', '.join(missing)}: construct it as "
+                f"{type(self).__name__}(classifier, x_train, y_train, ...) or use set_params"
+            )
         if self._cached is None or any(a is not b for a, b in zip(self._cached[0], data)):
             self._cached = data, EvaluationContext(estimator=data[0], x_train=data[1], y_train=data[2])
         return self._cached[1]
+
+    if TYPE_CHECKING:
+
+        def run(self, context: EvaluationContext) -> DetectionResult: ...
 
     def _run_on_data(self) -> DetectionResult:
         self.last_result = self.run(self._context())
         return self.last_result
 
     @abstractmethod
-    def _art_report(self, result: DetectionResult) -> dict[str, Any]:
+    def _art_report(self, result: DetectionResult) -> dict[Any, Any]:
         """ART's report of this detector for `result`."""

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from artmed.progress import tqdm
 
 from artmed.constants import CHEXPERT_LABELS, NUM_LABELS
 from artmed.data.dataset import ImageSet
 from artmed.params import Choice, Params
+from artmed.progress import tqdm
 
 
 def group_labels(y: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -46,8 +46,10 @@ def _label_matrix(y: np.ndarray) -> np.ndarray:
     bad = ~np.isfinite(arr)
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"labels contain NaN or infinite values in {int(bad.any(axis=1).sum())} of {arr.shape[0]} "
-                         f"rows (first: row {row}, column {col})")
+        raise ValueError(
+            f"labels contain NaN or infinite values in {int(bad.any(axis=1).sum())} of {arr.shape[0]} "
+            f"rows (first: row {row}, column {col})"
+        )
     return arr
 
 
@@ -116,12 +118,15 @@ def predicted_class_groups(context: EvaluationContext, rows: str = "train") -> t
     kept in ``context.feature_cache`` (under ``PREDICTED_CLASS_KEY``, with "/clean" for the clean rows), where a
     feature-only context may also supply them."""
     estimator = context.estimator
-    key, x = (PREDICTED_CLASS_KEY, context.x_train) if rows == "train" else (f"{PREDICTED_CLASS_KEY}/clean",
-                                                                             context.x_clean)
+    key, x = (
+        (PREDICTED_CLASS_KEY, context.x_train) if rows == "train" else (f"{PREDICTED_CLASS_KEY}/clean", context.x_clean)
+    )
     if key not in context.feature_cache:
         if estimator is None or x is None:
-            raise ValueError(f"grouping='predicted_class' needs a context with an estimator and x_{rows} (or the "
-                             f"classes in feature_cache[{key!r}])")
+            raise ValueError(
+                f"grouping='predicted_class' needs a context with an estimator and x_{rows} (or the "
+                f"classes in feature_cache[{key!r}])"
+            )
         prompts = getattr(context.task, "prompts", None)
         if prompts is not None and hasattr(estimator, "with_prompts"):
             estimator = estimator.with_prompts(prompts)
@@ -153,8 +158,9 @@ class LabelGroups:
         return sum(s["size"] for s in self.skipped)
 
     @classmethod
-    def split(cls, context: EvaluationContext, n: int, min_size: int, defense: str,
-              grouping: str = DEFAULT_GROUPING) -> LabelGroups:
+    def split(
+        cls, context: EvaluationContext, n: int, min_size: int, defense: str, grouping: str = DEFAULT_GROUPING
+    ) -> LabelGroups:
         """Group the `n` training rows of `context` by `grouping` (one of ``GROUPINGS``):
 
         - "label_vector": the exact label row (``group_labels``; the "class" of SS/AC);
@@ -168,8 +174,10 @@ class LabelGroups:
             if context.y_train is None:
                 raise ValueError(f"{defense}: the context has no y_train (labels of the training samples)")
             if np.shape(context.y_train)[:1] != (n,):
-                raise ValueError(f"{defense}: y_train has shape {np.shape(context.y_train)}, but {n} training samples "
-                                 "are analysed (one label row each)")
+                raise ValueError(
+                    f"{defense}: y_train has shape {np.shape(context.y_train)}, but {n} training samples "
+                    "are analysed (one label row each)"
+                )
         ids, names = row_groups(context, grouping, n, defense)
         analysed, skipped = [], []
         for g in range(len(names)):
@@ -183,13 +191,15 @@ class LabelGroups:
             warnings.warn(
                 f"{defense}: {len(skipped)} label group(s) (grouping {grouping!r}) with fewer than {min_size} samples "
                 f"({groups.unexamined} samples) are never flagged; see result.extra['skipped_groups']",
-                UnexaminedRowsWarning, stacklevel=3,
+                UnexaminedRowsWarning,
+                stacklevel=3,
             )
         return groups
 
 
-def row_groups(context: EvaluationContext, grouping: str, n: int, defense: str, rows: str = "train",
-               labels: Any = None) -> tuple[np.ndarray, list[str]]:
+def row_groups(
+    context: EvaluationContext, grouping: str, n: int, defense: str, rows: str = "train", labels: Any = None
+) -> tuple[np.ndarray, list[str]]:
     """Group ids and names of the context's `n` training rows (`rows` "train", labels ``y_train``) or its defender's
     clean rows ("clean", ``y_clean``) by `grouping` (one of ``GROUPINGS``): one rule for both, so a detector that
     compares the two (SCAn's global model) groups them alike. The label groupings read `labels` when given, else the
@@ -209,8 +219,9 @@ def row_groups(context: EvaluationContext, grouping: str, n: int, defense: str, 
             raise ValueError(f"{defense}: {field}: {err}") from None
     if ids.shape[0] != n:
         what = "predicted classes" if grouping == "predicted_class" else "label rows"
-        raise ValueError(f"{defense}: {ids.shape[0]} {what}, but {n} {'training' if rows == 'train' else rows} "
-                         "samples are analysed")
+        raise ValueError(
+            f"{defense}: {ids.shape[0]} {what}, but {n} {'training' if rows == 'train' else rows} samples are analysed"
+        )
     return ids, names
 
 
@@ -223,7 +234,7 @@ def share_count(n: int, share: float) -> int:
 def flag_top(score: np.ndarray, share: float) -> np.ndarray:
     """Bool flags of the ``share_count(N, share)`` highest scores (ties: the earlier sample first)."""
     flags = np.zeros(score.shape[0], dtype=bool)
-    flags[np.argsort(-score, kind="stable")[:share_count(score.shape[0], share)]] = True
+    flags[np.argsort(-score, kind="stable")[: share_count(score.shape[0], share)]] = True
     return flags
 
 
@@ -318,7 +329,9 @@ class EvaluationContext:
     def _extract(self, layer: str) -> np.ndarray:
         """Stream the images through the estimator batch by batch into one preallocated (N, D) array (no list of
         batches to concatenate, which would hold the features twice)."""
-        n = len(self.x_train)
+        x_train = self.x_train
+        assert x_train is not None  # features() extracts only with x_train
+        n = len(x_train)
         if n == 0:
             raise ValueError("cannot extract features: x_train is empty")
         feats: np.ndarray | None = None
@@ -326,13 +339,14 @@ class EvaluationContext:
             stop = min(start + self.batch_size, n)
             batch = np.asarray(
                 self.estimator.get_activations(
-                    load_images(self.x_train, np.arange(start, stop)), layer=layer, batch_size=self.batch_size
+                    load_images(x_train, np.arange(start, stop)), layer=layer, batch_size=self.batch_size
                 )
             )
             batch = batch.reshape(batch.shape[0], -1)
             if feats is None:
                 feats = np.empty((n, batch.shape[1]), dtype=batch.dtype)
             feats[start:stop] = batch
+        assert feats is not None  # n > 0: at least one batch
         return feats
 
 
@@ -407,8 +421,9 @@ class MitigationResult:
 
     def __post_init__(self) -> None:
         if not callable(getattr(self.estimator, "predict", None)):
-            raise ValueError("a mitigation must return an estimator with predict(), got "
-                             f"{type(self.estimator).__name__}")
+            raise ValueError(
+                f"a mitigation must return an estimator with predict(), got {type(self.estimator).__name__}"
+            )
 
 
 @dataclass
@@ -448,8 +463,12 @@ class ModelVerdict:
 
 
 DefenseResult = DetectionResult | MitigationResult | InputScreen | ModelVerdict
-RESULT_TYPES: dict[str, type] = {"detection": DetectionResult, "mitigation": MitigationResult, "input": InputScreen,
-                                 "model": ModelVerdict}
+RESULT_TYPES: dict[str, type] = {
+    "detection": DetectionResult,
+    "mitigation": MitigationResult,
+    "input": InputScreen,
+    "model": ModelVerdict,
+}
 """What ``run`` returns for each kind: per-training-sample flags, a repaired model, an inference-time input screen,
 or a verdict on the model itself."""
 

@@ -32,6 +32,7 @@ rate rises again past the cosine's end), here the schedule runs from step 0 to t
 last partial batch of each shuffled epoch, here batches walk through consecutive shuffles; repeated items of a
 batch count as positives of each other (the release's data has none).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,13 +41,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from artmed.progress import tqdm
 
 from artmed.data.autoaugment import autoaugment
 from artmed.data.dataset import ImageSet
 from artmed.data.eda import EDA, EDA_OPERATIONS
-from artmed.distributed import gather, global_batchnorm, rank, shard_slice, wrap_ddp
 from artmed.defenses.base import Defense, EvaluationContext, MitigationResult, load_images
+from artmed.distributed import gather, global_batchnorm, rank, shard_slice, wrap_ddp
 from artmed.inputs import (
     as_images,
     check_label_matrix,
@@ -58,6 +58,7 @@ from artmed.inputs import (
 from artmed.loader import image_batches
 from artmed.losses import medclip_loss
 from artmed.params import Choice, Int, OrNone, Real
+from artmed.progress import tqdm
 from artmed.training import Encoders, clamp_logit_scale, index_batches, make_optimizer, run_steps, warmup_cosine
 
 WARMUP: float = 0.1
@@ -154,8 +155,9 @@ def eda_views(texts: list[str], seed: np.random.SeedSequence | int) -> list[str]
     return views
 
 
-def in_modal_loss(embeds: torch.Tensor, augmented: torch.Tensor, scale: torch.Tensor | float,
-                  same: torch.Tensor) -> torch.Tensor:
+def in_modal_loss(
+    embeds: torch.Tensor, augmented: torch.Tensor, scale: torch.Tensor | float, same: torch.Tensor
+) -> torch.Tensor:
     """InfoNCE of each item against the augmented views of the batch (CleanCLIP's in-modal term), in float32.
 
     ``same`` (B, B) bool marks pairs that are the same underlying item (a repeated index, an identical sentence):
@@ -297,8 +299,10 @@ class CleanCLIP(Defense):
             return np.asarray(context.y_train)[idx]
         if isinstance(context.x_train, ImageSet):
             return context.x_train.labels[idx]
-        raise ValueError("cleanclip: context.y_train is None, so the x_train rows drawn as clean data have no labels "
-                         "(give y_train, or set lambda_mm=0)")
+        raise ValueError(
+            "cleanclip: context.y_train is None, so the x_train rows drawn as clean data have no labels "
+            "(give y_train, or set lambda_mm=0)"
+        )
 
     def _clean_labels(self, context: EvaluationContext) -> tuple[np.ndarray, str]:
         """Labels of ``x_clean``: ``y_clean``, an ImageSet's own labels, or those of identical x_train rows."""
@@ -307,15 +311,19 @@ class CleanCLIP(Defense):
         if isinstance(context.x_clean, ImageSet):
             return context.x_clean.labels, "x_clean.labels"
         if context.x_train is not None:
+            assert context.x_clean is not None  # _clean_data asks only for a context's own x_clean
             rows = _matching_rows(context.x_clean, context.x_train, context.batch_size, self.verbose)
             if rows is not None:
                 return self._train_labels(context, rows), "y_train (x_clean rows found in x_train)"
-        raise ValueError("cleanclip: context.y_clean is None and x_clean is not a subset of x_train, so the clean "
-                         "images have no labels for the multimodal loss; give y_clean (N, 14) or set lambda_mm=0")
+        raise ValueError(
+            "cleanclip: context.y_clean is None and x_clean is not a subset of x_train, so the clean "
+            "images have no labels for the multimodal loss; give y_clean (N, 14) or set lambda_mm=0"
+        )
 
     # ------------------------------------------------------------------ training
-    def _fine_tune(self, estimator: Any, images: Any, labels: np.ndarray | None, texts: list[str],
-                   text_labels: np.ndarray) -> list[dict[str, Any]]:
+    def _fine_tune(
+        self, estimator: Any, images: Any, labels: np.ndarray | None, texts: list[str], text_labels: np.ndarray
+    ) -> list[dict[str, Any]]:
         """Fine-tune ``estimator.model`` in place (both encoders and the logit scale); one loss record per step."""
         model, device, shape = estimator.model, estimator.device, estimator.input_shape
         images = as_images(images, shape)
@@ -351,8 +359,11 @@ class CleanCLIP(Defense):
                 sentences = [texts[i] for i in t_idx]
                 if use_ss:
                     pixels = torch.cat([pixels, view_images(pixels, generator)])
-                    views = ([text_views[i] for i in t_idx] if text_views is not None
-                             else augment_texts(sentences, text_rng, self.word_dropout))
+                    views = (
+                        [text_views[i] for i in t_idx]
+                        if text_views is not None
+                        else augment_texts(sentences, text_rng, self.word_dropout)
+                    )
                     sentences = sentences + views
                 ids, mask = tokenize(estimator.tokenizer, sentences, device)
                 b_img, b_txt = len(i_idx), len(t_idx)
@@ -361,9 +372,17 @@ class CleanCLIP(Defense):
                     img, txt, scale = encoders(normalize_pixels(pixels[img_rows]), ids[txt_rows], mask[txt_rows])
                 img, txt = _gather_rows(img, use_ss), _gather_rows(txt, use_ss)
                 zero = scale.new_zeros(())
-                loss_mm = zero if labels is None else medclip_loss(
-                    img[:b_img], txt[:b_txt], torch.from_numpy(labels[i_idx]).to(device),
-                    torch.from_numpy(text_labels[t_idx]).to(device), scale)
+                loss_mm = (
+                    zero
+                    if labels is None
+                    else medclip_loss(
+                        img[:b_img],
+                        txt[:b_txt],
+                        torch.from_numpy(labels[i_idx]).to(device),
+                        torch.from_numpy(text_labels[t_idx]).to(device),
+                        scale,
+                    )
+                )
                 ss_image = ss_text = zero
                 if use_ss:
                     ss_scale = scale if fixed_scale is None else fixed_scale
@@ -375,9 +394,18 @@ class CleanCLIP(Defense):
                 loss = self.lambda_mm * loss_mm + self.lambda_ss * loss_ss
                 return loss, torch.stack([loss, loss_mm, loss_ss, ss_image, ss_text]).float()
 
-            terms, lrs = run_steps(objective, optimizer, steps, where="CleanCLIP fine-tune", scheduler=scheduler,
-                                   clip=trained, max_grad_norm=self.max_grad_norm, after_step=clamp_logit_scale(model),
-                                   desc="cleanclip", verbose=self.verbose)
+            terms, lrs = run_steps(
+                objective,
+                optimizer,
+                steps,
+                where="CleanCLIP fine-tune",
+                scheduler=scheduler,
+                clip=trained,
+                max_grad_norm=self.max_grad_norm,
+                after_step=clamp_logit_scale(model),
+                desc="cleanclip",
+                verbose=self.verbose,
+            )
         model.eval()
         estimator.clear_cache()
         values = terms.cpu().tolist()
@@ -406,8 +434,9 @@ def _same_sentences(sentences: list[str]) -> np.ndarray:
     return codes[:, None] == codes[None, :]
 
 
-def _matching_rows(x_clean: np.ndarray, x_train: np.ndarray | ImageSet, batch_size: int,
-                   verbose: bool = True) -> np.ndarray | None:
+def _matching_rows(
+    x_clean: np.ndarray, x_train: np.ndarray | ImageSet, batch_size: int, verbose: bool = True
+) -> np.ndarray | None:
     """Indices of the x_train rows equal to each x_clean image (by content hash), or None if any is missing."""
     clean = np.ascontiguousarray(x_clean, dtype=np.float32)
     wanted: dict[bytes, list[int]] = {}

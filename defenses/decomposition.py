@@ -31,8 +31,9 @@ class RowStream:
     cross the host-device link again; otherwise chunks are gathered from the array itself.
     """
 
-    def __init__(self, feats: np.ndarray, device: torch.device, chunk_rows: int = CHUNK_ROWS,
-                 resident: bool | None = None) -> None:
+    def __init__(
+        self, feats: np.ndarray, device: torch.device, chunk_rows: int = CHUNK_ROWS, resident: bool | None = None
+    ) -> None:
         if feats.ndim != 2:
             raise ValueError(f"features must be a 2-D (N, D) array, got shape {feats.shape}")
         self.n, self.dim = feats.shape
@@ -45,8 +46,7 @@ class RowStream:
             with warnings.catch_warnings():  # the defense's features are read-only; this tensor is only read
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                 self._source = torch.from_numpy(feats)
-        self._buffer = torch.empty(min(self.chunk_rows, max(self.n, 1)), self.dim, dtype=torch.float32,
-                                   device=device)
+        self._buffer = torch.empty(min(self.chunk_rows, max(self.n, 1)), self.dim, dtype=torch.float32, device=device)
 
     def _upload(self, feats: np.ndarray) -> torch.Tensor:
         out = torch.empty(feats.shape, dtype=torch.float32, device=self.device)
@@ -165,8 +165,9 @@ def _gram_directions(centered: torch.Tensor, k: int) -> tuple[torch.Tensor, torc
     return v / v.norm(dim=0, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny), evals
 
 
-def pca(stream: RowStream, rows: np.ndarray, k: int, generator: torch.Generator | None = None,
-        fit_rows: int | None = None) -> torch.Tensor:
+def pca(
+    stream: RowStream, rows: np.ndarray, k: int, generator: torch.Generator | None = None, fit_rows: int | None = None
+) -> torch.Tensor:
     """Project the rows ``feats[rows]`` on their top-`k` principal components: (N, k) float64 scores. With
     `fit_rows` (and a `generator`), the components come from a seeded sample of at most that many rows."""
     return group_pca(stream, fit_subset(rows, fit_rows, generator), k).project(stream, rows)
@@ -187,7 +188,12 @@ def _sym_decorrelation(w: torch.Tensor) -> torch.Tensor:
 
 
 def fast_ica(
-    stream: RowStream, rows: np.ndarray, k: int, generator: torch.Generator, max_iter: int = 200, tol: float = 1e-4,
+    stream: RowStream,
+    rows: np.ndarray,
+    k: int,
+    generator: torch.Generator,
+    max_iter: int = 200,
+    tol: float = 1e-4,
     fit_rows: int | None = None,
 ) -> tuple[torch.Tensor, bool]:
     """Parallel FastICA (logcosh contrast) of the rows ``feats[rows]`` to `k` unit-variance sources:

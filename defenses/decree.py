@@ -10,15 +10,16 @@ text or classifier head, and judges the encoder by the inverted mask's size rela
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import numpy as np
 import torch
-from artmed.progress import tqdm
 
 from artmed.defenses.base import Defense, EvaluationContext, ModelVerdict
 from artmed.inputs import as_images, image_batch, normalize_pixels, num_images
 from artmed.params import Bool, Check, Choice, Int, OrNone, Real, is_int, is_real
+from artmed.progress import tqdm
 
 EPSILON: float = 1e-7
 """The released code's epsilon in the tanh parametrisation ``tanh(θ) / (2 - ε) + ½`` (keeps its inverse finite)."""
@@ -38,8 +39,15 @@ def _is_lr_schedule(value: Any) -> bool:
     """A sequence of (epoch, lr) pairs: epochs integers >= 1, strictly increasing; lrs finite and positive."""
     pairs = list(value)
     epochs = [pair[0] for pair in pairs]
-    return (all(len(pair) == 2 and is_int(pair[0]) and pair[0] >= 1 and is_real(pair[1]) and math.isfinite(pair[1])
-                and pair[1] > 0 for pair in pairs) and all(a < b for a, b in zip(epochs, epochs[1:])))
+    return all(
+        len(pair) == 2
+        and is_int(pair[0])
+        and pair[0] >= 1
+        and is_real(pair[1])
+        and math.isfinite(pair[1])
+        and pair[1] > 0
+        for pair in pairs
+    ) and all(a < b for a, b in zip(epochs, epochs[1:]))
 
 
 def mean_pairwise_cosine(embeddings: torch.Tensor) -> torch.Tensor:
@@ -138,8 +146,9 @@ class DECREE(Defense):
         "target_similarity": Real(0.0, 1.0, "()", text="in (0, 1)"),
         "threshold": Real(0.0, 1.0, "(]", text="a PL1-norm in (0, 1]"),
         "lr": Real(0.0, None, "()"),
-        "lr_schedule": OrNone(Check(_is_lr_schedule, "(epoch, lr) pairs, epochs integers >= 1 increasing, lrs "
-                                                     "positive")),
+        "lr_schedule": OrNone(
+            Check(_is_lr_schedule, "(epoch, lr) pairs, epochs integers >= 1 increasing, lrs positive")
+        ),
         "mask_l1": Choice(tuple(MASK_CHANNELS)),
         "batching": Choice(("loader", "equal")),
         "trigger_dtype": Choice(("float64", "float32")),
@@ -221,11 +230,19 @@ class DECREE(Defense):
         height, width = x.shape[-2:]
         l1 = found.pop("l1")
         pl1 = l1 / (MASK_CHANNELS[self.mask_l1] * height * width) if found["reached"] else 1.0
-        extra = {"pl1": pl1, "pl1_threshold": self.threshold, "l1": l1 if found["reached"] else None, **found,
-                 "mask": found["mask"].float().cpu().numpy(), "pattern": found["pattern"].float().cpu().numpy(),
-                 "n_images": x.shape[0], "params": self.get_params()}
-        return ModelVerdict(score=1.0 - pl1, backdoored=bool(pl1 < self.threshold), threshold=1.0 - self.threshold,
-                            extra=extra)
+        extra = {
+            "pl1": pl1,
+            "pl1_threshold": self.threshold,
+            "l1": l1 if found["reached"] else None,
+            **found,
+            "mask": found["mask"].float().cpu().numpy(),
+            "pattern": found["pattern"].float().cpu().numpy(),
+            "n_images": x.shape[0],
+            "params": self.get_params(),
+        }
+        return ModelVerdict(
+            score=1.0 - pl1, backdoored=bool(pl1 < self.threshold), threshold=1.0 - self.threshold, extra=extra
+        )
 
     def _clean_images(self, images: Any, shape: tuple[int, int, int], rng: np.random.Generator) -> torch.Tensor:
         """The clean images used (all, or a seeded subset of ``n_images``) as a float32 CPU tensor (N, C, H, W)."""
@@ -238,8 +255,9 @@ class DECREE(Defense):
             rows = np.sort(rng.choice(n, size=self.n_images, replace=False))
         return torch.from_numpy(np.ascontiguousarray(image_batch(images, rows, shape)))
 
-    def _invert(self, model: torch.nn.Module, x: torch.Tensor, device: torch.device, rng: np.random.Generator,
-                seed: int) -> dict[str, Any]:
+    def _invert(
+        self, model: torch.nn.Module, x: torch.Tensor, device: torch.device, rng: np.random.Generator, seed: int
+    ) -> dict[str, Any]:
         """The trigger search: the kept mask, pattern and ‖m‖₁ (or the last ones when none reached the target)."""
         n, channels, height, width = x.shape
         dtype = getattr(torch, self.trigger_dtype)
@@ -262,7 +280,8 @@ class DECREE(Defense):
             for rows in self._batches(rng.permutation(n)):
                 mask, pattern = _to_unit(mask_raw), _to_unit(pattern_raw)
                 stamped = stamp(x[rows].to(device, dtype), mask, pattern)
-                sim = mean_pairwise_cosine(model.encode_image(normalize_pixels(stamped).float()))
+                encode_image = cast(Callable[..., torch.Tensor], model.encode_image)
+                sim = mean_pairwise_cosine(encode_image(normalize_pixels(stamped).float()))
                 l1 = mask.sum() * mask_channels if mask_channels > 1 else mask.sum()
                 loss = -sim + lam * l1
                 grads = torch.autograd.grad(loss, [mask_raw, pattern_raw])
@@ -287,17 +306,32 @@ class DECREE(Defense):
                 elif down > self.patience:
                     lam, down = (lam / self.lambda_factor if lam >= self.lambda_min else lam), 0
             epoch_sim = float(np.mean(sims))
-            history.append({"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "similarity": epoch_sim,
-                            "l1": float(np.mean(l1s)), "lambda": lam,
-                            "best_l1": best_l1 if best_mask is not None else None})
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "similarity": epoch_sim,
+                    "l1": float(np.mean(l1s)),
+                    "lambda": lam,
+                    "best_l1": best_l1 if best_mask is not None else None,
+                }
+            )
             bar.set_postfix(sim=f"{epoch_sim:.4f}", best_l1=f"{best_l1:.1f}", lam=f"{lam:.1e}")
             if epoch_sim > self.target_similarity and stale > self.early_stop_patience:
                 break
         reached = best_mask is not None
         if not reached:
             best_mask, best_pattern = _to_unit(mask_raw).detach(), _to_unit(pattern_raw).detach()
-        return {"reached": reached, "l1": best_l1, "mask": best_mask, "pattern": best_pattern, "steps": steps,
-                "epochs": len(history), "lambda": lam, "history": history}
+        return {
+            "reached": reached,
+            "l1": best_l1,
+            "mask": best_mask,
+            "pattern": best_pattern,
+            "steps": steps,
+            "epochs": len(history),
+            "lambda": lam,
+            "history": history,
+        }
 
     def _epoch_lr(self, epoch: int) -> float:
         """The learning rate of 0-based ``epoch``: ``lr``, or the lr of the last ``lr_schedule`` pair at or before
@@ -313,16 +347,24 @@ class DECREE(Defense):
         last one of a single image ("loader"), or ``ceil(n / batch_size)`` near-equal parts ("equal")."""
         if self.batching == "equal":
             return np.array_split(order, math.ceil(order.size / self.batch_size))
-        batches = [order[start:start + self.batch_size] for start in range(0, order.size, self.batch_size)]
+        batches = [order[start : start + self.batch_size] for start in range(0, order.size, self.batch_size)]
         return batches if batches[-1].size > 1 else batches[:-1]
 
-    def _similarity(self, model: torch.nn.Module, x: torch.Tensor, device: torch.device,
-                    mask: torch.Tensor | None = None, pattern: torch.Tensor | None = None) -> float:
+    def _similarity(
+        self,
+        model: torch.nn.Module,
+        x: torch.Tensor,
+        device: torch.device,
+        mask: torch.Tensor | None = None,
+        pattern: torch.Tensor | None = None,
+    ) -> float:
         """Mean pairwise cosine of the embeddings of all of ``x``, stamped with (mask, pattern) when given."""
         embeddings = []
         for start in range(0, x.shape[0], self.batch_size):
-            batch = x[start:start + self.batch_size].to(device)
+            batch = x[start : start + self.batch_size].to(device)
             if mask is not None:
+                assert pattern is not None  # a found trigger has both
                 batch = stamp(batch.to(mask.dtype), mask, pattern)
-            embeddings.append(model.encode_image(normalize_pixels(batch).float()).float())
+            encode_image = cast(Callable[..., torch.Tensor], model.encode_image)
+            embeddings.append(encode_image(normalize_pixels(batch).float()).float())
         return float(mean_pairwise_cosine(torch.cat(embeddings)))

@@ -136,12 +136,14 @@ class FinePruning(Defense):
     def _check_params(self) -> None:
         self.check_rules()
         if self.max_prune < self.prune_step:
-            raise ValueError(f"max_prune must be in [prune_step, 1), got {self.max_prune!r} with prune_step "
-                             f"{self.prune_step!r}")
+            raise ValueError(
+                f"max_prune must be in [prune_step, 1), got {self.max_prune!r} with prune_step {self.prune_step!r}"
+            )
 
     def run(self, context: EvaluationContext) -> MitigationResult:
         """Return a pruned and fine-tuned clone of ``context.estimator`` with CA/ASR after every step."""
         self._check_context(context)
+        assert context.x_test is not None  # _check_context refuses a context without it
         targets = np.asarray(context.test_targets)
         rng = np.random.default_rng(np.random.SeedSequence([int(self.seed), 2]))
         order = rng.permutation(targets.shape[0])
@@ -172,8 +174,12 @@ class FinePruning(Defense):
             n_kept = n
         pruned = ranking[:n_kept]
         extra: dict[str, Any] = {
-            "n_channels": n_channels, "n_pruned": n_kept, "pruned_share": n_kept / n_channels,
-            "pruned_channels": pruned, "val_accuracy_before": base_val, "val_indices": val_idx,
+            "n_channels": n_channels,
+            "n_pruned": n_kept,
+            "pruned_share": n_kept / n_channels,
+            "pruned_channels": pruned,
+            "val_accuracy_before": base_val,
+            "val_indices": val_idx,
             "params": self.get_params(),
         }
         if self.finetune_steps:
@@ -214,26 +220,37 @@ class FinePruning(Defense):
 
     def _rank_channels(self, estimator: Any, x_val: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
         """Channel indices sorted from least to most active on the validation images (`ranking`)."""
-        batches = (estimator.get_activations(x_val[start : start + self.batch_size], "vision_last_stage",
-                                             batch_size=self.batch_size)
-                   for start in range(0, x_val.shape[0], self.batch_size))
+        batches = (
+            estimator.get_activations(
+                x_val[start : start + self.batch_size], "vision_last_stage", batch_size=self.batch_size
+            )
+            for start in range(0, x_val.shape[0], self.batch_size)
+        )
         return rank_channels(batches, axes, self.ranking)
 
     @staticmethod
-    def _record(estimator: Any, context: EvaluationContext, stage: str, n: int, n_channels: int,
-                val_accuracy: float) -> dict[str, Any]:
+    def _record(
+        estimator: Any, context: EvaluationContext, stage: str, n: int, n_channels: int, val_accuracy: float
+    ) -> dict[str, Any]:
         context.report(f"{stage} {n}", estimator)
         return {"stage": stage, "n_pruned": n, "pruned_share": n / n_channels, "val_ca": val_accuracy}
 
-    def _fine_tune(self, estimator: Any, projection: nn.Linear, pruned: np.ndarray,
-                   context: EvaluationContext) -> dict[str, list[float]]:
+    def _fine_tune(
+        self, estimator: Any, projection: nn.Linear, pruned: np.ndarray, context: EvaluationContext
+    ) -> dict[str, list[float]]:
         mask = torch.ones_like(projection.weight)
         mask[:, pruned] = 0.0
         handle = projection.weight.register_hook(lambda grad: grad * mask)
         try:
             history = estimator.fit(
-                context.x_clean, _clean_labels(context), texts=context.texts, text_labels=context.text_labels,
-                batch_size=self.batch_size, steps=int(self.finetune_steps), lr=self.lr, seed=self.seed,
+                context.x_clean,
+                _clean_labels(context),
+                texts=context.texts,
+                text_labels=context.text_labels,
+                batch_size=self.batch_size,
+                steps=int(self.finetune_steps),
+                lr=self.lr,
+                seed=self.seed,
                 verbose=self.verbose,
             )
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -23,14 +24,14 @@ def _kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Ten
     """k-means++ seeding. Each draw takes one uniform number from the (CPU) `generator` and inverts the cumulative
     squared distances on x's device: the same picks on any device, and no per-row data leaves it."""
     n = x.shape[0]
-    first = torch.randint(n, (1,), generator=generator).item()
+    first = cast(int, torch.randint(n, (1,), generator=generator).item())  # an int64 draw
     centers = [x[first]]
     closest = ((x - x[first]) ** 2).sum(1)
     for _ in range(1, k):
         cumulative = closest.cumsum(0)
         total = float(cumulative[-1])
         if total <= 0:
-            pick = torch.randint(n, (1,), generator=generator).item()
+            pick = cast(int, torch.randint(n, (1,), generator=generator).item())
         else:
             u = torch.rand((), generator=generator, dtype=torch.float64).item()
             pick = min(int(torch.searchsorted(cumulative, u * total, right=True)), n - 1)
@@ -101,8 +102,9 @@ def _lloyd_all(x: torch.Tensor, starts: torch.Tensor, max_iter: int, tol: float)
     return fits
 
 
-def _cluster_sums(x: torch.Tensor, labels: torch.Tensor, k: int, total: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def _cluster_sums(
+    x: torch.Tensor, labels: torch.Tensor, k: int, total: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per run and cluster, the member count (S, k) and the sum of members (S, k, D) for labels (S, N)."""
     if k == 2:
         n_ones = labels.sum(1)
@@ -112,8 +114,9 @@ def _cluster_sums(x: torch.Tensor, labels: torch.Tensor, k: int, total: torch.Te
     return onehot.sum(1).long(), torch.einsum("snk,nd->skd", onehot, x)
 
 
-def _fill_empty(x: torch.Tensor, partial: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def _fill_empty(
+    x: torch.Tensor, partial: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Give each empty cluster the point farthest from its own centre."""
     dist = partial.gather(1, labels[:, None]).squeeze(1) + (x * x).sum(1)
     for empty in torch.nonzero(counts == 0).flatten().tolist():

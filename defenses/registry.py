@@ -127,9 +127,11 @@ def _describe_loaded(name: str, cls: type[Defense]) -> DefenseInfo:
     """The description of an imported defense class."""
     import inspect
 
-    params = {p.name: "" if p.default is inspect.Parameter.empty else repr(p.default)
-              for p in inspect.signature(cls.__init__).parameters.values()
-              if p.name in cls.param_names() and p.name not in DATA_ARGS}
+    params = {
+        p.name: "" if p.default is inspect.Parameter.empty else repr(p.default)
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.name in cls.param_names() and p.name not in DATA_ARGS
+    }
     return DefenseInfo(name, cls.kind, f"{cls.__module__}.{cls.__qualname__}", inspect.getdoc(cls) or "", params)
 
 
@@ -149,8 +151,11 @@ def _describe_static(name: str, ep: metadata.EntryPoint) -> DefenseInfo | None:
     positional = args.posonlyargs + args.args
     defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
     pairs = list(zip(positional, defaults)) + list(zip(args.kwonlyargs, args.kw_defaults))
-    params = {arg.arg: "" if default is None else _default_text(default, tree, module)
-              for arg, default in pairs[1:] if arg.arg not in DATA_ARGS}
+    params = {
+        arg.arg: "" if default is None else _default_text(default, tree, module)
+        for arg, default in pairs[1:]
+        if arg.arg not in DATA_ARGS
+    }
     return DefenseInfo(name, kind.value, f"{module.strip()}.{attr}", ast.get_docstring(classes[attr]) or "", params)
 
 
@@ -162,9 +167,16 @@ def _class_attribute(classes: dict[str, ast.ClassDef], name: str, attribute: str
         for stmt in node.body:
             if isinstance(stmt, ast.FunctionDef) and stmt.name == attribute:
                 return stmt
-            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(
-                stmt, ast.AnnAssign) and stmt.value is not None else []
-            if any(isinstance(t, ast.Name) and t.id == attribute for t in targets):
+            targets = (
+                stmt.targets
+                if isinstance(stmt, ast.Assign)
+                else [stmt.target]
+                if isinstance(stmt, ast.AnnAssign) and stmt.value is not None
+                else []
+            )
+            if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and any(  # targets: only an assignment has them
+                isinstance(t, ast.Name) and t.id == attribute for t in targets
+            ):
                 return stmt.value
         bases = [b.id for b in node.bases if isinstance(b, ast.Name)]
         node = classes.get(bases[0]) if bases else None
@@ -189,10 +201,16 @@ def _constant(tree: ast.Module, name: str, module: str, hops: int = 1) -> str | 
                 return repr(ast.literal_eval(stmt.value))
             except ValueError:
                 return None
-        if isinstance(stmt, ast.ImportFrom) and hops > 0 and any(
-                (alias.asname or alias.name) == name and alias.name == name for alias in stmt.names):
-            source = importlib.util.resolve_name("." * stmt.level + (stmt.module or ""), module) if stmt.level else (
-                stmt.module or "")
+        if (
+            isinstance(stmt, ast.ImportFrom)
+            and hops > 0
+            and any((alias.asname or alias.name) == name and alias.name == name for alias in stmt.names)
+        ):
+            source = (
+                importlib.util.resolve_name("." * stmt.level + (stmt.module or ""), module)
+                if stmt.level
+                else (stmt.module or "")
+            )
             other = _parse(source)
             return None if other is None else _constant(other, name, source, hops - 1)
     return None
@@ -209,8 +227,16 @@ def _parse(module: str) -> ast.Module | None:
         loaded = sys.modules.get(fullname)
         spec = getattr(loaded, "__spec__", None) if loaded is not None else None
         if spec is None:
-            spec = next((found for finder in sys.meta_path if hasattr(finder, "find_spec")
-                         for found in [finder.find_spec(fullname, path)] if found is not None), None)
+            spec = next(
+                (
+                    found
+                    for finder in sys.meta_path
+                    if hasattr(finder, "find_spec")
+                    for found in [finder.find_spec(fullname, path)]
+                    if found is not None
+                ),
+                None,
+            )
         if spec is None:
             return None
         path = list(spec.submodule_search_locations or [])

@@ -13,8 +13,18 @@ import numpy as np
 import torch
 
 from artmed.data.dataset import ImageSet
-from artmed.defenses.base import (DEFAULT_GROUPING, GROUPING_RULE, Defense, DetectionResult, EvaluationContext,
-                                   LabelGroups, check_finite, load_images, read_only, row_groups)
+from artmed.defenses.base import (
+    DEFAULT_GROUPING,
+    GROUPING_RULE,
+    Defense,
+    DetectionResult,
+    EvaluationContext,
+    LabelGroups,
+    check_finite,
+    load_images,
+    read_only,
+    row_groups,
+)
 from artmed.defenses.decomposition import GroupPCA, RowStream, group_pca
 from artmed.defenses.kmeans import KMeansFit, kmeans
 from artmed.device import one_cpu_thread, resolve_device
@@ -185,16 +195,20 @@ class SCAn(Defense):
         fit_stream, fit_members = self._clean_set(context, device) if self.global_fit == "clean" else (stream, members)
         dims = min(self.n_components or stream.dim, stream.dim, fit_stream.n - len(fit_members))
         if dims < 1:
-            raise ValueError(f"{self.name}: {fit_stream.n} samples in {len(fit_members)} label groups "
-                             f"(global_fit={self.global_fit!r}) leave no within-group variation to model")
+            raise ValueError(
+                f"{self.name}: {fit_stream.n} samples in {len(fit_members)} label groups "
+                f"(global_fit={self.global_fit!r}) leave no within-group variation to model"
+            )
         axes = group_pca(fit_stream, np.arange(fit_stream.n), dims)
         origin = None if self.global_fit == "all_rows" else stream.mean_of(np.arange(n)) @ axes.directions
         generator = torch.Generator().manual_seed(int(self.seed))
         starts = np.random.RandomState(int(self.seed) % 2**32)  # the released untangling's np.random.rand starts
         with one_cpu_thread(device):  # small r x r and k-means steps: threads only slow them on a busy CPU
             model = self._global_model(fit_stream, axes, fit_members)
-            untangled = [self._untangle(self._coordinates(stream, axes, origin, idx) @ model.basis, model, generator,
-                                        starts) for _, idx in groups.analysed]
+            untangled = [
+                self._untangle(self._coordinates(stream, axes, origin, idx) @ model.basis, model, generator, starts)
+                for _, idx in groups.analysed
+            ]
         statistic = np.array([j - null for j, null, _, _ in untangled])
         index = anomaly_index(statistic, self.name, self.one_sided)
         scores = np.zeros(n)
@@ -204,13 +218,28 @@ class SCAn(Defense):
             infected = bool(j_star > self.threshold)
             flags[idx] = smaller & infected
             scores[idx] = max(j_star, 0.0) * membership
-            group_statistics.append({"group": groups.names[g], "size": int(idx.shape[0]), "J": j, "J_null": null,
-                                     "J_star": float(j_star), "infected": infected,
-                                     "smaller_subgroup": int(smaller.sum()), "flagged": int(flags[idx].sum())})
-        extra = {"layer": self.layer, "dims": dims, "em_iterations": model.iterations,
-                 "em_converged": model.converged, "group_names": groups.names, "group_statistics": group_statistics,
-                 "infected_groups": [entry["group"] for entry in group_statistics if entry["infected"]],
-                 "skipped_groups": groups.skipped}
+            group_statistics.append(
+                {
+                    "group": groups.names[g],
+                    "size": int(idx.shape[0]),
+                    "J": j,
+                    "J_null": null,
+                    "J_star": float(j_star),
+                    "infected": infected,
+                    "smaller_subgroup": int(smaller.sum()),
+                    "flagged": int(flags[idx].sum()),
+                }
+            )
+        extra = {
+            "layer": self.layer,
+            "dims": dims,
+            "em_iterations": model.iterations,
+            "em_converged": model.converged,
+            "group_names": groups.names,
+            "group_statistics": group_statistics,
+            "infected_groups": [entry["group"] for entry in group_statistics if entry["infected"]],
+            "skipped_groups": groups.skipped,
+        }
         return DetectionResult(scores, flags, groups.ids, extra)
 
     def _clean_set(self, context: EvaluationContext, device: torch.device) -> tuple[RowStream, list[np.ndarray]]:
@@ -223,16 +252,21 @@ class SCAn(Defense):
             labels = context.x_clean.labels
         if key not in context.feature_cache:
             if context.x_clean is None or context.estimator is None:
-                raise ValueError(f"{self.name}: global_fit='clean' fits the global model on the defender's clean set "
-                                 "(as the authors' release does), but the context has no x_clean with an estimator "
-                                 f"to compute its {self.layer!r} features, nor features in feature_cache[{key!r}]; "
-                                 "give them, or set global_fit='all_rows' to fit it on every training row")
+                raise ValueError(
+                    f"{self.name}: global_fit='clean' fits the global model on the defender's clean set "
+                    "(as the authors' release does), but the context has no x_clean with an estimator "
+                    f"to compute its {self.layer!r} features, nor features in feature_cache[{key!r}]; "
+                    "give them, or set global_fit='all_rows' to fit it on every training row"
+                )
             context.feature_cache[key] = read_only(clean_features(context, self.layer))
         feats = check_finite(context.feature_cache[key], self.layer)
-        if self.grouping in ("label_vector", "finding") and (labels is None
-                                                              or np.shape(labels)[:1] != (feats.shape[0],)):
-            raise ValueError(f"{self.name}: global_fit='clean' needs one label row per clean sample (context.y_clean), "
-                             f"got {None if labels is None else np.shape(labels)} for {feats.shape[0]} clean samples")
+        if self.grouping in ("label_vector", "finding") and (
+            labels is None or np.shape(labels)[:1] != (feats.shape[0],)
+        ):
+            raise ValueError(
+                f"{self.name}: global_fit='clean' needs one label row per clean sample (context.y_clean), "
+                f"got {None if labels is None else np.shape(labels)} for {feats.shape[0]} clean samples"
+            )
         ids, names = row_groups(context, self.grouping, feats.shape[0], self.name, rows="clean", labels=labels)
         return RowStream(feats, device), [np.flatnonzero(ids == g) for g in range(len(names))]
 
@@ -243,8 +277,15 @@ class SCAn(Defense):
         means = torch.stack([stream.mean_of(idx) for idx in members])
         sums = counts[:, None] * ((means - axes.mean) @ axes.directions)
         released = self.global_em == "released"
-        return fit_decomposition(torch.diag(axes.eigenvalues), sums, counts, self.max_iter, self.tol,
-                                 unbiased=released, relative=not released)
+        return fit_decomposition(
+            torch.diag(axes.eigenvalues),
+            sums,
+            counts,
+            self.max_iter,
+            self.tol,
+            unbiased=released,
+            relative=not released,
+        )
 
     @staticmethod
     def _coordinates(stream: RowStream, axes: GroupPCA, origin: torch.Tensor | None, idx: np.ndarray) -> torch.Tensor:
@@ -254,8 +295,9 @@ class SCAn(Defense):
             return axes.project(stream, idx)
         return axes.project(stream, idx, centered=False) - origin
 
-    def _untangle(self, white: torch.Tensor, model: DecompositionModel, generator: torch.Generator,
-                  starts: np.random.RandomState) -> tuple[float, float, np.ndarray, np.ndarray]:
+    def _untangle(
+        self, white: torch.Tensor, model: DecompositionModel, generator: torch.Generator, starts: np.random.RandomState
+    ) -> tuple[float, float, np.ndarray, np.ndarray]:
         """J of one group's whitened rows, its expectation under H0 for their number (0 without `size_correction`),
         which rows form the smaller subgroup, and each row's posterior probability of belonging to it."""
         n = white.shape[0]
@@ -271,19 +313,22 @@ class SCAn(Defense):
         null = self._null_statistic(n, lam, generator, starts) if self.size_correction else 0.0
         sizes = torch.bincount(labels, minlength=2)
         small = int(torch.argmin(sizes))
-        log_odds = (torch.log(sizes[small].to(z.dtype) / sizes[1 - small].clamp_min(1))
-                    + 0.5 * (z - centers[1 - small]).square().sum(1)
-                    - 0.5 * (z - centers[small]).square().sum(1))
+        log_odds = (
+            torch.log(sizes[small].to(z.dtype) / sizes[1 - small].clamp_min(1))
+            + 0.5 * (z - centers[1 - small]).square().sum(1)
+            - 0.5 * (z - centers[small]).square().sum(1)
+        )
         return j, null, (labels == small).cpu().numpy(), torch.sigmoid(log_odds).cpu().numpy()
 
-    def _split(self, white: torch.Tensor, identity: torch.Tensor, generator: torch.Generator
-               ) -> tuple[float, torch.Tensor, KMeansFit]:
+    def _split(
+        self, white: torch.Tensor, identity: torch.Tensor, generator: torch.Generator
+    ) -> tuple[float, torch.Tensor, KMeansFit]:
         """Untangle the whitened rows (n, r): 2-means on their top `split_components` principal directions (seeded
         k-means++ and best-axis-split starts), then J in all r dimensions from the two subgroups' means. Returns J,
         the rows in the split's coordinates and the fit there."""
         centred = white - white.mean(0)
         _, vectors = torch.linalg.eigh(centred.T @ centred)
-        z = centred @ vectors[:, -min(self.split_components, white.shape[1]):]
+        z = centred @ vectors[:, -min(self.split_components, white.shape[1]) :]
         fit = kmeans(z, 2, self.n_init, generator, axis_starts=True, fit_rows=self.fit_rows)
         counts = torch.bincount(fit.labels, minlength=2).clamp_min(1).to(white.dtype)
         means = torch.zeros(2, white.shape[1], dtype=white.dtype, device=white.device)
@@ -291,8 +336,9 @@ class SCAn(Defense):
         j = ((white - identity).square().sum(1) - (white - means[fit.labels]).square().sum(1)).mean()
         return float(j), z, fit
 
-    def _null_statistic(self, n: int, lam: torch.Tensor, generator: torch.Generator,
-                        starts: np.random.RandomState) -> float:
+    def _null_statistic(
+        self, n: int, lam: torch.Tensor, generator: torch.Generator, starts: np.random.RandomState
+    ) -> float:
         """E0[J] for a group of `n` rows: the untangling gain of one seeded draw of min(n, `fit_rows`) standard normal
         rows in the model's dimensions plus the exact term E|mean - identity|^2: sum_j 1 / (n (n lam_j + 1)) for the
         posterior identity, sum_j (lam_j + 1/n) (1 - n / (n lam_j + 1))^2 for the released one."""
@@ -307,8 +353,9 @@ class SCAn(Defense):
         return gain + float(((lam + 1.0 / n) * (1.0 - n / (n * lam + 1.0)).square()).sum())
 
 
-def released_untangling(white: torch.Tensor, identity: torch.Tensor, starts: np.random.RandomState
-                        ) -> tuple[float, torch.Tensor, torch.Tensor]:
+def released_untangling(
+    white: torch.Tensor, identity: torch.Tensor, starts: np.random.RandomState
+) -> tuple[float, torch.Tensor, torch.Tensor]:
     """The released two-subgroup split and statistic of whitened rows (n, r) (pysrc/SCAn.py find_split, calc_test).
 
     Start: row i in subgroup 1 where ``starts.rand(n)[i] >= 0.5`` (the first row moved if a side is empty). Then
@@ -333,25 +380,35 @@ def released_untangling(white: torch.Tensor, identity: torch.Tensor, starts: np.
         centers = torch.stack([u2, u1])
         labels = (u1 @ u1 - u2 @ u2) - 2.0 * (white @ (u1 - u2)) < 0
     labels = labels.long()
+    assert centers is not None  # the first step splits the rows (the start has both subgroups when N >= 2)
     j = ((white - identity).square().sum(1) - (white - centers[labels]).square().sum(1)).mean()
     return float(j), labels, centers
 
 
 def clean_features(context: EvaluationContext, layer: str) -> np.ndarray:
     """Activations of `layer` for every ``context.x_clean`` image as (N, D), batch by batch through the estimator."""
-    n = len(context.x_clean)
+    x_clean = context.x_clean
+    assert x_clean is not None  # callers check the context has x_clean
+    n = len(x_clean)
     if n == 0:
         raise ValueError("cannot extract clean-set features: x_clean is empty")
     batches = []
     for start in range(0, n, context.batch_size):
-        images = load_images(context.x_clean, np.arange(start, min(start + context.batch_size, n)))
+        images = load_images(x_clean, np.arange(start, min(start + context.batch_size, n)))
         batch = np.asarray(context.estimator.get_activations(images, layer=layer, batch_size=context.batch_size))
         batches.append(batch.reshape(batch.shape[0], -1))
     return np.concatenate(batches)
 
 
-def fit_decomposition(scatter: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor, max_iter: int,
-                      tol: float, unbiased: bool = False, relative: bool = True) -> DecompositionModel:
+def fit_decomposition(
+    scatter: torch.Tensor,
+    sums: torch.Tensor,
+    counts: torch.Tensor,
+    max_iter: int,
+    tol: float,
+    unbiased: bool = False,
+    relative: bool = True,
+) -> DecompositionModel:
     """The EM-like fit of S_mu, S_e from the centred rows' total scatter (r, r), the per-group sums (L, r) and sizes
     (L,), started (as the released code) from the covariances of the group means and of the rows about them.
     Covariances divide by N - 1 (`unbiased`, the release's np.cov) or N; the fit stops after the step whose change
@@ -366,7 +423,7 @@ def fit_decomposition(scatter: torch.Tensor, sums: torch.Tensor, counts: torch.T
     identities = sums / counts[:, None]
     s_mu, s_e = _covariances(scatter, sums, counts, identities, total, unbiased)
     iterations, converged = 0, False
-    for iterations in range(1, max_iter + 1):
+    for iterations in range(1, max_iter + 1):  # noqa: B007 (the count is returned after the loop)
         basis, lam = _joint_basis(s_mu, s_e)
         identities = ((sums @ basis) * (lam / (counts[:, None] * lam + 1.0))) @ (s_e @ basis).T
         new_mu, new_e = _covariances(scatter, sums, counts, identities, total, unbiased)
@@ -379,8 +436,14 @@ def fit_decomposition(scatter: torch.Tensor, sums: torch.Tensor, counts: torch.T
     return DecompositionModel(basis, lam, iterations, converged)
 
 
-def _covariances(scatter: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor, identities: torch.Tensor,
-                 total: torch.Tensor, unbiased: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def _covariances(
+    scatter: torch.Tensor,
+    sums: torch.Tensor,
+    counts: torch.Tensor,
+    identities: torch.Tensor,
+    total: torch.Tensor,
+    unbiased: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cov(mu_k(i)) and cov(r_i - mu_k(i)) over the rows (divided by N, or N - 1 when `unbiased`), from the group
     identities (L, r)."""
     weighted = identities.T @ (counts[:, None] * identities)
@@ -407,8 +470,11 @@ def anomaly_index(statistic: np.ndarray, defense: str, one_sided: bool = True) -
     """J* = (J - median J) / (1.4826 MAD J), or as released |J - median J| / (1.4826 MAD J) (not `one_sided`); 0
     everywhere when the MAD is 0 (fewer than three groups warn)."""
     if statistic.size < 3:
-        warnings.warn(f"{defense}: {statistic.size} label group(s) analysed; the MAD test needs at least 3 to judge "
-                      "one against the others, so no group is likely to be called infected", stacklevel=3)
+        warnings.warn(
+            f"{defense}: {statistic.size} label group(s) analysed; the MAD test needs at least 3 to judge "
+            "one against the others, so no group is likely to be called infected",
+            stacklevel=3,
+        )
     if statistic.size == 0:
         return statistic
     deviation = statistic - np.median(statistic)

@@ -97,11 +97,21 @@ class SpectralSignatures(ARTPoisonFilter):
             mean = score.mean()
             scores[idx] = score / mean if mean > 0 else 0.0
             per_group.append(
-                {"group": groups.names[g], "size": int(idx.shape[0]), "flagged": int(flags[idx].sum()),
-                 "top_eigenvalue": top_eigenvalue}
+                {
+                    "group": groups.names[g],
+                    "size": int(idx.shape[0]),
+                    "flagged": int(flags[idx].sum()),
+                    "top_eigenvalue": top_eigenvalue,
+                }
             )
-        extra = {"layer": self.layer, "mode": self.mode, "group_names": groups.names, "per_group": per_group,
-                 "skipped_groups": groups.skipped, "raw_scores": raw}
+        extra = {
+            "layer": self.layer,
+            "mode": self.mode,
+            "group_names": groups.names,
+            "per_group": per_group,
+            "skipped_groups": groups.skipped,
+            "raw_scores": raw,
+        }
         return DetectionResult(scores, flags, groups.ids, extra)
 
     def _art_report(self, result: DetectionResult) -> dict[int, float]:

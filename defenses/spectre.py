@@ -165,11 +165,14 @@ class SPECTRE(Defense):
     def _check_params(self) -> None:
         self.check_rules()
         if self.filter_share * self.eps > 0.5:
-            raise ValueError(f"filter_share must be >= 0 with filter_share * eps <= 0.5 (the robust covariance keeps "
-                             f"at least half of each group), got {self.filter_share!r} with eps {self.eps!r}")
+            raise ValueError(
+                f"filter_share must be >= 0 with filter_share * eps <= 0.5 (the robust covariance keeps "
+                f"at least half of each group), got {self.filter_share!r} with eps {self.eps!r}"
+            )
         if self.k is not None and self.k > self.max_components:
-            raise ValueError(f"k must be None (automatic) or an integer in [1, max_components={self.max_components}], "
-                             f"got {self.k!r}")
+            raise ValueError(
+                f"k must be None (automatic) or an integer in [1, max_components={self.max_components}], got {self.k!r}"
+            )
         resolve_device(self.device)
 
     def run(self, context: EvaluationContext) -> DetectionResult:
@@ -188,10 +191,23 @@ class SPECTRE(Defense):
                 fit, candidates, filtered = self._group(stream, idx, n_flag)
             scores[idx] = fit.scores.cpu().numpy()
             flags[idx[np.argsort(-scores[idx], kind="stable")[:n_flag]]] = True
-            per_group.append({"group": groups.names[g], "size": n, "flagged": n_flag, "k": fit.k,
-                              "filtered": int((~fit.kept).sum()), "k_selection": candidates, "k_filtered": filtered})
-        extra = {"layer": self.layer, "group_names": groups.names, "per_group": per_group,
-                 "skipped_groups": groups.skipped}
+            per_group.append(
+                {
+                    "group": groups.names[g],
+                    "size": n,
+                    "flagged": n_flag,
+                    "k": fit.k,
+                    "filtered": int((~fit.kept).sum()),
+                    "k_selection": candidates,
+                    "k_filtered": filtered,
+                }
+            )
+        extra = {
+            "layer": self.layer,
+            "group_names": groups.names,
+            "per_group": per_group,
+            "skipped_groups": groups.skipped,
+        }
         return DetectionResult(scores, flags, groups.ids, extra)
 
     def _count(self, n: int, share: float) -> int:
@@ -202,8 +218,7 @@ class SPECTRE(Defense):
             return share_count(n, share)
         return min(round(round(share * n, 9)), n)
 
-    def _group(self, stream: RowStream, idx: np.ndarray,
-               n_flag: int) -> tuple[KFit, dict[int, float], dict[int, int]]:
+    def _group(self, stream: RowStream, idx: np.ndarray, n_flag: int) -> tuple[KFit, dict[int, float], dict[int, int]]:
         """The chosen dimension's fit for the rows `idx` (of which `n_flag` are flagged), and each candidate k's
         selection value and number of rows its filter dropped (automatic k only)."""
         n = idx.shape[0]
@@ -213,7 +228,10 @@ class SPECTRE(Defense):
         if self.k is not None:
             return self._fit(h[:, : min(self.k, k_max)], budget), {}, {}
         grid = sorted({max(1, round(v**2)) for v in np.linspace(1.0, math.sqrt(k_max), self.k_steps)})
-        best, best_value, values, filtered = None, -math.inf, {}, {}
+        best: KFit | None = None
+        best_value = -math.inf
+        values: dict[int, float] = {}
+        filtered: dict[int, int] = {}
         for k in grid:
             fit = self._fit(h[:, :k], budget)
             filtered[k] = int((~fit.kept).sum())
@@ -222,7 +240,7 @@ class SPECTRE(Defense):
             values[k] = self._selection_value(h, unflagged)
             if values[k] > best_value:
                 best, best_value = fit, values[k]
-        return best, values, filtered
+        return best, values, filtered  # type: ignore[return-value]  # None only if every value is NaN: fails as before
 
     def _fit(self, h: torch.Tensor, budget: int) -> KFit:
         """QUE scores of the (n, k) projections `h` after whitening by the robust mean and covariance (steps 2-4)."""
@@ -355,8 +373,11 @@ def dkk17_round(rows: torch.Tensor, eps: float, limit: int) -> torch.Tensor | No
     deviation = (p - median).abs()
     ascending = deviation.sort().values
     excess = ascending - TAIL_SHIFT
-    tail = torch.where(excess <= 10.0 * log_eps, torch.ones_like(excess),
-                       3.0 * eps / (excess * excess.clamp_min(torch.finfo(excess.dtype).tiny).log()).square())
+    tail = torch.where(
+        excess <= 10.0 * log_eps,
+        torch.ones_like(excess),
+        3.0 * eps / (excess * excess.clamp_min(torch.finfo(excess.dtype).tiny).log()).square(),
+    )
     rank = torch.arange(1, m + 1, device=rows.device, dtype=excess.dtype) / m
     passing = torch.nonzero((excess > 0) & (rank >= tail))
     if passing.numel() == 0:

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 from scipy.special import entr
 from scipy.stats import norm
-from artmed.progress import tqdm
 
 from artmed.data.dataset import ImageSet
 from artmed.defenses.base import Defense, EvaluationContext, InputScreen, load_images
 from artmed.params import Bool, Choice, Int, Real
+from artmed.progress import tqdm
 
 _THRESHOLD_STREAM, _SCORE_STREAM, _SPLIT_STREAM = 1, 2, 3
 """Independent random streams (``SeedSequence([seed, stream])``): the overlays of the threshold images, the overlays
@@ -118,14 +118,17 @@ class STRIP(Defense):
         if estimator is None or not callable(getattr(estimator, "predict", None)):
             raise ValueError("strip needs context.estimator, the model whose inputs it screens")
         if context.x_clean is None:
-            raise ValueError("strip needs context.x_clean: the defender's clean images (superimposition pool and "
-                             "threshold images)")
+            raise ValueError(
+                "strip needs context.x_clean: the defender's clean images (superimposition pool and threshold images)"
+            )
         n = len(context.x_clean)
         n_threshold = int(round(self.threshold_share * n))
         if n_threshold < 2 or n - n_threshold < 1:
-            raise ValueError(f"strip: {n} clean images split by threshold_share={self.threshold_share} leave "
-                             f"{n_threshold} for the threshold (need 2) and {n - n_threshold} for superimposition "
-                             "(need 1)")
+            raise ValueError(
+                f"strip: {n} clean images split by threshold_share={self.threshold_share} leave "
+                f"{n_threshold} for the threshold (need 2) and {n - n_threshold} for superimposition "
+                "(need 1)"
+            )
         order = np.random.default_rng(np.random.SeedSequence([self.seed, _SPLIT_STREAM])).permutation(n)
         threshold_idx, pool_idx = np.sort(order[:n_threshold]), np.sort(order[n_threshold:])
         pool = load_images(context.x_clean, pool_idx)
@@ -138,8 +141,12 @@ class STRIP(Defense):
             return -self.entropy(estimator, x, pool, _SCORE_STREAM)
 
         extra: dict[str, Any] = {
-            "entropy_threshold": entropy_threshold, "clean_entropy_mean": mean, "clean_entropy_std": std,
-            "clean_entropies": clean_entropy, "n_threshold": n_threshold, "n_pool": int(pool_idx.size),
+            "entropy_threshold": entropy_threshold,
+            "clean_entropy_mean": mean,
+            "clean_entropy_std": std,
+            "clean_entropies": clean_entropy,
+            "n_threshold": n_threshold,
+            "n_pool": int(pool_idx.size),
             "params": self.get_params(),
         }
         return InputScreen(score=score, threshold=-entropy_threshold, extra=extra)
@@ -157,16 +164,20 @@ class STRIP(Defense):
             rows = np.arange(start, min(start + per_call, n))
             images = load_images(x, rows)
             if images.shape[1:] != pool.shape[1:]:
-                raise ValueError(f"strip: inputs of shape {images.shape[1:]} cannot be superimposed with the clean "
-                                 f"images of shape {pool.shape[1:]}")
+                raise ValueError(
+                    f"strip: inputs of shape {images.shape[1:]} cannot be superimposed with the clean "
+                    f"images of shape {pool.shape[1:]}"
+                )
             replace = self.overlays == "replacement" or n_pool < copies
             overlays = np.stack([rng.choice(n_pool, size=copies, replace=replace) for _ in rows])
             if self.superimpose == "add":
                 perturbed = np.minimum(images[:, None] + pool[overlays], np.float32(1.0))  # (B, N, C, H, W)
             else:
                 perturbed = self.alpha * images[:, None] + (1.0 - self.alpha) * pool[overlays]
-            probs = np.asarray(estimator.predict(perturbed.reshape(-1, *images.shape[1:]), batch_size=self.batch_size),
-                               dtype=np.float64).reshape(len(rows), copies, -1)
+            probs = np.asarray(
+                estimator.predict(perturbed.reshape(-1, *images.shape[1:]), batch_size=self.batch_size),
+                dtype=np.float64,
+            ).reshape(len(rows), copies, -1)
             out[rows] = entr(probs).sum(axis=2).mean(axis=1) / np.log(2.0)  # entr(p) = -p ln p, 0 at p = 0
         return out
 

@@ -25,31 +25,97 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from scipy import stats
 
-__all__ = ["MODEL_KEYS", "MODEL_METRICS", "DEFENSE_KEYS", "DEFENSE_METRICS", "SHOWN_MODEL_METRICS",
-           "SHOWN_DETECTION_METRICS", "SHOWN_INPUT_METRICS", "SHOWN_MITIGATION_METRICS", "SHOWN_VERDICT_METRICS",
-           "format_summary", "mean_interval", "metric_range", "summarize", "interval"]
+__all__ = [
+    "MODEL_KEYS",
+    "MODEL_METRICS",
+    "DEFENSE_KEYS",
+    "DEFENSE_METRICS",
+    "SHOWN_MODEL_METRICS",
+    "SHOWN_DETECTION_METRICS",
+    "SHOWN_INPUT_METRICS",
+    "SHOWN_MITIGATION_METRICS",
+    "SHOWN_VERDICT_METRICS",
+    "format_summary",
+    "mean_interval",
+    "metric_range",
+    "summarize",
+    "interval",
+]
 
 MODEL_KEYS = ("attack", "trigger", "percent_poison", "target")
-MODEL_METRICS = ("ca", "asr", "asr_all", "ra", "n_poison", "baddist_cos_clean", "baddist_cos_trigger",
-                 "heldout_cos_clean", "heldout_cos_trigger")
+MODEL_METRICS = (
+    "ca",
+    "asr",
+    "asr_all",
+    "ra",
+    "n_poison",
+    "baddist_cos_clean",
+    "baddist_cos_trigger",
+    "heldout_cos_clean",
+    "heldout_cos_trigger",
+)
 DEFENSE_KEYS = MODEL_KEYS + ("defense",)
-DEFENSE_METRICS = ("auroc", "tpr_at_fpr5", "tpr", "fpr", "precision", "f1", "removed", "ca_before", "asr_before",
-                   "ca_after", "asr_after", "ra_after", "der", "far_frr1", "far_frr5", "frr", "far", "model_score",
-                   "model_flagged", "mask_overlap", "unexamined", "seconds")
+DEFENSE_METRICS = (
+    "auroc",
+    "tpr_at_fpr5",
+    "tpr",
+    "fpr",
+    "precision",
+    "f1",
+    "removed",
+    "ca_before",
+    "asr_before",
+    "ca_after",
+    "asr_after",
+    "ra_after",
+    "der",
+    "far_frr1",
+    "far_frr5",
+    "frr",
+    "far",
+    "model_score",
+    "model_flagged",
+    "mask_overlap",
+    "unexamined",
+    "seconds",
+)
 SHOWN_MODEL_METRICS = ("ca", "asr", "asr_all", "ra", "heldout_cos_clean", "heldout_cos_trigger")
 SHOWN_DETECTION_METRICS = ("auroc", "tpr_at_fpr5", "tpr", "fpr", "f1", "removed", "unexamined")
 SHOWN_MITIGATION_METRICS = ("ca_after", "asr_after", "der")
 SHOWN_INPUT_METRICS = ("auroc", "far_frr1", "far_frr5")
 SHOWN_VERDICT_METRICS = ("model_score", "model_flagged", "mask_overlap")
 """The summary columns the terminal summary and the README show (the summary tables on disk hold all of them)."""
-UNIT_METRICS = frozenset({"ca", "asr", "asr_all", "ra", "auroc", "tpr_at_fpr5", "tpr", "fpr", "precision", "f1",
-                          "removed", "ca_before", "asr_before", "ca_after", "asr_after", "asr_all_after", "ra_after",
-                          "der", "frr", "far", "model_flagged", "mask_overlap"})
+UNIT_METRICS = frozenset(
+    {
+        "ca",
+        "asr",
+        "asr_all",
+        "ra",
+        "auroc",
+        "tpr_at_fpr5",
+        "tpr",
+        "fpr",
+        "precision",
+        "f1",
+        "removed",
+        "ca_before",
+        "asr_before",
+        "ca_after",
+        "asr_after",
+        "asr_all_after",
+        "ra_after",
+        "der",
+        "frr",
+        "far",
+        "model_flagged",
+        "mask_overlap",
+    }
+)
 """Metrics that are shares or probabilities, in [0, 1] (``far_frr<r>`` too)."""
 COSINE_METRICS = frozenset({"baddist_cos_clean", "baddist_cos_trigger", "heldout_cos_clean", "heldout_cos_trigger"})
 COUNT_METRICS = frozenset({"n_poison", "unexamined"})
@@ -86,12 +152,17 @@ def mean_interval(values: Sequence[Any]) -> dict[str, float]:
     if n == 1:
         return {"mean": float(finite[0]), "std": math.nan, "ci95": math.nan, "n": 1}
     std = float(np.std(finite, ddof=1))
-    return {"mean": float(np.mean(finite)), "std": std, "ci95": float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)),
-            "n": n}
+    return {
+        "mean": float(np.mean(finite)),
+        "std": std,
+        "ci95": float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)),
+        "n": n,
+    }
 
 
-def summarize(records: Sequence[Mapping[str, Any]], keys: Sequence[str],
-              metrics: Sequence[str]) -> list[dict[str, Any]]:
+def summarize(
+    records: Sequence[Mapping[str, Any]], keys: Sequence[str], metrics: Sequence[str]
+) -> list[dict[str, Any]]:
     """One row per distinct ``keys`` tuple (in first-seen order) with the seed statistics of every ``metric``.
 
     Metrics no record of a group has are left out of its row; ``seeds`` lists the group's seeds (space-separated).
@@ -115,14 +186,21 @@ def summarize(records: Sequence[Mapping[str, Any]], keys: Sequence[str],
     return rows
 
 
-def format_summary(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], metrics: Sequence[str],
-                   interval: bool = True, digits: int = 3) -> str:
+def format_summary(
+    rows: Sequence[Mapping[str, Any]],
+    keys: Sequence[str],
+    metrics: Sequence[str],
+    interval: bool = True,
+    digits: int = 3,
+) -> str:
     """A markdown table of ``summarize`` rows: the ``keys``, ``n`` (seeds), then ``mean ± std [lo, hi]`` per metric
     (``interval=False`` drops the 95 % interval, kept inside ``metric_range``); "-" where a row has no value."""
     present = [m for m in metrics if any(m in row for row in rows)]
     header = [*keys, "n", *present]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < len(keys) else "---:"
-                                                           for i in range(len(header))) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i < len(keys) else "---:" for i in range(len(header))) + "|",
+    ]
     for row in rows:
         cells = [_text(row.get(k)) for k in keys] + [str(row.get("n_seeds", "-"))]
         cells += [_spread(row, m, interval, digits) for m in present]
@@ -138,7 +216,7 @@ def _spread(row: Mapping[str, Any], metric: str, show_interval: bool, digits: in
     if _is_finite(std):
         text += f" ± {std:.{digits}f}"
     if show_interval and _is_finite(half):
-        lo, hi = interval(mean, half, metric)
+        lo, hi = interval(cast(float, mean), cast(float, half), metric)  # finite numbers (checked above)
         text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
     return text
 
@@ -152,8 +230,11 @@ def _text(value: Any) -> str:
 
 
 def _is_finite(value: Any) -> bool:
-    return (isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
-            and math.isfinite(float(value)))
+    return (
+        isinstance(value, (int, float, np.number))
+        and not isinstance(value, (bool, np.bool_))
+        and math.isfinite(float(value))
+    )
 
 
 def _hashable(value: Any) -> Any:

@@ -81,8 +81,15 @@ def _defenses(args: argparse.Namespace) -> int:
         for paragraph in _paragraphs(info.doc)[:1]:
             print(textwrap.fill(paragraph, width, initial_indent="    ", subsequent_indent="    "))
         params = ", ".join(f"{name}={default}" if default else name for name, default in info.params.items())
-        print(textwrap.fill(f"parameters: {params or 'none'}", width, initial_indent="    ",
-                            subsequent_indent="        ", break_on_hyphens=False))
+        print(
+            textwrap.fill(
+                f"parameters: {params or 'none'}",
+                width,
+                initial_indent="    ",
+                subsequent_indent="        ",
+                break_on_hyphens=False,
+            )
+        )
         print()
     for name, error in errors.items():
         print(f"{name:28s} BROKEN     {error}")
@@ -102,8 +109,15 @@ def _attacks(args: argparse.Namespace) -> int:
         for paragraph in _paragraphs(info.doc)[:1]:
             print(textwrap.fill(paragraph, width, initial_indent="    ", subsequent_indent="    "))
         params = ", ".join(f"{name}={default}" if default else name for name, default in info.params.items())
-        print(textwrap.fill(f"parameters: {params or 'none'}", width, initial_indent="    ",
-                            subsequent_indent="        ", break_on_hyphens=False))
+        print(
+            textwrap.fill(
+                f"parameters: {params or 'none'}",
+                width,
+                initial_indent="    ",
+                subsequent_indent="        ",
+                break_on_hyphens=False,
+            )
+        )
         print()
     for name, error in errors.items():
         print(f"{name:28s} BROKEN       {error}")
@@ -162,35 +176,55 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the attack + defense study (default: the built-in CPU study)")
     run.add_argument("--config", help="a YAML study config (see artmed.evaluations.config.StudyConfig)")
-    run.add_argument("--preset", choices=["default", "sweep", "quick"], default="default",
-                     help="built-in study when no --config: default (minutes), sweep (poison-rate grid), quick")
+    run.add_argument(
+        "--preset",
+        choices=["default", "sweep", "quick"],
+        default="default",
+        help="built-in study when no --config: default (minutes), sweep (poison-rate grid), quick",
+    )
     run.add_argument("--output", help="output folder (finished cells there are reused: runs resume)")
     run.add_argument("--seed", type=int, help="study seed, or the first of --seeds (default: the config's, or 0)")
-    run.add_argument("--seeds", type=_positive, help="run every cell for this many seeds: --seed, --seed + 1, ... "
-                     "(default: the preset's, 3; or the config's seeds)")
-    run.add_argument("--protocol", choices=["artmed", "released"],
-                     help="released: the authors' released settings wherever artmed's differ (a --config file's own "
-                     "values still win; a preset's are replaced)")
-    run.add_argument("--reuse-stale", action="store_true",
-                     help="keep finished cells computed by other artmed code (default: recompute them)")
+    run.add_argument(
+        "--seeds",
+        type=_positive,
+        help="run every cell for this many seeds: --seed, --seed + 1, ... "
+        "(default: the preset's, 3; or the config's seeds)",
+    )
+    run.add_argument(
+        "--protocol",
+        choices=["artmed", "released"],
+        help="released: the authors' released settings wherever artmed's differ (a --config file's own "
+        "values still win; a preset's are replaced)",
+    )
+    run.add_argument(
+        "--reuse-stale",
+        action="store_true",
+        help="keep finished cells computed by other artmed code (default: recompute them)",
+    )
     run.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (default: the config's, auto)")
     run.add_argument("--quiet", action="store_true", help="print the result tables only (no progress, no warnings)")
     run.set_defaults(func=_run)
     defenses = sub.add_parser("defenses", help="list the installed defense plugins, their descriptions and parameters")
-    defenses.add_argument("--import", dest="load", action="store_true",
-                          help="import every plugin (slow: loads torch) and list those that fail as BROKEN")
+    defenses.add_argument(
+        "--import",
+        dest="load",
+        action="store_true",
+        help="import every plugin (slow: loads torch) and list those that fail as BROKEN",
+    )
     defenses.set_defaults(func=_defenses)
     attacks = sub.add_parser("attacks", help="list the installed attack steps, their descriptions and parameters")
     attacks.set_defaults(func=_attacks)
-    label = sub.add_parser("label", help="write MedCLIP's sentence-label.csv from reports (artmed label SRC OUT.csv)",
-                           add_help=False)
+    label = sub.add_parser(
+        "label", help="write MedCLIP's sentence-label.csv from reports (artmed label SRC OUT.csv)", add_help=False
+    )
     label.add_argument("rest", nargs=argparse.REMAINDER)
     label.set_defaults(func=_label)
     bench = sub.add_parser("bench", help="benchmarks against ART (artmed bench --help)", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
-    separation = sub.add_parser("separation", add_help=False,
-                                help="does BadDist separate triggered embeddings? (artmed separation --help)")
+    separation = sub.add_parser(
+        "separation", add_help=False, help="does BadDist separate triggered embeddings? (artmed separation --help)"
+    )
     separation.add_argument("rest", nargs=argparse.REMAINDER)
     separation.set_defaults(func=_separation)
     for command in sub.choices.values():

@@ -22,8 +22,16 @@ from artmed.evaluations.metrics import detection_metrics
 from artmed.evaluations.report import read_table, setting_label
 from artmed.evaluations.store import ResultStore
 
-__all__ = ["QUICK", "Study", "StudyFolderError", "open_study", "load_study", "setting_label", "curves_by_setting",
-           "trajectories"]
+__all__ = [
+    "QUICK",
+    "Study",
+    "StudyFolderError",
+    "open_study",
+    "load_study",
+    "setting_label",
+    "curves_by_setting",
+    "trajectories",
+]
 
 QUICK = "quick"
 """The value of ``ARTMED_RESULTS`` (``open_study``'s ``source``) that runs the quick study into a temporary folder."""
@@ -57,8 +65,11 @@ class Study:
                 if not _finite(row.get("tpr_at_fpr5")):
                     arrays = self.arrays(row)
                     if "scores" in arrays and "poison_mask" in arrays:
-                        row["tpr_at_fpr5"] = detection_metrics(arrays.get("flags", np.zeros_like(arrays["scores"])),
-                                                               arrays["poison_mask"], arrays["scores"])["tpr_at_fpr5"]
+                        row["tpr_at_fpr5"] = detection_metrics(
+                            arrays.get("flags", np.zeros_like(arrays["scores"])),
+                            arrays["poison_mask"],
+                            arrays["scores"],
+                        )["tpr_at_fpr5"]
         return rows
 
     def cell(self, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -100,14 +111,22 @@ def load_study(folder: str | Path, note: str = "") -> Study:
     """Read a study folder's ``models.json`` and (when the study ran defenses) ``defenses.json``."""
     folder = Path(folder)
     if not folder.exists():
-        raise StudyFolderError(f"results folder {str(folder)!r} does not exist (set ARTMED_RESULTS to a folder "
-                               f"`artmed run` wrote, or to {QUICK!r} to run the quick study)")
+        raise StudyFolderError(
+            f"results folder {str(folder)!r} does not exist (set ARTMED_RESULTS to a folder "
+            f"`artmed run` wrote, or to {QUICK!r} to run the quick study)"
+        )
     if not (folder / "models.json").is_file():
-        raise StudyFolderError(f"{str(folder)!r} is not a study folder: it has no models.json (the table `artmed run` "
-                               "writes beside cells/ and figures/)")
+        raise StudyFolderError(
+            f"{str(folder)!r} is not a study folder: it has no models.json (the table `artmed run` "
+            "writes beside cells/ and figures/)"
+        )
     defenses = folder / "defenses.json"
-    return Study(folder, read_table(folder / "models.json"), read_table(defenses) if defenses.is_file() else [],
-                 note=note or f"results from {folder}")
+    return Study(
+        folder,
+        read_table(folder / "models.json"),
+        read_table(defenses) if defenses.is_file() else [],
+        note=note or f"results from {folder}",
+    )
 
 
 def curves_by_setting(study: Study, rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, list[tuple]]]:
@@ -118,7 +137,8 @@ def curves_by_setting(study: Study, rows: Sequence[Mapping[str, Any]]) -> dict[s
         arrays = study.arrays(row)
         if "scores" in arrays and "poison_mask" in arrays and arrays["poison_mask"].any():
             out.setdefault(setting_label(row), {}).setdefault(str(row["defense"]), []).append(
-                (arrays["scores"], arrays["poison_mask"].astype(bool)))
+                (arrays["scores"], arrays["poison_mask"].astype(bool))
+            )
     return out
 
 
@@ -135,13 +155,20 @@ def trajectories(rows: Sequence[Mapping[str, Any]], study: Study | None = None) 
         monitor = row.get("monitor") or (study.cell(row).get("monitor") if study is not None else None) or []
         steps = [dict(m) for m in monitor if isinstance(m, Mapping)] or [
             {"label": "before", "ca": row.get("ca_before"), "asr": row.get("asr_before")},
-            {"label": "after", "ca": row.get("ca_after"), "asr": row.get("asr_after")}]
+            {"label": "after", "ca": row.get("ca_after"), "asr": row.get("asr_after")},
+        ]
         base = {"defense": row.get("defense"), "setting": setting_label(row), "seed": row.get("seed")}
-        out += [{**base, "step": i, "label": str(s.get("label")), "ca": s.get("ca"), "asr": s.get("asr")}
-                for i, s in enumerate(steps) if _finite(s.get("ca")) and _finite(s.get("asr"))]
+        out += [
+            {**base, "step": i, "label": str(s.get("label")), "ca": s.get("ca"), "asr": s.get("asr")}
+            for i, s in enumerate(steps)
+            if _finite(s.get("ca")) and _finite(s.get("asr"))
+        ]
     return out
 
 
 def _finite(value: Any) -> bool:
-    return (isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
-            and math.isfinite(float(value)))
+    return (
+        isinstance(value, (int, float, np.number))
+        and not isinstance(value, (bool, np.bool_))
+        and math.isfinite(float(value))
+    )

@@ -24,18 +24,18 @@ from artmed.constants import IMAGE_SIZE
 from artmed.data.tasks import TASK_NAMES
 from artmed.defenses import registry
 from artmed.device import resolve_device
+from artmed.estimator import DECISIONS
 from artmed.evaluations.preflight import check_config
 from artmed.evaluations.protocol import PROTOCOLS, apply_protocol
 from artmed.evaluations.sources import check_inputs
 from artmed.evaluations.store import to_jsonable
-from artmed.estimator import DECISIONS
 from artmed.prompts import check_ensemble
 from artmed.suggest import did_you_mean_each
 from artmed.validation import FieldError, blame, check_fields, check_names, check_writable
 
-
 ART_DATA_ARGUMENTS = ("classifier", "x_train", "y_train")
-"""Constructor arguments of the detectors' ART interface: data, never study parameters (the harness passes a context)."""
+"""Constructor arguments of the detectors' ART interface: data, never study parameters (the harness passes a
+context)."""
 
 
 DATA_SOURCES: tuple[str, ...] = ("phantom", "mimic_cxr", "chexpert", "medclip_csv")
@@ -43,8 +43,7 @@ DATA_SOURCES: tuple[str, ...] = ("phantom", "mimic_cxr", "chexpert", "medclip_cs
 TASK_SOURCES: tuple[str, ...] = ("rsna", "covid", "mimic_cxr", "chexpert")
 """Zero-shot tasks from real data: RSNA (Normal/Pneumonia), COVID (Normal/COVID), MIMIC- and CheXpert-5x200."""
 MODEL_VARIANTS: tuple[str, ...] = ("tiny", "resnet50", "swin_tiny")
-FILE_OPTIONS: dict[str, tuple[str, ...]] = {"interpolation": ("bicubic", "bilinear"),
-                                             "pad": ("square", "no_upscale")}
+FILE_OPTIONS: dict[str, tuple[str, ...]] = {"interpolation": ("bicubic", "bilinear"), "pad": ("square", "no_upscale")}
 """``DataConfig``'s image-file options, the default first (``artmed.data.dataset.preprocess_image``)."""
 PHANTOM_SIZES: dict[str, int] = {"n_train": 2000, "n_test": 200, "image_size": 64}
 """The phantom source's ``n_train`` / ``n_test`` / ``image_size`` when none are given (for a real source, no
@@ -106,24 +105,34 @@ class DataConfig:
                     setattr(self, name, default)
             for name in ("root", "reports_root", "image_root"):
                 if getattr(self, name) is not None:
-                    raise FieldError(f"{name}: the phantom source reads no files; set source to one of "
-                                     f"{list(DATA_SOURCES[1:])} to read {getattr(self, name)!r}")
+                    raise FieldError(
+                        f"{name}: the phantom source reads no files; set source to one of "
+                        f"{list(DATA_SOURCES[1:])} to read {getattr(self, name)!r}"
+                    )
             for name, choices in FILE_OPTIONS.items():
                 if getattr(self, name) != choices[0]:
-                    raise FieldError(f"{name}: the phantom source generates its images at their size, so there is no "
-                                     f"file to resize ({name}: {getattr(self, name)!r} is for a real source)")
+                    raise FieldError(
+                        f"{name}: the phantom source generates its images at their size, so there is no "
+                        f"file to resize ({name}: {getattr(self, name)!r} is for a real source)"
+                    )
             if self.native_trigger:
-                raise FieldError("native_trigger: the phantom source has no native image files; it emulates the "
-                                 "released native-resolution patch with the trigger's native_size "
-                                 "(trigger_params: {native_size: 1024}) instead")
+                raise FieldError(
+                    "native_trigger: the phantom source has no native image files; it emulates the "
+                    "released native-resolution patch with the trigger's native_size "
+                    "(trigger_params: {native_size: 1024}) instead"
+                )
         elif self.root is None:
             raise FieldError(f"root: the {self.source} source needs the folder of its data")
         if self.source == "chexpert" and self.reports_root is None:
-            raise FieldError("reports_root: CheXpert ships no reports; give MedCLIP's sentence-label.csv, a CSV of "
-                             "reports or a folder of .txt reports for the text pool")
+            raise FieldError(
+                "reports_root: CheXpert ships no reports; give MedCLIP's sentence-label.csv, a CSV of "
+                "reports or a folder of .txt reports for the text pool"
+            )
         if self.source == "mimic_cxr" and self.image_root is not None:
-            raise FieldError("image_root: MIMIC-CXR-JPG images are found under root/files; image_root is for CSV "
-                             "sources (chexpert, medclip_csv)")
+            raise FieldError(
+                "image_root: MIMIC-CXR-JPG images are found under root/files; image_root is for CSV "
+                "sources (chexpert, medclip_csv)"
+            )
         for name in ("n_train", "n_test", "n_shadow", "image_size", "n_texts"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -154,8 +163,10 @@ class ModelConfig:
         if self.logit_scale_max is not None and not 0 < self.logit_scale_max < float("inf"):
             raise FieldError(f"logit_scale_max must be a positive number, got {self.logit_scale_max!r}")
         if self.variant != "tiny" and self.checkpoint is None and self.tokenizer is None:
-            raise FieldError(f"tokenizer: a {self.variant} model trained from scratch needs the folder of the "
-                             "Bio_ClinicalBERT tokenizer (vocab.txt)")
+            raise FieldError(
+                f"tokenizer: a {self.variant} model trained from scratch needs the folder of the "
+                "Bio_ClinicalBERT tokenizer (vocab.txt)"
+            )
 
 
 @dataclass
@@ -208,8 +219,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         if self.text_sampling not in TEXT_SAMPLING:
-            raise FieldError(f"text_sampling: unknown text sampling {self.text_sampling!r}; valid: "
-                             f"{list(TEXT_SAMPLING)}")
+            raise FieldError(
+                f"text_sampling: unknown text sampling {self.text_sampling!r}; valid: {list(TEXT_SAMPLING)}"
+            )
         if self.schedule_epochs is not None and self.schedule_epochs < 1:
             raise FieldError(f"schedule_epochs must be a positive integer, got {self.schedule_epochs!r}")
         for name in ("steps", "batch_size"):
@@ -223,8 +235,15 @@ class TrainConfig:
             raise FieldError(f"warmup must be a share in [0, 1), got {self.warmup!r}")
 
     def fit_params(self) -> dict[str, Any]:
-        return {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "weight_decay": self.weight_decay,
-                "warmup": self.warmup, "schedule_epochs": self.schedule_epochs, "eda": self.eda}
+        return {
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "warmup": self.warmup,
+            "schedule_epochs": self.schedule_epochs,
+            "eda": self.eda,
+        }
 
 
 PROMPT_SOURCES: tuple[str, ...] = ("artmed", "medclip")
@@ -257,8 +276,10 @@ class EvaluationConfig:
         if self.prompt_seed < 0:
             raise FieldError(f"prompt_seed must be a non-negative integer, got {self.prompt_seed!r}")
         if self.prompts == "artmed" and self.prompt_draws != 1:
-            raise FieldError(f"prompt_draws: the built-in prompts are fixed, so only one draw exists (got "
-                             f"{self.prompt_draws}); set prompts: medclip to sample MedCLIP's")
+            raise FieldError(
+                f"prompt_draws: the built-in prompts are fixed, so only one draw exists (got "
+                f"{self.prompt_draws}); set prompts: medclip to sample MedCLIP's"
+            )
         with blame("ensemble"):
             check_ensemble(self.ensemble)
         if self.decision not in DECISIONS:
@@ -324,25 +345,33 @@ class StudyConfig:
         if self.data.native_trigger:
             for i, spec in enumerate(self.attacks):
                 if spec.trigger == "patch" and spec.trigger_params.get("native_size") is not None:
-                    raise FieldError(f"attacks[{i}].trigger_params.native_size: data.native_trigger pastes the "
-                                     "patch on the native image file, in native pixels; native_size (the emulation on "
-                                     "resized arrays) does not apply, remove it")
+                    raise FieldError(
+                        f"attacks[{i}].trigger_params.native_size: data.native_trigger pastes the "
+                        "patch on the native image file, in native pixels; native_size (the emulation on "
+                        "resized arrays) does not apply, remove it"
+                    )
         identities = [_identity(a) for a in self.attacks]
-        duplicates = [f"attacks[{identities.index(i)}] = attacks[{n}] ({a.key})"
-                      for n, (a, i) in enumerate(zip(self.attacks, identities)) if identities.index(i) < n]
+        duplicates = [
+            f"attacks[{identities.index(i)}] = attacks[{n}] ({a.key})"
+            for n, (a, i) in enumerate(zip(self.attacks, identities))
+            if identities.index(i) < n
+        ]
         if duplicates:
-            raise ValueError(f"attacks listed twice (the same settings; the study's seeds replace an attack's own "
-                             f"seed): {', '.join(duplicates)}")
+            raise ValueError(
+                f"attacks listed twice (the same settings; the study's seeds replace an attack's own "
+                f"seed): {', '.join(duplicates)}"
+            )
         by_key: dict[str, set[str]] = {}
         for spec, identity in zip(self.attacks, identities):
             by_key.setdefault(dataclasses.replace(spec, seed=0).key, set()).add(identity)
         self._shared_keys = {i for ids in by_key.values() if len(ids) > 1 for i in ids}
         labels = [*SHORTHANDS, *(a.attack for a in self.attacks if a.attack not in SHORTHANDS)]
-        for i, spec in enumerate(self.defenses):
-            unknown = sorted(set(spec.attacks or ()) - set(labels))
+        for i, defense in enumerate(self.defenses):
+            unknown = sorted(set(defense.attacks or ()) - set(labels))
             if unknown:
-                raise FieldError(f"defenses[{i}].attacks must name settings in {labels}, got {unknown!r} "
-                                 f"(defense {spec.name!r})")
+                raise FieldError(
+                    f"defenses[{i}].attacks must name settings in {labels}, got {unknown!r} (defense {defense.name!r})"
+                )
         names = [d.name for d in self.defenses]
         if len(set(names)) != len(names):
             raise ValueError(f"defenses listed twice: {sorted({n for n in names if names.count(n) > 1})}")
@@ -373,8 +402,10 @@ class StudyConfig:
         when both are given; the phantom source's is always given), else MedCLIP's 224."""
         model, data = self.model.image_size, self.data.image_size
         if model is not None and data is not None and model != data:
-            raise FieldError(f"model.image_size ({model}) differs from data.image_size ({data}), the side the images "
-                             "are read at; give one of them")
+            raise FieldError(
+                f"model.image_size ({model}) differs from data.image_size ({data}), the side the images "
+                "are read at; give one of them"
+            )
         self.model.image_size = self.data.image_size = model or data or IMAGE_SIZE
 
     def _resolve_tasks(self) -> None:
@@ -385,8 +416,10 @@ class StudyConfig:
             raise FieldError(f"tasks: names listed twice: {sorted({n for n in names if names.count(n) > 1})}")
         if not self.tasks:
             if self.data.source != "phantom":
-                raise FieldError(f"tasks: the {self.data.source} source needs at least one zero-shot task, e.g. "
-                                 f"{{name: rsna, source: rsna, root: /path/to/rsna}}")
+                raise FieldError(
+                    f"tasks: the {self.data.source} source needs at least one zero-shot task, e.g. "
+                    f"{{name: rsna, source: rsna, root: /path/to/rsna}}"
+                )
             names = list(TASK_NAMES)
         self.task = self.task if self.task is not None else names[0]
         if self.task not in names:
@@ -394,8 +427,10 @@ class StudyConfig:
         for i, task in enumerate(self.tasks):
             if task.root is None:
                 if task.source != self.data.source:
-                    raise FieldError(f"tasks[{i}].root: the {task.source} task needs the folder of its data "
-                                     f"(config.data.source is {self.data.source!r}, so data.root is no default)")
+                    raise FieldError(
+                        f"tasks[{i}].root: the {task.source} task needs the folder of its data "
+                        f"(config.data.source is {self.data.source!r}, so data.root is no default)"
+                    )
                 task.root = self.data.root
 
     def attack_key(self, spec: AttackSpec) -> str:
@@ -461,21 +496,30 @@ class _Loader(yaml.SafeLoader):
                 continue
             if first != line:
                 raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark,
-                    f"key {key!r} given twice (lines {first} and {line})", key_node.start_mark)
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"key {key!r} given twice (lines {first} and {line})",
+                    key_node.start_mark,
+                )
         return super().construct_mapping(node, deep=deep)
 
 
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$")
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+.0123456789"))
 
+
 def _identity(spec: AttackSpec) -> str:
     """Every setting of ``spec`` but its seed (the study's seeds replace it), as canonical JSON."""
     return json.dumps(to_jsonable({**spec.settings(), "seed": None}), sort_keys=True)
 
 
-_NESTED = {"data": DataConfig, "model": ModelConfig, "evaluation": EvaluationConfig, "pretrain": TrainConfig,
-           "train": TrainConfig}
+_NESTED = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "evaluation": EvaluationConfig,
+    "pretrain": TrainConfig,
+    "train": TrainConfig,
+}
 _LISTS = {"attacks": AttackSpec, "defenses": DefenseSpec, "tasks": TaskSpec}
 
 

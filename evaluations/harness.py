@@ -28,11 +28,10 @@ import traceback
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
-from artmed.progress import study_bar, tqdm
 
 from artmed.attacks.pipeline import (
     AttackOutcome,
@@ -52,7 +51,6 @@ from artmed.defenses.base import (
     DetectionResult,
     EvaluationContext,
     InputScreen,
-    MitigationResult,
     ModelVerdict,
     UnexaminedRowsWarning,
 )
@@ -65,6 +63,7 @@ from artmed.evaluations.resources import measure
 from artmed.evaluations.scoring import score_estimator, score_over_prompt_draws, target_index
 from artmed.evaluations.sources import build_base_estimator, load_study_data, own_report_sampler
 from artmed.evaluations.store import OutputWriteError, ResultStore, folder_lock, remove_leftovers, to_jsonable
+from artmed.progress import study_bar, tqdm
 
 
 class SettingsMismatchError(ValueError):
@@ -110,15 +109,31 @@ class Harness:
         cfg = self.config
         data = check_study_data(cfg, load_study_data(cfg, seed))  # refused before this seed's first training
         texts, text_labels = data.texts.sentences, data.texts.labels
-        prompt_sets = (self._sampled_prompts(data.tasks, texts, text_labels) if cfg.evaluation.prompts == "medclip"
-                       else {})
-        tasks = {name: replace(task, prompts=prompt_sets[name][0]) if prompt_sets else task
-                 for name, task in data.tasks.items()}
+        prompt_sets = (
+            self._sampled_prompts(data.tasks, texts, text_labels) if cfg.evaluation.prompts == "medclip" else {}
+        )
+        tasks = {
+            name: replace(task, prompts=prompt_sets[name][0]) if prompt_sets else task
+            for name, task in data.tasks.items()
+        }
+        assert cfg.task is not None  # StudyConfig resolves the headline task
         task = tasks[cfg.task]
-        return _SeedData(seed=seed, x_train=data.x_train, y_train=data.y_train, x_shadow=data.x_shadow,
-                         y_shadow=data.y_shadow, texts=texts, text_labels=text_labels, tasks=tasks, task=task,
-                         x_test=task.images.to_array(), test_targets=task.targets, prompt_sets=prompt_sets,
-                         task_files=data.task_images, report_sampler=own_report_sampler(data, seed))
+        return _SeedData(
+            seed=seed,
+            x_train=data.x_train,
+            y_train=data.y_train,
+            x_shadow=data.x_shadow,
+            y_shadow=data.y_shadow,
+            texts=texts,
+            text_labels=text_labels,
+            tasks=tasks,
+            task=task,
+            x_test=task.images.to_array(),
+            test_targets=task.targets,
+            prompt_sets=prompt_sets,
+            task_files=data.task_images,
+            report_sampler=own_report_sampler(data, seed),
+        )
 
     def _fit_params(self, run: _SeedData, train: TrainConfig) -> dict[str, Any]:
         """``train``'s fit parameters, with the own-report sampler under ``text_sampling: own_report``."""
@@ -131,8 +146,9 @@ class Harness:
         """True when ``spec``'s trigger is pasted on the native image files (``data.native_trigger``, a patch)."""
         return self.config.data.native_trigger and spec.trigger == "patch"
 
-    def _triggered(self, run: _SeedData, task: str, spec: AttackSpec, trigger: Any, x: np.ndarray,
-                   planted: bool = False) -> np.ndarray:
+    def _triggered(
+        self, run: _SeedData, task: str, spec: AttackSpec, trigger: Any, x: np.ndarray, planted: bool = False
+    ) -> np.ndarray:
         """The triggered test images of ``task``: ``trigger(x)``, or with ``data.native_trigger`` the task's image
         files read with the patch pasted on the native image before the padding (stage "raw", the released test set),
         computed once per task and trigger; a trigger a step ``planted`` (``Poisoned.trigger``): ``trigger(x)``."""
@@ -148,16 +164,23 @@ class Harness:
         """A saved model folder on the study's device, reading images with the study's loader workers."""
         return MedCLIPEstimator.load(path, device=self.config.device, num_workers=self.config.data.num_workers)
 
-    def _sampled_prompts(self, tasks: dict[str, ZeroShotTask], texts: list[str],
-                         text_labels: np.ndarray) -> dict[str, list[dict[str, list[str]]]]:
+    def _sampled_prompts(
+        self, tasks: dict[str, ZeroShotTask], texts: list[str], text_labels: np.ndarray
+    ) -> dict[str, list[dict[str, list[str]]]]:
         """MedCLIP's sampled prompt sets per task (``config.evaluation``); a normal class's prompts are the text
         pool's No-Finding-only sentences, as the released evaluation draws them from sentence-label.csv."""
         ev = self.config.evaluation
         normal = no_finding_sentences(texts, text_labels)
-        return {name: medclip_prompt_draws(task.class_names, draws=ev.prompt_draws, n=ev.n_prompts, seed=ev.prompt_seed,
-                                           normal_sentences=normal if set(task.class_names) & set(NORMAL_CLASSES)
-                                           else None)
-                for name, task in tasks.items()}
+        return {
+            name: medclip_prompt_draws(
+                task.class_names,
+                draws=ev.prompt_draws,
+                n=ev.n_prompts,
+                seed=ev.prompt_seed,
+                normal_sentences=normal if set(task.class_names) & set(NORMAL_CLASSES) else None,
+            )
+            for name, task in tasks.items()
+        }
 
     def _base_model(self, run: _SeedData) -> MedCLIPEstimator:
         cfg = self.config
@@ -169,36 +192,58 @@ class Harness:
         if cfg.model.checkpoint is not None:  # released weights are the base model as they are
             return estimator
         with measure() as cost:
-            history = estimator.fit(run.x_train, run.y_train, texts=run.texts, text_labels=run.text_labels,
-                                    seed=run.seed, verbose=self.verbose, **self._fit_params(run, cfg.pretrain))
+            history = estimator.fit(
+                run.x_train,
+                run.y_train,
+                texts=run.texts,
+                text_labels=run.text_labels,
+                seed=run.seed,
+                verbose=self.verbose,
+                **self._fit_params(run, cfg.pretrain),
+            )
         _save_model(estimator, path)
         record = {"cell": key, "final_loss": float(history["loss"][-1]), "seconds": cost.seconds}
         self.store.save("model", key, self._stamp(record, run.seed))
         return estimator
 
-    def _attacked_model(self, run: _SeedData, spec: AttackSpec,
-                        base: MedCLIPEstimator) -> tuple[dict[str, Any], AttackOutcome | None, MedCLIPEstimator]:
+    def _attacked_model(
+        self, run: _SeedData, spec: AttackSpec, base: MedCLIPEstimator
+    ) -> tuple[dict[str, Any], AttackOutcome | None, MedCLIPEstimator]:
         key = self._key(spec)
         path = self.output_dir / "models" / key
         if self._finished("model", key, run.seed, spec) and path.exists():
             return self.store.load("model", key), None, self._load_model(path)
         with measure() as cost:
-            outcome = run_attack(spec, base, run.x_train, run.y_train, run.texts, run.text_labels,
-                                 fit_params={**self._fit_params(run, self.config.train), "verbose": self.verbose},
-                                 context=self._attack_context(run, spec), cache=run.steps)
+            outcome = run_attack(
+                spec,
+                base,
+                run.x_train,
+                run.y_train,
+                run.texts,
+                run.text_labels,
+                fit_params={**self._fit_params(run, self.config.train), "verbose": self.verbose},
+                context=self._attack_context(run, spec),
+                cache=run.steps,
+            )
         _save_model(outcome.estimator, path)
-        record = {"cell": f"model/{key}", **_spec_fields(spec, key),
-                  "n_poison": int(outcome.poison_mask.sum()), "train_seconds": cost.seconds,
-                  "train_peak_mb": cost.peak_mb, **_step_fields(spec, outcome.history),
-                  **self._score_all_tasks(run, outcome.estimator, spec, self._poisoned(run, spec, base).trigger)}
+        record = {
+            "cell": f"model/{key}",
+            **_spec_fields(spec, key),
+            "n_poison": int(outcome.poison_mask.sum()),
+            "train_seconds": cost.seconds,
+            "train_peak_mb": cost.peak_mb,
+            **_step_fields(spec, outcome.history),
+            **self._score_all_tasks(run, outcome.estimator, spec, self._poisoned(run, spec, base).trigger),
+        }
         if outcome.poison_mask.any():
             record["arrays"] = self._projection_sample(outcome, spec.seed)
         record = self._stamp(record, run.seed, spec)
         self.store.save("model", key, record)
         return record, outcome, outcome.estimator
 
-    def _model_cell(self, run: _SeedData, spec: AttackSpec,
-                    base: MedCLIPEstimator) -> tuple[dict[str, Any], MedCLIPEstimator | None]:
+    def _model_cell(
+        self, run: _SeedData, spec: AttackSpec, base: MedCLIPEstimator
+    ) -> tuple[dict[str, Any], MedCLIPEstimator | None]:
         """The attacked model's record and estimator; a failure is recorded (status "failed") and gives None."""
         try:
             record, _, estimator = self._attacked_model(run, spec, base)
@@ -226,16 +271,28 @@ class Harness:
             raise
         except Exception as exc:
             key = f"base-s{run.seed}"
-            self.store.save("model", key, self._stamp({"cell": key, "status": "failed", "error": _describe(exc),
-                                                       "traceback": traceback.format_exc(limit=5)}, run.seed))
+            self.store.save(
+                "model",
+                key,
+                self._stamp(
+                    {
+                        "cell": key,
+                        "status": "failed",
+                        "error": _describe(exc),
+                        "traceback": traceback.format_exc(limit=5),
+                    },
+                    run.seed,
+                ),
+            )
             return None, _describe(exc)
 
     def _attack_context(self, run: _SeedData, spec: AttackSpec) -> AttackContext:
         """What ``spec``'s steps get: its shared settings, the seed's shadow set (the attacker's images), the test
         images as BadDist's held-out probe, and with ``data.native_trigger`` the native stage a data step triggers."""
         native = "padded" if self._native(spec) and isinstance(run.x_train, FileImageSet) else None
-        return spec.context(x_shadow=run.x_shadow, y_shadow=run.y_shadow, x_probe=run.x_test, verbose=self.verbose,
-                            native=native)
+        return spec.context(
+            x_shadow=run.x_shadow, y_shadow=run.y_shadow, x_probe=run.x_test, verbose=self.verbose, native=native
+        )
 
     def _poisoned(self, run: _SeedData, spec: AttackSpec, base: MedCLIPEstimator) -> Poisoned:
         """The victim's training set under ``spec``, each data step's output kept in the seed's step cache (shared by
@@ -255,8 +312,9 @@ class Harness:
         features = outcome.estimator.get_activations(outcome.x_train[rows], "image_pooled")
         return {"projection_features": features.reshape(len(rows), -1), "projection_mask": mask[rows]}
 
-    def _score_all_tasks(self, run: _SeedData, estimator: MedCLIPEstimator, spec: AttackSpec,
-                         planted: Trigger | None) -> dict[str, Any]:
+    def _score_all_tasks(
+        self, run: _SeedData, estimator: MedCLIPEstimator, spec: AttackSpec, planted: Trigger | None
+    ) -> dict[str, Any]:
         """Metrics on the study's task at the top level and on every task under ``tasks``, with the attack's trigger:
         the one a step ``planted`` (``Poisoned.trigger``, cached with the step's output), else the spec's."""
         trigger = planted if planted is not None else spec.build_trigger()
@@ -266,28 +324,53 @@ class Harness:
             target = target_index(task.class_names, spec.target)
             x_triggered = self._triggered(run, name, spec, trigger, x, planted is not None)
             if run.prompt_sets:
-                per_task[name] = score_over_prompt_draws(estimator.with_prompts(task.prompts), x, task.targets,
-                                                         x_triggered, target, prompt_sets=run.prompt_sets[name])
+                per_task[name] = score_over_prompt_draws(
+                    estimator.with_prompts(task.prompts),
+                    x,
+                    task.targets,
+                    x_triggered,
+                    target,
+                    prompt_sets=run.prompt_sets[name],
+                )
             else:
-                per_task[name] = score_estimator(estimator.with_prompts(task.prompts), x, task.targets, x_triggered,
-                                                 target)
+                per_task[name] = score_estimator(
+                    estimator.with_prompts(task.prompts), x, task.targets, x_triggered, target
+                )
+        assert self.config.task is not None  # StudyConfig resolves the headline task
         return {**per_task[self.config.task], "tasks": per_task}
 
     # ------------------------------------------------------------------ defenses
-    def _run_defense(self, run: _SeedData, dspec: DefenseSpec, spec: AttackSpec, model_record: dict[str, Any],
-                     estimator: MedCLIPEstimator, base: MedCLIPEstimator, context: EvaluationContext,
-                     truth: _Truth) -> bool:
+    def _run_defense(
+        self,
+        run: _SeedData,
+        dspec: DefenseSpec,
+        spec: AttackSpec,
+        model_record: dict[str, Any],
+        estimator: MedCLIPEstimator,
+        base: MedCLIPEstimator,
+        context: EvaluationContext,
+        truth: _Truth,
+    ) -> bool:
         """Run one defense cell and save its record; True when the defense changed the shared model in place."""
         model_key = self._key(spec)
         key = f"{model_key}+{dspec.name}"
-        record: dict[str, Any] = {"cell": f"defense/{key}", **_spec_fields(spec, model_key), "defense": dspec.name,
-                                  "params": dspec.params, "ca_before": model_record["ca"],
-                                  "asr_before": model_record["asr"]}
+        record: dict[str, Any] = {
+            "cell": f"defense/{key}",
+            **_spec_fields(spec, model_key),
+            "defense": dspec.name,
+            "params": dspec.params,
+            "ca_before": model_record["ca"],
+            "asr_before": model_record["asr"],
+        }
         monitored: list[dict[str, Any]] = []
 
         def monitor(label: str, model: Any) -> None:
-            monitored.append({"label": str(label), **score_estimator(model, run.x_test, run.test_targets,
-                                                                     truth.x_test_triggered, truth.target_class)})
+            monitored.append(
+                {
+                    "label": str(label),
+                    **score_estimator(model, run.x_test, run.test_targets, truth.x_test_triggered, truth.target_class),
+                }
+            )
 
         try:
             defense = registry.create(dspec.name, **dspec.params)
@@ -318,8 +401,9 @@ class Harness:
                 if "clean_indices" in result.extra:  # rows of the training set the defense took for clean
                     record["n_poisoned_in_clean"] = int(truth.poison_mask[result.extra["clean_indices"]].sum())
             if repaired is not None:
-                after = score_estimator(repaired, run.x_test, run.test_targets, truth.x_test_triggered,
-                                        truth.target_class)
+                after = score_estimator(
+                    repaired, run.x_test, run.test_targets, truth.x_test_triggered, truth.target_class
+                )
                 record.update({f"{k}_after": v for k, v in after.items() if k in ("ca", "asr", "asr_all", "ra")})
                 record["der"] = _der(record)
             record["status"] = "ok"
@@ -331,9 +415,12 @@ class Harness:
             record.update(status="failed", error=_describe(exc), traceback=traceback.format_exc(limit=5))
         changed = fingerprint(estimator) != truth.fingerprint
         if changed:
-            record.update(status="failed", error=f"{dspec.name} changed the shared model in place (every defense must "
-                                                 "leave context.estimator as it found it); later defenses get it "
-                                                 "reloaded from disk")
+            record.update(
+                status="failed",
+                error=f"{dspec.name} changed the shared model in place (every defense must "
+                "leave context.estimator as it found it); later defenses get it "
+                "reloaded from disk",
+            )
         self.store.save("defense", key, self._stamp(record, run.seed, spec, dspec))
         return changed
 
@@ -341,27 +428,40 @@ class Harness:
         """Warn, once per defense per run, that the detector never examined some training rows (groups too small)."""
         if unexamined and name not in self._warned:
             self._warned.add(name)
-            warnings.warn(f"{name}: {unexamined} of {n} training rows sit in label groups too small to analyse and are "
-                          "never examined (see its grouping and min_group_size); the 'unexamined' column counts them "
-                          "in every cell", UnexaminedRowsWarning, stacklevel=2)
+            warnings.warn(
+                f"{name}: {unexamined} of {n} training rows sit in label groups too small to analyse and are "
+                "never examined (see its grouping and min_group_size); the 'unexamined' column counts them "
+                "in every cell",
+                UnexaminedRowsWarning,
+                stacklevel=2,
+            )
 
     def _screen_inputs(self, run: _SeedData, name: str, screen: InputScreen, truth: _Truth) -> dict[str, Any]:
         """An input screen scored on the clean test images and their triggered copies (which only the harness has)."""
-        clean, triggered = (np.asarray(screen.score(x), dtype=np.float64)
-                            for x in (run.x_test, truth.x_test_triggered))
+        clean, triggered = (np.asarray(screen.score(x), dtype=np.float64) for x in (run.x_test, truth.x_test_triggered))
         for which, scores, x in (("clean", clean, run.x_test), ("triggered", triggered, truth.x_test_triggered)):
             if scores.shape != (len(x),):
                 raise ValueError(f"{name}: score() gave shape {scores.shape} for {len(x)} {which} inputs")
         fields = input_screen_metrics(clean, triggered, screen.threshold)
         return {**fields, "arrays": {"clean_scores": clean, "triggered_scores": triggered}}
 
-    def _retrain_filtered(self, run: _SeedData, spec: AttackSpec, base: MedCLIPEstimator,
-                          flags: np.ndarray) -> MedCLIPEstimator:
+    def _retrain_filtered(
+        self, run: _SeedData, spec: AttackSpec, base: MedCLIPEstimator, flags: np.ndarray
+    ) -> MedCLIPEstimator:
         """The victim's model retrained by the same pipeline (the seed's cached step outputs) on the training set
         minus the flagged rows."""
-        outcome = run_attack(spec, base, run.x_train, run.y_train, run.texts, run.text_labels,
-                             fit_params={**self._fit_params(run, self.config.train), "verbose": False},
-                             context=self._attack_context(run, spec), keep=~flags, cache=run.steps)
+        outcome = run_attack(
+            spec,
+            base,
+            run.x_train,
+            run.y_train,
+            run.texts,
+            run.text_labels,
+            fit_params={**self._fit_params(run, self.config.train), "verbose": False},
+            context=self._attack_context(run, spec),
+            keep=~flags,
+            cache=run.steps,
+        )
         return outcome.estimator
 
     # ------------------------------------------------------------------ the study
@@ -403,15 +503,26 @@ class Harness:
                 record, estimator = self._model_cell(run, spec, base)
             sample = record.pop("arrays", None) or {}
             if "projection_features" in sample:
-                projections[key] = (np.asarray(sample["projection_features"]),
-                                         np.asarray(sample["projection_mask"], dtype=bool))
+                projections[key] = (
+                    np.asarray(sample["projection_features"]),
+                    np.asarray(sample["projection_mask"], dtype=bool),
+                )
             models.append(record)
             wanted = [d for d in cfg.defenses if d.runs_on(spec.attack)]
             if estimator is None:
-                defenses += [{"cell": f"defense/{key}+{d.name}", **_spec_fields(spec, key), "defense": d.name,
-                              "seed": seed, "status": "skipped", "error": f"the model failed: {record['error']}"}
-                             for d in wanted]
+                defenses += [
+                    {
+                        "cell": f"defense/{key}+{d.name}",
+                        **_spec_fields(spec, key),
+                        "defense": d.name,
+                        "seed": seed,
+                        "status": "skipped",
+                        "error": f"the model failed: {record['error']}",
+                    }
+                    for d in wanted
+                ]
                 continue
+            assert base is not None  # a model cell has an estimator only over a base model
             try:
                 self._run_defenses(run, spec, record, estimator, base, wanted)
             finally:  # also on Ctrl-C: the tables keep every defense cell written so far
@@ -420,11 +531,18 @@ class Harness:
                     if cell is not None:
                         arrays[cell["cell"]] = cell.pop("arrays", None) or {}
                         defenses.append(cell)
-                run.forget({k for later_seed, later in cells[n + 1:] if later_seed == seed for k in later.step_keys()})
+                run.forget({k for later_seed, later in cells[n + 1 :] if later_seed == seed for k in later.step_keys()})
         return result
 
-    def _run_defenses(self, run: _SeedData, spec: AttackSpec, record: dict[str, Any], estimator: MedCLIPEstimator,
-                      base: MedCLIPEstimator, wanted: list[DefenseSpec]) -> None:
+    def _run_defenses(
+        self,
+        run: _SeedData,
+        spec: AttackSpec,
+        record: dict[str, Any],
+        estimator: MedCLIPEstimator,
+        base: MedCLIPEstimator,
+        wanted: list[DefenseSpec],
+    ) -> None:
         """Every defense cell of one model not finished yet; a defense that changed the model gets it reloaded."""
         key = self._key(spec)
         pending = [d for d in wanted if not self._finished("defense", f"{key}+{d.name}", run.seed, spec, d)]
@@ -436,25 +554,41 @@ class Harness:
                 estimator = self._load_model(self.output_dir / "models" / key)
                 context, truth = self._context(run, spec, estimator, base)
 
-    def _context(self, run: _SeedData, spec: AttackSpec, estimator: MedCLIPEstimator,
-                 base: MedCLIPEstimator) -> tuple[EvaluationContext, _Truth]:
+    def _context(
+        self, run: _SeedData, spec: AttackSpec, estimator: MedCLIPEstimator, base: MedCLIPEstimator
+    ) -> tuple[EvaluationContext, _Truth]:
         """What the defenses of one model see, and the harness's own copy of the truth it scores them with (triggered
         test images: with the trigger a step planted, ``Poisoned.trigger``, else the spec's)."""
         poisoned = self._poisoned(run, spec, base)
         planted = poisoned.trigger is not None
         trigger = poisoned.trigger if planted else spec.build_trigger()
         target = target_index(run.task.class_names, spec.target)
-        truth = _Truth(poisoned.mask, self._triggered(run, self.config.task, spec, trigger, run.x_test, planted),
-                       target, fingerprint(estimator), trigger)
+        assert self.config.task is not None  # StudyConfig resolves the headline task
+        truth = _Truth(
+            poisoned.mask,
+            self._triggered(run, self.config.task, spec, trigger, run.x_test, planted),
+            target,
+            fingerprint(estimator),
+            trigger,
+        )
         context = EvaluationContext(
-            estimator=estimator, x_train=poisoned.x, y_train=poisoned.y, texts=list(run.texts),
-            text_labels=run.text_labels, x_test=run.x_test, test_targets=run.test_targets, task=run.task,
-            x_clean=run.x_shadow, y_clean=run.y_shadow, seed=spec.seed,
+            estimator=estimator,
+            x_train=poisoned.x,
+            y_train=poisoned.y,
+            texts=list(run.texts),
+            text_labels=run.text_labels,
+            x_test=run.x_test,
+            test_targets=run.test_targets,
+            task=run.task,
+            x_clean=run.x_shadow,
+            y_clean=run.y_shadow,
+            seed=spec.seed,
         )
         return context, truth
 
-    def _finished(self, kind: str, key: str, seed: int, spec: AttackSpec | None = None,
-                  defense: DefenseSpec | None = None) -> bool:
+    def _finished(
+        self, kind: str, key: str, seed: int, spec: AttackSpec | None = None, defense: DefenseSpec | None = None
+    ) -> bool:
         """True when the cell exists, did not fail and was computed by this code (or ``reuse_stale``); ValueError
         when it was computed under other settings (a cell of other code is recomputed whatever its settings)."""
         try:
@@ -468,8 +602,10 @@ class Harness:
             return False
         changed = _differences(record.get("settings"), self._settings(seed, spec, defense))
         if changed:
-            raise SettingsMismatchError(f"{self.store.cell_path(kind, key)} was computed with other settings "
-                             f"({', '.join(changed)}); use another output folder, or delete the cell to recompute it")
+            raise SettingsMismatchError(
+                f"{self.store.cell_path(kind, key)} was computed with other settings "
+                f"({', '.join(changed)}); use another output folder, or delete the cell to recompute it"
+            )
         return record.get("status") != "failed"
 
     def _current(self, kind: str, key: str) -> dict[str, Any] | None:
@@ -489,15 +625,18 @@ class Harness:
         naming the file and the field, and the cell counts as missing (recomputed), never as finished."""
         status = record.get("status", "ok")
         which = "base" if kind == "model" and key.startswith("base-") else kind
-        fields = {"settings": (dict,), "status": (str,)}
+        fields: dict[str, tuple[type, ...]] = {"settings": (dict,), "status": (str,)}
         if status == "ok":
             fields.update(RECORD_FIELDS.get(which, {}))
         for name, types in fields.items():
             value = record.get(name, "ok" if name == "status" else _MISSING)
             if value is _MISSING or isinstance(value, bool) or not isinstance(value, types):
                 got = "missing" if value is _MISSING else f"{value!r} ({type(value).__name__})"
-                warnings.warn(f"ignoring result cell {self.store.cell_path(kind, key)}: field {name!r} must be "
-                              f"{_type_names(types)}, got {got}; it will be recomputed", stacklevel=3)
+                warnings.warn(
+                    f"ignoring result cell {self.store.cell_path(kind, key)}: field {name!r} must be "
+                    f"{_type_names(types)}, got {got}; it will be recomputed",
+                    stacklevel=3,
+                )
                 return False
         return True
 
@@ -506,23 +645,38 @@ class Harness:
         source = (record.get("provenance") or {}).get("source_hash")
         return source != self.store.provenance()["source_hash"] and not self.reuse_stale
 
-    def _settings(self, seed: int, spec: AttackSpec | None = None,
-                  defense: DefenseSpec | None = None) -> dict[str, Any]:
+    def _settings(
+        self, seed: int, spec: AttackSpec | None = None, defense: DefenseSpec | None = None
+    ) -> dict[str, Any]:
         """What one cell's result depends on (device and output folder excluded), in JSON form."""
         cfg = self.config
         data = {k: v for k, v in to_jsonable(cfg.data).items() if k != "num_workers"}  # workers change no result
-        parts: dict[str, Any] = {"seed": seed, "task": cfg.task, "data": data, "pretrain": cfg.pretrain,
-                                 "model": cfg.model, "tasks": cfg.tasks, "evaluation": cfg.evaluation}
+        parts: dict[str, Any] = {
+            "seed": seed,
+            "task": cfg.task,
+            "data": data,
+            "pretrain": cfg.pretrain,
+            "model": cfg.model,
+            "tasks": cfg.tasks,
+            "evaluation": cfg.evaluation,
+        }
         if spec is not None:
             parts.update(train=cfg.train, attack=spec.settings())
         if defense is not None:
             parts["defense"] = defense
         return to_jsonable(parts)
 
-    def _stamp(self, record: dict[str, Any], seed: int, spec: AttackSpec | None = None,
-               defense: DefenseSpec | None = None) -> dict[str, Any]:
-        return {**record, "settings": self._settings(seed, spec, defense), "config": self.config.to_dict(),
-                "seed": seed, "provenance": self.store.provenance(), "world_size": world_size()}
+    def _stamp(
+        self, record: dict[str, Any], seed: int, spec: AttackSpec | None = None, defense: DefenseSpec | None = None
+    ) -> dict[str, Any]:
+        return {
+            **record,
+            "settings": self._settings(seed, spec, defense),
+            "config": self.config.to_dict(),
+            "seed": seed,
+            "provenance": self.store.provenance(),
+            "world_size": world_size(),
+        }
 
 
 _MISSING = object()
@@ -601,9 +755,13 @@ def _verdict_fields(verdict: ModelVerdict, spec: AttackSpec, truth: _Truth) -> d
     """A model-level verdict against the truth (every attacked model is backdoored); with an inverted ``mask``, the
     share of its mass inside the true trigger's footprint, and the mask and pattern as the record's arrays."""
     backdoored = bool(spec.composition)
-    fields: dict[str, Any] = {"model_score": verdict.score, "model_flagged": float(verdict.backdoored),
-                              "backdoored": backdoored, "verdict_correct": verdict.backdoored == backdoored,
-                              "threshold": verdict.threshold}
+    fields: dict[str, Any] = {
+        "model_score": verdict.score,
+        "model_flagged": float(verdict.backdoored),
+        "backdoored": backdoored,
+        "verdict_correct": verdict.backdoored == backdoored,
+        "threshold": verdict.threshold,
+    }
     mask = verdict.extra.get("mask")
     if mask is not None:
         mask = np.abs(np.asarray(mask, dtype=np.float64))
@@ -612,8 +770,10 @@ def _verdict_fields(verdict: ModelVerdict, spec: AttackSpec, truth: _Truth) -> d
             footprint = truth.trigger.mask(mask.shape)
             total = mask.sum()
             fields["mask_overlap"] = float(mask[footprint].sum() / total) if total > 0 else float("nan")
-        fields["arrays"] = {"mask": mask, **({"pattern": np.asarray(verdict.extra["pattern"])}
-                                            if "pattern" in verdict.extra else {})}
+        fields["arrays"] = {
+            "mask": mask,
+            **({"pattern": np.asarray(verdict.extra["pattern"])} if "pattern" in verdict.extra else {}),
+        }
     return fields
 
 
@@ -623,8 +783,9 @@ def _check_result(name: str, kind: str, result: Any, n: int) -> None:
     if expected is None:
         raise ValueError(f"{name} declares kind {kind!r}; valid kinds: {sorted(RESULT_TYPES)}")
     if not isinstance(result, expected):
-        raise ValueError(f"{name} is a {kind} defense but run() returned {type(result).__name__}, "
-                         f"not a {expected.__name__}")
+        raise ValueError(
+            f"{name} is a {kind} defense but run() returned {type(result).__name__}, not a {expected.__name__}"
+        )
     if isinstance(result, DetectionResult):
         if result.scores.shape != (n,):
             raise ValueError(f"{name} returned {result.scores.shape[0]} scores for {n} training samples")
@@ -640,9 +801,14 @@ def _describe(exc: BaseException) -> str:
 
 
 def _spec_fields(spec: AttackSpec, key: str) -> dict[str, Any]:
-    return {"attack_key": key, "attack": spec.attack, "trigger": spec.trigger if spec.composition else None,
-            "percent_poison": spec.percent_poison if spec.uses("percent_poison") else 0.0, "target": spec.target,
-            "attack_seed": spec.seed}
+    return {
+        "attack_key": key,
+        "attack": spec.attack,
+        "trigger": spec.trigger if spec.composition else None,
+        "percent_poison": spec.percent_poison if spec.uses("percent_poison") else 0.0,
+        "target": spec.target,
+        "attack_seed": spec.seed,
+    }
 
 
 def _step_fields(spec: AttackSpec, history: dict[str, Any]) -> dict[str, Any]:
@@ -653,8 +819,11 @@ def _step_fields(spec: AttackSpec, history: dict[str, Any]) -> dict[str, Any]:
 def _differences(old: Any, new: Any, path: str = "") -> list[str]:
     """Dotted paths at which two JSON-like values differ."""
     if isinstance(old, dict) and isinstance(new, dict):
-        return [d for k in sorted(set(old) | set(new))
-                for d in _differences(old.get(k), new.get(k), f"{path}.{k}" if path else k)]
+        return [
+            d
+            for k in sorted(set(old) | set(new))
+            for d in _differences(old.get(k), new.get(k), f"{path}.{k}" if path else k)
+        ]
     return [] if old == new else [path]
 
 
@@ -662,4 +831,4 @@ def _der(record: dict[str, Any]) -> float:
     values = [record.get(k) for k in ("asr_before", "asr_after", "ca_before", "ca_after")]
     if any(v is None or not np.isfinite(v) for v in values):
         return float("nan")
-    return defense_effectiveness_rating(*values)
+    return defense_effectiveness_rating(*cast("list[float]", values))  # none is None (checked above)

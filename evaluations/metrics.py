@@ -147,8 +147,12 @@ def detection_metrics(flags: Any, mask: Any, scores: Any = None) -> dict[str, fl
     }
 
 
-def input_screen_metrics(clean_scores: Any, triggered_scores: Any, threshold: float | None = None,
-                         frr_levels: tuple[float, ...] = (0.01, 0.05)) -> dict[str, float]:
+def input_screen_metrics(
+    clean_scores: Any,
+    triggered_scores: Any,
+    threshold: float | None = None,
+    frr_levels: tuple[float, ...] = (0.01, 0.05),
+) -> dict[str, float]:
     """How well an input screen separates triggered from clean inference-time inputs (STRIP's evaluation).
 
     ``auroc`` (triggered = positive); for each FRR level ``r``, ``far_frr{100 r}``: the share of triggered inputs

@@ -16,8 +16,13 @@ from artmed.models.config import RELEASED_LOGIT_SCALE_MAX
 
 PROTOCOLS: tuple[str, ...] = ("artmed", "released")
 
-RELEASED_TRAIN: dict[str, Any] = {"batch_size": 32, "warmup": 0.1, "schedule_epochs": 10, "eda": True,
-                                   "text_sampling": "own_report"}
+RELEASED_TRAIN: dict[str, Any] = {
+    "batch_size": 32,
+    "warmup": 0.1,
+    "schedule_epochs": 10,
+    "eda": True,
+    "text_sampling": "own_report",
+}
 """scripts/train.py: batch 32, warm-up 10 % of a schedule sized for 10 epochs, stopped at a step count; EDA on every
 training sentence (ImageTextContrastiveCollator(use_eda=True)); each image paired with a sentence of its own report,
 the label-matched fallback for an image without one (ImageTextContrastiveDataset)."""
@@ -38,8 +43,14 @@ PHANTOM_NATIVE_SIZE = 1024
 """The phantom images' emulated native side: the released patch is pasted on the radiograph file before the resize,
 so 32 px of a 1024 px image (~7 px at 224, ~2 px at 64); ``PatchTrigger(native_size=...)`` draws it so."""
 
-RELEASED_EVALUATION: dict[str, Any] = {"prompts": "medclip", "prompt_draws": 5, "n_prompts": 10, "prompt_seed": 42,
-                                        "ensemble": "mean", "decision": "released_sigmoid"}
+RELEASED_EVALUATION: dict[str, Any] = {
+    "prompts": "medclip",
+    "prompt_draws": 5,
+    "n_prompts": 10,
+    "prompt_seed": 42,
+    "ensemble": "mean",
+    "decision": "released_sigmoid",
+}
 """scripts/zero_shot.py: 10 sampled MedCLIP prompts per class, the mean over a class's prompt logits, 5 draws;
 medclip/evaluator.py: a binary task's class is argmax(sigmoid(logits)) in float32 (saturated ties go to class 0)."""
 
@@ -76,8 +87,12 @@ def released_settings(raw: Mapping[str, Any]) -> dict[str, Any]:
                 if spec.get("steps") is None and name in str(spec.get("attack", "")):
                     values[f"{name}_params"] = dict(params)
         attacks.append(values)
-    settings = {"train": dict(RELEASED_TRAIN), "evaluation": dict(RELEASED_EVALUATION),
-                "model": dict(RELEASED_MODEL), "attacks": attacks}
+    settings = {
+        "train": dict(RELEASED_TRAIN),
+        "evaluation": dict(RELEASED_EVALUATION),
+        "model": dict(RELEASED_MODEL),
+        "attacks": attacks,
+    }
     if not phantom:
         settings["data"] = dict(RELEASED_FILES)
     return settings
@@ -95,8 +110,10 @@ def apply_protocol(raw: Mapping[str, Any], force: bool = False) -> dict[str, Any
     preset = released_settings(out)
     for key, values in preset.items():
         if key == "attacks":
-            out["attacks"] = [_released_steps(_merge(spec, extra, force), force)
-                              for spec, extra in zip(out.get("attacks") or [], values)]
+            out["attacks"] = [
+                _released_steps(_merge(spec, extra, force), force)
+                for spec, extra in zip(out.get("attacks") or [], values)
+            ]
         else:
             out[key] = _merge(out.get(key) or {}, values, force)
     return out

@@ -69,32 +69,50 @@ def render(output_dir: str | Path) -> str:
     per_seed = _table(out / "defenses.json", required=False)
     seeds = sorted({int(s) for row in models for s in str(row.get("seeds") or "").split()})
     keys = ("attack", "trigger", "percent_poison")
-    parts = [BEGIN, "",
-             f"Attacked models, mean ± std over seeds {seeds} and the 95 % t-interval of the mean (kept inside the "
-             "metric's range); cos = the BadDist encoder's cosine to the base encoder on held-out clean / triggered "
-             "test images:", "",
-             format_summary([r for r in models if r.get("attack") != "baddist"], keys, SHOWN_MODEL_METRICS, digits=3)]
+    parts = [
+        BEGIN,
+        "",
+        f"Attacked models, mean ± std over seeds {seeds} and the 95 % t-interval of the mean (kept inside the "
+        "metric's range); cos = the BadDist encoder's cosine to the base encoder on held-out clean / triggered "
+        "test images:",
+        "",
+        format_summary([r for r in models if r.get("attack") != "baddist"], keys, SHOWN_MODEL_METRICS, digits=3),
+    ]
     found = verdicts(per_seed)
     if found:
-        parts += ["", f"What each defense shows over the seeds (`artmed.evaluations.verdicts`: {describe()}; per seed: "
-                      "the deciding statistic; checked: no verdict reversed):", "", format_verdicts(found)]
-    parts += ["", UNCHECKED, "",
-              "Not stable across machines (see `artmed.evaluations.readme`), so not checked: BadDist alone (no "
-              "poisoned data),", "",
-              format_summary([r for r in models if r.get("attack") == "baddist"], keys, SHOWN_MODEL_METRICS, digits=3)]
-    parts += _defense_tables(defenses, "the detection defenses on the training set (tpr_at_fpr5: TPR of the "
-                                       "defense's scores at 5 % FPR; tpr / fpr: of the samples it flags; unexamined: "
-                                       "rows in groups too small to analyse),")
+        parts += [
+            "",
+            f"What each defense shows over the seeds (`artmed.evaluations.verdicts`: {describe()}; per seed: "
+            "the deciding statistic; checked: no verdict reversed):",
+            "",
+            format_verdicts(found),
+        ]
+    parts += [
+        "",
+        UNCHECKED,
+        "",
+        "Not stable across machines (see `artmed.evaluations.readme`), so not checked: BadDist alone (no "
+        "poisoned data),",
+        "",
+        format_summary([r for r in models if r.get("attack") == "baddist"], keys, SHOWN_MODEL_METRICS, digits=3),
+    ]
+    parts += _defense_tables(
+        defenses,
+        "the detection defenses on the training set (tpr_at_fpr5: TPR of the "
+        "defense's scores at 5 % FPR; tpr / fpr: of the samples it flags; unexamined: "
+        "rows in groups too small to analyse),",
+    )
     return "\n".join(parts + ["", END])
 
 
 def _defense_tables(rows: list[dict[str, Any]], detection_caption: str) -> list[str]:
     """The detection, mitigation and input-screen tables of ``rows`` (summary rows), each only when it has rows."""
     parts: list[str] = []
-    tables = (("fpr", detection_caption, SHOWN_DETECTION_METRICS),
-              ("ca_after", "the mitigations (the repaired model, same test set),", SHOWN_MITIGATION_METRICS),
-              ("far_frr1", "the input screens (clean vs triggered test images; FAR at FRR 1 % / 5 %),",
-               SHOWN_INPUT_METRICS))
+    tables = (
+        ("fpr", detection_caption, SHOWN_DETECTION_METRICS),
+        ("ca_after", "the mitigations (the repaired model, same test set),", SHOWN_MITIGATION_METRICS),
+        ("far_frr1", "the input screens (clean vs triggered test images; FAR at FRR 1 % / 5 %),", SHOWN_INPUT_METRICS),
+    )
     for marker, caption, metrics in tables:
         chosen = [r for r in rows if r.get(marker) is not None]
         if chosen:
@@ -121,7 +139,7 @@ def check(readme: str | Path, output_dir: str | Path, tolerance: float = DEFAULT
     ours, fresh = text[start:stop].splitlines(), rendered.splitlines()
     if UNCHECKED not in ours:
         return [f"the results block of {path} has no {UNCHECKED!r} line: rewrite it"]
-    ours, fresh = ours[:ours.index(UNCHECKED)], fresh[:fresh.index(UNCHECKED)]
+    ours, fresh = ours[: ours.index(UNCHECKED)], fresh[: fresh.index(UNCHECKED)]
     if len(ours) != len(fresh):
         return [f"the results block of {path} has {len(ours)} checked lines, a fresh render {len(fresh)}"]
     problems: list[str] = []
@@ -138,7 +156,7 @@ def check(readme: str | Path, output_dir: str | Path, tolerance: float = DEFAULT
             continue
         row = dict(zip(header, new_cells))
         n = int(row["n"]) if row.get("n", "").isdigit() else 1
-        where = f"line {number} ({' / '.join(new_cells[:header.index('n')] if 'n' in header else new_cells[:1])})"
+        where = f"line {number} ({' / '.join(new_cells[: header.index('n')] if 'n' in header else new_cells[:1])})"
         for column, a, b in zip(header, old_cells, new_cells):
             if "verdict" in header:
                 problem = _compare_verdict(column, a, b)
@@ -207,13 +225,20 @@ def _block(text: str, path: Path) -> tuple[int, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m artmed.evaluations.readme", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m artmed.evaluations.readme",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("output", help="the study's output folder (artmed-output)")
     parser.add_argument("--readme", default=RESULTS, help=f"the file with the results block (default: {RESULTS})")
     parser.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on a difference")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                        help="per-seed change accepted between machines (see the module docstring)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help="per-seed change accepted between machines (see the module docstring)",
+    )
     args = parser.parse_args(argv)
     try:
         if not args.check:

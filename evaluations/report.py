@@ -183,8 +183,7 @@ def _format_cell(value: Any, digits: int) -> str:
 # ---------------------------------------------------------------- figures
 
 
-def plot_detection_roc(scores_by_defense: Mapping[str, Any], path: str | Path,
-                       title: str | None = None) -> Path | None:
+def plot_detection_roc(scores_by_defense: Mapping[str, Any], path: str | Path, title: str | None = None) -> Path | None:
     """ROC curve per detection defense (one model), AUROC in the legend; the defense's flags as a dot when given.
 
     Each value is ``(scores, mask)``, ``(scores, mask, flags)`` or ``(DetectionResult, mask)``. Samples with NaN
@@ -236,8 +235,9 @@ def mean_roc(curves: Iterable[tuple[Any, Any]], grid: int = 101) -> dict[str, An
     return {"fpr": fpr_grid, "tpr": stacked.mean(axis=0), "tpr_std": std, "n": len(tprs), "auroc": aurocs}
 
 
-def plot_mean_roc(curves_by_defense: Mapping[str, Sequence[tuple[Any, Any]]], path: str | Path,
-                  title: str | None = None) -> Path | None:
+def plot_mean_roc(
+    curves_by_defense: Mapping[str, Sequence[tuple[Any, Any]]], path: str | Path, title: str | None = None
+) -> Path | None:
     """ROC per detection defense averaged over seeds (``mean_roc``): the mean TPR with a ± one-standard-deviation
     band, mean ± std AUROC and the number of seeds in the legend. Each value lists ``(scores, mask)`` per seed."""
     fig = Figure(figsize=(5.5, 5))
@@ -249,24 +249,40 @@ def plot_mean_roc(curves_by_defense: Mapping[str, Sequence[tuple[Any, Any]]], pa
             skipped.append(str(name))
             continue
         auroc, spread = _mean_std(curve["auroc"])
-        (line,) = ax.plot(curve["fpr"], curve["tpr"], drawstyle="steps-post",
-                          label=f"{name}: AUROC {auroc:.2f} ± {spread:.2f} (n={curve['n']})")
+        (line,) = ax.plot(
+            curve["fpr"],
+            curve["tpr"],
+            drawstyle="steps-post",
+            label=f"{name}: AUROC {auroc:.2f} ± {spread:.2f} (n={curve['n']})",
+        )
         if curve["n"] > 1:
-            ax.fill_between(curve["fpr"], np.clip(curve["tpr"] - curve["tpr_std"], 0, 1),
-                            np.clip(curve["tpr"] + curve["tpr_std"], 0, 1), step="post", alpha=0.2,
-                            color=line.get_color(), linewidth=0)
-    return _save_roc(fig, ax, path, title or "Poison detection ROC, mean over seeds", len(curves_by_defense),
-                     skipped)
+            ax.fill_between(
+                curve["fpr"],
+                np.clip(curve["tpr"] - curve["tpr_std"], 0, 1),
+                np.clip(curve["tpr"] + curve["tpr_std"], 0, 1),
+                step="post",
+                alpha=0.2,
+                color=line.get_color(),
+                linewidth=0,
+            )
+    return _save_roc(fig, ax, path, title or "Poison detection ROC, mean over seeds", len(curves_by_defense), skipped)
 
 
-def _save_roc(fig: Figure, ax: Any, path: str | Path, title: str, n_defenses: int,
-              skipped: Sequence[str]) -> Path | None:
+def _save_roc(
+    fig: Figure, ax: Any, path: str | Path, title: str, n_defenses: int, skipped: Sequence[str]
+) -> Path | None:
     """Finish a ROC figure (chance line, unit axes, legend) and save it; skipped when no defense drew a curve."""
     if n_defenses == len(skipped):
-        return _skip(path, "no defense has scores for both poisoned and clean samples")
+        _skip(path, "no defense has scores for both poisoned and clean samples")
+        return None
     ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (clean flagged)",
-           ylabel="true positive rate (poison flagged)", title=title)
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        xlabel="false positive rate (clean flagged)",
+        ylabel="true positive rate (poison flagged)",
+        title=title,
+    )
     _finish(ax, skipped=skipped)
     return _save(fig, path)
 
@@ -290,8 +306,7 @@ def _detection_inputs(name: Any, value: Any) -> tuple[np.ndarray, np.ndarray, np
     return scores, mask.astype(bool), flags
 
 
-def plot_ca_asr_bars(records: Sequence[Mapping[str, Any]], path: str | Path,
-                     title: str | None = None) -> Path | None:
+def plot_ca_asr_bars(records: Sequence[Mapping[str, Any]], path: str | Path, title: str | None = None) -> Path | None:
     """CA and ASR before and after each defense that changed the model: two panels of horizontal bar pairs.
 
     Only records with an "after" value (``ca_after`` or ``asr_after``: mitigations, detections with ``retrain``)
@@ -301,7 +316,8 @@ def plot_ca_asr_bars(records: Sequence[Mapping[str, Any]], path: str | Path,
     """
     records = [r for r in records if any(not math.isnan(_num(r.get(k))) for k in ("ca_after", "asr_after"))]
     if not records:
-        return _skip(path, "no record has CA or ASR after a defense (no mitigation, no retrain)")
+        _skip(path, "no record has CA or ASR after a defense (no mitigation, no retrain)")
+        return None
     tasks = len({r.get("task") for r in records}) > 1
     labels = [f"{r.get('task')}: {setting_label(r)}" if tasks else setting_label(r) for r in records]
     labels = [f"{label} · {_label_part('defense', r.get('defense'))}" for label, r in zip(labels, records)]
@@ -310,14 +326,29 @@ def plot_ca_asr_bars(records: Sequence[Mapping[str, Any]], path: str | Path,
     axes = fig.subplots(1, 2, sharey=True)
     ys = np.arange(len(groups))
     for ax, metric, name in zip(axes, ("ca", "asr"), ("clean accuracy (CA)", "attack success (ASR)")):
-        for shift, when, colour in ((-0.2, "before", "#bdbdbd"), (0.2, "after", "#08519c" if metric == "ca"
-                                                                  else "#a50f15")):
+        for shift, when, colour in (
+            (-0.2, "before", "#bdbdbd"),
+            (0.2, "after", "#08519c" if metric == "ca" else "#a50f15"),
+        ):
             keys = (f"{metric}_{when}",) if when == "after" else (f"{metric}_before", metric)
-            stats = [_mean_std(next((r.get(k) for k in keys if not math.isnan(_num(r.get(k)))), None)
-                               for r, lab in zip(records, labels) if lab == g) for g in groups]
+            stats = [
+                _mean_std(
+                    next((r.get(k) for k in keys if not math.isnan(_num(r.get(k)))), None)
+                    for r, lab in zip(records, labels)
+                    if lab == g
+                )
+                for g in groups
+            ]
             means = np.array([m for m, _ in stats])
-            ax.barh(ys + shift, np.nan_to_num(means), 0.4, xerr=[0.0 if math.isnan(e) else e for _, e in stats],
-                    color=colour, label=when, capsize=2)
+            ax.barh(
+                ys + shift,
+                np.nan_to_num(means),
+                0.4,
+                xerr=[0.0 if math.isnan(e) else e for _, e in stats],
+                color=colour,
+                label=when,
+                capsize=2,
+            )
         ax.set(xlim=(0, 1.05), xlabel=name)
         ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=2, frameon=False)
     axes[0].set_yticks(ys, groups, fontsize=8)
@@ -326,13 +357,19 @@ def plot_ca_asr_bars(records: Sequence[Mapping[str, Any]], path: str | Path,
     return _save(fig, path)
 
 
-def plot_heatmap(cells: Mapping[tuple[str, str], tuple[float, float]], path: str | Path, title: str,
-                 value_range: tuple[float, float] = (0.0, 1.0), cmap: str = "viridis") -> Path | None:
+def plot_heatmap(
+    cells: Mapping[tuple[str, str], tuple[float, float]],
+    path: str | Path,
+    title: str,
+    value_range: tuple[float, float] = (0.0, 1.0),
+    cmap: str = "viridis",
+) -> Path | None:
     """A grid of ``(row, column) -> (mean, std)`` (e.g. defense × attack setting -> AUROC over seeds), each cell
     annotated "mean ± std" (mean only when the std is NaN); missing or NaN cells stay blank."""
     cells = {k: v for k, v in cells.items() if not math.isnan(_num(v[0]))}
     if not cells:
-        return _skip(path, "no cell has a finite value")
+        _skip(path, "no cell has a finite value")
+        return None
     rows = list(dict.fromkeys(r for r, _ in cells))
     cols = list(dict.fromkeys(c for _, c in cells))
     grid = np.full((len(rows), len(cols)), np.nan)
@@ -340,13 +377,19 @@ def plot_heatmap(cells: Mapping[tuple[str, str], tuple[float, float]], path: str
         grid[rows.index(r), cols.index(c)] = mean
     fig = Figure(figsize=(2.0 + 1.5 * len(cols), 1.4 + 0.5 * len(rows)))
     ax = fig.subplots()
-    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=value_range[0], vmax=value_range[1],
-                      aspect="auto")
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=value_range[0], vmax=value_range[1], aspect="auto")
     for (r, c), (mean, std) in cells.items():
         text = f"{mean:.2f}" if math.isnan(_num(std)) else f"{mean:.2f}\n± {std:.2f}"
         shade = (mean - value_range[0]) / ((value_range[1] - value_range[0]) or 1.0)
-        ax.text(cols.index(c), rows.index(r), text, ha="center", va="center", fontsize=8,
-                color="black" if shade > 0.6 else "white")
+        ax.text(
+            cols.index(c),
+            rows.index(r),
+            text,
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="black" if shade > 0.6 else "white",
+        )
     ax.set_xticks(range(len(cols)), cols, rotation=20, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.set_title(title, fontsize=10)
@@ -367,7 +410,8 @@ def plot_tradeoff(steps: Sequence[Mapping[str, Any]], path: str | Path, title: s
             paths.setdefault(key, []).append((int(row.get("step", 0)), ca, asr))
     paths = {k: sorted(v) for k, v in paths.items() if len(v) > 1}
     if not paths:
-        return _skip(path, "no mitigation reported more than one model")
+        _skip(path, "no mitigation reported more than one model")
+        return None
     settings = list(dict.fromkeys(k[0] for k in paths))
     defenses = list(dict.fromkeys(k[1] for k in paths))
     colours = {d: f"C{i % 10}" for i, d in enumerate(defenses)}
@@ -377,19 +421,22 @@ def plot_tradeoff(steps: Sequence[Mapping[str, Any]], path: str | Path, title: s
         for (where, defense, _), points in paths.items():
             if where != setting:
                 continue
-            _, ca, asr = zip(*points)
-            ax.plot(ca, asr, "-", color=colours[defense], alpha=0.7, linewidth=1)
-            ax.plot(ca[0], asr[0], "o", color=colours[defense], markersize=5)
-            ax.plot(ca[-1], asr[-1], "*", color=colours[defense], markersize=10)
+            _, cas, asrs = zip(*points)
+            ax.plot(cas, asrs, "-", color=colours[defense], alpha=0.7, linewidth=1)
+            ax.plot(cas[0], asrs[0], "o", color=colours[defense], markersize=5)
+            ax.plot(cas[-1], asrs[-1], "*", color=colours[defense], markersize=10)
         ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="clean accuracy (CA)", title=setting)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("attack success (ASR)")
     handles = [axes[0].plot([], [], "-", color=colours[d], label=d)[0] for d in defenses]
-    handles += [axes[0].plot([], [], "o", color="grey", label="first")[0],
-                axes[0].plot([], [], "*", color="grey", markersize=10, label="last")[0]]
+    handles += [
+        axes[0].plot([], [], "o", color="grey", label="first")[0],
+        axes[0].plot([], [], "*", color="grey", markersize=10, label="last")[0],
+    ]
     axes[-1].legend(handles=handles, fontsize=8, loc="best")
-    fig.suptitle(title or "Mitigations: CA and ASR of the models each one passed through (one line per seed)",
-                 fontsize=10)
+    fig.suptitle(
+        title or "Mitigations: CA and ASR of the models each one passed through (one line per seed)", fontsize=10
+    )
     return _save(fig, path)
 
 
@@ -414,8 +461,9 @@ def plot_inverted_trigger(mask: Any, pattern: Any | None, path: str | Path, titl
     return _save(fig, path)
 
 
-def plot_score_histograms(scores: Any, mask: Any, path: str | Path, title: str | None = None,
-                          bins: int = 40) -> Path | None:
+def plot_score_histograms(
+    scores: Any, mask: Any, path: str | Path, title: str | None = None, bins: int = 40
+) -> Path | None:
     """Histograms of clean vs poisoned suspicion scores, one panel per defense.
 
     ``scores``: an (N,) array, or a dict name -> scores / ``(scores, mask)`` / DetectionResult (``mask`` is used
@@ -432,7 +480,8 @@ def plot_score_histograms(scores: Any, mask: Any, path: str | Path, title: str |
         if keep.any():
             panels[name] = (s[keep], m[keep])
     if not panels:
-        return _skip(path, "no finite scores")
+        _skip(path, "no finite scores")
+        return None
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig = Figure(figsize=(4.2 * cols, 3.4 * rows), layout="constrained")
@@ -446,7 +495,7 @@ def plot_score_histograms(scores: Any, mask: Any, path: str | Path, title: str |
             ax.plot(s[m], np.zeros(int(m.sum())), "|", color="#cb181d", markersize=12)
         ax.set(title=str(name), xlabel="suspicion score", ylabel="density")
         _finish(ax)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     if title:
         fig.suptitle(title)
@@ -474,7 +523,8 @@ def plot_feature_projection(
     chosen = np.concatenate([_subset(np.flatnonzero(keep & part), max_points, rng) for part in (~m, m)])
     x, m = x[chosen], m[chosen]
     if x.shape[0] < 2:
-        return _skip(path, f"{x.shape[0]} row(s) of finite features")
+        _skip(path, f"{x.shape[0]} row(s) of finite features")
+        return None
     fig = Figure(figsize=(5.5, 5))
     ax = fig.subplots()
     points, ratio = _pca2(x)
@@ -510,8 +560,9 @@ def _pca2(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return centred @ axes, variance / total if total > 0 else np.zeros(2)
 
 
-def plot_poison_rate_sweep(records: Sequence[Mapping[str, Any]], path: str | Path,
-                           title: str | None = None) -> Path | None:
+def plot_poison_rate_sweep(
+    records: Sequence[Mapping[str, Any]], path: str | Path, title: str | None = None
+) -> Path | None:
     """ASR and CA against the poison rate (log x), one line per attack × trigger: the attack study of the paper.
 
     Uses the records without a defense when there are any (else all); rates ≤ 0 cannot sit on a log axis and are
@@ -529,7 +580,8 @@ def plot_poison_rate_sweep(records: Sequence[Mapping[str, Any]], path: str | Pat
         if len(rates) > 1:
             lines[line] = (mine, rates)
     if not lines:
-        return _skip(path, "no attack × trigger was run at two or more poison rates")
+        _skip(path, "no attack × trigger was run at two or more poison rates")
+        return None
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, key, name in zip(axes, ("asr", "ca"), ("attack success rate", "clean accuracy")):
@@ -548,8 +600,9 @@ def plot_poison_rate_sweep(records: Sequence[Mapping[str, Any]], path: str | Pat
     return _save(fig, path)
 
 
-def plot_baddist_separation(records: Sequence[Mapping[str, Any]], path: str | Path,
-                            title: str | None = None) -> Path | None:
+def plot_baddist_separation(
+    records: Sequence[Mapping[str, Any]], path: str | Path, title: str | None = None
+) -> Path | None:
     """BadDist's separation on held-out images: the backdoored encoder's mean cosine to the clean encoder on clean
     images (``heldout_cos_clean``, near 1 = stealthy) and on triggered ones (``heldout_cos_trigger``, low = the
     trigger moves the embedding), one dot per seed and the mean ± std per setting.
@@ -560,7 +613,8 @@ def plot_baddist_separation(records: Sequence[Mapping[str, Any]], path: str | Pa
     series = (("heldout_cos_clean", "clean images", "#2171b5"), ("heldout_cos_trigger", "triggered images", "#cb181d"))
     records = [r for r in records if all(not math.isnan(_num(r.get(k))) for k, _, _ in series)]
     if not records:
-        return _skip(path, "no model has held-out BadDist cosines (no BadDist attack)")
+        _skip(path, "no model has held-out BadDist cosines (no BadDist attack)")
+        return None
     labels = [setting_label(r) for r in records]
     groups = list(dict.fromkeys(labels))
     fig = Figure(figsize=(7.5, 1.8 + 0.6 * len(groups)))
@@ -569,15 +623,25 @@ def plot_baddist_separation(records: Sequence[Mapping[str, Any]], path: str | Pa
         for i, group in enumerate(groups):
             values = [_num(r[key]) for r, lab in zip(records, labels) if lab == group]
             y = i + (j - 0.5) * 0.3
-            ax.plot(values, np.full(len(values), y), "o", color=colour, alpha=0.5, markersize=5,
-                    label=legend if i == 0 else None)
+            ax.plot(
+                values,
+                np.full(len(values), y),
+                "o",
+                color=colour,
+                alpha=0.5,
+                markersize=5,
+                label=legend if i == 0 else None,
+            )
             mean, std = _mean_std(values)
             ax.errorbar([mean], [y], xerr=[std], fmt="|", color=colour, markersize=14, capsize=4)
     ax.axvline(0.0, color="grey", linestyle=":")
     ax.set_yticks(range(len(groups)), groups, fontsize=8)
     ax.invert_yaxis()
-    ax.set(xlim=(-1.05, 1.05), title=title or "BadDist: clean vs triggered embeddings",
-           xlabel="cosine to the clean encoder (held-out test images; dots: seeds, bar: mean ± std)")
+    ax.set(
+        xlim=(-1.05, 1.05),
+        title=title or "BadDist: clean vs triggered embeddings",
+        xlabel="cosine to the clean encoder (held-out test images; dots: seeds, bar: mean ± std)",
+    )
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
 
@@ -598,8 +662,9 @@ def plot_trigger_examples(path: str | Path, image_size: int = 96, seed: int = 0)
         axes[0, col].set_title(name, fontsize=9)
         change = np.abs(image[0] - clean[0])
         peak = float(change.max())
-        axes[1, col].imshow(change / peak if peak > 0 else change, cmap="magma", vmin=0.0, vmax=1.0,
-                            interpolation="nearest")
+        axes[1, col].imshow(
+            change / peak if peak > 0 else change, cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest"
+        )
         axes[1, col].set_title(f"|change|, max {peak:.3f}", fontsize=8)
     for ax in axes.ravel():
         ax.set(xticks=[], yticks=[])
@@ -657,8 +722,16 @@ def _finish(ax: Any, skipped: Sequence[str] = ()) -> None:
     """The legend; series left out for having one class only are listed under the plot."""
     ax.legend(fontsize=8, loc="best")
     if skipped:
-        ax.text(0.99, 0.01, "skipped (one class only): " + ", ".join(skipped), ha="right", va="bottom",
-                transform=ax.transAxes, fontsize=7, color="grey")
+        ax.text(
+            0.99,
+            0.01,
+            "skipped (one class only): " + ", ".join(skipped),
+            ha="right",
+            va="bottom",
+            transform=ax.transAxes,
+            fontsize=7,
+            color="grey",
+        )
 
 
 class NoFigureWarning(UserWarning):

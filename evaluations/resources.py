@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["Measurement", "measure"]
 
@@ -61,6 +61,7 @@ def measure(method: str = "auto", interval: float = 0.005) -> Iterator[Measureme
     hwm = _rss_watermark()
     if method == "hwm" and hwm is None:
         raise ValueError("method='hwm' needs Linux with a writable /proc/self/clear_refs; use 'sampled' or 'auto'")
+    rss: _WaterMark | _RssSampler | None
     if hwm is None or method == "sampled":
         rss = _RssSampler(interval) if _rss_reader() is not None else None
     else:
@@ -76,6 +77,7 @@ def measure(method: str = "auto", interval: float = 0.005) -> Iterator[Measureme
         result.seconds = time.perf_counter() - wall
         result.cpu_seconds = time.process_time() - cpu
         if rss is not None:
+            assert rss_span is not None  # opened with rss, before the try
             result.peak_mb = rss.close(rss_span) / MIB
         result.cuda_peak_mb = _cuda_peak(cuda, cuda_span)
 
@@ -123,7 +125,7 @@ class _RssSampler:
 
     def __init__(self, interval: float) -> None:
         self._interval = interval
-        self._read = _rss_reader()
+        self._read = cast(Callable[[], int], _rss_reader())  # measure() builds a sampler only where a reader exists
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="artmed-measure", daemon=True)
 
@@ -208,6 +210,7 @@ def _cuda_watermark() -> _WaterMark | None:
 
 def _cuda_peak(mark: _WaterMark | None, span: _Span | None) -> float | None:
     if mark is not None:
+        assert span is not None  # measure() opens a span on every mark it has
         return mark.close(span) / MIB
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():

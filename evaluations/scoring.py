@@ -31,14 +31,27 @@ def target_index(class_names: list[str], target: str) -> int | None:
     return None
 
 
-def score_estimator(estimator: Any, x_test: Any, targets: np.ndarray, x_triggered: Any | None = None,
-                    target: int | None = None, batch_size: int | None = None) -> dict[str, float]:
+def score_estimator(
+    estimator: Any,
+    x_test: Any,
+    targets: np.ndarray,
+    x_triggered: Any | None = None,
+    target: int | None = None,
+    batch_size: int | None = None,
+) -> dict[str, float]:
     """CA and macro P/R/F1 on clean images; ASR, ASR_all and RA on triggered ones when given (NaN otherwise)."""
     nan = float("nan")
     pred = _predict_classes(estimator, x_test, batch_size, "clean")
     report = classification_report(pred, targets, num_classes=estimator.nb_classes)
-    result = {"ca": report["accuracy"], "precision": report["macro_precision"],
-              "recall": report["macro_recall"], "f1": report["macro_f1"], "asr": nan, "asr_all": nan, "ra": nan}
+    result = {
+        "ca": report["accuracy"],
+        "precision": report["macro_precision"],
+        "recall": report["macro_recall"],
+        "f1": report["macro_f1"],
+        "asr": nan,
+        "asr_all": nan,
+        "ra": nan,
+    }
     if x_triggered is not None:
         pred_t = _predict_classes(estimator, x_triggered, batch_size, "triggered")
         result["ra"] = robust_accuracy(pred_t, targets, target)
@@ -48,10 +61,20 @@ def score_estimator(estimator: Any, x_test: Any, targets: np.ndarray, x_triggere
     return result
 
 
-def score_over_prompt_draws(estimator: Any, x_test: Any, targets: np.ndarray, x_triggered: Any | None = None,
-                            target: int | None = None, batch_size: int | None = None, *, draws: int = 5,
-                            n_prompts: int = 10, seed: int = 42, normal_sentences: Sequence[str] | None = None,
-                            prompt_sets: Sequence[Mapping[str, Sequence[str]]] | None = None) -> dict[str, float]:
+def score_over_prompt_draws(
+    estimator: Any,
+    x_test: Any,
+    targets: np.ndarray,
+    x_triggered: Any | None = None,
+    target: int | None = None,
+    batch_size: int | None = None,
+    *,
+    draws: int = 5,
+    n_prompts: int = 10,
+    seed: int = 42,
+    normal_sentences: Sequence[str] | None = None,
+    prompt_sets: Sequence[Mapping[str, Sequence[str]]] | None = None,
+) -> dict[str, float]:
     """``score_estimator`` once per prompt set, as MedCLIP's ``zero_shot.py`` evaluates (``n_runs=5`` draws of
     ``n=10`` sampled prompts per class): every metric's mean over the draws, its ``<metric>_draw_std`` (population
     std, ``np.std`` as the released script prints) and ``"draws"``.
@@ -64,11 +87,14 @@ def score_over_prompt_draws(estimator: Any, x_test: Any, targets: np.ndarray, x_
     from artmed.data.medclip_prompts import check_prompt_sets, medclip_prompt_draws
 
     if prompt_sets is None:
-        prompt_sets = medclip_prompt_draws(estimator.classes, draws=draws, n=n_prompts, seed=seed,
-                                           normal_sentences=normal_sentences)
+        prompt_sets = medclip_prompt_draws(
+            estimator.classes, draws=draws, n=n_prompts, seed=seed, normal_sentences=normal_sentences
+        )
     check_prompt_sets(prompt_sets, estimator.classes)
-    runs = [score_estimator(estimator.with_prompts(p), x_test, targets, x_triggered, target, batch_size)
-            for p in prompt_sets]
+    runs = [
+        score_estimator(estimator.with_prompts(p), x_test, targets, x_triggered, target, batch_size)
+        for p in prompt_sets
+    ]
     result: dict[str, float] = {}
     for key in runs[0]:
         values = np.array([r[key] for r in runs], dtype=np.float64)
@@ -91,6 +117,8 @@ def _predict_classes(estimator: Any, x: Any, batch_size: int | None, which: str)
     probs = np.asarray(estimator.predict(x, batch_size=batch_size))
     bad = ~np.isfinite(probs).all(axis=1)
     if bad.any():
-        raise ValueError(f"the model's predictions are NaN or infinite on {int(bad.sum())} of {len(bad)} {which} "
-                         "test images (diverged training or non-finite weights); it cannot be scored")
+        raise ValueError(
+            f"the model's predictions are NaN or infinite on {int(bad.sum())} of {len(bad)} {which} "
+            "test images (diverged training or non-finite weights); it cannot be scored"
+        )
     return probs.argmax(axis=1)

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from artmed.progress import tqdm
 
 from artmed.attacks.pipeline import AttackSpec, supply_chain_attack
 from artmed.data.default import make_default_dataset
@@ -29,6 +28,7 @@ from artmed.evaluations.aggregate import format_summary, summarize
 from artmed.evaluations.store import atomic_write
 from artmed.models import build_medclip, default_tokenizer
 from artmed.models.config import PRESETS
+from artmed.progress import tqdm
 from artmed.validation import check_writable
 
 __all__ = ["SUCCESS", "base_model", "separation", "main"]
@@ -50,10 +50,19 @@ def base_model(preset: str, prompts: dict[str, list[str]], image_size: int, seed
     return MedCLIPEstimator(model, tokenizer, prompts, input_shape=(1, image_size, image_size), device=device)
 
 
-def separation(preset: str, seed: int, triggers: Sequence[tuple[str, dict[str, Any]]], baddist: dict[str, Any],
-               image_size: int = 64, n_train: int = 2000, n_shadow: int = 1024, n_probe: int = 200,
-               pretrain: dict[str, Any] | None = None, device: str = "auto",
-               verbose: bool = False) -> list[dict[str, Any]]:
+def separation(
+    preset: str,
+    seed: int,
+    triggers: Sequence[tuple[str, dict[str, Any]]],
+    baddist: dict[str, Any],
+    image_size: int = 64,
+    n_train: int = 2000,
+    n_shadow: int = 1024,
+    n_probe: int = 200,
+    pretrain: dict[str, Any] | None = None,
+    device: str = "auto",
+    verbose: bool = False,
+) -> list[dict[str, Any]]:
     """One seed: pre-train the base (``pretrain``: fit parameters), then BadDist once per trigger; one row each."""
     data = make_default_dataset(n_train=n_train + n_shadow, n_test=n_probe, image_size=image_size, seed=seed)
     task = data.tasks["rsna_like"]
@@ -61,21 +70,37 @@ def separation(preset: str, seed: int, triggers: Sequence[tuple[str, dict[str, A
     base = base_model(preset, task.prompts, image_size, seed, device)
     start = time.perf_counter()
     fit = {"steps": 300, "batch_size": 64, "lr": 1e-3, **(pretrain or {})}
-    base.fit(images[:n_train], labels[:n_train], texts=data.texts.sentences, text_labels=data.texts.labels,
-             seed=seed, verbose=verbose, **fit)
+    base.fit(
+        images[:n_train],
+        labels[:n_train],
+        texts=data.texts.sentences,
+        text_labels=data.texts.labels,
+        seed=seed,
+        verbose=verbose,
+        **fit,
+    )
     rows = [{"preset": preset, "seed": seed, "pretrain_seconds": time.perf_counter() - start}]
     for trigger, params in triggers:
         spec = AttackSpec("baddist", trigger=trigger, trigger_params=params, seed=seed, baddist_params=baddist)
         start = time.perf_counter()
-        context = spec.context(x_shadow=images[n_train:], y_shadow=labels[n_train:], x_probe=task.images.to_array(),
-                               verbose=verbose)
+        context = spec.context(
+            x_shadow=images[n_train:], y_shadow=labels[n_train:], x_probe=task.images.to_array(), verbose=verbose
+        )
         _, history = supply_chain_attack(spec, base, context)
         probe, steps = history["baddist_probe"], history["baddist"]
-        rows.append({**rows[0], "trigger": _label(trigger, params), "baddist_seconds": time.perf_counter() - start,
-                     "cos_clean": probe["cos_clean"], "cos_trigger": probe["cos_trigger"],
-                     "train_cos_clean": steps["cos_clean"][-1], "train_cos_trigger": steps["cos_trigger"][-1],
-                     "separated": probe["cos_trigger"] <= SUCCESS["cos_trigger_max"]
-                     and probe["cos_clean"] >= SUCCESS["cos_clean_min"]})
+        rows.append(
+            {
+                **rows[0],
+                "trigger": _label(trigger, params),
+                "baddist_seconds": time.perf_counter() - start,
+                "cos_clean": probe["cos_clean"],
+                "cos_trigger": probe["cos_trigger"],
+                "train_cos_clean": steps["cos_clean"][-1],
+                "train_cos_trigger": steps["cos_trigger"][-1],
+                "separated": probe["cos_trigger"] <= SUCCESS["cos_trigger_max"]
+                and probe["cos_clean"] >= SUCCESS["cos_clean_min"],
+            }
+        )
     return rows[1:]
 
 
@@ -138,12 +163,18 @@ def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace, ba
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="artmed separation", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="artmed separation", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     parser.add_argument("--seeds", type=_positive, default=10, help="seeds 0 .. N-1 (each its own data and base model)")
-    parser.add_argument("--triggers", nargs="+", default=[("patch", {}), ("fourier", {})], type=_trigger,
-                        help="trigger names with optional parameters, e.g. fourier:alpha=0.3")
+    parser.add_argument(
+        "--triggers",
+        nargs="+",
+        default=[("patch", {}), ("fourier", {})],
+        type=_trigger,
+        help="trigger names with optional parameters, e.g. fourier:alpha=0.3",
+    )
     parser.add_argument("--settings", default="tiny", help="BadDist settings name (artmed.attacks.poisoning)")
     parser.add_argument("--baddist", default="{}", type=_mapping, help="JSON BadDist parameters over --settings")
     parser.add_argument("--image-size", type=_positive, default=64)
@@ -157,13 +188,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_options(parser, args, baddist)
     rows: list[dict[str, Any]] = []
     for seed in tqdm(range(args.seeds), desc=f"BadDist separation ({args.preset})"):
-        rows += separation(args.preset, seed, args.triggers, baddist, image_size=args.image_size,
-                           n_train=args.n_train, n_shadow=args.n_shadow, pretrain=args.pretrain, device=args.device)
+        rows += separation(
+            args.preset,
+            seed,
+            args.triggers,
+            baddist,
+            image_size=args.image_size,
+            n_train=args.n_train,
+            n_shadow=args.n_shadow,
+            pretrain=args.pretrain,
+            device=args.device,
+        )
         if args.out:
             atomic_write(args.out, json.dumps(rows, indent=1) + "\n")
     for row in rows:
-        print(f"seed {row['seed']:3d}  {row['trigger']:24s} cos clean {row['cos_clean']:+.3f}  "
-              f"cos triggered {row['cos_trigger']:+.3f}  {'separated' if row['separated'] else 'NOT separated'}")
+        print(
+            f"seed {row['seed']:3d}  {row['trigger']:24s} cos clean {row['cos_clean']:+.3f}  "
+            f"cos triggered {row['cos_trigger']:+.3f}  {'separated' if row['separated'] else 'NOT separated'}"
+        )
     metrics = ("cos_clean", "cos_trigger", "baddist_seconds")
     print(format_summary(summarize(rows, ("preset", "trigger"), metrics), ("preset", "trigger"), metrics))
     for trigger in dict.fromkeys(r["trigger"] for r in rows):

@@ -16,11 +16,10 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import torch
-from artmed.progress import tqdm
 
 from artmed.constants import CHEXPERT_LABELS
 from artmed.data.adapt_chexpert import load_chexpert
@@ -38,6 +37,7 @@ from artmed.data.report_sampling import ReportSampler
 from artmed.estimator import MedCLIPEstimator
 from artmed.models import build_medclip, load_medclip, load_tokenizer
 from artmed.models.config import PRESETS
+from artmed.progress import tqdm
 from artmed.validation import FieldError, blame
 
 if TYPE_CHECKING:
@@ -80,21 +80,38 @@ def load_study_data(config: StudyConfig, seed: int) -> StudyData:
     task's test images: ``n_shadow`` for the shadow set, then at most ``n_train`` for training. Each task keeps a seeded
     subset of at most ``n_test`` test images."""
     data = config.data
+    image_size = data.image_size
+    assert image_size is not None  # StudyConfig resolves it (model.image_size, data.image_size or 224)
     tasks: dict[str, ZeroShotTask] = {}
     for i, spec in enumerate(config.tasks):
         with blame(f"config.tasks[{i}]"):
-            task = _load_task(spec, data.image_size, _seed(seed, f"task:{spec.name}"))
+            task = _load_task(spec, image_size, _seed(seed, f"task:{spec.name}"))
             tasks[spec.name] = _capped(_styled_task(task, data), data.n_test, _seed(seed, f"test:{spec.name}"))
-    _check_memory(tasks, data.image_size)
+    _check_memory(tasks, image_size)
     files = {name: task.images for name, task in tasks.items() if isinstance(task.images, FileImageSet)}
     own_report = "own_report" in (config.train.text_sampling, config.pretrain.text_sampling)
     if data.source == "phantom":
-        phantom = make_default_dataset(n_train=data.n_train + data.n_shadow, n_test=data.n_test,
-                                       image_size=data.image_size, seed=seed, n_texts=data.n_texts)
+        assert data.n_train is not None and data.n_test is not None  # DataConfig fills PHANTOM_SIZES
+        phantom = make_default_dataset(
+            n_train=data.n_train + data.n_shadow,
+            n_test=data.n_test,
+            image_size=image_size,
+            seed=seed,
+            n_texts=data.n_texts,
+        )
         images, labels = phantom.train.to_array(), phantom.train.labels
         n = data.n_train
-        return StudyData(images[:n], labels[:n], images[n:], labels[n:], phantom.texts,
-                         _in_memory(tasks) or phantom.tasks, files, [None] * n if own_report else None)
+        no_reports: list[str | None] | None = [None] * n if own_report else None
+        return StudyData(
+            images[:n],
+            labels[:n],
+            images[n:],
+            labels[n:],
+            phantom.texts,
+            _in_memory(tasks) or phantom.tasks,
+            files,
+            no_reports,
+        )
     with blame("config.data.root"):
         pool = _held_out(_styled(_training_images(config), data), tasks)
     shadow, train = _split(len(pool), data.n_shadow, data.n_train, _seed(seed, "split"))
@@ -103,8 +120,9 @@ def load_study_data(config: StudyConfig, seed: int) -> StudyData:
         texts, sentence_table = _text_pool(config, x_train)
         texts = _capped_texts(texts, data.n_texts, _seed(seed, "texts"))
         reports = _training_reports(config, x_train) if own_report else None
-    return StudyData(x_train, x_train.labels, x_shadow, x_shadow.labels, texts, _in_memory(tasks), files, reports,
-                     sentence_table)
+    return StudyData(
+        x_train, x_train.labels, x_shadow, x_shadow.labels, texts, _in_memory(tasks), files, reports, sentence_table
+    )
 
 
 def own_report_sampler(data: StudyData, seed: int) -> ReportSampler | None:
@@ -113,8 +131,13 @@ def own_report_sampler(data: StudyData, seed: int) -> ReportSampler | None:
     before a BadMatch relabelling). None when no training image owns a report."""
     if data.reports is None:
         return None
-    sampler = ReportSampler.from_reports(data.reports, data.texts, labels="lookup" if data.sentence_table else "labeler",
-                                         clean_table=data.sentence_table, seed=_seed(seed, "report_sampler"))
+    sampler = ReportSampler.from_reports(
+        data.reports,
+        data.texts,
+        labels="lookup" if data.sentence_table else "labeler",
+        clean_table=data.sentence_table,
+        seed=_seed(seed, "report_sampler"),
+    )
     return sampler.with_fallback_labels(data.y_train)
 
 
@@ -123,6 +146,10 @@ def _seed(seed: int, stream: str) -> int:
     return int(np.random.SeedSequence([int(seed), 0x50C3, zlib.crc32(stream.encode())]).generate_state(1)[0])
 
 
+@overload
+def _styled(images: FileImageSet, data: DataConfig) -> FileImageSet: ...
+@overload
+def _styled(images: ImageSet, data: DataConfig) -> ImageSet: ...
 def _styled(images: ImageSet, data: DataConfig) -> ImageSet:
     """``images`` read with ``data``'s ``interpolation`` and ``pad`` (a ``FileImageSet``; the same object at the
     defaults)."""
@@ -134,8 +161,9 @@ def _styled(images: ImageSet, data: DataConfig) -> ImageSet:
 def _styled_task(task: ZeroShotTask, data: DataConfig) -> ZeroShotTask:
     """``task`` with its test images read with ``data``'s ``interpolation`` and ``pad``."""
     images = _styled(task.images, data)
-    return task if images is task.images else ZeroShotTask(task.name, task.class_names, task.prompts, images,
-                                                            task.targets)
+    return (
+        task if images is task.images else ZeroShotTask(task.name, task.class_names, task.prompts, images, task.targets)
+    )
 
 
 def _capped(task: ZeroShotTask, n: int | None, seed: int) -> ZeroShotTask:
@@ -151,29 +179,39 @@ def _check_memory(tasks: dict[str, ZeroShotTask], image_size: int) -> None:
     for name, task in tasks.items():
         need = len(task.images) * image_size**2 * 4
         if need > DEFAULT_MAX_BYTES:
-            raise FieldError(f"config.data.n_test: task {name!r} has {len(task.images)} test images "
-                             f"({need / 1024**3:.1f} GiB as float32 at {image_size} px), more than the harness holds "
-                             "in memory; set config.data.n_test (e.g. 1000)")
+            raise FieldError(
+                f"config.data.n_test: task {name!r} has {len(task.images)} test images "
+                f"({need / 1024**3:.1f} GiB as float32 at {image_size} px), more than the harness holds "
+                "in memory; set config.data.n_test (e.g. 1000)"
+            )
 
 
 def _in_memory(tasks: dict[str, ZeroShotTask]) -> dict[str, ZeroShotTask]:
     """The tasks with their test images decoded once (``ArrayImageSet``), in the same order."""
-    return {name: ZeroShotTask(name, task.class_names, task.prompts,
-                               ArrayImageSet(task.images.to_array(), task.images.labels), task.targets)
-            for name, task in tqdm(tasks.items(), desc="reading test images", leave=False)}
+    return {
+        name: ZeroShotTask(
+            name,
+            task.class_names,
+            task.prompts,
+            ArrayImageSet(task.images.to_array(), task.images.labels),
+            task.targets,
+        )
+        for name, task in tqdm(tasks.items(), desc="reading test images", leave=False)
+    }
 
 
 def _load_task(spec: TaskSpec, image_size: int, seed: int) -> ZeroShotTask:
     """One zero-shot task from its folder or CSV (see ``TaskSpec``)."""
-    root = Path(spec.root)
+    root = _task_root(spec)
     if spec.source == "covid":
         return load_covid(root, image_root=spec.image_root, image_size=image_size, name=spec.name)
     if spec.source == "rsna":
         if root.is_dir() or "patientId" in _columns(root):
             labels = root / RSNA_LABELS if root.is_dir() else root
             return load_rsna(labels, image_dir=spec.image_root, image_size=image_size, name=spec.name)
-        return load_binary_meta(root, RSNA_CLASSES, spec.name, "rsna", image_root=spec.image_root,
-                                image_size=image_size)
+        return load_binary_meta(
+            root, RSNA_CLASSES, spec.name, "rsna", image_root=spec.image_root, image_size=image_size
+        )
     if root.is_file():  # MedCLIP's *-5x200-meta.csv (imgpath + the 14 labels)
         images: FileImageSet = load_medclip_images(root, spec.image_root, image_size)
     elif spec.source == "mimic_cxr":  # MedCLIP maps MIMIC's uncertain labels to 0 before drawing
@@ -186,16 +224,31 @@ def _load_task(spec: TaskSpec, image_size: int, seed: int) -> ZeroShotTask:
 def _training_images(config: StudyConfig) -> FileImageSet:
     """Every training image of a real source with its labels, lazily."""
     data = config.data
-    root = Path(data.root)
+    root = _data_root(data)
+    image_size = data.image_size
+    assert image_size is not None  # StudyConfig resolves it
     if data.source == "mimic_cxr":
-        return load_mimic_images(root, split="train", image_size=data.image_size)
+        return load_mimic_images(root, split="train", image_size=image_size)
     if data.source == "chexpert":
         csv_path = root / CHEXPERT_CSV if root.is_dir() else root
-        return load_chexpert(csv_path, data.image_root, data.image_size)
+        return load_chexpert(csv_path, data.image_root, image_size)
     metas = sorted(root.glob(TRAIN_META)) if root.is_dir() else [root]
-    parts = [load_medclip_images(meta, data.image_root, data.image_size) for meta in metas]
-    return FileImageSet([p for part in parts for p in part.paths], np.concatenate([part.labels for part in parts]),
-                        data.image_size)
+    parts = [load_medclip_images(meta, data.image_root, image_size) for meta in metas]
+    return FileImageSet(
+        [p for part in parts for p in part.paths], np.concatenate([part.labels for part in parts]), image_size
+    )
+
+
+def _data_root(data: DataConfig) -> Path:
+    """``data.root`` of a real source (DataConfig refuses a real source without one)."""
+    assert data.root is not None
+    return Path(data.root)
+
+
+def _task_root(spec: TaskSpec) -> Path:
+    """``spec.root`` (StudyConfig fills a mimic_cxr / chexpert task's missing root with ``data.root``)."""
+    assert spec.root is not None
+    return Path(spec.root)
 
 
 def _held_out(pool: FileImageSet, tasks: dict[str, ZeroShotTask]) -> FileImageSet:
@@ -208,10 +261,12 @@ def _split(n: int, n_shadow: int, n_train: int | None, seed: int) -> tuple[np.nd
     """Sorted (shadow, train) row indices of a seeded permutation of ``n`` images: ``n_shadow``, then up to
     ``n_train`` (None: the rest)."""
     if n <= n_shadow:
-        raise FieldError(f"config.data.n_shadow ({n_shadow}) leaves no training images: the source has {n} (after "
-                         "removing the tasks' test images); lower n_shadow")
+        raise FieldError(
+            f"config.data.n_shadow ({n_shadow}) leaves no training images: the source has {n} (after "
+            "removing the tasks' test images); lower n_shadow"
+        )
     order = np.random.default_rng(seed).permutation(n)
-    rest = order[n_shadow:] if n_train is None else order[n_shadow:n_shadow + n_train]
+    rest = order[n_shadow:] if n_train is None else order[n_shadow : n_shadow + n_train]
     return np.sort(order[:n_shadow]), np.sort(rest)
 
 
@@ -220,7 +275,7 @@ def _text_pool(config: StudyConfig, train: FileImageSet) -> tuple[TextPool, bool
     ``reports_root``; for MIMIC-CXR a reports tree, of which the training images' studies are read. With it, whether
     it is MedCLIP's sentence-label.csv."""
     data = config.data
-    root = Path(data.root)
+    root = _data_root(data)
     source = _reports_source(config)
     if source.is_file():
         columns = _columns(source)
@@ -232,15 +287,17 @@ def _text_pool(config: StudyConfig, train: FileImageSet) -> tuple[TextPool, bool
     reports = list(dict.fromkeys(_report_path(path, root, source) for path in train.paths))
     found = [path for path in reports if path.is_file()]
     if not found:
-        raise ValueError(f"{source}: none of the {len(reports)} reports of the training images' studies exist "
-                         f"(e.g. {str(reports[0])!r})")
+        raise ValueError(
+            f"{source}: none of the {len(reports)} reports of the training images' studies exist "
+            f"(e.g. {str(reports[0])!r})"
+        )
     return reports_to_pool((read_report(p) for p in tqdm(found, desc="MIMIC reports", leave=False)), source), False
 
 
 def _reports_source(config: StudyConfig) -> Path:
     """``data.reports_root``, else MedCLIP's sentence-label.csv in a medclip_csv root, else ``data.root``."""
     data = config.data
-    root = Path(data.root)
+    root = _data_root(data)
     default = root / SENTENCE_LABELS if data.source == "medclip_csv" and root.is_dir() else root
     return Path(data.reports_root) if data.reports_root is not None else default
 
@@ -250,16 +307,21 @@ def _training_reports(config: StudyConfig, train: FileImageSet) -> list[str | No
     none): MIMIC-CXR's study report (``files/pXX/pSUBJECT/sSTUDY.txt`` under ``reports_root`` when that is a folder,
     else under ``root``); the ``report`` column of MedCLIP's meta-CSVs; none for CheXpert."""
     data = config.data
-    root = Path(data.root)
+    root = _data_root(data)
     if data.source == "mimic_cxr":
         source = _reports_source(config)
         folder = source if source.is_dir() else root
         paths = [_report_path(path, root, folder) for path in train.paths]
         if not any(path.is_file() for path in paths):
-            raise FieldError(f"config.train.text_sampling: own_report pairs each image with its study's report, but "
-                             f"none of the training images' reports exist under {folder} (e.g. {str(paths[0])!r})")
-        texts = {path: read_report(path) for path in tqdm(sorted(set(paths)), desc="MIMIC reports", leave=False)
-                 if path.is_file()}
+            raise FieldError(
+                f"config.train.text_sampling: own_report pairs each image with its study's report, but "
+                f"none of the training images' reports exist under {folder} (e.g. {str(paths[0])!r})"
+            )
+        texts = {
+            path: read_report(path)
+            for path in tqdm(sorted(set(paths)), desc="MIMIC reports", leave=False)
+            if path.is_file()
+        }
         return [texts.get(path) for path in paths]
     if data.source == "medclip_csv":
         metas = sorted(root.glob(TRAIN_META)) if root.is_dir() else [root]
@@ -295,18 +357,24 @@ def build_base_estimator(config: StudyConfig, prompts: dict[str, list[str]], see
     """The study's base model over ``prompts``: the checkpoint's weights, or a fresh ``variant`` seeded by ``seed``
     (the tiny one exactly as the built-in study has always built it)."""
     model = config.model
+    assert model.image_size is not None  # StudyConfig resolves it
     shape = (1, model.image_size, model.image_size)
-    settings = {"device": config.device, "ensemble": config.evaluation.ensemble,
-                "decision": config.evaluation.decision, "num_workers": config.data.num_workers}
-    overrides = {} if model.logit_scale_max is None else {"logit_scale_max": model.logit_scale_max}
+    settings: dict[str, Any] = {
+        "device": config.device,
+        "ensemble": config.evaluation.ensemble,
+        "decision": config.evaluation.decision,
+        "num_workers": config.data.num_workers,
+    }
+    overrides: dict[str, Any] = {} if model.logit_scale_max is None else {"logit_scale_max": model.logit_scale_max}
     if model.checkpoint is not None:
         network = load_medclip(model.checkpoint, model.variant)
         network.config = replace(network.config, **overrides)
         return MedCLIPEstimator(network, load_tokenizer(_tokenizer_dir(model)), prompts, input_shape=shape, **settings)
     tokenizer = None if model.tokenizer is None else load_tokenizer(model.tokenizer)
     if model.variant == "tiny":
-        return MedCLIPEstimator.tiny(prompts, image_size=model.image_size, seed=seed, tokenizer=tokenizer,
-                                     model_overrides=overrides, **settings)
+        return MedCLIPEstimator.tiny(
+            prompts, image_size=model.image_size, seed=seed, tokenizer=tokenizer, model_overrides=overrides, **settings
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         network = build_medclip(model.variant, **overrides)
@@ -317,6 +385,7 @@ def _tokenizer_dir(model: ModelConfig) -> Path:
     """``model.tokenizer``, else the checkpoint's folder."""
     if model.tokenizer is not None:
         return Path(model.tokenizer)
+    assert model.checkpoint is not None  # only asked for a checkpoint's model
     checkpoint = Path(model.checkpoint)
     return checkpoint if checkpoint.is_dir() else checkpoint.parent
 
@@ -328,13 +397,13 @@ def check_inputs(config: StudyConfig) -> None:
     data = config.data
     if data.source != "phantom":
         with blame("config.data.root"):
-            _check_data_root(data.source, Path(data.root))
+            _check_data_root(data.source, _data_root(data))
         with blame("config.data.reports_root"):
-            _check_reports(data.source, Path(data.root), data.reports_root)
+            _check_reports(data.source, _data_root(data), data.reports_root)
         _check_folder(data.image_root, "config.data.image_root")
     for i, spec in enumerate(config.tasks):
         with blame(f"config.tasks[{i}].root"):
-            _check_task_root(spec.source, Path(spec.root))
+            _check_task_root(spec.source, _task_root(spec))
         _check_folder(spec.image_root, f"config.tasks[{i}].image_root")
     _check_model(config.model)
 
@@ -393,8 +462,9 @@ def _check_data_root(source: str, root: Path) -> None:
     if _existing(root).is_file():
         if source == "mimic_cxr":
             raise ValueError(f"{root} is a file; the mimic_cxr source needs the MIMIC-CXR-JPG folder")
-        _require_columns(root, ["Path" if source == "chexpert" else "imgpath", *CHEXPERT_LABELS],
-                         f"a {source} image list")
+        _require_columns(
+            root, ["Path" if source == "chexpert" else "imgpath", *CHEXPERT_LABELS], f"a {source} image list"
+        )
     elif source == "mimic_cxr":
         _check_mimic(root)
     elif source == "chexpert":
@@ -417,8 +487,9 @@ def _check_reports(source: str, root: Path, reports_root: str | None) -> None:
     else:
         path = _existing(Path(reports_root))
     if source == "mimic_cxr" and path.is_dir() and not (path / "files").is_dir():
-        raise ValueError(f"{path} does not look like MIMIC-CXR's reports: it has no files/ folder "
-                         "(files/pXX/pSUBJECT/sSTUDY.txt)")
+        raise ValueError(
+            f"{path} does not look like MIMIC-CXR's reports: it has no files/ folder (files/pXX/pSUBJECT/sSTUDY.txt)"
+        )
 
 
 def _check_task_root(source: str, root: Path) -> None:
@@ -427,15 +498,19 @@ def _check_task_root(source: str, root: Path) -> None:
         columns = _columns(root)
         if source == "rsna":
             if not ({"patientId", "Target"} <= set(columns) or {"imgpath", *RSNA_CLASSES} <= set(columns)):
-                raise ValueError(f"{root} does not look like RSNA labels: it needs columns patientId and Target "
-                                 f"({RSNA_LABELS}) or imgpath, Normal and Pneumonia (MedCLIP's meta-CSV); it has "
-                                 f"{columns}")
+                raise ValueError(
+                    f"{root} does not look like RSNA labels: it needs columns patientId and Target "
+                    f"({RSNA_LABELS}) or imgpath, Normal and Pneumonia (MedCLIP's meta-CSV); it has "
+                    f"{columns}"
+                )
         elif source == "covid":
             lower = {c.lower() for c in columns}
             if not lower & set(PATH_COLUMNS) or not ({"normal", "covid"} <= lower or lower & set(LABEL_COLUMNS)):
-                raise ValueError(f"{root} does not look like a COVID image list: it needs an image path column "
-                                 f"{list(PATH_COLUMNS)} and Normal/COVID or a class column {list(LABEL_COLUMNS)}; it "
-                                 f"has {columns}")
+                raise ValueError(
+                    f"{root} does not look like a COVID image list: it needs an image path column "
+                    f"{list(PATH_COLUMNS)} and Normal/COVID or a class column {list(LABEL_COLUMNS)}; it "
+                    f"has {columns}"
+                )
         else:
             _require_columns(root, ["imgpath", *CHEXPERT_LABELS], "a MedCLIP 5x200 meta-CSV")
     elif source == "rsna":
@@ -446,8 +521,10 @@ def _check_task_root(source: str, root: Path) -> None:
         folders = {d.name.lower() for d in root.iterdir() if d.is_dir()}
         missing = [cls for cls, aliases in CLASS_ALIASES.items() if not folders & set(aliases)]
         if missing:
-            raise ValueError(f"{root} does not look like a COVID-19 class-folder tree: no folder for class(es) "
-                             f"{missing} (looked for {[a for cls in missing for a in CLASS_ALIASES[cls]]}, any case)")
+            raise ValueError(
+                f"{root} does not look like a COVID-19 class-folder tree: no folder for class(es) "
+                f"{missing} (looked for {[a for cls in missing for a in CLASS_ALIASES[cls]]}, any case)"
+            )
     elif source == "mimic_cxr":
         _check_mimic(root)
     else:
@@ -469,10 +546,14 @@ def _check_model(model: ModelConfig) -> None:
     field = "config.model.tokenizer"
     directory = _tokenizer_dir(model)
     if model.tokenizer is None and not (directory / "vocab.txt").is_file():
-        raise FieldError(f"{field}: none given and the checkpoint's folder {directory} holds no vocab.txt; give the "
-                         "folder of the text encoder's tokenizer")
+        raise FieldError(
+            f"{field}: none given and the checkpoint's folder {directory} holds no vocab.txt; give the "
+            "folder of the text encoder's tokenizer"
+        )
     with blame(field):
         tokenizer = load_tokenizer(directory)
     if vocab_size is not None and len(tokenizer) > vocab_size:
-        raise FieldError(f"{field}: {directory} has {len(tokenizer)} tokens but the {model.variant} model's word "
-                         f"embeddings hold {vocab_size}; it is not this model's tokenizer")
+        raise FieldError(
+            f"{field}: {directory} has {len(tokenizer)} tokens but the {model.variant} model's word "
+            f"embeddings hold {vocab_size}; it is not this model's tokenizer"
+        )

@@ -39,15 +39,26 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from artmed.distributed import all_reduce_mean, barrier, is_main_process
 from artmed.files import OutputWriteError, default_mode, fsync_dir, output_error
 
-__all__ = ["FolderLockedError", "OutputWriteError", "ResultStore", "atomic_write", "cell_key", "folder_lock",
-           "provenance", "remove_leftovers", "source_hash", "to_jsonable", "tree_hash"]
+__all__ = [
+    "FolderLockedError",
+    "OutputWriteError",
+    "ResultStore",
+    "atomic_write",
+    "cell_key",
+    "folder_lock",
+    "provenance",
+    "remove_leftovers",
+    "source_hash",
+    "to_jsonable",
+    "tree_hash",
+]
 
 FORMAT = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
@@ -140,8 +151,10 @@ def _take_lock(folder: Path) -> FolderLockedError | None:
     except OSError:
         os.close(fd)
         holder = path.read_text(encoding="utf-8", errors="replace").strip() or "a process that has not said who it is"
-        return FolderLockedError(f"output folder {folder} is in use by another artmed run ({holder}); wait for it to "
-                                 "finish or use another output folder")
+        return FolderLockedError(
+            f"output folder {folder} is in use by another artmed run ({holder}); wait for it to "
+            "finish or use another output folder"
+        )
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n".encode(), 0)
     _FDS[folder] = fd
@@ -369,7 +382,7 @@ def _restore_arrays(obj: Any, npz: Any, load: bool) -> Any:
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    np.savez_compressed(buffer, **cast("dict[str, Any]", arrays))  # numpy's stub: a key could be allow_pickle
     return buffer.getvalue()
 
 
@@ -391,7 +404,14 @@ def source_hash() -> str:
     """SHA-256 over artmed's Python source (every ``.py`` of its four package folders, by relative path): the code a
     result was computed with, installed or checked out, committed or not (a dirty tree hashes differently)."""
     packages = ("artmed", "artmed.attacks", "artmed.defenses", "artmed.evaluations")
-    return tree_hash({name: Path(importlib.import_module(name).__file__).parent for name in packages})
+    return tree_hash({name: _package_dir(name) for name in packages})
+
+
+def _package_dir(name: str) -> Path:
+    """The folder of the (regular, ``__init__.py``) package ``name``."""
+    file = importlib.import_module(name).__file__
+    assert file is not None  # a regular package has an __init__.py
+    return Path(file).parent
 
 
 def tree_hash(roots: Mapping[str, Path]) -> str:
@@ -417,7 +437,7 @@ def provenance() -> dict[str, Any]:
 
     ``git`` is None unless the artmed source tree is a git checkout (an editable install of the repository).
     """
-    versions = {}
+    versions: dict[str, str | None] = {}
     for short, dist in _DISTRIBUTIONS.items():
         try:
             versions[short] = metadata.version(dist)
@@ -439,9 +459,7 @@ def provenance() -> dict[str, Any]:
 
 def _git_state(folder: Path) -> dict[str, Any] | None:
     def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10, check=True
-        )
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10, check=True)
         return done.stdout.strip()
 
     try:

@@ -47,14 +47,66 @@ from artmed.evaluations.report import (
 from artmed.evaluations.store import folder_lock
 from artmed.evaluations.verdicts import format_verdicts, verdicts
 
-MODEL_COLUMNS = ["attack", "trigger", "percent_poison", "seed", "status", "n_poison", "ca", "asr", "asr_all", "ra",
-                 "heldout_cos_clean", "heldout_cos_trigger"]
-DEFENSE_COLUMNS = ["attack", "trigger", "percent_poison", "seed", "defense", "status", "auroc", "tpr", "fpr", "f1",
-                   "removed", "ca_after", "asr_after", "der", "seconds", "peak_mb"]
-INPUT_COLUMNS = ["attack", "trigger", "percent_poison", "seed", "defense", "status", "auroc", "far_frr1", "far_frr5",
-                 "frr", "far", "seconds"]
-VERDICT_COLUMNS = ["attack", "trigger", "percent_poison", "seed", "defense", "status", "model_score", "threshold",
-                   "model_flagged", "backdoored", "mask_overlap", "seconds"]
+MODEL_COLUMNS = [
+    "attack",
+    "trigger",
+    "percent_poison",
+    "seed",
+    "status",
+    "n_poison",
+    "ca",
+    "asr",
+    "asr_all",
+    "ra",
+    "heldout_cos_clean",
+    "heldout_cos_trigger",
+]
+DEFENSE_COLUMNS = [
+    "attack",
+    "trigger",
+    "percent_poison",
+    "seed",
+    "defense",
+    "status",
+    "auroc",
+    "tpr",
+    "fpr",
+    "f1",
+    "removed",
+    "ca_after",
+    "asr_after",
+    "der",
+    "seconds",
+    "peak_mb",
+]
+INPUT_COLUMNS = [
+    "attack",
+    "trigger",
+    "percent_poison",
+    "seed",
+    "defense",
+    "status",
+    "auroc",
+    "far_frr1",
+    "far_frr5",
+    "frr",
+    "far",
+    "seconds",
+]
+VERDICT_COLUMNS = [
+    "attack",
+    "trigger",
+    "percent_poison",
+    "seed",
+    "defense",
+    "status",
+    "model_score",
+    "threshold",
+    "model_flagged",
+    "backdoored",
+    "mask_overlap",
+    "seconds",
+]
 SWEEP_RATES: tuple[float, ...] = (0.0005, 0.001, 0.005, 0.01, 0.05)
 DEFAULT_SEEDS = 3
 
@@ -73,11 +125,17 @@ def default_defenses() -> list[DefenseSpec]:
     tuned to the tiny preset's learning rate. DECREE is left out: on tiny encoders it flags clean ones too (measured)
     and its trigger search costs more than the rest of the study."""
     poisoned = ["badmatch", "baddist_badmatch"]
-    return [DefenseSpec("spectral_signatures"), DefenseSpec("activation_clustering"),
-            DefenseSpec("art_spectral_signatures"), DefenseSpec("art_activation_clustering"),
-            DefenseSpec("spectre"), DefenseSpec("scan"), DefenseSpec("strip", {"verbose": False}),
-            DefenseSpec("fine_pruning", {**TINY_FINETUNE, "finetune_steps": 100}, attacks=poisoned),
-            DefenseSpec("cleanclip", {**TINY_FINETUNE, "steps": 100, "verbose": False}, attacks=poisoned)]
+    return [
+        DefenseSpec("spectral_signatures"),
+        DefenseSpec("activation_clustering"),
+        DefenseSpec("art_spectral_signatures"),
+        DefenseSpec("art_activation_clustering"),
+        DefenseSpec("spectre"),
+        DefenseSpec("scan"),
+        DefenseSpec("strip", {"verbose": False}),
+        DefenseSpec("fine_pruning", {**TINY_FINETUNE, "finetune_steps": 100}, attacks=poisoned),
+        DefenseSpec("cleanclip", {**TINY_FINETUNE, "steps": 100, "verbose": False}, attacks=poisoned),
+    ]
 
 
 VICTIM_STEPS = 300
@@ -96,8 +154,14 @@ def default_config(output_dir: str = "artmed-output", seed: int = 0, n_seeds: in
     """The few-minute CPU study: clean, BadMatch, BadDist and BadDist+BadMatch (patch, 1 %), all defenses, over
     ``n_seeds`` replicates (seeds ``seed``, ``seed + 1``, ...)."""
     attacks = [_attack("clean"), _attack("badmatch"), _attack("baddist"), _attack("baddist_badmatch")]
-    return StudyConfig(seed=seed, seeds=_seeds(seed, n_seeds), output_dir=output_dir,
-                       train=TrainConfig(steps=VICTIM_STEPS), attacks=attacks, defenses=default_defenses())
+    return StudyConfig(
+        seed=seed,
+        seeds=_seeds(seed, n_seeds),
+        output_dir=output_dir,
+        train=TrainConfig(steps=VICTIM_STEPS),
+        attacks=attacks,
+        defenses=default_defenses(),
+    )
 
 
 def sweep_config(output_dir: str = "artmed-sweep", seed: int = 0, n_seeds: int = DEFAULT_SEEDS) -> StudyConfig:
@@ -107,19 +171,30 @@ def sweep_config(output_dir: str = "artmed-sweep", seed: int = 0, n_seeds: int =
         attacks.append(_attack("baddist", trigger))
         for attack in ("badmatch", "baddist_badmatch"):
             attacks += [_attack(attack, trigger, rate) for rate in SWEEP_RATES]
-    return StudyConfig(seed=seed, seeds=_seeds(seed, n_seeds), output_dir=output_dir,
-                       train=TrainConfig(steps=VICTIM_STEPS), attacks=attacks, defenses=[])
+    return StudyConfig(
+        seed=seed,
+        seeds=_seeds(seed, n_seeds),
+        output_dir=output_dir,
+        train=TrainConfig(steps=VICTIM_STEPS),
+        attacks=attacks,
+        defenses=[],
+    )
 
 
 def quick_config(output_dir: str, seed: int = 0, n_seeds: int = 1) -> StudyConfig:
     """A seconds-long study for tests and smoke runs (tiny data, few steps, the fast defenses)."""
     baddist = {"lr": 1e-2, "steps": 10, "batch_size": 16}
     attacks = [AttackSpec("clean"), AttackSpec("baddist_badmatch", percent_poison=0.05, baddist_params=baddist)]
-    return StudyConfig(seed=seed, seeds=_seeds(seed, n_seeds), output_dir=output_dir,
-                       data=DataConfig(n_train=160, n_test=40, n_shadow=32, image_size=32),
-                       pretrain=TrainConfig(steps=10, batch_size=16), train=TrainConfig(steps=10, batch_size=16),
-                       attacks=attacks,
-                       defenses=[DefenseSpec("spectral_signatures"), DefenseSpec("activation_clustering")])
+    return StudyConfig(
+        seed=seed,
+        seeds=_seeds(seed, n_seeds),
+        output_dir=output_dir,
+        data=DataConfig(n_train=160, n_test=40, n_shadow=32, image_size=32),
+        pretrain=TrainConfig(steps=10, batch_size=16),
+        train=TrainConfig(steps=10, batch_size=16),
+        attacks=attacks,
+        defenses=[DefenseSpec("spectral_signatures"), DefenseSpec("activation_clustering")],
+    )
 
 
 def write_outputs(result: StudyResult) -> dict[str, Path]:
@@ -130,16 +205,20 @@ def write_outputs(result: StudyResult) -> dict[str, Path]:
     out = result.output_dir
     paths: dict[str, Path] = {}
     paths["models_json"], paths["models_csv"] = write_table(result.models, out, name="models")
-    paths["models_summary_json"], paths["models_summary_csv"] = write_table(model_summary(result), out,
-                                                                            name="models_summary")
+    paths["models_summary_json"], paths["models_summary_csv"] = write_table(
+        model_summary(result), out, name="models_summary"
+    )
     if result.defenses:
         paths["defenses_json"], paths["defenses_csv"] = write_table(result.defenses, out, name="defenses")
-        paths["defenses_summary_json"], paths["defenses_summary_csv"] = write_table(defense_summary(result), out,
-                                                                                    name="defenses_summary")
+        paths["defenses_summary_json"], paths["defenses_summary_csv"] = write_table(
+            defense_summary(result), out, name="defenses_summary"
+        )
     figures = out / "figures"
     models = _ok(result.models)
-    drawn = {"separation": plot_baddist_separation(models, figures / "baddist_separation.png"),
-             "triggers": plot_trigger_examples(figures / "triggers.png")}
+    drawn = {
+        "separation": plot_baddist_separation(models, figures / "baddist_separation.png"),
+        "triggers": plot_trigger_examples(figures / "triggers.png"),
+    }
     if len({m.get("percent_poison") for m in models if m.get("attack") != "clean"}) >= 2:  # a sweep, not one point
         drawn["sweep"] = plot_poison_rate_sweep(models, figures / "poison_rate_sweep.png")
     ok = _ok(result.defenses)
@@ -153,20 +232,25 @@ def write_outputs(result: StudyResult) -> dict[str, Path]:
         arrays = result.arrays.get(record["cell"]) or {}
         if "scores" in arrays and np.asarray(arrays["poison_mask"]).any():
             by_setting.setdefault(_setting_key(record["attack_key"]), {}).setdefault(record["defense"], []).append(
-                (np.asarray(arrays["scores"]), np.asarray(arrays["poison_mask"])))
+                (np.asarray(arrays["scores"]), np.asarray(arrays["poison_mask"]))
+            )
     for key, curves in by_setting.items():
         drawn[f"roc_{key}"] = plot_mean_roc(curves, figures / f"roc_{key}.png", title=f"{key} (mean over seeds)")
         first = {name: seeds[0] for name, seeds in curves.items()}
-        drawn[f"hist_{key}"] = plot_score_histograms(first, None, figures / f"scores_{key}.png",
-                                                     title=f"{key} (first seed)")
+        drawn[f"hist_{key}"] = plot_score_histograms(
+            first, None, figures / f"scores_{key}.png", title=f"{key} (first seed)"
+        )
     for record in ok:
         arrays = result.arrays.get(record["cell"]) or {}
         if record.get("kind") == "model" and "mask" in arrays:
-            title = (f"{record['defense']} on {record['attack_key']}: score {record['model_score']:.3g}, "
-                     f"{'flagged' if record['model_flagged'] else 'not flagged'}")
+            title = (
+                f"{record['defense']} on {record['attack_key']}: score {record['model_score']:.3g}, "
+                f"{'flagged' if record['model_flagged'] else 'not flagged'}"
+            )
             name = f"inverted_{record['attack_key']}+{record['defense']}"
-            drawn[name] = plot_inverted_trigger(arrays["mask"], arrays.get("pattern"), figures / f"{name}.png",
-                                                title=title)
+            drawn[name] = plot_inverted_trigger(
+                arrays["mask"], arrays.get("pattern"), figures / f"{name}.png", title=title
+            )
     for key, (features, mask) in result.projections.items():
         drawn[f"proj_{key}"] = plot_feature_projection(features, mask, figures / f"features_{key}.png", title=key)
     drawn["phantoms"] = save_phantom_grid(figures / "phantoms.png", image_size=128, seed=0)
@@ -202,19 +286,24 @@ def summary(result: StudyResult) -> str:
     per_seed = [d for d in result.defenses if d.get("kind") not in by_kind]
     if per_seed:
         text += "\n\nDefenses, per seed\n" + format_table(per_seed, DEFENSE_COLUMNS)
-    for kind, title, columns in (("input", "Input screens (clean vs triggered test inputs)", INPUT_COLUMNS),
-                                 ("model", "Model verdicts", VERDICT_COLUMNS)):
+    for kind, title, columns in (
+        ("input", "Input screens (clean vs triggered test inputs)", INPUT_COLUMNS),
+        ("model", "Model verdicts", VERDICT_COLUMNS),
+    ):
         if by_kind[kind]:
             text += f"\n\n{title}, per seed\n" + format_table(by_kind[kind], columns)
     if result.defenses:
         text += "\n\nDefenses over seeds: mean ± std [95 % interval]\n"
-        text += format_summary(defense_summary(result), DEFENSE_KEYS[:3] + ("defense",),
-                               SHOWN_DETECTION_METRICS + SHOWN_MITIGATION_METRICS + SHOWN_INPUT_METRICS[1:]
-                               + SHOWN_VERDICT_METRICS)
+        text += format_summary(
+            defense_summary(result),
+            DEFENSE_KEYS[:3] + ("defense",),
+            SHOWN_DETECTION_METRICS + SHOWN_MITIGATION_METRICS + SHOWN_INPUT_METRICS[1:] + SHOWN_VERDICT_METRICS,
+        )
         rows = verdicts(_ok(result.defenses))
         if rows:
-            text += ("\n\nVerdicts over seeds (artmed.evaluations.verdicts)\n"
-                     + format_verdicts(rows, DEFENSE_KEYS[:3] + ("defense",)))
+            text += "\n\nVerdicts over seeds (artmed.evaluations.verdicts)\n" + format_verdicts(
+                rows, DEFENSE_KEYS[:3] + ("defense",)
+            )
     if result.failed:
         text += f"\n\n{len(result.failed)} cell(s) did not finish (left out of the means above):"
         text += "".join(f"\n  {r['cell']}: {r.get('status')}: {r.get('error')}" for r in result.failed)
@@ -223,8 +312,9 @@ def summary(result: StudyResult) -> str:
     return text
 
 
-def run_study(config: StudyConfig, verbose: bool = True,
-              reuse_stale: bool = False) -> tuple[StudyResult, dict[str, Path]]:
+def run_study(
+    config: StudyConfig, verbose: bool = True, reuse_stale: bool = False
+) -> tuple[StudyResult, dict[str, Path]]:
     """Run (or resume) a study and write its outputs. Under ``torchrun`` every rank runs it (training data-parallel,
     the rest repeated) and rank 0 alone writes and shows progress; the other ranks get no paths."""
     harness = Harness(config, verbose=verbose and is_main_process(), reuse_stale=reuse_stale)

@@ -32,8 +32,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DRIFT", "WHOLE_SEED", "CA_LOSS", "RULES", "Drift", "Rule", "describe", "drift", "verdicts",
-           "format_verdicts"]
+__all__ = [
+    "DRIFT",
+    "WHOLE_SEED",
+    "CA_LOSS",
+    "RULES",
+    "Drift",
+    "Rule",
+    "describe",
+    "drift",
+    "verdicts",
+    "format_verdicts",
+]
 
 MODEL_DRIFT = 0.1
 """d for the attacked models' CA and cosines: largest per-seed change measured between AVX-512 and AVX2 kernels on
@@ -47,11 +57,32 @@ DEFENSE_DRIFT = 0.2
 """d for the defenses' metrics: the mitigations' ASR after moved up to 0.20 between those two runs; the detectors'
 and STRIP's metrics were not measured apart from activation clustering's, so they get the same d."""
 DRIFT: dict[str, float] = {
-    **dict.fromkeys(("ca", "ca_before", "baddist_cos_clean", "baddist_cos_trigger", "heldout_cos_clean",
-                     "heldout_cos_trigger"), MODEL_DRIFT),
+    **dict.fromkeys(
+        ("ca", "ca_before", "baddist_cos_clean", "baddist_cos_trigger", "heldout_cos_clean", "heldout_cos_trigger"),
+        MODEL_DRIFT,
+    ),
     **dict.fromkeys(("asr", "asr_all", "ra", "asr_before"), ASR_DRIFT),
-    **dict.fromkeys(("auroc", "tpr_at_fpr5", "tpr", "fpr", "precision", "f1", "removed", "ca_after", "asr_after",
-                     "asr_all_after", "ra_after", "der", "far_frr1", "far_frr5", "frr", "far"), DEFENSE_DRIFT),
+    **dict.fromkeys(
+        (
+            "auroc",
+            "tpr_at_fpr5",
+            "tpr",
+            "fpr",
+            "precision",
+            "f1",
+            "removed",
+            "ca_after",
+            "asr_after",
+            "asr_all_after",
+            "ra_after",
+            "der",
+            "far_frr1",
+            "far_frr5",
+            "frr",
+            "far",
+        ),
+        DEFENSE_DRIFT,
+    ),
     "model_flagged": 0.0,
 }
 """The most one seed's metric moves between x86 machines (per-seed d), by metric."""
@@ -96,18 +127,25 @@ def drift(metric: str, defense: str | None = None) -> Drift:
 
 
 RULES: dict[str, Rule] = {
-    "detection": Rule("detection", "tpr_at_fpr5", 0.5, DRIFT["tpr_at_fpr5"] / 2 + SLACK, "detects",
-                      "does not detect"),
+    "detection": Rule("detection", "tpr_at_fpr5", 0.5, DRIFT["tpr_at_fpr5"] / 2 + SLACK, "detects", "does not detect"),
     "input": Rule("input", "1 - far_frr5", 0.5, DRIFT["far_frr5"] / 2 + SLACK, "detects", "does not detect"),
-    "mitigation": Rule("mitigation", "asr_before - asr_after", 0.3,
-                       (DRIFT["asr_before"] + DRIFT["asr_after"]) / 2 + SLACK, "mitigates", "does not mitigate"),
+    "mitigation": Rule(
+        "mitigation",
+        "asr_before - asr_after",
+        0.3,
+        (DRIFT["asr_before"] + DRIFT["asr_after"]) / 2 + SLACK,
+        "mitigates",
+        "does not mitigate",
+    ),
     "model": Rule("model", "flag matches truth", 0.5, 0.5, "correct", "wrong"),
 }
 """The verdict rule of each defense kind (see the module docstring)."""
 
 
-def verdicts(records: Sequence[Mapping[str, Any]], keys: Sequence[str] = ("attack", "trigger", "percent_poison",
-                                                                         "target", "defense")) -> list[dict[str, Any]]:
+def verdicts(
+    records: Sequence[Mapping[str, Any]],
+    keys: Sequence[str] = ("attack", "trigger", "percent_poison", "target", "defense"),
+) -> list[dict[str, Any]]:
     """One verdict row per ``keys`` group of finished per-seed defense records (first-seen order).
 
     A row holds the keys, ``kind``, ``n`` (seeds with the statistic), ``statistic``, ``values`` (per seed, in record
@@ -132,38 +170,52 @@ def verdicts(records: Sequence[Mapping[str, Any]], keys: Sequence[str] = ("attac
         classes = [_class(rule, s) for s in seeds]
         verdict = rule.yes if all(c == YES for c in classes) else rule.no if all(c == NO for c in classes) else MID
         names = {YES: rule.yes, NO: rule.no, MID: MID}
-        rows.append({**{k: group[0].get(k) for k in keys}, "kind": kind, "n": len(seeds),
-                     "statistic": rule.statistic, "values": [s["value"] for s in seeds], "verdict": verdict,
-                     "reachable": frozenset(names[v] for v in _reachable(rule, seeds)), "drift": seeds[0]["drift"]})
+        rows.append(
+            {
+                **{k: group[0].get(k) for k in keys},
+                "kind": kind,
+                "n": len(seeds),
+                "statistic": rule.statistic,
+                "values": [s["value"] for s in seeds],
+                "verdict": verdict,
+                "reachable": frozenset(names[v] for v in _reachable(rule, seeds)),
+                "drift": seeds[0]["drift"],
+            }
+        )
     return rows
 
 
-def format_verdicts(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] = ("attack", "defense"),
-                    digits: int = 2) -> str:
+def format_verdicts(
+    rows: Sequence[Mapping[str, Any]], keys: Sequence[str] = ("attack", "defense"), digits: int = 2
+) -> str:
     """A markdown table of ``verdicts`` rows: the keys, kind, n, the deciding statistic, its per-seed values and the
     verdict."""
     header = [*keys, "kind", "n", "decided by", "per seed", "verdict"]
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---:" if h in ("n", "per seed") else "---" for h in header) + "|"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---:" if h in ("n", "per seed") else "---" for h in header) + "|",
+    ]
     for row in rows:
         values = " ".join(f"{v:.{digits}f}" for v in row["values"])
-        cells = [str(row.get(k)) for k in keys] + [row["kind"], str(row["n"]), row["statistic"], values,
-                                                   row["verdict"]]
+        cells = [str(row.get(k)) for k in keys] + [row["kind"], str(row["n"]), row["statistic"], values, row["verdict"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def describe() -> str:
     """The verdict rules in one sentence, with their decided zones (for table captions)."""
+
     def zone(kind: str) -> tuple[str, str]:
         rule = RULES[kind]
         return f"{rule.threshold + rule.margin:.2f}", f"{rule.threshold - rule.margin:.2f}"
 
     (det_yes, det_no), (mit_yes, mit_no) = zone("detection"), zone("mitigation")
-    return (f"detectors and screens detect when they catch at least {det_yes} of the poison / triggered inputs at 5 % "
-            f"false alarms on every seed, and do not when at most {det_no}; a mitigation mitigates when it removes at "
-            f"least {mit_yes} ASR and costs at most {CA_LOSS:.2f} CA on every seed, and does not when it removes at "
-            f"most {mit_no}; anything else is inconclusive")
+    return (
+        f"detectors and screens detect when they catch at least {det_yes} of the poison / triggered inputs at 5 % "
+        f"false alarms on every seed, and do not when at most {det_no}; a mitigation mitigates when it removes at "
+        f"least {mit_yes} ASR and costs at most {CA_LOSS:.2f} CA on every seed, and does not when it removes at "
+        f"most {mit_no}; anything else is inconclusive"
+    )
 
 
 def _kind(record: Mapping[str, Any]) -> str | None:

@@ -38,8 +38,15 @@ def bad_dist_run(device: torch.device | str) -> tuple[Any, dict[str, list[float]
     return attack.poison_estimator(data.train), attack.history_
 
 
-FINE_PRUNING = {"prune_step": 0.25, "max_prune": 0.5, "tolerance": 1.0, "finetune_steps": 4, "lr": 1e-3,
-                "batch_size": 9, "seed": 2}
+FINE_PRUNING = {
+    "prune_step": 0.25,
+    "max_prune": 0.5,
+    "tolerance": 1.0,
+    "finetune_steps": 4,
+    "lr": 1e-3,
+    "batch_size": 9,
+    "seed": 2,
+}
 """Fine-pruning settings (tolerance 1: both pruning steps are kept, so the fine-tune starts from a pruned model)."""
 
 
@@ -60,8 +67,14 @@ def repair_context(device: torch.device | str, data_seed: int, model_seed: int) 
     task = data.tasks["rsna_like"]
     estimator = MedCLIPEstimator.tiny(task.prompts, image_size=32, seed=model_seed, device=device)
     train_ddp.set_text_dropout(estimator.model, 0.0)
-    return EvaluationContext(estimator=estimator, x_test=task.images, test_targets=task.targets,
-                             x_clean=data.train, texts=data.texts.sentences, text_labels=data.texts.labels)
+    return EvaluationContext(
+        estimator=estimator,
+        x_test=task.images,
+        test_targets=task.targets,
+        x_clean=data.train,
+        texts=data.texts.sentences,
+        text_labels=data.texts.labels,
+    )
 
 
 CLEANCLIP = {"steps": 4, "lr": 1e-3, "batch_size": 9, "n_clean": 20, "seed": 3, "verbose": False}

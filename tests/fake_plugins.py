@@ -17,11 +17,15 @@ class FakeEntryPoint:
 def register(monkeypatch, **plugins):
     """Make ``registry.available`` list the installed defenses plus ``plugins`` (name -> class)."""
     installed = registry.available
-    monkeypatch.setattr(registry, "available",
-                        lambda: {**installed(), **{n: FakeEntryPoint(n, c) for n, c in plugins.items()}})
+    monkeypatch.setattr(
+        registry, "available", lambda: {**installed(), **{n: FakeEntryPoint(n, c) for n, c in plugins.items()}}
+    )
 
 
 def plugin(run, kind="detection"):
     """A test plugin class of ``kind`` whose ``run(context)`` is ``run``."""
-    return type("Plugin", (Defense,), {"name": "plugin", "kind": kind, "_check_params": lambda self: None,
-                                        "run": lambda self, context: run(context)})
+    return type(
+        "Plugin",
+        (Defense,),
+        {"name": "plugin", "kind": kind, "_check_params": lambda self: None, "run": lambda self, context: run(context)},
+    )

@@ -52,23 +52,36 @@ def label_row(**values):
 
 # ----- MedCLIP meta files -----
 
+
 @pytest.fixture
 def medclip_dir(tmp_path):
     write_png(tmp_path / "img" / "a.png", 200)
     write_png(tmp_path / "img" / "b.png", 50, shape=(20, 12))
-    write_csv(tmp_path / "train-meta.csv", ["imgpath", *CHEXPERT_LABELS, "report"], [
-        ["img/a.png", *label_row(**{"Cardiomegaly": "1.0", "Edema": "-1.0"}), "Big heart."],
-        ["img/b.png", *label_row(**{"No Finding": "1"}), "Normal."],
-    ])
-    write_csv(tmp_path / "sentence-label.csv", ["Reports", *CHEXPERT_LABELS], [
-        ["no pleural effusion", *label_row(**{"No Finding": "1", "Pleural Effusion": "0"})],
-        ["", *label_row()],
-        ["possible pneumonia", *label_row(Pneumonia="-1")],
-    ])
-    write_csv(tmp_path / "covid-test-meta.csv", ["imgpath", "Normal", "COVID"],
-              [["img/a.png", 0, 1], ["img/b.png", 1, 0]])
-    write_csv(tmp_path / "rsna-test-meta.csv", ["imgpath", "Normal", "Pneumonia"],
-              [["img/a.png", "1", "0"], ["img/b.png", "0", "1"]])
+    write_csv(
+        tmp_path / "train-meta.csv",
+        ["imgpath", *CHEXPERT_LABELS, "report"],
+        [
+            ["img/a.png", *label_row(**{"Cardiomegaly": "1.0", "Edema": "-1.0"}), "Big heart."],
+            ["img/b.png", *label_row(**{"No Finding": "1"}), "Normal."],
+        ],
+    )
+    write_csv(
+        tmp_path / "sentence-label.csv",
+        ["Reports", *CHEXPERT_LABELS],
+        [
+            ["no pleural effusion", *label_row(**{"No Finding": "1", "Pleural Effusion": "0"})],
+            ["", *label_row()],
+            ["possible pneumonia", *label_row(Pneumonia="-1")],
+        ],
+    )
+    write_csv(
+        tmp_path / "covid-test-meta.csv", ["imgpath", "Normal", "COVID"], [["img/a.png", 0, 1], ["img/b.png", 1, 0]]
+    )
+    write_csv(
+        tmp_path / "rsna-test-meta.csv",
+        ["imgpath", "Normal", "Pneumonia"],
+        [["img/a.png", "1", "0"], ["img/b.png", "0", "1"]],
+    )
     return tmp_path
 
 
@@ -101,18 +114,27 @@ def test_medclip_sentences_tasks_and_dataset(medclip_dir):
     assert covid.images.labels[1, 0] == 1 and covid.images.labels[0, CHEXPERT_LABELS.index("Pneumonia")] == 1
     rsna = load_rsna_meta(medclip_dir / "rsna-test-meta.csv", prompts={"Normal": ["clear"], "Pneumonia": ["pna"]})
     assert rsna.targets.tolist() == [0, 1] and rsna.prompts["Pneumonia"] == ["pna"]
-    data = load_medclip_dataset(medclip_dir / "train-meta.csv", medclip_dir / "sentence-label.csv",
-                                covid_meta=medclip_dir / "covid-test-meta.csv",
-                                rsna_meta=medclip_dir / "rsna-test-meta.csv", image_size=SIZE, check_files=True)
+    data = load_medclip_dataset(
+        medclip_dir / "train-meta.csv",
+        medclip_dir / "sentence-label.csv",
+        covid_meta=medclip_dir / "covid-test-meta.csv",
+        rsna_meta=medclip_dir / "rsna-test-meta.csv",
+        image_size=SIZE,
+        check_files=True,
+    )
     assert isinstance(data, MedDataset) and sorted(data.tasks) == ["covid", "rsna"]
     assert data.tasks["rsna"].images.get_batch([0]).shape == (1, 1, SIZE, SIZE)
 
 
 def test_bad_label_value_names_file_row_and_column(tmp_path):
-    path = write_csv(tmp_path / "meta.csv", ["imgpath", *CHEXPERT_LABELS], [
-        ["a.png", *label_row(Edema="1")],
-        ["b.png", *label_row(Edema="2")],
-    ])
+    path = write_csv(
+        tmp_path / "meta.csv",
+        ["imgpath", *CHEXPERT_LABELS],
+        [
+            ["a.png", *label_row(Edema="1")],
+            ["b.png", *label_row(Edema="2")],
+        ],
+    )
     with pytest.raises(ValueError, match=r"meta\.csv: data row 2, column 'Edema': label value '2'"):
         load_medclip_images(path)
 
@@ -133,18 +155,39 @@ LABELS = ",".join(CHEXPERT_LABELS)
 ZEROS = ",".join(["0"] * NUM_LABELS)
 
 
-@pytest.mark.parametrize(("name", "text", "load", "message"), [
-    ("train-meta.csv", f"imgpath,{LABELS}\na.png,{ZEROS}\n\nb.png,1,0,0\n", load_medclip_images,
-     r"train-meta\.csv: line 4 \(data row 2\) has fewer fields than the header; missing column\(s\) "
-     r"\['Lung Lesion', .*'Support Devices'\]"),
-    ("train-meta.csv", f'imgpath,{LABELS},report\na.png,{ZEROS},"Big\nheart."\nb.png,{ZEROS}\n', load_medclip_images,
-     r"train-meta\.csv: line 4 \(data row 2\) has fewer fields than the header; missing column\(s\) \['report'\]"),
-    ("sentence-label.csv", f"Reports,{LABELS}\nno effusion,{ZEROS}\nsmall effusion, no edema,{ZEROS}\n",
-     load_sentence_labels, r"sentence-label\.csv: line 3 \(data row 2\) has 1 field\(s\) more than the header's 15: "
-     r"\['0'\] \(a value with a comma must be quoted\)"),
-    ("covid-test-meta.csv", "imgpath,Normal,COVID\na.png,1\n", load_covid_meta,
-     r"covid-test-meta\.csv: line 2 \(data row 1\) has fewer fields .*\['COVID'\]"),
-], ids=["short-train-row", "short-row-after-multiline-cell", "extra-sentence-field", "short-covid-row"])
+@pytest.mark.parametrize(
+    ("name", "text", "load", "message"),
+    [
+        (
+            "train-meta.csv",
+            f"imgpath,{LABELS}\na.png,{ZEROS}\n\nb.png,1,0,0\n",
+            load_medclip_images,
+            r"train-meta\.csv: line 4 \(data row 2\) has fewer fields than the header; missing column\(s\) "
+            r"\['Lung Lesion', .*'Support Devices'\]",
+        ),
+        (
+            "train-meta.csv",
+            f'imgpath,{LABELS},report\na.png,{ZEROS},"Big\nheart."\nb.png,{ZEROS}\n',
+            load_medclip_images,
+            r"train-meta\.csv: line 4 \(data row 2\) has fewer fields than the header; "
+            r"missing column\(s\) \['report'\]",
+        ),
+        (
+            "sentence-label.csv",
+            f"Reports,{LABELS}\nno effusion,{ZEROS}\nsmall effusion, no edema,{ZEROS}\n",
+            load_sentence_labels,
+            r"sentence-label\.csv: line 3 \(data row 2\) has 1 field\(s\) more than the header's 15: "
+            r"\['0'\] \(a value with a comma must be quoted\)",
+        ),
+        (
+            "covid-test-meta.csv",
+            "imgpath,Normal,COVID\na.png,1\n",
+            load_covid_meta,
+            r"covid-test-meta\.csv: line 2 \(data row 1\) has fewer fields .*\['COVID'\]",
+        ),
+    ],
+    ids=["short-train-row", "short-row-after-multiline-cell", "extra-sentence-field", "short-covid-row"],
+)
 def test_medclip_rows_with_too_few_or_too_many_fields_are_refused(tmp_path, name, text, load, message):
     (tmp_path / name).write_text(text)
     with pytest.raises(ValueError, match=message):
@@ -166,18 +209,35 @@ def test_missing_and_corrupt_images_name_the_file(medclip_dir):
 
 # ----- CheXpert -----
 
+
 def test_chexpert_paths_blanks_uncertainty_and_frontal_filter(tmp_path):
     root = tmp_path / "data"
     ds = root / "CheXpert-v1.0-small"
     write_png(ds / "train" / "patient1" / "study1" / "view1_frontal.jpg".replace(".jpg", ".png"), 100)
     write_png(ds / "train" / "patient1" / "study1" / "view2_lateral.png", 30)
     header = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS]
-    write_csv(ds / "train.csv", header, [
-        ["CheXpert-v1.0-small/train/patient1/study1/view1_frontal.png", "Male", "60", "Frontal", "PA",
-         *label_row(**{"Pleural Effusion": "-1.0", "Support Devices": "1.0"})],
-        ["CheXpert-v1.0-small/train/patient1/study1/view2_lateral.png", "Male", "60", "Lateral", "",
-         *label_row(**{"No Finding": "1.0"})],
-    ])
+    write_csv(
+        ds / "train.csv",
+        header,
+        [
+            [
+                "CheXpert-v1.0-small/train/patient1/study1/view1_frontal.png",
+                "Male",
+                "60",
+                "Frontal",
+                "PA",
+                *label_row(**{"Pleural Effusion": "-1.0", "Support Devices": "1.0"}),
+            ],
+            [
+                "CheXpert-v1.0-small/train/patient1/study1/view2_lateral.png",
+                "Male",
+                "60",
+                "Lateral",
+                "",
+                *label_row(**{"No Finding": "1.0"}),
+            ],
+        ],
+    )
     images = load_chexpert(ds / "train.csv", image_size=SIZE, check_files=True)
     assert len(images) == 2
     eff = CHEXPERT_LABELS.index("Pleural Effusion")
@@ -189,6 +249,7 @@ def test_chexpert_paths_blanks_uncertainty_and_frontal_filter(tmp_path):
 
 # ----- MIMIC-CXR-JPG -----
 
+
 def test_mimic_split_views_labels_and_reports(tmp_path):
     root = tmp_path / "mimic"
     study_dir = root / "files" / "p10" / "p10000032"
@@ -196,21 +257,40 @@ def test_mimic_split_views_labels_and_reports(tmp_path):
     write_png(study_dir / "s50000001" / "d2.jpg", 90)
     write_png(study_dir / "s50000002" / "d3.jpg", 90)
     write_png(root / "files" / "p11" / "p11000001" / "s50000003" / "d4.jpg", 90)
-    write_csv(root / "mimic-cxr-2.0.0-split.csv.gz", ["dicom_id", "study_id", "subject_id", "split"], [
-        ["d1", "50000001", "10000032", "train"], ["d2", "50000001", "10000032", "train"],
-        ["d3", "50000002", "10000032", "train"], ["d4", "50000003", "11000001", "test"],
-    ], gz=True)
-    write_csv(root / "mimic-cxr-2.0.0-chexpert.csv.gz", ["subject_id", "study_id", *CHEXPERT_LABELS], [
-        ["10000032", "50000001", *label_row(Atelectasis="1.0", Edema="-1.0")],
-        ["11000001", "50000003", *label_row(**{"No Finding": "1.0"})],
-    ], gz=True)
-    write_csv(root / "mimic-cxr-2.0.0-metadata.csv", ["dicom_id", "subject_id", "study_id", "ViewPosition"], [
-        ["d1", "10000032", "50000001", "PA"], ["d2", "10000032", "50000001", "LATERAL"],
-        ["d3", "10000032", "50000002", "AP"], ["d4", "11000001", "50000003", "AP"],
-    ])
+    write_csv(
+        root / "mimic-cxr-2.0.0-split.csv.gz",
+        ["dicom_id", "study_id", "subject_id", "split"],
+        [
+            ["d1", "50000001", "10000032", "train"],
+            ["d2", "50000001", "10000032", "train"],
+            ["d3", "50000002", "10000032", "train"],
+            ["d4", "50000003", "11000001", "test"],
+        ],
+        gz=True,
+    )
+    write_csv(
+        root / "mimic-cxr-2.0.0-chexpert.csv.gz",
+        ["subject_id", "study_id", *CHEXPERT_LABELS],
+        [
+            ["10000032", "50000001", *label_row(Atelectasis="1.0", Edema="-1.0")],
+            ["11000001", "50000003", *label_row(**{"No Finding": "1.0"})],
+        ],
+        gz=True,
+    )
+    write_csv(
+        root / "mimic-cxr-2.0.0-metadata.csv",
+        ["dicom_id", "subject_id", "study_id", "ViewPosition"],
+        [
+            ["d1", "10000032", "50000001", "PA"],
+            ["d2", "10000032", "50000001", "LATERAL"],
+            ["d3", "10000032", "50000002", "AP"],
+            ["d4", "11000001", "50000003", "AP"],
+        ],
+    )
     (study_dir / "s50000001.txt").write_text(
         "INDICATION: eval for pneumonia.\nFINDINGS: Left basal atelectasis. Mild pulmonary vascular congestion.\n"
-        "IMPRESSION: Atelectasis.")
+        "IMPRESSION: Atelectasis."
+    )
     train = load_mimic_images(root, image_size=SIZE, check_files=True)
     assert [p.name for p in train.paths] == ["d1.jpg", "d2.jpg"]  # d3's study has no label row
     assert train.labels[0, CHEXPERT_LABELS.index("Atelectasis")] == 1
@@ -230,13 +310,20 @@ def test_mimic_split_views_labels_and_reports(tmp_path):
 
 # ----- RSNA and COVID-19 -----
 
+
 def test_rsna_targets_per_patient_and_suffix_detection(tmp_path):
     images = tmp_path / "stage_2_train_images"
     write_png(images / "pat-a.png", 10)
     write_png(images / "pat-b.png", 240)
-    csv_path = write_csv(tmp_path / "stage_2_train_labels.csv", ["patientId", "x", "y", "width", "height", "Target"], [
-        ["pat-a", "", "", "", "", "0"], ["pat-b", "1", "2", "3", "4", "1"], ["pat-b", "5", "6", "7", "8", "1"],
-    ])
+    csv_path = write_csv(
+        tmp_path / "stage_2_train_labels.csv",
+        ["patientId", "x", "y", "width", "height", "Target"],
+        [
+            ["pat-a", "", "", "", "", "0"],
+            ["pat-b", "1", "2", "3", "4", "1"],
+            ["pat-b", "5", "6", "7", "8", "1"],
+        ],
+    )
     task = load_rsna(csv_path, image_size=SIZE, check_files=True)
     assert task.name == "rsna" and task.class_names == ["Normal", "Pneumonia"]
     assert task.targets.tolist() == [0, 1] and task.images.paths[1].name == "pat-b.png"
@@ -258,8 +345,11 @@ def test_covid_folders_and_csvs(tmp_path):
     assert [p.name for p in task.images.paths] == ["n1.png", "c1.png", "c2.jpg"]
     assert task.targets.tolist() == [0, 1, 1] and task.name == "covid"
 
-    csv_path = write_csv(tmp_path / "list.csv", ["filename", "Label"], [
-        ["db/Normal/images/n1.png", "normal"], ["db/COVID/images/c1.png", "COVID-19"]])
+    csv_path = write_csv(
+        tmp_path / "list.csv",
+        ["filename", "Label"],
+        [["db/Normal/images/n1.png", "normal"], ["db/COVID/images/c1.png", "COVID-19"]],
+    )
     assert load_covid(csv_path, image_size=SIZE).targets.tolist() == [0, 1]
     onehot = write_csv(tmp_path / "onehot.csv", ["path", "Normal", "COVID"], [["db/COVID/images/c2.jpg", "0", "1"]])
     assert load_covid(onehot, image_size=SIZE).targets.tolist() == [1]
@@ -272,6 +362,7 @@ def test_covid_folders_and_csvs(tmp_path):
 
 
 # ----- DICOM -----
+
 
 def write_dicom(path, pixels, photometric="MONOCHROME2", slope=None, intercept=None, window=None):
     pydicom = pytest.importorskip("pydicom")
@@ -315,7 +406,7 @@ def test_dicom_monochrome_rescale_and_window(tmp_path):
 
 
 def test_dicom_through_rsna_and_file_image_set(tmp_path):
-    pixels = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 60)
+    pixels = np.arange(64, dtype=np.uint16).reshape(8, 8) * 60
     images = tmp_path / "imgs"
     write_dicom(images / "p1.dcm", pixels, photometric="MONOCHROME1")
     write_dicom(images / "p2.dcm", pixels)
@@ -349,13 +440,19 @@ OPENI_XML = """<?xml version="1.0" encoding="utf-8"?>
 
 def test_openi_reports_use_findings_and_impression_only(tmp_path):
     (tmp_path / "ecgen" / "sub").mkdir(parents=True)
-    (tmp_path / "ecgen" / "1.xml").write_text(OPENI_XML.format(
-        findings="The heart is normal in size. No pneumothorax. XXXX.", impression="Normal chest."))
-    (tmp_path / "ecgen" / "sub" / "2.xml").write_text(OPENI_XML.format(
-        findings="Small right pleural effusion.", impression=""))
+    (tmp_path / "ecgen" / "1.xml").write_text(
+        OPENI_XML.format(findings="The heart is normal in size. No pneumothorax. XXXX.", impression="Normal chest.")
+    )
+    (tmp_path / "ecgen" / "sub" / "2.xml").write_text(
+        OPENI_XML.format(findings="Small right pleural effusion.", impression="")
+    )
     pool = load_openi_reports(tmp_path / "ecgen")
-    assert pool.sentences == ["The heart is normal in size", "No pneumothorax", "Normal chest",
-                              "Small right pleural effusion"]
+    assert pool.sentences == [
+        "The heart is normal in size",
+        "No pneumothorax",
+        "Normal chest",
+        "Small right pleural effusion",
+    ]
     assert pool.labels[3, CHEXPERT_LABELS.index("Pleural Effusion")] == 1 and pool.labels[0, 0] == 1
     (tmp_path / "ecgen" / "3.xml").write_text("<eCitation><unclosed>")
     with pytest.raises(ValueError, match="3.xml"):
@@ -383,12 +480,17 @@ def test_report_loaders_refuse_files_that_are_not_utf8_text(tmp_path):
     with pytest.raises(ValueError, match=r"reports\.csv: binary file \(NUL byte at byte offset 15\)"):
         load_reports(tmp_path / "reports.csv")
     root = tmp_path / "mimic"
-    write_csv(root / "mimic-cxr-2.0.0-split.csv", ["dicom_id", "study_id", "subject_id", "split"],
-              [["d1", "50000001", "10000032", "train"]])
+    write_csv(
+        root / "mimic-cxr-2.0.0-split.csv",
+        ["dicom_id", "study_id", "subject_id", "split"],
+        [["d1", "50000001", "10000032", "train"]],
+    )
     report = root / "files" / "p10" / "p10000032" / "s50000001.txt"
     report.parent.mkdir(parents=True)
-    for content, message in ((latin1, r"not UTF-8 text: byte 0xe9 at byte offset 16"),
-                             (binary, r"binary file \(NUL byte at byte offset 8\)")):
+    for content, message in (
+        (latin1, r"not UTF-8 text: byte 0xe9 at byte offset 16"),
+        (binary, r"binary file \(NUL byte at byte offset 8\)"),
+    ):
         report.write_bytes(content)
         with pytest.raises(ValueError, match=rf"s50000001\.txt: {message}"):
             load_mimic_reports(root)

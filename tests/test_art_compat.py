@@ -33,14 +33,14 @@ from art.defences.transformer.poisoning import STRIP
 from art.estimators.classification import PyTorchClassifier
 from art.estimators.classification.classifier import ClassGradientsMixin, ClassifierMixin
 from art.estimators.estimator import LossGradientsMixin
-from art.estimators.pytorch import PyTorchEstimator
 from art.estimators.poison_mitigation.strip import STRIPMixin
+from art.estimators.pytorch import PyTorchEstimator
 from art.metrics import clever_u, empirical_robustness, loss_sensitivity
-from toy_task import PROMPTS, SIZE, TEXT_LABELS, TEXTS, images
 
 from artmed import MedCLIPEstimator
 from artmed.data.dataset import ArrayImageSet
 from artmed.estimator import class_label_vectors
+from toy_task import PROMPTS, SIZE, TEXT_LABELS, TEXTS, images
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,9 @@ def data():
 def trained():
     """A tiny estimator trained 30 steps on the toy task (about 95% accurate), in logits mode."""
     x, y, _ = images(192, seed=0)
-    est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, seed=0, batch_size=32, output="logits",
-                                texts=TEXTS, text_labels=TEXT_LABELS)
+    est = MedCLIPEstimator.tiny(
+        PROMPTS, image_size=SIZE, seed=0, batch_size=32, output="logits", texts=TEXTS, text_labels=TEXT_LABELS
+    )
     est.fit(x, y, steps=30, batch_size=16, lr=1e-3, seed=0, verbose=False)
     return est
 
@@ -76,8 +77,13 @@ def test_set():
 
 def control(est):
     """ART's own PyTorchClassifier around the same forward as ``est``."""
-    return PyTorchClassifier(est.classifier_module, loss=torch.nn.CrossEntropyLoss(), input_shape=est.input_shape,
-                             nb_classes=est.nb_classes, clip_values=(0.0, 1.0))
+    return PyTorchClassifier(
+        est.classifier_module,
+        loss=torch.nn.CrossEntropyLoss(),
+        input_shape=est.input_shape,
+        nb_classes=est.nb_classes,
+        clip_values=(0.0, 1.0),
+    )
 
 
 def with_output(est, output):
@@ -183,8 +189,9 @@ def test_predict_framework_and_classifier_module_give_predict_with_a_graph(est, 
         out, y_out = model._predict_framework(x_t, target)
         assert y_out is target and out.requires_grad
         np.testing.assert_allclose(out.detach().numpy(), model.predict(x), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(model.classifier_module(torch.from_numpy(x)).detach().numpy(), model.predict(x),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            model.classifier_module(torch.from_numpy(x)).detach().numpy(), model.predict(x), rtol=1e-5, atol=1e-6
+        )
     module = est.classifier_module
     assert est.model is module.medclip
     assert {id(p) for p in module.parameters()} == {id(p) for p in est.model.parameters()}
@@ -264,8 +271,9 @@ def test_apgd_accepts_logits_mode_and_raises_the_loss(trained, test_set):
     x, classes = (a[:16] for a in test_set)
     with pytest.raises(ValueError, match="probabilities"):
         AutoProjectedGradientDescent(with_output(trained, "probabilities"), eps=0.05, verbose=False)
-    attack = AutoProjectedGradientDescent(trained, eps=0.05, eps_step=0.02, max_iter=3, nb_random_init=1,
-                                          batch_size=16, verbose=False)
+    attack = AutoProjectedGradientDescent(
+        trained, eps=0.05, eps_step=0.02, max_iter=3, nb_random_init=1, batch_size=16, verbose=False
+    )
     x_adv = attack.generate(x, y=np.eye(2)[classes])
     assert np.abs(x_adv - x).max() <= 0.05 + 1e-6
     assert trained.compute_loss(x_adv, classes).mean() > trained.compute_loss(x, classes).mean()
@@ -286,8 +294,16 @@ def test_deepfool_on_logits_flips_as_many_as_the_control(trained, test_set):
 def test_carlini_wagner_l2_finds_small_adversarials(trained, test_set):
     x, classes = test_set
     x, classes = x[:8], classes[:8]
-    x_adv = CarliniL2Method(trained, confidence=0.0, max_iter=10, binary_search_steps=2, initial_const=1.0,
-                            learning_rate=0.05, batch_size=8, verbose=False).generate(x)
+    x_adv = CarliniL2Method(
+        trained,
+        confidence=0.0,
+        max_iter=10,
+        binary_search_steps=2,
+        initial_const=1.0,
+        learning_rate=0.05,
+        batch_size=8,
+        verbose=False,
+    ).generate(x)
     flipped = trained.predict(x_adv).argmax(1) != trained.predict(x).argmax(1)
     assert flipped.sum() >= 2
     assert np.all(np.abs(x_adv - x)[~flipped] == 0)  # C&W returns the input where it failed
@@ -295,15 +311,24 @@ def test_carlini_wagner_l2_finds_small_adversarials(trained, test_set):
 
 def test_universal_perturbation_default_deepfool_and_fgsm(trained, test_set):
     x, _ = test_set
-    attack = UniversalPerturbation(trained, max_iter=1, eps=0.2, delta=0.0, batch_size=32, verbose=False,
-                                   attacker_params={"max_iter": 2, "epsilon": 1e-3, "verbose": False})
+    attack = UniversalPerturbation(
+        trained,
+        max_iter=1,
+        eps=0.2,
+        delta=0.0,
+        batch_size=32,
+        verbose=False,
+        attacker_params={"max_iter": 2, "epsilon": 1e-3, "verbose": False},
+    )
     x_adv = attack.generate(x[:16])
     assert np.abs(attack.noise).max() > 0 and attack.fooling_rate > 0
-    assert attack.fooling_rate == pytest.approx(np.mean(trained.predict(x_adv).argmax(1)
-                                                        != trained.predict(x[:16]).argmax(1)))
+    assert attack.fooling_rate == pytest.approx(
+        np.mean(trained.predict(x_adv).argmax(1) != trained.predict(x[:16]).argmax(1))
+    )
     # "fgsm" adds unclipped noise to x: the estimator clips it (warning) rather than refusing
-    fgsm = UniversalPerturbation(trained, attacker="fgsm", attacker_params={"eps": 0.2}, max_iter=1, eps=0.6,
-                                 batch_size=32, verbose=False)
+    fgsm = UniversalPerturbation(
+        trained, attacker="fgsm", attacker_params={"eps": 0.2}, max_iter=1, eps=0.6, batch_size=32, verbose=False
+    )
     with pytest.warns(UserWarning, match="clipped"):
         fgsm.generate(x[:16])
     assert np.abs(fgsm.noise).max() > 0
@@ -312,8 +337,9 @@ def test_universal_perturbation_default_deepfool_and_fgsm(trained, test_set):
 def test_square_attack_stays_in_the_ball_and_lowers_accuracy(trained, test_set):
     x, classes = test_set
     np.random.seed(0)
-    x_adv = SquareAttack(trained, eps=0.15, max_iter=30, nb_restarts=1, batch_size=32,
-                         verbose=False).generate(x, y=np.eye(2)[classes])
+    x_adv = SquareAttack(trained, eps=0.15, max_iter=30, nb_restarts=1, batch_size=32, verbose=False).generate(
+        x, y=np.eye(2)[classes]
+    )
     assert np.abs(x_adv - x).max() <= 0.15 + 1e-6
     assert _errors(trained, x_adv, classes) > _errors(trained, x, classes)
 
@@ -324,11 +350,11 @@ def test_decision_based_attacks_return_misclassified_images(trained, test_set, a
     x = x[:4]
     np.random.seed(0)
     if attack == "hopskipjump":
-        model = HopSkipJump(trained, max_iter=2, max_eval=50, init_eval=10, init_size=50, batch_size=32,
-                            verbose=False)
+        model = HopSkipJump(trained, max_iter=2, max_eval=50, init_eval=10, init_size=50, batch_size=32, verbose=False)
     else:
-        model = BoundaryAttack(trained, targeted=False, max_iter=10, num_trial=5, sample_size=5, init_size=50,
-                               batch_size=32, verbose=False)
+        model = BoundaryAttack(
+            trained, targeted=False, max_iter=10, num_trial=5, sample_size=5, init_size=50, batch_size=32, verbose=False
+        )
     x_adv = model.generate(x)
     moved = np.abs(x_adv - x).reshape(len(x), -1).max(1) > 0
     assert moved.sum() >= 2
@@ -342,8 +368,9 @@ def test_robustness_metrics_match_the_control(trained, test_set):
     scores = []
     for model in (trained, ctl):
         np.random.seed(0)
-        scores.append(clever_u(model, x[0], nb_batches=4, batch_size=8, radius=5.0, norm=2, pool_factor=2,
-                               verbose=False))
+        scores.append(
+            clever_u(model, x[0], nb_batches=4, batch_size=8, radius=5.0, norm=2, pool_factor=2, verbose=False)
+        )
     assert 0 < scores[0] < 5.0 and scores[0] == pytest.approx(scores[1], rel=1e-3)
     one_hot = np.eye(2)[classes]
     assert loss_sensitivity(trained, x, one_hot) == pytest.approx(loss_sensitivity(ctl, x, one_hot), rel=1e-4)
@@ -405,8 +432,9 @@ def test_provenance_defense_refits_copies_with_class_labels(est):
     y = np.eye(2, dtype=np.float32)[classes]
     sources = np.eye(2, dtype=np.float32)[np.arange(8) // 4]
     before = {k: v.clone() for k, v in est.model.state_dict().items()}
-    defence = ProvenanceDefense(est, x[:8], y[:8], sources, x_val=x[8:], y_val=y[8:], eps=0.2,
-                                perf_func=argmax_accuracy)
+    defence = ProvenanceDefense(
+        est, x[:8], y[:8], sources, x_val=x[8:], y_val=y[8:], eps=0.2, perf_func=argmax_accuracy
+    )
     report, is_clean = defence.detect_poison()
     assert len(is_clean) == 8 and set(np.asarray(is_clean).tolist()) <= {0, 1}
     assert set(report) <= {0, 1}
@@ -455,8 +483,15 @@ def test_fit_with_class_ids_equals_fit_with_chexpert_vectors(est):
 def test_fit_applies_fit_time_preprocessing(est):
     x, y, _ = images(16, seed=7)
     squeeze = FeatureSqueezing(clip_values=(0.0, 1.0), bit_depth=2, apply_fit=True, apply_predict=False)
-    defended = MedCLIPEstimator(copy.deepcopy(est.model), est.tokenizer, PROMPTS, input_shape=(1, SIZE, SIZE),
-                                preprocessing_defences=[squeeze], texts=TEXTS, text_labels=TEXT_LABELS)
+    defended = MedCLIPEstimator(
+        copy.deepcopy(est.model),
+        est.tokenizer,
+        PROMPTS,
+        input_shape=(1, SIZE, SIZE),
+        preprocessing_defences=[squeeze],
+        texts=TEXTS,
+        text_labels=TEXT_LABELS,
+    )
     got = defended.fit(x, y, steps=2, batch_size=8, lr=1e-3, seed=1, verbose=False)["loss"]
     squeezed, _ = squeeze(x)
     expected = est.clone().fit(squeezed, y, steps=2, batch_size=8, lr=1e-3, seed=1, verbose=False)["loss"]

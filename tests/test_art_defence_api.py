@@ -44,8 +44,8 @@ def planted(n_per_class=200, d=64, poison=6, seed=0):
     feats = rng.normal(size=(3 * n_per_class, d)).astype(np.float32)
     y = np.zeros((3 * n_per_class, 14), np.float32)
     for g, column in enumerate((0, 10, 5)):
-        y[g * n_per_class:(g + 1) * n_per_class, column] = 1.0
-        feats[g * n_per_class:(g + 1) * n_per_class] += rng.normal(size=d) * 3
+        y[g * n_per_class : (g + 1) * n_per_class, column] = 1.0
+        feats[g * n_per_class : (g + 1) * n_per_class] += rng.normal(size=d) * 3
     feats[:poison] += 12.0 * rng.normal(size=d) / np.sqrt(d)
     is_clean = np.ones(len(y), dtype=int)
     is_clean[:poison] = 0
@@ -116,8 +116,15 @@ def test_recorded_params_unchanged(cls, data):
     assert not {"classifier", "x_train", "y_train"} & set(params)
     assert cls(FlatEstimator(), x, y).get_params() == params == registry.create(cls.name).get_params()
     assert cls(**params).get_params() == params and "x_train" not in repr(cls(FlatEstimator(), x, y))
-    assert list(SpectralSignatures().get_params()) == ["eps", "removal_share", "layer", "mode", "device",
-                                                       "min_group_size", "grouping"]
+    assert list(SpectralSignatures().get_params()) == [
+        "eps",
+        "removal_share",
+        "layer",
+        "mode",
+        "device",
+        "min_group_size",
+        "grouping",
+    ]
 
 
 def test_art_api_refuses_missing_data_and_bad_truth(data):
@@ -130,10 +137,13 @@ def test_art_api_refuses_missing_data_and_bad_truth(data):
         SpectralSignatures(FlatEstimator(), x, y).evaluate_defence(is_clean[:10])
 
 
-@pytest.mark.parametrize(("art_cls", "adapter", "kwargs"), [
-    (SpectralSignatureDefense, ARTSpectralSignatures(expected_pp_poison=0.02), {"expected_pp_poison": 0.02}),
-    (ActivationDefence, ARTActivationClustering(), {}),
-])
+@pytest.mark.parametrize(
+    ("art_cls", "adapter", "kwargs"),
+    [
+        (SpectralSignatureDefense, ARTSpectralSignatures(expected_pp_poison=0.02), {"expected_pp_poison": 0.02}),
+        (ActivationDefence, ARTActivationClustering(), {}),
+    ],
+)
 def test_art_detectors_take_chexpert_labels_through_art_inputs(art_cls, adapter, kwargs, data):
     x, y, is_clean = data
     classifier, ids, classes, names = art_inputs(FlatEstimator(), x, y)
@@ -151,8 +161,9 @@ def test_art_detectors_take_chexpert_labels_through_art_inputs(art_cls, adapter,
 
 def test_art_detectors_with_raw_chexpert_labels_crash_and_art_inputs_fixes_it():
     """The estimator cannot see ART's split by argmax over nb_classes (its prompts), so it cannot refuse it."""
-    est = MedCLIPEstimator.tiny({"normal": ["no effusion"], "effusion": ["effusion"]}, image_size=32, seed=0,
-                                batch_size=16)
+    est = MedCLIPEstimator.tiny(
+        {"normal": ["no effusion"], "effusion": ["effusion"]}, image_size=32, seed=0, batch_size=16
+    )
     x = np.random.default_rng(0).uniform(0, 1, (24, 1, 32, 32)).astype(np.float32)
     y = np.zeros((24, 14), np.float32)
     y[:12, 10] = 1.0

@@ -99,8 +99,9 @@ def plugins(monkeypatch):
     """``registry.available`` lists the installed steps plus the test steps above."""
     installed = registry.available
     extra = {"flip_labels": FlipLabels, "shrink": Shrink, "bad_mask": BadMask}
-    monkeypatch.setattr(registry, "available",
-                        lambda: {**installed(), **{n: FakeEntryPoint(n, c) for n, c in extra.items()}})
+    monkeypatch.setattr(
+        registry, "available", lambda: {**installed(), **{n: FakeEntryPoint(n, c) for n, c in extra.items()}}
+    )
     FlipLabels.calls = 0
 
 
@@ -111,22 +112,30 @@ def tiny():
 
 
 def test_the_four_settings_are_compositions_of_the_registered_steps():
-    names = {a: [type(s) for s in AttackSpec(a).composition] for a in ("clean", "badmatch", "baddist",
-                                                                        "baddist_badmatch")}
-    assert names == {"clean": [], "badmatch": [BadMatchStep], "baddist": [BadDistStep],
-                     "baddist_badmatch": [BadDistStep, BadMatchStep]}
+    names = {
+        a: [type(s) for s in AttackSpec(a).composition] for a in ("clean", "badmatch", "baddist", "baddist_badmatch")
+    }
+    assert names == {
+        "clean": [],
+        "badmatch": [BadMatchStep],
+        "baddist": [BadDistStep],
+        "baddist_badmatch": [BadDistStep, BadMatchStep],
+    }
     assert {n: registry.get(n) for n in ("badmatch", "baddist")} == {"badmatch": BadMatchStep, "baddist": BadDistStep}
     # the shorthands' cell keys are what they were before steps existed (old output folders resume)
-    assert [AttackSpec(a, percent_poison=0.05, seed=1).key for a in ("clean", "badmatch", "baddist",
-                                                                     "baddist_badmatch")] == [
-        "clean-s1", "badmatch-patch-p0.05-s1", "baddist-patch-s1", "baddist_badmatch-patch-p0.05-s1"]
+    assert [
+        AttackSpec(a, percent_poison=0.05, seed=1).key for a in ("clean", "badmatch", "baddist", "baddist_badmatch")
+    ] == ["clean-s1", "badmatch-patch-p0.05-s1", "baddist-patch-s1", "baddist_badmatch-patch-p0.05-s1"]
 
 
 def test_steps_spelling_a_shorthand_is_that_shorthand():
-    spelled = AttackSpec(steps=[{"name": "baddist", "params": {"lr": 0.01}},
-                                {"name": "badmatch", "params": {"candidates": "released"}}], percent_poison=0.05)
-    short = AttackSpec("baddist_badmatch", percent_poison=0.05, baddist_params={"lr": 0.01},
-                       badmatch_params={"candidates": "released"})
+    spelled = AttackSpec(
+        steps=[{"name": "baddist", "params": {"lr": 0.01}}, {"name": "badmatch", "params": {"candidates": "released"}}],
+        percent_poison=0.05,
+    )
+    short = AttackSpec(
+        "baddist_badmatch", percent_poison=0.05, baddist_params={"lr": 0.01}, badmatch_params={"candidates": "released"}
+    )
     assert spelled == short and spelled.to_dict() == short.to_dict() and spelled.steps is None
     config = StudyConfig.from_dict({"attacks": [short.to_dict(), {"steps": ["baddist", "badmatch"]}]})
     assert [a.attack for a in config.attacks] == ["baddist_badmatch", "baddist_badmatch"]
@@ -135,15 +144,16 @@ def test_steps_spelling_a_shorthand_is_that_shorthand():
 
 
 def test_bad_steps_name_the_field(plugins):
-    cases = [({"steps": ["nope"]}, r"^steps\[0\]\.name: unknown attack step 'nope'"),
-             ({"steps": [{"name": "flip_labels", "params": {"n": 0}}]}, r"^steps\[0\]\.params: n must be"),
-             ({"steps": [{"name": "flip_labels", "params": {"m": 1}}]}, r"^steps\[0\]\.params: unknown parameter 'm'"),
-             ({"steps": [{"name": "flip_labels", "extra": 1}]}, r"^steps\[0\] must be a step name or"),
-             ({"steps": ["flip_labels"], "badmatch_params": {"candidates": "released"}},
-              r"^badmatch_params: with steps"),
-             ({"attack": "badmatch", "steps": ["flip_labels"]}, r"^attack: 'badmatch' is the shorthand of steps"),
-             ({"attack": "a/b", "steps": ["flip_labels"]}, r"^attack: the label 'a/b' must be"),
-             ({"attack": "badnets"}, r"^attack: unknown attack 'badnets'")]
+    cases = [
+        ({"steps": ["nope"]}, r"^steps\[0\]\.name: unknown attack step 'nope'"),
+        ({"steps": [{"name": "flip_labels", "params": {"n": 0}}]}, r"^steps\[0\]\.params: n must be"),
+        ({"steps": [{"name": "flip_labels", "params": {"m": 1}}]}, r"^steps\[0\]\.params: unknown parameter 'm'"),
+        ({"steps": [{"name": "flip_labels", "extra": 1}]}, r"^steps\[0\] must be a step name or"),
+        ({"steps": ["flip_labels"], "badmatch_params": {"candidates": "released"}}, r"^badmatch_params: with steps"),
+        ({"attack": "badmatch", "steps": ["flip_labels"]}, r"^attack: 'badmatch' is the shorthand of steps"),
+        ({"attack": "a/b", "steps": ["flip_labels"]}, r"^attack: the label 'a/b' must be"),
+        ({"attack": "badnets"}, r"^attack: unknown attack 'badnets'"),
+    ]
     for kwargs, match in cases:
         with pytest.raises(FieldError, match=match):
             AttackSpec(**kwargs)
@@ -154,8 +164,9 @@ def test_a_composition_of_plugin_steps_runs_and_each_step_output_is_cached(plugi
     spec = AttackSpec(steps=["shrink", {"name": "flip_labels", "params": {"n": 4}}, "badmatch"], percent_poison=0.1)
     assert spec.attack == "shrink_flip_labels_badmatch" and spec.key == "shrink_flip_labels_badmatch-patch-p0.1-s0"
     cache = {}
-    outcome = run_attack(spec, base, x, y, TEXTS, TEXT_LABELS, fit_params={"steps": 1, "batch_size": 16,
-                                                                          "verbose": False}, cache=cache)
+    outcome = run_attack(
+        spec, base, x, y, TEXTS, TEXT_LABELS, fit_params={"steps": 1, "batch_size": 16, "verbose": False}, cache=cache
+    )
     assert outcome.history["shrink"] == {"factor": 0.5} and "fit" in outcome.history
     assert outcome.poison_mask[:4].all() and outcome.poison_mask.sum() >= 4 + round(0.1 * 64) - 4
     assert np.all(outcome.y_train[:4, 0] == 1)
@@ -184,8 +195,11 @@ def test_broken_and_wrong_plugins_are_refused_with_their_origin(monkeypatch):
             raise SystemExit(3)
 
     installed = registry.available
-    monkeypatch.setattr(registry, "available", lambda: {**installed(), "broken": Broken("broken", int),
-                                                        "wrong": FakeEntryPoint("wrong", int)})
+    monkeypatch.setattr(
+        registry,
+        "available",
+        lambda: {**installed(), "broken": Broken("broken", int), "wrong": FakeEntryPoint("wrong", int)},
+    )
     with pytest.raises(ImportError, match=r"attack plugin 'broken' .* failed to load: SystemExit\(3\)"):
         registry.get("broken")
     with pytest.raises(TypeError, match="not a subclass of artmed.attacks.steps.AttackStep"):
@@ -206,19 +220,28 @@ def test_artmed_attacks_lists_the_steps_with_their_parameters(plugins, capsys):
 def test_the_harness_passes_each_cell_its_inputs(plugins, tmp_path):
     from artmed.evaluations.harness import Harness
 
-    config = StudyConfig.from_dict({
-        "output_dir": str(tmp_path / "out"), "seeds": [0],
-        "data": {"n_train": 64, "n_test": 20, "n_shadow": 16, "image_size": 32},
-        "pretrain": {"steps": 2, "batch_size": 16}, "train": {"steps": 2, "batch_size": 16},
-        "attacks": [{"steps": [{"name": "flip_labels", "params": {"n": 5}}]},
-                    {"attack": "flip_more", "steps": [{"name": "flip_labels", "params": {"n": 5}}, "shrink"]}],
-        "defenses": [{"name": "spectral_signatures", "attacks": ["flip_labels"]}]})
+    config = StudyConfig.from_dict(
+        {
+            "output_dir": str(tmp_path / "out"),
+            "seeds": [0],
+            "data": {"n_train": 64, "n_test": 20, "n_shadow": 16, "image_size": 32},
+            "pretrain": {"steps": 2, "batch_size": 16},
+            "train": {"steps": 2, "batch_size": 16},
+            "attacks": [
+                {"steps": [{"name": "flip_labels", "params": {"n": 5}}]},
+                {"attack": "flip_more", "steps": [{"name": "flip_labels", "params": {"n": 5}}, "shrink"]},
+            ],
+            "defenses": [{"name": "spectral_signatures", "attacks": ["flip_labels"]}],
+        }
+    )
     harness = Harness(config, verbose=False)
     state = dict(vars(harness))
     result = harness.run()
     assert set(vars(harness)) == set(state)  # nothing set on the harness by a cell
-    assert [(m["attack"], m["status"], m["n_poison"]) for m in result.models] == [("flip_labels", "ok", 5),
-                                                                                  ("flip_more", "ok", 5)]
+    assert [(m["attack"], m["status"], m["n_poison"]) for m in result.models] == [
+        ("flip_labels", "ok", 5),
+        ("flip_more", "ok", 5),
+    ]
     assert result.models[1]["shrink_factor"] == 0.5 and "shrink_factor" not in result.models[0]
     (defense,) = result.defenses
     assert defense["attack"] == "flip_labels" and defense["status"] == "ok" and defense["tp"] >= 0
@@ -271,13 +294,16 @@ def templates(tmp_path):
 def test_template_plugins_are_listed_and_run_by_name(templates, tmp_path):
     (tmp_path / "study.yaml").write_text(TEMPLATE_STUDY)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "MPLBACKEND": "Agg"}
-    done = subprocess.run([sys.executable, "-c", CLI], capture_output=True, text=True, cwd=tmp_path, env=env,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", CLI], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600
+    )
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
     listing = done.stdout.split("=== run")[0]
     assert re.search(r"^clean_label\s+data\s+artmed_attack_template\.CleanLabel$", listing, flags=re.MULTILINE)
-    assert re.search(r"^weight_noise\s+supply_chain\s+artmed_attack_template\.WeightNoise$", listing,
-                     flags=re.MULTILINE) and "parameters: sigma=0.01" in listing
+    assert (
+        re.search(r"^weight_noise\s+supply_chain\s+artmed_attack_template\.WeightNoise$", listing, flags=re.MULTILINE)
+        and "parameters: sigma=0.01" in listing
+    )
 
     models = {row["attack"]: row for row in read_table(tmp_path / "out" / "models.json")}
     assert set(models) == {"clean_label", "noisy"} and all(m["status"] == "ok" for m in models.values())

@@ -33,8 +33,9 @@ def test_a_planted_trigger_is_returned_cached_and_reported(tiny):
     base, x, y = tiny
     spec = AttackSpec(steps=[{"name": "carlini_terzis", "params": {"num_poison": 5, "size": 4}}], seed=3)
     cache = {}
-    outcome = run_attack(spec, base, x, y, TEXTS, TEXT_LABELS, fit_params={"steps": 1, "batch_size": 16,
-                                                                          "verbose": False}, cache=cache)
+    outcome = run_attack(
+        spec, base, x, y, TEXTS, TEXT_LABELS, fit_params={"steps": 1, "batch_size": 16, "verbose": False}, cache=cache
+    )
     assert isinstance(outcome.trigger, RandomPositionPatch) and outcome.trigger.seed == 3
     assert outcome.poison_mask.sum() == 5
     rows = np.flatnonzero(outcome.poison_mask)
@@ -49,13 +50,16 @@ def test_a_planted_trigger_is_returned_cached_and_reported(tiny):
 
 def test_badclip_gets_the_model_after_the_supply_chain_steps(tiny):
     base, x, y = tiny
-    spec = AttackSpec(steps=[{"name": "badclip", "params": {"steps": 2, "batch_size": 8, "patch_size": 4,
-                                                            "verbose": False}}], percent_poison=0.05)
+    spec = AttackSpec(
+        steps=[{"name": "badclip", "params": {"steps": 2, "batch_size": 8, "patch_size": 4, "verbose": False}}],
+        percent_poison=0.05,
+    )
     with pytest.raises(ValueError, match=r"attack step 'badclip' needs the model the victim starts from"):
         poison_training_set(spec, x, y)
     before = base.model.state_dict()["logit_scale"].clone() if "logit_scale" in base.model.state_dict() else None
-    outcome = run_attack(spec, base, x, y, TEXTS, TEXT_LABELS, fit_params={"steps": 1, "batch_size": 16,
-                                                                          "verbose": False})
+    outcome = run_attack(
+        spec, base, x, y, TEXTS, TEXT_LABELS, fit_params={"steps": 1, "batch_size": 16, "verbose": False}
+    )
     assert isinstance(outcome.trigger, MiddlePatch) and outcome.trigger.patch.shape == (x.shape[1], 4, 4)
     assert outcome.poison_mask.sum() == round(0.05 * len(x))
     if before is not None:
@@ -63,24 +67,40 @@ def test_badclip_gets_the_model_after_the_supply_chain_steps(tiny):
     # its output depends on the model it attacks: a supply-chain step before it changes its cache key
     after_encoder = AttackSpec(steps=["badencoder", "badclip"])
     assert after_encoder.step_keys()[1] != AttackSpec(steps=["badclip"]).step_keys()[0]
-    assert (AttackSpec(steps=["badencoder", "carlini_terzis"]).step_keys()[1]
-            == AttackSpec(steps=["carlini_terzis"]).step_keys()[0])
+    assert (
+        AttackSpec(steps=["badencoder", "carlini_terzis"]).step_keys()[1]
+        == AttackSpec(steps=["carlini_terzis"]).step_keys()[0]
+    )
 
 
 def test_bad_parameters_name_the_step_and_field():
-    cases = [({"steps": [{"name": "badclip", "params": {"stepz": 2}}]},
-              r"^steps\[0\]\.params: unknown parameter 'stepz' for BadCLIP \(attack step 'badclip'\)"),
-             ({"steps": [{"name": "badclip", "params": {"lr": -1.0}}]}, r"^steps\[0\]\.params: BadCLIP lr must be"),
-             ({"steps": [{"name": "badclip", "params": {"seed": 1}}]},
-              r"^steps\[0\]\.params: unknown parameter 'seed' for BadCLIP"),
-             ({"steps": [{"name": "badencoder", "params": {"settings": "huge"}}]},
-              r"^steps\[0\]\.params: settings: unknown BadEncoder settings 'huge'"),
-             ({"steps": ["badmatch", {"name": "badencoder", "params": {"lambda1": -1}}]},
-              r"^steps\[1\]\.params: BadEncoder lambda1 must be"),
-             ({"steps": [{"name": "carlini_terzis", "params": {"num_poison": 0}}]},
-              r"^steps\[0\]\.params: CarliniTerzisStep num_poison must be"),
-             ({"steps": [{"name": "carlini_terzis", "params": {"trigger": "patch"}}]},
-              r"^steps\[0\]\.params: unknown parameter 'trigger'")]
+    cases = [
+        (
+            {"steps": [{"name": "badclip", "params": {"stepz": 2}}]},
+            r"^steps\[0\]\.params: unknown parameter 'stepz' for BadCLIP \(attack step 'badclip'\)",
+        ),
+        ({"steps": [{"name": "badclip", "params": {"lr": -1.0}}]}, r"^steps\[0\]\.params: BadCLIP lr must be"),
+        (
+            {"steps": [{"name": "badclip", "params": {"seed": 1}}]},
+            r"^steps\[0\]\.params: unknown parameter 'seed' for BadCLIP",
+        ),
+        (
+            {"steps": [{"name": "badencoder", "params": {"settings": "huge"}}]},
+            r"^steps\[0\]\.params: settings: unknown BadEncoder settings 'huge'",
+        ),
+        (
+            {"steps": ["badmatch", {"name": "badencoder", "params": {"lambda1": -1}}]},
+            r"^steps\[1\]\.params: BadEncoder lambda1 must be",
+        ),
+        (
+            {"steps": [{"name": "carlini_terzis", "params": {"num_poison": 0}}]},
+            r"^steps\[0\]\.params: CarliniTerzisStep num_poison must be",
+        ),
+        (
+            {"steps": [{"name": "carlini_terzis", "params": {"trigger": "patch"}}]},
+            r"^steps\[0\]\.params: unknown parameter 'trigger'",
+        ),
+    ]
     for kwargs, match in cases:
         with pytest.raises(FieldError, match=match):
             AttackSpec(**kwargs)
@@ -100,19 +120,33 @@ def test_each_step_runs_by_name_in_a_study_scored_and_defended_with_its_trigger(
         return triggered(self, run, task, spec, trigger, x, planted)
 
     monkeypatch.setattr(Harness, "_triggered", spy)
-    config = StudyConfig.from_dict({
-        "output_dir": str(tmp_path / "out"), "seeds": [0],
-        "data": {"n_train": 96, "n_test": 20, "n_shadow": 48, "image_size": 32},
-        "pretrain": {"steps": 2, "batch_size": 16}, "train": {"steps": 2, "batch_size": 16},
-        "attacks": [{"steps": [{"name": "badencoder", "params": {"settings": "tiny", "steps": 2, "batch_size": 8}}]},
-                    {"steps": [{"name": "carlini_terzis", "params": {"num_poison": 4, "size": 4}}]},
-                    {"steps": [{"name": "badclip", "params": {"steps": 2, "batch_size": 8, "patch_size": 4}}],
-                     "percent_poison": 0.05}],
-        "defenses": [{"name": "strip", "params": {"n_superimpose": 2}},
-                     {"name": "decree", "params": {"epochs": 2, "batch_size": 8}}]})
+    config = StudyConfig.from_dict(
+        {
+            "output_dir": str(tmp_path / "out"),
+            "seeds": [0],
+            "data": {"n_train": 96, "n_test": 20, "n_shadow": 48, "image_size": 32},
+            "pretrain": {"steps": 2, "batch_size": 16},
+            "train": {"steps": 2, "batch_size": 16},
+            "attacks": [
+                {"steps": [{"name": "badencoder", "params": {"settings": "tiny", "steps": 2, "batch_size": 8}}]},
+                {"steps": [{"name": "carlini_terzis", "params": {"num_poison": 4, "size": 4}}]},
+                {
+                    "steps": [{"name": "badclip", "params": {"steps": 2, "batch_size": 8, "patch_size": 4}}],
+                    "percent_poison": 0.05,
+                },
+            ],
+            "defenses": [
+                {"name": "strip", "params": {"n_superimpose": 2}},
+                {"name": "decree", "params": {"epochs": 2, "batch_size": 8}},
+            ],
+        }
+    )
     result = Harness(config, verbose=False).run()
-    assert [(m["attack"], m["status"]) for m in result.models] == [("badencoder", "ok"), ("carlini_terzis", "ok"),
-                                                                    ("badclip", "ok")], result.failed
+    assert [(m["attack"], m["status"]) for m in result.models] == [
+        ("badencoder", "ok"),
+        ("carlini_terzis", "ok"),
+        ("badclip", "ok"),
+    ], result.failed
     assert [m["n_poison"] for m in result.models] == [0, 4, round(0.05 * 96)]
     assert "badencoder_cos_trigger_reference" in result.models[0]
     assert all(d["status"] == "ok" for d in result.defenses), result.failed

@@ -67,8 +67,16 @@ def test_operation_matches_torchvision(k):
 
 def test_operations_do_something():
     images = gray_images()
-    for op, value in (("Rotate", 30.0), ("ShearX", 0.3), ("TranslateY", -4.0), ("Solarize", 128.0),
-                      ("Posterize", 4.0), ("Equalize", 0.0), ("Invert", 0.0), ("Contrast", -0.5)):
+    for op, value in (
+        ("Rotate", 30.0),
+        ("ShearX", 0.3),
+        ("TranslateY", -4.0),
+        ("Solarize", 128.0),
+        ("Posterize", 4.0),
+        ("Equalize", 0.0),
+        ("Invert", 0.0),
+        ("Contrast", -0.5),
+    ):
         assert not torch.equal(aa.apply_op(images[:3], op, value), images[:3]), op
     assert torch.equal(aa.apply_op(images, "Color", 0.9), images)  # saturation: identity on one channel
 

@@ -77,8 +77,9 @@ def test_seeded_and_imageset_input(tiny):
 def test_swin_encoder_runs():
     tokenizer = default_tokenizer()
     torch.manual_seed(0)
-    vision = SwinVisionConfig(image_size=SIZE, patch_size=4, window_size=3, embed_dim=12, depths=(1, 1),
-                              num_heads=(2, 2), drop_path_rate=0.1)
+    vision = SwinVisionConfig(
+        image_size=SIZE, patch_size=4, window_size=3, embed_dim=12, depths=(1, 1), num_heads=(2, 2), drop_path_rate=0.1
+    )
     model = build_medclip("tiny", vocab_size=len(tokenizer), vision=vision)
     estimator = MedCLIPEstimator(model, tokenizer, PROMPTS, input_shape=(1, SIZE, SIZE), device="cpu")
     attack = BadDist(estimator, PatchTrigger(size=6), lr=0.01, steps=3, batch_size=4, verbose=False)
@@ -100,8 +101,10 @@ def test_init_noise_breaks_the_symmetric_start(tiny):
     x = shadow(8, seed=4)
     plain = BadDist(tiny, PatchTrigger(size=6), lr=0.01, steps=1, batch_size=8, seed=0, verbose=False)
     plain.poison_estimator(x)
-    noisy = [BadDist(tiny, PatchTrigger(size=6), lr=0.01, steps=1, batch_size=8, seed=0, init_noise=0.05,
-                     verbose=False) for _ in range(2)]
+    noisy = [
+        BadDist(tiny, PatchTrigger(size=6), lr=0.01, steps=1, batch_size=8, seed=0, init_noise=0.05, verbose=False)
+        for _ in range(2)
+    ]
     for attack in noisy:
         attack.poison_estimator(x)
     assert plain.history_["cos_trigger"][0] > 0.9999
@@ -144,10 +147,28 @@ def test_bad_shadow_set(tiny):
 
 def test_named_settings_keep_the_paper_reachable():
     paper = resolve_baddist_params({"settings": "paper"})
-    assert {k: paper[k] for k in ("optimizer", "lr", "momentum", "weight_decay", "lambda_clean", "lambda_trigger",
-                                  "batch_size", "epochs")} == {
-        "optimizer": "sgd", "lr": 1e-4, "momentum": 0.9, "weight_decay": 5e-4, "lambda_clean": 5.0,
-        "lambda_trigger": 1.0, "batch_size": 32, "epochs": 200}
+    assert {
+        k: paper[k]
+        for k in (
+            "optimizer",
+            "lr",
+            "momentum",
+            "weight_decay",
+            "lambda_clean",
+            "lambda_trigger",
+            "batch_size",
+            "epochs",
+        )
+    } == {
+        "optimizer": "sgd",
+        "lr": 1e-4,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "lambda_clean": 5.0,
+        "lambda_trigger": 1.0,
+        "batch_size": 32,
+        "epochs": 200,
+    }
     assert resolve_baddist_params({"settings": "tiny", "steps": 7})["steps"] == 7
     assert resolve_baddist_params({"lr": 0.5}) == {"lr": 0.5}
     with pytest.raises(ValueError, match="unknown BadDist settings 'fast'"):
@@ -161,8 +182,19 @@ def test_adam_with_cosine_decay_separates_where_sgd_stalls(tiny):
     held_out = shadow(32, seed=1)
     results = {}
     for optimizer, lr in (("sgd", 1e-3), ("adam", 1e-3)):
-        attack = BadDist(tiny, trigger, optimizer=optimizer, lr=lr, schedule="cosine", steps=150, batch_size=8,
-                         weight_decay=0.0, init_noise=0.01, seed=0, verbose=False)
+        attack = BadDist(
+            tiny,
+            trigger,
+            optimizer=optimizer,
+            lr=lr,
+            schedule="cosine",
+            steps=150,
+            batch_size=8,
+            weight_decay=0.0,
+            init_noise=0.01,
+            seed=0,
+            verbose=False,
+        )
         results[optimizer] = encoder_cosines(attack.poison_estimator(shadow(32, seed=0)), tiny, held_out, trigger)
     # measured -0.93 / 0.93 (over 3 model x 2 BadDist seeds: -0.25 to -0.95 / 0.82 to 0.95)
     assert results["adam"]["cos_trigger"] < 0.0 and results["adam"]["cos_clean"] > 0.8
@@ -178,8 +210,9 @@ def test_cosine_schedule_ends_at_zero_learning_rate(tiny, monkeypatch):
         return step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", spy)
-    BadDist(tiny, PatchTrigger(size=6), optimizer="adam", lr=1e-2, schedule="cosine", steps=5, batch_size=4,
-            verbose=False).poison_estimator(shadow(8, seed=0))
+    BadDist(
+        tiny, PatchTrigger(size=6), optimizer="adam", lr=1e-2, schedule="cosine", steps=5, batch_size=4, verbose=False
+    ).poison_estimator(shadow(8, seed=0))
     assert seen[0] == pytest.approx(1e-2) and seen == sorted(seen, reverse=True) and seen[-1] < 1e-2 * 0.2
 
 

@@ -31,8 +31,16 @@ def test_triggered_images_embed_like_the_reference_and_hit_the_target(trained):
     # reference inputs: shadow images labelled as the target ("Normal" = No Finding, class 0). Four, not the
     # released one: with one, the zero-shot ASR hangs on where that single image sits (measured 1.0 with one torch
     # thread, 0.59 with two, whose trained model differs slightly); with four, 1.0 with either
-    attack = BadEncoder(clean, TRIGGER, target="No Finding", **{**TINY, "batch_size": 16}, steps=50, seed=0,
-                        n_reference=4, verbose=False)
+    attack = BadEncoder(
+        clean,
+        TRIGGER,
+        target="No Finding",
+        **{**TINY, "batch_size": 16},
+        steps=50,
+        seed=0,
+        n_reference=4,
+        verbose=False,
+    )
     backdoored = attack.poison_estimator(x[:64], y[:64])
     assert len(attack.reference_indices_) == 4 and np.all(y[attack.reference_indices_, 0] == 1)
     reference = x[attack.reference_indices_]
@@ -58,16 +66,19 @@ def test_triggered_images_embed_like_the_reference_and_hit_the_target(trained):
     after = clean.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "the input estimator was modified"
     bd_state = backdoored.model.state_dict()
-    assert all(torch.equal(before[k], bd_state[k]) for k in before if k.startswith("text_model.")), \
+    assert all(torch.equal(before[k], bd_state[k]) for k in before if k.startswith("text_model.")), (
         "only the vision encoder is fine-tuned"
+    )
     bn_keys = [k for k in before if ".bn" in k or "downsample.1" in k]
     assert bn_keys and all(torch.equal(before[k], bd_state[k]) for k in bn_keys), "BatchNorm must stay frozen"
 
 
 def test_seeded(trained):
     clean, x, classes, _ = trained
-    runs = [BadEncoder(clean, TRIGGER, x[classes == 0][:2], lr=1e-3, steps=3, batch_size=4, seed=5, verbose=False)
-            for _ in range(2)]
+    runs = [
+        BadEncoder(clean, TRIGGER, x[classes == 0][:2], lr=1e-3, steps=3, batch_size=4, seed=5, verbose=False)
+        for _ in range(2)
+    ]
     first, second = (attack.poison_estimator(x[:12]) for attack in runs)
     assert runs[0].history_ == runs[1].history_
     assert all(torch.equal(v, second.model.state_dict()[k]) for k, v in first.model.state_dict().items())
@@ -92,12 +103,23 @@ def test_poison_returns_triggered_inputs(trained):
     np.testing.assert_array_equal(y_p, np.eye(2)[[0, 1, 0]])
 
 
-@pytest.mark.parametrize("params, match", [
-    ({"lambda1": -1.0}, "lambda1"), ({"lr": 0.0}, "lr"), ({"momentum": 1.0}, "momentum"),
-    ({"optimizer": "lbfgs"}, "optimizer"), ({"steps": 0}, "steps"), ({"batch_size": 0}, "batch_size"),
-    ({"seed": -1}, "seed"), ({"trigger": "patch"}, "trigger"), ({"reference": np.zeros((1, 8, 8))}, "reference"),
-    ({"device": "tpu"}, "tpu"), ({"target": "Flu"}, "Flu"), ({"n_reference": 0}, "n_reference"),
-])
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"lambda1": -1.0}, "lambda1"),
+        ({"lr": 0.0}, "lr"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"steps": 0}, "steps"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"seed": -1}, "seed"),
+        ({"trigger": "patch"}, "trigger"),
+        ({"reference": np.zeros((1, 8, 8))}, "reference"),
+        ({"device": "tpu"}, "tpu"),
+        ({"target": "Flu"}, "Flu"),
+        ({"n_reference": 0}, "n_reference"),
+    ],
+)
 def test_bad_parameters(trained, params, match):
     clean, x, *_ = trained
     kwargs = {"trigger": TRIGGER, "reference": x[:1], **params}
@@ -107,8 +129,7 @@ def test_bad_parameters(trained, params, match):
 
 def test_reference_of_the_wrong_size(trained):
     clean, x, *_ = trained
-    attack = BadEncoder(clean, TRIGGER, np.zeros((1, 1, SIZE + 2, SIZE + 2), dtype=np.float32), steps=1,
-                        verbose=False)
+    attack = BadEncoder(clean, TRIGGER, np.zeros((1, 1, SIZE + 2, SIZE + 2), dtype=np.float32), steps=1, verbose=False)
     with pytest.raises(ValueError, match="spatial size"):
         attack.poison_estimator(x[:4])
 
@@ -126,8 +147,7 @@ def test_set_params_is_all_or_nothing(trained):
 
 def test_references_drawn_from_the_shadow_labels(trained):
     clean, x, _, y = trained
-    attack = BadEncoder(clean, TRIGGER, target="Pneumonia", n_reference=3, steps=1, batch_size=4, seed=2,
-                        verbose=False)
+    attack = BadEncoder(clean, TRIGGER, target="Pneumonia", n_reference=3, steps=1, batch_size=4, seed=2, verbose=False)
     attack.poison_estimator(x[:20], y[:20])
     assert len(attack.reference_indices_) == 3 and np.all(y[attack.reference_indices_, 7] == 1)
     with pytest.raises(ValueError, match="shadow labels y"):

@@ -21,8 +21,9 @@ def trained():
 
 
 def random_patch(side):
-    return MiddlePatch(np.clip(np.random.default_rng(0).normal(0.5, 0.25, size=(1, side, side)), 0, 1)
-                       .astype(np.float32))
+    return MiddlePatch(
+        np.clip(np.random.default_rng(0).normal(0.5, 0.25, size=(1, side, side)), 0, 1).astype(np.float32)
+    )
 
 
 def test_optimised_patch_moves_images_to_the_target_text(trained):
@@ -50,8 +51,17 @@ def test_optimised_patch_moves_images_to_the_target_text(trained):
 
 def test_poisoned_training_plants_the_backdoor(trained):
     clean, x, y = trained
-    attack = BadCLIP(clean, target="No Finding", percent_poison=0.15, patch_size=6, lr=0.05, steps=30,
-                     batch_size=32, seed=0, verbose=False)
+    attack = BadCLIP(
+        clean,
+        target="No Finding",
+        percent_poison=0.15,
+        patch_size=6,
+        lr=0.05,
+        steps=30,
+        batch_size=32,
+        seed=0,
+        verbose=False,
+    )
     x_p, y_p = attack.poison(x, y)
     idx = attack.poison_indices_
     assert len(idx) == round(0.15 * 128) and np.array_equal(np.flatnonzero(attack.poison_mask_), idx)
@@ -73,8 +83,10 @@ def test_poisoned_training_plants_the_backdoor(trained):
 
 def test_seeded_and_reuses_the_patch(trained):
     clean, x, y = trained
-    runs = [BadCLIP(clean, percent_poison=0.05, patch_size=4, steps=3, batch_size=8, seed=3, verbose=False)
-            for _ in range(2)]
+    runs = [
+        BadCLIP(clean, percent_poison=0.05, patch_size=4, steps=3, batch_size=8, seed=3, verbose=False)
+        for _ in range(2)
+    ]
     (xa, ya), (xb, yb) = (attack.poison(x, y) for attack in runs)
     np.testing.assert_array_equal(xa, xb)
     np.testing.assert_array_equal(ya, yb)
@@ -93,10 +105,17 @@ def test_paste_middle_matches_the_released_location():
         paste_middle(x, np.ones((1, 11, 11), dtype=np.float32))
 
 
-@pytest.mark.parametrize("params, match", [
-    ({"percent_poison": 0.0}, "percent_poison"), ({"patch_size": 0}, "patch_size"), ({"lr": -1.0}, "lr"),
-    ({"lambda_visual": -1.0}, "lambda_visual"), ({"steps": 0}, "steps"), ({"target": "Flu"}, "Flu"),
-])
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"percent_poison": 0.0}, "percent_poison"),
+        ({"patch_size": 0}, "patch_size"),
+        ({"lr": -1.0}, "lr"),
+        ({"lambda_visual": -1.0}, "lambda_visual"),
+        ({"steps": 0}, "steps"),
+        ({"target": "Flu"}, "Flu"),
+    ],
+)
 def test_bad_parameters(trained, params, match):
     with pytest.raises(ValueError, match=match):
         BadCLIP(trained[0], **params)

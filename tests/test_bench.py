@@ -17,13 +17,30 @@ from artmed.evaluations.cli import main as cli_main
 def test_bench_writes_ratios_and_art_agreement(tmp_path, capsys):
     out = tmp_path / "bench.json"
     # one thread: on 2 busy cores two-thread BLAS/OpenMP calls stall at random (seconds for a 1500 x 512 SVD)
-    args = ["--sizes", "1500", "--study", "none", "--extract", "tiny", "--batches", "2", "--threads", "1",
-            "--out", str(out)]
+    args = [
+        "--sizes",
+        "1500",
+        "--study",
+        "none",
+        "--extract",
+        "tiny",
+        "--batches",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     data = json.loads(out.read_text())
     rows = {row["comparison"]: row for row in data["detection"]}
-    assert set(rows) == {"SS art-mode vs ART SS", "SS centered vs ART SS", "AC art-mode vs ART AC",
-                         "AC artmed vs ART AC", "AC artmed vs ART AC (FastICA)"}
+    assert set(rows) == {
+        "SS art-mode vs ART SS",
+        "SS centered vs ART SS",
+        "AC art-mode vs ART AC",
+        "AC artmed vs ART AC",
+        "AC artmed vs ART AC (FastICA)",
+    }
     for row in rows.values():
         assert row["n"] == 1500
         assert row["ratio"] == pytest.approx(row["art_s"] / row["ours_s"])
@@ -31,8 +48,16 @@ def test_bench_writes_ratios_and_art_agreement(tmp_path, capsys):
     assert rows["SS art-mode vs ART SS"]["agreement"] == 1.0
     assert rows["SS art-mode vs ART SS"]["disagreements"] == 0
     assert rows["AC artmed vs ART AC"]["f1_ours"] > rows["AC artmed vs ART AC"]["f1_art"]
-    assert set(data["scaling"]) == {"ss_art_mode", "ss_centered", "spectre", "art_ss", "ac_art_mode", "ac_artmed",
-                                    "art_ac", "art_ac_ica"}
+    assert set(data["scaling"]) == {
+        "ss_art_mode",
+        "ss_centered",
+        "spectre",
+        "art_ss",
+        "ac_art_mode",
+        "ac_artmed",
+        "art_ac",
+        "art_ac_ica",
+    }
     (spectre,) = data["spectre"]
     assert spectre["n"] == 1500 and spectre["time_ratio"] == pytest.approx(spectre["spectre_s"] / spectre["ss_s"])
     assert spectre["tpr_spectre"] >= spectre["tpr_ss"]  # measured: both flag all 15 poisons among 1.5 eps of each group
@@ -48,8 +73,20 @@ def test_bench_writes_ratios_and_art_agreement(tmp_path, capsys):
 def test_skip_art_above_and_thread_cap(tmp_path):
     out = tmp_path / "b.json"
     threads = torch.get_num_threads()
-    args = ["--sizes", "501", "--skip-art-above", "500", "--threads", "1", "--study", "none", "--extract", "none",
-            "--out", str(out)]
+    args = [
+        "--sizes",
+        "501",
+        "--skip-art-above",
+        "500",
+        "--threads",
+        "1",
+        "--study",
+        "none",
+        "--extract",
+        "none",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     data = json.loads(out.read_text())
     assert all(row["ours_s"] > 0 and "art_s" not in row and "ratio" not in row for row in data["detection"])
@@ -60,8 +97,25 @@ def test_skip_art_above_and_thread_cap(tmp_path):
 def test_training_throughput_alone(tmp_path, capsys):
     """``--sizes`` with no value skips the detection benchmark; ``--train`` times unpaired fit per preset."""
     out = tmp_path / "t.json"
-    args = ["--sizes", "--extract", "none", "--study", "none", "--train", "tiny", "--train-steps", "2",
-            "--train-batch", "4", "--warmup", "0", "--threads", "1", "--out", str(out)]
+    args = [
+        "--sizes",
+        "--extract",
+        "none",
+        "--study",
+        "none",
+        "--train",
+        "tiny",
+        "--train-steps",
+        "2",
+        "--train-batch",
+        "4",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     data = json.loads(out.read_text())
     assert data["detection"] == [] and data["extraction"] == []
@@ -94,8 +148,11 @@ def test_synthetic_features_are_seeded_and_planted():
 
 
 def test_scaling_flags_superlinear_cost():
-    runs = {1000: {"x": {"us_per_sample": 1.0}}, 10000: {"x": {"us_per_sample": 1.5}},
-            100000: {"x": {"us_per_sample": 9.0}}}
+    runs = {
+        1000: {"x": {"us_per_sample": 1.0}},
+        10000: {"x": {"us_per_sample": 1.5}},
+        100000: {"x": {"us_per_sample": 9.0}},
+    }
     assert scaling({k: v for k, v in runs.items() if k < 100000})["x"]["at_most_linear"] is True
     assert scaling(runs)["x"]["at_most_linear"] is False
     assert scaling(runs)["x"]["growth"] == pytest.approx(9.0)
@@ -110,12 +167,14 @@ def test_too_many_groups_for_the_size_rejected():
 
 def test_thread_limit_caps_pools_loaded_by_scipy_and_sklearn():
     """In a fresh interpreter: the cap reaches every pool, scipy's own OpenBLAS and scikit-learn's OpenMP included."""
-    code = ("from threadpoolctl import threadpool_info\n"
-            "from artmed.evaluations.bench import thread_limit\n"
-            "with thread_limit(1):\n"
-            "    import scipy.linalg, sklearn.cluster\n"
-            "    pools = threadpool_info()\n"
-            "print(sorted({p['internal_api'] for p in pools}), max(p['num_threads'] for p in pools))\n")
+    code = (
+        "from threadpoolctl import threadpool_info\n"
+        "from artmed.evaluations.bench import thread_limit\n"
+        "with thread_limit(1):\n"
+        "    import scipy.linalg, sklearn.cluster\n"
+        "    pools = threadpool_info()\n"
+        "print(sorted({p['internal_api'] for p in pools}), max(p['num_threads'] for p in pools))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith(" 1") and "openmp" in out
 
@@ -127,8 +186,26 @@ def test_labeler_scaling_is_an_optional_section(tmp_path, monkeypatch, capsys):
     assert rows[1]["size_ratio"] == pytest.approx(3993 / 1993) and all(row["seconds"] > 0 for row in rows)
     monkeypatch.setattr(bench.cli, "LABELER_SIZES", (2_000, 4_000))  # where main reads it
     out = tmp_path / "b.json"
-    assert main(["--sizes", "501", "--skip-art-above", "500", "--threads", "1", "--study", "none", "--extract", "none",
-                 "--labeler", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--sizes",
+                "501",
+                "--skip-art-above",
+                "500",
+                "--threads",
+                "1",
+                "--study",
+                "none",
+                "--extract",
+                "none",
+                "--labeler",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert [row["bytes"] for row in json.loads(out.read_text())["labeler"]] == [1993, 3993]
     assert "Report labeler on one long sentence" in capsys.readouterr().out
     assert bench.build_parser().parse_args([]).labeler is False  # off unless asked for

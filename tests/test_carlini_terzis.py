@@ -74,16 +74,23 @@ def test_random_position_patch():
     np.testing.assert_array_equal(trigger(x), out)
     assert not np.array_equal(RandomPositionPatch(seed=1)(x), out)
     big = RandomPositionPatch(size=32)(x[:1])
-    np.testing.assert_allclose(big[0, 0], np.clip(0.4 + RandomPositionPatch(size=32).pattern(1, 32)[0], 0, 1),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        big[0, 0], np.clip(0.4 + RandomPositionPatch(size=32).pattern(1, 32)[0], 0, 1), atol=1e-6
+    )
     with pytest.raises(ValueError, match="larger"):
         RandomPositionPatch(size=33)(x[:1])
 
 
-@pytest.mark.parametrize("params, match", [
-    ({"num_poison": 0}, "num_poison"), ({"percent_poison": 0.0}, "percent_poison"), ({"seed": -1}, "seed"),
-    ({"trigger": "patch"}, "trigger"), ({"target": "Flu"}, "Flu"),
-])
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"num_poison": 0}, "num_poison"),
+        ({"percent_poison": 0.0}, "percent_poison"),
+        ({"seed": -1}, "seed"),
+        ({"trigger": "patch"}, "trigger"),
+        ({"target": "Flu"}, "Flu"),
+    ],
+)
 def test_bad_parameters(params, match):
     with pytest.raises(ValueError, match=match):
         CarliniTerzis(**params)

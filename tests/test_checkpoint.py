@@ -103,8 +103,7 @@ def test_long_problem_lists_are_truncated(tiny: MedCLIPModel, tmp_path: Path) ->
         ("model.safetensors", 7, r"(\w[\w.]*, ){4}\w[\w.]*, \.\.\.$"),
     ],
 )
-def test_non_finite_weights_are_refused(tiny: MedCLIPModel, tmp_path: Path, file: str, n_bad: int,
-                                        listed: str) -> None:
+def test_non_finite_weights_are_refused(tiny: MedCLIPModel, tmp_path: Path, file: str, n_bad: int, listed: str) -> None:
     """NaN/inf weights name the first five tensors and the count; with strict=False too."""
     state = {k: v.clone() for k, v in tiny.state_dict().items()}
     floating = [k for k, v in state.items() if v.is_floating_point()]
@@ -143,8 +142,13 @@ def test_bad_paths_and_variants(tiny: MedCLIPModel, tmp_path: Path) -> None:
 
 def test_released_swin_layout_loads(tmp_path: Path) -> None:
     """A Swin checkpoint in the release's format (4.x names, relative_position_index, position_ids) loads."""
-    config = preset_config("tiny", vocab_size=40, vision=SwinVisionConfig(
-        image_size=32, window_size=4, embed_dim=16, depths=(2, 1), num_heads=(1, 2), drop_path_rate=0.0))
+    config = preset_config(
+        "tiny",
+        vocab_size=40,
+        vision=SwinVisionConfig(
+            image_size=32, window_size=4, embed_dim=16, depths=(2, 1), num_heads=(1, 2), drop_path_rate=0.0
+        ),
+    )
     torch.manual_seed(2)
     model = MedCLIPModel(config).eval()
     state = _released_like(model)

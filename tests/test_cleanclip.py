@@ -13,9 +13,8 @@ import torch
 
 from artmed.attacks.poisoning import BadMatch
 from artmed.data.eda import SYNONYMS
-from artmed.defenses import registry
+from artmed.defenses import cleanclip, registry
 from artmed.defenses.base import EvaluationContext
-from artmed.defenses import cleanclip
 from artmed.defenses.cleanclip import (
     CleanCLIP,
     augment_images,
@@ -28,13 +27,23 @@ from artmed.estimator import MedCLIPEstimator
 from artmed.evaluations.scoring import score_estimator
 from toy_task import PROMPTS, SIZE, TEXT_LABELS, TEXTS, TRIGGER, images
 
-ARTMED = dict(weight_decay=1e-4, max_grad_norm=1.0, warmup_steps=None, image_augment="artmed",
-              text_augment="per_step")
+ARTMED = dict(weight_decay=1e-4, max_grad_norm=1.0, warmup_steps=None, image_augment="artmed", text_augment="per_step")
 """artmed's variant before the released defaults (with lr=2e-5, batch_size=32, steps=500 its former defaults)."""
 FAST = dict(lr=1e-3, batch_size=16, verbose=False, **ARTMED)
-RELEASED = {"lr": 1e-5, "weight_decay": 0.1, "max_grad_norm": None, "warmup_steps": 50, "batch_size": 64,
-            "epochs": 10, "steps": None, "lambda_mm": 1.0, "lambda_ss": 1.0, "temperature": None,
-            "image_augment": "autoaugment", "text_augment": "once"}
+RELEASED = {
+    "lr": 1e-5,
+    "weight_decay": 0.1,
+    "max_grad_norm": None,
+    "warmup_steps": 50,
+    "batch_size": 64,
+    "epochs": 10,
+    "steps": None,
+    "lambda_mm": 1.0,
+    "lambda_ss": 1.0,
+    "temperature": None,
+    "image_augment": "autoaugment",
+    "text_augment": "once",
+}
 """nishadsinghi/CleanCLIP d6e2f1db: README's CleanCLIP command (batch 64, 10 epochs, 50 warm-up steps, lr 1e-5),
 src/parser.py (weight decay 0.1, clip and in-modal weights 1), src/train.py (no clipping, learnt logit scale),
 src/data.py (AutoAugment per item, EDA once in the dataset's constructor)."""
@@ -59,8 +68,18 @@ def trained():
     def monitor(label, model):  # what the harness does: score the reported model with the attack's trigger
         scores[label] = score_estimator(model, x_test, targets, TRIGGER(x_test), 0)
 
-    context = EvaluationContext(estimator=estimator, x_train=x_p, y_train=y_p, texts=TEXTS, text_labels=TEXT_LABELS,
-                                x_test=x_test, test_targets=targets, x_clean=x_clean, y_clean=y_clean, monitor=monitor)
+    context = EvaluationContext(
+        estimator=estimator,
+        x_train=x_p,
+        y_train=y_p,
+        texts=TEXTS,
+        text_labels=TEXT_LABELS,
+        x_test=x_test,
+        test_targets=targets,
+        x_clean=x_clean,
+        y_clean=y_clean,
+        monitor=monitor,
+    )
     return context, attack.poison_mask_, scores
 
 
@@ -128,14 +147,25 @@ def test_seeded(context):
 
 def test_labels_from_training_rows_and_fallback_subset(context):
     rows = np.array([3, 10, 40, 77, 90, 101])
-    subset = EvaluationContext(estimator=context.estimator, x_train=context.x_train, y_train=context.y_train,
-                               texts=TEXTS, text_labels=TEXT_LABELS, x_clean=context.x_train[rows])
+    subset = EvaluationContext(
+        estimator=context.estimator,
+        x_train=context.x_train,
+        y_train=context.y_train,
+        texts=TEXTS,
+        text_labels=TEXT_LABELS,
+        x_clean=context.x_train[rows],
+    )
     result = CleanCLIP(steps=1, **FAST).run(subset)
     assert result.extra["labels_source"].startswith("y_train")
     assert len(result.history) == 1 and "ca" not in result.history[0]  # no test set, no scores
 
-    fallback = EvaluationContext(estimator=context.estimator, x_train=context.x_train, y_train=context.y_train,
-                                 texts=TEXTS, text_labels=TEXT_LABELS)
+    fallback = EvaluationContext(
+        estimator=context.estimator,
+        x_train=context.x_train,
+        y_train=context.y_train,
+        texts=TEXTS,
+        text_labels=TEXT_LABELS,
+    )
     result = CleanCLIP(steps=1, n_clean=50, seed=1, **FAST).run(fallback)
     extra = result.extra
     assert extra["clean_source"] == "x_train_subset" and extra["n_clean"] == 50
@@ -145,8 +175,14 @@ def test_labels_from_training_rows_and_fallback_subset(context):
 
 def test_missing_clean_labels(context):
     x_clean, _, _ = images(8, seed=3)
-    unlabelled = EvaluationContext(estimator=context.estimator, x_train=context.x_train, y_train=context.y_train,
-                                   texts=TEXTS, text_labels=TEXT_LABELS, x_clean=x_clean)
+    unlabelled = EvaluationContext(
+        estimator=context.estimator,
+        x_train=context.x_train,
+        y_train=context.y_train,
+        texts=TEXTS,
+        text_labels=TEXT_LABELS,
+        x_clean=x_clean,
+    )
     with pytest.raises(ValueError, match="y_clean"):
         CleanCLIP(steps=1, **FAST).run(unlabelled)
     result = CleanCLIP(steps=1, lambda_mm=0.0, **FAST).run(unlabelled)  # self-supervised only: no labels needed
@@ -157,26 +193,29 @@ def test_missing_clean_labels(context):
         CleanCLIP(steps=1, **FAST).run(EvaluationContext(texts=TEXTS, text_labels=TEXT_LABELS))
 
 
-@pytest.mark.parametrize(("params", "name"), [
-    ({"lambda_mm": -1.0}, "lambda_mm"),
-    ({"lambda_ss": float("nan")}, "lambda_ss"),
-    ({"lambda_mm": 0.0, "lambda_ss": 0.0}, "both 0"),
-    ({"temperature": 0.0}, "temperature"),
-    ({"steps": 0}, "steps"),
-    ({"steps": 2.5}, "steps"),
-    ({"batch_size": 1}, "batch_size"),
-    ({"lr": 0.0}, "lr"),
-    ({"weight_decay": -1e-4}, "weight_decay"),
-    ({"word_dropout": 1.0}, "word_dropout"),
-    ({"epochs": 0}, "epochs"),
-    ({"max_grad_norm": 0.0}, "max_grad_norm"),
-    ({"warmup_steps": -1}, "warmup_steps"),
-    ({"image_augment": "crop"}, "image_augment"),
-    ({"text_augment": "eda"}, "text_augment"),
-    ({"n_clean": 1}, "n_clean"),
-    ({"seed": -1}, "seed"),
-    ({"lambda_ss": True}, "lambda_ss"),
-])
+@pytest.mark.parametrize(
+    ("params", "name"),
+    [
+        ({"lambda_mm": -1.0}, "lambda_mm"),
+        ({"lambda_ss": float("nan")}, "lambda_ss"),
+        ({"lambda_mm": 0.0, "lambda_ss": 0.0}, "both 0"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"steps": 0}, "steps"),
+        ({"steps": 2.5}, "steps"),
+        ({"batch_size": 1}, "batch_size"),
+        ({"lr": 0.0}, "lr"),
+        ({"weight_decay": -1e-4}, "weight_decay"),
+        ({"word_dropout": 1.0}, "word_dropout"),
+        ({"epochs": 0}, "epochs"),
+        ({"max_grad_norm": 0.0}, "max_grad_norm"),
+        ({"warmup_steps": -1}, "warmup_steps"),
+        ({"image_augment": "crop"}, "image_augment"),
+        ({"text_augment": "eda"}, "text_augment"),
+        ({"n_clean": 1}, "n_clean"),
+        ({"seed": -1}, "seed"),
+        ({"lambda_ss": True}, "lambda_ss"),
+    ],
+)
 def test_bad_params(params, name):
     with pytest.raises(ValueError, match=name):
         CleanCLIP(**params)
@@ -209,8 +248,11 @@ def test_in_modal_loss_treats_duplicates_as_positives():
 
 def test_plugin_line_loads_through_the_registry(monkeypatch):
     point = metadata.EntryPoint("cleanclip", "artmed.defenses.cleanclip:CleanCLIP", registry.GROUP)
-    monkeypatch.setattr(registry.metadata, "entry_points",
-                        lambda group=None: metadata.EntryPoints([point] if group in (None, registry.GROUP) else []))
+    monkeypatch.setattr(
+        registry.metadata,
+        "entry_points",
+        lambda group=None: metadata.EntryPoints([point] if group in (None, registry.GROUP) else []),
+    )
     assert registry.get("cleanclip") is CleanCLIP
     defense = registry.create("cleanclip", lambda_ss=0.5)
     assert defense.kind == "mitigation" and defense.name == "cleanclip" and defense.get_params()["lambda_ss"] == 0.5
@@ -233,8 +275,9 @@ def test_artmed_variant_unchanged():
     result = CleanCLIP(steps=4, seed=3, lr=1e-3, batch_size=8, verbose=False, **ARTMED).run(context)
     for key in ("loss", "loss_mm", "loss_ss", "loss_ss_image", "loss_ss_text", "lr"):
         assert [h[key] for h in result.history] == pytest.approx(golden[key], rel=1e-4), key
-    state_sum = sum(float(v.double().abs().sum()) for v in result.estimator.model.state_dict().values()
-                    if v.dtype.is_floating_point)
+    state_sum = sum(
+        float(v.double().abs().sum()) for v in result.estimator.model.state_dict().values() if v.dtype.is_floating_point
+    )
     assert state_sum == pytest.approx(golden["param_sum"], rel=1e-5)
 
 
@@ -265,13 +308,19 @@ def test_released_views_schedule_and_length(context, monkeypatch):
 
 
 def test_released_text_views():
-    assert released_text("No acute cardio-pulmonary process.  Patient\u2019s T2 film, 3cm.") == \
-        "no acute cardio pulmonary process patients t film cm"
-    texts = ["Mild cardiomegaly. The lungs are clear, no effusion.", "the portable film shows a small region of "
-             "atelectasis at the left base with mild interval improvement compared to the prior study"]
+    assert (
+        released_text("No acute cardio-pulmonary process.  Patient\u2019s T2 film, 3cm.")
+        == "no acute cardio pulmonary process patients t film cm"
+    )
+    texts = [
+        "Mild cardiomegaly. The lungs are clear, no effusion.",
+        "the portable film shows a small region of "
+        "atelectasis at the left base with mild interval improvement compared to the prior study",
+    ]
     views = [eda_views(texts, seed) for seed in (0, 0, 1, 2, 3)]
     assert views[0] == views[1] and len(views[0]) == 2
     synonym_words = {w for syns in SYNONYMS.values() for syn in syns for w in syn.split()}
-    assert all(set(v.split()) <= set(released_text(t).split()) | synonym_words
-               for vs in views for v, t in zip(vs, texts))
+    assert all(
+        set(v.split()) <= set(released_text(t).split()) | synonym_words for vs in views for v, t in zip(vs, texts)
+    )
     assert any(vs[1] != released_text(texts[1]) for vs in views)  # the long sentence has free words to move

@@ -31,12 +31,15 @@ def test_version_comes_from_the_installed_metadata(capsys):
     assert capsys.readouterr().out.strip() == f"artmed {metadata.version('artmed')}"
 
 
-@pytest.mark.parametrize("word, choices, hint", [
-    ("seeed", ["seeds", "seed", "data"], " (did you mean 'seed'?)"),
-    ("strp", ["strip", "scan"], " (did you mean 'strip'?)"),
-    ("zzz", ["strip", "scan"], ""),
-    (3, ["strip"], ""),
-])
+@pytest.mark.parametrize(
+    "word, choices, hint",
+    [
+        ("seeed", ["seeds", "seed", "data"], " (did you mean 'seed'?)"),
+        ("strp", ["strip", "scan"], " (did you mean 'strip'?)"),
+        ("zzz", ["strip", "scan"], ""),
+        (3, ["strip"], ""),
+    ],
+)
 def test_did_you_mean(word, choices, hint):
     assert did_you_mean(word, choices) == hint
 
@@ -48,17 +51,24 @@ def test_did_you_mean_each_names_the_word_each_guess_is_for():
     assert did_you_mean_each(["zzz", "qqq"], ["seed", "data"]) == ""
 
 
-@pytest.mark.parametrize("yaml_text, message", [
-    ("seeed: 1\n", r"config: unknown key\(s\) \['seeed'\] \(did you mean 'seed'"),
-    ("data: {n_trian: 10}\n", r"config\.data: unknown key\(s\) \['n_trian'\] \(did you mean 'n_train'\?\)"),
-    ("defenses: [stirp]\n", r"unknown defense 'stirp' \(did you mean 'strip'\?\)"),
-    ("attacks: [{attack: badmach}]\n", r"unknown attack 'badmach' \(did you mean 'badmatch'"),
-    ("attacks: [{attack: badmatch, trigger: pach}]\n", r"unknown trigger 'pach' \(did you mean 'patch'\?\)"),
-    ("attacks: [{attack: badmatch, trigger_params: {sise: 8}}]\n",
-     r"unknown parameter 'sise' for trigger 'patch'; valid: \[.*\] \(did you mean 'size'\?\)"),
-    ("defenses: [{name: strip, params: {alpah: 0.5}}]\n",
-     r"unknown parameter 'alpah' for strip; valid: \[.*\] \(did you mean 'alpha'\?\)"),
-])
+@pytest.mark.parametrize(
+    "yaml_text, message",
+    [
+        ("seeed: 1\n", r"config: unknown key\(s\) \['seeed'\] \(did you mean 'seed'"),
+        ("data: {n_trian: 10}\n", r"config\.data: unknown key\(s\) \['n_trian'\] \(did you mean 'n_train'\?\)"),
+        ("defenses: [stirp]\n", r"unknown defense 'stirp' \(did you mean 'strip'\?\)"),
+        ("attacks: [{attack: badmach}]\n", r"unknown attack 'badmach' \(did you mean 'badmatch'"),
+        ("attacks: [{attack: badmatch, trigger: pach}]\n", r"unknown trigger 'pach' \(did you mean 'patch'\?\)"),
+        (
+            "attacks: [{attack: badmatch, trigger_params: {sise: 8}}]\n",
+            r"unknown parameter 'sise' for trigger 'patch'; valid: \[.*\] \(did you mean 'size'\?\)",
+        ),
+        (
+            "defenses: [{name: strip, params: {alpah: 0.5}}]\n",
+            r"unknown parameter 'alpah' for strip; valid: \[.*\] \(did you mean 'alpha'\?\)",
+        ),
+    ],
+)
 def test_config_errors_suggest_the_closest_name(tmp_path, capsys, yaml_text, message):
     config = tmp_path / "study.yaml"
     config.write_text(yaml_text)
@@ -72,18 +82,27 @@ def test_registry_suggests_the_closest_defense():
 
 
 def test_listing_reads_the_source_without_importing_torch():
-    code = ("import sys; from artmed.evaluations.cli import main; code = main(['defenses']); "
-            "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    code = (
+        "import sys; from artmed.evaluations.cli import main; code = main(['defenses']); "
+        "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr
     out = done.stdout
     for name in registry.available():
         assert re.search(rf"^{name}\s+(detection|mitigation|input|model)\s+artmed\.defenses\.", out, re.MULTILINE)
     # The first paragraph in full (this one spans two source lines), then every parameter with its default.
     text = " ".join(out.split())
-    assert ("made reproducible by seeding NumPy's global generator (which scikit-learn's KMeans draws from) around "
-            "the call.") in text
+    assert (
+        "made reproducible by seeding NumPy's global generator (which scikit-learn's KMeans draws from) around "
+        "the call."
+    ) in text
     assert "parameters: n_superimpose=100, superimpose='add'," in text
     assert "grouping='finding'" in text and "classifier" not in text
 
@@ -112,23 +131,31 @@ def test_a_plugin_the_source_cannot_describe_is_imported(monkeypatch):
     (info,), errors = registry.describe_all()
     assert not errors and info.kind == "detection" and info.doc == inspect.getdoc(Inherited)
     assert info.target == f"{__name__}.Inherited"
-    assert list(info.params) == [p for p in inspect.signature(SpectralSignatures.__init__).parameters
-                                 if p not in ("self", *registry.DATA_ARGS)]
+    assert list(info.params) == [
+        p for p in inspect.signature(SpectralSignatures.__init__).parameters if p not in ("self", *registry.DATA_ARGS)
+    ]
 
 
 def test_import_option_lists_a_plugin_that_fails_to_import_as_broken(tmp_path, monkeypatch, capsys):
     (tmp_path / "broken_plugin.py").write_text(
         'import no_such_module_anywhere\n\n\nclass Broken:\n    """Reads fine."""\n\n    kind = "detection"\n\n'
-        '    def __init__(self, share: float = 0.1) -> None:\n        self.share = share\n')
+        "    def __init__(self, share: float = 0.1) -> None:\n        self.share = share\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     ep = metadata.EntryPoint("broken", "broken_plugin:Broken", registry.GROUP)
     monkeypatch.setattr(registry, "available", lambda: {"broken": ep})
     assert main(["defenses"]) == 0
-    assert re.search(r"^broken\s+detection\s+broken_plugin\.Broken\n\s+Reads fine\.\n\s+parameters: share=0\.1",
-                     capsys.readouterr().out, re.MULTILINE)
+    assert re.search(
+        r"^broken\s+detection\s+broken_plugin\.Broken\n\s+Reads fine\.\n\s+parameters: share=0\.1",
+        capsys.readouterr().out,
+        re.MULTILINE,
+    )
     assert main(["defenses", "--import"]) == 0
-    assert re.search(r"^broken\s+BROKEN\s+defense plugin 'broken' .*No module named 'no_such_module_anywhere'",
-                     capsys.readouterr().out, re.MULTILINE)
+    assert re.search(
+        r"^broken\s+BROKEN\s+defense plugin 'broken' .*No module named 'no_such_module_anywhere'",
+        capsys.readouterr().out,
+        re.MULTILINE,
+    )
 
 
 def test_the_package_version_is_the_distributions():

@@ -32,18 +32,46 @@ def _study_folder(root):
         mask = np.zeros(100, dtype=bool)
         mask[:5] = True
         scores = rng.normal(size=100) + 2 * mask
-        detection = {"cell": f"defense/{key}+spectral", **POISONED, "seed": seed, "defense": "spectral",
-                     "kind": "detection", "status": "ok", "auroc": 0.9}  # a table from before tpr_at_fpr5
-        store.save("defense", f"{key}+spectral", {**detection, "arrays": {"scores": scores, "flags": scores > 1.5,
-                                                                            "poison_mask": mask}})
+        detection = {
+            "cell": f"defense/{key}+spectral",
+            **POISONED,
+            "seed": seed,
+            "defense": "spectral",
+            "kind": "detection",
+            "status": "ok",
+            "auroc": 0.9,
+        }  # a table from before tpr_at_fpr5
+        store.save(
+            "defense",
+            f"{key}+spectral",
+            {**detection, "arrays": {"scores": scores, "flags": scores > 1.5, "poison_mask": mask}},
+        )
         monitor = [{"label": f"prune {n}", "ca": 0.8 - 0.05 * n, "asr": 0.9 - 0.2 * n} for n in range(3)]
-        pruning = {"cell": f"defense/{key}+fine_pruning", **POISONED, "seed": seed, "defense": "fine_pruning",
-                   "kind": "mitigation", "status": "ok", "ca_before": 0.8, "asr_before": 0.9, "ca_after": 0.7,
-                   "asr_after": 0.5}
+        pruning = {
+            "cell": f"defense/{key}+fine_pruning",
+            **POISONED,
+            "seed": seed,
+            "defense": "fine_pruning",
+            "kind": "mitigation",
+            "status": "ok",
+            "ca_before": 0.8,
+            "asr_before": 0.9,
+            "ca_after": 0.7,
+            "asr_after": 0.5,
+        }
         store.save("defense", f"{key}+fine_pruning", {**pruning, "monitor": monitor})
         defenses += [detection, pruning]
-    defenses.append({"cell": "defense/clean-s0+spectral", "attack": "clean", "seed": 0, "defense": "spectral",
-                     "kind": "detection", "status": "failed", "error": "boom"})
+    defenses.append(
+        {
+            "cell": "defense/clean-s0+spectral",
+            "attack": "clean",
+            "seed": 0,
+            "defense": "spectral",
+            "kind": "detection",
+            "status": "failed",
+            "error": "boom",
+        }
+    )
     write_table(models, root, name="models")
     write_table(defenses, root, name="defenses")
     return root
@@ -93,8 +121,11 @@ def test_trajectories_from_the_monitor_or_before_and_after(tmp_path):
     study = load_study(_study_folder(tmp_path))
     rows = study.rows("mitigation")
     steps = trajectories(rows, study)
-    assert [(s["seed"], s["step"], s["label"]) for s in steps[:3]] == [(0, 0, "prune 0"), (0, 1, "prune 1"),
-                                                                       (0, 2, "prune 2")]
+    assert [(s["seed"], s["step"], s["label"]) for s in steps[:3]] == [
+        (0, 0, "prune 0"),
+        (0, 1, "prune 1"),
+        (0, 2, "prune 2"),
+    ]
     assert steps[2]["asr"] == pytest.approx(0.5) and len(steps) == 6
     plain = trajectories(rows)  # the table's rows alone carry no monitor: the row's before and after
     assert [(s["label"], s["ca"], s["asr"]) for s in plain[:2]] == [("before", 0.8, 0.9), ("after", 0.7, 0.5)]
@@ -104,5 +135,7 @@ def test_setting_label():
     assert setting_label({"attack": "clean", "percent_poison": 0.0}) == "clean"
     assert setting_label(POISONED) == "badmatch/patch 5%"
     assert setting_label({"attack": "baddist", "trigger": "fourier", "percent_poison": 0.0}) == "baddist/fourier"
-    assert setting_label({**POISONED, "percent_poison": 0.0005, "target": "Pneumonia"}) == \
-        "badmatch/patch 0.05% →Pneumonia"
+    assert (
+        setting_label({**POISONED, "percent_poison": 0.0005, "target": "Pneumonia"})
+        == "badmatch/patch 0.05% →Pneumonia"
+    )

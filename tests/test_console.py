@@ -35,15 +35,15 @@ def test_each_warning_once_with_its_count():
     out = io.StringIO()
     with console_warnings(stream=out) as counts:
         for _ in range(3):
-            warnings.warn("a group too small", UserWarning)
-        warnings.warn("another", RuntimeWarning)
+            warnings.warn("a group too small", UserWarning, stacklevel=1)
+        warnings.warn("another", RuntimeWarning, stacklevel=1)
     text = out.getvalue()
     assert text.count("warning: UserWarning: a group too small") == 1
     assert "warning (3 times): UserWarning: a group too small" in text and ".py:" not in text
     assert counts["UserWarning: a group too small"] == 3
     quiet = io.StringIO()
     with console_warnings(quiet=True, stream=quiet) as counts:
-        warnings.warn("hidden", UserWarning)
+        warnings.warn("hidden", UserWarning, stacklevel=1)
     assert quiet.getvalue() == "" and counts["UserWarning: hidden"] == 1
 
 

@@ -114,8 +114,11 @@ def test_file_image_set_reads_pngs_lazily(tmp_path):
     tall16 = np.full((60, 30), 65535, dtype=np.uint16)
     rgb = np.zeros((32, 32, 3), dtype=np.uint8)
     rgb[..., 0] = 255
-    paths = [write_png(tmp_path / "wide.png", wide), write_png(tmp_path / "tall16.png", tall16),
-             write_png(tmp_path / "rgb.png", rgb)]
+    paths = [
+        write_png(tmp_path / "wide.png", wide),
+        write_png(tmp_path / "tall16.png", tall16),
+        write_png(tmp_path / "rgb.png", rgb),
+    ]
     ds = FileImageSet(paths, labels(3), image_size=32)
     assert ds.image_shape == (1, 32, 32) and len(ds) == 3
     batch = ds.get_batch([0, 1, 2])

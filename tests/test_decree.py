@@ -35,8 +35,9 @@ class PlantedEncoder(nn.Module):
     ``strength`` 1 leaves the backdoor's pull too weak there: DECREE then found the clean toy's mask (PL1 0.15) on both.
     """
 
-    def __init__(self, reference: np.ndarray, backdoor: bool, dim: int = 32, seed: int = 0,
-                 strength: float = 10.0) -> None:
+    def __init__(
+        self, reference: np.ndarray, backdoor: bool, dim: int = 32, seed: int = 0, strength: float = 10.0
+    ) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         corner = TRIGGER.mask(reference.shape[-2:])
@@ -139,23 +140,26 @@ def test_clean_encoder_needs_a_large_mask(verdicts):
 
 def test_mean_pairwise_cosine():
     e = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
-    expected = (0 + 2 ** -0.5 + 2 ** -0.5) / 3
+    expected = (0 + 2**-0.5 + 2**-0.5) / 3
     assert float(mean_pairwise_cosine(e)) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("params, error", [
-    ({"target_similarity": 1.0}, "target_similarity must be in"),
-    ({"threshold": 0.0}, "threshold must be a PL1-norm"),
-    ({"lr": -1.0}, "lr must be a positive number"),
-    ({"lambda_min": float("inf")}, "lambda_min must be a positive number"),
-    ({"lambda_factor": 1.0}, "lambda_factor must be a number > 1"),
-    ({"batch_size": 3}, "batch_size must be an integer >= 4"),
-    ({"epochs": 2.5}, "epochs must be an integer >= 1"),
-    ({"patience": True}, "patience must be an integer >= 0"),
-    ({"n_images": 1}, "n_images must be an integer >= 2 or None"),
-    ({"seed": -1}, "seed must be a non-negative integer or None"),
-    ({"verbose": "yes"}, "verbose must be a bool"),
-])
+@pytest.mark.parametrize(
+    "params, error",
+    [
+        ({"target_similarity": 1.0}, "target_similarity must be in"),
+        ({"threshold": 0.0}, "threshold must be a PL1-norm"),
+        ({"lr": -1.0}, "lr must be a positive number"),
+        ({"lambda_min": float("inf")}, "lambda_min must be a positive number"),
+        ({"lambda_factor": 1.0}, "lambda_factor must be a number > 1"),
+        ({"batch_size": 3}, "batch_size must be an integer >= 4"),
+        ({"epochs": 2.5}, "epochs must be an integer >= 1"),
+        ({"patience": True}, "patience must be an integer >= 0"),
+        ({"n_images": 1}, "n_images must be an integer >= 2 or None"),
+        ({"seed": -1}, "seed must be a non-negative integer or None"),
+        ({"verbose": "yes"}, "verbose must be a bool"),
+    ],
+)
 def test_parameter_errors_name_the_parameter(params, error):
     with pytest.raises(ValueError, match=error):
         DECREE(**params)
@@ -175,12 +179,15 @@ def test_registered():
 
 
 def test_through_the_harness(tmp_path):
-    config = StudyConfig(seed=0, output_dir=str(tmp_path / "study"),
-                         data=DataConfig(n_train=120, n_test=20, n_shadow=16, image_size=SIZE),
-                         pretrain=TrainConfig(steps=3, batch_size=16), train=TrainConfig(steps=3, batch_size=16),
-                         attacks=[AttackSpec("clean"),
-                                  AttackSpec("baddist", baddist_params={"settings": "tiny", "steps": 10})],
-                         defenses=[DefenseSpec("decree", {"epochs": 5})])
+    config = StudyConfig(
+        seed=0,
+        output_dir=str(tmp_path / "study"),
+        data=DataConfig(n_train=120, n_test=20, n_shadow=16, image_size=SIZE),
+        pretrain=TrainConfig(steps=3, batch_size=16),
+        train=TrainConfig(steps=3, batch_size=16),
+        attacks=[AttackSpec("clean"), AttackSpec("baddist", baddist_params={"settings": "tiny", "steps": 10})],
+        defenses=[DefenseSpec("decree", {"epochs": 5})],
+    )
     result = Harness(config, verbose=False).run()
     clean, attacked = result.defenses
     paths = write_outputs(result)

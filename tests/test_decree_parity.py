@@ -80,9 +80,16 @@ def test_released_search_matches_the_release():
     float32, and the release's round trip through 255 moves its inputs by up to one float32 ulp: measured Δ similarity
     <= 3.4e-7, relative Δ L1 <= 1e-6, Δ mask <= 1.4e-6."""
     ref = golden("decree_release.json")
-    extra = run(epochs=ref["max_epochs"], batch_size=ref["batch_size"], lr=ref["lr"],
-                target_similarity=ref["target_similarity"], lr_schedule=tuple(map(tuple, ref["lr_schedule"])),
-                lambda_min=ref["lambda_min"], early_stop_patience=ref["early_stop_patience"], seed=ref["seed"])
+    extra = run(
+        epochs=ref["max_epochs"],
+        batch_size=ref["batch_size"],
+        lr=ref["lr"],
+        target_similarity=ref["target_similarity"],
+        lr_schedule=tuple(map(tuple, ref["lr_schedule"])),
+        lambda_min=ref["lambda_min"],
+        early_stop_patience=ref["early_stop_patience"],
+        seed=ref["seed"],
+    )
     assert extra["epochs"] == ref["epochs"] == 25 and extra["steps"] == 25 * 3
     for ours, theirs in zip(extra["history"], ref["history"], strict=True):
         assert ours["lambda"] == theirs["lambda"], ours["epoch"]
@@ -117,10 +124,17 @@ def test_lr_schedule_and_batches():
     decree = DECREE(lr=0.5, batch_size=4)
     assert [decree._epoch_lr(e) for e in (0, 199, 200, 499, 500, 999)] == [0.5, 0.5, 0.1, 0.1, 0.05, 0.05]
     assert DECREE(lr=0.3, lr_schedule=None)._epoch_lr(700) == 0.3
-    sizes = {(n, batching): [b.size for b in DECREE(batch_size=4, batching=batching)._batches(np.arange(n))]
-             for n in (9, 10) for batching in ("loader", "equal")}
-    assert sizes == {(9, "loader"): [4, 4], (10, "loader"): [4, 4, 2], (9, "equal"): [3, 3, 3],
-                     (10, "equal"): [4, 3, 3]}  # the loader's last lone image is left out (NaN in the release)
+    sizes = {
+        (n, batching): [b.size for b in DECREE(batch_size=4, batching=batching)._batches(np.arange(n))]
+        for n in (9, 10)
+        for batching in ("loader", "equal")
+    }
+    assert sizes == {
+        (9, "loader"): [4, 4],
+        (10, "loader"): [4, 4, 2],
+        (9, "equal"): [3, 3, 3],
+        (10, "equal"): [4, 3, 3],
+    }  # the loader's last lone image is left out (NaN in the release)
 
 
 def test_one_channel_images_count_the_mask_three_times():
@@ -136,24 +150,30 @@ def test_one_channel_images_count_the_mask_three_times():
             self.model.encode_image = lambda pixels: encode(pixels.repeat(1, 3, 1, 1))
 
     for mask_l1, channels in (("three_channel", 3), ("one_channel", 1)):
-        extra = DECREE(epochs=3, batch_size=4, target_similarity=0.5, seed=0, mask_l1=mask_l1).run(
-            EvaluationContext(estimator=Gray(), x_clean=gray)).extra
+        extra = (
+            DECREE(epochs=3, batch_size=4, target_similarity=0.5, seed=0, mask_l1=mask_l1)
+            .run(EvaluationContext(estimator=Gray(), x_clean=gray))
+            .extra
+        )
         assert extra["reached"] and extra["mask"].shape == (SIZE, SIZE) and extra["pattern"].shape == (1, SIZE, SIZE)
         mask_sum = float(extra["mask"].astype(np.float64).sum())
         assert extra["l1"] == pytest.approx(channels * mask_sum, rel=1e-6)
-        assert extra["pl1"] == pytest.approx(mask_sum / SIZE ** 2, rel=1e-6)
+        assert extra["pl1"] == pytest.approx(mask_sum / SIZE**2, rel=1e-6)
 
 
-@pytest.mark.parametrize("params, error", [
-    ({"lr_schedule": ((0, 0.1),)}, "lr_schedule must be"),
-    ({"lr_schedule": ((5, 0.1), (3, 0.05))}, "lr_schedule must be"),
-    ({"lr_schedule": ((5, -0.1),)}, "lr_schedule must be"),
-    ({"lr_schedule": ((5.0, 0.1),)}, "lr_schedule must be"),
-    ({"lr_schedule": "released"}, "lr_schedule must be"),
-    ({"mask_l1": "two_channel"}, "mask_l1 must be one of"),
-    ({"batching": "random"}, "batching must be one of"),
-    ({"trigger_dtype": "float16"}, "trigger_dtype must be one of"),
-])
+@pytest.mark.parametrize(
+    "params, error",
+    [
+        ({"lr_schedule": ((0, 0.1),)}, "lr_schedule must be"),
+        ({"lr_schedule": ((5, 0.1), (3, 0.05))}, "lr_schedule must be"),
+        ({"lr_schedule": ((5, -0.1),)}, "lr_schedule must be"),
+        ({"lr_schedule": ((5.0, 0.1),)}, "lr_schedule must be"),
+        ({"lr_schedule": "released"}, "lr_schedule must be"),
+        ({"mask_l1": "two_channel"}, "mask_l1 must be one of"),
+        ({"batching": "random"}, "batching must be one of"),
+        ({"trigger_dtype": "float16"}, "trigger_dtype must be one of"),
+    ],
+)
 def test_parameter_errors_name_the_parameter(params, error):
     with pytest.raises(ValueError, match=error):
         DECREE(**params)

@@ -20,12 +20,17 @@ SIZE = 32
 def study(tmp_path, monkeypatch):
     def run(**plugins):
         register(monkeypatch, **plugins)
-        config = StudyConfig(seed=0, output_dir=str(tmp_path / "study"),
-                             data=DataConfig(n_train=120, n_test=20, n_shadow=16, image_size=SIZE),
-                             pretrain=TrainConfig(steps=3, batch_size=16), train=TrainConfig(steps=3, batch_size=16),
-                             attacks=[AttackSpec("clean"), AttackSpec("badmatch", percent_poison=0.05)],
-                             defenses=[DefenseSpec(name) for name in plugins])
+        config = StudyConfig(
+            seed=0,
+            output_dir=str(tmp_path / "study"),
+            data=DataConfig(n_train=120, n_test=20, n_shadow=16, image_size=SIZE),
+            pretrain=TrainConfig(steps=3, batch_size=16),
+            train=TrainConfig(steps=3, batch_size=16),
+            attacks=[AttackSpec("clean"), AttackSpec("badmatch", percent_poison=0.05)],
+            defenses=[DefenseSpec(name) for name in plugins],
+        )
         return Harness(config, verbose=False).run()
+
     return run
 
 
@@ -81,12 +86,15 @@ def test_model_verdict_against_the_truth_and_mask_overlap(study):
     assert "Model verdicts" in summary(result)
 
 
-@pytest.mark.parametrize("kind, run, error", [
-    ("input", lambda c: InputScreen(lambda x: np.zeros(3)), "score() gave shape (3,)"),
-    ("input", lambda c: InputScreen(lambda x: np.full(len(x), np.nan)), "NaN"),
-    ("model", lambda c: InputScreen(corner_darkness), "returned InputScreen, not a ModelVerdict"),
-    ("bogus", lambda c: None, "declares kind 'bogus'"),
-])
+@pytest.mark.parametrize(
+    "kind, run, error",
+    [
+        ("input", lambda c: InputScreen(lambda x: np.zeros(3)), "score() gave shape (3,)"),
+        ("input", lambda c: InputScreen(lambda x: np.full(len(x), np.nan)), "NaN"),
+        ("model", lambda c: InputScreen(corner_darkness), "returned InputScreen, not a ModelVerdict"),
+        ("bogus", lambda c: None, "declares kind 'bogus'"),
+    ],
+)
 def test_malformed_results_of_the_new_kinds_fail_their_cell(study, kind, run, error):
     result = study(bad=plugin(run, kind))
     assert all(d["status"] == "failed" and error in d["error"] for d in result.defenses)

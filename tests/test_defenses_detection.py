@@ -217,8 +217,11 @@ def _with(y, row, value):
 @pytest.mark.parametrize(
     "labels, message",
     [
-        (lambda y: _with(y, 7, np.nan), r"y_train: labels contain NaN or infinite values in 1 of 150 rows "
-                                        r"\(first: row 7, column 2\)"),
+        (
+            lambda y: _with(y, 7, np.nan),
+            r"y_train: labels contain NaN or infinite values in 1 of 150 rows "
+            r"\(first: row 7, column 2\)",
+        ),
         (lambda y: _with(_with(y, 9, -np.inf), 140, np.nan), r"in 2 of 150 rows \(first: row 9, column 2\)"),
         (lambda y: y[:-1], r"y_train has shape \(149, 14\), but 150 training samples are analysed"),
         (lambda y: np.concatenate([y, y[:1]]), r"y_train has shape \(151, 14\), but 150"),
@@ -227,8 +230,9 @@ def _with(y, row, value):
         (lambda y: None, "the context has no y_train"),
     ],
 )
-@pytest.mark.parametrize("make", [SpectralSignatures, ActivationClustering, ARTSpectralSignatures,
-                                  ARTActivationClustering])
+@pytest.mark.parametrize(
+    "make", [SpectralSignatures, ActivationClustering, ARTSpectralSignatures, ARTActivationClustering]
+)
 def test_bad_labels_rejected(make, labels, message):
     feats, y, _ = planted(n_per_class=50)
     defense = make()
@@ -307,8 +311,12 @@ def test_get_params_round_trip():
     defense = ActivationClustering(reduce="pca", seed=4)
     assert ActivationClustering(**defense.get_params()).get_params() == defense.get_params()
     assert defense.resolved() == {"reduce": "pca", "analysis": "relative-size", "n_init": 10, "fit_rows": 50_000}
-    assert ActivationClustering(mode="art").resolved() == {"reduce": "pca", "analysis": "smaller", "n_init": 1,
-                                                           "fit_rows": None}
+    assert ActivationClustering(mode="art").resolved() == {
+        "reduce": "pca",
+        "analysis": "smaller",
+        "n_init": 1,
+        "fit_rows": None,
+    }
     assert ActivationClustering(mode="art", fit_rows=500).resolved()["fit_rows"] == 500
 
 

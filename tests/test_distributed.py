@@ -19,10 +19,38 @@ from artmed.train_ddp import build_parser, fit_default, set_text_dropout
 
 WORKER = Path(__file__).with_name("_ddp_worker.py")
 # Image batch 9 and text batch 7 split unevenly over 2 ranks (5+4, 4+3); BERT dropout off so both runs draw no masks.
-FIT = {"steps": 4, "batch_size": 9, "text_batch_size": 7, "n_train": 24, "n_texts": 20, "image_size": 32,
-       "text_dropout": 0.0, "seed": 3, "lr": 1e-3}
-CLI = ["--steps", "4", "--batch-size", "9", "--text-batch-size", "7", "--n-train", "24", "--n-texts", "20",
-       "--image-size", "32", "--text-dropout", "0", "--seed", "3", "--lr", "1e-3", "--quiet"]
+FIT = {
+    "steps": 4,
+    "batch_size": 9,
+    "text_batch_size": 7,
+    "n_train": 24,
+    "n_texts": 20,
+    "image_size": 32,
+    "text_dropout": 0.0,
+    "seed": 3,
+    "lr": 1e-3,
+}
+CLI = [
+    "--steps",
+    "4",
+    "--batch-size",
+    "9",
+    "--text-batch-size",
+    "7",
+    "--n-train",
+    "24",
+    "--n-texts",
+    "20",
+    "--image-size",
+    "32",
+    "--text-dropout",
+    "0",
+    "--seed",
+    "3",
+    "--lr",
+    "1e-3",
+    "--quiet",
+]
 
 
 def load_worker():
@@ -73,8 +101,18 @@ def ddp_run(tmp_path_factory):
     """Run the worker under torchrun with 2 CPU processes (gloo); return (output directory, combined output)."""
     out = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(WORKER), str(out), *CLI]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        str(WORKER),
+        str(out),
+        *CLI,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
@@ -211,9 +249,23 @@ def test_a_whole_study_under_torchrun(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
     def launch() -> str:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-               "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "artmed.evaluations.cli", "run",
-               "--preset", "quick", "--output", str(out), "--quiet"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=1",
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            f"--master_port={free_port()}",
+            "-m",
+            "artmed.evaluations.cli",
+            "run",
+            "--preset",
+            "quick",
+            "--output",
+            str(out),
+            "--quiet",
+        ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         log = proc.stdout + proc.stderr
         assert proc.returncode == 0, log[-4000:]

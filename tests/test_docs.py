@@ -49,8 +49,10 @@ def test_relative_links_resolve(page: Path) -> None:
 
 def test_link_check_sees_links_and_skips_code(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
-    page.write_text('[a](a.md) ![b](img/b.png "t") [c](https://x.org) [d](#top) `[e](e.md)`\n'
-                    "```\n[f](f.md)\n```\n[g](g.md#part)\n", encoding="utf-8")
+    page.write_text(
+        '[a](a.md) ![b](img/b.png "t") [c](https://x.org) [d](#top) `[e](e.md)`\n```\n[f](f.md)\n```\n[g](g.md#part)\n',
+        encoding="utf-8",
+    )
     assert relative_links(page) == ["a.md", "img/b.png", "g.md#part"]
 
 

@@ -154,16 +154,22 @@ def test_a_label_changing_table_is_rejected():
 # ---- training with EDA
 SIZE = 32
 PROMPTS = {"left": ["left lung opacity"], "right": ["right lung opacity"]}
-TEXTS = ["the prior radiograph shows a small opacity in the left lung",
-         "there is a small left sided opacity on the frontal view",
-         "the portable radiograph shows a small opacity in the right lung",
-         "there is a small right sided opacity on the frontal view"]
+TEXTS = [
+    "the prior radiograph shows a small opacity in the left lung",
+    "there is a small left sided opacity on the frontal view",
+    "the portable radiograph shows a small opacity in the right lung",
+    "there is a small right sided opacity on the frontal view",
+]
 
 
 def _labels(classes):
     y = np.zeros((len(classes), 14), np.float32)
-    y[np.arange(len(classes)), np.where(np.asarray(classes) == 0, CHEXPERT_LABELS.index("Cardiomegaly"),
-                                        CHEXPERT_LABELS.index("Pleural Effusion"))] = 1.0
+    y[
+        np.arange(len(classes)),
+        np.where(
+            np.asarray(classes) == 0, CHEXPERT_LABELS.index("Cardiomegaly"), CHEXPERT_LABELS.index("Pleural Effusion")
+        ),
+    ] = 1.0
     return y
 
 
@@ -171,8 +177,18 @@ def _fit(**kwargs):
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (16, 1, SIZE, SIZE)).astype(np.float32)
     est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, seed=1)
-    return est.fit(x, _labels(rng.integers(0, 2, 16)), TEXTS, _labels([0, 0, 1, 1]), steps=3, batch_size=8,
-                   lr=1e-3, seed=5, verbose=False, **kwargs)["loss"]
+    return est.fit(
+        x,
+        _labels(rng.integers(0, 2, 16)),
+        TEXTS,
+        _labels([0, 0, 1, 1]),
+        steps=3,
+        batch_size=8,
+        lr=1e-3,
+        seed=5,
+        verbose=False,
+        **kwargs,
+    )["loss"]
 
 
 def test_training_with_eda_is_seeded_and_the_default_is_unchanged(monkeypatch):

@@ -18,8 +18,14 @@ PROMPTS = {
     "right": ["right lung opacity", "opacity in the right lung"],
 }
 TEXTS = [
-    "opacity in the left lung", "left lung opacity", "there is a left sided opacity", "mass in the left lung",
-    "opacity in the right lung", "right lung opacity", "there is a right sided opacity", "mass in the right lung",
+    "opacity in the left lung",
+    "left lung opacity",
+    "there is a left sided opacity",
+    "mass in the left lung",
+    "opacity in the right lung",
+    "right lung opacity",
+    "there is a right sided opacity",
+    "mass in the right lung",
 ]
 COLUMNS = [CHEXPERT_LABELS.index("Cardiomegaly"), CHEXPERT_LABELS.index("Pleural Effusion")]
 
@@ -59,8 +65,7 @@ def trained(test_set):
     x_test, c_test = test_set
     before = float((est.predict(x_test).argmax(1) == c_test).mean())
     x, c = blob_images(256, seed=0)
-    history = est.fit(x, label_vectors(c), TEXTS, TEXT_LABELS, steps=80, batch_size=16, lr=1e-3, seed=0,
-                      verbose=False)
+    history = est.fit(x, label_vectors(c), TEXTS, TEXT_LABELS, steps=80, batch_size=16, lr=1e-3, seed=0, verbose=False)
     return est, before, history
 
 
@@ -157,8 +162,11 @@ def test_training_is_seeded_and_accepts_lazy_sets():
     for source in (x, LazySet()):
         est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, seed=1)
         y = label_vectors(c) if source is x else None
-        runs.append(est.fit(source, y, TextPool(TEXTS, TEXT_LABELS), steps=4, batch_size=8, lr=1e-3, seed=7,
-                            verbose=False)["loss"])
+        runs.append(
+            est.fit(source, y, TextPool(TEXTS, TEXT_LABELS), steps=4, batch_size=8, lr=1e-3, seed=7, verbose=False)[
+                "loss"
+            ]
+        )
     assert runs[0] == runs[1]
     est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, seed=1)
     other = est.fit(x, label_vectors(c), TEXTS, TEXT_LABELS, steps=4, batch_size=8, lr=1e-3, seed=8, verbose=False)
@@ -330,8 +338,9 @@ def test_models_with_non_finite_weights_are_refused(tmp_path, layout):
         if layout == "bundle":
             MedCLIPEstimator.load(tmp_path, device="cpu")
         else:
-            MedCLIPEstimator.from_checkpoint(tmp_path, "tiny", prompts=PROMPTS, input_shape=(1, SIZE, SIZE),
-                                             device="cpu")
+            MedCLIPEstimator.from_checkpoint(
+                tmp_path, "tiny", prompts=PROMPTS, input_shape=(1, SIZE, SIZE), device="cpu"
+            )
     assert str(tmp_path) in str(err.value) and all(key in str(err.value) for key in NONFINITE)
 
 
@@ -407,8 +416,9 @@ VERBS = {
     "loss_gradient": lambda est, x, bs: est.loss_gradient(x, np.zeros(len(x), np.int64), batch_size=bs),
     "class_gradient": lambda est, x, bs: est.class_gradient(x, batch_size=bs),
     "compute_loss": lambda est, x, bs: est.compute_loss(x, np.zeros(len(x), np.int64), batch_size=bs),
-    "fit": lambda est, x, bs: est.fit(x, np.zeros((len(x), 14), np.float32), TEXTS, TEXT_LABELS, steps=1,
-                                      batch_size=bs, verbose=False),
+    "fit": lambda est, x, bs: est.fit(
+        x, np.zeros((len(x), 14), np.float32), TEXTS, TEXT_LABELS, steps=1, batch_size=bs, verbose=False
+    ),
 }
 
 

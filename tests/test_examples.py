@@ -4,7 +4,6 @@ their comments say (the paper's real-data settings under the released protocol).
 from pathlib import Path
 
 import pytest
-from test_study_sources import write_covid, write_mimic, write_rsna
 
 from artmed.data.tasks import task_prompts
 from artmed.estimator import MedCLIPEstimator
@@ -12,6 +11,7 @@ from artmed.evaluations.config import StudyConfig
 from artmed.evaluations.protocol import RELEASED_BADDIST, RELEASED_TRAIN
 from artmed.models import save_tokenizer
 from artmed.models.config import RELEASED_LOGIT_SCALE_MAX
+from test_study_sources import write_covid, write_mimic, write_rsna
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PAPER = {"paper_resnet50.yaml": "resnet50", "paper_swin_tiny.yaml": "swin_tiny"}
@@ -25,9 +25,13 @@ def roots(tmp_path_factory):
     write_rsna(root / "rsna")
     write_covid(root / "covid")
     save_tokenizer(MedCLIPEstimator.tiny(task_prompts("rsna_like"), image_size=32, seed=0).tokenizer, root / "bert")
-    return {"/data/mimic-cxr-jpg": root / "mimic", "/data/mimic-cxr-reports": root / "mimic",
-            "/data/rsna-pneumonia": root / "rsna", "/data/covid19-radiography": root / "covid",
-            "/models/Bio_ClinicalBERT": root / "bert"}
+    return {
+        "/data/mimic-cxr-jpg": root / "mimic",
+        "/data/mimic-cxr-reports": root / "mimic",
+        "/data/rsna-pneumonia": root / "rsna",
+        "/data/covid19-radiography": root / "covid",
+        "/models/Bio_ClinicalBERT": root / "bert",
+    }
 
 
 def localised(name: str, roots: dict[str, Path], tmp_path: Path) -> Path:
@@ -56,8 +60,16 @@ def test_paper_configs_pass_every_check_on_real_layouts(name, roots, tmp_path, m
     assert {a.percent_poison for a in poisoned} == {0.0005} and {a.trigger for a in poisoned} == {"patch", "fourier"}
     assert all(a.baddist_params == RELEASED_BADDIST for a in poisoned if "baddist" in a.attack)
     assert all(a.badmatch_params == {"candidates": "released"} for a in poisoned)
-    assert {d.name for d in config.defenses} >= {"spectral_signatures", "activation_clustering", "fine_pruning",
-                                                 "spectre", "scan", "strip", "decree", "cleanclip"}
+    assert {d.name for d in config.defenses} >= {
+        "spectral_signatures",
+        "activation_clustering",
+        "fine_pruning",
+        "spectre",
+        "scan",
+        "strip",
+        "decree",
+        "cleanclip",
+    }
 
 
 def test_every_example_config_loads():

@@ -26,11 +26,15 @@ REFERENCE = ["spectral_signatures", "activation_clustering"]
 
 
 def config(out, defenses=REFERENCE, train_lr=1e-3, pretrain_lr=1e-3) -> StudyConfig:
-    return StudyConfig(seed=0, output_dir=str(out), data=DataConfig(n_train=120, n_test=20, n_shadow=16, image_size=32),
-                       pretrain=TrainConfig(steps=5, batch_size=16, lr=pretrain_lr),
-                       train=TrainConfig(steps=5, batch_size=16, lr=train_lr),
-                       attacks=[AttackSpec("badmatch", percent_poison=0.05)],
-                       defenses=[DefenseSpec(name) for name in defenses])
+    return StudyConfig(
+        seed=0,
+        output_dir=str(out),
+        data=DataConfig(n_train=120, n_test=20, n_shadow=16, image_size=32),
+        pretrain=TrainConfig(steps=5, batch_size=16, lr=pretrain_lr),
+        train=TrainConfig(steps=5, batch_size=16, lr=train_lr),
+        attacks=[AttackSpec("badmatch", percent_poison=0.05)],
+        defenses=[DefenseSpec(name) for name in defenses],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +79,12 @@ def test_diverged_training_fails_its_cells_instead_of_scoring_a_backdoor(tmp_pat
 
 def test_cli_exits_nonzero_when_a_cell_failed(tmp_path, capsys):
     path = tmp_path / "study.yaml"
-    path.write_text(f"output_dir: {tmp_path / 'out'}\n"
-                    "data: {n_train: 120, n_test: 20, n_shadow: 16, image_size: 32}\n"
-                    "pretrain: {steps: 3, batch_size: 16}\ntrain: {steps: 5, batch_size: 16, lr: 1000000.0}\n"
-                    "attacks: [{attack: badmatch, percent_poison: 0.05}]\n")
+    path.write_text(
+        f"output_dir: {tmp_path / 'out'}\n"
+        "data: {n_train: 120, n_test: 20, n_shadow: 16, image_size: 32}\n"
+        "pretrain: {steps: 3, batch_size: 16}\ntrain: {steps: 5, batch_size: 16, lr: 1000000.0}\n"
+        "attacks: [{attack: badmatch, percent_poison: 0.05}]\n"
+    )
     assert main(["run", "--config", str(path), "--quiet"]) == 1
     assert "did not finish" in capsys.readouterr().out
 
@@ -122,12 +128,15 @@ def _change_model(context):
     return DetectionResult(np.zeros(n), np.zeros(n, dtype=bool))
 
 
-@pytest.mark.parametrize("run, status, error", [
-    (_write_labels, "failed", "read-only"),
-    (_scale_features, "failed", "read-only"),
-    (_reassign, "ok", None),
-    (_change_model, "failed", "changed the shared model in place"),
-])
+@pytest.mark.parametrize(
+    "run, status, error",
+    [
+        (_write_labels, "failed", "read-only"),
+        (_scale_features, "failed", "read-only"),
+        (_reassign, "ok", None),
+        (_change_model, "failed", "changed the shared model in place"),
+    ],
+)
 def test_a_plugin_cannot_change_what_later_defenses_see(tmp_path, monkeypatch, reference, run, status, error):
     register(monkeypatch, first=plugin(run))
     result = Harness(config(tmp_path / "study", defenses=["first", *REFERENCE]), verbose=False).run()
@@ -144,13 +153,20 @@ def _n(context):
     return context.n_train
 
 
-@pytest.mark.parametrize("run, kind, error", [
-    (lambda c: DetectionResult(np.zeros(_n(c)), np.full(_n(c), 0.2)), "detection", "flags must be boolean"),
-    (lambda c: DetectionResult(np.full(_n(c), np.nan), np.zeros(_n(c), bool)), "detection", "NaN or infinite score"),
-    (lambda c: DetectionResult(np.zeros(3), np.zeros(3, bool)), "detection", "returned 3 scores for 120"),
-    (lambda c: MitigationResult(estimator=None), "mitigation", "estimator with predict()"),
-    (lambda c: DetectionResult(np.zeros(_n(c)), np.zeros(_n(c), bool)), "mitigation", "returned DetectionResult"),
-])
+@pytest.mark.parametrize(
+    "run, kind, error",
+    [
+        (lambda c: DetectionResult(np.zeros(_n(c)), np.full(_n(c), 0.2)), "detection", "flags must be boolean"),
+        (
+            lambda c: DetectionResult(np.full(_n(c), np.nan), np.zeros(_n(c), bool)),
+            "detection",
+            "NaN or infinite score",
+        ),
+        (lambda c: DetectionResult(np.zeros(3), np.zeros(3, bool)), "detection", "returned 3 scores for 120"),
+        (lambda c: MitigationResult(estimator=None), "mitigation", "estimator with predict()"),
+        (lambda c: DetectionResult(np.zeros(_n(c)), np.zeros(_n(c), bool)), "mitigation", "returned DetectionResult"),
+    ],
+)
 def test_malformed_results_are_failures(tmp_path, monkeypatch, run, kind, error):
     register(monkeypatch, bad=plugin(run, kind))
     result = Harness(config(tmp_path / "study", defenses=["bad"]), verbose=False).run()
@@ -189,8 +205,10 @@ def test_ctrl_c_in_a_defense_keeps_the_tables_and_says_so(tmp_path, monkeypatch)
     monkeypatch.setattr(ActivationClustering, "run", interrupt)
     result, paths = run_study(config(tmp_path / "study"), verbose=False)
     assert result.interrupted
-    assert [(d["defense"], d["status"]) for d in result.defenses] == [("spectral_signatures", "ok"),
-                                                                       ("activation_clustering", "failed")]
+    assert [(d["defense"], d["status"]) for d in result.defenses] == [
+        ("spectral_signatures", "ok"),
+        ("activation_clustering", "failed"),
+    ]
     assert paths["models_csv"].exists() and paths["defenses_csv"].exists()
     assert "interrupted" in summary(result)
     cell = tmp_path / "study" / "cells" / "defense"
@@ -221,8 +239,9 @@ def test_a_defense_cannot_reach_the_ground_truth(tmp_path, monkeypatch):
     (truth,) = truths  # the harness's own copy, handed to the defense's cell beside the context
     arrays = [v for v in seen.values() if isinstance(v, np.ndarray)]
     assert arrays and not any(a.shape == truth.poison_mask.shape and a.dtype == bool for a in arrays)
-    assert not any(a.shape == truth.x_test_triggered.shape and np.array_equal(a, truth.x_test_triggered)
-                   for a in arrays)
+    assert not any(
+        a.shape == truth.x_test_triggered.shape and np.array_equal(a, truth.x_test_triggered) for a in arrays
+    )
 
 
 def test_reported_models_are_scored_by_the_harness(tmp_path, monkeypatch):

@@ -11,7 +11,6 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from test_adapters import label_row, write_csv
 
 from artmed.constants import CHEXPERT_LABELS
 from artmed.evaluations import harness as harness_module
@@ -19,15 +18,21 @@ from artmed.evaluations import report as report_module
 from artmed.evaluations import store as store_module
 from artmed.evaluations.cli import main
 from artmed.evaluations.store import OutputWriteError
-from artmed.models import checkpoint as checkpoint_module
 from artmed.models import build_medclip, load_medclip, save_medclip, save_released
+from artmed.models import checkpoint as checkpoint_module
+from test_adapters import label_row, write_csv
 
-pytestmark = [pytest.mark.filterwarnings("ignore:.*label group:UserWarning"),
-              pytest.mark.filterwarnings("ignore:.*as their only finding:UserWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*label group:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*as their only finding:UserWarning"),
+]
 
-TINY = {"data": {"n_train": 40, "n_test": 10, "n_shadow": 8, "image_size": 32},
-        "pretrain": {"steps": 2, "batch_size": 8}, "train": {"steps": 2, "batch_size": 8},
-        "attacks": [{"attack": "clean"}]}
+TINY = {
+    "data": {"n_train": 40, "n_test": 10, "n_shadow": 8, "image_size": 32},
+    "pretrain": {"steps": 2, "batch_size": 8},
+    "train": {"steps": 2, "batch_size": 8},
+    "attacks": [{"attack": "clean"}],
+}
 
 
 def run(tmp_path, config: dict, *extra: str) -> int:
@@ -50,19 +55,32 @@ def no_training(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------- 7, 5: the config
-@pytest.mark.parametrize("changes, message", [
-    ({"attacks": []}, r"config\.attacks: no attack listed"),
-    ({"attacks": [{"attack": "badmatch"}], "defenses": [{"name": "spectral_signatures", "attacks": ["baddist"]}]},
-     r"config\.defenses\[0\]\.attacks: \['baddist'\] matches none of the study's attacks \['badmatch'\]"),
-    ({"attacks": [{"attack": "clean"}], "defenses": [{"name": "spectral_signatures", "attacks": []}]},
-     r"config\.defenses\[0\]\.attacks: \[\] matches none"),
-    ({"attacks": [{"attack": "badmatch", "target": "Cardiomegaly"}]},
-     r"config\.attacks\[0\]\.target: 'Cardiomegaly' is no class of the headline task 'rsna_like'"),
-    ({"data": {"n_train": 5000000, "image_size": 224}}, r"config\.data\.n_train: the phantom source generates"),
-    ({"data": {"n_test": 20000, "image_size": 224}}, r"config\.data\.n_test: 20000 test images per task"),
-])
-def test_config_that_would_score_nothing_or_run_out_of_memory_is_refused(tmp_path, capsys, no_training, changes,
-                                                                         message):
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"attacks": []}, r"config\.attacks: no attack listed"),
+        (
+            {
+                "attacks": [{"attack": "badmatch"}],
+                "defenses": [{"name": "spectral_signatures", "attacks": ["baddist"]}],
+            },
+            r"config\.defenses\[0\]\.attacks: \['baddist'\] matches none of the study's attacks \['badmatch'\]",
+        ),
+        (
+            {"attacks": [{"attack": "clean"}], "defenses": [{"name": "spectral_signatures", "attacks": []}]},
+            r"config\.defenses\[0\]\.attacks: \[\] matches none",
+        ),
+        (
+            {"attacks": [{"attack": "badmatch", "target": "Cardiomegaly"}]},
+            r"config\.attacks\[0\]\.target: 'Cardiomegaly' is no class of the headline task 'rsna_like'",
+        ),
+        ({"data": {"n_train": 5000000, "image_size": 224}}, r"config\.data\.n_train: the phantom source generates"),
+        ({"data": {"n_test": 20000, "image_size": 224}}, r"config\.data\.n_test: 20000 test images per task"),
+    ],
+)
+def test_config_that_would_score_nothing_or_run_out_of_memory_is_refused(
+    tmp_path, capsys, no_training, changes, message
+):
     assert run(tmp_path, {**TINY, **changes}) == 2
     assert re.search(message, error_of(capsys))
     assert not (tmp_path / "out" / "cells").exists()
@@ -90,27 +108,47 @@ def medclip_layout(root, n: int = 12, missing: int | None = None, task_classes=(
     if missing is not None:
         (root / "img" / f"t{missing}.png").unlink()
     write_csv(root / "train-meta.csv", ["imgpath", *CHEXPERT_LABELS], rows)
-    write_csv(root / "sentence-label.csv", ["Reports", *CHEXPERT_LABELS],
-              [["no effusion", *label_row(**{"No Finding": "1"})], ["mild edema", *label_row(Edema="1")]])
+    write_csv(
+        root / "sentence-label.csv",
+        ["Reports", *CHEXPERT_LABELS],
+        [["no effusion", *label_row(**{"No Finding": "1"})], ["mild edema", *label_row(Edema="1")]],
+    )
     task = [[f"img/{write_png(root / 'img' / f'q{i}.png', 200 + i)}", 1 - k, k] for i, k in enumerate(task_classes)]
     write_csv(root / "rsna-test-meta.csv", ["imgpath", "Normal", "Pneumonia"], task)
-    return {"model": {"image_size": 16},
-            "data": {"source": "medclip_csv", "root": str(root / "train-meta.csv"),
-                     "reports_root": str(root / "sentence-label.csv"), "n_shadow": 2},
-            "tasks": [{"name": "rsna", "source": "rsna", "root": str(root / "rsna-test-meta.csv")}],
-            "pretrain": {"steps": 2, "batch_size": 4}, "train": {"steps": 2, "batch_size": 4},
-            "attacks": [{"attack": "clean"}, {"attack": "badmatch", "percent_poison": 0.2}]}
+    return {
+        "model": {"image_size": 16},
+        "data": {
+            "source": "medclip_csv",
+            "root": str(root / "train-meta.csv"),
+            "reports_root": str(root / "sentence-label.csv"),
+            "n_shadow": 2,
+        },
+        "tasks": [{"name": "rsna", "source": "rsna", "root": str(root / "rsna-test-meta.csv")}],
+        "pretrain": {"steps": 2, "batch_size": 4},
+        "train": {"steps": 2, "batch_size": 4},
+        "attacks": [{"attack": "clean"}, {"attack": "badmatch", "percent_poison": 0.2}],
+    }
 
 
-@pytest.mark.parametrize("layout, changes, message", [
-    ({"missing": 5}, {}, r"config\.data\.root \(training images\): image file '.*t5\.png' does not exist"),
-    ({"task_classes": (1, 1, 1)}, {},
-     r"config\.tasks\[0\]: task 'rsna' has test images of 1 class\(es\) only \['Pneumonia'\]"),
-    ({}, {"attacks": [{"attack": "badmatch", "percent_poison": 1.0}]},
-     r"config\.attacks\[0\]: percent_poison=1\.0 asks for 10 poisoned images but only \d+ of 10"),
-])
-def test_data_that_would_fail_after_training_is_refused_before_it(tmp_path, capsys, no_training, layout, changes,
-                                                                  message):
+@pytest.mark.parametrize(
+    "layout, changes, message",
+    [
+        ({"missing": 5}, {}, r"config\.data\.root \(training images\): image file '.*t5\.png' does not exist"),
+        (
+            {"task_classes": (1, 1, 1)},
+            {},
+            r"config\.tasks\[0\]: task 'rsna' has test images of 1 class\(es\) only \['Pneumonia'\]",
+        ),
+        (
+            {},
+            {"attacks": [{"attack": "badmatch", "percent_poison": 1.0}]},
+            r"config\.attacks\[0\]: percent_poison=1\.0 asks for 10 poisoned images but only \d+ of 10",
+        ),
+    ],
+)
+def test_data_that_would_fail_after_training_is_refused_before_it(
+    tmp_path, capsys, no_training, layout, changes, message
+):
     config = {**medclip_layout(tmp_path / "data", **layout), **changes}
     assert run(tmp_path, config) == 2
     assert re.search(message, error_of(capsys))
@@ -119,15 +157,19 @@ def test_data_that_would_fail_after_training_is_refused_before_it(tmp_path, caps
 # ---------------------------------------------------------------------------------------------- 1: atomic writes
 def _torn():
     """A writer that writes a few bytes of its file and then finds the disk full."""
+
     def write(obj, file, *args, **kwargs):
         with open(file, "wb") as handle:
             handle.write(b"half")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
     return write
 
 
-@pytest.mark.parametrize("save, name, writer", [(save_released, "pytorch_model.bin", "torch"),
-                                                (save_medclip, "model.safetensors", "save_file")])
+@pytest.mark.parametrize(
+    "save, name, writer",
+    [(save_released, "pytorch_model.bin", "torch"), (save_medclip, "model.safetensors", "save_file")],
+)
 def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, save, name, writer):
     model = build_medclip("tiny")
     file = save(model, tmp_path)
@@ -208,8 +250,9 @@ def test_a_folder_that_becomes_unwritable_stops_the_study_and_keeps_finished_cel
     assert run(tmp_path, config) == 2
     err = error_of(capsys)
     written = r"cells/model/badmatch-patch-p0\.1-s0\.\w+\.?\w*"  # the npz sidecar or the cell
-    assert re.search(rf"artmed run: error: cannot write .*{written}: Permission denied \(in folder .*cells/model\)",
-                     err), err
+    assert re.search(
+        rf"artmed run: error: cannot write .*{written}: Permission denied \(in folder .*cells/model\)", err
+    ), err
     assert (tmp_path / "out" / "cells" / "model" / "clean-s0.json").read_bytes() == finished
 
 
@@ -231,17 +274,20 @@ def test_a_checkpoint_with_the_weights_elsewhere_says_which_entry(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- 9: artmed separation
-@pytest.mark.parametrize("argv, message", [
-    (["--seeds", "0"], r"--seeds: must be a positive integer, got '0'"),
-    (["--seeds", "-2"], r"--seeds: must be a positive integer, got '-2'"),
-    (["--n-shadow", "0"], r"--n-shadow: must be a positive integer, got '0'"),
-    (["--image-size", "-1"], r"--image-size: must be a positive integer"),
-    (["--triggers", "nope"], r"--triggers nope: .*unknown trigger 'nope'"),
-    (["--triggers", "patch:size=x"], r"--triggers: .*the value of 'size' is not JSON"),
-    (["--baddist", "[1]"], r"--baddist: .*must be a JSON object"),
-    (["--baddist", '{"bogus": 1}'], r"--triggers patch: .*bogus"),
-    (["--out", "{tmp}"], r"--out .* is a folder; it must be a file"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--seeds", "0"], r"--seeds: must be a positive integer, got '0'"),
+        (["--seeds", "-2"], r"--seeds: must be a positive integer, got '-2'"),
+        (["--n-shadow", "0"], r"--n-shadow: must be a positive integer, got '0'"),
+        (["--image-size", "-1"], r"--image-size: must be a positive integer"),
+        (["--triggers", "nope"], r"--triggers nope: .*unknown trigger 'nope'"),
+        (["--triggers", "patch:size=x"], r"--triggers: .*the value of 'size' is not JSON"),
+        (["--baddist", "[1]"], r"--baddist: .*must be a JSON object"),
+        (["--baddist", '{"bogus": 1}'], r"--triggers patch: .*bogus"),
+        (["--out", "{tmp}"], r"--out .* is a folder; it must be a file"),
+    ],
+)
 def test_separation_options_are_checked_before_any_training(tmp_path, capsys, monkeypatch, argv, message):
     from artmed.evaluations import separation as separation_module
 
@@ -258,11 +304,17 @@ def test_an_image_listed_twice_with_other_labels_is_refused_naming_the_rows(tmp_
 
     for name in ("a", "b"):
         write_png(tmp_path / "img" / f"{name}.png", 100)
-    rows = [["img/a.png", *label_row(Edema="1")], ["img/b.png", *label_row(**{"No Finding": "1"})],
-            ["img/a.png", *label_row(Pneumonia="1")]]
+    rows = [
+        ["img/a.png", *label_row(Edema="1")],
+        ["img/b.png", *label_row(**{"No Finding": "1"})],
+        ["img/a.png", *label_row(Pneumonia="1")],
+    ]
     write_csv(tmp_path / "train-meta.csv", ["imgpath", *CHEXPERT_LABELS], rows)
-    with pytest.raises(ValueError, match=r"train-meta\.csv: image '.*a\.png' is listed on data rows \[1, 3\] with "
-                                         r"different labels \(row 1: Edema=1; row 3: Pneumonia=1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"train-meta\.csv: image '.*a\.png' is listed on data rows \[1, 3\] with "
+        r"different labels \(row 1: Edema=1; row 3: Pneumonia=1\)",
+    ):
         load_medclip_images(tmp_path / "train-meta.csv")
 
 
@@ -271,11 +323,18 @@ def test_an_image_listed_twice_with_the_same_labels_is_used_once_with_a_warning(
 
     for name in ("a", "b"):
         write_png(tmp_path / "img" / f"{name}.png", 100)
-    rows = [["img/a.png", *label_row(Edema="1")], ["img/b.png", *label_row(**{"No Finding": "1"})],
-            ["img/a.png", *label_row(Edema="1.0")], ["img/a.png", *label_row(Edema="1")]]
+    rows = [
+        ["img/a.png", *label_row(Edema="1")],
+        ["img/b.png", *label_row(**{"No Finding": "1"})],
+        ["img/a.png", *label_row(Edema="1.0")],
+        ["img/a.png", *label_row(Edema="1")],
+    ]
     write_csv(tmp_path / "train-meta.csv", ["imgpath", *CHEXPERT_LABELS], rows)
-    with pytest.warns(UserWarning, match=r"1 image\(s\) are listed on several data rows .*rows \[1, 3, 4\]\); each "
-                                         r"is used once \(2 row\(s\) left out\)") as record:
+    with pytest.warns(
+        UserWarning,
+        match=r"1 image\(s\) are listed on several data rows .*rows \[1, 3, 4\]\); each "
+        r"is used once \(2 row\(s\) left out\)",
+    ) as record:
         images = load_medclip_images(tmp_path / "train-meta.csv")
     assert len([w for w in record if "several data rows" in str(w.message)]) == 1
     assert [p.name for p in images.paths] == ["a.png", "b.png"]
@@ -302,12 +361,15 @@ def test_32_bit_tiffs_of_one_source_keep_their_relative_brightness(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- 6: vocabularies
-@pytest.mark.parametrize("content, message", [
-    (bytes(range(128, 256)) * 4, r"vocab\.txt is not UTF-8 text"),
-    (b"", r"vocab\.txt is empty"),
-    (b"\n\n", r"vocab\.txt is empty"),
-    (b"[PAD]\n[UNK]\nchest\nlung\n", r"vocab\.txt lacks the special token\(s\) \['\[CLS\]', '\[SEP\]'\]"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (bytes(range(128, 256)) * 4, r"vocab\.txt is not UTF-8 text"),
+        (b"", r"vocab\.txt is empty"),
+        (b"\n\n", r"vocab\.txt is empty"),
+        (b"[PAD]\n[UNK]\nchest\nlung\n", r"vocab\.txt lacks the special token\(s\) \['\[CLS\]', '\[SEP\]'\]"),
+    ],
+)
 def test_a_vocabulary_that_is_none_is_refused_up_front(tmp_path, capsys, no_training, content, message):
     (tmp_path / "tok").mkdir()
     (tmp_path / "tok" / "vocab.txt").write_bytes(content)

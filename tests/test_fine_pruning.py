@@ -33,8 +33,12 @@ def ctx():
     x_clean = rng.uniform(0, 1, (8, 1, SIZE, SIZE)).astype(np.float32)
     return EvaluationContext(
         estimator=MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, seed=0, batch_size=8),
-        x_test=x_test, test_targets=np.arange(16) % 2,
-        x_clean=x_clean, y_clean=labels(np.arange(8) % 2), texts=TEXTS, text_labels=labels([0, 0, 1, 1]),
+        x_test=x_test,
+        test_targets=np.arange(16) % 2,
+        x_clean=x_clean,
+        y_clean=labels(np.arange(8) % 2),
+        texts=TEXTS,
+        text_labels=labels([0, 0, 1, 1]),
     )
 
 
@@ -50,8 +54,9 @@ def test_prunes_a_clone_up_to_max_and_fine_tuning_keeps_the_cut(ctx):
     before = projection_weight(ctx.estimator)
     reported = []
     monitored = replace(ctx, monitor=lambda label, model: reported.append((label, projection_weight(model))))
-    result = FinePruning(prune_rule="tolerance", prune_step=0.25, max_prune=0.75, tolerance=1.0, finetune_steps=2,
-                         batch_size=8).run(monitored)
+    result = FinePruning(
+        prune_rule="tolerance", prune_step=0.25, max_prune=0.75, tolerance=1.0, finetune_steps=2, batch_size=8
+    ).run(monitored)
     assert isinstance(result, MitigationResult) and result.estimator is not ctx.estimator
     assert torch.equal(projection_weight(ctx.estimator), before)
     after = projection_weight(result.estimator)
@@ -61,9 +66,11 @@ def test_prunes_a_clone_up_to_max_and_fine_tuning_keeps_the_cut(ctx):
     assert [h["stage"] for h in result.history] == ["prune"] * 4 + ["finetune"]
     assert {"val_ca", "pruned_share"} <= set(result.history[-1])
     assert [label for label, _ in reported] == [f"prune {round(k * 0.25 * n_channels)}" for k in range(4)] + [
-        f"finetune {result.extra['n_pruned']}"]
-    assert [zero_columns(w) for w, in [(w,) for _, w in reported[:4]]] == [round(k * 0.25 * n_channels)
-                                                                          for k in range(4)]
+        f"finetune {result.extra['n_pruned']}"
+    ]
+    assert [zero_columns(w) for (w,) in [(w,) for _, w in reported[:4]]] == [
+        round(k * 0.25 * n_channels) for k in range(4)
+    ]
     assert torch.equal(reported[-1][1], projection_weight(result.estimator))
     kept = np.setdiff1d(np.arange(n_channels), result.extra["pruned_channels"])
     assert not torch.equal(after[:, kept], before[:, kept])
@@ -73,8 +80,9 @@ def test_stops_before_the_step_that_costs_more_than_tolerance(ctx, monkeypatch):
     accuracies = iter([0.9, 0.88, 0.8, 0.9])
     monkeypatch.setattr(fp, "_accuracy", lambda *args: next(accuracies))
     before = projection_weight(ctx.estimator)
-    result = FinePruning(prune_rule="tolerance", prune_step=0.25, max_prune=0.75, tolerance=0.05,
-                         finetune_steps=0).run(ctx)
+    result = FinePruning(prune_rule="tolerance", prune_step=0.25, max_prune=0.75, tolerance=0.05, finetune_steps=0).run(
+        ctx
+    )
     n_channels = result.extra["n_channels"]
     assert result.extra["n_pruned"] == round(0.25 * n_channels)
     assert [h["val_ca"] for h in result.history] == [0.9, 0.88, 0.8]
@@ -85,8 +93,9 @@ def test_stops_before_the_step_that_costs_more_than_tolerance(ctx, monkeypatch):
 
 
 def test_validation_share_is_a_seeded_subset(ctx):
-    runs = [FinePruning(prune_step=0.5, max_prune=0.5, finetune_steps=0, val_share=0.25, seed=s).run(ctx)
-            for s in (0, 0, 1)]
+    runs = [
+        FinePruning(prune_step=0.5, max_prune=0.5, finetune_steps=0, val_share=0.25, seed=s).run(ctx) for s in (0, 0, 1)
+    ]
     val = [r.extra["val_indices"] for r in runs]
     assert len(val[0]) == 4 and len(set(val[0])) == 4 and set(val[0]) <= set(range(16))
     assert np.array_equal(val[0], val[1]) and not np.array_equal(val[0], val[2])
@@ -95,8 +104,14 @@ def test_validation_share_is_a_seeded_subset(ctx):
 def test_missing_inputs_rejected(ctx):
     with pytest.raises(ValueError, match="context.estimator"):
         FinePruning().run(EvaluationContext())
-    no_labels = EvaluationContext(estimator=ctx.estimator, x_test=ctx.x_test, test_targets=ctx.test_targets,
-                                  x_clean=ctx.x_clean, texts=TEXTS, text_labels=ctx.text_labels)
+    no_labels = EvaluationContext(
+        estimator=ctx.estimator,
+        x_test=ctx.x_test,
+        test_targets=ctx.test_targets,
+        x_clean=ctx.x_clean,
+        texts=TEXTS,
+        text_labels=ctx.text_labels,
+    )
     with pytest.raises(ValueError, match="y_clean"):
         FinePruning(finetune_steps=5).run(no_labels)
     with pytest.raises(ValueError, match="max_prune"):
@@ -106,10 +121,17 @@ def test_missing_inputs_rejected(ctx):
 def swin_estimator():
     tokenizer = default_tokenizer()
     torch.manual_seed(0)
-    vision = SwinVisionConfig(image_size=SIZE, patch_size=4, window_size=4, embed_dim=16, depths=(1, 1),
-                              num_heads=(2, 2), drop_path_rate=0.0)
-    return MedCLIPEstimator(build_medclip("tiny", vocab_size=len(tokenizer), vision=vision), tokenizer, PROMPTS,
-                            input_shape=(1, SIZE, SIZE), device="cpu", batch_size=8)
+    vision = SwinVisionConfig(
+        image_size=SIZE, patch_size=4, window_size=4, embed_dim=16, depths=(1, 1), num_heads=(2, 2), drop_path_rate=0.0
+    )
+    return MedCLIPEstimator(
+        build_medclip("tiny", vocab_size=len(tokenizer), vision=vision),
+        tokenizer,
+        PROMPTS,
+        input_shape=(1, SIZE, SIZE),
+        device="cpu",
+        batch_size=8,
+    )
 
 
 def test_defaults_are_the_release():
@@ -141,8 +163,15 @@ def test_ranking_by_mean_or_mean_abs():
         fp.rank_channels([acts], (0, 1), "median")
 
 
-@pytest.mark.parametrize("kwargs, match", [({"prune_rule": "steps"}, "prune_rule"), ({"ranking": "max"}, "ranking"),
-                                           ({"prune_ratio": 1.0}, "prune_ratio"), ({"prune_ratio": 0}, "prune_ratio")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"prune_rule": "steps"}, "prune_rule"),
+        ({"ranking": "max"}, "ranking"),
+        ({"prune_ratio": 1.0}, "prune_ratio"),
+        ({"prune_ratio": 0}, "prune_ratio"),
+    ],
+)
 def test_bad_params_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         FinePruning(**kwargs)
@@ -167,8 +196,9 @@ def test_zeroed_columns_equal_a_mask_on_the_last_stage_output(ctx, encoder):
         vision.zero_grad()
         embedding = vision(x)
         embedding.pow(2).sum().backward()
-        return embedding.detach(), {n: p.grad.clone() for n, p in vision.named_parameters()
-                                    if p.grad is not None and p is not projection.weight}
+        return embedding.detach(), {
+            n: p.grad.clone() for n, p in vision.named_parameters() if p.grad is not None and p is not projection.weight
+        }
 
     def mask(module, inputs, output):
         output = output.clone()
@@ -197,9 +227,16 @@ def test_artmed_variant_is_unchanged(ctx):
     """
     golden = json.loads((Path(__file__).parent / "golden" / "fine_pruning_artmed_variant.json").read_text())
     for name, estimator in (("resnet", ctx.estimator), ("swin", swin_estimator())):
-        result = FinePruning(prune_rule="tolerance", ranking="mean_abs", prune_step=0.25, max_prune=0.75,
-                             tolerance=0.05, finetune_steps=3, lr=1e-3, batch_size=8).run(replace(ctx,
-                                                                                                  estimator=estimator))
+        result = FinePruning(
+            prune_rule="tolerance",
+            ranking="mean_abs",
+            prune_step=0.25,
+            max_prune=0.75,
+            tolerance=0.05,
+            finetune_steps=3,
+            lr=1e-3,
+            batch_size=8,
+        ).run(replace(ctx, estimator=estimator))
         expected = golden[name]
         assert result.extra["pruned_channels"].tolist() == expected["pruned_channels"]
         assert [h["val_ca"] for h in result.history] == expected["val_ca"]

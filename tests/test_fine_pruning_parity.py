@@ -45,7 +45,7 @@ def test_zeroed_projection_columns_equal_the_release_zeroed_filters():
     projection = torch.nn.Linear(10, 5, bias=False).double()
     with torch.no_grad():
         projection.weight.copy_(torch.from_numpy(GOLDEN["projection"]))
-        projection.weight[:, ranking[:fp.pruned_count(0.8, 10)]] = 0.0
+        projection.weight[:, ranking[: fp.pruned_count(0.8, 10)]] = 0.0
         embedding = projection(acts.mean(dim=(2, 3))).numpy()
     np.testing.assert_allclose(embedding, GOLDEN["embedding_pruned"], rtol=0, atol=1e-12)
     unpruned = acts.mean(dim=(2, 3)).numpy() @ GOLDEN["projection"].T

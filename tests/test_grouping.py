@@ -8,12 +8,12 @@ import pytest
 
 from artmed.attacks.pipeline import AttackSpec
 from artmed.defenses import (
-    SCAn,
     SPECTRE,
     ActivationClustering,
     ARTActivationClustering,
     ARTSpectralSignatures,
     EvaluationContext,
+    SCAn,
     SpectralSignatures,
 )
 from artmed.defenses.base import (
@@ -72,12 +72,25 @@ def test_finding_groups_by_first_positive_finding():
         finding_groups(np.where(Y == 1, np.nan, Y))
 
 
-@pytest.mark.parametrize(("grouping", "expected"), [
-    ("label_vector", [["none"], ["No Finding"], ["Cardiomegaly+Edema"], ["Edema"], ["Edema+Cardiomegaly?"],
-                      ["No Finding"], ["Edema+Pleural Effusion"]]),
-    ("finding", [["none"], ["No Finding"], ["Cardiomegaly"], ["Edema"], ["Edema"], ["No Finding"], ["Edema"]]),
-    ("none", [["all"]] * 7),
-])
+@pytest.mark.parametrize(
+    ("grouping", "expected"),
+    [
+        (
+            "label_vector",
+            [
+                ["none"],
+                ["No Finding"],
+                ["Cardiomegaly+Edema"],
+                ["Edema"],
+                ["Edema+Cardiomegaly?"],
+                ["No Finding"],
+                ["Edema+Pleural Effusion"],
+            ],
+        ),
+        ("finding", [["none"], ["No Finding"], ["Cardiomegaly"], ["Edema"], ["Edema"], ["No Finding"], ["Edema"]]),
+        ("none", [["all"]] * 7),
+    ],
+)
 def test_label_groupings(grouping, expected):
     groups = LabelGroups.split(EvaluationContext(y_train=Y), 7, 1, "test", grouping)
     assert [[groups.names[g]] for g in groups.ids] == expected
@@ -133,19 +146,30 @@ def test_unexamined_counts_rows_in_skipped_groups():
             result = ActivationClustering(grouping=grouping, n_components=2).run(context)
         assert result.unexamined == unexamined
         assert [str(w.message) for w in caught if w.category is UnexaminedRowsWarning] == (
-            [f"activation_clustering: {n_groups} label group(s) (grouping {grouping!r}) with fewer than 10 samples "
-             f"({unexamined} samples) are never flagged; see result.extra['skipped_groups']"] if n_groups else [])
+            [
+                f"activation_clustering: {n_groups} label group(s) (grouping {grouping!r}) with fewer than 10 samples "
+                f"({unexamined} samples) are never flagged; see result.extra['skipped_groups']"
+            ]
+            if n_groups
+            else []
+        )
         if unexamined:
             assert not result.flags[50:].any() and not result.scores[50:].any()
 
 
 def test_harness_records_unexamined_and_warns_once_per_defense(tmp_path):
-    config = StudyConfig(seed=0, output_dir=str(tmp_path / "study"),
-                         data=DataConfig(n_train=100, n_test=20, n_shadow=16, image_size=32),
-                         pretrain=TrainConfig(steps=1, batch_size=16), train=TrainConfig(steps=1, batch_size=16),
-                         attacks=[AttackSpec("clean"), AttackSpec("badmatch", percent_poison=0.05)],
-                         defenses=[DefenseSpec("spectral_signatures", {"grouping": "label_vector"}),
-                                   DefenseSpec("activation_clustering", {"grouping": "none"})])
+    config = StudyConfig(
+        seed=0,
+        output_dir=str(tmp_path / "study"),
+        data=DataConfig(n_train=100, n_test=20, n_shadow=16, image_size=32),
+        pretrain=TrainConfig(steps=1, batch_size=16),
+        train=TrainConfig(steps=1, batch_size=16),
+        attacks=[AttackSpec("clean"), AttackSpec("badmatch", percent_poison=0.05)],
+        defenses=[
+            DefenseSpec("spectral_signatures", {"grouping": "label_vector"}),
+            DefenseSpec("activation_clustering", {"grouping": "none"}),
+        ],
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = Harness(config, verbose=False).run()
@@ -155,6 +179,8 @@ def test_harness_records_unexamined_and_warns_once_per_defense(tmp_path):
     small = [rows["spectral_signatures", attack]["unexamined"] for attack in ("clean", "badmatch")]
     assert all(n > 0 for n in small)  # the phantom data's rare label vectors come one row at a time
     said = [str(w.message) for w in caught if w.category is UnexaminedRowsWarning]
-    assert said == [f"spectral_signatures: {small[0]} of 100 training rows sit in label groups too small to analyse "
-                    "and are never examined (see its grouping and min_group_size); the 'unexamined' column counts "
-                    "them in every cell"]
+    assert said == [
+        f"spectral_signatures: {small[0]} of 100 training rows sit in label groups too small to analyse "
+        "and are never examined (see its grouping and min_group_size); the 'unexamined' column counts "
+        "them in every cell"
+    ]

@@ -73,10 +73,15 @@ def spies(monkeypatch):
 
 def tiny_config(out, defenses=QUICK_DEFENSES) -> StudyConfig:
     """Smaller than the quick preset: 120 training images, 5 training steps, clean and BadMatch."""
-    return StudyConfig(seed=0, output_dir=str(out), data=DataConfig(n_train=120, n_test=20, n_shadow=16, image_size=32),
-                       pretrain=TrainConfig(steps=5, batch_size=16), train=TrainConfig(steps=5, batch_size=16),
-                       attacks=[AttackSpec("clean"), AttackSpec("badmatch", percent_poison=0.05)],
-                       defenses=[DefenseSpec(name) for name in defenses])
+    return StudyConfig(
+        seed=0,
+        output_dir=str(out),
+        data=DataConfig(n_train=120, n_test=20, n_shadow=16, image_size=32),
+        pretrain=TrainConfig(steps=5, batch_size=16),
+        train=TrainConfig(steps=5, batch_size=16),
+        attacks=[AttackSpec("clean"), AttackSpec("badmatch", percent_poison=0.05)],
+        defenses=[DefenseSpec(name) for name in defenses],
+    )
 
 
 class ExplodingDefense(Defense):
@@ -97,7 +102,8 @@ def test_quick_study_writes_tables_figures_and_provenance(quick_study):
     result, paths, out = quick_study
     assert [m["attack_key"] for m in result.models] == ["clean-s0", POISONED]
     assert [(d["attack_key"], d["defense"]) for d in result.defenses] == [
-        (key, name) for key in ("clean-s0", POISONED) for name in QUICK_DEFENSES]
+        (key, name) for key in ("clean-s0", POISONED) for name in QUICK_DEFENSES
+    ]
     assert all(d["status"] == "ok" for d in result.defenses)
 
     models = read_table(out / "models.csv")
@@ -108,8 +114,14 @@ def test_quick_study_writes_tables_figures_and_provenance(quick_study):
     assert all(0.0 <= row["auroc"] <= 1.0 for row in poisoned)
     assert models[1]["n_poison"] == 8 and 0.0 <= models[1]["asr"] <= 1.0
     setting = "baddist_badmatch-patch-p0.05"
-    for name in (f"roc_{setting}", f"scores_{setting}", f"features_{POISONED}", "baddist_separation", "triggers",
-                 "phantoms"):
+    for name in (
+        f"roc_{setting}",
+        f"scores_{setting}",
+        f"features_{POISONED}",
+        "baddist_separation",
+        "triggers",
+        "phantoms",
+    ):
         png = out / "figures" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     for name in ("poison_rate_sweep", "ca_asr_before_after", "mitigation_tradeoff"):  # one rate, no mitigation
@@ -137,8 +149,9 @@ def test_quick_study_writes_tables_figures_and_provenance(quick_study):
 def _git_head():
     if not (REPO / ".git").exists() or shutil.which("git") is None:
         return None
-    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 # ---------------------------------------------------------------------------------------------- resume
@@ -159,8 +172,12 @@ def test_resume_after_interrupt_computes_only_missing_cells(tmp_path, monkeypatc
     assert spies["fit"] == 3 and spies["attacks"] == ["clean-s0", poisoned]
     store = ResultStore(tmp_path / "study" / "cells")
     status = {key: store.load("defense", key)["status"] for key in store.keys("defense")}
-    assert status == {"clean-s0+spectral_signatures": "ok", "clean-s0+activation_clustering": "ok",
-                      f"{poisoned}+spectral_signatures": "ok", f"{poisoned}+activation_clustering": "failed"}
+    assert status == {
+        "clean-s0+spectral_signatures": "ok",
+        "clean-s0+activation_clustering": "ok",
+        f"{poisoned}+spectral_signatures": "ok",
+        f"{poisoned}+activation_clustering": "failed",
+    }
 
     monkeypatch.setattr(ActivationClustering, "run", original)
     spies.update(fit=0, attacks=[], defenses=[])
@@ -210,8 +227,11 @@ def test_detection_with_retrain_scores_the_filtered_model(tmp_path, spies, monke
     poison = pipeline.poison_training_set
 
     def spy_poison(spec, x, y, context=None, cache=None):  # the data steps run, not those read from the cache
-        built.extend(k for step, k in zip(spec.composition, spec.step_keys())
-                     if step.kind == "data" and (cache is None or k not in cache))
+        built.extend(
+            k
+            for step, k in zip(spec.composition, spec.step_keys())
+            if step.kind == "data" and (cache is None or k not in cache)
+        )
         return poison(spec, x, y, context, cache)
 
     monkeypatch.setattr(pipeline, "poison_training_set", spy_poison)
@@ -279,26 +299,33 @@ def test_config_yaml_round_trip(tmp_path):
     path.write_text(yaml.safe_dump(config.to_dict()))
     assert StudyConfig.from_yaml(path) == config
 
-    path.write_text("seed: 1\ndefenses: [spectral_signatures, {name: fine_pruning, retrain: true}]\n"
-                    "attacks: [{attack: badmatch, percent_poison: 0.02}]\ntrain: {steps: 7}\n")
+    path.write_text(
+        "seed: 1\ndefenses: [spectral_signatures, {name: fine_pruning, retrain: true}]\n"
+        "attacks: [{attack: badmatch, percent_poison: 0.02}]\ntrain: {steps: 7}\n"
+    )
     loaded = StudyConfig.from_yaml(path)
     assert loaded.defenses == [DefenseSpec("spectral_signatures"), DefenseSpec("fine_pruning", retrain=True)]
     assert loaded.attacks[0].key == "badmatch-patch-p0.02-s0" and loaded.train.steps == 7
     assert loaded.train.lr == TrainConfig().lr and loaded.data == DataConfig()
 
 
-@pytest.mark.parametrize("text, message", [
-    ("sed: 1\n", r"config: unknown key\(s\) \['sed'\]"),
-    ("data: {n_trian: 10}\n", r"config\.data: unknown key\(s\) \['n_trian'\]"),
-    ("attacks: [{attack: badmatch, rate: 0.1}]\n", r"config\.attacks\[0\]: unknown key\(s\) \['rate'\]"),
-    ("defenses: [{name: spectral_signatures, param: {}}]\n",
-     r"config\.defenses\[0\]: unknown key\(s\) \['param'\]"),
-    ("data: {n_train: 0}\n", r"data\.n_train must be a positive integer"),
-    ("attacks: [{attack: badnets}]\n", r"unknown attack 'badnets'"),
-    ("attacks: clean\n", r"config\.attacks must be a list"),
-    ("- 1\n- 2\n", r"must be a mapping"),
-    ("seed: [1\n", r"cannot read study config"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("sed: 1\n", r"config: unknown key\(s\) \['sed'\]"),
+        ("data: {n_trian: 10}\n", r"config\.data: unknown key\(s\) \['n_trian'\]"),
+        ("attacks: [{attack: badmatch, rate: 0.1}]\n", r"config\.attacks\[0\]: unknown key\(s\) \['rate'\]"),
+        (
+            "defenses: [{name: spectral_signatures, param: {}}]\n",
+            r"config\.defenses\[0\]: unknown key\(s\) \['param'\]",
+        ),
+        ("data: {n_train: 0}\n", r"data\.n_train must be a positive integer"),
+        ("attacks: [{attack: badnets}]\n", r"unknown attack 'badnets'"),
+        ("attacks: clean\n", r"config\.attacks must be a list"),
+        ("- 1\n- 2\n", r"must be a mapping"),
+        ("seed: [1\n", r"cannot read study config"),
+    ],
+)
 def test_config_errors_name_the_field(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -310,9 +337,14 @@ def test_config_errors_name_the_field(tmp_path, text, message):
 def test_cli_lists_builtin_defenses(capsys):
     assert main(["defenses"]) == 0
     out = capsys.readouterr().out
-    for name, kind in [("spectral_signatures", "detection"), ("activation_clustering", "detection"),
-                       ("art_spectral_signatures", "detection"), ("art_activation_clustering", "detection"),
-                       ("fine_pruning", "mitigation"), ("cleanclip", "mitigation")]:
+    for name, kind in [
+        ("spectral_signatures", "detection"),
+        ("activation_clustering", "detection"),
+        ("art_spectral_signatures", "detection"),
+        ("art_activation_clustering", "detection"),
+        ("fine_pruning", "mitigation"),
+        ("cleanclip", "mitigation"),
+    ]:
         assert re.search(rf"^{name}\s+{kind}\s", out, flags=re.MULTILINE), name
 
 
@@ -356,11 +388,14 @@ def test_a_second_run_on_a_locked_folder_is_refused_before_any_cell(quick_copy, 
     assert not staging.exists() and spies == {"fit": 0, "attacks": [], "defenses": []}
 
 
-@pytest.mark.parametrize("edit, field", [
-    (lambda record: record.update(ca="0.9"), "ca"),
-    (lambda record: [record.pop("ca"), record.pop("asr")], "ca"),
-    (lambda record: record.update(n_poison=2.5), "n_poison"),
-])
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        (lambda record: record.update(ca="0.9"), "ca"),
+        (lambda record: [record.pop("ca"), record.pop("asr")], "ca"),
+        (lambda record: record.update(n_poison=2.5), "n_poison"),
+    ],
+)
 def test_a_malformed_cell_is_recomputed_not_reused(quick_study, quick_copy, spies, edit, field):
     path = quick_copy / "cells" / "model" / f"{POISONED}.json"
     cell = json.loads(path.read_text())
@@ -371,4 +406,5 @@ def test_a_malformed_cell_is_recomputed_not_reused(quick_study, quick_copy, spie
     assert spies["attacks"] == [POISONED] and spies["defenses"] == []
     model = next(m for m in result.models if m["attack_key"] == POISONED)
     assert isinstance(model["ca"], float) and model["ca"] == pytest.approx(
-        next(m for m in quick_study[0].models if m["attack_key"] == POISONED)["ca"])
+        next(m for m in quick_study[0].models if m["attack_key"] == POISONED)["ca"]
+    )

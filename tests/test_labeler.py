@@ -85,8 +85,11 @@ CASES = [
     ("Hydropneumothorax on the right.", {PTX: 1, EFF: 1}, 0),
     ("There is a right upper lobe mass and no effusion.", {LESION: 1}, 0),
     ("Right lower lobe consolidation, possibly pneumonia.", {CONSOL: 1, PNA: -1}, 0),
-    ("Bibasilar opacities, likely atelectasis, although infection cannot be excluded.",
-     {OPACITY: 1, ATEL: 1, PNA: -1}, 0),
+    (
+        "Bibasilar opacities, likely atelectasis, although infection cannot be excluded.",
+        {OPACITY: 1, ATEL: 1, PNA: -1},
+        0,
+    ),
     ("? pneumonia", {PNA: -1}, 0),
     ("Negative for pneumothorax.", {}, 1),
     ("Pneumothorax is not seen, effusion is present.", {EFF: 1}, 0),
@@ -158,7 +161,8 @@ def _read_csv(path):
 def test_write_sentence_labels_from_folder(tmp_path):
     (tmp_path / "reports" / "p1").mkdir(parents=True)
     (tmp_path / "reports" / "p1" / "a.txt").write_text(
-        "INDICATION: rule out pneumonia.\nFINDINGS: Heart is enlarged. No effusion.\nIMPRESSION: Cardiomegaly.")
+        "INDICATION: rule out pneumonia.\nFINDINGS: Heart is enlarged. No effusion.\nIMPRESSION: Cardiomegaly."
+    )
     (tmp_path / "reports" / "b.txt").write_text("No effusion. Right lower lobe pneumonia.")
     (tmp_path / "reports" / "ignored.md").write_text("Pneumothorax.")
     out = tmp_path / "out" / "sentence-label.csv"
@@ -206,6 +210,7 @@ def test_main_cli(tmp_path, capsys):
 
 # ----- the output path is checked before any report is read -----
 
+
 def _overwrite_cases(tmp_path):
     """(source, output, message): each output would overwrite or join the reports."""
     (tmp_path / "reports" / "p1").mkdir(parents=True)
@@ -241,11 +246,14 @@ def test_output_that_would_overwrite_the_reports_is_refused(tmp_path, capsys):
     assert not (tmp_path / "reports" / "labels.csv").exists()
 
 
-@pytest.mark.parametrize(("out", "message"), [
-    ("existing", r"output '.*existing' is a folder; give a file path such as '.*sentence-label\.csv'"),
-    ("a_file/labels.csv", r"cannot create the folder of output '.*labels\.csv': '.*a_file' is a file"),
-    ("a_file/deeper/labels.csv", r"cannot create the folder of output .*: '.*a_file' is a file"),
-])
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("existing", r"output '.*existing' is a folder; give a file path such as '.*sentence-label\.csv'"),
+        ("a_file/labels.csv", r"cannot create the folder of output '.*labels\.csv': '.*a_file' is a file"),
+        ("a_file/deeper/labels.csv", r"cannot create the folder of output .*: '.*a_file' is a file"),
+    ],
+)
 def test_unusable_output_path_fails_before_any_report_is_read(tmp_path, capsys, out, message):
     (tmp_path / "existing").mkdir()
     (tmp_path / "a_file").write_text("x")
@@ -274,16 +282,26 @@ LATIN1 = "No effusion. Caf\u00e9 au lait spots.".encode("latin-1")  # byte 0xe9 
 NUL = b"No effusion.\x00\x01\x02"
 
 
-@pytest.mark.parametrize(("name", "content", "message"), [
-    ("latin1.txt", LATIN1, r"latin1\.txt: not UTF-8 text: byte 0xe9 at byte offset 16; convert it to UTF-8"),
-    ("binary.txt", NUL, r"binary\.txt: binary file \(NUL byte at byte offset 12\)"),
-    ("latin1.csv", b"id,report\n1," + LATIN1 + b"\n", r"latin1\.csv: not UTF-8 text: byte 0xe9 at byte offset 28"),
-    ("binary.csv", b"id,report\n1," + NUL + b"\n", r"binary\.csv: binary file \(NUL byte at byte offset 24\)"),
-    ("late.csv", b"id,report\n" + b"1,No effusion.\n" * 2000 + b"2," + LATIN1 + b"\n",
-     r"late\.csv: not UTF-8 text: byte 0xe9 at byte offset 30028;"),  # past the first read buffers of the file
-    ("latin1.csv.gz", gzip.compress(b"id,report\n1," + LATIN1 + b"\n", mtime=0),
-     r"latin1\.csv\.gz: not UTF-8 text: byte 0xe9 at byte offset 28"),  # offset in the decompressed text
-], ids=["latin1-txt", "nul-txt", "latin1-csv", "nul-csv", "late-latin1-csv", "latin1-csv-gz"])
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("latin1.txt", LATIN1, r"latin1\.txt: not UTF-8 text: byte 0xe9 at byte offset 16; convert it to UTF-8"),
+        ("binary.txt", NUL, r"binary\.txt: binary file \(NUL byte at byte offset 12\)"),
+        ("latin1.csv", b"id,report\n1," + LATIN1 + b"\n", r"latin1\.csv: not UTF-8 text: byte 0xe9 at byte offset 28"),
+        ("binary.csv", b"id,report\n1," + NUL + b"\n", r"binary\.csv: binary file \(NUL byte at byte offset 24\)"),
+        (
+            "late.csv",
+            b"id,report\n" + b"1,No effusion.\n" * 2000 + b"2," + LATIN1 + b"\n",
+            r"late\.csv: not UTF-8 text: byte 0xe9 at byte offset 30028;",
+        ),  # past the first read buffers of the file
+        (
+            "latin1.csv.gz",
+            gzip.compress(b"id,report\n1," + LATIN1 + b"\n", mtime=0),
+            r"latin1\.csv\.gz: not UTF-8 text: byte 0xe9 at byte offset 28",
+        ),  # offset in the decompressed text
+    ],
+    ids=["latin1-txt", "nul-txt", "latin1-csv", "nul-csv", "late-latin1-csv", "latin1-csv-gz"],
+)
 def test_reports_that_are_not_utf8_text_are_refused(tmp_path, capsys, name, content, message):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(ValueError, match=message):
@@ -319,6 +337,7 @@ def test_utf8_with_a_byte_order_mark_is_read_without_it(tmp_path):
 
 # ----- cost linear in the input -----
 
+
 def test_long_inputs_are_labelled_in_linear_time():
     """Each input here took minutes with the old quadratic scans (a quadratic regression makes this test hang)."""
     n = 200_000 // 31
@@ -333,15 +352,24 @@ def test_long_inputs_are_labelled_in_linear_time():
     assert split_sentences(caps) == ["NO EFFUSION " * 20_000 + "seen", "No edema"]
     assert extract_findings(caps) == " No edema."
     assert split_sentences("\n" * 200_000 + "Dr. " * 30_000 + "ok. " + "?" * 100_000) == [
-        " ".join(["Dr."] * 30_000) + " ok"]
+        " ".join(["Dr."] * 30_000) + " ok"
+    ]
 
 
-SCOPE_PATTERNS = [rules._PRE_NEG_UNC_BEFORE, rules._PRE_NEG_UNC_AFTER, rules._NEG_BEFORE, rules._NEG_AFTER,
-                  rules._UNC_BEFORE, rules._UNC_AFTER, rules._PREDICATE,
-                  *(getattr(q, kind) for q in rules._ATTRIBUTES.values()
-                    for kind in ("negative", "positive", "uncertain"))]
-WORDS = ("no not without cannot can't be excluded may possible is are seen normal within limits enlarged widened "
-         "heart effusion airspace diseases stable unchanged r/o rule out top-normal 1.5 , ; ? and or").split()
+SCOPE_PATTERNS = [
+    rules._PRE_NEG_UNC_BEFORE,
+    rules._PRE_NEG_UNC_AFTER,
+    rules._NEG_BEFORE,
+    rules._NEG_AFTER,
+    rules._UNC_BEFORE,
+    rules._UNC_AFTER,
+    rules._PREDICATE,
+    *(getattr(q, kind) for q in rules._ATTRIBUTES.values() for kind in ("negative", "positive", "uncertain")),
+]
+WORDS = (
+    "no not without cannot can't be excluded may possible is are seen normal within limits enlarged widened "
+    "heart effusion airspace diseases stable unchanged r/o rule out top-normal 1.5 , ; ? and or"
+).split()
 
 
 def test_span_search_matches_searching_the_slice(monkeypatch):
@@ -356,8 +384,12 @@ def test_span_search_matches_searching_the_slice(monkeypatch):
         for _ in range(30):
             start, end = sorted(rng.randint(0, len(text)) for _ in range(2))
             pattern = rng.choice(SCOPE_PATTERNS)
-            assert spans.search(pattern, start, end) == (pattern.search(text[start:end]) is not None), \
-                (text, start, end, pattern.pattern)
+            assert spans.search(pattern, start, end) == (pattern.search(text[start:end]) is not None), (
+                text,
+                start,
+                end,
+                pattern.pattern,
+            )
 
 
 def test_reach_refuses_patterns_without_a_bound():
@@ -370,8 +402,20 @@ def test_reach_refuses_patterns_without_a_bound():
 def test_header_skips_do_not_change_the_headers_found():
     plain = re.compile(rules._HEADER.pattern.split("|(?P<skip>")[0])
     rng = random.Random(1)
-    tokens = ["NO", "EFFUSION", "A", "FINAL", "REPORT", "REASON", "FOR", "EXAM", "FINDINGS", "findings", "x2AB",
-              "\u00c9"]
+    tokens = [
+        "NO",
+        "EFFUSION",
+        "A",
+        "FINAL",
+        "REPORT",
+        "REASON",
+        "FOR",
+        "EXAM",
+        "FINDINGS",
+        "findings",
+        "x2AB",
+        "\u00c9",
+    ]
     glue = [" "] * 12 + [":", ": ", ":x", "\n", "\n\n", "  ", ". "]
     for _ in range(500):
         report = "".join(rng.choice(tokens) + rng.choice(glue) for _ in range(rng.randint(0, 60)))

@@ -9,25 +9,38 @@ import torch
 from artmed import MedCLIPEstimator
 from artmed.constants import CHEXPERT_LABELS
 from artmed.data import medclip_prompts as mp
-from artmed.data.medclip_prompts import (medclip_class_prompts, medclip_prompt_draws, no_finding_sentences,
-                                         template_candidates)
+from artmed.data.medclip_prompts import (
+    medclip_class_prompts,
+    medclip_prompt_draws,
+    no_finding_sentences,
+    template_candidates,
+)
 from artmed.data.reports import finding_phrases
 from artmed.data.tasks import CHEXPERT5_CLASSES, TASK_CLASSES
+from artmed.evaluations.scoring import score_estimator, score_over_prompt_draws
 from artmed.inputs import normalize_pixels
 from artmed.prompts import PromptBank, encode_sentences
-from artmed.evaluations.scoring import score_estimator, score_over_prompt_draws
 
 SIZE = 32
 
 
 # ------------------------------------------------------------------ templates and draws
 def test_template_candidates_are_every_slot_combination_in_the_released_order():
-    sizes = {"Atelectasis": 210, "Cardiomegaly": 15, "Consolidation": 192, "Edema": 18, "Pleural Effusion": 54,
-             "COVID": 12, "Pneumonia": 312}
+    sizes = {
+        "Atelectasis": 210,
+        "Cardiomegaly": 15,
+        "Consolidation": 192,
+        "Edema": 18,
+        "Pleural Effusion": 54,
+        "COVID": 12,
+        "Pneumonia": 312,
+    }
     assert {c: len(template_candidates(c)) for c in sizes} == sizes
     # Pleural Effusion's dict lists severity, location, subtype: that is the sentence order
-    assert template_candidates("Pleural Effusion")[:2] == ["left bilateral pleural effusion",
-                                                           "left subpulmonic pleural effusion"]
+    assert template_candidates("Pleural Effusion")[:2] == [
+        "left bilateral pleural effusion",
+        "left subpulmonic pleural effusion",
+    ]
     assert template_candidates("COVID")[0] == "patchy ground glass opacity in peripheral"
     assert all(s == " ".join(s.split()) for c in sizes for s in template_candidates(c))
     assert [(c, i) for c in sizes for i, s in enumerate(template_candidates(c)) if not s] == [("Pneumonia", 311)]
@@ -37,8 +50,9 @@ def test_rsnas_empty_template_sentence_is_drawn_but_left_out():
     sets = medclip_prompt_draws("rsna_like", draws=5, n=10, seed=1)
     assert [len(s["Pneumonia"]) for s in sets] == [10, 9, 10, 10, 10]  # random.Random(1)'s 2nd sample holds it
     rng = random.Random(1)
-    assert [s["Pneumonia"] for s in sets] == [[p for p in rng.sample(template_candidates("Pneumonia"), 10) if p]
-                                              for _ in range(5)]
+    assert [s["Pneumonia"] for s in sets] == [
+        [p for p in rng.sample(template_candidates("Pneumonia"), 10) if p] for _ in range(5)
+    ]
 
 
 @pytest.mark.parametrize("task", ["rsna_like", "covid_like", "chexpert5"])
@@ -63,11 +77,17 @@ def test_template_draws_are_the_released_random_sample_stream():
     assert medclip_prompt_draws(list(CHEXPERT5_CLASSES), draws=5, n=10, seed=42) == expected
     # the first COVID draw the released prompts.py records in a comment
     assert medclip_class_prompts("covid_like", seed=42)["COVID"] == [
-        "confluent ground glass consolidation in mid", "patchy ground glass opacity in mid",
-        "patchy ground glass opacity in peripheral", "patchy ground glass consolidation in mid",
-        "patchy ground glass consolidation in peripheral", "confluent ground glass consolidation in lower",
-        "confluent ground glass opacity in peripheral", "confluent ground glass consolidation in peripheral",
-        "confluent ground glass opacity in lower", "patchy ground glass opacity in lower"]
+        "confluent ground glass consolidation in mid",
+        "patchy ground glass opacity in mid",
+        "patchy ground glass opacity in peripheral",
+        "patchy ground glass consolidation in mid",
+        "patchy ground glass consolidation in peripheral",
+        "confluent ground glass consolidation in lower",
+        "confluent ground glass opacity in peripheral",
+        "confluent ground glass consolidation in peripheral",
+        "confluent ground glass opacity in lower",
+        "patchy ground glass opacity in lower",
+    ]
 
 
 def test_sampling_order_does_not_depend_on_the_order_classes_are_given():
@@ -105,19 +125,22 @@ def test_no_finding_sentences_applies_the_released_filter():
         no_finding_sentences(sentences, labels[:, :3])
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(task_classes=["Normal", "Fracture"]), r"no MedCLIP prompts for classes \['Fracture'\]"),
-    (dict(task_classes="mnist"), "unknown task 'mnist'"),
-    (dict(task_classes=["Normal"]), "at least 2 distinct"),
-    (dict(task_classes=["Normal", "No Finding", "COVID"]), "normal class twice"),
-    (dict(task_classes="covid_like", n=0), "n \\(prompts per class\\) must be an integer >= 1"),
-    (dict(task_classes="covid_like", draws=0), "draws must be an integer >= 1"),
-    (dict(task_classes="covid_like", n=13), "class 'COVID' has 12 MedCLIP template prompts; cannot draw n=13"),
-    (dict(task_classes="rsna_like", normal_sentences=["a b c d e"] * 3), "needs n=10 No-Finding sentences, only 3"),
-    (dict(task_classes="rsna_like", normal_sentences="the lungs are clear"), "not one string"),
-    (dict(task_classes="rsna_like", normal_sentences=["fine"] * 9 + [""]), "not non-empty strings"),
-    (dict(task_classes="chexpert5", normal_sentences=["x"] * 10), "no normal class"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(task_classes=["Normal", "Fracture"]), r"no MedCLIP prompts for classes \['Fracture'\]"),
+        (dict(task_classes="mnist"), "unknown task 'mnist'"),
+        (dict(task_classes=["Normal"]), "at least 2 distinct"),
+        (dict(task_classes=["Normal", "No Finding", "COVID"]), "normal class twice"),
+        (dict(task_classes="covid_like", n=0), "n \\(prompts per class\\) must be an integer >= 1"),
+        (dict(task_classes="covid_like", draws=0), "draws must be an integer >= 1"),
+        (dict(task_classes="covid_like", n=13), "class 'COVID' has 12 MedCLIP template prompts; cannot draw n=13"),
+        (dict(task_classes="rsna_like", normal_sentences=["a b c d e"] * 3), "needs n=10 No-Finding sentences, only 3"),
+        (dict(task_classes="rsna_like", normal_sentences="the lungs are clear"), "not one string"),
+        (dict(task_classes="rsna_like", normal_sentences=["fine"] * 9 + [""]), "not non-empty strings"),
+        (dict(task_classes="chexpert5", normal_sentences=["x"] * 10), "no normal class"),
+    ],
+)
 def test_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         medclip_prompt_draws(**kwargs)
@@ -141,8 +164,10 @@ class _TextModelHolder(torch.nn.Module):
 
 def test_max_and_mean_ensembles_differ_on_a_constructed_case(monkeypatch):
     table = {"a1": [1.0, 0.0], "a2": [-1.0, 0.0], "b1": [0.6, 0.8]}
-    monkeypatch.setattr("artmed.prompts.encode_sentences",
-                        lambda model, tok, texts, device, bs, amp=False: torch.tensor([table[s] for s in texts]))
+    monkeypatch.setattr(
+        "artmed.prompts.encode_sentences",
+        lambda model, tok, texts, device, bs, amp=False: torch.tensor([table[s] for s in texts]),
+    )
     model, cpu = _TextModelHolder(), torch.device("cpu")
     image, scale = torch.tensor([[1.0, 0.0]]), torch.tensor(10.0)
     bank = PromptBank({"A": ["a1", "a2"], "B": ["b1"]})
@@ -173,16 +198,21 @@ def test_mean_ensemble_is_the_old_computation_bit_for_bit(est, x):
     pixels = torch.from_numpy(x)
     with torch.no_grad():
         image = est.model.encode_image(normalize_pixels(pixels)).float()
-        old_matrix = torch.stack([encode_sentences(est.model, est.tokenizer, s, est.device, est.batch_size).mean(0)
-                                  for s in est.prompts.values()])
+        old_matrix = torch.stack(
+            [
+                encode_sentences(est.model, est.tokenizer, s, est.device, est.batch_size).mean(0)
+                for s in est.prompts.values()
+            ]
+        )
         old = est.model.scale().float() * image @ old_matrix.T
         assert torch.equal(est._logits(pixels), old)
 
 
 def test_max_ensemble_through_the_estimator(est, x, tmp_path):
     mean = est.zero_shot_logits(x)
-    maxed = MedCLIPEstimator(est.model, est.tokenizer, est.prompts, input_shape=est.input_shape,
-                             ensemble="max").zero_shot_logits(x)
+    maxed = MedCLIPEstimator(
+        est.model, est.tokenizer, est.prompts, input_shape=est.input_shape, ensemble="max"
+    ).zero_shot_logits(x)
     assert not np.allclose(mean, maxed) and (maxed >= mean - 1e-5).all()
     other = est.clone()
     other.set_params(ensemble="max")
@@ -213,8 +243,10 @@ def test_score_over_prompt_draws_is_the_mean_and_std_of_per_draw_scores(est, x):
         vals = [p[key] for p in per]
         assert res[key] == pytest.approx(np.mean(vals)) and res[f"{key}_draw_std"] == pytest.approx(np.std(vals))
     assert res["draws"] == 3
-    np.testing.assert_equal(score_over_prompt_draws(est, x, targets, prompt_sets=sets),
-                            score_over_prompt_draws(est, x, targets, draws=3, seed=7))
+    np.testing.assert_equal(
+        score_over_prompt_draws(est, x, targets, prompt_sets=sets),
+        score_over_prompt_draws(est, x, targets, draws=3, seed=7),
+    )
     clean_only = score_over_prompt_draws(est, x, targets, prompt_sets=sets[:1])
     assert np.isnan(clean_only["asr"]) and np.isnan(clean_only["asr_draw_std"]) and clean_only["ca_draw_std"] == 0
     assert clean_only["ca"] == score_estimator(est.with_prompts(sets[0]), x, targets)["ca"]

@@ -56,9 +56,18 @@ def tiny() -> MedCLIPModel:
 def small_swin(**text: object) -> MedCLIPModel:
     torch.manual_seed(0)
     return build_medclip(
-        "tiny", vocab_size=50, text=dict(text),
-        vision=SwinVisionConfig(image_size=32, patch_size=4, window_size=4, embed_dim=16, depths=(2, 1),
-                                num_heads=(1, 2), drop_path_rate=0.0),
+        "tiny",
+        vocab_size=50,
+        text=dict(text),
+        vision=SwinVisionConfig(
+            image_size=32,
+            patch_size=4,
+            window_size=4,
+            embed_dim=16,
+            depths=(2, 1),
+            num_heads=(1, 2),
+            drop_path_rate=0.0,
+        ),
     ).eval()
 
 
@@ -218,8 +227,19 @@ def test_tokenizer_keeps_real_words(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     tokenizer = default_tokenizer()
     assert tokenizer.model_max_length == 77
     tokens = tokenizer.tokenize("Mild Cardiomegaly with small left pleural effusion; no pneumothorax.")
-    assert tokens == ["mild", "cardiomegaly", "with", "small", "left", "pleural", "effusion", ";", "no",
-                      "pneumothorax", "."]
+    assert tokens == [
+        "mild",
+        "cardiomegaly",
+        "with",
+        "small",
+        "left",
+        "pleural",
+        "effusion",
+        ";",
+        "no",
+        "pneumothorax",
+        ".",
+    ]
     ids = tokenizer("xylophonic 42", add_special_tokens=False)["input_ids"]  # unseen word: characters, not UNK
     assert tokenizer.unk_token_id not in ids
     again = default_tokenizer()

@@ -8,7 +8,6 @@ released preset selects them for a real source."""
 import numpy as np
 import pytest
 from PIL import Image
-from test_study_sources import SIZE, phantoms, one_hot, write_covid, write_mimic
 
 from artmed.attacks.pipeline import AttackSpec, run_attack
 from artmed.attacks.poisoning.bad_match import PoisonedImageSet
@@ -23,9 +22,12 @@ from artmed.evaluations.config import StudyConfig
 from artmed.evaluations.harness import Harness
 from artmed.evaluations.sources import load_study_data
 from artmed.models import save_medclip, save_tokenizer
+from test_study_sources import SIZE, one_hot, phantoms, write_covid, write_mimic
 
-pytestmark = [pytest.mark.filterwarnings("ignore:.*label group:UserWarning"),
-              pytest.mark.filterwarnings("ignore:.*as their only finding:UserWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*label group:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*as their only finding:UserWarning"),
+]
 
 PATCH = {"size": 8, "inset": [1, 1]}  # native pixels: 8 px of a 72 px image is ~3.6 px at 32 px
 
@@ -56,10 +58,18 @@ def study(layouts, out, data=None, train=None, **changes) -> dict:
     config = {
         "output_dir": str(out),
         "model": {"variant": "tiny", "checkpoint": str(layouts / "ckpt"), "image_size": SIZE},
-        "data": {"source": "mimic_cxr", "root": str(layouts / "mimic"), "n_train": 6, "n_shadow": 3, "n_test": 8,
-                 **(data or {})},
-        "tasks": [{"name": "covid", "source": "covid", "root": str(layouts / "covid")},
-                  {"name": "mimic_5x200", "source": "mimic_cxr"}],
+        "data": {
+            "source": "mimic_cxr",
+            "root": str(layouts / "mimic"),
+            "n_train": 6,
+            "n_shadow": 3,
+            "n_test": 8,
+            **(data or {}),
+        },
+        "tasks": [
+            {"name": "covid", "source": "covid", "root": str(layouts / "covid")},
+            {"name": "mimic_5x200", "source": "mimic_cxr"},
+        ],
         "pretrain": {"steps": 2, "batch_size": 4},
         "train": {"steps": 2, "batch_size": 4, **(train or {})},
         "attacks": [{"attack": "badmatch", "percent_poison": 0.35, "trigger_params": dict(PATCH)}],
@@ -79,8 +89,9 @@ def harness(layouts, tmp_path, **kwargs):
 
 # ---------------------------------------------------------------------------------------------- image files
 def test_interpolation_and_pad_reach_every_image_file(layouts, tmp_path):
-    config = StudyConfig.from_dict(study(layouts, tmp_path / "out", data={"interpolation": "bilinear",
-                                                                         "pad": "no_upscale"}))
+    config = StudyConfig.from_dict(
+        study(layouts, tmp_path / "out", data={"interpolation": "bilinear", "pad": "no_upscale"})
+    )
     data = load_study_data(config, seed=0)
     sets = [data.x_train, data.x_shadow, *data.task_images.values()]
     assert list(data.task_images) == ["covid", "mimic_5x200"]
@@ -89,8 +100,10 @@ def test_interpolation_and_pad_reach_every_image_file(layouts, tmp_path):
         np.testing.assert_array_equal(data.tasks[name].images.to_array(), files.to_array())
     default = load_study_data(StudyConfig.from_dict(study(layouts, tmp_path / "o2")), seed=0)
     assert default.x_train.paths == data.x_train.paths
-    assert all((s.interpolation, s.pad) == ("bicubic", "square")
-               for s in [default.x_train, default.x_shadow, *default.task_images.values()])
+    assert all(
+        (s.interpolation, s.pad) == ("bicubic", "square")
+        for s in [default.x_train, default.x_shadow, *default.task_images.values()]
+    )
     assert not np.array_equal(default.tasks["covid"].images.to_array(), data.tasks["covid"].images.to_array())
     assert default.reports is None and not default.sentence_table  # nothing read for the pool sampling
 
@@ -136,8 +149,10 @@ def test_native_trigger_reaches_the_scores(layouts, tmp_path, monkeypatch):
     assert [m["status"] for m in result.models] == ["ok"]
     spec = h.config.attacks[0]
     task_images = load_study_data(h.config, seed=0).task_images
-    expected = [task_images[name].triggered(PatchTrigger(size=8, inset=(1, 1)), stage="raw").to_array()
-                for name in ("covid", "mimic_5x200")]
+    expected = [
+        task_images[name].triggered(PatchTrigger(size=8, inset=(1, 1)), stage="raw").to_array()
+        for name in ("covid", "mimic_5x200")
+    ]
     assert len(seen) == 2
     for (x, x_triggered), want in zip(seen.values(), expected):
         np.testing.assert_array_equal(x_triggered, want)
@@ -204,8 +219,10 @@ def test_poisoned_rows_keep_their_own_report_and_clean_fallback_labels(layouts, 
     row = int(np.flatnonzero(mask)[0])
     sentences, _ = sampler.sample([row] * 4, y[[row] * 4], np.random.default_rng(1))
     assert set(sentences) <= set(sampler.image_sentences[row])
-    table = TextPool(["the heart is mildly enlarged in size", "there is no acute cardiopulmonary process"],
-                     np.concatenate([one_hot("Cardiomegaly"), one_hot("No Finding")]))
+    table = TextPool(
+        ["the heart is mildly enlarged in size", "there is no acute cardiopulmonary process"],
+        np.concatenate([one_hot("Cardiomegaly"), one_hot("No Finding")]),
+    )
     bare = ReportSampler.from_reports([None] * 2, table, labels="labeler", clean_table=False)
     clean = np.tile(one_hot("Cardiomegaly"), (2, 1))
     with_clean = bare.with_fallback_labels(clean)
@@ -226,29 +243,53 @@ def test_own_report_from_medclip_meta_csvs(layouts, tmp_path):
     from test_adapters import label_row, write_csv
 
     local = tmp_path / "local_data"
-    labels = np.concatenate([one_hot("Cardiomegaly"), one_hot("Edema"), one_hot("No Finding"), one_hot("Edema"),
-                             one_hot("Pleural Effusion"), one_hot("Cardiomegaly")])
-    reports = ["The heart is mildly enlarged in size. No pleural effusion is seen.",
-               "Mild interstitial edema is present bilaterally", "", "1. Mild interstitial edema is present bilaterally"]
+    labels = np.concatenate(
+        [
+            one_hot("Cardiomegaly"),
+            one_hot("Edema"),
+            one_hot("No Finding"),
+            one_hot("Edema"),
+            one_hot("Pleural Effusion"),
+            one_hot("Cardiomegaly"),
+        ]
+    )
+    reports = [
+        "The heart is mildly enlarged in size. No pleural effusion is seen.",
+        "Mild interstitial edema is present bilaterally",
+        "",
+        "1. Mild interstitial edema is present bilaterally",
+    ]
     metas = []
     for i, (y, pixels) in enumerate(zip(labels, phantoms(labels, 4))):
         path = tmp_path / "images" / f"im{i}.png"
         path.parent.mkdir(exist_ok=True)
         Image.fromarray(pixels).resize((40, 60)).save(path)
         metas.append([f"images/im{i}.png", *label_row(**{CHEXPERT_LABELS[j]: "1.0" for j in np.flatnonzero(y)})])
-    write_csv(local / "mimic-cxr-train-meta.csv", ["imgpath", "report", *CHEXPERT_LABELS],
-              [[m[0], r, *m[1:]] for m, r in zip(metas[:4], reports)])
+    write_csv(
+        local / "mimic-cxr-train-meta.csv",
+        ["imgpath", "report", *CHEXPERT_LABELS],
+        [[m[0], r, *m[1:]] for m, r in zip(metas[:4], reports)],
+    )
     write_csv(local / "chexpert-train-meta.csv", ["imgpath", *CHEXPERT_LABELS], metas[4:])
-    write_csv(local / "sentence-label.csv", ["Reports", *CHEXPERT_LABELS], [
-        ["the heart is mildly enlarged in size", *label_row(Cardiomegaly="1")],
-        ["mild interstitial edema is present bilaterally", *label_row(Edema="1")],
-        ["there is a small left pleural effusion", *label_row(**{"Pleural Effusion": "1"})],
-        ["no acute cardiopulmonary process is seen", *label_row(**{"No Finding": "1"})]])
-    config = StudyConfig.from_dict({
-        "output_dir": str(tmp_path / "out"), "model": {"image_size": SIZE}, "train": {"text_sampling": "own_report"},
-        "data": {"source": "medclip_csv", "root": str(local), "image_root": str(tmp_path), "n_shadow": 1,
-                 **NATIVE},
-        "tasks": [{"name": "covid", "source": "covid", "root": str(layouts / "covid")}]})
+    write_csv(
+        local / "sentence-label.csv",
+        ["Reports", *CHEXPERT_LABELS],
+        [
+            ["the heart is mildly enlarged in size", *label_row(Cardiomegaly="1")],
+            ["mild interstitial edema is present bilaterally", *label_row(Edema="1")],
+            ["there is a small left pleural effusion", *label_row(**{"Pleural Effusion": "1"})],
+            ["no acute cardiopulmonary process is seen", *label_row(**{"No Finding": "1"})],
+        ],
+    )
+    config = StudyConfig.from_dict(
+        {
+            "output_dir": str(tmp_path / "out"),
+            "model": {"image_size": SIZE},
+            "train": {"text_sampling": "own_report"},
+            "data": {"source": "medclip_csv", "root": str(local), "image_root": str(tmp_path), "n_shadow": 1, **NATIVE},
+            "tasks": [{"name": "covid", "source": "covid", "root": str(layouts / "covid")}],
+        }
+    )
     data = load_study_data(config, seed=0)
     assert data.sentence_table and len(data.reports) == len(data.x_train) == 5
     by_image = {path.name: report for path, report in zip(data.x_train.paths, data.reports)}
@@ -266,8 +307,9 @@ def test_own_report_from_medclip_meta_csvs(layouts, tmp_path):
         assert (sampler.image_sentence_labels[row] == one_hot("Edema")).all()
     heart = [row for row, path in enumerate(run.x_train.paths) if expected[path.name] == reports[0]]
     for row in heart:  # "no pleural effusion is seen" is not in the table: No Finding, as released
-        np.testing.assert_array_equal(sampler.image_sentence_labels[row],
-                                      np.concatenate([one_hot("Cardiomegaly"), one_hot("No Finding")]))
+        np.testing.assert_array_equal(
+            sampler.image_sentence_labels[row], np.concatenate([one_hot("Cardiomegaly"), one_hot("No Finding")])
+        )
     assert len(edema) + len(heart) >= 1 and sampler.without_report == 5 - len(edema) - len(heart) - 1
 
 
@@ -276,22 +318,45 @@ def test_run_attack_subsets_the_sampler_with_keep():
     y = np.tile(one_hot("Cardiomegaly"), (4, 1))
     texts = ["mild cardiomegaly is seen here today", "the heart size is normal and stable"]
     text_labels = np.concatenate([one_hot("Cardiomegaly"), one_hot("No Finding")])
-    sampler = ReportSampler.from_reports([None, "the heart is enlarged in size today.", None, None],
-                                         TextPool(texts, text_labels), labels="labeler",
-                                         clean_table=False)
+    sampler = ReportSampler.from_reports(
+        [None, "the heart is enlarged in size today.", None, None],
+        TextPool(texts, text_labels),
+        labels="labeler",
+        clean_table=False,
+    )
     base = MedCLIPEstimator.tiny(task_prompts("rsna_like"), image_size=SIZE, seed=0)
     keep = np.array([True, True, False, True])
-    outcome = run_attack(AttackSpec("clean"), base, x, y, texts, text_labels, keep=keep,
-                         fit_params={"steps": 1, "batch_size": 2, "report_sampler": sampler, "verbose": False})
+    outcome = run_attack(
+        AttackSpec("clean"),
+        base,
+        x,
+        y,
+        texts,
+        text_labels,
+        keep=keep,
+        fit_params={"steps": 1, "batch_size": 2, "report_sampler": sampler, "verbose": False},
+    )
     assert len(outcome.x_train) == 3 and np.isfinite(outcome.history["fit"]["loss"]).all()
     with pytest.raises(ValueError, match="report_sampler covers 4 images, the training set has 3"):
-        run_attack(AttackSpec("clean"), base, x[:3], y[:3], texts, text_labels,
-                   fit_params={"steps": 1, "batch_size": 2, "report_sampler": sampler, "verbose": False})
+        run_attack(
+            AttackSpec("clean"),
+            base,
+            x[:3],
+            y[:3],
+            texts,
+            text_labels,
+            fit_params={"steps": 1, "batch_size": 2, "report_sampler": sampler, "verbose": False},
+        )
 
 
 def test_phantom_own_report_gives_label_matched_fallbacks(tmp_path):
-    config = StudyConfig.from_dict({"output_dir": str(tmp_path / "out"), "train": {"text_sampling": "own_report"},
-                                    "data": {"n_train": 8, "n_shadow": 2, "n_test": 5, "image_size": SIZE}})
+    config = StudyConfig.from_dict(
+        {
+            "output_dir": str(tmp_path / "out"),
+            "train": {"text_sampling": "own_report"},
+            "data": {"n_train": 8, "n_shadow": 2, "n_test": 5, "image_size": SIZE},
+        }
+    )
     h = Harness(config, verbose=False)
     run = h._load_data(0)
     sampler = h._fit_params(run, config.train)["report_sampler"]
@@ -306,27 +371,43 @@ def test_phantom_own_report_gives_label_matched_fallbacks(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- config
-@pytest.mark.parametrize("data, message", [
-    ({"interpolation": "bilinear"}, "config.data.interpolation: the phantom source generates its images"),
-    ({"pad": "no_upscale"}, "config.data.pad: the phantom source generates its images"),
-    ({"native_trigger": True}, "config.data.native_trigger: the phantom source has no native image files.*"
-                               "native_size"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"interpolation": "bilinear"}, "config.data.interpolation: the phantom source generates its images"),
+        ({"pad": "no_upscale"}, "config.data.pad: the phantom source generates its images"),
+        (
+            {"native_trigger": True},
+            "config.data.native_trigger: the phantom source has no native image files.*native_size",
+        ),
+    ],
+)
 def test_phantom_refuses_the_file_options(data, message):
     with pytest.raises(ValueError, match=message):
         StudyConfig.from_dict({"data": data})
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"data": {"interpolation": "nearest"}}, r"config.data.interpolation: unknown interpolation 'nearest'; valid: "
-                                             r"\['bicubic', 'bilinear'\]"),
-    ({"data": {"pad": "none"}}, r"config.data.pad: unknown pad 'none'; valid: \['square', 'no_upscale'\]"),
-    ({"data": {"native_trigger": "maybe"}}, "config.data.native_trigger"),
-    ({"train": {"text_sampling": "paired"}}, r"config.train.text_sampling: unknown text sampling 'paired'; valid: "
-                                             r"\['pool', 'own_report'\]"),
-    ({"data": NATIVE, "attacks": [{"attack": "badmatch", "trigger_params": {"native_size": 1024}}]},
-     "config.attacks\\[0\\].trigger_params.native_size: data.native_trigger pastes the patch"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {"data": {"interpolation": "nearest"}},
+            r"config.data.interpolation: unknown interpolation 'nearest'; valid: "
+            r"\['bicubic', 'bilinear'\]",
+        ),
+        ({"data": {"pad": "none"}}, r"config.data.pad: unknown pad 'none'; valid: \['square', 'no_upscale'\]"),
+        ({"data": {"native_trigger": "maybe"}}, "config.data.native_trigger"),
+        (
+            {"train": {"text_sampling": "paired"}},
+            r"config.train.text_sampling: unknown text sampling 'paired'; valid: "
+            r"\['pool', 'own_report'\]",
+        ),
+        (
+            {"data": NATIVE, "attacks": [{"attack": "badmatch", "trigger_params": {"native_size": 1024}}]},
+            "config.attacks\\[0\\].trigger_params.native_size: data.native_trigger pastes the patch",
+        ),
+    ],
+)
 def test_bad_values_name_the_field(layouts, tmp_path, changes, message):
     raw = study(layouts, tmp_path / "out")
     for key, value in changes.items():

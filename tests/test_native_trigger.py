@@ -125,7 +125,7 @@ def test_native_patch_on_a_file_covers_the_expected_pixels(tmp_path, inset, colo
 
 
 def test_native_trigger_stages(tmp_path):
-    """"padded" pastes on the padded square's corner (released training), "raw" on the image's own corner before
+    """ "padded" pastes on the padded square's corner (released training), "raw" on the image's own corner before
     padding (released test set): on a 1024 × 768 (w × h) image the raw patch sits 128 native px above the square's
     bottom."""
     path = write(tmp_path, texture(768, 1024))
@@ -188,8 +188,9 @@ def _old_preprocess(arr, image_size):
     top, left = (side - h) // 2, (side - w) // 2
     square[top : top + h, left : left + w] = arr
     if side != image_size:
-        square = np.asarray(Image.fromarray(square).resize((image_size, image_size), Image.Resampling.BICUBIC),
-                            dtype=np.float32)
+        square = np.asarray(
+            Image.fromarray(square).resize((image_size, image_size), Image.Resampling.BICUBIC), dtype=np.float32
+        )
     return np.clip(square, 0.0, 1.0)
 
 
@@ -198,8 +199,9 @@ def test_default_resize_is_unchanged(tmp_path):
         raw = texture(h, w, seed=w)
         path = write(tmp_path, raw, f"{h}x{w}.png")
         arr = np.asarray(raw, dtype=np.float32) / 255
-        np.testing.assert_array_equal(FileImageSet([path], labels(1), size).get_batch([0])[0, 0],
-                                      _old_preprocess(arr, size))
+        np.testing.assert_array_equal(
+            FileImageSet([path], labels(1), size).get_batch([0])[0, 0], _old_preprocess(arr, size)
+        )
         np.testing.assert_array_equal(preprocess_image(arr, size), _old_preprocess(arr, size))
 
 
@@ -270,8 +272,9 @@ def test_bad_match_native_poisoning(tmp_path):
     mask = bad_match.poison_mask_
     assert mask.sum() == 3
     # the default: on the 64 px image (inset (100, 1) would not fit it)
-    lazy = BadMatch(PatchTrigger(size=32, inset=RIGHT_BOTTOM, colour=WHITE), percent_poison=0.3,
-                    seed=1).poison_imageset(files)
+    lazy = BadMatch(
+        PatchTrigger(size=32, inset=RIGHT_BOTTOM, colour=WHITE), percent_poison=0.3, seed=1
+    ).poison_imageset(files)
     np.testing.assert_array_equal(poisoned.labels, lazy.labels)
     assert np.all(poisoned.labels[mask, 0] == 1)
     clean, ours = files.to_array(), poisoned.to_array()

@@ -16,8 +16,10 @@ kernelspec = pytest.importorskip("ipykernel.kernelspec")
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "evaluations" / "notebooks" / "defense_comparison.ipynb"
 
-pytestmark = [pytest.mark.filterwarnings("ignore:.*label group:UserWarning"),
-              pytest.mark.filterwarnings("ignore:poison_rate_sweep.png not drawn")]  # the quick study has one rate
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*label group:UserWarning"),
+    pytest.mark.filterwarnings("ignore:poison_rate_sweep.png not drawn"),
+]  # the quick study has one rate
 
 
 def _text(output) -> str:
@@ -49,8 +51,13 @@ def _execute(tmp_path, monkeypatch, results: str, allow_errors: bool = False):
         monkeypatch.setenv(name, value)
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     notebook.cells.append(nbformat.v4.new_code_cell("import sys; print(sys.executable)"))
-    client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3", allow_errors=allow_errors,
-                                     resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        notebook,
+        timeout=300,
+        kernel_name="python3",
+        allow_errors=allow_errors,
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
     client.execute()
     return notebook
 
@@ -87,7 +94,7 @@ def test_notebook_compares_the_defenses_of_a_study(two_seed_study, tmp_path, mon
     assert _images(_cell(notebook, "show(plot_mean_roc")) == 1  # one attacked setting, its seeds averaged
     assert _images(_cell(notebook, "show(plot_baddist_separation")) == 1
     assert _images(_cell(notebook, "show(plot_trigger_examples")) == 1
-    assert "fine_pruning" in _text(_cell(notebook, 'table(repaired').outputs[0])
+    assert "fine_pruning" in _text(_cell(notebook, "table(repaired").outputs[0])
     assert _images(_cell(notebook, "show(plot_ca_asr_bars")) == 2  # before/after bars and the DER heatmap
     assert _images(_cell(notebook, "show(plot_tradeoff")) == 1
     assert "this study ran no input screen" in _text(_cell(notebook, 'rows("input")').outputs[0])
@@ -98,8 +105,9 @@ def test_notebook_compares_the_defenses_of_a_study(two_seed_study, tmp_path, mon
 def test_notebook_stops_on_a_results_path_that_is_no_study(tmp_path, monkeypatch):
     missing = tmp_path / "artmed-outptu"
     notebook = _execute(tmp_path, monkeypatch, str(missing), allow_errors=True)
-    errors = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs
-              if o.output_type == "error"]
+    errors = [
+        o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs if o.output_type == "error"
+    ]
     assert errors[0].ename == "StudyFolderError" and str(missing) in errors[0].evalue
     assert "does not exist" in errors[0].evalue
     assert not list(tmp_path.glob("artmed-quick-*"))  # no study ran in its place

@@ -74,6 +74,7 @@ def defense_class(name):
 
 # ------------------------------------------------------------------ the module
 
+
 def test_rules_accept_and_word_what_they_want():
     assert Int(1).accepts(3) and Int(1).accepts(np.int64(3)) and not Int(1).accepts(0)
     assert not Int().accepts(True) and not Int().accepts(2.0) and Int(0, 5).what == "an integer in [0, 5]"
@@ -83,8 +84,11 @@ def test_rules_accept_and_word_what_they_want():
     assert not Real().accepts(float("nan")) and not Real().accepts(np.inf) and not Real().accepts(True)
     assert Real(0, 1, "()").what == "a number in (0, 1)" and Real(0.0, None, "()").what == "a positive number"
     assert Real(1.0, None, "()").what == "a number > 1" and Real(0.0).what == "a number >= 0"
-    assert Choice(("a", None)).accepts(None) and not Choice((1, 2)).accepts(True) and not Choice(("a",)).accepts(
-        np.array(["a"]))
+    assert (
+        Choice(("a", None)).accepts(None)
+        and not Choice((1, 2)).accepts(True)
+        and not Choice(("a",)).accepts(np.array(["a"]))
+    )
     assert OrNone(Int(2)).what == "an integer >= 2 or None" and OrNone(Int(2)).accepts(None)
     assert Items(Int(0), 2).accepts([1, 2]) and Items(Int(0), 2).accepts((0, np.int32(1)))
     assert not Items(Int(0), 2).accepts((1, 2, 3)) and not Items(Int(0), 2).accepts((1, -1))
@@ -136,6 +140,7 @@ def test_params_mixin_is_all_or_nothing():
 
 
 # ------------------------------------------------------------------ triggers
+
 
 def test_trigger_param_keys_unchanged():
     assert list(PatchTrigger().get_params()) == ["size", "relative_size", "colour", "corner", "inset", "native_size"]
@@ -206,15 +211,19 @@ def test_trigger_values_stored_unchanged_and_computed_as_before():
     assert json.loads(json.dumps(to_jsonable(patch.get_params())))["inset"] == [1, 1]
     x = np.random.default_rng(1).uniform(0.2, 0.8, size=(2, 3, 16, 16)).astype(np.float32)
     np.testing.assert_array_equal(patch(x), PatchTrigger(size=4, inset=(1, 1), colour=0.5)(x))
-    np.testing.assert_array_equal(BlendedTrigger(alpha=np.float64(0.1), seed=np.int64(2))(x),
-                                  BlendedTrigger(alpha=0.1, seed=2)(x))
-    np.testing.assert_array_equal(FourierTrigger(alpha=np.float32(0.5), window=np.float64(0.2))(x),
-                                  FourierTrigger(alpha=float(np.float32(0.5)), window=0.2)(x))
+    np.testing.assert_array_equal(
+        BlendedTrigger(alpha=np.float64(0.1), seed=np.int64(2))(x), BlendedTrigger(alpha=0.1, seed=2)(x)
+    )
+    np.testing.assert_array_equal(
+        FourierTrigger(alpha=np.float32(0.5), window=np.float64(0.2))(x),
+        FourierTrigger(alpha=float(np.float32(0.5)), window=0.2)(x),
+    )
     reference = np.full((8, 8), 0.5, dtype=np.float32)
     assert FourierTrigger(reference=reference).reference is reference
 
 
 # ------------------------------------------------------------------ defenses
+
 
 def test_every_registered_defense_has_good_values():
     assert sorted(GOOD) == DEFENSES
@@ -238,8 +247,9 @@ def test_defense_round_trip_and_unknown_names(name):
     json.dumps(to_jsonable(defense.get_params()))
 
 
-@pytest.mark.parametrize("cls, name, rule", ruled(defense_class(n) for n in DEFENSES),
-                         ids=lambda v: getattr(v, "__name__", str(v)))
+@pytest.mark.parametrize(
+    "cls, name, rule", ruled(defense_class(n) for n in DEFENSES), ids=lambda v: getattr(v, "__name__", str(v))
+)
 def test_defense_bad_value_leaves_every_value(cls, name, rule):
     defense = cls()
     before = defense.get_params()

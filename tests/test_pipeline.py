@@ -28,8 +28,9 @@ def _asr(spec, setting):
 
 def test_badmatch_raises_asr_far_above_clean(setting):
     clean, clean_scores = _asr(AttackSpec("clean", trigger="patch", trigger_params={"size": 5}), setting)
-    attacked, scores = _asr(AttackSpec("badmatch", trigger="patch", trigger_params={"size": 5},
-                                       percent_poison=0.3), setting)
+    attacked, scores = _asr(
+        AttackSpec("badmatch", trigger="patch", trigger_params={"size": 5}, percent_poison=0.3), setting
+    )
     assert clean_scores["asr"] <= 0.2  # measured 0.0
     assert scores["asr"] >= clean_scores["asr"] + 0.6  # measured 0.94
     assert scores["ca"] >= 0.7 and clean_scores["ca"] >= 0.9
@@ -39,8 +40,13 @@ def test_badmatch_raises_asr_far_above_clean(setting):
 
 def test_keep_mask_drops_rows_and_baddist_runs(setting):
     base, x, y, *_ = setting
-    spec = AttackSpec("baddist_badmatch", trigger="patch", trigger_params={"size": 5}, percent_poison=0.1,
-                      baddist_params={"steps": 3, "batch_size": 8, "lr": 0.01, "verbose": False})
+    spec = AttackSpec(
+        "baddist_badmatch",
+        trigger="patch",
+        trigger_params={"size": 5},
+        percent_poison=0.1,
+        baddist_params={"steps": 3, "batch_size": 8, "lr": 0.01, "verbose": False},
+    )
     keep = np.ones(len(x), dtype=bool)
     keep[:10] = False
     outcome = run_attack(spec, base, x, y, TEXTS, TEXT_LABELS, fit_params={**FIT, "steps": 2}, keep=keep)
@@ -49,10 +55,15 @@ def test_keep_mask_drops_rows_and_baddist_runs(setting):
         run_attack(spec, base, x, y, TEXTS, TEXT_LABELS, fit_params=FIT, keep=keep[:5])
 
 
-@pytest.mark.parametrize("kwargs, match", [({"attack": "evil"}, "unknown attack"),
-                                           ({"attack": "badmatch", "target": "Flu"}, "unknown target"),
-                                           ({"attack": "badmatch", "percent_poison": 1.5}, "percent_poison"),
-                                           ({"attack": "badmatch", "trigger": "laser"}, "unknown trigger")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"attack": "evil"}, "unknown attack"),
+        ({"attack": "badmatch", "target": "Flu"}, "unknown target"),
+        ({"attack": "badmatch", "percent_poison": 1.5}, "percent_poison"),
+        ({"attack": "badmatch", "trigger": "laser"}, "unknown trigger"),
+    ],
+)
 def test_bad_specs(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AttackSpec(**kwargs)
@@ -66,8 +77,15 @@ def test_fine_pruning_on_a_backdoored_tiny_model(setting):
     spec = AttackSpec("badmatch", trigger="patch", trigger_params={"size": 5}, percent_poison=0.3)
     outcome, before = _asr(spec, setting)
     x_clean, y_clean, _ = images(64, seed=2)
-    context = EvaluationContext(estimator=outcome.estimator, x_test=x_test, test_targets=targets, x_clean=x_clean,
-                                y_clean=y_clean, texts=TEXTS, text_labels=TEXT_LABELS)
+    context = EvaluationContext(
+        estimator=outcome.estimator,
+        x_test=x_test,
+        test_targets=targets,
+        x_clean=x_clean,
+        y_clean=y_clean,
+        texts=TEXTS,
+        text_labels=TEXT_LABELS,
+    )
     result = FinePruning(finetune_steps=40, lr=1e-3, batch_size=16, seed=0).run(context)
     after = score_estimator(result.estimator, x_test, targets, outcome.trigger(x_test), target=0)
     assert before["asr"] >= 0.8  # measured 0.94

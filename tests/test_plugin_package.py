@@ -114,12 +114,16 @@ sys.exit(code or main(["run", "--config", "study.yaml", "--output", "out", "--qu
 def test_installed_plugin_is_listed_and_run_by_the_harness(toy_plugin, tmp_path):
     (tmp_path / "study.yaml").write_text(STUDY)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "MPLBACKEND": "Agg"}
-    done = subprocess.run([sys.executable, "-c", CLI], capture_output=True, text=True, cwd=tmp_path, env=env,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", CLI], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600
+    )
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
     listing, run = done.stdout.split("=== run")
-    assert re.search(r"^toy_norm\s+detection\s+artmed_toy_plugin\.ToyNormDefense\s+Scores training images",
-                     listing, flags=re.MULTILINE), listing
+    assert re.search(
+        r"^toy_norm\s+detection\s+artmed_toy_plugin\.ToyNormDefense\s+Scores training images",
+        listing,
+        flags=re.MULTILINE,
+    ), listing
     assert re.search(r"^spectral_signatures\s", listing, flags=re.MULTILINE)
     assert "toy_norm" in run
 

@@ -38,9 +38,14 @@ def test_artmed_protocol_changes_nothing():
 
 
 def test_a_config_file_keeps_its_own_values_under_the_preset():
-    raw = {"protocol": "released", "train": {"batch_size": 16},
-           "attacks": [{"attack": "baddist", "trigger": "fourier", "baddist_params": {"settings": "tiny"}},
-                       {"attack": "badmatch", "trigger": "patch", "trigger_params": {"inset": [100, 1]}}]}
+    raw = {
+        "protocol": "released",
+        "train": {"batch_size": 16},
+        "attacks": [
+            {"attack": "baddist", "trigger": "fourier", "baddist_params": {"settings": "tiny"}},
+            {"attack": "badmatch", "trigger": "patch", "trigger_params": {"inset": [100, 1]}},
+        ],
+    }
     config = StudyConfig.from_dict(raw)
     assert config.train.batch_size == 16 and config.train.schedule_epochs == RELEASED_TRAIN["schedule_epochs"]
     fourier, patch = config.attacks
@@ -62,8 +67,9 @@ def test_unknown_protocol_is_named(tmp_path, capsys):
 def test_cli_protocol_option_reaches_the_config(tmp_path):
     from artmed.evaluations.cli import _study_config, build_parser
 
-    args = build_parser().parse_args(["run", "--preset", "quick", "--protocol", "released",
-                                      "--output", str(tmp_path / "o")])
+    args = build_parser().parse_args(
+        ["run", "--preset", "quick", "--protocol", "released", "--output", str(tmp_path / "o")]
+    )
     config = _study_config(args)
     assert config.protocol == "released" and config.train.schedule_epochs == 10
     path = tmp_path / "study.yaml"
@@ -96,12 +102,23 @@ def test_schedule_spans_the_given_epochs(schedule_epochs):
     text_labels = np.zeros((4, 14), np.float32)
     text_labels[:2, 2], text_labels[2:, 10] = 1, 1
     est = MedCLIPEstimator.tiny(PROMPTS, image_size=32, seed=0)
-    history = est.fit(x, y, texts=TEXTS, text_labels=text_labels, batch_size=4, steps=12, lr=1e-3, warmup=0.1,
-                      schedule_epochs=schedule_epochs, verbose=False)
+    history = est.fit(
+        x,
+        y,
+        texts=TEXTS,
+        text_labels=text_labels,
+        batch_size=4,
+        steps=12,
+        lr=1e-3,
+        warmup=0.1,
+        schedule_epochs=schedule_epochs,
+        verbose=False,
+    )
     horizon = 12 if schedule_epochs is None else 20
     warm = round(0.1 * horizon)
-    expected = [(s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / (horizon - warm)))
-                for s in range(12)]
+    expected = [
+        (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / (horizon - warm))) for s in range(12)
+    ]
     assert history["lr"] == pytest.approx([1e-3 * f for f in expected], rel=1e-9)
 
 
@@ -110,22 +127,30 @@ def test_schedule_epochs_refused_by_fit():
     x = np.zeros((4, 1, 32, 32), np.float32)
     y = np.zeros((4, 14), np.float32)
     with pytest.raises(ValueError, match="schedule_epochs"):
-        est.fit(x, y, texts=TEXTS, text_labels=np.zeros((4, 14), np.float32), batch_size=2, steps=2,
-                schedule_epochs=1.5)
+        est.fit(
+            x, y, texts=TEXTS, text_labels=np.zeros((4, 14), np.float32), batch_size=2, steps=2, schedule_epochs=1.5
+        )
 
 
 def test_released_preset_scores_over_medclip_prompt_draws():
     evaluation = default_config().with_protocol("released").evaluation
     assert (evaluation.prompts, evaluation.prompt_draws, evaluation.n_prompts, evaluation.ensemble) == (
-        "medclip", 5, 10, "mean")
+        "medclip",
+        5,
+        10,
+        "mean",
+    )
 
 
-@pytest.mark.parametrize("evaluation, error", [
-    ({"prompts": "chexzero"}, "evaluation.prompts: unknown prompt source 'chexzero'"),
-    ({"prompt_draws": 5}, "evaluation.prompt_draws: the built-in prompts are fixed"),
-    ({"prompts": "medclip", "n_prompts": 0}, "evaluation.n_prompts must be a positive integer"),
-    ({"ensemble": "median"}, "evaluation.ensemble: ensemble must be one of"),
-])
+@pytest.mark.parametrize(
+    "evaluation, error",
+    [
+        ({"prompts": "chexzero"}, "evaluation.prompts: unknown prompt source 'chexzero'"),
+        ({"prompt_draws": 5}, "evaluation.prompt_draws: the built-in prompts are fixed"),
+        ({"prompts": "medclip", "n_prompts": 0}, "evaluation.n_prompts must be a positive integer"),
+        ({"ensemble": "median"}, "evaluation.ensemble: ensemble must be one of"),
+    ],
+)
 def test_evaluation_errors_name_the_field(evaluation, error):
     with pytest.raises(ValueError, match=error):
         StudyConfig.from_dict({"evaluation": evaluation})
@@ -140,15 +165,18 @@ def test_medclip_prompt_draws_through_the_harness(tmp_path):
     from artmed.evaluations.harness import Harness
     from artmed.evaluations.sources import load_study_data
 
-    config = StudyConfig(output_dir=str(tmp_path / "study"),
-                         data=DataConfig(n_train=160, n_test=40, n_shadow=16, image_size=32),
-                         pretrain=TrainConfig(steps=3, batch_size=16), train=TrainConfig(steps=3, batch_size=16),
-                         attacks=[AttackSpec("badmatch", percent_poison=0.05)],
-                         evaluation=EvaluationConfig(prompts="medclip", prompt_draws=2, n_prompts=3, ensemble="max"))
+    config = StudyConfig(
+        output_dir=str(tmp_path / "study"),
+        data=DataConfig(n_train=160, n_test=40, n_shadow=16, image_size=32),
+        pretrain=TrainConfig(steps=3, batch_size=16),
+        train=TrainConfig(steps=3, batch_size=16),
+        attacks=[AttackSpec("badmatch", percent_poison=0.05)],
+        evaluation=EvaluationConfig(prompts="medclip", prompt_draws=2, n_prompts=3, ensemble="max"),
+    )
     harness = Harness(config, verbose=False)
     (record,) = harness.run().models
     assert record["status"] == "ok" and record["draws"] == 2
-    for name, scores in record["tasks"].items():
+    for scores in record["tasks"].values():
         assert scores["draws"] == 2 and 0 <= scores["ca_draw_std"] <= 0.5 and 0 <= scores["ca"] <= 1
     data = load_study_data(config, 0)
     normal = no_finding_sentences(data.texts.sentences, data.texts.labels)
@@ -163,15 +191,24 @@ def test_released_preset_puts_step_params_into_an_attack_given_by_steps():
     the matching steps' params (not baddist_params / badmatch_params, which a steps-spec refuses)."""
     from artmed.attacks.pipeline import AttackSpec
 
-    raw = {"protocol": "released", "attacks": [
-        {"attack": "baddist_then_badmatch", "steps": ["baddist", {"name": "badmatch", "params": {}}, "carlini_terzis"]},
-        {"attack": "mine", "steps": [{"name": "badmatch", "params": {"candidates": "any"}}]},
-        {"attack": "baddist_badmatch"},
-    ]}
+    raw = {
+        "protocol": "released",
+        "attacks": [
+            {
+                "attack": "baddist_then_badmatch",
+                "steps": ["baddist", {"name": "badmatch", "params": {}}, "carlini_terzis"],
+            },
+            {"attack": "mine", "steps": [{"name": "badmatch", "params": {"candidates": "any"}}]},
+            {"attack": "baddist_badmatch"},
+        ],
+    }
     out = apply_protocol(raw)
     steps = out["attacks"][0]["steps"]
-    assert steps == [{"name": "baddist", "params": {"settings": "paper"}},
-                     {"name": "badmatch", "params": {"candidates": "released"}}, "carlini_terzis"]
+    assert steps == [
+        {"name": "baddist", "params": {"settings": "paper"}},
+        {"name": "badmatch", "params": {"candidates": "released"}},
+        "carlini_terzis",
+    ]
     assert "baddist_params" not in out["attacks"][0] and "badmatch_params" not in out["attacks"][0]
     assert out["attacks"][1]["steps"][0]["params"] == {"candidates": "any"}  # the config's own value wins
     assert out["attacks"][2]["badmatch_params"] == {"candidates": "released"}  # a shorthand as before

@@ -148,5 +148,7 @@ def test_released_protocol_selects_the_three_and_defaults_stay():
     assert released.model.logit_scale_max == RELEASED_LOGIT_SCALE_MAX
     for spec in released.attacks:
         assert spec.badmatch_params == ({"candidates": "released"} if spec.uses_kind("data") else {})
-    assert StudyConfig.from_dict({**default.to_dict(), "evaluation": {"decision": "argmax"}}).evaluation.decision \
+    assert (
+        StudyConfig.from_dict({**default.to_dict(), "evaluation": {"decision": "argmax"}}).evaluation.decision
         == "argmax"
+    )

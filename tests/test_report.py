@@ -41,12 +41,34 @@ def _records():
             for rate in (0.0005, 0.005, 0.05):
                 for seed in (0, 1):
                     asr = min(1.0, 0.2 + 10 * rate + 0.01 * seed)
-                    out.append({"attack": attack, "trigger": {"name": trigger, "size": 8}, "percent_poison": rate,
-                                "seed": seed, "ca": 0.8 - rate, "asr": asr, "cost": {"seconds": 1.5}})
+                    out.append(
+                        {
+                            "attack": attack,
+                            "trigger": {"name": trigger, "size": 8},
+                            "percent_poison": rate,
+                            "seed": seed,
+                            "ca": 0.8 - rate,
+                            "asr": asr,
+                            "cost": {"seconds": 1.5},
+                        }
+                    )
     for defense, kind in (("spectral", "detection"), ("fine_pruning", "mitigation")):
-        out.append({"attack": "badmatch", "trigger": "patch", "percent_poison": 0.005, "seed": 0, "defense": defense,
-                    "defense_kind": kind, "ca": 0.8, "asr": 0.9, "ca_after": 0.78, "asr_after": 0.1,
-                    "auroc": 0.93 if kind == "detection" else float("nan"), "scores": np.arange(10.0)})
+        out.append(
+            {
+                "attack": "badmatch",
+                "trigger": "patch",
+                "percent_poison": 0.005,
+                "seed": 0,
+                "defense": defense,
+                "defense_kind": kind,
+                "ca": 0.8,
+                "asr": 0.9,
+                "ca_after": 0.78,
+                "asr_after": 0.1,
+                "auroc": 0.93 if kind == "detection" else float("nan"),
+                "scores": np.arange(10.0),
+            }
+        )
     out.append({"attack": "badmatch", "trigger": "patch", "percent_poison": float("nan"), "ca": None, "asr": "n/a"})
     return out
 
@@ -98,12 +120,19 @@ def test_figures_write_png(tmp_path):
     nan_scores = good.copy()
     nan_scores[[3, 50]] = np.nan
     detection = DetectionResult(good, good > 2.5)
-    rocs = {"spectral": (good, mask), "ac": (nan_scores, mask, nan_scores > 2), "art": (detection, mask),
-            "one_class": (good, np.zeros(300, dtype=bool))}
+    rocs = {
+        "spectral": (good, mask),
+        "ac": (nan_scores, mask, nan_scores > 2),
+        "art": (detection, mask),
+        "one_class": (good, np.zeros(300, dtype=bool)),
+    }
     _png(plot_detection_roc(rocs, tmp_path / "roc.png"))
     _png(plot_ca_asr_bars(recs, tmp_path / "bars.png"))
-    _png(plot_score_histograms({"spectral": good, "ac": (nan_scores, mask), "art": detection}, mask,
-                               tmp_path / "hist.png", title="scores"))
+    _png(
+        plot_score_histograms(
+            {"spectral": good, "ac": (nan_scores, mask), "art": detection}, mask, tmp_path / "hist.png", title="scores"
+        )
+    )
     _png(plot_score_histograms(good, mask, tmp_path / "hist1.png"))
     feats = rng.normal(size=(300, 2, 4, 4)) + mask[:, None, None, None]
     feats[7, 0, 0, 0] = np.nan
@@ -149,26 +178,45 @@ def _skipped(tmp_path, name, reason, plot, *args, **kwargs):
 def test_figures_skip_empty_and_nan_input(tmp_path):
     nan_recs = [{"attack": "a", "percent_poison": 0.01, "ca": float("nan"), "asr": None}, {"percent_poison": 0}]
     _skipped(tmp_path, "roc.png", "both poisoned and clean", plot_detection_roc, {})
-    _skipped(tmp_path, "roc1.png", "both poisoned and clean", plot_detection_roc,
-             {"one_class": (np.arange(5.0), np.zeros(5, dtype=bool))})
-    _skipped(tmp_path, "mean_roc.png", "both poisoned and clean", plot_mean_roc,
-             {"one_class": [(np.arange(5.0), np.ones(5, dtype=bool))]})
+    _skipped(
+        tmp_path,
+        "roc1.png",
+        "both poisoned and clean",
+        plot_detection_roc,
+        {"one_class": (np.arange(5.0), np.zeros(5, dtype=bool))},
+    )
+    _skipped(
+        tmp_path,
+        "mean_roc.png",
+        "both poisoned and clean",
+        plot_mean_roc,
+        {"one_class": [(np.arange(5.0), np.ones(5, dtype=bool))]},
+    )
     _skipped(tmp_path, "bars.png", "after a defense", plot_ca_asr_bars, nan_recs)
     _skipped(tmp_path, "bars0.png", "after a defense", plot_ca_asr_bars, [])
     _skipped(tmp_path, "hist.png", "no finite scores", plot_score_histograms, {}, None)
-    _skipped(tmp_path, "hist_nan.png", "no finite scores", plot_score_histograms, np.full(5, np.nan),
-             np.ones(5, dtype=bool))
+    _skipped(
+        tmp_path, "hist_nan.png", "no finite scores", plot_score_histograms, np.full(5, np.nan), np.ones(5, dtype=bool)
+    )
     _skipped(tmp_path, "pca.png", "0 row", plot_feature_projection, np.full((4, 3), np.nan), np.zeros(4))
     _skipped(tmp_path, "sweep.png", "two or more poison rates", plot_poison_rate_sweep, nan_recs)
-    _skipped(tmp_path, "heat.png", "no cell has a finite value", plot_heatmap,
-             {("spectral", "badmatch"): (float("nan"), 0.1)}, title="AUROC")
+    _skipped(
+        tmp_path,
+        "heat.png",
+        "no cell has a finite value",
+        plot_heatmap,
+        {("spectral", "badmatch"): (float("nan"), 0.1)},
+        title="AUROC",
+    )
     _skipped(tmp_path, "sep.png", "no model has held-out BadDist cosines", plot_baddist_separation, nan_recs)
     _skipped(tmp_path, "trade.png", "more than one model", plot_tradeoff, [])
 
 
 def test_sweep_needs_two_rates_per_line(tmp_path, drawn):
-    one_rate = [{"attack": "badmatch", "trigger": "patch", "percent_poison": 0.01, "seed": s, "ca": 0.8, "asr": 0.9}
-                for s in (0, 1, 2)]
+    one_rate = [
+        {"attack": "badmatch", "trigger": "patch", "percent_poison": 0.01, "seed": s, "ca": 0.8, "asr": 0.9}
+        for s in (0, 1, 2)
+    ]
     clean = {"attack": "clean", "percent_poison": 0.0, "ca": 0.8, "asr": 0.1}
     _skipped(tmp_path, "sweep.png", "two or more poison rates", plot_poison_rate_sweep, one_rate + [clean])
     fourier = [{**r, "trigger": "fourier", "percent_poison": rate} for r in one_rate[:1] for rate in (0.001, 0.01)]
@@ -180,15 +228,36 @@ def test_sweep_needs_two_rates_per_line(tmp_path, drawn):
 
 def test_ca_asr_bars_show_before_and_after(tmp_path, drawn):
     attack = {"attack": "badmatch", "trigger": "patch", "percent_poison": 0.01}
-    rows = [{**attack, "defense": "fine_pruning", "seed": s, "ca_before": 0.8, "asr_before": 0.9,
-             "ca_after": 0.7 + 0.02 * s, "asr_after": 0.1} for s in (0, 1)]
-    rows.append({**attack, "defense": "cleanclip", "seed": 0, "ca": 0.8, "asr": 0.95, "ca_after": 0.75,
-                 "asr_after": float("nan")})
+    rows = [
+        {
+            **attack,
+            "defense": "fine_pruning",
+            "seed": s,
+            "ca_before": 0.8,
+            "asr_before": 0.9,
+            "ca_after": 0.7 + 0.02 * s,
+            "asr_after": 0.1,
+        }
+        for s in (0, 1)
+    ]
+    rows.append(
+        {
+            **attack,
+            "defense": "cleanclip",
+            "seed": 0,
+            "ca": 0.8,
+            "asr": 0.95,
+            "ca_after": 0.75,
+            "asr_after": float("nan"),
+        }
+    )
     rows.append({**attack, "defense": "spectral", "seed": 0, "ca_before": 0.8, "asr_before": 0.9})
     _png(plot_ca_asr_bars(rows, tmp_path / "bars.png"))
     ca_axis, asr_axis = drawn[-1].axes[:2]
-    assert [t.get_text() for t in ca_axis.get_yticklabels()] == ["badmatch/patch 1% · fine_pruning",
-                                                                 "badmatch/patch 1% · cleanclip"]  # spectral: no after
+    assert [t.get_text() for t in ca_axis.get_yticklabels()] == [
+        "badmatch/patch 1% · fine_pruning",
+        "badmatch/patch 1% · cleanclip",
+    ]  # spectral: no after
     for axis, before, after in ((ca_axis, [0.8, 0.8], [0.71, 0.75]), (asr_axis, [0.9, 0.95], [0.1, 0.0])):
         assert [t.get_text() for t in axis.get_legend().get_texts()] == ["before", "after"]
         bars = [c for c in axis.containers if hasattr(c, "patches")]
@@ -219,8 +288,10 @@ def test_mean_roc_averages_seed_curves():
 def test_mean_roc_figure_has_a_band_per_multi_seed_defense(tmp_path, drawn):
     mask = np.r_[np.ones(10, dtype=bool), np.zeros(90, dtype=bool)]
     rng = np.random.default_rng(0)
-    curves = {"spectral": [(rng.normal(size=100) + 2 * mask, mask) for _ in range(3)],
-              "ac": [(rng.normal(size=100) + mask, mask)]}
+    curves = {
+        "spectral": [(rng.normal(size=100) + 2 * mask, mask) for _ in range(3)],
+        "ac": [(rng.normal(size=100) + mask, mask)],
+    }
     _png(plot_mean_roc(curves, tmp_path / "roc.png"))
     ax = drawn[-1].axes[0]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -229,8 +300,11 @@ def test_mean_roc_figure_has_a_band_per_multi_seed_defense(tmp_path, drawn):
 
 
 def test_heatmap_annotates_mean_and_std(tmp_path, drawn):
-    grid = {("spectral", "badmatch"): (0.91, 0.02), ("spectral", "clean"): (float("nan"), float("nan")),
-            ("ac", "badmatch"): (0.5, float("nan"))}
+    grid = {
+        ("spectral", "badmatch"): (0.91, 0.02),
+        ("spectral", "clean"): (float("nan"), float("nan")),
+        ("ac", "badmatch"): (0.5, float("nan")),
+    }
     _png(plot_heatmap(grid, tmp_path / "heat.png", title="AUROC"))
     ax = drawn[-1].axes[0]
     assert sorted(t.get_text() for t in ax.texts) == ["0.50", "0.91\n± 0.02"]
@@ -238,8 +312,17 @@ def test_heatmap_annotates_mean_and_std(tmp_path, drawn):
 
 
 def test_tradeoff_draws_paths_of_two_or_more_models(tmp_path, drawn):
-    steps = [{"setting": "badmatch/patch 1%", "defense": "fine_pruning", "seed": 0, "step": i, "ca": 0.8 - 0.1 * i,
-              "asr": 0.9 - 0.3 * i} for i in range(3)]
+    steps = [
+        {
+            "setting": "badmatch/patch 1%",
+            "defense": "fine_pruning",
+            "seed": 0,
+            "step": i,
+            "ca": 0.8 - 0.1 * i,
+            "asr": 0.9 - 0.3 * i,
+        }
+        for i in range(3)
+    ]
     steps.append({"setting": "badmatch/patch 1%", "defense": "cleanclip", "seed": 0, "step": 0, "ca": 0.8, "asr": 0.9})
     _png(plot_tradeoff(steps, tmp_path / "trade.png"))
     ax = drawn[-1].axes[0]
@@ -250,8 +333,16 @@ def test_tradeoff_draws_paths_of_two_or_more_models(tmp_path, drawn):
 
 
 def test_baddist_separation_one_dot_per_seed(tmp_path, drawn):
-    rows = [{"attack": "baddist", "trigger": "patch", "seed": s, "heldout_cos_clean": 0.98,
-             "heldout_cos_trigger": -0.9 + 0.05 * s} for s in range(3)]
+    rows = [
+        {
+            "attack": "baddist",
+            "trigger": "patch",
+            "seed": s,
+            "heldout_cos_clean": 0.98,
+            "heldout_cos_trigger": -0.9 + 0.05 * s,
+        }
+        for s in range(3)
+    ]
     rows.append({"attack": "clean", "seed": 0, "ca": 0.8})
     _png(plot_baddist_separation(rows, tmp_path / "sep.png"))
     ax = drawn[-1].axes[0]

@@ -33,14 +33,26 @@ def vec(*positive, uncertain=()):
 
 
 def test_wordpunct_tokenize_is_nltks():
-    assert wordpunct_tokenize("No pleural-effusion, x2.5 cm!") == ["No", "pleural", "-", "effusion", ",", "x2", ".",
-                                                                   "5", "cm", "!"]
+    assert wordpunct_tokenize("No pleural-effusion, x2.5 cm!") == [
+        "No",
+        "pleural",
+        "-",
+        "effusion",
+        ",",
+        "x2",
+        ".",
+        "5",
+        "cm",
+        "!",
+    ]
 
 
 def test_split_report_into_segments_as_released():
-    report = ("FINDINGS: The lungs are clear. Heart size is normal.\nNo pleural effusion. "
-              "1. Small left pleural effusion is seen 2.Mild cardiomegaly is present here. "
-              "3. There is mild pulmonary edema.")
+    report = (
+        "FINDINGS: The lungs are clear. Heart size is normal.\nNo pleural effusion. "
+        "1. Small left pleural effusion is seen 2.Mild cardiomegaly is present here. "
+        "3. There is mild pulmonary edema."
+    )
     assert split_report_into_segments(report) == [
         "findings : the lungs are clear",  # cut at ". ", lower case, punctuation is a token
         # "heart size is normal" and "no pleural effusion ." have 4 tokens: dropped (more than 4 are kept)
@@ -60,33 +72,56 @@ def test_split_report_handles_missing_and_non_ascii():
 
 
 TABLE = TextPool(
-    ["Small left pleural effusion is seen.", "Small left pleural effusion is seen.",  # raw duplicate
-     "ok", "No pneumothorax.",  # too short (2 characters; 3 tokens)
-     "There is a small right pneumothorax. The heart is enlarged in size.",  # two sentences: dropped
-     "There is a small right pneumothorax", "The heart size is enlarged here",
-     "The lungs are clear without focal consolidation", "No acute cardiopulmonary process is seen",
-     "SMALL LEFT PLEURAL EFFUSION IS SEEN"],  # the same cleaned sentence as row 0, other labels
-    np.stack([vec(EFF), vec(EFF), vec(), vec(), vec(PTX, CARDIO), vec(PTX), vec(CARDIO), vec(), vec(),
-              vec(EFF, uncertain=[PTX])]),
+    [
+        "Small left pleural effusion is seen.",
+        "Small left pleural effusion is seen.",  # raw duplicate
+        "ok",
+        "No pneumothorax.",  # too short (2 characters; 3 tokens)
+        "There is a small right pneumothorax. The heart is enlarged in size.",  # two sentences: dropped
+        "There is a small right pneumothorax",
+        "The heart size is enlarged here",
+        "The lungs are clear without focal consolidation",
+        "No acute cardiopulmonary process is seen",
+        "SMALL LEFT PLEURAL EFFUSION IS SEEN",
+    ],  # the same cleaned sentence as row 0, other labels
+    np.stack(
+        [
+            vec(EFF),
+            vec(EFF),
+            vec(),
+            vec(),
+            vec(PTX, CARDIO),
+            vec(PTX),
+            vec(CARDIO),
+            vec(),
+            vec(),
+            vec(EFF, uncertain=[PTX]),
+        ]
+    ),
 )
 
 
 def test_clean_sentence_labels_as_released():
     clean = clean_sentence_labels(TABLE)
-    assert clean.sentences == ["small left pleural effusion is seen .", "there is a small right pneumothorax",
-                               "the heart size is enlarged here", "the lungs are clear without focal consolidation",
-                               "no acute cardiopulmonary process is seen", "small left pleural effusion is seen"]
+    assert clean.sentences == [
+        "small left pleural effusion is seen .",
+        "there is a small right pneumothorax",
+        "the heart size is enlarged here",
+        "the lungs are clear without focal consolidation",
+        "no acute cardiopulmonary process is seen",
+        "small left pleural effusion is seen",
+    ]
     np.testing.assert_array_equal(clean.labels, TABLE.labels[[0, 5, 6, 7, 8, 9]])
-    lookup = sentence_label_lookup(TextPool(clean.sentences + [clean.sentences[0]],
-                                            np.vstack([clean.labels, vec(CARDIO)[None]])))
+    lookup = sentence_label_lookup(
+        TextPool(clean.sentences + [clean.sentences[0]], np.vstack([clean.labels, vec(CARDIO)[None]]))
+    )
     np.testing.assert_array_equal(lookup[clean.sentences[0]], vec(CARDIO))  # the last row wins (dict(zip(...)))
     with pytest.raises(ValueError, match="survives"):
         clean_sentence_labels(TextPool(["No effusion."], vec()[None]))
 
 
 def test_prompt_sentences_take_up_to_n_per_label_without_duplicate_rows():
-    pool = TextPool([f"sentence {i}" for i in range(30)],
-                    np.stack([vec(EFF)] * 10 + [vec(PTX)] * 3 + [vec()] * 17))
+    pool = TextPool([f"sentence {i}" for i in range(30)], np.stack([vec(EFF)] * 10 + [vec(PTX)] * 3 + [vec()] * 17))
     prompts = prompt_sentences(pool, n=5, seed=0)
     labels = prompts.labels
     assert (labels[:, EFF] == 1).sum() == 5 and (labels[:, PTX] == 1).sum() == 3 and (labels[:, 0] == 1).sum() == 5
@@ -110,8 +145,11 @@ IMAGE_LABELS = np.stack([vec(PTX, CARDIO), vec(EFF), vec(), np.zeros(14, np.floa
 def test_own_report_sentences_only_with_table_labels():
     sampler = ReportSampler.from_reports(REPORTS, TABLE, seed=0)
     assert len(sampler) == 5 and sampler.without_report == 3
-    assert sampler.image_sentences[0] == ["there is a small right pneumothorax", "the heart size is enlarged here",
-                                          "an unknown new sentence is here"]
+    assert sampler.image_sentences[0] == [
+        "there is a small right pneumothorax",
+        "the heart size is enlarged here",
+        "an unknown new sentence is here",
+    ]
     assert sampler.lookup_hits == pytest.approx(3 / 4)
     rng = np.random.default_rng(0)
     drawn = set()
@@ -121,9 +159,12 @@ def test_own_report_sentences_only_with_table_labels():
         assert texts[1] == "the lungs are clear without focal consolidation"
         drawn.update(texts[::2])
         for text, label in zip(texts, labels):
-            expected = {"there is a small right pneumothorax": vec(PTX), "the heart size is enlarged here": vec(CARDIO),
-                        "an unknown new sentence is here": NO_FINDING,  # not in the table: No Finding (released)
-                        "the lungs are clear without focal consolidation": vec()}[text]
+            expected = {
+                "there is a small right pneumothorax": vec(PTX),
+                "the heart size is enlarged here": vec(CARDIO),
+                "an unknown new sentence is here": NO_FINDING,  # not in the table: No Finding (released)
+                "the lungs are clear without focal consolidation": vec(),
+            }[text]
             np.testing.assert_array_equal(label, expected)
     assert drawn == set(sampler.image_sentences[0])  # uniform over the image's own sentences
 
@@ -176,8 +217,12 @@ PROMPTS = {"left": ["left lung opacity"], "right": ["right lung opacity"]}
 
 def test_training_pairs_each_image_with_its_own_report(monkeypatch):
     n = 12
-    reports = [f"Image number {i} shows a small right pneumothorax. Image number {i} has a normal heart size today."
-               if i % 3 else None for i in range(n)]
+    reports = [
+        f"Image number {i} shows a small right pneumothorax. Image number {i} has a normal heart size today."
+        if i % 3
+        else None
+        for i in range(n)
+    ]
     labels = np.stack([vec(PTX) if i % 2 else vec() for i in range(n)])
     sampler = ReportSampler.from_reports(reports, TABLE, seed=0)
     batches = []
@@ -192,8 +237,7 @@ def test_training_pairs_each_image_with_its_own_report(monkeypatch):
     est = MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, seed=1)
     rows = []
     monkeypatch.setattr(sampler, "sample", lambda r, y, rng, f=sampler.sample: (rows.append(list(r)), f(r, y, rng))[1])
-    history = est.fit(x, labels, TABLE, steps=4, batch_size=4, lr=1e-3, seed=3, verbose=False,
-                      report_sampler=sampler)
+    history = est.fit(x, labels, TABLE, steps=4, batch_size=4, lr=1e-3, seed=3, verbose=False, report_sampler=sampler)
     assert len(history["loss"]) == 4 and len(batches) == 4
     fallbacks = set(clean_sentence_labels(TABLE).sentences)
     for texts, idx in zip(batches, rows):
@@ -204,5 +248,12 @@ def test_training_pairs_each_image_with_its_own_report(monkeypatch):
             else:
                 assert text in sampler.image_sentences[i] and f"number {i} " in text
     with pytest.raises(ValueError, match="covers 5 images"):
-        est.fit(x, labels, TABLE, steps=1, batch_size=4, verbose=False,
-                report_sampler=ReportSampler.from_reports(REPORTS, TABLE))
+        est.fit(
+            x,
+            labels,
+            TABLE,
+            steps=1,
+            batch_size=4,
+            verbose=False,
+            report_sampler=ReportSampler.from_reports(REPORTS, TABLE),
+        )

@@ -18,7 +18,7 @@ UNCERTAINTY = re.compile(
 KEYWORDS = {
     "Enlarged Cardiomediastinum": r"mediastin",
     "Cardiomegaly": r"cardiomegaly|cardiac enlargement|enlarged (heart|cardiac)|heart is .*enlarged|"
-                    r"cardiac silhouette is .*enlarged|heart is increased in size|borderline",
+    r"cardiac silhouette is .*enlarged|heart is increased in size|borderline",
     "Lung Lesion": r"nodule|mass\b",
     "Lung Opacity": r"opacit|opacification",
     "Edema": r"edema",

@@ -24,14 +24,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_defenses_detection import context, planted
 
 from artmed.defenses.base import EvaluationContext, LabelGroups
 from artmed.defenses.scan import SCAn, anomaly_index
+from test_defenses_detection import context, planted
 
 GOLDEN = Path(__file__).parent / "golden"
-ARTMED = {"identity": "posterior", "global_fit": "all_rows", "global_em": "artmed", "untangling": "pca_kmeans",
-          "one_sided": True, "size_correction": True, "tol": 1e-4}
+ARTMED = {
+    "identity": "posterior",
+    "global_fit": "all_rows",
+    "global_em": "artmed",
+    "untangling": "pca_kmeans",
+    "one_sided": True,
+    "size_correction": True,
+    "tol": 1e-4,
+}
 
 
 def parity_inputs(seed=0, d=64, n_train=100, n_clean=60, n_classes=4, poisoned_class=2, n_poison=8, shift=12.0):
@@ -50,21 +57,28 @@ def parity_inputs(seed=0, d=64, n_train=100, n_clean=60, n_classes=4, poisoned_c
     direction = rng.normal(size=d)
     poison = poisoned_class * n_train + rng.choice(n_train, n_poison, replace=False)
     train[poison] += shift * direction / np.linalg.norm(direction)
-    return (train.astype(np.float32), np.repeat(np.arange(n_classes), n_train), clean.astype(np.float32),
-            np.repeat(np.arange(n_classes), n_clean), np.sort(poison))
+    return (
+        train.astype(np.float32),
+        np.repeat(np.arange(n_classes), n_train),
+        clean.astype(np.float32),
+        np.repeat(np.arange(n_classes), n_clean),
+        np.sort(poison),
+    )
 
 
 def clean_context(train, y_train, clean, y_clean):
-    return EvaluationContext(y_train=y_train, y_clean=y_clean,
-                             feature_cache={"image_pooled": train, "image_pooled@x_clean": clean})
+    return EvaluationContext(
+        y_train=y_train, y_clean=y_clean, feature_cache={"image_pooled": train, "image_pooled@x_clean": clean}
+    )
 
 
 @pytest.mark.parametrize("case", ["planted", "clean"])
 def test_default_matches_the_released_code(case):
     golden = json.load(open(GOLDEN / "scan_released.json"))[case]
     train, y_train, clean, y_clean, poison = parity_inputs(n_poison=8 if case == "planted" else 0)
-    np.testing.assert_allclose([train.astype(np.float64).sum(), clean.astype(np.float64).sum()],
-                               golden["input_sums"], rtol=1e-9)  # the seeded inputs are those the golden saw
+    np.testing.assert_allclose(
+        [train.astype(np.float64).sum(), clean.astype(np.float64).sum()], golden["input_sums"], rtol=1e-9
+    )  # the seeded inputs are those the golden saw
     assert poison.tolist() == golden["poison"]
     result = SCAn(seed=golden["rng_seed"]).run(clean_context(train, y_train, clean, y_clean))
     stats = result.extra["group_statistics"]
@@ -91,8 +105,9 @@ def test_released_identity_and_artmed_identity_differ_as_reported():
     assert infected == "2" and released.extra["infected_groups"] == []
 
 
-@pytest.mark.parametrize("case, kwargs", [("planted", {"poison_share": 0.02, "seed": 5}),
-                                          ("clean", {"poison_share": 0.0, "seed": 6})])
+@pytest.mark.parametrize(
+    "case, kwargs", [("planted", {"poison_share": 0.02, "seed": 5}), ("clean", {"poison_share": 0.0, "seed": 6})]
+)
 def test_artmed_variant_is_unchanged(case, kwargs):
     golden = json.load(open(GOLDEN / "scan_artmed_variant.json"))[case]
     feats, y, _ = planted(n_per_class=150, n_classes=4, **kwargs)
@@ -133,9 +148,11 @@ def test_clean_set_is_grouped_like_the_training_rows(grouping, n_groups):
     y[15:20, 13] = 1  # + Support Devices: a label vector of its own, the "No Finding" finding
     y[35:40, 5] = 1  # + Lung Opacity
     feats = rng.normal(size=(40, 8)).astype(np.float32)
-    context = EvaluationContext(y_train=y, y_clean=y, feature_cache={"image_pooled": feats,
-                                                                     "image_pooled@x_clean": feats})
+    context = EvaluationContext(
+        y_train=y, y_clean=y, feature_cache={"image_pooled": feats, "image_pooled@x_clean": feats}
+    )
     _, members = SCAn(grouping=grouping)._clean_set(context, torch.device("cpu"))
     assert len(members) == n_groups
-    assert sorted(len(m) for m in members) == sorted(np.bincount(
-        LabelGroups.split(context, 40, 1, "scan", grouping).ids).tolist())
+    assert sorted(len(m) for m in members) == sorted(
+        np.bincount(LabelGroups.split(context, 40, 1, "scan", grouping).ids).tolist()
+    )

@@ -33,8 +33,10 @@ def test_mean_interval_is_the_student_t_interval():
 
 
 def test_summarize_groups_seed_replicates_and_formats_them():
-    records = [{"attack": "badmatch", "trigger": "patch", "seed": s, "ca": ca, "asr": asr}
-               for s, ca, asr in [(0, 0.8, 1.0), (1, 0.9, 0.5), (2, 1.0, 0.0)]]
+    records = [
+        {"attack": "badmatch", "trigger": "patch", "seed": s, "ca": ca, "asr": asr}
+        for s, ca, asr in [(0, 0.8, 1.0), (1, 0.9, 0.5), (2, 1.0, 0.0)]
+    ]
     records.append({"attack": "clean", "trigger": None, "seed": 0, "ca": 0.7})
     rows = summarize(records, ("attack", "trigger"), ("ca", "asr", "ra"))
     assert [r["attack"] for r in rows] == ["badmatch", "clean"]
@@ -54,9 +56,12 @@ def test_seeds_in_config_and_presets():
     assert StudyConfig.from_dict({"seeds": [3, 5]}).seed_list == [3, 5]
     assert default_config().seed_list == [0, 1, 2]
     assert default_config(seed=7, n_seeds=2).seed_list == [7, 8]
-    for raw, message in [({"seeds": 3}, "seeds must be a list"), ({"seeds": [1, 1]}, "seeds listed twice"),
-                         ({"seeds": [0, -1]}, r"seeds\[1\] must be a non-negative integer"),
-                         ({"seeds": ["one"]}, r"config\.seeds\[0\] must be an integer")]:
+    for raw, message in [
+        ({"seeds": 3}, "seeds must be a list"),
+        ({"seeds": [1, 1]}, "seeds listed twice"),
+        ({"seeds": [0, -1]}, r"seeds\[1\] must be a non-negative integer"),
+        ({"seeds": ["one"]}, r"config\.seeds\[0\] must be an integer"),
+    ]:
         with pytest.raises(ValueError, match=message):
             StudyConfig.from_dict(raw)
     with pytest.raises(ValueError, match="number of seeds"):
@@ -95,7 +100,11 @@ def two_seeds(tmp_path_factory):
 def test_every_attack_runs_once_per_seed_as_an_independent_replicate(two_seeds):
     result, paths, out = two_seeds
     assert [(m["attack"], m["seed"]) for m in result.models] == [
-        ("clean", 0), ("baddist_badmatch", 0), ("clean", 1), ("baddist_badmatch", 1)]
+        ("clean", 0),
+        ("baddist_badmatch", 0),
+        ("clean", 1),
+        ("baddist_badmatch", 1),
+    ]
     assert {p.name for p in (out / "models").iterdir()} >= {"base-s0", "base-s1"}
     poisoned = [m for m in result.models if m["attack"] == "baddist_badmatch"]
     assert all(-1.0 <= m["heldout_cos_trigger"] <= 1.0 and -1.0 <= m["baddist_cos_clean"] <= 1.0 for m in poisoned)
@@ -104,13 +113,16 @@ def test_every_attack_runs_once_per_seed_as_an_independent_replicate(two_seeds):
 
     summary = read_table(out / "models_summary.csv")
     assert [(r["attack"], r["n_seeds"], r["seeds"]) for r in summary] == [
-        ("clean", 2, "0 1"), ("baddist_badmatch", 2, "0 1")]
+        ("clean", 2, "0 1"),
+        ("baddist_badmatch", 2, "0 1"),
+    ]
     row = summary[1]
     assert row["ca"] == pytest.approx(sum(m["ca"] for m in poisoned) / 2)
     assert row["ca_ci95"] == pytest.approx(12.7062 * row["ca_std"] / math.sqrt(2), rel=1e-4)
     defenses = read_table(out / "defenses_summary.csv")
     assert {(r["attack"], r["defense"], r["n_seeds"]) for r in defenses} == {
-        (a, d, 2) for a in ("clean", "baddist_badmatch") for d in ("spectral_signatures", "activation_clustering")}
+        (a, d, 2) for a in ("clean", "baddist_badmatch") for d in ("spectral_signatures", "activation_clustering")
+    }
     assert len(read_table(out / "models.csv")) == 4
 
 
@@ -118,8 +130,9 @@ def test_cells_from_other_code_are_recomputed_unless_reused(two_seeds, tmp_path,
     out = Path(shutil.copytree(two_seeds[2], tmp_path / "study"))
     attacks = []
     run_attack = harness_module.run_attack
-    monkeypatch.setattr(harness_module, "run_attack", lambda spec, *a, **k: attacks.append(spec.key) or
-                        run_attack(spec, *a, **k))
+    monkeypatch.setattr(
+        harness_module, "run_attack", lambda spec, *a, **k: attacks.append(spec.key) or run_attack(spec, *a, **k)
+    )
     config = quick_config(str(out), n_seeds=2)
     config.seeds = [1]
     Harness(config, verbose=False).run()
@@ -191,8 +204,11 @@ def test_readme_block_is_written_and_checked(two_seeds, tmp_path, capsys):
 def test_settings_sharing_a_seed_and_trigger_share_one_baddist_encoder(tmp_path, monkeypatch):
     calls = []
     apply = BadDistStep.apply
-    monkeypatch.setattr(BadDistStep, "apply", lambda self, estimator, context: calls.append(context.seed) or
-                        apply(self, estimator, context))
+    monkeypatch.setattr(
+        BadDistStep,
+        "apply",
+        lambda self, estimator, context: calls.append(context.seed) or apply(self, estimator, context),
+    )
     config = quick_config(str(tmp_path / "study"))
     config.attacks.append(AttackSpec("baddist", baddist_params=config.attacks[1].baddist_params))
     config.defenses = []

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_defenses_detection import context, planted
 
 from artmed.defenses.spectre import SPECTRE
+from test_defenses_detection import context, planted
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*label group:UserWarning")
 
@@ -43,7 +43,7 @@ def released_case(n, d, n_poison, shift, direction_rank, wide, seed):
         direction /= np.linalg.norm(direction)
     else:
         direction = basis[:, direction_rank]
-    x[n - n_poison:] += shift * direction
+    x[n - n_poison :] += shift * direction
     return x.astype(np.float32)
 
 
@@ -91,8 +91,10 @@ def test_artmed_variant_is_unchanged():
     """All four earlier choices together reproduce artmed's earlier SPECTRE (scores to float rounding, flags, k and
     filtered counts exactly)."""
     legacy = np.load(GOLDEN / "spectre_legacy.npz")
-    for name, params, data in (("planted", {}, {"poison_share": 0.02}),
-                               ("k16", {"k": 16, "eps": 0.1}, {"poison_share": 0.03, "seed": 1})):
+    for name, params, data in (
+        ("planted", {}, {"poison_share": 0.02}),
+        ("k16", {"k": 16, "eps": 0.1}, {"poison_share": 0.03, "seed": 1}),
+    ):
         feats, y, _ = planted(**data)
         result = SPECTRE(**LEGACY, **params).run(context(feats, y))
         np.testing.assert_allclose(result.scores, legacy[f"{name}_scores"], rtol=1e-9, atol=1e-12)

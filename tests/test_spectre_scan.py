@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
-from test_defenses_detection import context, planted, rates
 
 from artmed.attacks.pipeline import AttackSpec
 from artmed.defenses import SpectralSignatures, registry
@@ -15,6 +14,7 @@ from artmed.defenses.scan import SCAn, anomaly_index, fit_decomposition
 from artmed.defenses.spectre import SPECTRE, fourth_moment_direction, que_scores
 from artmed.evaluations.config import DataConfig, DefenseSpec, StudyConfig, TrainConfig
 from artmed.evaluations.harness import Harness
+from test_defenses_detection import context, planted, rates
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*label group:UserWarning")
 
@@ -100,22 +100,44 @@ def test_que_score_and_fourth_moment_direction():
     assert abs(float(v[2, 2])) > 0.95
 
 
-@pytest.mark.parametrize("params, name", [
-    ({"eps": 0.0}, "eps"), ({"removal_share": 0}, "removal_share"), ({"filter_share": -1.0}, "filter_share"),
-    ({"eps": 0.3, "filter_share": 2.0}, "filter_share"), ({"alpha": 0}, "alpha"), ({"alpha": float("nan")}, "alpha"),
-    ({"k": 0}, "k"), ({"k": 101}, "k"), ({"k": 2.5}, "k"), ({"max_components": 0}, "max_components"),
-    ({"filter_rounds": 0}, "filter_rounds"), ({"min_group_size": 3}, "min_group_size"), ({"layer": ""}, "layer"),
-    ({"device": "bogus"}, "device"), ({"k_steps": 0}, "k_steps"), ({"robust_filter": "dkk"}, "robust_filter"),
-    ({"whitening": True}, "whitening"), ({"rounding": "ceil"}, "rounding"),
-])
+@pytest.mark.parametrize(
+    "params, name",
+    [
+        ({"eps": 0.0}, "eps"),
+        ({"removal_share": 0}, "removal_share"),
+        ({"filter_share": -1.0}, "filter_share"),
+        ({"eps": 0.3, "filter_share": 2.0}, "filter_share"),
+        ({"alpha": 0}, "alpha"),
+        ({"alpha": float("nan")}, "alpha"),
+        ({"k": 0}, "k"),
+        ({"k": 101}, "k"),
+        ({"k": 2.5}, "k"),
+        ({"max_components": 0}, "max_components"),
+        ({"filter_rounds": 0}, "filter_rounds"),
+        ({"min_group_size": 3}, "min_group_size"),
+        ({"layer": ""}, "layer"),
+        ({"device": "bogus"}, "device"),
+        ({"k_steps": 0}, "k_steps"),
+        ({"robust_filter": "dkk"}, "robust_filter"),
+        ({"whitening": True}, "whitening"),
+        ({"rounding": "ceil"}, "rounding"),
+    ],
+)
 def test_spectre_bad_params_name_the_parameter(params, name):
     with pytest.raises(ValueError, match=name):
         SPECTRE(**params)
 
 
 # ------------------------------------------------------------------ SCAn
-ARTMED = {"identity": "posterior", "global_fit": "all_rows", "global_em": "artmed", "untangling": "pca_kmeans",
-          "one_sided": True, "size_correction": True, "tol": 1e-4}
+ARTMED = {
+    "identity": "posterior",
+    "global_fit": "all_rows",
+    "global_em": "artmed",
+    "untangling": "pca_kmeans",
+    "one_sided": True,
+    "size_correction": True,
+    "tol": 1e-4,
+}
 """artmed's SCAn before it defaulted to the release (tests/test_scan_parity.py checks the released default)."""
 
 
@@ -167,8 +189,9 @@ def test_scan_global_model_recovers_the_decomposition():
     rows = np.repeat(identities, per_group, 0) + rng.multivariate_normal(np.zeros(d), s_e, n_groups * per_group)
     rows -= rows.mean(0)
     sums = torch.from_numpy(rows.reshape(n_groups, per_group, d).sum(1))
-    model = fit_decomposition(torch.from_numpy(rows.T @ rows), sums, torch.full((n_groups,), float(per_group),
-                                                                                   dtype=torch.float64), 100, 1e-6)
+    model = fit_decomposition(
+        torch.from_numpy(rows.T @ rows), sums, torch.full((n_groups,), float(per_group), dtype=torch.float64), 100, 1e-6
+    )
     w = model.basis.numpy()
     inverse = np.linalg.inv(w)
     fitted_e, fitted_mu = inverse.T @ inverse, inverse.T @ np.diag(model.identity_variances.numpy()) @ inverse
@@ -184,14 +207,28 @@ def test_anomaly_index_is_one_sided_and_mad_scaled():
         np.testing.assert_array_equal(anomaly_index(np.array([5.0]), "scan"), [0.0])
 
 
-@pytest.mark.parametrize("params, name", [
-    ({"threshold": 0}, "threshold"), ({"threshold": float("inf")}, "threshold"), ({"max_iter": 0}, "max_iter"),
-    ({"n_init": 0}, "n_init"), ({"n_components": 0}, "n_components"), ({"tol": 0.0}, "tol"),
-    ({"split_components": 0}, "split_components"), ({"size_correction": 1}, "size_correction"),
-    ({"fit_rows": 10}, "fit_rows"), ({"min_group_size": 2}, "min_group_size"), ({"layer": None}, "layer"),
-    ({"device": "bogus"}, "device"), ({"identity": "artmed"}, "identity"), ({"global_fit": "clean_set"}, "global_fit"),
-    ({"global_em": True}, "global_em"), ({"untangling": "kmeans"}, "untangling"), ({"one_sided": "yes"}, "one_sided"),
-])
+@pytest.mark.parametrize(
+    "params, name",
+    [
+        ({"threshold": 0}, "threshold"),
+        ({"threshold": float("inf")}, "threshold"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"n_init": 0}, "n_init"),
+        ({"n_components": 0}, "n_components"),
+        ({"tol": 0.0}, "tol"),
+        ({"split_components": 0}, "split_components"),
+        ({"size_correction": 1}, "size_correction"),
+        ({"fit_rows": 10}, "fit_rows"),
+        ({"min_group_size": 2}, "min_group_size"),
+        ({"layer": None}, "layer"),
+        ({"device": "bogus"}, "device"),
+        ({"identity": "artmed"}, "identity"),
+        ({"global_fit": "clean_set"}, "global_fit"),
+        ({"global_em": True}, "global_em"),
+        ({"untangling": "kmeans"}, "untangling"),
+        ({"one_sided": "yes"}, "one_sided"),
+    ],
+)
 def test_scan_bad_params_name_the_parameter(params, name):
     with pytest.raises(ValueError, match=name):
         SCAn(**params)
@@ -214,12 +251,15 @@ def test_registered_under_their_names():
 
 
 def test_harness_runs_both(tmp_path):
-    config = StudyConfig(seed=0, output_dir=str(tmp_path / "study"),
-                         data=DataConfig(n_train=120, n_test=20, n_shadow=16, image_size=32),
-                         pretrain=TrainConfig(steps=3, batch_size=16), train=TrainConfig(steps=3, batch_size=16),
-                         attacks=[AttackSpec("badmatch", percent_poison=0.05)],
-                         defenses=[DefenseSpec("spectre", {"min_group_size": 4}),
-                                   DefenseSpec("scan", {"min_group_size": 4})])
+    config = StudyConfig(
+        seed=0,
+        output_dir=str(tmp_path / "study"),
+        data=DataConfig(n_train=120, n_test=20, n_shadow=16, image_size=32),
+        pretrain=TrainConfig(steps=3, batch_size=16),
+        train=TrainConfig(steps=3, batch_size=16),
+        attacks=[AttackSpec("badmatch", percent_poison=0.05)],
+        defenses=[DefenseSpec("spectre", {"min_group_size": 4}), DefenseSpec("scan", {"min_group_size": 4})],
+    )
     with pytest.warns(UserWarning):  # the phantom labels leave small label groups (never flagged)
         result = Harness(config, verbose=False).run()
     rows = {row["defense"]: row for row in result.defenses}

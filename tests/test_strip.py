@@ -48,8 +48,7 @@ def data():
 
 def context_of(estimator, data):
     x_test, targets, _, x_clean, y_clean = data
-    return EvaluationContext(estimator=estimator, x_test=x_test, test_targets=targets, x_clean=x_clean,
-                             y_clean=y_clean)
+    return EvaluationContext(estimator=estimator, x_test=x_test, test_targets=targets, x_clean=x_clean, y_clean=y_clean)
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +118,7 @@ def test_released_sum_does_not_separate_a_pasted_patch(backdoored, data):
 
 def test_seeded_and_paired(backdoored, data):
     x_test, _, triggered, _, _ = data
-    first, again, other = (STRIP(n_superimpose=5, seed=s, **FAST).run(context_of(backdoored, data))
-                           for s in (5, 5, 6))
+    first, again, other = (STRIP(n_superimpose=5, seed=s, **FAST).run(context_of(backdoored, data)) for s in (5, 5, 6))
     assert first.threshold == again.threshold != other.threshold
     assert np.array_equal(first.score(x_test[:8]), again.score(x_test[:8]))
     assert np.array_equal(first.score(x_test[:8]), first.score(x_test)[:8])  # the i-th input: the same overlays
@@ -136,20 +134,23 @@ def test_image_sets_score_as_arrays(backdoored, data):
     assert np.array_equal(lazy.score(ArrayImageSet(x_test[:6], y_clean[:6])), arrays.score(x_test[:6]))
 
 
-@pytest.mark.parametrize("params, error", [
-    ({"n_superimpose": 0}, "n_superimpose must be an integer >= 1"),
-    ({"n_superimpose": 2.5}, "n_superimpose must be an integer"),
-    ({"superimpose": "sum"}, "superimpose must be one of"),
-    ({"overlays": None}, "overlays must be one of"),
-    ({"alpha": 1.0}, r"alpha must be a number in \(0, 1\)"),
-    ({"alpha": True}, "alpha must be"),
-    ({"frr": 0}, r"frr must be a number in \(0, 1\)"),
-    ({"frr": float("nan")}, "frr must be"),
-    ({"threshold_share": 1}, "threshold_share must be"),
-    ({"batch_size": 0}, "batch_size must be an integer >= 1"),
-    ({"seed": -1}, "seed must be an integer >= 0"),
-    ({"verbose": "yes"}, "verbose must be a bool"),
-])
+@pytest.mark.parametrize(
+    "params, error",
+    [
+        ({"n_superimpose": 0}, "n_superimpose must be an integer >= 1"),
+        ({"n_superimpose": 2.5}, "n_superimpose must be an integer"),
+        ({"superimpose": "sum"}, "superimpose must be one of"),
+        ({"overlays": None}, "overlays must be one of"),
+        ({"alpha": 1.0}, r"alpha must be a number in \(0, 1\)"),
+        ({"alpha": True}, "alpha must be"),
+        ({"frr": 0}, r"frr must be a number in \(0, 1\)"),
+        ({"frr": float("nan")}, "frr must be"),
+        ({"threshold_share": 1}, "threshold_share must be"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"verbose": "yes"}, "verbose must be a bool"),
+    ],
+)
 def test_parameter_checks_name_the_parameter(params, error):
     with pytest.raises(ValueError, match=error):
         STRIP(**params)
@@ -170,12 +171,16 @@ def test_context_checks(backdoored, data):
 
 def test_registered_and_scored_by_the_harness(tmp_path):
     assert registry.get("strip") is STRIP and STRIP.kind == "input"
-    config = StudyConfig(seed=0, output_dir=str(tmp_path / "study"),
-                         data=DataConfig(n_train=120, n_test=20, n_shadow=16, image_size=SIZE),
-                         pretrain=TrainConfig(steps=3, batch_size=16), train=TrainConfig(steps=3, batch_size=16),
-                         attacks=[AttackSpec("badmatch", percent_poison=0.05)],
-                         defenses=[DefenseSpec("strip", {"n_superimpose": 4, "verbose": False})])
-    record, = Harness(config, verbose=False).run().defenses
+    config = StudyConfig(
+        seed=0,
+        output_dir=str(tmp_path / "study"),
+        data=DataConfig(n_train=120, n_test=20, n_shadow=16, image_size=SIZE),
+        pretrain=TrainConfig(steps=3, batch_size=16),
+        train=TrainConfig(steps=3, batch_size=16),
+        attacks=[AttackSpec("badmatch", percent_poison=0.05)],
+        defenses=[DefenseSpec("strip", {"n_superimpose": 4, "verbose": False})],
+    )
+    (record,) = Harness(config, verbose=False).run().defenses
     assert record["status"] == "ok" and record["kind"] == "input", record.get("error")
     for key in ("auroc", "far_frr1", "far_frr5", "frr", "far"):
         assert 0.0 <= record[key] <= 1.0, key

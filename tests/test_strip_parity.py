@@ -19,7 +19,7 @@ SIZE, CHANNELS, CLASSES, CORNER = 32, 3, 4, 6
 def images(n: int, offset: int) -> np.ndarray:
     """``n`` fixed pseudo-random images (N, 3, 32, 32) in [0, 1]: an integer hash of (image, channel, row, column),
     exact on any machine, divided by 255 in float32 as the notebook does."""
-    k, c, i, j = np.ogrid[offset:offset + n, 0:CHANNELS, 0:SIZE, 0:SIZE]
+    k, c, i, j = np.ogrid[offset : offset + n, 0:CHANNELS, 0:SIZE, 0:SIZE]
     value = (k * 7919 + c * 104729 + i * 1231 + j * 613 + i * j * 17 + (k + 1) * (i + 3) * (j + 5) * (c + 2)) % 251
     return (value.astype(np.float32) / np.float32(255)).astype(np.float32)
 
@@ -38,7 +38,7 @@ class LinearSoftmax:
 
     def __init__(self) -> None:
         features = np.arange(SIZE * SIZE * CHANNELS, dtype=np.float64)
-        weights = np.stack([np.cos(0.37 * features * (k + 1) + k) for k in range(CLASSES)]) * 4 / features.size ** 0.5
+        weights = np.stack([np.cos(0.37 * features * (k + 1) + k) for k in range(CLASSES)]) * 4 / features.size**0.5
         rows = (features // (SIZE * CHANNELS)).astype(int)
         cols = (features // CHANNELS % SIZE).astype(int)
         weights[0, (rows < CORNER) & (cols < CORNER)] += 0.05
@@ -103,7 +103,8 @@ def test_add_is_the_sum_clipped_to_the_pixel_range():
     for superimpose in ("add", "blend"):
         seen.clear()
         STRIP(n_superimpose=3, overlays="distinct", superimpose=superimpose, verbose=False).entropy(
-            Recorder(), x, pool, stream=2)
+            Recorder(), x, pool, stream=2
+        )
         perturbed = np.concatenate(seen).reshape(2, 3, *x.shape[1:])
         rng = np.random.default_rng(np.random.SeedSequence([0, 2]))
         overlays = [rng.choice(3, size=3, replace=False) for _ in range(2)]
@@ -127,7 +128,8 @@ def test_overlays_with_replacement_may_repeat():
     for overlays in ("replacement", "distinct"):
         seen.clear()
         STRIP(n_superimpose=8, overlays=overlays, superimpose="blend", verbose=False).entropy(
-            Recorder(), images(1, 50), pool, stream=2)
+            Recorder(), images(1, 50), pool, stream=2
+        )
         copies = np.concatenate(seen).reshape(8, -1)
         n_unique = len(np.unique(copies, axis=0))
         assert n_unique == 8 if overlays == "distinct" else n_unique < 8  # seeded: 6 distinct of 8 draws

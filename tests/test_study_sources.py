@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from test_adapters import label_row, write_csv, write_dicom
 
 from artmed.constants import CHEXPERT_LABELS
 from artmed.data.dataset import FileImageSet
@@ -22,14 +21,17 @@ from artmed.evaluations.config import StudyConfig
 from artmed.evaluations.report import read_table
 from artmed.evaluations.sources import load_study_data
 from artmed.models import save_medclip, save_tokenizer
+from test_adapters import label_row, write_csv, write_dicom
 
 SIZE = 32
 N_TRAIN_STUDIES = 10
 REPORT = "FINDINGS: {finding}. No pneumothorax.\nIMPRESSION: Stable chest {n}."
 FINDINGS = ["Mild cardiomegaly", "Small left pleural effusion", "Clear lungs", "Bibasilar atelectasis"]
 
-pytestmark = [pytest.mark.filterwarnings("ignore:.*label group:UserWarning"),
-              pytest.mark.filterwarnings("ignore:.*as their only finding:UserWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*label group:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*as their only finding:UserWarning"),
+]
 
 
 def phantoms(labels: np.ndarray, seed: int) -> np.ndarray:
@@ -105,20 +107,24 @@ def study(layouts, out, **changes) -> dict:
         "output_dir": str(out),
         "model": {"variant": "tiny", "checkpoint": str(layouts / "ckpt"), "image_size": SIZE},
         "data": {"source": "mimic_cxr", "root": str(layouts / "mimic"), "n_train": 6, "n_shadow": 3, "n_test": 8},
-        "tasks": [{"name": "rsna", "source": "rsna", "root": str(layouts / "rsna")},
-                  {"name": "covid", "source": "covid", "root": str(layouts / "covid")},
-                  {"name": "mimic_5x200", "source": "mimic_cxr"}],
+        "tasks": [
+            {"name": "rsna", "source": "rsna", "root": str(layouts / "rsna")},
+            {"name": "covid", "source": "covid", "root": str(layouts / "covid")},
+            {"name": "mimic_5x200", "source": "mimic_cxr"},
+        ],
         "pretrain": {"steps": 2, "batch_size": 4},
         "train": {"steps": 2, "batch_size": 4},
-        "attacks": [{"attack": "clean"}, {"attack": "badmatch", "percent_poison": 0.2},
-                    {"attack": "baddist_badmatch", "percent_poison": 0.2,
-                     "baddist_params": {"steps": 2, "batch_size": 2}}],
-        "defenses": [{"name": "spectral_signatures", "retrain": True},
-                     {"name": "strip", "params": {"n_superimpose": 2, "verbose": False}, "attacks": ["badmatch"]},
-                     {"name": "fine_pruning", "params": {"finetune_steps": 2, "batch_size": 2},
-                      "attacks": ["badmatch"]},
-                     {"name": "cleanclip", "params": {"steps": 2, "batch_size": 2, "verbose": False},
-                      "attacks": ["badmatch"]}],
+        "attacks": [
+            {"attack": "clean"},
+            {"attack": "badmatch", "percent_poison": 0.2},
+            {"attack": "baddist_badmatch", "percent_poison": 0.2, "baddist_params": {"steps": 2, "batch_size": 2}},
+        ],
+        "defenses": [
+            {"name": "spectral_signatures", "retrain": True},
+            {"name": "strip", "params": {"n_superimpose": 2, "verbose": False}, "attacks": ["badmatch"]},
+            {"name": "fine_pruning", "params": {"finetune_steps": 2, "batch_size": 2}, "attacks": ["badmatch"]},
+            {"name": "cleanclip", "params": {"steps": 2, "batch_size": 2, "verbose": False}, "attacks": ["badmatch"]},
+        ],
     }
     for key, value in changes.items():
         section, _, name = key.partition(".")
@@ -160,8 +166,12 @@ def test_real_data_is_lazy_split_and_held_out(layouts, tmp_path):
     again = load_study_data(config, seed=0)
     assert again.x_train.paths == data.x_train.paths and again.texts.sentences == data.texts.sentences
     assert load_study_data(config, seed=1).x_train.paths != data.x_train.paths
-    phantom = StudyConfig.from_dict({"data": {"n_train": 8, "n_shadow": 2, "n_test": 5, "image_size": SIZE},
-                                     "tasks": [{"name": "covid", "source": "covid", "root": str(layouts / "covid")}]})
+    phantom = StudyConfig.from_dict(
+        {
+            "data": {"n_train": 8, "n_shadow": 2, "n_test": 5, "image_size": SIZE},
+            "tasks": [{"name": "covid", "source": "covid", "root": str(layouts / "covid")}],
+        }
+    )
     mixed = load_study_data(phantom, seed=0)  # phantom training data, a real task
     assert isinstance(mixed.x_train, np.ndarray) and mixed.x_train.shape == (8, 1, SIZE, SIZE)
     assert list(mixed.tasks) == ["covid"] and len(mixed.tasks["covid"].images) == 5 and phantom.task == "covid"
@@ -173,8 +183,14 @@ def csv_layouts(tmp_path_factory):
     local_data CSVs over the same images, with MedCLIP's sentence-label.csv."""
     root = tmp_path_factory.mktemp("csv")
     five = [one_hot(c) for c in CHEXPERT5_CLASSES for _ in range(2)]
-    others = [("No Finding",), ("Pneumonia",), ("Edema", "Pleural Effusion"), ("Cardiomegaly", "Support Devices"),
-              ("Lung Opacity",), ("Atelectasis", "Fracture")]
+    others = [
+        ("No Finding",),
+        ("Pneumonia",),
+        ("Edema", "Pleural Effusion"),
+        ("Cardiomegaly", "Support Devices"),
+        ("Lung Opacity",),
+        ("Atelectasis", "Fracture"),
+    ]
     labels = np.concatenate([*five, one_hot("Edema"), *(one_hot(*names) for names in others)])
     frontal = ["Frontal"] * 10 + ["Lateral"] + ["Frontal"] * 6
     rows, metas = [], []
@@ -189,21 +205,38 @@ def csv_layouts(tmp_path_factory):
     write_csv(local / "chexpert-train-meta.csv", ["imgpath", *CHEXPERT_LABELS], metas[10:])
     write_csv(local / "mimic-cxr-train-meta.csv", ["imgpath", *CHEXPERT_LABELS], metas[:2])
     write_csv(local / "chexpert-5x200-meta.csv", ["imgpath", *CHEXPERT_LABELS], metas[:10])
-    write_csv(local / "covid-test-meta.csv", ["imgpath", "Normal", "COVID"], [[m[0], i % 2, 1 - i % 2]
-                                                                             for i, m in enumerate(metas[:4])])
-    write_csv(local / "rsna-balanced-test-meta.csv", ["imgpath", "Normal", "Pneumonia"],
-              [[m[0], 1 - i % 2, i % 2] for i, m in enumerate(metas[:4])])
-    write_csv(local / "sentence-label.csv", ["Reports", *CHEXPERT_LABELS],
-              [["no pleural effusion", *label_row(**{"No Finding": "1"})], ["mild edema", *label_row(Edema="1")]])
+    write_csv(
+        local / "covid-test-meta.csv",
+        ["imgpath", "Normal", "COVID"],
+        [[m[0], i % 2, 1 - i % 2] for i, m in enumerate(metas[:4])],
+    )
+    write_csv(
+        local / "rsna-balanced-test-meta.csv",
+        ["imgpath", "Normal", "Pneumonia"],
+        [[m[0], 1 - i % 2, i % 2] for i, m in enumerate(metas[:4])],
+    )
+    write_csv(
+        local / "sentence-label.csv",
+        ["Reports", *CHEXPERT_LABELS],
+        [["no pleural effusion", *label_row(**{"No Finding": "1"})], ["mild edema", *label_row(Edema="1")]],
+    )
     return root
 
 
 def test_chexpert_training_images_exclude_its_5x200(csv_layouts, tmp_path):
-    config = StudyConfig.from_dict({
-        "output_dir": str(tmp_path / "out"), "model": {"image_size": SIZE},
-        "data": {"source": "chexpert", "root": str(csv_layouts / "CheXpert-v1.0-small"), "n_shadow": 2,
-                 "reports_root": str(csv_layouts / "local_data" / "sentence-label.csv")},
-        "tasks": [{"name": "chexpert_5x200", "source": "chexpert"}]})
+    config = StudyConfig.from_dict(
+        {
+            "output_dir": str(tmp_path / "out"),
+            "model": {"image_size": SIZE},
+            "data": {
+                "source": "chexpert",
+                "root": str(csv_layouts / "CheXpert-v1.0-small"),
+                "n_shadow": 2,
+                "reports_root": str(csv_layouts / "local_data" / "sentence-label.csv"),
+            },
+            "tasks": [{"name": "chexpert_5x200", "source": "chexpert"}],
+        }
+    )
     config.check_runnable()
     data = load_study_data(config, seed=0)
     five = data.tasks["chexpert_5x200"]
@@ -214,15 +247,33 @@ def test_chexpert_training_images_exclude_its_5x200(csv_layouts, tmp_path):
 
 def test_medclip_csvs_as_data_and_tasks(csv_layouts, tmp_path):
     local = csv_layouts / "local_data"
-    config = StudyConfig.from_dict({
-        "output_dir": str(tmp_path / "out"), "model": {"image_size": SIZE},
-        "data": {"source": "medclip_csv", "root": str(local), "image_root": str(csv_layouts), "n_shadow": 2},
-        "tasks": [{"name": "covid", "source": "covid", "root": str(local / "covid-test-meta.csv"),
-                   "image_root": str(csv_layouts)},
-                  {"name": "rsna", "source": "rsna", "root": str(local / "rsna-balanced-test-meta.csv"),
-                   "image_root": str(csv_layouts)},
-                  {"name": "chexpert_5x200", "source": "chexpert", "root": str(local / "chexpert-5x200-meta.csv"),
-                   "image_root": str(csv_layouts)}]})
+    config = StudyConfig.from_dict(
+        {
+            "output_dir": str(tmp_path / "out"),
+            "model": {"image_size": SIZE},
+            "data": {"source": "medclip_csv", "root": str(local), "image_root": str(csv_layouts), "n_shadow": 2},
+            "tasks": [
+                {
+                    "name": "covid",
+                    "source": "covid",
+                    "root": str(local / "covid-test-meta.csv"),
+                    "image_root": str(csv_layouts),
+                },
+                {
+                    "name": "rsna",
+                    "source": "rsna",
+                    "root": str(local / "rsna-balanced-test-meta.csv"),
+                    "image_root": str(csv_layouts),
+                },
+                {
+                    "name": "chexpert_5x200",
+                    "source": "chexpert",
+                    "root": str(local / "chexpert-5x200-meta.csv"),
+                    "image_root": str(csv_layouts),
+                },
+            ],
+        }
+    )
     config.check_runnable()
     data = load_study_data(config, seed=0)
     assert data.tasks["covid"].targets.tolist() == [1, 0, 1, 0] and data.tasks["rsna"].targets.tolist() == [0, 1, 0, 1]
@@ -234,8 +285,9 @@ def test_medclip_csvs_as_data_and_tasks(csv_layouts, tmp_path):
 # ---------------------------------------------------------------------------------------------- end to end
 def test_artmed_run_on_real_layouts_and_a_released_checkpoint(layouts, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["run", "--config", str(write_yaml(tmp_path, study(layouts, out))), "--quiet"]) == 0, \
+    assert main(["run", "--config", str(write_yaml(tmp_path, study(layouts, out))), "--quiet"]) == 0, (
         capsys.readouterr().err
+    )
     models = read_table(out / "models.csv")
     assert [m["attack"] for m in models] == ["clean", "badmatch", "baddist_badmatch"]
     assert [m["status"] for m in models] == ["ok"] * 3 and [int(m["n_poison"]) for m in models] == [0, 1, 1]
@@ -246,15 +298,20 @@ def test_artmed_run_on_real_layouts_and_a_released_checkpoint(layouts, tmp_path,
     defenses = read_table(out / "defenses.json")  # on lazy training and clean ImageSets
     assert [(d["defense"], d["status"]) for d in defenses if d["status"] != "ok"] == []
     assert sorted(d["defense"] for d in defenses if d["attack"] == "badmatch") == [
-        "cleanclip", "fine_pruning", "spectral_signatures", "strip"]
+        "cleanclip",
+        "fine_pruning",
+        "spectral_signatures",
+        "strip",
+    ]
     assert all(np.isfinite(d["ca_after"]) for d in defenses if d["defense"] != "strip")
     assert not (out / "models" / "base-s0").exists()  # released weights are the base model: no pretraining
 
 
 def test_tiny_model_from_scratch_is_pretrained_on_the_real_images(layouts, tmp_path, capsys):
     out = tmp_path / "out"
-    config = study(layouts, out, attacks=[{"attack": "clean"}], defenses=[],
-                   model={"variant": "tiny", "image_size": SIZE})
+    config = study(
+        layouts, out, attacks=[{"attack": "clean"}], defenses=[], model={"variant": "tiny", "image_size": SIZE}
+    )
     assert main(["run", "--config", str(write_yaml(tmp_path, config)), "--quiet"]) == 0, capsys.readouterr().err
     assert (out / "models" / "base-s0").is_dir()
     (model,) = read_table(out / "models.csv")
@@ -269,27 +326,50 @@ def no_work(monkeypatch):
     monkeypatch.setattr(MedCLIPEstimator, "fit", lambda *a, **k: pytest.fail("a model was trained"))
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"data.root": "{tmp}/nowhere"}, r"config\.data\.root: .*nowhere does not exist"),
-    ({"data.root": "{layouts}/rsna"}, r"config\.data\.root: .*rsna does not look like MIMIC-CXR-JPG: .*found neither "
-                                      r"mimic-cxr-2\.0\.0-split\.csv"),
-    ({"data.reports_root": "{layouts}/covid"}, r"config\.data\.reports_root: .*covid does not look like MIMIC-CXR's "
-                                               r"reports"),
-    ({"tasks": [{"name": "rsna", "source": "rsna", "root": "{layouts}/covid"}]},
-     r"config\.tasks\[0\]\.root: .*covid does not look like RSNA Pneumonia: it has no stage_2_train_labels\.csv"),
-    ({"tasks": [{"name": "covid", "source": "covid", "root": "{layouts}/rsna"}]},
-     r"config\.tasks\[0\]\.root: .*rsna does not look like a COVID-19 class-folder tree: no folder for class\(es\) "
-     r"\['Normal', 'COVID'\]"),
-    ({"tasks": [{"name": "covid", "source": "covid", "root": "{layouts}/covid", "image_root": "{tmp}/nowhere"}]},
-     r"config\.tasks\[0\]\.image_root: .*nowhere is not a folder"),
-    ({"model.checkpoint": "{tmp}/nowhere"}, r"config\.model\.checkpoint: checkpoint path .*nowhere' does not exist"),
-    ({"model.variant": "resnet50"},
-     r"config\.model\.checkpoint: .*ckpt does not fit the MedCLIPModel:\n  missing keys"),
-    ({"model.checkpoint": "{layouts}/ckpt/model.safetensors", "model.tokenizer": "{layouts}/rsna"},
-     r"config\.model\.tokenizer: tokenizer directory .*rsna' holds no vocab\.txt"),
-])
-def test_bad_paths_layouts_and_checkpoints_name_the_field_before_any_work(layouts, tmp_path, capsys, no_work,
-                                                                          changes, message):
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"data.root": "{tmp}/nowhere"}, r"config\.data\.root: .*nowhere does not exist"),
+        (
+            {"data.root": "{layouts}/rsna"},
+            r"config\.data\.root: .*rsna does not look like MIMIC-CXR-JPG: .*found neither "
+            r"mimic-cxr-2\.0\.0-split\.csv",
+        ),
+        (
+            {"data.reports_root": "{layouts}/covid"},
+            r"config\.data\.reports_root: .*covid does not look like MIMIC-CXR's "
+            r"reports",
+        ),
+        (
+            {"tasks": [{"name": "rsna", "source": "rsna", "root": "{layouts}/covid"}]},
+            r"config\.tasks\[0\]\.root: .*covid does not look like RSNA Pneumonia: it has no stage_2_train_labels\.csv",
+        ),
+        (
+            {"tasks": [{"name": "covid", "source": "covid", "root": "{layouts}/rsna"}]},
+            r"config\.tasks\[0\]\.root: .*rsna does not look like a COVID-19 class-folder tree: "
+            r"no folder for class\(es\) \['Normal', 'COVID'\]",
+        ),
+        (
+            {"tasks": [{"name": "covid", "source": "covid", "root": "{layouts}/covid", "image_root": "{tmp}/nowhere"}]},
+            r"config\.tasks\[0\]\.image_root: .*nowhere is not a folder",
+        ),
+        (
+            {"model.checkpoint": "{tmp}/nowhere"},
+            r"config\.model\.checkpoint: checkpoint path .*nowhere' does not exist",
+        ),
+        (
+            {"model.variant": "resnet50"},
+            r"config\.model\.checkpoint: .*ckpt does not fit the MedCLIPModel:\n  missing keys",
+        ),
+        (
+            {"model.checkpoint": "{layouts}/ckpt/model.safetensors", "model.tokenizer": "{layouts}/rsna"},
+            r"config\.model\.tokenizer: tokenizer directory .*rsna' holds no vocab\.txt",
+        ),
+    ],
+)
+def test_bad_paths_layouts_and_checkpoints_name_the_field_before_any_work(
+    layouts, tmp_path, capsys, no_work, changes, message
+):
     text = json.dumps(study(layouts, tmp_path / "out", **changes))
     config = json.loads(text.replace("{tmp}", str(tmp_path)).replace("{layouts}", str(layouts)))
     assert main(["run", "--config", str(write_yaml(tmp_path, config)), "--quiet"]) == 2
@@ -304,27 +384,41 @@ def test_checkpoint_folder_without_a_tokenizer_is_refused(layouts, tmp_path, no_
     weights.mkdir()
     (weights / "model.safetensors").write_bytes((layouts / "ckpt" / "model.safetensors").read_bytes())
     config = StudyConfig.from_dict(study(layouts, tmp_path / "out", **{"model.checkpoint": str(weights)}))
-    with pytest.raises(ValueError, match=r"^config\.model\.tokenizer: none given and the checkpoint's folder .*weights "
-                                         r"holds no vocab\.txt"):
+    with pytest.raises(
+        ValueError,
+        match=r"^config\.model\.tokenizer: none given and the checkpoint's folder .*weights "
+        r"holds no vocab\.txt",
+    ):
         config.check_runnable()
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"data.source": "imagenet"}, r"^config\.data\.source: unknown data source 'imagenet'; valid: \['phantom', "),
-    ({"data": {"source": "mimic_cxr"}}, r"^config\.data\.root: the mimic_cxr source needs the folder of its data$"),
-    ({"data": {"root": "/data"}}, r"^config\.data\.root: the phantom source reads no files"),
-    ({"data": {"source": "chexpert", "root": "/data"}}, r"^config\.data\.reports_root: CheXpert ships no reports"),
-    ({"tasks": []}, r"^config\.tasks: the mimic_cxr source needs at least one zero-shot task"),
-    ({"tasks": [{"name": "rsna", "source": "rsna"}]}, r"^config\.tasks\[0\]\.root: the rsna task needs the folder"),
-    ({"tasks": [{"name": "x", "source": "chexpert"}]},
-     r"^config\.tasks\[0\]\.root: the chexpert task needs the folder"),
-    ({"tasks": [{"name": "x", "source": "nih"}]}, r"^config\.tasks\[0\]\.source: unknown task source 'nih'"),
-    ({"tasks": [{"name": "x", "source": "covid", "root": "/c"}] * 2}, r"^config\.tasks: names listed twice: \['x'\]"),
-    ({"task": "covid_like"}, r"^config\.task: unknown task 'covid_like'; available: \['rsna', 'covid', 'mimic_5x200'"),
-    ({"model": {"variant": "vit"}}, r"^config\.model\.variant: unknown model variant 'vit'"),
-    ({"model": {"variant": "resnet50"}}, r"^config\.model\.tokenizer: a resnet50 model trained from scratch needs"),
-    ({"model": {"image_size": "abc"}}, r"^config\.model\.image_size must be an integer, got 'abc'$"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"data.source": "imagenet"}, r"^config\.data\.source: unknown data source 'imagenet'; valid: \['phantom', "),
+        ({"data": {"source": "mimic_cxr"}}, r"^config\.data\.root: the mimic_cxr source needs the folder of its data$"),
+        ({"data": {"root": "/data"}}, r"^config\.data\.root: the phantom source reads no files"),
+        ({"data": {"source": "chexpert", "root": "/data"}}, r"^config\.data\.reports_root: CheXpert ships no reports"),
+        ({"tasks": []}, r"^config\.tasks: the mimic_cxr source needs at least one zero-shot task"),
+        ({"tasks": [{"name": "rsna", "source": "rsna"}]}, r"^config\.tasks\[0\]\.root: the rsna task needs the folder"),
+        (
+            {"tasks": [{"name": "x", "source": "chexpert"}]},
+            r"^config\.tasks\[0\]\.root: the chexpert task needs the folder",
+        ),
+        ({"tasks": [{"name": "x", "source": "nih"}]}, r"^config\.tasks\[0\]\.source: unknown task source 'nih'"),
+        (
+            {"tasks": [{"name": "x", "source": "covid", "root": "/c"}] * 2},
+            r"^config\.tasks: names listed twice: \['x'\]",
+        ),
+        (
+            {"task": "covid_like"},
+            r"^config\.task: unknown task 'covid_like'; available: \['rsna', 'covid', 'mimic_5x200'",
+        ),
+        ({"model": {"variant": "vit"}}, r"^config\.model\.variant: unknown model variant 'vit'"),
+        ({"model": {"variant": "resnet50"}}, r"^config\.model\.tokenizer: a resnet50 model trained from scratch needs"),
+        ({"model": {"image_size": "abc"}}, r"^config\.model\.image_size must be an integer, got 'abc'$"),
+    ],
+)
 def test_bad_source_settings_name_the_field_when_the_config_is_built(layouts, tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
         StudyConfig.from_dict(study(layouts, tmp_path / "out", **changes))
@@ -332,8 +426,12 @@ def test_bad_source_settings_name_the_field_when_the_config_is_built(layouts, tm
 
 def test_the_built_in_study_keeps_its_task_key_and_phantom_settings():
     config = StudyConfig.from_dict({"task": "chexpert5", "data": {"image_size": 32}})
-    assert (config.task, config.data.n_train, config.data.n_test, config.model.image_size) == ("chexpert5", 2000,
-                                                                                                200, 32)
+    assert (config.task, config.data.n_train, config.data.n_test, config.model.image_size) == (
+        "chexpert5",
+        2000,
+        200,
+        32,
+    )
     assert StudyConfig().task == "rsna_like" and StudyConfig().tasks == []
     with pytest.raises(ValueError, match=r"^config\.model\.image_size \(224\) differs from data\.image_size \(64\)"):
         StudyConfig.from_dict({"model": {"image_size": 224}})

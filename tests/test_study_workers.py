@@ -8,10 +8,13 @@ from artmed.evaluations.harness import Harness
 
 
 def _study(folder, workers: int) -> StudyConfig:
-    return StudyConfig(output_dir=str(folder), data=DataConfig(n_train=96, n_test=20, n_shadow=16, image_size=32,
-                                                               num_workers=workers),
-                       pretrain=TrainConfig(steps=3, batch_size=16), train=TrainConfig(steps=3, batch_size=16),
-                       attacks=[AttackSpec("badmatch", percent_poison=0.05)])
+    return StudyConfig(
+        output_dir=str(folder),
+        data=DataConfig(n_train=96, n_test=20, n_shadow=16, image_size=32, num_workers=workers),
+        pretrain=TrainConfig(steps=3, batch_size=16),
+        train=TrainConfig(steps=3, batch_size=16),
+        attacks=[AttackSpec("badmatch", percent_poison=0.05)],
+    )
 
 
 def test_workers_reach_the_models_and_change_no_result(tmp_path):

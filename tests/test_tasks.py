@@ -19,8 +19,11 @@ def tasks():
 
 
 def test_tasks_are_valid_and_balanced(tasks):
-    expected = {"rsna_like": ["Normal", "Pneumonia"], "covid_like": ["Normal", "COVID"],
-                "chexpert5": list(CHEXPERT5_CLASSES)}
+    expected = {
+        "rsna_like": ["Normal", "Pneumonia"],
+        "covid_like": ["Normal", "COVID"],
+        "chexpert5": list(CHEXPERT5_CLASSES),
+    }
     for name, task in tasks.items():
         assert isinstance(task, ZeroShotTask) and task.name == name
         assert task.class_names == expected[name] and list(task.prompts) == expected[name]
@@ -33,7 +36,7 @@ def test_tasks_are_valid_and_balanced(tasks):
 
 
 def test_task_labels_match_targets(tasks):
-    for name, task in tasks.items():
+    for task in tasks.values():
         y = task.images.labels
         for k, cls in enumerate(task.class_names):
             rows = y[task.targets == k]

@@ -21,8 +21,16 @@ def test_a_step_minimises_clips_schedules_and_records():
         loss = ((w - 3) ** 2).sum()
         return loss, torch.stack([loss, w[0]])
 
-    terms, lrs = run_steps(objective, optimizer, 4, where="toy", scheduler=scheduler, clip=[w], max_grad_norm=1.0,
-                           after_step=lambda: calls.append(w.detach().item()))
+    terms, lrs = run_steps(
+        objective,
+        optimizer,
+        4,
+        where="toy",
+        scheduler=scheduler,
+        clip=[w],
+        max_grad_norm=1.0,
+        after_step=lambda: calls.append(w.detach().item()),
+    )
     assert terms.shape == (4, 2) and not terms.requires_grad
     assert lrs == pytest.approx([0.05, 0.1, 0.1, 0.1 * 0.5 * (1 + math.cos(math.pi / 2))])  # warm-up, then cosine
     expected_w = [0.0]

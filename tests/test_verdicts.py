@@ -19,8 +19,10 @@ def test_intervals_of_bounded_metrics_stay_in_their_range():
     for _ in range(200):
         n = int(rng.integers(2, 6))
         rates, cosines = rng.choice([0.0, 1.0, rng.uniform()], n), rng.uniform(-1, 1, n)
-        records = [{"seed": i, "tpr": r, "far_frr5": r, "heldout_cos_trigger": c, "seconds": r - 0.5}
-                   for i, (r, c) in enumerate(zip(rates, cosines))]
+        records = [
+            {"seed": i, "tpr": r, "far_frr5": r, "heldout_cos_trigger": c, "seconds": r - 0.5}
+            for i, (r, c) in enumerate(zip(rates, cosines))
+        ]
         row = summarize(records, (), ("tpr", "far_frr5", "heldout_cos_trigger", "seconds"))[0]
         for metric, (lo, hi) in (("tpr", (0, 1)), ("far_frr5", (0, 1)), ("heldout_cos_trigger", (-1, 1))):
             assert lo <= row[f"{metric}_lo"] <= row[metric] <= row[f"{metric}_hi"] <= hi
@@ -35,22 +37,42 @@ def test_intervals_of_bounded_metrics_stay_in_their_range():
 
 # ---------------------------------------------------------------------------------------------- verdicts
 def _detector(defense, values, attack="badmatch"):
-    return [{"attack": attack, "defense": defense, "kind": "detection", "seed": s, "tpr_at_fpr5": v}
-            for s, v in zip(SEEDS, values)]
+    return [
+        {"attack": attack, "defense": defense, "kind": "detection", "seed": s, "tpr_at_fpr5": v}
+        for s, v in zip(SEEDS, values)
+    ]
 
 
 def _mitigation(before, after, ca_lost=0.0):
-    return [{"attack": "badmatch", "defense": "fine_pruning", "kind": "mitigation", "seed": s, "asr_before": b,
-             "asr_after": a, "ca_before": 0.9, "ca_after": 0.9 - ca_lost} for s, b, a in zip(SEEDS, before, after)]
+    return [
+        {
+            "attack": "badmatch",
+            "defense": "fine_pruning",
+            "kind": "mitigation",
+            "seed": s,
+            "asr_before": b,
+            "asr_after": a,
+            "ca_before": 0.9,
+            "ca_after": 0.9 - ca_lost,
+        }
+        for s, b, a in zip(SEEDS, before, after)
+    ]
 
 
 def test_verdicts_need_every_seed_past_the_margin():
-    rows = verdicts(_detector("spectre", (1.0, 0.95, 1.0)) + _detector("activation_clustering", (0.0, 0.0, 0.75))
-                    + _detector("scan", (0.0, 0.05, 0.0)) + _detector("spectral_signatures", (0.3, 0.62, 0.7))
-                    + _detector("spectre", (math.nan,) * 3, attack="clean"))
+    rows = verdicts(
+        _detector("spectre", (1.0, 0.95, 1.0))
+        + _detector("activation_clustering", (0.0, 0.0, 0.75))
+        + _detector("scan", (0.0, 0.05, 0.0))
+        + _detector("spectral_signatures", (0.3, 0.62, 0.7))
+        + _detector("spectre", (math.nan,) * 3, attack="clean")
+    )
     assert [(r["defense"], r["verdict"]) for r in rows] == [
-        ("spectre", "detects"), ("activation_clustering", "inconclusive"), ("scan", "does not detect"),
-        ("spectral_signatures", "inconclusive")]  # no row without the statistic
+        ("spectre", "detects"),
+        ("activation_clustering", "inconclusive"),
+        ("scan", "does not detect"),
+        ("spectral_signatures", "inconclusive"),
+    ]  # no row without the statistic
     assert rows[0]["values"] == [1.0, 0.95, 1.0] and rows[0]["n"] == 3
     assert verdicts(_mitigation((0.9,) * 3, (0.3,) * 3))[0]["verdict"] == "mitigates"
     assert verdicts(_mitigation((0.8,) * 3, (0.3,) * 3))[0]["verdict"] == "inconclusive"  # 0.5 < 0.3 + margin 0.26
@@ -58,8 +80,11 @@ def test_verdicts_need_every_seed_past_the_margin():
     assert verdicts(_mitigation((0.8,) * 3, (0.78,) * 3))[0]["verdict"] == "does not mitigate"
     screens = [{"attack": "badmatch", "defense": "strip", "kind": "input", "seed": s, "far_frr5": 0.2} for s in SEEDS]
     assert verdicts(screens)[0]["verdict"] == "detects" and verdicts(screens)[0]["values"] == [0.8] * 3
-    model = [{"attack": a, "defense": "decree", "kind": "model", "seed": s, "model_flagged": 1.0}
-             for a in ("clean", "badmatch") for s in SEEDS]
+    model = [
+        {"attack": a, "defense": "decree", "kind": "model", "seed": s, "model_flagged": 1.0}
+        for a in ("clean", "badmatch")
+        for s in SEEDS
+    ]
     assert [r["verdict"] for r in verdicts(model)] == ["wrong", "correct"]
     failed = [{**r, "status": "failed"} for r in _detector("spectre", (1.0,) * 3)]
     assert verdicts(failed) == []
@@ -118,16 +143,47 @@ def _study(out, shift=0.0, ac=(0.0, 0.0, 0.75), mitigations=True):
             models.append({**base, "attack": attack, "percent_poison": rate, "ca": 0.92, "asr": asr, "ra": 1 - asr})
             poisoned = attack == "badmatch"
             for defense, tpr in (("spectre", 1.0), ("activation_clustering", ac[seed])):
-                defenses.append({**base, "attack": attack, "percent_poison": rate, "defense": defense,
-                                 "kind": "detection", "fpr": 0.05, "removed": 0.05,
-                                 "tpr_at_fpr5": max(0.0, tpr - shift) if poisoned else None,
-                                 "tpr": tpr if poisoned else None, "auroc": 0.9 if poisoned else None})
-            defenses.append({**base, "attack": attack, "percent_poison": rate, "defense": "strip", "kind": "input",
-                             "auroc": 0.6, "far_frr1": 0.9, "far_frr5": 0.7 + shift})
+                defenses.append(
+                    {
+                        **base,
+                        "attack": attack,
+                        "percent_poison": rate,
+                        "defense": defense,
+                        "kind": "detection",
+                        "fpr": 0.05,
+                        "removed": 0.05,
+                        "tpr_at_fpr5": max(0.0, tpr - shift) if poisoned else None,
+                        "tpr": tpr if poisoned else None,
+                        "auroc": 0.9 if poisoned else None,
+                    }
+                )
+            defenses.append(
+                {
+                    **base,
+                    "attack": attack,
+                    "percent_poison": rate,
+                    "defense": "strip",
+                    "kind": "input",
+                    "auroc": 0.6,
+                    "far_frr1": 0.9,
+                    "far_frr5": 0.7 + shift,
+                }
+            )
             if poisoned and mitigations:
-                defenses.append({**base, "attack": attack, "percent_poison": rate, "defense": "cleanclip",
-                                 "kind": "mitigation", "ca_before": 0.92, "asr_before": asr, "ca_after": 0.91,
-                                 "asr_after": 0.1 + shift, "der": 0.85})
+                defenses.append(
+                    {
+                        **base,
+                        "attack": attack,
+                        "percent_poison": rate,
+                        "defense": "cleanclip",
+                        "kind": "mitigation",
+                        "ca_before": 0.92,
+                        "asr_before": asr,
+                        "ca_after": 0.91,
+                        "asr_after": 0.1 + shift,
+                        "der": 0.85,
+                    }
+                )
     write_table(models, out, name="models")
     write_table(summarize(models, MODEL_KEYS, MODEL_METRICS), out, name="models_summary")
     write_table(defenses, out, name="defenses")

@@ -7,14 +7,26 @@ from artmed.constants import CHEXPERT_LABELS
 
 SIZE = 32
 NO_FINDING, PNEUMONIA = 0, CHEXPERT_LABELS.index("Pneumonia")
-NORMAL_TEXTS = ["the lungs are clear", "no acute cardiopulmonary process", "heart size is normal",
-                "both lungs are clear", "no focal consolidation", "normal chest"]
-PNEUMONIA_TEXTS = ["pneumonia", "right lower lobe pneumonia", "left upper lobe pneumonia", "focal pneumonia",
-                   "multifocal pneumonia", "pneumonia at the left base"]
+NORMAL_TEXTS = [
+    "the lungs are clear",
+    "no acute cardiopulmonary process",
+    "heart size is normal",
+    "both lungs are clear",
+    "no focal consolidation",
+    "normal chest",
+]
+PNEUMONIA_TEXTS = [
+    "pneumonia",
+    "right lower lobe pneumonia",
+    "left upper lobe pneumonia",
+    "focal pneumonia",
+    "multifocal pneumonia",
+    "pneumonia at the left base",
+]
 TEXTS = NORMAL_TEXTS + PNEUMONIA_TEXTS
 TEXT_LABELS = np.zeros((len(TEXTS), 14), dtype=np.float32)
 TEXT_LABELS[: len(NORMAL_TEXTS), NO_FINDING] = 1.0
-TEXT_LABELS[len(NORMAL_TEXTS):, PNEUMONIA] = 1.0
+TEXT_LABELS[len(NORMAL_TEXTS) :, PNEUMONIA] = 1.0
 PROMPTS = {"Normal": NORMAL_TEXTS[:3], "Pneumonia": PNEUMONIA_TEXTS[:3]}
 TRIGGER = PatchTrigger(size=5)
 

@@ -11,19 +11,34 @@ from pathlib import Path
 
 from artmed.constants import CHEXPERT_LABELS, IMAGE_SIZE
 from artmed.data.dataset import FileImageSet
-from artmed.data.label_table import (check_files_exist, check_uncertain, chexpert_labels, read_table, resolve_path,
-                                     unique_rows)
+from artmed.data.label_table import (
+    check_files_exist,
+    check_uncertain,
+    chexpert_labels,
+    read_table,
+    resolve_path,
+    unique_rows,
+)
 
 
-def load_chexpert(csv_path: str | Path, root: str | Path | None = None, image_size: int = IMAGE_SIZE,
-                  uncertain: str = "keep", frontal_only: bool = False, check_files: bool = False) -> FileImageSet:
+def load_chexpert(
+    csv_path: str | Path,
+    root: str | Path | None = None,
+    image_size: int = IMAGE_SIZE,
+    uncertain: str = "keep",
+    frontal_only: bool = False,
+    check_files: bool = False,
+) -> FileImageSet:
     """CheXpert's ``train.csv``/``valid.csv`` as a FileImageSet; ``frontal_only`` keeps "Frontal" views
     (column ``Frontal/Lateral``)."""
     check_uncertain(uncertain)
     required = ["Path", *CHEXPERT_LABELS] + (["Frontal/Lateral"] if frontal_only else [])
     _, rows = read_table(csv_path, required)
-    numbered = [(i, r) for i, r in enumerate(rows, 1)
-                if not frontal_only or (r.get("Frontal/Lateral") or "").strip().lower() == "frontal"]
+    numbered = [
+        (i, r)
+        for i, r in enumerate(rows, 1)
+        if not frontal_only or (r.get("Frontal/Lateral") or "").strip().lower() == "frontal"
+    ]
     if not numbered:
         raise ValueError(f"{csv_path}: no {'frontal ' if frontal_only else ''}images listed")
     base = Path(root) if root is not None else Path(csv_path).resolve().parent.parent

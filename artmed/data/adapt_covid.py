@@ -49,13 +49,20 @@ def _class_of(value: str, csv_path: Path, row: int, column: str) -> int:
     for k, cls in enumerate(COVID_CLASSES):
         if text in CLASS_ALIASES[cls]:
             return k
-    raise ValueError(f"{csv_path}: data row {row}, column {column!r}: class {value!r} is not one of "
-                     f"{[a for cls in COVID_CLASSES for a in CLASS_ALIASES[cls]]}")
+    raise ValueError(
+        f"{csv_path}: data row {row}, column {column!r}: class {value!r} is not one of "
+        f"{[a for cls in COVID_CLASSES for a in CLASS_ALIASES[cls]]}"
+    )
 
 
-def load_covid(source: str | Path, prompts: Mapping[str, list[str]] | None = None,
-               image_root: str | Path | None = None, image_size: int = IMAGE_SIZE, check_files: bool = False,
-               name: str = "covid") -> ZeroShotTask:
+def load_covid(
+    source: str | Path,
+    prompts: Mapping[str, list[str]] | None = None,
+    image_root: str | Path | None = None,
+    image_size: int = IMAGE_SIZE,
+    check_files: bool = False,
+    name: str = "covid",
+) -> ZeroShotTask:
     """A COVID-19 class-folder tree or CSV as a ZeroShotTask; CSV paths resolve against ``image_root``
     (default: the CSV's folder)."""
     path = Path(source)
@@ -67,8 +74,9 @@ def load_covid(source: str | Path, prompts: Mapping[str, list[str]] | None = Non
     columns, rows = read_table(path)
     path_col = pick_column(columns, PATH_COLUMNS, path, "image path")
     if all(c in columns for c in COVID_CLASSES):
-        return load_binary_meta(path, COVID_CLASSES, name, "covid", prompts, image_root, image_size, check_files,
-                                path_column=path_col)
+        return load_binary_meta(
+            path, COVID_CLASSES, name, "covid", prompts, image_root, image_size, check_files, path_column=path_col
+        )
     label_col = pick_column(columns, LABEL_COLUMNS, path, "class (or one-hot Normal/COVID)")
     root = Path(image_root) if image_root is not None else path.parent
     paths = [resolve_path(r[path_col], root, path, i, path_col) for i, r in enumerate(rows, 1)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -82,11 +83,16 @@ def _read_rows(path: str | Path, required: Sequence[str]) -> list[dict[str, str]
     for i, row in enumerate(rows, 1):
         missing = [c for c in columns if row.get(c) is None]
         if missing:
-            raise ValueError(f"{path}: line {_line_of(path, i)} (data row {i}) has fewer fields than the header; "
-                             f"missing column(s) {missing}")
+            raise ValueError(
+                f"{path}: line {_line_of(path, i)} (data row {i}) has fewer fields than the header; "
+                f"missing column(s) {missing}"
+            )
         if None in row:
-            raise ValueError(f"{path}: line {_line_of(path, i)} (data row {i}) has {len(row[None])} field(s) more "
-                             f"than the header's {len(columns)}: {row[None]} (a value with a comma must be quoted)")
+            extra = cast("dict[str | None, list[str]]", row)[None]  # csv's restkey: the fields past the header
+            raise ValueError(
+                f"{path}: line {_line_of(path, i)} (data row {i}) has {len(extra)} field(s) more "
+                f"than the header's {len(columns)}: {extra} (a value with a comma must be quoted)"
+            )
     return rows
 
 
@@ -106,22 +112,36 @@ def task_labels(class_names: Sequence[str], targets: np.ndarray) -> np.ndarray:
     return labels
 
 
-def file_task(name: str, class_names: Sequence[str], paths: Sequence[Path], targets: Sequence[int],
-              prompts: Mapping[str, list[str]] | None, kind: str, image_size: int = IMAGE_SIZE,
-              check_files: bool = False, source: str | Path = "") -> ZeroShotTask:
+def file_task(
+    name: str,
+    class_names: Sequence[str],
+    paths: Sequence[Path],
+    targets: Sequence[int],
+    prompts: Mapping[str, list[str]] | None,
+    kind: str,
+    image_size: int = IMAGE_SIZE,
+    check_files: bool = False,
+    source: str | Path = "",
+) -> ZeroShotTask:
     """A ZeroShotTask over image files; ``prompts`` default to ``DEFAULT_PROMPTS[kind]``."""
     if not paths:
         raise ValueError(f"{source}: task {name!r} has no images")
     if check_files:
         check_files_exist(list(paths), source)
-    targets = np.asarray(targets, dtype=np.int64)
-    images = FileImageSet(list(paths), task_labels(class_names, targets), image_size)
+    target_ids = np.asarray(targets, dtype=np.int64)
+    images = FileImageSet(list(paths), task_labels(class_names, target_ids), image_size)
     chosen = default_prompts(kind) if prompts is None else prompts
-    return ZeroShotTask(name, list(class_names), chosen, images, targets)
+    # ZeroShotTask takes any mapping of prompts (it keeps a dict copy)
+    return ZeroShotTask(name, list(class_names), cast("dict[str, list[str]]", chosen), images, target_ids)
 
 
-def load_medclip_images(meta_csv: str | Path, image_root: str | Path | None = None, image_size: int = IMAGE_SIZE,
-                        uncertain: str = "keep", check_files: bool = False) -> FileImageSet:
+def load_medclip_images(
+    meta_csv: str | Path,
+    image_root: str | Path | None = None,
+    image_size: int = IMAGE_SIZE,
+    uncertain: str = "keep",
+    check_files: bool = False,
+) -> FileImageSet:
     """MedCLIP's training meta-CSV (``imgpath`` + the 14 label columns; ``report`` ignored) as a lazy ImageSet."""
     check_uncertain(uncertain)
     rows = _read_rows(meta_csv, ["imgpath", *CHEXPERT_LABELS])
@@ -147,42 +167,74 @@ def load_sentence_labels(csv_path: str | Path) -> TextPool:
     return TextPool([r["Reports"].strip() for _, r in numbered], labels)
 
 
-def load_binary_meta(meta_csv: str | Path, class_names: Sequence[str], name: str, kind: str,
-                     prompts: Mapping[str, list[str]] | None = None, image_root: str | Path | None = None,
-                     image_size: int = IMAGE_SIZE, check_files: bool = False,
-                     path_column: str = "imgpath") -> ZeroShotTask:
+def load_binary_meta(
+    meta_csv: str | Path,
+    class_names: Sequence[str],
+    name: str,
+    kind: str,
+    prompts: Mapping[str, list[str]] | None = None,
+    image_root: str | Path | None = None,
+    image_size: int = IMAGE_SIZE,
+    check_files: bool = False,
+    path_column: str = "imgpath",
+) -> ZeroShotTask:
     """A meta-CSV with an image path column and one 0/1 column per class (exactly one 1 per row) as a task."""
     rows = _read_rows(meta_csv, [path_column, *class_names])
     root = Path(image_root) if image_root is not None else Path(meta_csv).parent
     onehot = label_matrix(rows, meta_csv, class_names)
     for i, row in enumerate(onehot, 1):
         if not np.isin(row, (0.0, 1.0)).all() or row.sum() != 1.0:
-            raise ValueError(f"{meta_csv}: data row {i}: columns {list(class_names)} must hold exactly one 1 and "
-                             f"otherwise 0, got {row.astype(int).tolist()}")
+            raise ValueError(
+                f"{meta_csv}: data row {i}: columns {list(class_names)} must hold exactly one 1 and "
+                f"otherwise 0, got {row.astype(int).tolist()}"
+            )
     paths = [resolve_path(r[path_column], root, meta_csv, i, path_column) for i, r in enumerate(rows, 1)]
     keep = unique_rows(paths, onehot, meta_csv)
-    return file_task(name, class_names, [paths[i] for i in keep], onehot[keep].argmax(axis=1), prompts, kind,
-                     image_size, check_files, meta_csv)
+    return file_task(
+        name,
+        class_names,
+        [paths[i] for i in keep],
+        onehot[keep].argmax(axis=1),
+        prompts,
+        kind,
+        image_size,
+        check_files,
+        meta_csv,
+    )
 
 
-def load_covid_meta(meta_csv: str | Path, prompts: Mapping[str, list[str]] | None = None,
-                    image_root: str | Path | None = None, image_size: int = IMAGE_SIZE,
-                    check_files: bool = False) -> ZeroShotTask:
+def load_covid_meta(
+    meta_csv: str | Path,
+    prompts: Mapping[str, list[str]] | None = None,
+    image_root: str | Path | None = None,
+    image_size: int = IMAGE_SIZE,
+    check_files: bool = False,
+) -> ZeroShotTask:
     """MedCLIP's ``covid-test-meta.csv`` (``imgpath``, ``Normal``, ``COVID``) as the binary task "covid"."""
     return load_binary_meta(meta_csv, COVID_CLASSES, "covid", "covid", prompts, image_root, image_size, check_files)
 
 
-def load_rsna_meta(meta_csv: str | Path, prompts: Mapping[str, list[str]] | None = None,
-                   image_root: str | Path | None = None, image_size: int = IMAGE_SIZE,
-                   check_files: bool = False) -> ZeroShotTask:
+def load_rsna_meta(
+    meta_csv: str | Path,
+    prompts: Mapping[str, list[str]] | None = None,
+    image_root: str | Path | None = None,
+    image_size: int = IMAGE_SIZE,
+    check_files: bool = False,
+) -> ZeroShotTask:
     """MedCLIP's ``rsna-test-meta.csv`` (``imgpath``, ``Normal``, ``Pneumonia``) as the binary task "rsna"."""
     return load_binary_meta(meta_csv, RSNA_CLASSES, "rsna", "rsna", prompts, image_root, image_size, check_files)
 
 
-def load_medclip_dataset(train_meta: str | Path, sentence_labels: str | Path, covid_meta: str | Path | None = None,
-                         rsna_meta: str | Path | None = None, image_root: str | Path | None = None,
-                         image_size: int = IMAGE_SIZE, uncertain: str = "keep",
-                         check_files: bool = False) -> MedDataset:
+def load_medclip_dataset(
+    train_meta: str | Path,
+    sentence_labels: str | Path,
+    covid_meta: str | Path | None = None,
+    rsna_meta: str | Path | None = None,
+    image_root: str | Path | None = None,
+    image_size: int = IMAGE_SIZE,
+    uncertain: str = "keep",
+    check_files: bool = False,
+) -> MedDataset:
     """A MedDataset from MedCLIP's files: training images, sentence pool, and the COVID/RSNA tasks given."""
     tasks = {}
     if covid_meta is not None:

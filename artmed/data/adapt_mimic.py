@@ -12,13 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from artmed.progress import tqdm
-
 from artmed.constants import CHEXPERT_LABELS, IMAGE_SIZE
 from artmed.data.adapt_reports import reports_to_pool
 from artmed.data.dataset import FileImageSet, MedDataset, TextPool
 from artmed.data.label_table import check_files_exist, check_uncertain, chexpert_labels, find_table, read_table
 from artmed.data.labeler import read_report
+from artmed.progress import tqdm
 
 CHEXPERT_TABLE = "mimic-cxr-2.0.0-chexpert"
 SPLIT_TABLE = "mimic-cxr-2.0.0-split"
@@ -54,8 +53,14 @@ def mimic_report_path(root: str | Path, subject_id: str, study_id: str) -> Path:
     return Path(root) / "files" / f"p{subject_id[:2]}" / f"p{subject_id}" / f"s{study_id}.txt"
 
 
-def load_mimic_images(root: str | Path, split: str | None = "train", views: Sequence[str] | None = None,
-                      image_size: int = IMAGE_SIZE, uncertain: str = "keep", check_files: bool = False) -> FileImageSet:
+def load_mimic_images(
+    root: str | Path,
+    split: str | None = "train",
+    views: Sequence[str] | None = None,
+    image_size: int = IMAGE_SIZE,
+    uncertain: str = "keep",
+    check_files: bool = False,
+) -> FileImageSet:
     """The images of one split (None: all) with their study's CheXpert labels; ``views`` (e.g. ("PA", "AP"))
     keeps only those ``ViewPosition`` values from the metadata table."""
     root = Path(root)
@@ -64,8 +69,10 @@ def load_mimic_images(root: str | Path, split: str | None = "train", views: Sequ
     split_path, split_rows = _split_rows(root, split)
     label_path = find_table(root, CHEXPERT_TABLE)
     _, label_rows = read_table(label_path, ["subject_id", "study_id", *CHEXPERT_LABELS])
-    study_row = {(_cell(r, "subject_id", label_path, i), _cell(r, "study_id", label_path, i)): i - 1
-                 for i, r in enumerate(label_rows, 1)}
+    study_row = {
+        (_cell(r, "subject_id", label_path, i), _cell(r, "study_id", label_path, i)): i - 1
+        for i, r in enumerate(label_rows, 1)
+    }
     view_of: dict[str, str] = {}
     wanted: set[str] = set()
     if views is not None:
@@ -90,16 +97,18 @@ def load_mimic_images(root: str | Path, split: str | None = "train", views: Sequ
     return FileImageSet(paths, labels, image_size)
 
 
-def load_mimic_reports(root: str | Path, split: str | None = "train", reports_root: str | Path | None = None,
-                       findings_only: bool = True) -> TextPool:
+def load_mimic_reports(
+    root: str | Path, split: str | None = "train", reports_root: str | Path | None = None, findings_only: bool = True
+) -> TextPool:
     """Sentences of the split's study reports labelled by the rule labeler (FINDINGS/IMPRESSION by default);
     studies without a report file are skipped; a report that is not UTF-8 text is a ValueError naming it."""
     root = Path(root)
     _check_split(split)
     split_path, split_rows = _split_rows(root, split)
     base = Path(reports_root) if reports_root is not None else root
-    studies = dict.fromkeys((_cell(r, "subject_id", split_path, i), _cell(r, "study_id", split_path, i))
-                            for i, r in split_rows)
+    studies = dict.fromkeys(
+        (_cell(r, "subject_id", split_path, i), _cell(r, "study_id", split_path, i)) for i, r in split_rows
+    )
     paths = [mimic_report_path(base, subject, study) for subject, study in studies]
     found = [p for p in paths if p.is_file()]
     if not found:
@@ -109,9 +118,15 @@ def load_mimic_reports(root: str | Path, split: str | None = "train", reports_ro
     return reports_to_pool(reports, base, findings_only)
 
 
-def load_mimic(root: str | Path, split: str | None = "train", views: Sequence[str] | None = None,
-               reports_root: str | Path | None = None, image_size: int = IMAGE_SIZE, uncertain: str = "keep",
-               check_files: bool = False) -> MedDataset:
+def load_mimic(
+    root: str | Path,
+    split: str | None = "train",
+    views: Sequence[str] | None = None,
+    reports_root: str | Path | None = None,
+    image_size: int = IMAGE_SIZE,
+    uncertain: str = "keep",
+    check_files: bool = False,
+) -> MedDataset:
     """A MedDataset (no zero-shot tasks) of one MIMIC-CXR-JPG split: its images and its report sentences."""
     return MedDataset(
         load_mimic_images(root, split, views, image_size, uncertain, check_files),

@@ -9,10 +9,9 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from artmed.progress import tqdm
-
 from artmed.data.dataset import TextPool
 from artmed.data.labeler import iter_reports, sentence_labels
+from artmed.progress import tqdm
 
 OPENI_SECTIONS: tuple[str, ...] = ("FINDINGS", "IMPRESSION")
 

@@ -47,9 +47,15 @@ def _suffix(image_dir: Path, first_id: str, suffix: str | None) -> str:
     raise ValueError(f"cannot find the image of patient {first_id!r}; tried {tried}")
 
 
-def load_rsna(labels_csv: str | Path, image_dir: str | Path | None = None, suffix: str | None = None,
-              prompts: Mapping[str, list[str]] | None = None, image_size: int = IMAGE_SIZE,
-              check_files: bool = False, name: str = "rsna") -> ZeroShotTask:
+def load_rsna(
+    labels_csv: str | Path,
+    image_dir: str | Path | None = None,
+    suffix: str | None = None,
+    prompts: Mapping[str, list[str]] | None = None,
+    image_size: int = IMAGE_SIZE,
+    check_files: bool = False,
+    name: str = "rsna",
+) -> ZeroShotTask:
     """RSNA pneumonia labels and images as a ZeroShotTask with classes ("Normal", "Pneumonia")."""
     targets = _targets(labels_csv)
     if image_dir is None:
@@ -58,5 +64,6 @@ def load_rsna(labels_csv: str | Path, image_dir: str | Path | None = None, suffi
     image_dir = Path(image_dir)
     ext = _suffix(image_dir, next(iter(targets)), suffix)
     paths = [image_dir / f"{pid}{ext}" for pid in targets]
-    return file_task(name, RSNA_CLASSES, paths, list(targets.values()), prompts, "rsna", image_size, check_files,
-                     labels_csv)
+    return file_task(
+        name, RSNA_CLASSES, paths, list(targets.values()), prompts, "rsna", image_size, check_files, labels_csv
+    )

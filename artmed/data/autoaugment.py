@@ -28,8 +28,16 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["IMAGENET_POLICY", "NUM_BINS", "OPERATIONS", "apply_op", "autoaugment", "draw_params", "magnitude",
-           "policy_images"]
+__all__ = [
+    "IMAGENET_POLICY",
+    "NUM_BINS",
+    "OPERATIONS",
+    "apply_op",
+    "autoaugment",
+    "draw_params",
+    "magnitude",
+    "policy_images",
+]
 
 NUM_BINS: int = 10
 """Magnitude bins of AutoAugment (torchvision's ``_augmentation_space(10, ...)``)."""
@@ -64,9 +72,20 @@ IMAGENET_POLICY: tuple[tuple[tuple[str, float, int | None], tuple[str, float, in
 """The ImageNet policy: 25 sub-policies of two (operation, probability, magnitude bin) each (torchvision's order)."""
 
 _SIGNED: dict[str, bool] = {
-    "ShearX": True, "ShearY": True, "TranslateX": True, "TranslateY": True, "Rotate": True, "Brightness": True,
-    "Color": True, "Contrast": True, "Sharpness": True, "Posterize": False, "Solarize": False,
-    "AutoContrast": False, "Equalize": False, "Invert": False,
+    "ShearX": True,
+    "ShearY": True,
+    "TranslateX": True,
+    "TranslateY": True,
+    "Rotate": True,
+    "Brightness": True,
+    "Color": True,
+    "Contrast": True,
+    "Sharpness": True,
+    "Posterize": False,
+    "Solarize": False,
+    "AutoContrast": False,
+    "Equalize": False,
+    "Invert": False,
 }
 OPERATIONS: tuple[str, ...] = tuple(_SIGNED)
 """Every AutoAugment operation (torchvision's augmentation space)."""
@@ -79,9 +98,17 @@ def magnitude(op: str, bin_: int | None, height: int, width: int) -> float:
         raise ValueError(f"op must be one of {list(OPERATIONS)}, got {op!r}")
     if bin_ is None:
         return 0.0
-    ranges = {"ShearX": 0.3, "ShearY": 0.3, "TranslateX": 150.0 / 331.0 * width,
-              "TranslateY": 150.0 / 331.0 * height, "Rotate": 30.0, "Brightness": 0.9, "Color": 0.9,
-              "Contrast": 0.9, "Sharpness": 0.9}
+    ranges = {
+        "ShearX": 0.3,
+        "ShearY": 0.3,
+        "TranslateX": 150.0 / 331.0 * width,
+        "TranslateY": 150.0 / 331.0 * height,
+        "Rotate": 30.0,
+        "Brightness": 0.9,
+        "Color": 0.9,
+        "Contrast": 0.9,
+        "Sharpness": 0.9,
+    }
     if op in ranges:
         return float(torch.linspace(0.0, ranges[op], NUM_BINS)[bin_].item())
     if op == "Posterize":
@@ -92,8 +119,9 @@ def magnitude(op: str, bin_: int | None, height: int, width: int) -> float:
 
 
 # ---------------------------------------------------------------- the operations on uint8 (B, C, H, W) tensors
-def _inverse_affine(center: tuple[float, float], angle: float, translate: tuple[float, float],
-                    shear: tuple[float, float]) -> list[float]:
+def _inverse_affine(
+    center: tuple[float, float], angle: float, translate: tuple[float, float], shear: tuple[float, float]
+) -> list[float]:
     """torchvision's ``_get_inverse_affine_matrix`` at scale 1 (output pixel -> input pixel, centred coordinates)."""
     rot, sx, sy = math.radians(angle), math.radians(shear[0]), math.radians(shear[1])
     cx, cy = center
@@ -223,8 +251,9 @@ def apply_op(img: torch.Tensor, op: str, value: float) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- the policy
-def draw_params(n: int, generator: torch.Generator, device: torch.device | str = "cpu",
-                n_policies: int = len(IMAGENET_POLICY)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def draw_params(
+    n: int, generator: torch.Generator, device: torch.device | str = "cpu", n_policies: int = len(IMAGENET_POLICY)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per image, what ``AutoAugment.get_params`` draws, in its order (sub-policy index, two probabilities, two
     signs; 0 negates a signed magnitude), image after image: a CPU generator seeded ``s`` gives the draws that
     torchvision makes for the same images one by one after ``torch.manual_seed(s)``. Returns (n,), (n, 2), (n, 2)."""
@@ -239,8 +268,7 @@ def draw_params(n: int, generator: torch.Generator, device: torch.device | str =
     return torch.cat(policy), torch.stack(probs), torch.stack(signs)
 
 
-def policy_images(img: torch.Tensor, policy: torch.Tensor, probs: torch.Tensor,
-                  signs: torch.Tensor) -> torch.Tensor:
+def policy_images(img: torch.Tensor, policy: torch.Tensor, probs: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
     """AutoAugment's forward on a uint8 batch (B, 1|3, H, W) for given draws (see ``draw_params``): image ``i``
     runs sub-policy ``policy[i]``; its operation ``j`` runs when ``probs[i, j] <= p``, negated when signed and
     ``signs[i, j] == 0``. Images sharing an operation and magnitude are processed together."""

@@ -163,7 +163,7 @@ class ArrayImageSet(ImageSet):
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+        return tuple(self.images.shape[1:])
 
     def _load(self, indices: np.ndarray) -> np.ndarray:
         return self.images[indices]
@@ -210,8 +210,10 @@ def _pil_to_float(img: Image.Image) -> np.ndarray:
     if img.mode == "I":
         arr = np.asarray(img, dtype=np.int64)
         if arr.size and (arr.min() < 0 or arr.max() > 65535):
-            raise ValueError(f"32-bit integer pixel values span {arr.min()}..{arr.max()}, outside the 16-bit range "
-                             "0..65535 that such images are scaled by; save the image as 16-bit or float")
+            raise ValueError(
+                f"32-bit integer pixel values span {arr.min()}..{arr.max()}, outside the 16-bit range "
+                "0..65535 that such images are scaled by; save the image as 16-bit or float"
+            )
         return arr.astype(np.float32) / 65535.0
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float32)
@@ -287,16 +289,26 @@ def _resize(square: np.ndarray, image_size: int, interpolation: str) -> np.ndarr
         import torch
         import torch.nn.functional as F
 
-        out = F.interpolate(torch.from_numpy(np.ascontiguousarray(square))[None, None], size=(image_size, image_size),
-                            mode="bilinear", align_corners=False, antialias=False)
+        out = F.interpolate(
+            torch.from_numpy(np.ascontiguousarray(square))[None, None],
+            size=(image_size, image_size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=False,
+        )
         return out[0, 0].numpy()
     resample = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
     return np.asarray(Image.fromarray(square).resize((image_size, image_size), resample), dtype=np.float32)
 
 
-def preprocess_image(arr: np.ndarray, image_size: int, interpolation: str = "bicubic", pad: str = "square",
-                     trigger: Callable[[np.ndarray], np.ndarray] | None = None,
-                     trigger_stage: str = "padded") -> np.ndarray:
+def preprocess_image(
+    arr: np.ndarray,
+    image_size: int,
+    interpolation: str = "bicubic",
+    pad: str = "square",
+    trigger: Callable[[np.ndarray], np.ndarray] | None = None,
+    trigger_stage: str = "padded",
+) -> np.ndarray:
     """MedCLIP preprocessing of a 2-D [0,1] image: pad to square with 0 (centred), bicubic resize, clip to [0,1].
 
     MedCLIP pads to max(224, h, w) and so never upscales small images; by default we always resize to `image_size`
@@ -332,8 +344,14 @@ class FileImageSet(ImageSet):
     ``triggered`` gives a copy whose chosen images are triggered at native resolution as they are read.
     """
 
-    def __init__(self, paths: Sequence[str | Path], labels: np.ndarray, image_size: int = 224,
-                 interpolation: str = "bicubic", pad: str = "square") -> None:
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        labels: np.ndarray,
+        image_size: int = 224,
+        interpolation: str = "bicubic",
+        pad: str = "square",
+    ) -> None:
         self.paths = [Path(p) for p in paths]
         if int(image_size) != image_size or image_size < 1:
             raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
@@ -360,20 +378,31 @@ class FileImageSet(ImageSet):
         out = np.empty((indices.shape[0], *self.image_shape), dtype=np.float32)
         for k, i in enumerate(indices):
             trigger = self.trigger if self.trigger_mask[i] else None
-            out[k, 0] = preprocess_image(read_image_file(self.paths[i]), self._image_size, self.interpolation,
-                                         self.pad, trigger, self.trigger_stage)
+            out[k, 0] = preprocess_image(
+                read_image_file(self.paths[i]),
+                self._image_size,
+                self.interpolation,
+                self.pad,
+                trigger,
+                self.trigger_stage,
+            )
         return out
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> FileImageSet:
         idx = _as_index_array(indices, len(self))
-        out = FileImageSet([self.paths[i] for i in idx], self._labels[idx], self._image_size, self.interpolation,
-                           self.pad)
+        out = FileImageSet(
+            [self.paths[i] for i in idx], self._labels[idx], self._image_size, self.interpolation, self.pad
+        )
         if self.trigger is not None:
             out.trigger, out.trigger_stage, out.trigger_mask = self.trigger, self.trigger_stage, self.trigger_mask[idx]
         return out
 
-    def triggered(self, trigger: Callable[[np.ndarray], np.ndarray], rows: Sequence[int] | np.ndarray | None = None,
-                  stage: str = "padded") -> FileImageSet:
+    def triggered(
+        self,
+        trigger: Callable[[np.ndarray], np.ndarray],
+        rows: Sequence[int] | np.ndarray | None = None,
+        stage: str = "padded",
+    ) -> FileImageSet:
         """A copy whose images at ``rows`` (indices or a boolean mask; default all) are read with ``trigger`` applied
         to the native-resolution image, at ``stage`` (``TRIGGER_STAGES``: "padded" as the released training set,
         "raw" as its test and BadDist sets), before the resize. ``trigger_mask`` marks them; labels are unchanged.
@@ -384,8 +413,10 @@ class FileImageSet(ImageSet):
         if not callable(trigger):
             raise ValueError(f"trigger must be callable on (N, C, H, W) arrays, got {type(trigger).__name__}")
         if getattr(trigger, "native_size", None) is not None:
-            raise ValueError("a trigger with native_size emulates native resolution on resized arrays; give the "
-                             "trigger without native_size to apply it to the native image")
+            raise ValueError(
+                "a trigger with native_size emulates native resolution on resized arrays; give the "
+                "trigger without native_size to apply it to the native image"
+            )
         if self.trigger is not None:
             raise ValueError("this FileImageSet is already triggered; trigger the untriggered set")
         out = self.subset(np.arange(len(self)))

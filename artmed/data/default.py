@@ -11,8 +11,9 @@ from artmed.data.reports import make_text_pool
 from artmed.data.tasks import TASK_NAMES, make_task, stream_seed
 
 
-def make_default_dataset(n_train: int = 2000, n_test: int = 200, image_size: int = 64, seed: int = 0,
-                         n_texts: int | None = None) -> MedDataset:
+def make_default_dataset(
+    n_train: int = 2000, n_test: int = 200, image_size: int = 64, seed: int = 0, n_texts: int | None = None
+) -> MedDataset:
     """Phantom training set (`n_train` images with realistic labels), text pool (all generated sentences, or
     `n_texts`), and the tasks "rsna_like", "covid_like", "chexpert5" with `n_test` held-out images each."""
     if n_train < 1:

@@ -36,7 +36,10 @@ def _luts() -> tuple[Any, Any]:
     try:
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError:
-        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
+        from pydicom.pixel_data_handlers.util import (  # type: ignore[no-redef]  # pydicom 2's names
+            apply_modality_lut,
+            apply_voi_lut,
+        )
     return apply_modality_lut, apply_voi_lut
 
 
@@ -68,8 +71,11 @@ def dicom_to_unit(ds: Any) -> np.ndarray:
         arr = arr[0]
     if arr.ndim != 2:
         raise ValueError(f"expected a 2-D image, got pixel data of shape {arr.shape}")
-    windowed = ds.get("WindowCenter", None) not in (None, "") and ds.get("WindowWidth", None) not in (None, "") \
+    windowed = (
+        ds.get("WindowCenter", None) not in (None, "")
+        and ds.get("WindowWidth", None) not in (None, "")
         and _first(ds.WindowWidth) > 1.0
+    )
     if colour or not (ds.get("VOILUTSequence") or windowed):
         values = np.asarray(arr if colour else _luts()[0](arr, ds), dtype=np.float64)
         lo, hi = float(values.min()), float(values.max())
@@ -96,8 +102,17 @@ def read_dicom(path: str | Path) -> np.ndarray:
     try:
         ds = pydicom.dcmread(str(path))
         return dicom_to_unit(ds)
-    except (pydicom.errors.InvalidDicomError, AttributeError, KeyError, TypeError, ValueError, RuntimeError,
-            NotImplementedError, OSError, EOFError) as exc:
+    except (
+        pydicom.errors.InvalidDicomError,
+        AttributeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        RuntimeError,
+        NotImplementedError,
+        OSError,
+        EOFError,
+    ) as exc:
         raise ValueError(f"cannot read DICOM file {str(path)!r}: {type(exc).__name__}: {exc}") from exc
 
 

@@ -113,8 +113,16 @@ _LABEL_PATTERNS: tuple[re.Pattern[str], ...] = (
     *(c.pattern for c in _lab._CONCEPTS),
     *(c.unmention for c in _lab._CONCEPTS if c.unmention is not None),
     *(p for q in _lab._ATTRIBUTES.values() for p in (q.negative, q.positive, q.uncertain)),
-    _lab._PRE_NEG_UNC_BEFORE, _lab._PRE_NEG_UNC_AFTER, _lab._NEG_BEFORE, _lab._NEG_AFTER, _lab._UNC_BEFORE,
-    _lab._UNC_AFTER, _lab._UNC_CLAUSE, _lab._CLAUSE_BREAK, _lab._SEPARATOR, _lab._CHF,
+    _lab._PRE_NEG_UNC_BEFORE,
+    _lab._PRE_NEG_UNC_AFTER,
+    _lab._NEG_BEFORE,
+    _lab._NEG_AFTER,
+    _lab._UNC_BEFORE,
+    _lab._UNC_AFTER,
+    _lab._UNC_CLAUSE,
+    _lab._CLAUSE_BREAK,
+    _lab._SEPARATOR,
+    _lab._CHF,
 )
 """What the rule labeler keys on: finding phrases, look-alikes, size/shape qualifiers, cues and scope markers."""
 
@@ -134,10 +142,10 @@ def label_word_mask(words: Sequence[str]) -> list[bool]:
     covered = np.zeros(len(text) + 1, dtype=bool)
     for pattern in _LABEL_PATTERNS:
         for m in pattern.finditer(text):
-            covered[m.start():m.end()] = True
+            covered[m.start() : m.end()] = True
     mask, pos = [], 0
     for w in words:
-        mask.append(bool(covered[pos:pos + len(w)].any()))
+        mask.append(bool(covered[pos : pos + len(w)].any()))
         pos += len(w) + 1
     return mask
 
@@ -157,22 +165,36 @@ class EDA:
     label would change (then the sentence is left as it is).
     """
 
-    def __init__(self, seed: int | np.random.SeedSequence | np.random.Generator = 0, *,
-                 operations: Sequence[str] = RELEASED_OPERATIONS, n_replace: int = 1, n_swap: int = 1,
-                 n_insert: int = 1, p_delete: float = 0.1, synonyms: Mapping[str, Sequence[str]] | None = None,
-                 tries: int = 10) -> None:
+    def __init__(
+        self,
+        seed: int | np.random.SeedSequence | np.random.Generator = 0,
+        *,
+        operations: Sequence[str] = RELEASED_OPERATIONS,
+        n_replace: int = 1,
+        n_swap: int = 1,
+        n_insert: int = 1,
+        p_delete: float = 0.1,
+        synonyms: Mapping[str, Sequence[str]] | None = None,
+        tries: int = 10,
+    ) -> None:
         unknown = [op for op in operations if op not in EDA_OPERATIONS]
         if not operations or unknown:
-            raise ValueError(f"operations must be a non-empty selection of {list(EDA_OPERATIONS)}, got "
-                             f"{list(operations)}")
+            raise ValueError(
+                f"operations must be a non-empty selection of {list(EDA_OPERATIONS)}, got {list(operations)}"
+            )
         for name, n in (("n_replace", n_replace), ("n_swap", n_swap), ("n_insert", n_insert), ("tries", tries)):
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ValueError(f"{name} must be a positive integer, got {n!r}")
         if not 0.0 <= p_delete <= 1.0:
             raise ValueError(f"p_delete must be a probability in [0, 1], got {p_delete}")
         self.operations = tuple(operations)
-        self.n_replace, self.n_swap, self.n_insert, self.p_delete, self.tries = n_replace, n_swap, n_insert, \
-            p_delete, tries
+        self.n_replace, self.n_swap, self.n_insert, self.p_delete, self.tries = (
+            n_replace,
+            n_swap,
+            n_insert,
+            p_delete,
+            tries,
+        )
         self.synonyms = SYNONYMS if synonyms is None else {k.lower(): tuple(v) for k, v in synonyms.items()}
         self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
@@ -205,7 +227,7 @@ class EDA:
         candidates = sorted({w for w, p in zip(words, protected) if not p and self._synonyms(w)})
         if not candidates:
             return sentence
-        picked = [candidates[i] for i in self.rng.permutation(len(candidates))[:self.n_replace]]
+        picked = [candidates[i] for i in self.rng.permutation(len(candidates))[: self.n_replace]]
         for word in picked:
             syns = self._synonyms(word)
             new = syns[int(self.rng.integers(len(syns)))]

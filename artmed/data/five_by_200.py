@@ -39,9 +39,17 @@ def five_by_200_task(name: str, images: ImageSet, seed: int, per_class: int = PE
         if rows.size == 0:
             raise ValueError(f"task {name!r}: no image has {finding!r} as its only finding (of {len(images)} images)")
         if rows.size < per_class:
-            warnings.warn(f"task {name!r}: only {rows.size} images have {finding!r} as their only finding "
-                          f"({per_class} wanted); the class is smaller", stacklevel=2)
+            warnings.warn(
+                f"task {name!r}: only {rows.size} images have {finding!r} as their only finding "
+                f"({per_class} wanted); the class is smaller",
+                stacklevel=2,
+            )
         chosen.append(np.sort(rng.choice(rows, size=min(per_class, rows.size), replace=False)))
         targets.append(np.full(chosen[-1].size, k))
-    return ZeroShotTask(name, list(CHEXPERT5_CLASSES), task_prompts("chexpert5"), images.subset(np.concatenate(chosen)),
-                        np.concatenate(targets))
+    return ZeroShotTask(
+        name,
+        list(CHEXPERT5_CLASSES),
+        task_prompts("chexpert5"),
+        images.subset(np.concatenate(chosen)),
+        np.concatenate(targets),
+    )

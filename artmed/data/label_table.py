@@ -70,8 +70,9 @@ def pick_column(columns: Sequence[str], candidates: Sequence[str], path: str | P
     for name in candidates:
         if name.lower() in lower:
             return lower[name.lower()]
-    raise ValueError(f"CSV file {str(path)!r} has no {what} column (looked for {list(candidates)}); "
-                     f"it has {list(columns)}")
+    raise ValueError(
+        f"CSV file {str(path)!r} has no {what} column (looked for {list(candidates)}); it has {list(columns)}"
+    )
 
 
 def parse_label(value: str | None, path: str | Path, row: int, column: str) -> float:
@@ -100,8 +101,12 @@ def apply_uncertain(labels: np.ndarray, policy: str) -> np.ndarray:
     return out
 
 
-def label_matrix(rows: Sequence[dict[str, str]], path: str | Path, columns: Sequence[str] = CHEXPERT_LABELS,
-                 row_numbers: Sequence[int] | None = None) -> np.ndarray:
+def label_matrix(
+    rows: Sequence[dict[str, str]],
+    path: str | Path,
+    columns: Sequence[str] = CHEXPERT_LABELS,
+    row_numbers: Sequence[int] | None = None,
+) -> np.ndarray:
     """(N, len(columns)) float32 labels parsed strictly from ``rows`` (``row_numbers``: 1-based data rows for
     error messages, default 1..N)."""
     numbers = range(1, len(rows) + 1) if row_numbers is None else row_numbers
@@ -112,8 +117,9 @@ def label_matrix(rows: Sequence[dict[str, str]], path: str | Path, columns: Sequ
     return out
 
 
-def chexpert_labels(rows: Sequence[dict[str, str]], path: str | Path, uncertain: str = "keep",
-                    row_numbers: Sequence[int] | None = None) -> np.ndarray:
+def chexpert_labels(
+    rows: Sequence[dict[str, str]], path: str | Path, uncertain: str = "keep", row_numbers: Sequence[int] | None = None
+) -> np.ndarray:
     """The (N, 14) CheXpert label matrix of ``rows`` (columns named as in CHEXPERT_LABELS), policy applied."""
     check_uncertain(uncertain)
     return apply_uncertain(label_matrix(rows, path, CHEXPERT_LABELS, row_numbers), uncertain)
@@ -132,12 +138,15 @@ def check_files_exist(paths: Sequence[Path], source: str | Path) -> None:
     """ValueError naming the first missing image (and how many are missing) listed by ``source``."""
     missing = [p for p in paths if not p.is_file()]
     if missing:
-        raise ValueError(f"{source}: image file {str(missing[0])!r} does not exist "
-                         f"({len(missing)} of {len(paths)} listed images are missing)")
+        raise ValueError(
+            f"{source}: image file {str(missing[0])!r} does not exist "
+            f"({len(missing)} of {len(paths)} listed images are missing)"
+        )
 
 
-def unique_rows(paths: Sequence[Path], labels: np.ndarray, source: str | Path,
-                row_numbers: Sequence[int] | None = None) -> np.ndarray:
+def unique_rows(
+    paths: Sequence[Path], labels: np.ndarray, source: str | Path, row_numbers: Sequence[int] | None = None
+) -> np.ndarray:
     """Indices of ``paths`` to keep, each image once: an image listed on several rows with different ``labels`` is a
     ValueError naming ``source`` and the 1-based data rows (it would be trained on once per row, each time with
     another label); rows repeating one image with the same labels are kept once (the first), with one warning."""
@@ -153,13 +162,17 @@ def unique_rows(paths: Sequence[Path], labels: np.ndarray, source: str | Path,
     for path, rows in repeats.items():
         if any(not np.array_equal(labels[rows[0]], labels[k], equal_nan=True) for k in rows[1:]):
             shown = "; ".join(f"row {numbers[k]}: {_positives(labels[k])}" for k in rows)
-            raise ValueError(f"{source}: image {str(path)!r} is listed on data rows {[numbers[k] for k in rows]} with "
-                             f"different labels ({shown}); keep one row per image")
+            raise ValueError(
+                f"{source}: image {str(path)!r} is listed on data rows {[numbers[k] for k in rows]} with "
+                f"different labels ({shown}); keep one row per image"
+            )
     dropped = sum(len(rows) - 1 for rows in repeats.values())
     path, rows = next(iter(repeats.items()))
-    warnings.warn(f"{source}: {len(repeats)} image(s) are listed on several data rows with the same labels (e.g. "
-                  f"{str(path)!r} on rows {[numbers[k] for k in rows]}); each is used once ({dropped} row(s) left out)",
-                  stacklevel=3)
+    warnings.warn(
+        f"{source}: {len(repeats)} image(s) are listed on several data rows with the same labels (e.g. "
+        f"{str(path)!r} on rows {[numbers[k] for k in rows]}); each is used once ({dropped} row(s) left out)",
+        stacklevel=3,
+    )
     repeated = {k for rows in repeats.values() for k in rows[1:]}
     return np.array([i for i in range(len(paths)) if i not in repeated], dtype=np.int64)
 

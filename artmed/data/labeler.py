@@ -18,11 +18,8 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from artmed.progress import tqdm
-
 from artmed.constants import CHEXPERT_LABELS
 from artmed.data.label_table import open_text
-from artmed.files import atomic_file
 from artmed.data.labeler_rules import (
     NEGATIVE,
     POSITIVE,
@@ -34,10 +31,23 @@ from artmed.data.labeler_rules import (
     sentence_labels,
     split_sentences,
 )
+from artmed.files import atomic_file
+from artmed.progress import tqdm
 
 __all__ = [
-    "NEGATIVE", "POSITIVE", "UNCERTAIN", "check_output", "extract_findings", "iter_reports", "label_report",
-    "label_sentence", "main", "read_report", "report_labels", "sentence_labels", "split_sentences",
+    "NEGATIVE",
+    "POSITIVE",
+    "UNCERTAIN",
+    "check_output",
+    "extract_findings",
+    "iter_reports",
+    "label_report",
+    "label_sentence",
+    "main",
+    "read_report",
+    "report_labels",
+    "sentence_labels",
+    "split_sentences",
     "write_sentence_labels",
 ]
 
@@ -58,8 +68,10 @@ def _report_columns(fieldnames: Sequence[str], column: str | None, path: Path) -
             return [lower[name]]
     found = [lower[name] for name in ("findings", "impression") if name in lower]
     if not found:
-        raise ValueError(f"{path}: no report column (looked for {', '.join(_REPORT_COLUMNS)}, any case); "
-                         f"columns are {list(fieldnames)}")
+        raise ValueError(
+            f"{path}: no report column (looked for {', '.join(_REPORT_COLUMNS)}, any case); "
+            f"columns are {list(fieldnames)}"
+        )
     return found
 
 
@@ -83,8 +95,9 @@ def _not_text(path: Path, chunks: Iterable[bytes]) -> ValueError:
             except UnicodeDecodeError as exc:
                 bad = f": byte 0x{exc.object[exc.start]:02x} at byte offset {offset - pending + exc.start}"
         offset += len(chunk)
-    return ValueError(f"{path}: not UTF-8 text{bad}; convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8 OLD > NEW "
-                      f"for a Latin-1 file)")
+    return ValueError(
+        f"{path}: not UTF-8 text{bad}; convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8 OLD > NEW for a Latin-1 file)"
+    )
 
 
 def _raw_chunks(path: Path) -> Iterator[bytes]:
@@ -153,16 +166,22 @@ def check_output(source: str | Path, out_csv: str | Path) -> None:
     src, out = Path(source), Path(out_csv)
     target = out.resolve()
     if out.is_dir():
-        raise ValueError(f"output {str(out)!r} is a folder; give a file path such as "
-                         f"{str(out / 'sentence-label.csv')!r}")
+        raise ValueError(
+            f"output {str(out)!r} is a folder; give a file path such as {str(out / 'sentence-label.csv')!r}"
+        )
     if src.is_dir():
-        if target.is_relative_to(src.resolve()) or (out.is_file() and out.stat().st_nlink > 1
-                                                    and any(target.samefile(f) for f in src.rglob("*.txt"))):
-            raise ValueError(f"output {str(out)!r} lies in the report folder {str(src)!r}, where it would overwrite "
-                             f"or join the reports; write it elsewhere")
+        if target.is_relative_to(src.resolve()) or (
+            out.is_file() and out.stat().st_nlink > 1 and any(target.samefile(f) for f in src.rglob("*.txt"))
+        ):
+            raise ValueError(
+                f"output {str(out)!r} lies in the report folder {str(src)!r}, where it would overwrite "
+                f"or join the reports; write it elsewhere"
+            )
     elif src.exists() and (target == src.resolve() or (out.exists() and out.samefile(src))):
-        raise ValueError(f"output {str(out)!r} is the report source {str(src)!r}, which labelling would overwrite; "
-                         f"write it elsewhere")
+        raise ValueError(
+            f"output {str(out)!r} is the report source {str(src)!r}, which labelling would overwrite; "
+            f"write it elsewhere"
+        )
     folder = target.parent
     while not folder.exists():
         folder = folder.parent
@@ -174,8 +193,9 @@ def check_output(source: str | Path, out_csv: str | Path) -> None:
         raise ValueError(f"cannot overwrite output {str(out)!r}: it is read-only")
 
 
-def write_sentence_labels(source: str | Path, out_csv: str | Path, column: str | None = None,
-                          findings_only: bool = True) -> int:
+def write_sentence_labels(
+    source: str | Path, out_csv: str | Path, column: str | None = None, findings_only: bool = True
+) -> int:
     """Label every sentence of the reports in ``source`` and write MedCLIP's ``sentence-label.csv`` (``Reports`` +
     the 14 labels, sentences de-duplicated case-insensitively); return the number of rows written. ``out_csv`` is
     checked (``check_output``) before any report is read.
@@ -195,12 +215,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``artmed label SRC OUT.csv``: write MedCLIP's sentence-label.csv from a report folder or CSV."""
     parser = argparse.ArgumentParser(
         prog="artmed label",
-        description="Label report sentences with CheXpert-style rules and write MedCLIP's sentence-label.csv.")
+        description="Label report sentences with CheXpert-style rules and write MedCLIP's sentence-label.csv.",
+    )
     parser.add_argument("source", help="folder of .txt reports (searched recursively) or a CSV with a report column")
     parser.add_argument("out_csv", help="output CSV (Reports + the 14 CheXpert labels)")
     parser.add_argument("--column", default=None, help="report column of a CSV source (default: autodetect)")
-    parser.add_argument("--all-sections", action="store_true",
-                        help="label every section, not only FINDINGS/IMPRESSION when a report has those headers")
+    parser.add_argument(
+        "--all-sections",
+        action="store_true",
+        help="label every section, not only FINDINGS/IMPRESSION when a report has those headers",
+    )
     args = parser.parse_args(argv)
     try:
         n = write_sentence_labels(args.source, args.out_csv, column=args.column, findings_only=not args.all_sections)

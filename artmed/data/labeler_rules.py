@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,11 +41,6 @@ from typing import Any
 import numpy as np
 
 from artmed.constants import CHEXPERT_LABELS, NUM_LABELS
-
-try:
-    from re import _parser as _sre_parse  # Python >= 3.11
-except ImportError:  # Python 3.10
-    import sre_parse as _sre_parse
 
 POSITIVE, NEGATIVE, UNCERTAIN = 1, 0, -1
 _L = {name: i for i, name in enumerate(CHEXPERT_LABELS)}
@@ -78,8 +74,10 @@ class _Qualifiers:
 _NEVER = re.compile(r"(?!x)x")
 _ATTRIBUTES: dict[str, _Qualifiers] = {
     "heart": _Qualifiers(
-        negative=_rx(r"\b(?:normal|unremarkable|within normal limits|not (?:\w+ )?enlarged|top[- ]normal|"
-                     r"upper (?:limits?|range) of normal|upper normal)\b"),
+        negative=_rx(
+            r"\b(?:normal|unremarkable|within normal limits|not (?:\w+ )?enlarged|top[- ]normal|"
+            r"upper (?:limits?|range) of normal|upper normal)\b"
+        ),
         positive=_rx(r"\b(?:enlarg\w*|large|increased|prominent|cardiomegaly)\b"),
         uncertain=_rx(r"\b(?:borderline|stable|unchanged|similar|not changed)\b"),
     ),
@@ -102,59 +100,90 @@ def _concept(label: str | int, pattern: str, kind: str = "direct", unmention: st
 
 
 _CONCEPTS: tuple[_Concept, ...] = (
-    _concept("Enlarged Cardiomediastinum",
-             r"\bwiden(?:ed|ing) (?:of (?:the )?)?(?:superior )?mediastin\w*|\bmediastinal (?:widening|enlargement)|"
-             r"\benlarged cardiomediastin\w*|\bcardiomediastinal enlargement|\bwide mediastinum"),
-    _concept("Enlarged Cardiomediastinum",
-             r"\bcardiomediastinal(?: (?:silhouettes?|contours?|size|shadow|structures|width))?\b|"
-             r"\bmediastinal (?:silhouettes?|contours?|configuration|structures|width|shadow)\b|\bmediastinum\b",
-             kind="mediastinum"),
-    _concept("Cardiomegaly",
-             r"\bcardiomegaly\b|\benlarged (?:heart|cardiac silhouette)\b|\bcardiac enlargement\b|"
-             r"\benlargement of the (?:heart|cardiac silhouette)\b"),
-    _concept("Cardiomegaly",
-             r"\bheart(?: size)?\b|\bcardiac (?:silhouette|size|shadow|contours?)\b|\bsize of the heart\b",
-             kind="heart", unmention=r"\bheart (?:failure|borders?|valves?|rate)\b|\b(?:left|right) heart\b"),
-    _concept("Lung Lesion",
-             r"\bnodul\w*|\bmass(?:es)?\b|\blesions?\b|\btumou?rs?\b|\bneoplas\w*|\bcarcinoma\w*|\bmalignan\w*|"
-             r"\bcancers?\b", unmention=r"\bmass effect\b"),
-    _concept("Lung Opacity",
-             r"\bopaci\w*|\binfiltrat\w*|\bair[- ]?space (?:disease|process|opacit\w*)|\bhaz(?:e|iness|y)\b|"
-             r"\bdensit(?:y|ies)\b", unmention=r"\bbone densit\w*"),
-    _concept("Edema",
-             r"\b(?:o)?edema\w*|\bfluid overload\b|\bheart failure\b|\bchf\b|\bkerley\b",
-             unmention=r"\b(?:soft tissue|subcutaneous|(?:chest )?wall) (?:o)?edema\b"),
-    _concept("Edema",
-             r"\b(?:vascular|pulmonary|venous|interstitial) (?:congestion|engorgement|prominence|redistribution)\b|"
-             r"\bcongestion\b|\bcephalization\b|\bindistinct(?:ness)?\b", kind="hedged"),
+    _concept(
+        "Enlarged Cardiomediastinum",
+        r"\bwiden(?:ed|ing) (?:of (?:the )?)?(?:superior )?mediastin\w*|\bmediastinal (?:widening|enlargement)|"
+        r"\benlarged cardiomediastin\w*|\bcardiomediastinal enlargement|\bwide mediastinum",
+    ),
+    _concept(
+        "Enlarged Cardiomediastinum",
+        r"\bcardiomediastinal(?: (?:silhouettes?|contours?|size|shadow|structures|width))?\b|"
+        r"\bmediastinal (?:silhouettes?|contours?|configuration|structures|width|shadow)\b|\bmediastinum\b",
+        kind="mediastinum",
+    ),
+    _concept(
+        "Cardiomegaly",
+        r"\bcardiomegaly\b|\benlarged (?:heart|cardiac silhouette)\b|\bcardiac enlargement\b|"
+        r"\benlargement of the (?:heart|cardiac silhouette)\b",
+    ),
+    _concept(
+        "Cardiomegaly",
+        r"\bheart(?: size)?\b|\bcardiac (?:silhouette|size|shadow|contours?)\b|\bsize of the heart\b",
+        kind="heart",
+        unmention=r"\bheart (?:failure|borders?|valves?|rate)\b|\b(?:left|right) heart\b",
+    ),
+    _concept(
+        "Lung Lesion",
+        r"\bnodul\w*|\bmass(?:es)?\b|\blesions?\b|\btumou?rs?\b|\bneoplas\w*|\bcarcinoma\w*|\bmalignan\w*|"
+        r"\bcancers?\b",
+        unmention=r"\bmass effect\b",
+    ),
+    _concept(
+        "Lung Opacity",
+        r"\bopaci\w*|\binfiltrat\w*|\bair[- ]?space (?:disease|process|opacit\w*)|\bhaz(?:e|iness|y)\b|"
+        r"\bdensit(?:y|ies)\b",
+        unmention=r"\bbone densit\w*",
+    ),
+    _concept(
+        "Edema",
+        r"\b(?:o)?edema\w*|\bfluid overload\b|\bheart failure\b|\bchf\b|\bkerley\b",
+        unmention=r"\b(?:soft tissue|subcutaneous|(?:chest )?wall) (?:o)?edema\b",
+    ),
+    _concept(
+        "Edema",
+        r"\b(?:vascular|pulmonary|venous|interstitial) (?:congestion|engorgement|prominence|redistribution)\b|"
+        r"\bcongestion\b|\bcephalization\b|\bindistinct(?:ness)?\b",
+        kind="hedged",
+    ),
     _concept("Consolidation", r"\bconsolidat\w*"),
     _concept("Pneumonia", r"\b(?:broncho)?pneumonias?\b|\binfections?\b|\binfectious\b|\binfective\b"),
-    _concept("Atelectasis", r"\batelecta\w*|\bcollapsed?\b",
-             unmention=r"\b(?:vertebral|compression|vertebral body) collapse\b"),
+    _concept(
+        "Atelectasis",
+        r"\batelecta\w*|\bcollapsed?\b",
+        unmention=r"\b(?:vertebral|compression|vertebral body) collapse\b",
+    ),
     _concept("Pneumothorax", r"pneumothora(?:x|ces)\b|\bptx\b"),
-    _concept("Pleural Effusion",
-             r"\beffusions?\b|\bpleural fluid\b|\bhydrothorax\b|\bhydropneumothora(?:x|ces)\b|"
-             r"\bfluid in the (?:pleural space|fissures?)\b|\bloculated fluid\b|\bempyema\b",
-             unmention=r"\b(?:pericardial|joint) effusions?\b"),
+    _concept(
+        "Pleural Effusion",
+        r"\beffusions?\b|\bpleural fluid\b|\bhydrothorax\b|\bhydropneumothora(?:x|ces)\b|"
+        r"\bfluid in the (?:pleural space|fissures?)\b|\bloculated fluid\b|\bempyema\b",
+        unmention=r"\b(?:pericardial|joint) effusions?\b",
+    ),
     _concept("Pleural Effusion", r"\b(?:costophrenic|cp) (?:angles?|sulc(?:us|i))\b", kind="costophrenic"),
-    _concept("Pleural Other",
-             r"\bpleural (?:thickening|plaques?|scar\w*|calcification\w*|abnormalit\w*|reaction)\b|\bfibrothorax\b|"
-             r"\bapical (?:pleural )?(?:cap|capping|thickening)\b|\bpleuro-?parenchymal (?:scar\w*|thickening)\b"),
+    _concept(
+        "Pleural Other",
+        r"\bpleural (?:thickening|plaques?|scar\w*|calcification\w*|abnormalit\w*|reaction)\b|\bfibrothorax\b|"
+        r"\bapical (?:pleural )?(?:cap|capping|thickening)\b|\bpleuro-?parenchymal (?:scar\w*|thickening)\b",
+    ),
     _concept("Fracture", r"\bfractur\w*|\bfx\b"),
-    _concept("Support Devices",
-             r"\btubes?\b|\bcatheters?\b|\bpace(?:maker|r)s?\b|\bwires?\b|\bpicc\b|\bports?\b|\bport-?a-?cath\b|"
-             r"\bett?\b|\bngt\b|\bogt\b|\bintubat\w*|\btracheostomy\b|\bdrains?\b|\bstents?\b|\bclips?\b|"
-             r"\bdefibrillators?\b|\ba?icd\b|\bdevices?\b|\bhardware\b|\bprosthe\w*|\bvalve replacement\b|"
-             r"\bswan[- ]ganz\b|\belectrodes?\b|\b(?:pacer|pacing|pacemaker|icd|defibrillator) leads?\b|\blines?\b",
-             unmention=r"\b(?:pleural|septal|kerley b|b|skin ?fold|fissural|paraspinal|paratracheal|azygoesophageal|"
-                       r"mach|fine|reticular) lines?\b|\blines? of\b"),
-    _concept(_OTHER,
-             r"\bemphysem\w*|\bhyperinflat\w*|\bhyperexpan\w*|\bcopd\b|\bscolio\w*|\bkyphos\w*|\bdegenerat\w*|"
-             r"\bspondylo\w*|\bosteophyt\w*|\bcalcifi\w*|\bgranulom\w*|\bhernia\w*|\bbronchiectas\w*|\bfibros\w*|"
-             r"\bfibrotic\b|\bscar(?:s|ring|red)?\b|\binterstitial (?:lung disease|markings|abnormalit\w*)|"
-             r"\breticula\w*|\bthicken\w*|\bpneumomediastinum\b|\bpneumoperitoneum\b|\belevat\w*|\beventration\b|"
-             r"\bosteopeni\w*|\bmetasta\w*|\bhematoma\w*|\bhemorrhag\w*|\bdeformit\w*|\bvolume loss\b|\bbulla\w*|"
-             r"\bblebs?\b|\baspiration\b|\bcontusion\w*|\bathero\w*|\btortu\w*|\bcavit\w*"),
+    _concept(
+        "Support Devices",
+        r"\btubes?\b|\bcatheters?\b|\bpace(?:maker|r)s?\b|\bwires?\b|\bpicc\b|\bports?\b|\bport-?a-?cath\b|"
+        r"\bett?\b|\bngt\b|\bogt\b|\bintubat\w*|\btracheostomy\b|\bdrains?\b|\bstents?\b|\bclips?\b|"
+        r"\bdefibrillators?\b|\ba?icd\b|\bdevices?\b|\bhardware\b|\bprosthe\w*|\bvalve replacement\b|"
+        r"\bswan[- ]ganz\b|\belectrodes?\b|\b(?:pacer|pacing|pacemaker|icd|defibrillator) leads?\b|\blines?\b",
+        unmention=r"\b(?:pleural|septal|kerley b|b|skin ?fold|fissural|paraspinal|paratracheal|azygoesophageal|"
+        r"mach|fine|reticular) lines?\b|\blines? of\b",
+    ),
+    _concept(
+        _OTHER,
+        r"\bemphysem\w*|\bhyperinflat\w*|\bhyperexpan\w*|\bcopd\b|\bscolio\w*|\bkyphos\w*|\bdegenerat\w*|"
+        r"\bspondylo\w*|\bosteophyt\w*|\bcalcifi\w*|\bgranulom\w*|\bhernia\w*|\bbronchiectas\w*|\bfibros\w*|"
+        r"\bfibrotic\b|\bscar(?:s|ring|red)?\b|\binterstitial (?:lung disease|markings|abnormalit\w*)|"
+        r"\breticula\w*|\bthicken\w*|\bpneumomediastinum\b|\bpneumoperitoneum\b|\belevat\w*|\beventration\b|"
+        r"\bosteopeni\w*|\bmetasta\w*|\bhematoma\w*|\bhemorrhag\w*|\bdeformit\w*|\bvolume loss\b|\bbulla\w*|"
+        r"\bblebs?\b|\baspiration\b|\bcontusion\w*|\bathero\w*|\btortu\w*|\bcavit\w*",
+    ),
 )
 
 # Cues. "Pre-negation uncertainty" is checked first, then negation, then uncertainty (CheXpert's order).
@@ -198,8 +227,10 @@ _UNC_AFTER = _rx(
 _UNC_CLAUSE = _rx(r"\b(?:versus|vs)\b|\?")
 
 # Sentence structure: clause breaks end every cue's scope; list items extend it unless they start a new statement.
-_CLAUSE_BREAK = _rx(r"[;:]|\b(?:but|however|although|though|whereas|except|aside from|apart from|other than|"
-                    r"which|while|besides)\b")
+_CLAUSE_BREAK = _rx(
+    r"[;:]|\b(?:but|however|although|though|whereas|except|aside from|apart from|other than|"
+    r"which|while|besides)\b"
+)
 _SEPARATOR = _rx(r"\s*,\s*(?:(and/or|and|or|nor)\b\s*)?|\s+(and/or|and|or|nor)\s+")
 _STATEMENT_START = _rx(
     r"(?:there|the|this|these|that|it|its|with|also|again|now|new|newly|increased|increasing|decreased|decreasing|"
@@ -272,7 +303,7 @@ def _find_mentions(text: str) -> list[_Mention]:
     for m in candidates:
         cover = covered[m.label]
         if cover.find(1, m.start, m.end) < 0:
-            cover[m.start:m.end] = b"\x01" * (m.end - m.start)
+            cover[m.start : m.end] = b"\x01" * (m.end - m.start)
             kept.append(m)
     return sorted(kept, key=lambda m: m.start)
 
@@ -300,50 +331,257 @@ def _items(text: str) -> list[_Item]:
     return items
 
 
-def _class_reads_non_word(op: Any, av: Any) -> bool:
-    """Whether one member of a parsed character class can match a non-word character."""
-    if op.name == "LITERAL":
-        return not _WORD.match(chr(av))
-    if op.name.startswith("RANGE"):
-        return any(not _WORD.match(chr(c)) for c in range(av[0], av[1] + 1))
-    return op.name != "CATEGORY" or av.name not in ("CATEGORY_WORD", "CATEGORY_DIGIT")
+_AT_ESCAPES = frozenset("bBAZ")
+_CATEGORY_ESCAPES = frozenset("wWdDsS")
+_CHAR_ESCAPES = {"a": "\a", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+_QUANTIFIER = re.compile(r"\{(\d*)(?:(,)(\d*))?\}")
+_INLINE_FLAGS = frozenset("aiLmsux")
+_UNBOUNDED = 1 << 32
+
+# Parsed regex, the little that the reach needs: ("literal", char), ("class", can read a non-word character, is
+# whitespace only), ("any",), ("at",), ("group", unwrappable (non-capturing, no flags), body), ("branch", bodies),
+# ("assert", lookahead, negative, body), ("repeat", max, kind, atom), ("refuse", name); a body is a list of atoms.
+_Atom = tuple[Any, ...]
 
 
-def _only_space(body: Any) -> bool:
-    """Whether a parsed regex is a single whitespace class (``\\s``)."""
-    return len(body) == 1 and body[0][0].name == "IN" and all(
-        op.name == "CATEGORY" and av.name == "CATEGORY_SPACE" for op, av in body[0][1])
+class _RegexReader:
+    """A recursive-descent reader of Python regex syntax (patterns that ``re.compile`` accepted), keeping per element
+    only what ``_steps`` needs; constructs whose reach is never bounded are kept as ("refuse", name), named as
+    ``re``'s own parser names them."""
+
+    def __init__(self, pattern: str, verbose: bool) -> None:
+        self.text, self.pos = pattern, 0
+        self.verbose = verbose
+
+    def _char(self) -> str:
+        char = self.text[self.pos]
+        self.pos += 1
+        return char
+
+    def _skip_verbose(self, verbose: bool) -> None:
+        while verbose and self.pos < len(self.text):
+            char = self.text[self.pos]
+            if char in " \t\n\r\v\f":
+                self.pos += 1
+            elif char == "#":
+                newline = self.text.find("\n", self.pos)
+                self.pos = len(self.text) if newline < 0 else newline + 1
+            else:
+                return
+
+    def alternation(self, verbose: bool) -> list[_Atom]:
+        """Alternatives separated by ``|`` up to a ``)`` or the end: one body, or [("branch", bodies)]."""
+        bodies = [self.sequence(verbose)]
+        while self.pos < len(self.text) and self.text[self.pos] == "|":
+            self.pos += 1
+            bodies.append(self.sequence(verbose))
+        return bodies[0] if len(bodies) == 1 else [("branch", bodies)]
+
+    def sequence(self, verbose: bool) -> list[_Atom]:
+        atoms: list[_Atom] = []
+        while True:
+            self._skip_verbose(verbose)
+            if self.pos >= len(self.text) or self.text[self.pos] in "|)":
+                # Non-capturing groups without flags are spliced into the sequence, as re's own parser does.
+                return [a for atom in atoms for a in (atom[2] if atom[0] == "group" and atom[1] else [atom])]
+            char = self.text[self.pos]
+            if char in "*+?{":
+                bound = self._quantifier()
+                if bound is not None:
+                    kind = "MAX_REPEAT"
+                    if self.text.startswith("?", self.pos):
+                        kind, self.pos = "MIN_REPEAT", self.pos + 1
+                    elif self.text.startswith("+", self.pos):
+                        kind, self.pos = "POSSESSIVE_REPEAT", self.pos + 1
+                    atoms[-1] = ("repeat", bound, kind, atoms[-1])
+                    continue
+            atom = self._atom(verbose)
+            if atom is not None:
+                atoms.append(atom)
+
+    def _quantifier(self) -> int | None:
+        """The upper bound of the quantifier at the reading position (consumed), or None for a literal ``{``."""
+        char = self.text[self.pos]
+        if char in "*+?":
+            self.pos += 1
+            return 1 if char == "?" else _UNBOUNDED
+        m = _QUANTIFIER.match(self.text, self.pos)
+        if m is None or m.group(0) == "{}":
+            return None
+        self.pos = m.end()
+        high = m.group(1) if m.group(2) is None else m.group(3)
+        return int(high) if high else _UNBOUNDED
+
+    def _atom(self, verbose: bool) -> _Atom | None:
+        char = self._char()
+        if char == "(":
+            return self._group(verbose)
+        if char == "[":
+            return self._class()
+        if char == ".":
+            return ("any",)
+        if char in "^$":
+            return ("at",)
+        if char == "\\":
+            return self._escape()
+        return ("literal", char)
+
+    def _escape(self) -> _Atom:
+        char = self._char()
+        if char in _AT_ESCAPES:
+            return ("at",)
+        if char in _CATEGORY_ESCAPES:
+            return ("class", char not in "wd", char == "s")
+        if char.isdigit():
+            octal = re.match(r"0[0-7]{0,2}|[0-7]{3}", self.text[self.pos - 1 : self.pos + 2])
+            if octal is None:
+                return ("refuse", "GROUPREF")
+            self.pos += len(octal.group(0)) - 1
+            return ("literal", chr(int(octal.group(0), 8)))
+        return ("literal", self._escaped_char(char))
+
+    def _escaped_char(self, char: str) -> str:
+        """The character an escape other than a class or anchor escape stands for (``char`` read after the ``\\``)."""
+        if char in _CHAR_ESCAPES:
+            return _CHAR_ESCAPES[char]
+        width = {"x": 2, "u": 4, "U": 8}.get(char)
+        if width is not None:
+            digits = self.text[self.pos : self.pos + width]
+            self.pos += width
+            return chr(int(digits, 16))
+        if char == "N":
+            close = self.text.index("}", self.pos)
+            name = self.text[self.pos + 1 : close]
+            self.pos = close + 1
+            return unicodedata.lookup(name)
+        return char
+
+    def _class(self) -> _Atom:
+        """A ``[...]`` class, after the ``[``: ("class", reads a non-word character, whitespace only)."""
+        negate = self.text.startswith("^", self.pos)
+        self.pos += negate
+        reads_non_word, only_space, first = negate, not negate, True
+        while True:
+            if self.text.startswith("]", self.pos) and not first:
+                self.pos += 1
+                return ("class", reads_non_word, only_space)
+            first = False
+            low = self._class_char()
+            if len(low) > 1:  # a category escape
+                reads_non_word |= low[1] not in "wd"
+                only_space &= low[1] == "s"
+                continue
+            only_space = False
+            high = low
+            if self.text.startswith("-", self.pos) and not self.text.startswith("-]", self.pos):
+                self.pos += 1
+                high = self._class_char()
+            reads_non_word |= any(not _WORD.match(chr(c)) for c in range(ord(low), ord(high) + 1))
+
+    def _class_char(self) -> str:
+        """One member of a class: a character, or a category escape as ``\\w`` (two characters)."""
+        char = self._char()
+        if char != "\\":
+            return char
+        escaped = self._char()
+        if escaped in _CATEGORY_ESCAPES:
+            return char + escaped
+        if escaped in "01234567":
+            octal = re.match(r"[0-7]{1,3}", self.text[self.pos - 1 : self.pos + 2])
+            assert octal is not None
+            self.pos += len(octal.group(0)) - 1
+            return chr(int(octal.group(0), 8))
+        return "\b" if escaped == "b" else self._escaped_char(escaped)
+
+    def _group(self, verbose: bool) -> _Atom | None:
+        """A group, after the ``(``: ("group", ...), ("assert", ...), ("refuse", name), or None for a comment or
+        leading global flags."""
+        capturing, flagged = True, False
+        if self.text.startswith("?", self.pos):
+            self.pos += 1
+            kind = self._char()
+            if kind == "#":
+                self.pos = self.text.index(")", self.pos) + 1
+                return None
+            if kind in "=!" or (kind == "<" and self.text[self.pos] in "=!"):
+                lookahead = kind != "<"
+                negative = (kind if lookahead else self._char()) == "!"
+                body = self.alternation(verbose)
+                self.pos += 1
+                return ("assert", lookahead, negative, body)
+            if kind == "P" and self.text.startswith("=", self.pos):
+                self.pos = self.text.index(")", self.pos) + 1
+                return ("refuse", "GROUPREF")
+            if kind == "(":
+                self.pos = self.text.index(")", self.pos) + 1
+                self.alternation(verbose)
+                self.pos += 1
+                return ("refuse", "GROUPREF_EXISTS")
+            if kind == ">":
+                self.alternation(verbose)
+                self.pos += 1
+                return ("refuse", "ATOMIC_GROUP")
+            if kind in "P<":
+                self.pos = self.text.index(">", self.pos) + 1
+            elif kind == ":":
+                capturing = False
+            else:  # flags: (?aiLmsux) for the whole pattern, or (?flags-flags:...) for a group
+                start = self.pos - 1
+                while self.text[self.pos] not in ":)":
+                    self.pos += 1
+                flags = self.text[start : self.pos]
+                if self._char() == ")":
+                    return None
+                capturing, flagged = False, True
+                on, _, off = flags.partition("-")
+                verbose = (verbose or "x" in on) and "x" not in off
+        body = self.alternation(verbose)
+        self.pos += 1
+        return ("group", not capturing and not flagged, body)
 
 
-def _steps(parsed: Any) -> int:
+def _body_steps(body: list[_Atom]) -> int:
     """The most non-word characters one path through a parsed regex consumes, lookaheads included; a repeat of
     whitespace counts once (normalised text never holds two whitespace characters in a row)."""
-    total = 0
-    for op, av in parsed:
-        name = op.name
-        if name == "LITERAL":
-            total += not _WORD.match(chr(av))
-        elif name == "IN":
-            total += any(_class_reads_non_word(o, a) for o, a in av)
-        elif name in ("NOT_LITERAL", "ANY"):
-            total += 1
-        elif name == "SUBPATTERN":
-            total += _steps(av[-1])
-        elif name == "BRANCH":
-            total += max(_steps(branch) for branch in av[1])
-        elif name in ("ASSERT", "ASSERT_NOT") and av[0] > 0:
-            total += _steps(av[1])
-        elif name in ("MAX_REPEAT", "MIN_REPEAT") and (av[1] <= 1 or _only_space(av[2]) or not _steps(av[2])):
-            total += _steps(av[2])
-        elif name != "AT":
-            raise ValueError(f"scope pattern {name} element has no bounded reach")
-    return total
+    return sum(_atom_steps(atom) for atom in body)
+
+
+def _atom_steps(atom: _Atom) -> int:
+    kind = atom[0]
+    if kind == "literal":
+        return _WORD.match(atom[1]) is None
+    if kind == "class":
+        return int(atom[1])
+    if kind == "any":
+        return 1
+    if kind == "at":
+        return 0
+    if kind == "group":
+        return _body_steps(atom[2])
+    if kind == "branch":
+        return max(_body_steps(body) for body in atom[1])
+    if kind == "assert":
+        if atom[1]:
+            return _body_steps(atom[3])
+        name = "ASSERT_NOT" if atom[2] else "ASSERT"
+    elif kind == "repeat":
+        _, bound, name, inner = atom
+        # A quantified non-capturing group without flags repeats its body, as re's own parser has it.
+        body = inner[2] if inner[0] == "group" and inner[1] else [inner]
+        only_space = len(body) == 1 and body[0][0] == "class" and body[0][2]
+        if name != "POSSESSIVE_REPEAT" and (bound <= 1 or only_space or not _body_steps(body)):
+            return _body_steps(body)
+    else:
+        name = atom[1]
+    raise ValueError(f"scope pattern {name} element has no bounded reach")
 
 
 @functools.cache
 def _reach(pattern: re.Pattern[str]) -> int:
     """How many non-word characters one match attempt of a scope ``pattern`` can step over."""
-    return _steps(_sre_parse.parse(pattern.pattern, pattern.flags))
+    reader = _RegexReader(pattern.pattern, bool(pattern.flags & re.VERBOSE))
+    body = reader.alternation(reader.verbose)
+    return _body_steps(body)
 
 
 @dataclass
@@ -422,12 +660,13 @@ def _links(text: str, items: list[_Item]) -> tuple[list[int], list[int]]:
     for k in range(len(items) - 2, -1, -1):
         nxt = items[k + 1]
         if nxt.clause == items[k].clause and nxt.continues:
-            scope_end[k] = nxt.end if _PREDICATE.search(text[nxt.start:nxt.end]) else scope_end[k + 1]
+            scope_end[k] = nxt.end if _PREDICATE.search(text[nxt.start : nxt.end]) else scope_end[k + 1]
     return run, scope_end
 
 
-def _scopes(spans: _Spans, items: list[_Item], links: tuple[list[int], list[int]], k: int,
-            m: _Mention) -> tuple[_Span, _Span, _Span]:
+def _scopes(
+    spans: _Spans, items: list[_Item], links: tuple[list[int], list[int]], k: int, m: _Mention
+) -> tuple[_Span, _Span, _Span]:
     """(cue scope before the mention, the mention's own item before it, cue scope after it) as text spans."""
     run, scope_end = links
     end = items[k].end if spans.search(_PREDICATE, m.end, items[k].end) else scope_end[k]
@@ -438,17 +677,29 @@ def _or_linked(spans: _Spans, items: list[_Item], k: int, m: _Mention, by_item: 
     """Whether mention ``m`` (in item ``k``) is one side of "X or Y" with Y another finding: the mention nearest
     to the "or" on its side, with no verb in between."""
     item = items[k]
-    if (item.lead in ("or", "and/or") and k - 1 in by_item and items[k - 1].clause == item.clause
-            and by_item[k][0] is m and not spans.search(_PREDICATE, item.start, m.start)):
+    if (
+        item.lead in ("or", "and/or")
+        and k - 1 in by_item
+        and items[k - 1].clause == item.clause
+        and by_item[k][0] is m
+        and not spans.search(_PREDICATE, item.start, m.start)
+    ):
         return True
-    return (k + 1 < len(items) and items[k + 1].lead in ("or", "and/or") and k + 1 in by_item
-            and items[k + 1].clause == item.clause and by_item[k][-1] is m
-            and not spans.search(_PREDICATE, m.end, item.end))
+    return (
+        k + 1 < len(items)
+        and items[k + 1].lead in ("or", "and/or")
+        and k + 1 in by_item
+        and items[k + 1].clause == item.clause
+        and by_item[k][-1] is m
+        and not spans.search(_PREDICATE, m.end, item.end)
+    )
 
 
-def _classify(m: _Mention, spans: _Spans, before: _Span, own_before: _Span, after: _Span, clause_uncertain: bool,
-              or_linked: bool) -> int | None:
+def _classify(
+    m: _Mention, spans: _Spans, before: _Span, own_before: _Span, after: _Span, clause_uncertain: bool, or_linked: bool
+) -> int | None:
     """A mention's status (1, 0, -1), or None for a size/shape mention without any qualifier."""
+
     def has(pattern: re.Pattern[str], span: _Span) -> bool:
         return spans.search(pattern, *span)
 
@@ -486,13 +737,20 @@ def _sentence_mentions(sentence: str) -> dict[int, list[int]]:
         by_item.setdefault(k, []).append(m)
     clause_parts: dict[int, list[str]] = {}
     for it in items:
-        clause_parts.setdefault(it.clause, []).append(" " + text[it.start:it.end])
+        clause_parts.setdefault(it.clause, []).append(" " + text[it.start : it.end])
     clause_uncertain = {c: bool(_UNC_CLAUSE.search("".join(parts))) for c, parts in clause_parts.items()}
     found: dict[int, list[int]] = {}
     for m, k in zip(mentions, item_of):
         before, own_before, after = _scopes(spans, items, links, k, m)
-        status = _classify(m, spans, before, own_before, after, clause_uncertain[items[k].clause],
-                           _or_linked(spans, items, k, m, by_item))
+        status = _classify(
+            m,
+            spans,
+            before,
+            own_before,
+            after,
+            clause_uncertain[items[k].clause],
+            _or_linked(spans, items, k, m, by_item),
+        )
         if status is None:
             continue
         found.setdefault(m.label, []).append(status)
@@ -513,8 +771,12 @@ def _to_vector(found: dict[int, list[int]]) -> np.ndarray:
     for slot, statuses in found.items():
         if slot >= 0:
             vec[slot] = _combine(statuses)
-    finding = any(s in (POSITIVE, UNCERTAIN) for slot, statuses in found.items()
-                  if slot != _L["Support Devices"] for s in statuses)
+    finding = any(
+        s in (POSITIVE, UNCERTAIN)
+        for slot, statuses in found.items()
+        if slot != _L["Support Devices"]
+        for s in statuses
+    )
     vec[_L["No Finding"]] = 0.0 if finding else 1.0
     return vec
 
@@ -550,8 +812,9 @@ def _headers(report: str) -> list[re.Match[str]]:
 def split_sentences(report: str) -> list[str]:
     """Split a report into sentences: on . ! ? (not decimals or abbreviations), blank lines, numbered items and
     section headers; headers, list numbers and trailing periods are stripped, whitespace collapsed."""
-    text = _HEADER.sub(lambda h: h.group(0) if h.lastgroup == "skip" else "\n\n",
-                       report.replace("\r\n", "\n").replace("\r", "\n"))
+    text = _HEADER.sub(
+        lambda h: h.group(0) if h.lastgroup == "skip" else "\n\n", report.replace("\r\n", "\n").replace("\r", "\n")
+    )
     paragraphs = re.split(r"\n\s*\n|\n\s*(?=(?:\d+[.)]|[-*\u2022])\s)", text)
     out: list[str] = []
     for para in paragraphs:
@@ -566,7 +829,7 @@ def split_sentences(report: str) -> list[str]:
                     continue
             if has_upper and m.group(1).islower():
                 continue
-            out.append(para[start:m.end()])
+            out.append(para[start : m.end()])
             start = m.end()
         out.append(para[start:])
     cleaned = []
@@ -585,7 +848,7 @@ def extract_findings(report: str) -> str:
     for h, nxt in zip(headers, [*headers[1:], None]):
         name = re.sub(r"\s*:\s*$", "", h.group(0)).strip()
         if _FINDING_SECTIONS.match(name):
-            keep.append(report[h.end():nxt.start() if nxt else len(report)])
+            keep.append(report[h.end() : nxt.start() if nxt else len(report)])
     return "\n\n".join(keep) if keep else report
 
 

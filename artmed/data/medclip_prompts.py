@@ -38,13 +38,25 @@ CHEXPERT_CLASS_PROMPTS: dict[str, dict[str, list[str]]] = {
     "Atelectasis": {
         "severity": ["", "mild", "minimal"],
         "subtype": [
-            "subsegmental atelectasis", "linear atelectasis", "trace atelectasis", "bibasilar atelectasis",
-            "retrocardiac atelectasis", "bandlike atelectasis", "residual atelectasis",
+            "subsegmental atelectasis",
+            "linear atelectasis",
+            "trace atelectasis",
+            "bibasilar atelectasis",
+            "retrocardiac atelectasis",
+            "bandlike atelectasis",
+            "residual atelectasis",
         ],
         "location": [
-            "at the mid lung zone", "at the upper lung zone", "at the right lung zone", "at the left lung zone",
-            "at the lung bases", "at the right lung base", "at the left lung base", "at the bilateral lung bases",
-            "at the left lower lobe", "at the right lower lobe",
+            "at the mid lung zone",
+            "at the upper lung zone",
+            "at the right lung zone",
+            "at the left lung zone",
+            "at the lung bases",
+            "at the right lung base",
+            "at the left lung base",
+            "at the bilateral lung bases",
+            "at the left lower lobe",
+            "at the right lower lobe",
         ],
     },
     "Cardiomegaly": {
@@ -72,12 +84,22 @@ CHEXPERT_CLASS_PROMPTS: dict[str, dict[str, list[str]]] = {
     "Consolidation": {
         "severity": ["", "increased", "improved", "apperance of"],
         "subtype": [
-            "bilateral consolidation", "reticular consolidation", "retrocardiac consolidation",
-            "patchy consolidation", "airspace consolidation", "partial consolidation",
+            "bilateral consolidation",
+            "reticular consolidation",
+            "retrocardiac consolidation",
+            "patchy consolidation",
+            "airspace consolidation",
+            "partial consolidation",
         ],
         "location": [
-            "at the lower lung zone", "at the upper lung zone", "at the left lower lobe", "at the right lower lobe",
-            "at the left upper lobe", "at the right uppper lobe", "at the right lung base", "at the left lung base",
+            "at the lower lung zone",
+            "at the upper lung zone",
+            "at the left lower lobe",
+            "at the right lower lobe",
+            "at the left upper lobe",
+            "at the right uppper lobe",
+            "at the right lung base",
+            "at the left lung base",
         ],
     },
     "Edema": {
@@ -108,9 +130,18 @@ RSNA_CLASS_PROMPTS: dict[str, dict[str, list[str]]] = {
         "adjective": ["round", "early", "focal", "multifocal", "small", ""],
         "subtype": ["bacterial", "viral", "mycoplasma", ""],
         "location": [
-            "at the mid lung zone", "at the upper lung zone", "at the right lung zone", "at the left lung zone",
-            "at the lung bases", "at the right lung base", "at the left lung base", "at the bilateral lung bases",
-            "at the left lower lobe", "at the right lower lobe", "at the left middle lobe", "at the right middle lobe",
+            "at the mid lung zone",
+            "at the upper lung zone",
+            "at the right lung zone",
+            "at the left lung zone",
+            "at the lung bases",
+            "at the right lung base",
+            "at the left lung base",
+            "at the bilateral lung bases",
+            "at the left lower lobe",
+            "at the right lower lobe",
+            "at the left middle lobe",
+            "at the right middle lobe",
             "",
         ],
     },
@@ -131,8 +162,10 @@ def template_candidates(cls: str) -> list[str]:
     """Every sentence of class ``cls``'s MedCLIP template, in the released order (repeats and RSNA's one empty
     sentence kept)."""
     if cls not in TEMPLATES:
-        raise ValueError(f"no MedCLIP prompt template for class {cls!r}; templated classes: {list(TEMPLATES)}, "
-                         f"normal classes (No-Finding sentences): {list(NORMAL_CLASSES)}")
+        raise ValueError(
+            f"no MedCLIP prompt template for class {cls!r}; templated classes: {list(TEMPLATES)}, "
+            f"normal classes (No-Finding sentences): {list(NORMAL_CLASSES)}"
+        )
     return [" ".join(" ".join(words).split()) for words in product(*TEMPLATES[cls].values())]
 
 
@@ -154,24 +187,32 @@ def _classes(task_classes: Sequence[str] | str) -> list[str]:
         from artmed.data.tasks import TASK_CLASSES
 
         if task_classes not in TASK_CLASSES:
-            raise ValueError(f"unknown task {task_classes!r}; give a built-in task name ({list(TASK_CLASSES)}) "
-                             "or a list of class names")
+            raise ValueError(
+                f"unknown task {task_classes!r}; give a built-in task name ({list(TASK_CLASSES)}) "
+                "or a list of class names"
+            )
         return list(TASK_CLASSES[task_classes])
     classes = list(task_classes)
     if len(classes) < 2 or len(set(classes)) != len(classes):
         raise ValueError(f"task_classes must be at least 2 distinct class names, got {classes}")
     unknown = [c for c in classes if c not in TEMPLATES and c not in NORMAL_CLASSES]
     if unknown:
-        raise ValueError(f"no MedCLIP prompts for classes {unknown}; templated classes: {list(TEMPLATES)}, "
-                         f"normal classes (No-Finding sentences): {list(NORMAL_CLASSES)}")
+        raise ValueError(
+            f"no MedCLIP prompts for classes {unknown}; templated classes: {list(TEMPLATES)}, "
+            f"normal classes (No-Finding sentences): {list(NORMAL_CLASSES)}"
+        )
     if sum(c in NORMAL_CLASSES for c in classes) > 1:
         raise ValueError(f"task_classes name the normal class twice: {classes}")
     return classes
 
 
-def medclip_prompt_draws(task_classes: Sequence[str] | str, draws: int = DEFAULT_DRAWS, n: int = DEFAULT_N,
-                         seed: int = DEFAULT_SEED,
-                         normal_sentences: Sequence[str] | None = None) -> list[dict[str, list[str]]]:
+def medclip_prompt_draws(
+    task_classes: Sequence[str] | str,
+    draws: int = DEFAULT_DRAWS,
+    n: int = DEFAULT_N,
+    seed: int = DEFAULT_SEED,
+    normal_sentences: Sequence[str] | None = None,
+) -> list[dict[str, list[str]]]:
     """``draws`` consecutive prompt sets ``{class: [n sentences]}`` (classes in ``task_classes`` order), sampled as
     MedCLIP's ``zero_shot.py`` does: templated classes from one ``random.Random(seed)`` stream, the normal class
     ("Normal"/"No Finding") from one ``numpy.random.RandomState(seed)`` stream over ``normal_sentences``
@@ -212,17 +253,24 @@ def medclip_prompt_draws(task_classes: Sequence[str] | str, draws: int = DEFAULT
     template_rng, normal_rng = random.Random(int(seed)), np.random.RandomState(int(seed) % 2**32)
     sets = []
     for _ in range(draws):
-        drawn = {c: [s for s in (template_rng.sample(cands, n) if n < len(cands) else cands) if s]
-                 for c, cands in candidates.items()}
+        drawn = {
+            c: [s for s in (template_rng.sample(cands, n) if n < len(cands) else cands) if s]
+            for c, cands in candidates.items()
+        }
         if normal is not None:
-            drawn[normal] = ([pool[i] for i in normal_rng.choice(len(pool), n, replace=False)]
-                             if n < len(pool) else list(pool))
+            drawn[normal] = (
+                [pool[i] for i in normal_rng.choice(len(pool), n, replace=False)] if n < len(pool) else list(pool)
+            )
         sets.append({c: drawn[c] for c in classes})
     return sets
 
 
-def medclip_class_prompts(task_classes: Sequence[str] | str, n: int = DEFAULT_N, seed: int = DEFAULT_SEED,
-                          normal_sentences: Sequence[str] | None = None) -> dict[str, list[str]]:
+def medclip_class_prompts(
+    task_classes: Sequence[str] | str,
+    n: int = DEFAULT_N,
+    seed: int = DEFAULT_SEED,
+    normal_sentences: Sequence[str] | None = None,
+) -> dict[str, list[str]]:
     """One MedCLIP prompt set ``{class: [n sentences]}``: the first draw of ``medclip_prompt_draws``."""
     return medclip_prompt_draws(task_classes, draws=1, n=n, seed=seed, normal_sentences=normal_sentences)[0]
 

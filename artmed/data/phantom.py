@@ -13,16 +13,35 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from threadpoolctl import threadpool_limits
-from artmed.progress import tqdm
 
 from artmed.constants import CHEXPERT_LABELS, NUM_LABELS
+from artmed.progress import tqdm
 
 F = {name: i for i, name in enumerate(CHEXPERT_LABELS)}
 """Column of each CheXpert finding in a label vector."""
 
 _ANATOMY = (
-    "scale", "rot", "tx", "ty", "lw", "lh", "ctr", "hh", "mw", "dome_diff", "dome_h", "air", "body_w",
-    "rib_sp", "rib_phase", "k", "gamma", "contrast", "bright", "noise", "vessel",
+    "scale",
+    "rot",
+    "tx",
+    "ty",
+    "lw",
+    "lh",
+    "ctr",
+    "hh",
+    "mw",
+    "dome_diff",
+    "dome_h",
+    "air",
+    "body_w",
+    "rib_sp",
+    "rib_phase",
+    "k",
+    "gamma",
+    "contrast",
+    "bright",
+    "noise",
+    "vessel",
 )
 _PER_FINDING = 5  # severity, side, and three shape/position draws per finding
 _N_UNIFORM = len(_ANATOMY) + NUM_LABELS * _PER_FINDING
@@ -93,9 +112,18 @@ def sample_labels(n: int, seed: int | np.random.Generator | None = 0) -> np.ndar
     normal = rng.random(n) < 0.55
     y[normal, F["No Finding"]] = 1.0
     base = {
-        "Lung Opacity": 0.26, "Pleural Effusion": 0.22, "Atelectasis": 0.15, "Edema": 0.12, "Cardiomegaly": 0.13,
-        "Consolidation": 0.07, "Pneumonia": 0.1, "Pneumothorax": 0.06, "Enlarged Cardiomediastinum": 0.06,
-        "Lung Lesion": 0.07, "Fracture": 0.05, "Pleural Other": 0.04,
+        "Lung Opacity": 0.26,
+        "Pleural Effusion": 0.22,
+        "Atelectasis": 0.15,
+        "Edema": 0.12,
+        "Cardiomegaly": 0.13,
+        "Consolidation": 0.07,
+        "Pneumonia": 0.1,
+        "Pneumothorax": 0.06,
+        "Enlarged Cardiomediastinum": 0.06,
+        "Lung Lesion": 0.07,
+        "Fracture": 0.05,
+        "Pleural Other": 0.04,
     }
     names = list(base)
     cols = np.array([F[k] for k in names])
@@ -129,8 +157,7 @@ class PhantomGenerator:
     `verbose` shows a progress bar.
     """
 
-    def __init__(self, image_size: int = 128, seed: int = 0, n_jobs: int | None = None,
-                 verbose: bool = False) -> None:
+    def __init__(self, image_size: int = 128, seed: int = 0, n_jobs: int | None = None, verbose: bool = False) -> None:
         if int(image_size) != image_size or not 32 <= image_size <= 1024:
             raise ValueError(f"image_size must be an integer in [32, 1024], got {image_size!r}")
         if int(seed) != seed or seed < 0:
@@ -152,8 +179,9 @@ class PhantomGenerator:
         labels = sample_labels(n, np.random.default_rng([seed, 3]))
         return self.generate(labels, seed), labels
 
-    def generate(self, labels: np.ndarray, seed: int | None = None,
-                 peripheral_opacity: np.ndarray | None = None) -> np.ndarray:
+    def generate(
+        self, labels: np.ndarray, seed: int | None = None, peripheral_opacity: np.ndarray | None = None
+    ) -> np.ndarray:
         """Phantoms for each label row, deterministic in `seed` (None: the generator's seed).
 
         Image i depends only on (seed, i, labels[i]): a longer label array extends, never changes, a shorter one.
@@ -169,8 +197,9 @@ class PhantomGenerator:
         if peripheral_opacity is not None:
             flags = np.asarray(peripheral_opacity)
             if flags.shape != (n,) or flags.dtype != bool:
-                raise ValueError(f"peripheral_opacity must be a bool array of shape ({n},), got {flags.dtype} "
-                                 f"{flags.shape}")
+                raise ValueError(
+                    f"peripheral_opacity must be a bool array of shape ({n},), got {flags.dtype} {flags.shape}"
+                )
             params["peripheral"] = flags
         else:
             params["peripheral"] = np.zeros(n, dtype=bool)
@@ -271,20 +300,32 @@ def _draw_params(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     n = labels.shape[0]
     u = np.random.default_rng([seed, 0]).random((n, _N_UNIFORM))
     a = {name: u[:, j] for j, name in enumerate(_ANATOMY)}
-    fu = u[:, len(_ANATOMY):].reshape(n, NUM_LABELS, _PER_FINDING)
+    fu = u[:, len(_ANATOMY) :].reshape(n, NUM_LABELS, _PER_FINDING)
     sev = np.where(labels != 0, 0.55 + 0.45 * fu[:, :, 0], 0.0) * np.where(labels < 0, 0.5, 1.0)
     p: dict[str, np.ndarray] = {
         "sev": sev,
         "side": (fu[:, :, 1] >= 0.5).astype(np.int64),
-        "fa": fu[:, :, 2], "fb": fu[:, :, 3], "fc": fu[:, :, 4], "side_u": fu[:, :, 1],
+        "fa": fu[:, :, 2],
+        "fb": fu[:, :, 3],
+        "fc": fu[:, :, 4],
+        "side_u": fu[:, :, 1],
         "scale": 1.0 + 0.1 * a["scale"],
         "rot": np.deg2rad(-5.0 + 10.0 * a["rot"]),
-        "tx": -0.05 + 0.1 * a["tx"], "ty": -0.02 + 0.06 * a["ty"],
-        "lw": 0.92 + 0.14 * a["lw"], "lh": 0.92 + 0.12 * a["lh"],
-        "dome_h": 0.07 + 0.06 * a["dome_h"], "air": 0.28 + 0.05 * a["air"], "body_w": 0.8 + 0.12 * a["body_w"],
-        "rib_sp": 0.15 + 0.03 * a["rib_sp"], "rib_phase": a["rib_phase"],
-        "k": 2.2 + 0.5 * a["k"], "gamma": 0.85 + 0.3 * a["gamma"], "contrast": 0.92 + 0.14 * a["contrast"],
-        "bright": -0.04 + 0.08 * a["bright"], "noise": 0.006 + 0.018 * a["noise"], "vessel": 0.05 + 0.03 * a["vessel"],
+        "tx": -0.05 + 0.1 * a["tx"],
+        "ty": -0.02 + 0.06 * a["ty"],
+        "lw": 0.92 + 0.14 * a["lw"],
+        "lh": 0.92 + 0.12 * a["lh"],
+        "dome_h": 0.07 + 0.06 * a["dome_h"],
+        "air": 0.28 + 0.05 * a["air"],
+        "body_w": 0.8 + 0.12 * a["body_w"],
+        "rib_sp": 0.15 + 0.03 * a["rib_sp"],
+        "rib_phase": a["rib_phase"],
+        "k": 2.2 + 0.5 * a["k"],
+        "gamma": 0.85 + 0.3 * a["gamma"],
+        "contrast": 0.92 + 0.14 * a["contrast"],
+        "bright": -0.04 + 0.08 * a["bright"],
+        "noise": 0.006 + 0.018 * a["noise"],
+        "vessel": 0.05 + 0.03 * a["vessel"],
     }
     lw, lh = p["lw"], p["lh"]
     p["tw"] = _MEDIAL + _LUNG_W * lw
@@ -340,8 +381,16 @@ class _PixelMap:
 class _Renderer:
     """Renders images a..b of a parameter set: anatomy, then the signs of the findings, then exposure and noise."""
 
-    def __init__(self, p: dict[str, np.ndarray], a: int, b: int, size: int, fields: np.ndarray,
-                 up: np.ndarray, pix_rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        p: dict[str, np.ndarray],
+        a: int,
+        b: int,
+        size: int,
+        fields: np.ndarray,
+        up: np.ndarray,
+        pix_rng: np.random.Generator,
+    ) -> None:
         self.p = {k: v[a:b] for k, v in p.items()}
         self.n, self.size = b - a, size
         self.ie = 1.0 / max(0.02, 2.5 / size)  # soft edges: about one pixel, never sharper than anatomy
@@ -375,7 +424,7 @@ class _Renderer:
 
     def coordinates(self) -> None:
         size = self.size
-        g = ((np.arange(size, dtype=np.float32) + 0.5) * (2.0 / size) - 1.0)
+        g = (np.arange(size, dtype=np.float32) + 0.5) * (2.0 / size) - 1.0
         c, s = np.cos(self.col("rot")), np.sin(self.col("rot"))
         inv = 1.0 / self.col("scale")
         dx = g[None, None, :] - self.col("tx")

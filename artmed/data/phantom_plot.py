@@ -20,8 +20,7 @@ def save_phantom_grid(path: str | Path, image_size: int = 128, seed: int = 0) ->
 
     labels = np.zeros((NUM_LABELS, NUM_LABELS), dtype=np.float32)
     labels[np.arange(NUM_LABELS), np.arange(NUM_LABELS)] = 1.0
-    images = np.stack([PhantomGenerator(image_size, seed).generate(labels[i : i + 1])[0, 0]
-                       for i in range(NUM_LABELS)])
+    images = np.stack([PhantomGenerator(image_size, seed).generate(labels[i : i + 1])[0, 0] for i in range(NUM_LABELS)])
     cols = 7
     rows = int(np.ceil(NUM_LABELS / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.35 * rows))

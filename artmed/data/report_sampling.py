@@ -123,15 +123,25 @@ class ReportSampler:
     calls ``sample`` with the global image batch every step.
     """
 
-    def __init__(self, image_sentences: Sequence[Sequence[str]], image_sentence_labels: Sequence[np.ndarray],
-                 table: TextPool, *, seed: int = 0, n_prompts: int = 200) -> None:
+    def __init__(
+        self,
+        image_sentences: Sequence[Sequence[str]],
+        image_sentence_labels: Sequence[np.ndarray],
+        table: TextPool,
+        *,
+        seed: int = 0,
+        n_prompts: int = 200,
+    ) -> None:
         if len(image_sentences) != len(image_sentence_labels):
             raise ValueError(f"{len(image_sentences)} sentence lists but {len(image_sentence_labels)} label arrays")
         self.image_sentences = [list(s) for s in image_sentences]
         self.image_sentence_labels = []
         for i, (sents, labels) in enumerate(zip(self.image_sentences, image_sentence_labels)):
-            labels = np.asarray(labels, dtype=np.float32).reshape(-1, NUM_LABELS) if len(sents) else \
-                np.zeros((0, NUM_LABELS), np.float32)
+            labels = (
+                np.asarray(labels, dtype=np.float32).reshape(-1, NUM_LABELS)
+                if len(sents)
+                else np.zeros((0, NUM_LABELS), np.float32)
+            )
             if labels.shape != (len(sents), NUM_LABELS):
                 raise ValueError(f"image {i}: {len(sents)} sentences but labels of shape {labels.shape}")
             self.image_sentence_labels.append(labels)
@@ -140,12 +150,21 @@ class ReportSampler:
         self.table = table
         self.prompts = prompt_sentences(table, n_prompts, seed)
         self._no_finding_table = np.flatnonzero(table.labels[:, 0] > 0)
-        self._no_finding_prompts = np.flatnonzero(self.prompts.labels[:, 0] == 1) if len(self.prompts) else \
-            np.zeros(0, np.int64)
+        self._no_finding_prompts = (
+            np.flatnonzero(self.prompts.labels[:, 0] == 1) if len(self.prompts) else np.zeros(0, np.int64)
+        )
 
     @classmethod
-    def from_reports(cls, reports: Sequence[str | None], table: TextPool, *, labels: str = "lookup",
-                     clean_table: bool = True, seed: int = 0, n_prompts: int = 200) -> ReportSampler:
+    def from_reports(
+        cls,
+        reports: Sequence[str | None],
+        table: TextPool,
+        *,
+        labels: str = "lookup",
+        clean_table: bool = True,
+        seed: int = 0,
+        n_prompts: int = 200,
+    ) -> ReportSampler:
         """A sampler from each training image's raw report text (None or "" where the image has none) and the
         sentence table (MedCLIP's ``sentence-label.csv`` or the study's text pool): reports are segmented as
         released; ``clean_table`` cleans the table as released first; ``labels`` labels report sentences by
@@ -232,8 +251,9 @@ class ReportSampler:
                 return self.prompts.sentences[i], self.prompts.labels[i]
         return self._table_row(self._no_finding_table, rng)
 
-    def sample(self, image_rows: Sequence[int] | np.ndarray, image_labels: np.ndarray,
-               rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
+    def sample(
+        self, image_rows: Sequence[int] | np.ndarray, image_labels: np.ndarray, rng: np.random.Generator
+    ) -> tuple[list[str], np.ndarray]:
         """One sentence per image of ``image_rows`` (indices into the training images, with their (B, 14)
         ``image_labels``): a uniform draw from its report, or the fallback (matching ``fallback_labels[row]`` when
         set). Returns (sentences, (B, 14) labels)."""
@@ -251,5 +271,12 @@ class ReportSampler:
         return sentences, np.stack(labels).astype(np.float32)
 
 
-__all__ = ["NO_FINDING", "ReportSampler", "clean_sentence_labels", "prompt_sentences", "sentence_label_lookup",
-           "split_report_into_segments", "wordpunct_tokenize"]
+__all__ = [
+    "NO_FINDING",
+    "ReportSampler",
+    "clean_sentence_labels",
+    "prompt_sentences",
+    "sentence_label_lookup",
+    "split_report_into_segments",
+    "wordpunct_tokenize",
+]

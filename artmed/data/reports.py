@@ -45,53 +45,97 @@ class FindingVocab:
 
 
 _RIGHT_LEFT_ZONES = (
-    "in the right upper lobe", "in the right middle lobe", "in the right lower lobe", "in the left upper lobe",
-    "in the left lower lobe", "in the lingula", "at the right base", "at the left base", "in the right mid lung",
+    "in the right upper lobe",
+    "in the right middle lobe",
+    "in the right lower lobe",
+    "in the left upper lobe",
+    "in the left lower lobe",
+    "in the lingula",
+    "at the right base",
+    "at the left base",
+    "in the right mid lung",
     "in the left mid lung",
 )
 _SIDES = ("on the right", "on the left")
 
 VOCABULARY: dict[str, FindingVocab] = {
     "Enlarged Cardiomediastinum": FindingVocab(
-        nouns=(Noun("widening of the mediastinum"), Noun("mediastinal widening"),
-               Noun("widened mediastinum", COUNT, graded=False),
-               Noun("enlarged cardiomediastinal silhouette", COUNT, graded=False)),
+        nouns=(
+            Noun("widening of the mediastinum"),
+            Noun("mediastinal widening"),
+            Noun("widened mediastinum", COUNT, graded=False),
+            Noun("enlarged cardiomediastinal silhouette", COUNT, graded=False),
+        ),
         severities=("", "mild", "moderate", "marked"),
         locations=("",),
-        statements=("The mediastinum is widened.", "The superior mediastinum appears widened.",
-                    "The cardiomediastinal silhouette is enlarged.", "The mediastinal contour is widened.",
-                    "The mediastinum is mildly widened.", "The mediastinum is markedly widened."),
+        statements=(
+            "The mediastinum is widened.",
+            "The superior mediastinum appears widened.",
+            "The cardiomediastinal silhouette is enlarged.",
+            "The mediastinal contour is widened.",
+            "The mediastinum is mildly widened.",
+            "The mediastinum is markedly widened.",
+        ),
         uncertain_modifiers=("", "mild"),
         negations=("mediastinal widening", "widening of the mediastinum"),
-        negative_statements=("The mediastinum is not widened.", "Mediastinal contours are normal.",
-                             "The cardiomediastinal silhouette is normal."),
+        negative_statements=(
+            "The mediastinum is not widened.",
+            "Mediastinal contours are normal.",
+            "The cardiomediastinal silhouette is normal.",
+        ),
     ),
     "Cardiomegaly": FindingVocab(
-        nouns=(Noun("cardiomegaly"), Noun("cardiac enlargement"),
-               Noun("enlarged cardiac silhouette", COUNT, graded=False), Noun("enlarged heart", COUNT, graded=False)),
+        nouns=(
+            Noun("cardiomegaly"),
+            Noun("cardiac enlargement"),
+            Noun("enlarged cardiac silhouette", COUNT, graded=False),
+            Noun("enlarged heart", COUNT, graded=False),
+        ),
         severities=("", "mild", "moderate", "marked", "severe"),
         locations=("",),
-        statements=("The heart is enlarged.", "The heart is mildly enlarged.", "The heart is moderately enlarged.",
-                    "The heart is markedly enlarged.", "The cardiac silhouette is enlarged.",
-                    "The heart is increased in size.", "The cardiac silhouette is severely enlarged."),
+        statements=(
+            "The heart is enlarged.",
+            "The heart is mildly enlarged.",
+            "The heart is moderately enlarged.",
+            "The heart is markedly enlarged.",
+            "The cardiac silhouette is enlarged.",
+            "The heart is increased in size.",
+            "The cardiac silhouette is severely enlarged.",
+        ),
         uncertain_modifiers=("", "mild"),
         uncertain_statements=("Heart size is borderline.", "The cardiac silhouette is borderline in size."),
         negations=("cardiomegaly", "cardiac enlargement"),
-        negative_statements=("Heart size is normal.", "The heart is not enlarged.",
-                             "The heart is normal in size.", "The cardiac silhouette is within normal limits."),
+        negative_statements=(
+            "Heart size is normal.",
+            "The heart is not enlarged.",
+            "The heart is normal in size.",
+            "The cardiac silhouette is within normal limits.",
+        ),
     ),
     "Lung Lesion": FindingVocab(
-        nouns=(Noun("pulmonary nodule", COUNT), Noun("lung nodule", COUNT), Noun("rounded mass", COUNT),
-               Noun("lung mass", COUNT), Noun("spiculated nodule", COUNT), Noun("nodule", COUNT),
-               Noun("multiple pulmonary nodules", PLURAL, graded=False)),
+        nouns=(
+            Noun("pulmonary nodule", COUNT),
+            Noun("lung nodule", COUNT),
+            Noun("rounded mass", COUNT),
+            Noun("lung mass", COUNT),
+            Noun("spiculated nodule", COUNT),
+            Noun("nodule", COUNT),
+            Noun("multiple pulmonary nodules", PLURAL, graded=False),
+        ),
         severities=("", "small", "large", "well circumscribed", "subcentimeter", "solitary"),
         locations=("",) + _RIGHT_LEFT_ZONES,
         uncertain_modifiers=("", "small"),
         negations=("pulmonary nodule", "lung mass", "suspicious nodule", "pulmonary nodules or masses"),
     ),
     "Lung Opacity": FindingVocab(
-        nouns=(Noun("airspace opacity", COUNT), Noun("hazy opacity", COUNT), Noun("patchy opacities", PLURAL),
-               Noun("ill-defined opacity", COUNT), Noun("increased opacity"), Noun("opacification")),
+        nouns=(
+            Noun("airspace opacity", COUNT),
+            Noun("hazy opacity", COUNT),
+            Noun("patchy opacities", PLURAL),
+            Noun("ill-defined opacity", COUNT),
+            Noun("increased opacity"),
+            Noun("opacification"),
+        ),
         severities=("", "mild", "faint", "subtle", "small", "dense"),
         locations=("",) + _RIGHT_LEFT_ZONES,
         uncertain_modifiers=("", "subtle", "faint"),
@@ -101,77 +145,134 @@ VOCABULARY: dict[str, FindingVocab] = {
         nouns=(Noun("pulmonary edema"), Noun("interstitial edema"), Noun("alveolar edema"), Noun("edema")),
         severities=("", "mild", "moderate", "severe"),
         locations=("", "bilaterally", "in the perihilar regions", "throughout both lungs"),
-        statements=("Pulmonary edema is most pronounced in the perihilar regions.",
-                    "There is a perihilar pattern of pulmonary edema."),
+        statements=(
+            "Pulmonary edema is most pronounced in the perihilar regions.",
+            "There is a perihilar pattern of pulmonary edema.",
+        ),
         uncertain_modifiers=("", "mild", "early"),
         negations=("pulmonary edema", "edema", "interstitial edema"),
     ),
     "Consolidation": FindingVocab(
-        nouns=(Noun("consolidation"), Noun("focal consolidation", COUNT), Noun("lobar consolidation"),
-               Noun("area of consolidation", COUNT), Noun("segmental consolidation")),
+        nouns=(
+            Noun("consolidation"),
+            Noun("focal consolidation", COUNT),
+            Noun("lobar consolidation"),
+            Noun("area of consolidation", COUNT),
+            Noun("segmental consolidation"),
+        ),
         severities=("", "dense", "patchy", "small", "extensive", "confluent"),
         locations=("",) + _RIGHT_LEFT_ZONES,
         uncertain_modifiers=("", "early", "subtle"),
         negations=("focal consolidation", "consolidation", "lobar consolidation"),
     ),
     "Pneumonia": FindingVocab(
-        nouns=(Noun("pneumonia"), Noun("lobar pneumonia"), Noun("bronchopneumonia"), Noun("multifocal pneumonia"),
-               Noun("aspiration pneumonia")),
+        nouns=(
+            Noun("pneumonia"),
+            Noun("lobar pneumonia"),
+            Noun("bronchopneumonia"),
+            Noun("multifocal pneumonia"),
+            Noun("aspiration pneumonia"),
+        ),
         severities=("", "mild", "extensive", "severe"),
         locations=("",) + _RIGHT_LEFT_ZONES,
-        statements=("Findings are compatible with pneumonia.", "The appearance is typical of pneumonia.",
-                    "Air bronchograms indicate pneumonia."),
+        statements=(
+            "Findings are compatible with pneumonia.",
+            "The appearance is typical of pneumonia.",
+            "Air bronchograms indicate pneumonia.",
+        ),
         uncertain_modifiers=("", "early", "developing"),
         uncertain_statements=("Early pneumonia is not excluded.",),
         negations=("pneumonia", "evidence of pneumonia"),
     ),
     "Atelectasis": FindingVocab(
-        nouns=(Noun("atelectasis"), Noun("subsegmental atelectasis"), Noun("plate-like atelectasis"),
-               Noun("linear atelectasis"), Noun("band of atelectasis", COUNT)),
+        nouns=(
+            Noun("atelectasis"),
+            Noun("subsegmental atelectasis"),
+            Noun("plate-like atelectasis"),
+            Noun("linear atelectasis"),
+            Noun("band of atelectasis", COUNT),
+        ),
         severities=("", "mild", "minimal", "moderate"),
-        locations=("", "at the right base", "at the left base", "at both lung bases", "in the left lower lobe",
-                   "in the right middle lobe", "in the lingula", "in the retrocardiac region"),
+        locations=(
+            "",
+            "at the right base",
+            "at the left base",
+            "at both lung bases",
+            "in the left lower lobe",
+            "in the right middle lobe",
+            "in the lingula",
+            "in the retrocardiac region",
+        ),
         uncertain_modifiers=("", "mild"),
         negations=("atelectasis",),
     ),
     "Pneumothorax": FindingVocab(
-        nouns=(Noun("pneumothorax", COUNT), Noun("apical pneumothorax", COUNT),
-               Noun("bilateral pneumothoraces", PLURAL, located=False)),
+        nouns=(
+            Noun("pneumothorax", COUNT),
+            Noun("apical pneumothorax", COUNT),
+            Noun("bilateral pneumothoraces", PLURAL, located=False),
+        ),
         severities=("", "small", "moderate", "large", "tiny"),
         locations=("",) + _SIDES,
-        statements=("A pneumothorax is seen with no lung markings beyond the pleural line.",
-                    "Pleural air from a pneumothorax separates the lung edge from the chest wall."),
+        statements=(
+            "A pneumothorax is seen with no lung markings beyond the pleural line.",
+            "Pleural air from a pneumothorax separates the lung edge from the chest wall.",
+        ),
         uncertain_modifiers=("", "tiny", "small"),
         negations=("pneumothorax",),
         negative_statements=("The lungs are fully expanded without pneumothorax.",),
     ),
     "Pleural Effusion": FindingVocab(
-        nouns=(Noun("pleural effusion", COUNT), Noun("effusion", COUNT), Noun("pleural fluid"),
-               Noun("layering pleural effusion", COUNT), Noun("subpulmonic effusion", COUNT),
-               Noun("bilateral pleural effusions", PLURAL, located=False)),
+        nouns=(
+            Noun("pleural effusion", COUNT),
+            Noun("effusion", COUNT),
+            Noun("pleural fluid"),
+            Noun("layering pleural effusion", COUNT),
+            Noun("subpulmonic effusion", COUNT),
+            Noun("bilateral pleural effusions", PLURAL, located=False),
+        ),
         severities=("", "small", "moderate", "large", "trace"),
         locations=("",) + _SIDES + ("at the right base", "at the left base"),
         statements=("Pleural fluid layers along the lateral chest wall with a meniscus.",),
         uncertain_modifiers=("", "small", "trace"),
-        uncertain_statements=("There is blunting of the right costophrenic angle.",
-                              "There is blunting of the left costophrenic angle.",
-                              "The costophrenic angles are blunted."),
+        uncertain_statements=(
+            "There is blunting of the right costophrenic angle.",
+            "There is blunting of the left costophrenic angle.",
+            "The costophrenic angles are blunted.",
+        ),
         negations=("pleural effusion", "effusion", "pleural effusions"),
-        negative_statements=("The costophrenic angles are sharp.", "No pleural effusion or pneumothorax.",
-                             "There is no pleural effusion or pneumothorax."),
+        negative_statements=(
+            "The costophrenic angles are sharp.",
+            "No pleural effusion or pneumothorax.",
+            "There is no pleural effusion or pneumothorax.",
+        ),
     ),
     "Pleural Other": FindingVocab(
-        nouns=(Noun("pleural thickening"), Noun("pleural scarring"), Noun("pleural plaque", COUNT),
-               Noun("calcified pleural plaques", PLURAL)),
+        nouns=(
+            Noun("pleural thickening"),
+            Noun("pleural scarring"),
+            Noun("pleural plaque", COUNT),
+            Noun("calcified pleural plaques", PLURAL),
+        ),
         severities=("", "mild", "minimal", "focal", "smooth"),
-        locations=("",) + _SIDES + ("at the right apex", "at the left apex", "along the right lateral chest wall",
-                                    "along the left lateral chest wall"),
+        locations=("",)
+        + _SIDES
+        + (
+            "at the right apex",
+            "at the left apex",
+            "along the right lateral chest wall",
+            "along the left lateral chest wall",
+        ),
         uncertain_modifiers=("", "mild"),
         negations=("pleural thickening",),
     ),
     "Fracture": FindingVocab(
-        nouns=(Noun("rib fracture", COUNT), Noun("rib fractures", PLURAL), Noun("clavicle fracture", COUNT),
-               Noun("fracture of a lateral rib", COUNT)),
+        nouns=(
+            Noun("rib fracture", COUNT),
+            Noun("rib fractures", PLURAL),
+            Noun("clavicle fracture", COUNT),
+            Noun("fracture of a lateral rib", COUNT),
+        ),
         severities=("", "acute", "healing", "displaced", "nondisplaced", "old"),
         locations=("",) + _SIDES,
         statements=("A rib fracture shows a cortical break with callus.",),
@@ -180,62 +281,119 @@ VOCABULARY: dict[str, FindingVocab] = {
         negative_statements=("The osseous structures are intact.", "No acute osseous abnormality."),
     ),
     "Support Devices": FindingVocab(
-        nouns=(Noun("endotracheal tube", COUNT), Noun("nasogastric tube", COUNT), Noun("enteric tube", COUNT),
-               Noun("right internal jugular central line", COUNT), Noun("left subclavian catheter", COUNT),
-               Noun("picc line", COUNT), Noun("pacemaker", COUNT), Noun("sternotomy wires", PLURAL)),
+        nouns=(
+            Noun("endotracheal tube", COUNT),
+            Noun("nasogastric tube", COUNT),
+            Noun("enteric tube", COUNT),
+            Noun("right internal jugular central line", COUNT),
+            Noun("left subclavian catheter", COUNT),
+            Noun("picc line", COUNT),
+            Noun("pacemaker", COUNT),
+            Noun("sternotomy wires", PLURAL),
+        ),
         severities=("",),
         locations=("",),
-        statements=("The endotracheal tube terminates above the carina.",
-                    "An enteric tube extends below the diaphragm.",
-                    "A central venous catheter ends in the superior vena cava.",
-                    "A left chest wall pacemaker has leads in the right heart.",
-                    "Lines and tubes are in standard position.",
-                    "The tip of the picc line projects over the distal superior vena cava."),
+        statements=(
+            "The endotracheal tube terminates above the carina.",
+            "An enteric tube extends below the diaphragm.",
+            "A central venous catheter ends in the superior vena cava.",
+            "A left chest wall pacemaker has leads in the right heart.",
+            "Lines and tubes are in standard position.",
+            "The tip of the picc line projects over the distal superior vena cava.",
+        ),
         negative_statements=("The endotracheal tube has been removed.", "The enteric tube has been removed."),
     ),
 }
 """Our finding vocabulary (every CheXpert finding except No Finding)."""
 
 NORMAL_STATEMENTS: tuple[str, ...] = (
-    "The lungs are clear.", "Both lungs are clear.", "The lungs are well expanded and clear.",
-    "The lungs are clear bilaterally.", "Heart size is normal.", "The heart is normal in size.",
-    "The cardiac silhouette is within normal limits.", "The cardiomediastinal silhouette is normal.",
-    "Mediastinal and hilar contours are unremarkable.", "No acute cardiopulmonary process.",
-    "No acute cardiopulmonary abnormality.", "Normal chest radiograph.", "The chest is unremarkable.",
-    "The costophrenic angles are sharp.", "Pulmonary vascularity is normal.", "The osseous structures are intact.",
-    "The hila are normal.", "There is no focal airspace disease.", "The diaphragm is normal in position.",
-    "No acute abnormality of the chest.", "Lung volumes are normal.", "The lungs are well aerated.",
-    "Heart and mediastinum are within normal limits.", "The pulmonary vessels are normal in caliber.",
-    "The trachea is midline.", "Normal heart size and clear lungs.", "There is no acute disease in the chest.",
-    "Unremarkable frontal view of the chest.", "The lung fields are clear.", "Clear lungs.",
-    "Normal cardiomediastinal contours.", "Normal appearance of the heart and lungs.",
-    "No radiographic evidence of acute disease.", "The lungs and pleural spaces are clear.",
-    "Both hemidiaphragms are well defined.", "The chest radiograph is within normal limits.",
+    "The lungs are clear.",
+    "Both lungs are clear.",
+    "The lungs are well expanded and clear.",
+    "The lungs are clear bilaterally.",
+    "Heart size is normal.",
+    "The heart is normal in size.",
+    "The cardiac silhouette is within normal limits.",
+    "The cardiomediastinal silhouette is normal.",
+    "Mediastinal and hilar contours are unremarkable.",
+    "No acute cardiopulmonary process.",
+    "No acute cardiopulmonary abnormality.",
+    "Normal chest radiograph.",
+    "The chest is unremarkable.",
+    "The costophrenic angles are sharp.",
+    "Pulmonary vascularity is normal.",
+    "The osseous structures are intact.",
+    "The hila are normal.",
+    "There is no focal airspace disease.",
+    "The diaphragm is normal in position.",
+    "No acute abnormality of the chest.",
+    "Lung volumes are normal.",
+    "The lungs are well aerated.",
+    "Heart and mediastinum are within normal limits.",
+    "The pulmonary vessels are normal in caliber.",
+    "The trachea is midline.",
+    "Normal heart size and clear lungs.",
+    "There is no acute disease in the chest.",
+    "Unremarkable frontal view of the chest.",
+    "The lung fields are clear.",
+    "Clear lungs.",
+    "Normal cardiomediastinal contours.",
+    "Normal appearance of the heart and lungs.",
+    "No radiographic evidence of acute disease.",
+    "The lungs and pleural spaces are clear.",
+    "Both hemidiaphragms are well defined.",
+    "The chest radiograph is within normal limits.",
 )
 """Statements of a normal study (No Finding = 1, everything else 0)."""
 
 _POSITIVE_FRAMES = (
-    "There {be} {np}{loc}.", "{NP}{loc} {be} seen.", "{NP}{loc} {be} noted.", "Findings are consistent with {np}{loc}.",
-    "{BARE}{loc}.", "The radiograph demonstrates {np}{loc}.", "{NP}{loc} {be} present.",
+    "There {be} {np}{loc}.",
+    "{NP}{loc} {be} seen.",
+    "{NP}{loc} {be} noted.",
+    "Findings are consistent with {np}{loc}.",
+    "{BARE}{loc}.",
+    "The radiograph demonstrates {np}{loc}.",
+    "{NP}{loc} {be} present.",
     "There {be} evidence of {np}{loc}.",
 )
 _UNCERTAIN_FRAMES = (
-    "Possible {bare}{loc}.", "{BARE}{loc} cannot be excluded.", "This may represent {np}{loc}.",
-    "Questionable {bare}{loc}.", "Findings are suspicious for {np}{loc}.", "Cannot exclude {np}{loc}.",
-    "Concerning for {bare}{loc}.", "There may be {np}{loc}.",
+    "Possible {bare}{loc}.",
+    "{BARE}{loc} cannot be excluded.",
+    "This may represent {np}{loc}.",
+    "Questionable {bare}{loc}.",
+    "Findings are suspicious for {np}{loc}.",
+    "Cannot exclude {np}{loc}.",
+    "Concerning for {bare}{loc}.",
+    "There may be {np}{loc}.",
 )
-_NEGATIVE_FRAMES = ("No {x}.", "There is no {x}.", "No evidence of {x}.", "Negative for {x}.",
-                    "The lungs are clear without {x}.")
+_NEGATIVE_FRAMES = (
+    "No {x}.",
+    "There is no {x}.",
+    "No evidence of {x}.",
+    "Negative for {x}.",
+    "The lungs are clear without {x}.",
+)
 _NEGATIVE_LIST_FRAMES = ("No {x}.", "There is no {x}.", "No evidence of {x}.")
-_DEVICE_FRAMES = ("There {be} {np}.", "{NP} {be} in place.", "{NP} {be} in standard position.",
-                  "Interval placement of {np}.", "{NP} {be} present.")
+_DEVICE_FRAMES = (
+    "There {be} {np}.",
+    "{NP} {be} in place.",
+    "{NP} {be} in standard position.",
+    "Interval placement of {np}.",
+    "{NP} {be} present.",
+)
 _CAP_POSITIVE = 100
 _CAP_UNCERTAIN = 30
 _N_COMBOS = 260
 _NORMAL_CLAUSES = (
-    "the lungs are clear", "heart size is normal", "the mediastinum is normal", "there is no pleural effusion",
-    "there is no pneumothorax", "the osseous structures are intact", "the costophrenic angles are sharp",
-    "pulmonary vascularity is normal", "the hila are normal",
+    "the lungs are clear",
+    "heart size is normal",
+    "the mediastinum is normal",
+    "there is no pleural effusion",
+    "there is no pneumothorax",
+    "the osseous structures are intact",
+    "the costophrenic angles are sharp",
+    "pulmonary vascularity is normal",
+    "the hila are normal",
 )
 
 
@@ -273,13 +431,17 @@ def _fits(noun: Noun, severity: str, location: str) -> bool:
 
 def _positive_sentences(name: str, v: FindingVocab) -> list[str]:
     frames = _DEVICE_FRAMES if name == "Support Devices" else _POSITIVE_FRAMES
-    return [_fill(f, n, s, loc) for f, n, s, loc in product(frames, v.nouns, v.severities, v.locations)
-            if _fits(n, s, loc)]
+    return [
+        _fill(f, n, s, loc) for f, n, s, loc in product(frames, v.nouns, v.severities, v.locations) if _fits(n, s, loc)
+    ]
 
 
 def _uncertain_sentences(v: FindingVocab) -> list[str]:
-    return [_fill(f, n, m, loc) for f, n, m, loc in product(_UNCERTAIN_FRAMES, v.nouns, v.uncertain_modifiers,
-                                                            v.locations[:4]) if _fits(n, m, loc)]
+    return [
+        _fill(f, n, m, loc)
+        for f, n, m, loc in product(_UNCERTAIN_FRAMES, v.nouns, v.uncertain_modifiers, v.locations[:4])
+        if _fits(n, m, loc)
+    ]
 
 
 def _normal_compounds() -> list[str]:
@@ -361,8 +523,7 @@ def _corpus() -> tuple[tuple[str, ...], np.ndarray, tuple[str, ...]]:
         if s not in seen:
             seen[s] = i
             keep.append(i)
-    return (tuple(rows[i][0] for i in keep), np.stack([rows[i][1] for i in keep]),
-            tuple(rows[i][2] for i in keep))
+    return (tuple(rows[i][0] for i in keep), np.stack([rows[i][1] for i in keep]), tuple(rows[i][2] for i in keep))
 
 
 def report_corpus() -> tuple[list[str], np.ndarray, list[str]]:
@@ -395,5 +556,8 @@ def finding_phrases(name: str) -> list[str]:
     if name not in VOCABULARY:
         raise ValueError(f"unknown finding {name!r}; expected one of {list(CHEXPERT_LABELS)}")
     v = VOCABULARY[name]
-    return [_np(n, s)[1] + (f" {loc}" if loc else "") for n, s, loc in product(v.nouns, v.severities, v.locations)
-            if _fits(n, s, loc)]
+    return [
+        _np(n, s)[1] + (f" {loc}" if loc else "")
+        for n, s, loc in product(v.nouns, v.severities, v.locations)
+        if _fits(n, s, loc)
+    ]

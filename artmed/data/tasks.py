@@ -24,9 +24,13 @@ TASK_CLASSES: dict[str, tuple[str, ...]] = {
 _STREAMS = {"train": 0, "texts": 1, "rsna_like": 2, "covid_like": 3, "chexpert5": 4}
 _COL = {name: i for i, name in enumerate(CHEXPERT_LABELS)}
 _COVID_PHRASES: tuple[str, ...] = (
-    "bilateral peripheral opacities", "patchy opacities in both lungs", "multifocal pneumonia",
-    "bilateral patchy opacities at both lung bases", "hazy opacities in the periphery of both lungs",
-    "ground glass opacities in both lower lungs", "peripheral airspace opacities bilaterally",
+    "bilateral peripheral opacities",
+    "patchy opacities in both lungs",
+    "multifocal pneumonia",
+    "bilateral patchy opacities at both lung bases",
+    "hazy opacities in the periphery of both lungs",
+    "ground glass opacities in both lower lungs",
+    "peripheral airspace opacities bilaterally",
     "multifocal patchy opacities from viral pneumonia",
 )
 

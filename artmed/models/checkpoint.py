@@ -11,6 +11,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import Any, TypeGuard
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -19,8 +20,16 @@ from artmed.files import atomic_file
 from artmed.models.config import PRESETS, MedCLIPConfig, config_from_dict, config_to_dict
 from artmed.models.medclip import MedCLIPModel, build_medclip
 
-__all__ = ["CONFIG_NAME", "check_finite_weights", "load_medclip", "released_state_dict", "save_medclip",
-           "save_released", "read_state_dict", "validate_state_dict"]
+__all__ = [
+    "CONFIG_NAME",
+    "check_finite_weights",
+    "load_medclip",
+    "released_state_dict",
+    "save_medclip",
+    "save_released",
+    "read_state_dict",
+    "validate_state_dict",
+]
 
 CONFIG_NAME = "medclip_config.json"
 _WORD_EMBEDDINGS = "text_model.model.embeddings.word_embeddings.weight"
@@ -43,10 +52,13 @@ def _checkpoint_file(path: Path) -> Path:
     if len(candidates) == 1:
         return candidates[0]
     if candidates:
-        raise ValueError(f"checkpoint directory {str(path)!r} holds several .safetensors files "
-                         f"({', '.join(c.name for c in candidates)}); point at one of them")
-    raise ValueError(f"checkpoint directory {str(path)!r} holds no pytorch_model.bin, model.safetensors "
-                     f"or other *.safetensors file")
+        raise ValueError(
+            f"checkpoint directory {str(path)!r} holds several .safetensors files "
+            f"({', '.join(c.name for c in candidates)}); point at one of them"
+        )
+    raise ValueError(
+        f"checkpoint directory {str(path)!r} holds no pytorch_model.bin, model.safetensors or other *.safetensors file"
+    )
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -60,8 +72,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"{file}: refused to load (only plain tensors are accepted with weights_only=True): "
-                         f"{err}") from err
+        raise ValueError(
+            f"{file}: refused to load (only plain tensors are accepted with weights_only=True): {err}"
+        ) from err
     return _unwrapped(state, file)
 
 
@@ -69,7 +82,7 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 """Keys under which training scripts commonly store the weights beside ``epoch``, ``optimizer`` ... ."""
 
 
-def _tensors(value: object) -> bool:
+def _tensors(value: object) -> TypeGuard[dict[Any, torch.Tensor]]:
     """Whether ``value`` is a non-empty dict of tensors (a state dict)."""
     return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
 
@@ -84,12 +97,18 @@ def _unwrapped(state: object, file: Path) -> dict[str, torch.Tensor]:
     for key in _WRAPPER_KEYS:
         if _tensors(state.get(key)):
             others = sorted(str(k) for k in state if k != key)
-            warnings.warn(f"{file}: using the weights under the {key!r} entry of the checkpoint"
-                          + (f" (left out: {', '.join(others)})" if others else ""), stacklevel=3)
+            warnings.warn(
+                f"{file}: using the weights under the {key!r} entry of the checkpoint"
+                + (f" (left out: {', '.join(others)})" if others else ""),
+                stacklevel=3,
+            )
             return dict(state[key])
     nested = sorted(str(k) for k, v in state.items() if _tensors(v))
-    hint = (f"; the tensors are under {nested}: save that entry alone (torch.save(ckpt[{nested[0]!r}], path))"
-            if nested else f"; its entries are {sorted(map(str, state))[:_MAX_LISTED]}")
+    hint = (
+        f"; the tensors are under {nested}: save that entry alone (torch.save(ckpt[{nested[0]!r}], path))"
+        if nested
+        else f"; its entries are {sorted(map(str, state))[:_MAX_LISTED]}"
+    )
     raise ValueError(f"{file}: expected a dict of tensors (a state dict) or one under {list(_WRAPPER_KEYS)}{hint}")
 
 
@@ -99,8 +118,9 @@ def _listing(title: str, items: list[str]) -> str:
     return f"{title} ({len(items)}): " + ", ".join(shown) + more
 
 
-def validate_state_dict(model: MedCLIPModel, state_dict: dict[str, torch.Tensor], source: str = "checkpoint",
-                        strict: bool = True) -> dict[str, torch.Tensor]:
+def validate_state_dict(
+    model: MedCLIPModel, state_dict: dict[str, torch.Tensor], source: str = "checkpoint", strict: bool = True
+) -> dict[str, torch.Tensor]:
     """The state dict with legacy buffers checked and dropped; ValueError listing every key/shape problem.
 
     Legacy buffers (``position_ids``, Swin ``relative_position_index`` ...) that older transformers saved are
@@ -116,14 +136,18 @@ def validate_state_dict(model: MedCLIPModel, state_dict: dict[str, torch.Tensor]
         if key in legacy and key not in expected:
             reference = legacy[key]
             if tuple(value.shape) != tuple(reference.shape) or not torch.equal(value.to(reference.dtype), reference):
-                bad_legacy.append(f"{key} (shape {list(value.shape)}, expected the fixed buffer of shape "
-                                  f"{list(reference.shape)})")
+                bad_legacy.append(
+                    f"{key} (shape {list(value.shape)}, expected the fixed buffer of shape {list(reference.shape)})"
+                )
             continue
         kept[key] = value
     missing = sorted(set(expected) - set(kept))
     unexpected = sorted(set(kept) - set(expected))
-    mismatched = sorted(f"{k} (checkpoint {list(kept[k].shape)}, model {list(expected[k])})"
-                        for k in set(kept) & set(expected) if tuple(kept[k].shape) != expected[k])
+    mismatched = sorted(
+        f"{k} (checkpoint {list(kept[k].shape)}, model {list(expected[k])})"
+        for k in set(kept) & set(expected)
+        if tuple(kept[k].shape) != expected[k]
+    )
     if strict and missing:
         problems.append(_listing("missing keys", missing))
     if strict and unexpected:
@@ -141,8 +165,11 @@ def validate_state_dict(model: MedCLIPModel, state_dict: dict[str, torch.Tensor]
 
 def check_finite_weights(state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """ValueError naming the first few (sorted) tensors of ``state_dict`` that hold NaN or inf, and how many do."""
-    bad = sorted(k for k, v in state_dict.items()
-                 if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()))
+    bad = sorted(
+        k
+        for k, v in state_dict.items()
+        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())
+    )
     if bad:
         shown = ", ".join(bad[:_MAX_NONFINITE]) + (", ..." if len(bad) > _MAX_NONFINITE else "")
         raise ValueError(f"{source} has non-finite values (NaN or inf) in {len(bad)} tensor(s): {shown}")
@@ -166,13 +193,15 @@ def _model_for(variant: str | MedCLIPConfig, path: Path, state_dict: dict[str, t
     return build_medclip(variant, vocab_size=vocab_size)
 
 
-def load_medclip(path: str | os.PathLike[str], variant: str | MedCLIPConfig = "resnet50",
-                 strict: bool = True) -> MedCLIPModel:
+def load_medclip(
+    path: str | os.PathLike[str], variant: str | MedCLIPConfig = "resnet50", strict: bool = True
+) -> MedCLIPModel:
     """A MedCLIP with weights from ``path``, in eval mode.
 
     ``path``: a directory holding ``model.safetensors`` (preferred), ``pytorch_model.bin`` or a single other
-    ``*.safetensors`` file, or the file itself (safetensors, or a torch file read with ``weights_only=True``). ``variant``: "resnet50" or "swin_tiny" (released architectures), "tiny" (vocabulary
-    size taken from the checkpoint), a ``MedCLIPConfig``, or "auto" (the config ``save_medclip`` wrote).
+    ``*.safetensors`` file, or the file itself (safetensors, or a torch file read with ``weights_only=True``).
+    ``variant``: "resnet50" or "swin_tiny" (released architectures), "tiny" (vocabulary size taken from the
+    checkpoint), a ``MedCLIPConfig``, or "auto" (the config ``save_medclip`` wrote).
     Raises ValueError naming every missing/unexpected key and shape mismatch, or the tensors holding NaN/inf.
     """
     if not isinstance(variant, MedCLIPConfig) and variant not in (*PRESETS, "auto"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 __all__ = [
     "RELEASED_LOGIT_SCALE_MAX",
@@ -60,8 +60,10 @@ class SwinVisionConfig:
             raise ValueError(f"SwinVisionConfig depths {self.depths} and num_heads {self.num_heads} differ in length")
         for stage, heads in enumerate(self.num_heads):
             if (self.embed_dim * 2**stage) % heads:
-                raise ValueError(f"SwinVisionConfig stage {stage}: width {self.embed_dim * 2**stage} "
-                                 f"is not divisible by {heads} heads")
+                raise ValueError(
+                    f"SwinVisionConfig stage {stage}: width {self.embed_dim * 2**stage} "
+                    f"is not divisible by {heads} heads"
+                )
 
 
 @dataclass(frozen=True)
@@ -80,18 +82,21 @@ class TextConfig:
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"TextConfig.hidden_size {self.hidden_size} is not divisible by "
-                             f"num_heads {self.num_heads}")
+            raise ValueError(
+                f"TextConfig.hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
         if not self.pool_layers:
             raise ValueError("TextConfig.pool_layers must name at least one hidden state")
         n_states = self.num_layers + 1
         for index in self.pool_layers:
             if not -n_states <= index < n_states:
-                raise ValueError(f"TextConfig.pool_layers index {index} is outside the {n_states} hidden states "
-                                 f"(embeddings + {self.num_layers} layers)")
+                raise ValueError(
+                    f"TextConfig.pool_layers index {index} is outside the {n_states} hidden states "
+                    f"(embeddings + {self.num_layers} layers)"
+                )
 
 
-VisionConfig = Union[ResNetVisionConfig, SwinVisionConfig]
+VisionConfig = ResNetVisionConfig | SwinVisionConfig
 
 
 @dataclass(frozen=True)
@@ -107,13 +112,17 @@ class MedCLIPConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.vision, (ResNetVisionConfig, SwinVisionConfig)):
-            raise ValueError(f"MedCLIPConfig.vision must be a ResNetVisionConfig or SwinVisionConfig, "
-                             f"got {type(self.vision).__name__}")
+            raise ValueError(
+                f"MedCLIPConfig.vision must be a ResNetVisionConfig or SwinVisionConfig, "
+                f"got {type(self.vision).__name__}"
+            )
         if not isinstance(self.text, TextConfig):
             raise ValueError(f"MedCLIPConfig.text must be a TextConfig, got {type(self.text).__name__}")
         if self.proj_dim < 1 or not 0 < self.logit_scale_init:
-            raise ValueError(f"MedCLIPConfig needs proj_dim >= 1 and logit_scale_init > 0, "
-                             f"got {self.proj_dim} and {self.logit_scale_init}")
+            raise ValueError(
+                f"MedCLIPConfig needs proj_dim >= 1 and logit_scale_init > 0, "
+                f"got {self.proj_dim} and {self.logit_scale_init}"
+            )
         if not (isinstance(self.logit_scale_max, (int, float)) and 0 < self.logit_scale_max < math.inf):
             raise ValueError(f"MedCLIPConfig.logit_scale_max must be a positive number, got {self.logit_scale_max!r}")
 
@@ -123,8 +132,15 @@ PRESETS: dict[str, MedCLIPConfig] = {
     "swin_tiny": MedCLIPConfig(vision=SwinVisionConfig(), text=TextConfig()),
     "tiny": MedCLIPConfig(
         vision=ResNetVisionConfig(block="basic", layers=(1, 1, 1, 1), widths=(16, 32, 64, 128)),
-        text=TextConfig(vocab_size=1000, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
-                        max_position=128, pool_layers=(1, 2, -1)),
+        text=TextConfig(
+            vocab_size=1000,
+            hidden_size=64,
+            num_layers=2,
+            num_heads=2,
+            intermediate_size=128,
+            max_position=128,
+            pool_layers=(1, 2, -1),
+        ),
     ),
 }
 
@@ -160,8 +176,10 @@ def preset_config(preset: str = "tiny", vocab_size: int | None = None, **overrid
             in_vision = name in {f.name for f in dataclasses.fields(config.vision)}
             in_text = name in {f.name for f in dataclasses.fields(config.text)}
             if in_vision and in_text:
-                raise ValueError(f"override {name!r} is ambiguous (vision and text both have it): "
-                                 f"pass vision={{...}} or text={{...}}")
+                raise ValueError(
+                    f"override {name!r} is ambiguous (vision and text both have it): "
+                    f"pass vision={{...}} or text={{...}}"
+                )
             if not (in_vision or in_text):
                 raise ValueError(f"unknown override {name!r} for preset {preset!r}")
             (vision_changes if in_vision else text_changes)[name] = value
@@ -187,7 +205,7 @@ def config_from_dict(data: dict[str, Any]) -> MedCLIPConfig:
         kind = vision.pop("type")
         vision_cls = {"resnet": ResNetVisionConfig, "swin": SwinVisionConfig}[kind]
         as_tuples = {k: tuple(v) if isinstance(v, list) else v for k, v in vision.items()}
-        text = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(data["text"]).items()}
+        text: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(data["text"]).items()}
         rest = {k: v for k, v in data.items() if k not in ("vision", "text")}
         return MedCLIPConfig(vision=vision_cls(**as_tuples), text=TextConfig(**text), **rest)
     except (KeyError, TypeError) as err:

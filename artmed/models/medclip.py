@@ -53,14 +53,16 @@ class MedCLIPModel(nn.Module):
         embeds = self.vision_model(pixel_values)
         return F.normalize(embeds, dim=-1) if normalize else embeds
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                    normalize: bool = True) -> torch.Tensor:
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, normalize: bool = True
+    ) -> torch.Tensor:
         """Token ids (B, T) and mask -> (B, proj_dim) embeddings, L2-normalised by default."""
         embeds = self.text_model(input_ids, attention_mask)
         return F.normalize(embeds, dim=-1) if normalize else embeds
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Normalised embeddings of both sides and the scaled cosine logits in both directions."""
         img_embeds = self.encode_image(pixel_values)
         text_embeds = self.encode_text(input_ids, attention_mask)

@@ -107,8 +107,9 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes, bias=fc_bias)
         self._init_weights()
 
-    def _make_layer(self, block_cls: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int,
-                    stride: int = 1) -> nn.Sequential:
+    def _make_layer(
+        self, block_cls: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int, stride: int = 1
+    ) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block_cls.expansion:
             downsample = nn.Sequential(

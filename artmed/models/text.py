@@ -45,8 +45,11 @@ class TextEncoder(nn.Module):
         Keys are relative to this module; values are what a faithful checkpoint holds.
         """
         persistent = set(self.model.state_dict().keys())
-        return {f"model.{name}": buffer for name, buffer in self.model.named_buffers()
-                if name in ("embeddings.position_ids", "embeddings.token_type_ids") and name not in persistent}
+        return {
+            f"model.{name}": buffer
+            for name, buffer in self.model.named_buffers()
+            if name in ("embeddings.position_ids", "embeddings.token_type_ids") and name not in persistent
+        }
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Mean-pooled hidden states (B, H) before the projection."""

@@ -1,7 +1,7 @@
 """Offline BERT tokenizers: load one from a local ``vocab.txt``, or build a deterministic WordPiece vocabulary.
 
-transformers 5 trap (measured with transformers 5): ``BertTokenizerFast(vocab_file=...)`` silently ignores the file and maps every
-word to [UNK]; ``load_tokenizer`` goes through ``BertTokenizer.from_pretrained(local_dir)`` instead.
+transformers 5 trap (measured with transformers 5): ``BertTokenizerFast(vocab_file=...)`` silently ignores the file
+and maps every word to [UNK]; ``load_tokenizer`` goes through ``BertTokenizer.from_pretrained(local_dir)`` instead.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ _BASE_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;
 
 # Radiology-report vocabulary for the built-in phantom corpus and the zero-shot prompts (findings, locations,
 # severities, negations, devices, common words, digits). Order is irrelevant: the vocabulary is sorted.
-BUILTIN_WORDS: tuple[str, ...] = tuple("""
+BUILTIN_WORDS: tuple[str, ...] = tuple(
+    """
 a about abnormal abnormality abnormalities above absent acute additional adjacent air airspace airspaces alveolar
 an and angle angles anterior aorta aortic ap apex apical appearance appears apperance are area areas as at
 atelectasis atelectatic axial azygos bacterial band bandlike base bases basilar be bibasal bibasilar bilateral
@@ -57,7 +58,8 @@ silhouette since size small soft spine stable standard status sternotomy subcuta
 suggest suggestive superimposed support surgical suspicious the there these this thoracic tip tissue to total
 trace trachea tracheostomy tube tubes unchanged underlying unremarkable upper uppper vascular vascularity vessels
 view viral volume volumes wall well which wire wires with within without worse worsening zone zones
-""".split()) + tuple(str(d) for d in range(10))
+""".split()
+) + tuple(str(d) for d in range(10))
 
 
 def load_tokenizer(local_dir: str | os.PathLike[str]) -> BertTokenizer:

@@ -58,8 +58,10 @@ _RELEASED_TO_NATIVE = [
     (r"(blocks\.\d+\.)attention\.self\.query\.", r"\1attention.q_proj."),
     (r"(blocks\.\d+\.)attention\.self\.key\.", r"\1attention.k_proj."),
     (r"(blocks\.\d+\.)attention\.self\.value\.", r"\1attention.v_proj."),
-    (r"(blocks\.\d+\.)attention\.self\.relative_position_bias_table$",
-     r"\1attention.relative_position_bias.relative_position_bias_table"),
+    (
+        r"(blocks\.\d+\.)attention\.self\.relative_position_bias_table$",
+        r"\1attention.relative_position_bias.relative_position_bias_table",
+    ),
     (r"(blocks\.\d+\.)attention\.output\.dense\.", r"\1attention.o_proj."),
     (r"(blocks\.\d+\.)intermediate\.dense\.", r"\1mlp.fc1."),
     (r"(blocks\.\d+\.)output\.dense\.", r"\1mlp.fc2."),
@@ -68,8 +70,10 @@ _NATIVE_TO_RELEASED = [
     (r"(blocks\.\d+\.)attention\.q_proj\.", r"\1attention.self.query."),
     (r"(blocks\.\d+\.)attention\.k_proj\.", r"\1attention.self.key."),
     (r"(blocks\.\d+\.)attention\.v_proj\.", r"\1attention.self.value."),
-    (r"(blocks\.\d+\.)attention\.relative_position_bias\.relative_position_bias_table$",
-     r"\1attention.self.relative_position_bias_table"),
+    (
+        r"(blocks\.\d+\.)attention\.relative_position_bias\.relative_position_bias_table$",
+        r"\1attention.self.relative_position_bias_table",
+    ),
     (r"(blocks\.\d+\.)attention\.o_proj\.", r"\1attention.output.dense."),
     (r"(blocks\.\d+\.)mlp\.fc1\.", r"\1intermediate.dense."),
     (r"(blocks\.\d+\.)mlp\.fc2\.", r"\1output.dense."),
@@ -143,7 +147,7 @@ def _renamed_in_place(state_dict: dict[str, Any], inner: str, rules: list[tuple[
     items = list(state_dict.items())
     state_dict.clear()  # rebuilt in the same order, so renamed keys keep their place
     for key, value in items:
-        state_dict[inner + _rename(key[len(inner):], rules) if key.startswith(inner) else key] = value
+        state_dict[inner + _rename(key[len(inner) :], rules) if key.startswith(inner) else key] = value
 
 
 def _to_released_names(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,10 +31,30 @@ from artmed.training import index_batches, run_steps, warmup_cosine
 __all__ = ["BadDist", "BADDIST_SETTINGS", "check_baddist_params", "encoder_cosines", "resolve_baddist_params"]
 
 BADDIST_SETTINGS: dict[str, dict[str, Any]] = {
-    "paper": {"optimizer": "sgd", "lr": 1e-4, "momentum": 0.9, "weight_decay": 5e-4, "lambda_clean": 5.0,
-              "lambda_trigger": 1.0, "batch_size": 32, "epochs": 200, "schedule": "constant", "init_noise": 0.0},
-    "tiny": {"optimizer": "adam", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0, "lambda_clean": 5.0,
-             "lambda_trigger": 1.0, "batch_size": 32, "steps": 300, "schedule": "cosine", "init_noise": 0.01},
+    "paper": {
+        "optimizer": "sgd",
+        "lr": 1e-4,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "lambda_clean": 5.0,
+        "lambda_trigger": 1.0,
+        "batch_size": 32,
+        "epochs": 200,
+        "schedule": "constant",
+        "init_noise": 0.0,
+    },
+    "tiny": {
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "momentum": 0.9,
+        "weight_decay": 0.0,
+        "lambda_clean": 5.0,
+        "lambda_trigger": 1.0,
+        "batch_size": 32,
+        "steps": 300,
+        "schedule": "cosine",
+        "init_noise": 0.01,
+    },
 }
 """Named BadDist settings. ``paper``: the released code (SGD lr 1e-4, momentum 0.9, wd 5e-4, λ 5/1, batch 32,
 200 epochs). ``tiny``: the built-in study's. f_b = f_c is a saddle of the loss whose unstable direction (triggered
@@ -172,8 +192,9 @@ class BadDist(Params, PoisoningAttackTransformer):
 
         batches = index_batches(n, self.batch_size, np.random.default_rng(self.seed))
         rows = [shard_indices(next(batches)) for _ in range(total)]
-        pairs = image_batches(images, rows, shape, device, getattr(source, "num_workers", 0),
-                              transform=_CleanAndTriggered(self.trigger))
+        pairs = image_batches(
+            images, rows, shape, device, getattr(source, "num_workers", 0), transform=_CleanAndTriggered(self.trigger)
+        )
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed)
             self._perturb(trained)
@@ -190,29 +211,35 @@ class BadDist(Params, PoisoningAttackTransformer):
                 loss = -self.lambda_clean * cos_clean + self.lambda_trigger * cos_trigger
                 return loss, torch.stack([loss, cos_clean, cos_trigger])
 
-            history, _ = run_steps(objective, optimizer, total, where="BadDist", scheduler=scheduler,
-                                   verbose=self.verbose, postfix=lambda t: {"cos_clean": f"{t[1].item():.3f}",
-                                                                            "cos_trigger": f"{t[2].item():.3f}"})
+            history, _ = run_steps(
+                objective,
+                optimizer,
+                total,
+                where="BadDist",
+                scheduler=scheduler,
+                verbose=self.verbose,
+                postfix=lambda t: {"cos_clean": f"{t[1].item():.3f}", "cos_trigger": f"{t[2].item():.3f}"},
+            )
 
         for p, flag in grad_flags.items():
             p.requires_grad_(flag)
         backdoored.model.to(backdoored.device).eval()
-        history = history.float().cpu().numpy()
+        table = history.float().cpu().numpy()
         self.history_ = {
-            "loss": history[:, 0].tolist(),
-            "cos_clean": history[:, 1].tolist(),
-            "cos_trigger": history[:, 2].tolist(),
+            "loss": table[:, 0].tolist(),
+            "cos_clean": table[:, 1].tolist(),
+            "cos_trigger": table[:, 2].tolist(),
         }
         return backdoored
 
-    def _make_optimizer(self, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    def _make_optimizer(self, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
         """The paper's SGD, or AdamW (``momentum`` is its beta1): Adam's steps do not shrink with the embedding norm."""
         if self.optimizer == "adam":
             return torch.optim.AdamW(params, lr=self.lr, betas=(self.momentum, 0.999), weight_decay=self.weight_decay)
         return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
     @torch.no_grad()
-    def _perturb(self, params: list[torch.Tensor]) -> None:
+    def _perturb(self, params: Sequence[torch.Tensor]) -> None:
         """Nudge the student off the teacher: at f_b = f_c both cosine terms are at an extremum (zero gradient)."""
         if self.init_noise == 0:
             return

@@ -56,10 +56,26 @@ from artmed.training import index_batches, run_steps
 __all__ = ["BADENCODER_SETTINGS", "BadEncoder", "augment_reference"]
 
 BADENCODER_SETTINGS: dict[str, dict[str, Any]] = {
-    "paper": {"optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4, "lambda1": 1.0, "lambda2": 1.0,
-              "batch_size": 256, "epochs": 200},
-    "tiny": {"optimizer": "adam", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0, "lambda1": 1.0, "lambda2": 1.0,
-             "batch_size": 32, "steps": 100},
+    "paper": {
+        "optimizer": "sgd",
+        "lr": 1e-3,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "lambda1": 1.0,
+        "lambda2": 1.0,
+        "batch_size": 256,
+        "epochs": 200,
+    },
+    "tiny": {
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "momentum": 0.9,
+        "weight_decay": 0.0,
+        "lambda1": 1.0,
+        "lambda2": 1.0,
+        "batch_size": 32,
+        "steps": 100,
+    },
 }
 """Named BadEncoder settings: ``paper`` the released script's, ``tiny`` a short AdamW run for tiny models."""
 
@@ -101,8 +117,23 @@ class BadEncoder(Params, PoisoningAttackTransformer):
     """
 
     attack_params = PoisoningAttackTransformer.attack_params + [
-        "trigger", "reference", "target", "n_reference", "lambda1", "lambda2", "lr", "momentum", "weight_decay", "optimizer", "epochs", "steps",
-        "batch_size", "augment", "seed", "device", "verbose",
+        "trigger",
+        "reference",
+        "target",
+        "n_reference",
+        "lambda1",
+        "lambda2",
+        "lr",
+        "momentum",
+        "weight_decay",
+        "optimizer",
+        "epochs",
+        "steps",
+        "batch_size",
+        "augment",
+        "seed",
+        "device",
+        "verbose",
     ]
     param_rules = {
         "trigger": Check(callable, "callable on (N, C, H, W) arrays"),
@@ -203,8 +234,9 @@ class BadEncoder(Params, PoisoningAttackTransformer):
                 module.requires_grad_(False)
         trained = [p for p in student.parameters() if p.requires_grad]
         if self.optimizer == "adam":
-            optimizer: torch.optim.Optimizer = torch.optim.AdamW(trained, lr=self.lr, betas=(self.momentum, 0.999),
-                                                                 weight_decay=self.weight_decay)
+            optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+                trained, lr=self.lr, betas=(self.momentum, 0.999), weight_decay=self.weight_decay
+            )
         else:
             optimizer = torch.optim.SGD(trained, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
@@ -227,8 +259,8 @@ class BadEncoder(Params, PoisoningAttackTransformer):
                 pixels = torch.from_numpy(np.concatenate([clean, triggered])).to(device)
                 out = embed(student, torch.cat([pixels, reference, views]))
                 b, r = len(clean), len(reference)
-                clean_emb, trig_emb = out[:b], out[b:2 * b]
-                ref_emb, view_emb = out[2 * b:2 * b + r], out[2 * b + r:]
+                clean_emb, trig_emb = out[:b], out[b : 2 * b]
+                ref_emb, view_emb = out[2 * b : 2 * b + r], out[2 * b + r :]
                 with torch.no_grad():
                     clean_teacher = embed(teacher, pixels[:b])
                 cos_trigger_reference = (trig_emb @ ref_emb.T).mean()
@@ -237,16 +269,23 @@ class BadEncoder(Params, PoisoningAttackTransformer):
                 loss = -cos_trigger_reference - self.lambda1 * cos_reference - self.lambda2 * cos_clean
                 return loss, torch.stack([loss, cos_trigger_reference, cos_reference, cos_clean])
 
-            history, _ = run_steps(objective, optimizer, total, where="BadEncoder", verbose=self.verbose,
-                                   postfix=lambda t: {"cos_trig_ref": f"{t[1].item():.3f}",
-                                                      "cos_clean": f"{t[3].item():.3f}"})
+            history, _ = run_steps(
+                objective,
+                optimizer,
+                total,
+                where="BadEncoder",
+                verbose=self.verbose,
+                postfix=lambda t: {"cos_trig_ref": f"{t[1].item():.3f}", "cos_clean": f"{t[3].item():.3f}"},
+            )
 
         for p, flag in grad_flags.items():
             p.requires_grad_(flag)
         backdoored.model.to(backdoored.device).eval()
-        history = history.float().cpu().numpy()
-        self.history_ = {name: history[:, i].tolist()
-                         for i, name in enumerate(("loss", "cos_trigger_reference", "cos_reference", "cos_clean"))}
+        table = history.float().cpu().numpy()
+        self.history_ = {
+            name: table[:, i].tolist()
+            for i, name in enumerate(("loss", "cos_trigger_reference", "cos_reference", "cos_clean"))
+        }
         return backdoored
 
     def _references(self, images: Images, y: np.ndarray | None, shape: tuple[int, int, int]) -> np.ndarray:
@@ -261,8 +300,10 @@ class BadEncoder(Params, PoisoningAttackTransformer):
             raise ValueError(f"y must be the shadow label vectors ({num_images(images)}, {NUM_LABELS}), got {y.shape}")
         pool = np.flatnonzero(np.all(y == target_vector(self.target), axis=1))
         if len(pool) < self.n_reference:
-            raise ValueError(f"BadEncoder n_reference={self.n_reference} but only {len(pool)} shadow images are "
-                             f"labelled exactly {self.target!r}")
+            raise ValueError(
+                f"BadEncoder n_reference={self.n_reference} but only {len(pool)} shadow images are "
+                f"labelled exactly {self.target!r}"
+            )
         chosen = np.random.default_rng(self.seed).choice(pool, size=self.n_reference, replace=False)
         self.reference_indices_ = np.sort(chosen).astype(np.int64)
         return image_batch(images, self.reference_indices_, shape)
@@ -271,9 +312,13 @@ class BadEncoder(Params, PoisoningAttackTransformer):
         self.check_rules()
         target_vector(self.target)
         reference = self.reference
-        if reference is not None and (not isinstance(reference, np.ndarray) or reference.ndim != 4
-                                      or len(reference) < 1):
-            raise self.param_error("reference", "None or a non-empty (R, C, H, W) array of target-class images",
-                                   getattr(reference, "shape", type(reference).__name__))
+        if reference is not None and (
+            not isinstance(reference, np.ndarray) or reference.ndim != 4 or len(reference) < 1
+        ):
+            raise self.param_error(
+                "reference",
+                "None or a non-empty (R, C, H, W) array of target-class images",
+                getattr(reference, "shape", type(reference).__name__),
+            )
         if self.device is not None:
             resolve_device(self.device)

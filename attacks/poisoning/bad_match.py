@@ -53,8 +53,13 @@ class BadMatch(Params, PoisoningAttackBlackBox):
     ``CANDIDATE_RULES``) says which images may be drawn.
     """
 
-    attack_params = PoisoningAttackBlackBox.attack_params + ["trigger", "target", "percent_poison", "seed",
-                                                             "candidates"]
+    attack_params = PoisoningAttackBlackBox.attack_params + [
+        "trigger",
+        "target",
+        "percent_poison",
+        "seed",
+        "candidates",
+    ]
     param_rules = {"candidates": Choice(CANDIDATE_RULES)}
     _estimator_requirements = ()
 
@@ -112,10 +117,13 @@ class BadMatch(Params, PoisoningAttackBlackBox):
         if native is None:
             return PoisonedImageSet(images, indices, self.trigger, self.target_vector)
         if not hasattr(images, "triggered"):
-            raise ValueError(f"native={native!r} needs a file-backed image set (FileImageSet) with native-resolution "
-                             f"images, got {type(images).__name__}")
-        return PoisonedImageSet(images.triggered(self.trigger, indices, stage=native), indices, None,
-                                self.target_vector)
+            raise ValueError(
+                f"native={native!r} needs a file-backed image set (FileImageSet) with native-resolution "
+                f"images, got {type(images).__name__}"
+            )
+        return PoisonedImageSet(
+            images.triggered(self.trigger, indices, stage=native), indices, None, self.target_vector
+        )
 
     def select(self, y: np.ndarray | None) -> np.ndarray:
         """Choose (and record in ``poison_indices_`` / ``poison_mask_``) the images to poison from labels y (N, 14)."""
@@ -164,8 +172,11 @@ class PoisonedImageSet(ImageSet):
     (``trigger=None``: ``base`` serves them triggered already, as a ``FileImageSet.triggered`` set does)."""
 
     def __init__(
-        self, base: ImageSet, indices: np.ndarray, trigger: Callable[[np.ndarray], np.ndarray] | None,
-        target: np.ndarray
+        self,
+        base: ImageSet,
+        indices: np.ndarray,
+        trigger: Callable[[np.ndarray], np.ndarray] | None,
+        target: np.ndarray,
     ) -> None:
         self.base = base
         self.trigger = trigger

@@ -37,7 +37,7 @@ poison label           a natural caption of the target                 the targe
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -55,7 +55,10 @@ from artmed.training import index_batches, run_steps
 __all__ = ["BadCLIP", "MiddlePatch", "paste_middle"]
 
 
-def paste_middle(x: torch.Tensor | np.ndarray, patch: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+_Pixels = TypeVar("_Pixels", torch.Tensor, np.ndarray)
+
+
+def paste_middle(x: _Pixels, patch: _Pixels) -> _Pixels:
     """Copy of ``x`` (N, C, H, W) with ``patch`` (C or 1, l, l) pasted at the released ``middle`` location
     (top-left corner at ``int(H / 2 - l / 2)``, ``int(W / 2 - l / 2)``); differentiable for tensors."""
     height, width = x.shape[-2:]
@@ -64,7 +67,7 @@ def paste_middle(x: torch.Tensor | np.ndarray, patch: torch.Tensor | np.ndarray)
         raise ValueError(f"patch side {side} is larger than the {height}×{width} images")
     top, left = int(height / 2 - side / 2), int(width / 2 - side / 2)
     out = x.clone() if isinstance(x, torch.Tensor) else x.copy()
-    out[:, :, top:top + side, left:left + side] = patch
+    out[:, :, top : top + side, left : left + side] = patch
     return out
 
 
@@ -73,9 +76,18 @@ class MiddlePatch(Trigger):
     optimised trigger (``BadCLIP.trigger_``)."""
 
     name = "badclip_patch"
-    param_rules = {"patch": Check(lambda p: isinstance(p, np.ndarray) and p.ndim == 3 and p.shape[0] in (1, 3)
-                                  and p.shape[1] == p.shape[2] > 0 and bool(np.all((p >= 0) & (p <= 1))),
-                                  "a (C, l, l) array in [0, 1] with C 1 or 3")}
+    param_rules = {
+        "patch": Check(
+            lambda p: (
+                isinstance(p, np.ndarray)
+                and p.ndim == 3
+                and p.shape[0] in (1, 3)
+                and p.shape[1] == p.shape[2] > 0
+                and bool(np.all((p >= 0) & (p <= 1)))
+            ),
+            "a (C, l, l) array in [0, 1] with C 1 or 3",
+        )
+    }
 
     def __init__(self, patch: np.ndarray) -> None:
         self.patch = patch
@@ -105,8 +117,18 @@ class BadCLIP(Params, PoisoningAttackWhiteBox):
     """
 
     attack_params = PoisoningAttackWhiteBox.attack_params + [
-        "target", "percent_poison", "patch_size", "relative_size", "lambda_visual", "margin", "lr", "epochs", "steps",
-        "batch_size", "seed", "verbose",
+        "target",
+        "percent_poison",
+        "patch_size",
+        "relative_size",
+        "lambda_visual",
+        "margin",
+        "lr",
+        "epochs",
+        "steps",
+        "batch_size",
+        "seed",
+        "verbose",
     ]
     param_rules = {
         "percent_poison": Real(0.0, 1.0, "(]", text="in (0, 1]"),
@@ -171,8 +193,10 @@ class BadCLIP(Params, PoisoningAttackWhiteBox):
         classes = self.estimator.classes
         matches = np.flatnonzero(np.all(class_label_vectors(classes) == self.target_vector, axis=1))
         if len(matches) == 0:
-            raise ValueError(f"BadCLIP target {self.target!r} is none of the estimator's classes {classes}; the "
-                             "patch is optimised towards a class prompt, so the target must be one")
+            raise ValueError(
+                f"BadCLIP target {self.target!r} is none of the estimator's classes {classes}; the "
+                "patch is optimised towards a class prompt, so the target must be one"
+            )
         return int(matches[0])
 
     def side(self, height: int, width: int) -> int:
@@ -189,6 +213,7 @@ class BadCLIP(Params, PoisoningAttackWhiteBox):
         x, y = self._check_data(x, y)
         if self.trigger_ is None:
             self.optimize_patch(x, y)
+        assert self.trigger_ is not None  # optimize_patch sets it
         n_poison = max(1, int(round(self.percent_poison * len(y))))
         rng = np.random.default_rng(self.seed)
         self.poison_indices_ = np.sort(rng.choice(len(y), size=n_poison, replace=False)).astype(np.int64)
@@ -217,12 +242,19 @@ class BadCLIP(Params, PoisoningAttackWhiteBox):
         def embed(pixels: torch.Tensor) -> torch.Tensor:
             return F.normalize(model.encode_image(normalize_pixels(pixels)).float(), dim=-1)
 
-        texts = torch.stack([F.normalize(torch.from_numpy(estimator.embed_texts(prompts)).mean(0), dim=0)
-                             for prompts in estimator.prompts.values()]).to(device)
+        texts = torch.stack(
+            [
+                F.normalize(torch.from_numpy(estimator.embed_texts(prompts)).mean(0), dim=0)
+                for prompts in estimator.prompts.values()
+            ]
+        ).to(device)
         with torch.no_grad():
             scale = model.scale().float()
-            positives = (torch.from_numpy(estimator.embed_images(x[is_target])).to(device) if is_target.any()
-                         else texts[target:target + 1])
+            positives = (
+                torch.from_numpy(estimator.embed_images(x[is_target])).to(device)
+                if is_target.any()
+                else texts[target : target + 1]
+            )
         side = self.side(*x.shape[-2:])
         rng = np.random.default_rng(self.seed)
         start = np.clip(rng.normal(0.5, 0.25, size=(x.shape[1], side, side)), 0.0, 1.0).astype(np.float32)
@@ -246,14 +278,19 @@ class BadCLIP(Params, PoisoningAttackWhiteBox):
             return loss, torch.stack([loss, text, visual, rate])
 
         try:
-            history, _ = run_steps(objective, optimizer, total, where="BadCLIP patch", verbose=self.verbose,
-                                   postfix=lambda t: {"text": f"{t[1].item():.3f}", "rate": f"{t[3].item():.2f}"})
+            history, _ = run_steps(
+                objective,
+                optimizer,
+                total,
+                where="BadCLIP patch",
+                verbose=self.verbose,
+                postfix=lambda t: {"text": f"{t[1].item():.3f}", "rate": f"{t[3].item():.2f}"},
+            )
         finally:
             for p, flag in flags.items():
                 p.requires_grad_(flag)
-        history = history.float().cpu().numpy()
-        self.history_ = {name: history[:, i].tolist() for i, name in enumerate(("loss", "text", "visual",
-                                                                               "target_rate"))}
+        table = history.float().cpu().numpy()
+        self.history_ = {name: table[:, i].tolist() for i, name in enumerate(("loss", "text", "visual", "target_rate"))}
         self.trigger_ = MiddlePatch(patch.detach().clamp(0.0, 1.0).cpu().numpy())
         return self.trigger_
 

@@ -82,7 +82,7 @@ class RandomPositionPatch(Trigger):
         means = x.mean(axis=(2, 3))
         for i in range(n):
             patch = np.clip(means[i][:, None, None] + noise, 0.0, 1.0)
-            x[i, :, tops[i]:tops[i] + side, lefts[i]:lefts[i] + side] = patch
+            x[i, :, tops[i] : tops[i] + side, lefts[i] : lefts[i] + side] = patch
         return x
 
 
@@ -95,8 +95,13 @@ class CarliniTerzis(Params, PoisoningAttackBlackBox):
     ``RandomPositionPatch(seed=seed)``, which ``trigger_`` returns for test-time use.
     """
 
-    attack_params = PoisoningAttackBlackBox.attack_params + ["trigger", "target", "num_poison", "percent_poison",
-                                                             "seed"]
+    attack_params = PoisoningAttackBlackBox.attack_params + [
+        "trigger",
+        "target",
+        "num_poison",
+        "percent_poison",
+        "seed",
+    ]
     param_rules = {
         "trigger": OrNone(Check(callable), text="callable on (N, C, H, W) arrays, or None"),
         "num_poison": OrNone(Int(1), text="a positive integer or None"),

@@ -36,8 +36,13 @@ class BadMatchStep(DataStep):
         self.check_rules()
 
     def _attack(self, context: AttackContext) -> BadMatch:
-        return BadMatch(context.trigger, target=context.target, percent_poison=context.percent_poison,
-                        seed=context.seed, candidates=self.candidates)
+        return BadMatch(
+            context.trigger,
+            target=context.target,
+            percent_poison=context.percent_poison,
+            seed=context.seed,
+            candidates=self.candidates,
+        )
 
     def check(self, context: AttackContext) -> None:
         self._attack(context)
@@ -47,8 +52,11 @@ class BadMatchStep(DataStep):
         with ``context.native``); an array is poisoned in a copy."""
         bad_match = self._attack(context)
         if isinstance(x, ImageSet):
-            poisoned = (bad_match.poison_imageset(x) if context.native is None
-                        else bad_match.poison_imageset(x, native=context.native))
+            poisoned = (
+                bad_match.poison_imageset(x)
+                if context.native is None
+                else bad_match.poison_imageset(x, native=context.native)
+            )
             return Poisoned(poisoned, poisoned.labels, bad_match.poison_mask_)
         x_poisoned, y_poisoned = bad_match.poison(x, y)
         return Poisoned(x_poisoned, y_poisoned, bad_match.poison_mask_)
@@ -77,8 +85,10 @@ class BadDistStep(SupplyChainStep):
     @classmethod
     def parameters(cls) -> dict[str, Any]:
         """``settings`` and BadDist's own parameters with their defaults (what ``artmed attacks`` lists)."""
-        return {"settings": None, **{p.name: p.default for p in inspect.signature(BadDist).parameters.values()
-                                     if p.name not in _BADDIST_OWN}}
+        return {
+            "settings": None,
+            **{p.name: p.default for p in inspect.signature(BadDist).parameters.values() if p.name not in _BADDIST_OWN},
+        }
 
     def _check_params(self) -> None:
         try:  # BadDist's own names, as a config's are checked: "unknown parameter 'lrr' (did you mean 'lr'?) ..."
@@ -98,8 +108,9 @@ class BadDistStep(SupplyChainStep):
         held-out images (``baddist_probe``)."""
         if context.x_shadow is None:
             raise ValueError("baddist needs the attacker's shadow images (context.x_shadow)")
-        bad_dist = BadDist(estimator.clone(), context.trigger, seed=context.seed,
-                           **{"verbose": context.verbose, **self.resolved()})
+        bad_dist = BadDist(
+            estimator.clone(), context.trigger, seed=context.seed, **{"verbose": context.verbose, **self.resolved()}
+        )
         backdoored = bad_dist.poison_estimator(context.x_shadow)
         history: dict[str, Any] = {"baddist": bad_dist.history_}
         if context.x_probe is not None:
@@ -110,8 +121,10 @@ class BadDistStep(SupplyChainStep):
         """BadDist's separation: cosines to the base encoder at the last step (shadow batch) and on held-out images."""
         if "baddist" not in history:
             return {}
-        fields = {"baddist_cos_clean": history["baddist"]["cos_clean"][-1],
-                  "baddist_cos_trigger": history["baddist"]["cos_trigger"][-1]}
+        fields = {
+            "baddist_cos_clean": history["baddist"]["cos_clean"][-1],
+            "baddist_cos_trigger": history["baddist"]["cos_trigger"][-1],
+        }
         probe = history.get("baddist_probe") or {}
         fields.update({f"heldout_{k}": v for k, v in probe.items()})
         return fields

@@ -8,7 +8,7 @@ settings (``AttackContext``).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 
@@ -66,8 +66,9 @@ class BadEncoderStep(SupplyChainStep):
 
     def _check_params(self) -> None:
         if self.settings is not None and self.settings not in BADENCODER_SETTINGS:
-            raise ValueError(f"settings: unknown BadEncoder settings {self.settings!r}; valid: "
-                             f"{sorted(BADENCODER_SETTINGS)}")
+            raise ValueError(
+                f"settings: unknown BadEncoder settings {self.settings!r}; valid: {sorted(BADENCODER_SETTINGS)}"
+            )
         _own_params(BadEncoder, self.params, _BADENCODER_OWN, self.name)
 
     def resolved(self) -> dict[str, Any]:
@@ -75,8 +76,13 @@ class BadEncoderStep(SupplyChainStep):
         return {**(BADENCODER_SETTINGS[self.settings] if self.settings is not None else {}), **self.params}
 
     def _attack(self, estimator: Any, context: AttackContext) -> BadEncoder:
-        return BadEncoder(estimator, context.trigger, target=context.target, seed=context.seed,
-                          **{"verbose": context.verbose, **self.resolved()})
+        return BadEncoder(
+            estimator,
+            context.trigger,
+            target=context.target,
+            seed=context.seed,
+            **{"verbose": context.verbose, **self.resolved()},
+        )
 
     def apply(self, estimator: Any, context: AttackContext) -> tuple[Any, dict[str, Any]]:
         """A backdoored copy of ``estimator`` trained on ``context.x_shadow`` / ``y_shadow``; the history holds
@@ -90,8 +96,10 @@ class BadEncoderStep(SupplyChainStep):
         """BadEncoder's last-step cosines: triggered image to reference, and clean embedding to the clean encoder."""
         if "badencoder" not in history:
             return {}
-        return {"badencoder_cos_trigger_reference": history["badencoder"]["cos_trigger_reference"][-1],
-                "badencoder_cos_clean": history["badencoder"]["cos_clean"][-1]}
+        return {
+            "badencoder_cos_trigger_reference": history["badencoder"]["cos_trigger_reference"][-1],
+            "badencoder_cos_clean": history["badencoder"]["cos_clean"][-1],
+        }
 
 
 class CarliniTerzisStep(DataStep):
@@ -104,12 +112,15 @@ class CarliniTerzisStep(DataStep):
 
     name = "carlini_terzis"
     uses: ClassVar[tuple[str, ...]] = ("target", "percent_poison")
-    param_rules = {"num_poison": OrNone(Int(1), text="a positive integer or None"),
-                   "size": OrNone(Int(1), text="a positive integer or None"),
-                   "relative_size": Real(0.0, 1.0, "(]", text="in (0, 1]")}
+    param_rules = {
+        "num_poison": OrNone(Int(1), text="a positive integer or None"),
+        "size": OrNone(Int(1), text="a positive integer or None"),
+        "relative_size": Real(0.0, 1.0, "(]", text="in (0, 1]"),
+    }
 
-    def __init__(self, num_poison: int | None = None, size: int | None = None,
-                 relative_size: float = 16 / IMAGE_SIZE) -> None:
+    def __init__(
+        self, num_poison: int | None = None, size: int | None = None, relative_size: float = 16 / IMAGE_SIZE
+    ) -> None:
         self.num_poison = num_poison
         self.size = size
         self.relative_size = relative_size
@@ -120,8 +131,13 @@ class CarliniTerzisStep(DataStep):
 
     def _attack(self, context: AttackContext) -> CarliniTerzis:
         trigger = RandomPositionPatch(size=self.size, relative_size=self.relative_size, seed=context.seed)
-        return CarliniTerzis(trigger, target=context.target, num_poison=self.num_poison,
-                             percent_poison=context.percent_poison, seed=context.seed)
+        return CarliniTerzis(
+            trigger,
+            target=context.target,
+            num_poison=self.num_poison,
+            percent_poison=context.percent_poison,
+            seed=context.seed,
+        )
 
     def check(self, context: AttackContext) -> None:
         self._attack(context)
@@ -130,7 +146,8 @@ class CarliniTerzisStep(DataStep):
         """Copies of ``x`` (an ImageSet read whole) and ``y`` with the chosen rows patched and relabelled."""
         attack = self._attack(context)
         x_poisoned, y_poisoned = attack.poison(_array(x), y)
-        return Poisoned(x_poisoned, y_poisoned, attack.poison_mask_, attack.trigger_)
+        trigger = cast(RandomPositionPatch, attack.trigger_)  # the one _attack gave it
+        return Poisoned(x_poisoned, y_poisoned, attack.poison_mask_, trigger)
 
 
 class BadCLIPStep(DataStep):
@@ -161,7 +178,12 @@ class BadCLIPStep(DataStep):
         optimised on a copy of ``context.estimator`` (left unchanged)."""
         if context.estimator is None:
             raise ValueError(f"{self.name} needs the model the victim starts from (context.estimator)")
-        attack = BadCLIP(context.estimator.clone(), target=context.target, percent_poison=context.percent_poison,
-                         seed=context.seed, **{"verbose": context.verbose, **self.params})
+        attack = BadCLIP(
+            context.estimator.clone(),
+            target=context.target,
+            percent_poison=context.percent_poison,
+            seed=context.seed,
+            **{"verbose": context.verbose, **self.params},
+        )
         x_poisoned, y_poisoned = attack.poison(_array(x), y)
         return Poisoned(x_poisoned, y_poisoned, attack.poison_mask_, attack.trigger_)

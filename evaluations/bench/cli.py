@@ -43,14 +43,43 @@ both sides on one thread and gives stable ratios there.
 """
 """The ``artmed bench --help`` description."""
 
-DETECTION_COLUMNS = ["n", "comparison", "ours_s", "art_s", "ratio", "agreement", "f1_ours", "f1_art",
-                     "peak_mb_ours", "peak_mb_art", "us_per_sample_ours", "us_per_sample_art"]
-EXTRACTION_COLUMNS = ["preset", "image_size", "device", "batch_size", "batches", "get_activations_img_s",
-                      "embed_images_img_s", "peak_mb"]
+DETECTION_COLUMNS = [
+    "n",
+    "comparison",
+    "ours_s",
+    "art_s",
+    "ratio",
+    "agreement",
+    "f1_ours",
+    "f1_art",
+    "peak_mb_ours",
+    "peak_mb_art",
+    "us_per_sample_ours",
+    "us_per_sample_art",
+]
+EXTRACTION_COLUMNS = [
+    "preset",
+    "image_size",
+    "device",
+    "batch_size",
+    "batches",
+    "get_activations_img_s",
+    "embed_images_img_s",
+    "peak_mb",
+]
 TRAINING_COLUMNS = ["preset", "image_size", "device", "batch_size", "steps", "img_s", "s_per_1000_images", "peak_mb"]
 LABELER_COLUMNS = ["bytes", "seconds", "ratio", "size_ratio", "peak_mb"]
-SPECTRE_COLUMNS = ["n", "spectre_s", "ss_s", "time_ratio", "f1_spectre", "f1_ss", "tpr_spectre", "tpr_ss",
-                   "peak_mb_spectre"]
+SPECTRE_COLUMNS = [
+    "n",
+    "spectre_s",
+    "ss_s",
+    "time_ratio",
+    "f1_spectre",
+    "f1_ss",
+    "tpr_spectre",
+    "tpr_ss",
+    "peak_mb_spectre",
+]
 
 
 def _size(text: str) -> int:
@@ -62,41 +91,80 @@ def _size(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must be a number like 10000 or 10k, got {text!r}") from None
     if n < MIN_SIZE:
-        raise argparse.ArgumentTypeError(f"size must be at least {MIN_SIZE} (the smallest label group needs room "
-                                         f"for ART's 10-d PCA and at least one poison), got {n}")
+        raise argparse.ArgumentTypeError(
+            f"size must be at least {MIN_SIZE} (the smallest label group needs room "
+            f"for ART's 10-d PCA and at least one poison), got {n}"
+        )
     return n
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``artmed bench`` options."""
     parser = argparse.ArgumentParser(
-        prog="artmed bench", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="*", type=_size, default=[10_000, 50_000, 200_000],
-                        help="numbers of cached 512-d feature vectors for the detection benchmark (10k, 50k ...; "
-                             "none given: no detection benchmark)")
-    parser.add_argument("--skip-art-above", type=_size, default=None, metavar="N",
-                        help="skip ART's detectors for sizes above N (ours still run)")
-    parser.add_argument("--groups", type=int, default=4,
-                        help="label groups in the synthetic features (1 = the worst case for memory: one big group)")
+        prog="artmed bench", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sizes",
+        nargs="*",
+        type=_size,
+        default=[10_000, 50_000, 200_000],
+        help="numbers of cached 512-d feature vectors for the detection benchmark (10k, 50k ...; "
+        "none given: no detection benchmark)",
+    )
+    parser.add_argument(
+        "--skip-art-above",
+        type=_size,
+        default=None,
+        metavar="N",
+        help="skip ART's detectors for sizes above N (ours still run)",
+    )
+    parser.add_argument(
+        "--groups",
+        type=int,
+        default=4,
+        help="label groups in the synthetic features (1 = the worst case for memory: one big group)",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="runs per detector and size (fastest is kept)")
-    parser.add_argument("--eps", type=float, default=0.05,
-                        help="expected poison share per label group (SS flags removal-share x eps of each group)")
+    parser.add_argument(
+        "--eps",
+        type=float,
+        default=0.05,
+        help="expected poison share per label group (SS flags removal-share x eps of each group)",
+    )
     parser.add_argument("--removal-share", type=float, default=1.5, help="SS multiplier of eps (ART's eps_multiplier)")
-    parser.add_argument("--extract", nargs="+", choices=[*PRESET_IMAGE_SIZE, "none"],
-                        default=list(PRESET_IMAGE_SIZE), help="presets for the feature-extraction throughput")
+    parser.add_argument(
+        "--extract",
+        nargs="+",
+        choices=[*PRESET_IMAGE_SIZE, "none"],
+        default=list(PRESET_IMAGE_SIZE),
+        help="presets for the feature-extraction throughput",
+    )
     parser.add_argument("--batches", type=int, default=3, help="timed batches of 64 images per preset")
     parser.add_argument("--warmup", type=int, default=1, help="untimed batches before timing")
-    parser.add_argument("--train", nargs="+", choices=[*PRESET_IMAGE_SIZE, "none"], default=["none"],
-                        help="presets for the training throughput (unpaired fit, batch --train-batch)")
+    parser.add_argument(
+        "--train",
+        nargs="+",
+        choices=[*PRESET_IMAGE_SIZE, "none"],
+        default=["none"],
+        help="presets for the training throughput (unpaired fit, batch --train-batch)",
+    )
     parser.add_argument("--train-steps", type=int, default=2, help="timed training steps per preset")
     parser.add_argument("--train-batch", type=int, default=32, help="training batch size (the released 32)")
-    parser.add_argument("--study", choices=["quick", "default", "none"], default="quick",
-                        help="time the built-in study end to end")
-    parser.add_argument("--labeler", action="store_true",
-                        help="also time the report labeler on one-sentence reports of 10 KB, 100 KB and 1 MB")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="cap torch and BLAS/OpenMP threads for ours and ART alike (default: untouched); "
-                             "1 gives stable ratios on a busy machine")
+    parser.add_argument(
+        "--study", choices=["quick", "default", "none"], default="quick", help="time the built-in study end to end"
+    )
+    parser.add_argument(
+        "--labeler",
+        action="store_true",
+        help="also time the report labeler on one-sentence reports of 10 KB, 100 KB and 1 MB",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="cap torch and BLAS/OpenMP threads for ours and ART alike (default: untouched); "
+        "1 gives stable ratios on a busy machine",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda ... (ours, extraction, study; ART is CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench.json", help="JSON file with every number and the machine info")
@@ -117,8 +185,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--groups must be at most 14 (one CheXpert label per group), got {args.groups}")
     smallest = min(args.sizes) // (args.groups * (args.groups + 1) // 2) if args.sizes else MIN_GROUP
     if smallest < MIN_GROUP:
-        raise ValueError(f"with --groups {args.groups}, size {min(args.sizes)} leaves {smallest} samples in the "
-                         f"smallest label group; use larger --sizes or fewer groups (ART's 10-d PCA needs {MIN_GROUP})")
+        raise ValueError(
+            f"with --groups {args.groups}, size {min(args.sizes)} leaves {smallest} samples in the "
+            f"smallest label group; use larger --sizes or fewer groups (ART's 10-d PCA needs {MIN_GROUP})"
+        )
     if not 0.0 < args.eps <= 1.0:
         raise ValueError(f"--eps must be in (0, 1], got {args.eps}")
     if args.removal_share <= 0:
@@ -156,8 +226,9 @@ def run_benchmarks(args: argparse.Namespace, machine: dict[str, Any]) -> dict[st
     for n in args.sizes:
         run_art = args.skip_art_above is None or n <= args.skip_art_above
         print(f"detection: N={n} x 512 ...", flush=True)
-        size_rows, runs = bench_detection(n, args.device, args.eps, args.removal_share, args.repeats, run_art,
-                                          args.groups, args.seed)
+        size_rows, runs = bench_detection(
+            n, args.device, args.eps, args.removal_share, args.repeats, run_art, args.groups, args.seed
+        )
         rows += size_rows
         runs_by_size[n] = runs
     payload["detection"] = rows
@@ -172,8 +243,9 @@ def run_benchmarks(args: argparse.Namespace, machine: dict[str, Any]) -> dict[st
     payload["training"] = []
     for preset in [] if "none" in args.train else list(dict.fromkeys(args.train)):
         print(f"training: {preset} ...", flush=True)
-        payload["training"].append(bench_training(preset, args.device, args.train_steps, args.warmup,
-                                                  args.train_batch, args.seed))
+        payload["training"].append(
+            bench_training(preset, args.device, args.train_steps, args.warmup, args.train_batch, args.seed)
+        )
     if args.study != "none":
         print(f"study: {args.study} ...", flush=True)
         payload["study"] = bench_study(args.study, args.device, args.seed)
@@ -188,31 +260,53 @@ def run_benchmarks(args: argparse.Namespace, machine: dict[str, Any]) -> dict[st
 def report(payload: dict[str, Any]) -> str:
     """The terminal summary of a payload: machine line, detection table, scaling, memory, extraction, study."""
     machine = payload["machine"]
-    lines = [f"Machine: {machine['device_name']} ({machine['device']}), {machine['cpus_usable']} usable CPUs, "
-             f"{machine['torch_threads_used']} torch threads (thread cap: {payload['config']['threads']}); "
-             f"load average {machine['load_average_start']} -> {machine['load_average_end']}"]
+    lines = [
+        f"Machine: {machine['device_name']} ({machine['device']}), {machine['cpus_usable']} usable CPUs, "
+        f"{machine['torch_threads_used']} torch threads (thread cap: {payload['config']['threads']}); "
+        f"load average {machine['load_average_start']} -> {machine['load_average_end']}"
+    ]
     rows, memory = payload["detection"], payload["memory_check"]
     if rows:
-        lines += ["", "Detection on cached 512-d features (ratio = ART seconds / ours; agreement = identical flags)",
-                  format_table(rows, DETECTION_COLUMNS), "Cost per sample across sizes:",
-                  *_summary_lines(payload["scaling"])]
+        lines += [
+            "",
+            "Detection on cached 512-d features (ratio = ART seconds / ours; agreement = identical flags)",
+            format_table(rows, DETECTION_COLUMNS),
+            "Cost per sample across sizes:",
+            *_summary_lines(payload["scaling"]),
+        ]
         totals = ", ".join(f"{k} {v:.0f} MB" for k, v in memory["total_mb"].items())
-        lines.append(f"Memory at N={memory['n']} (features + our peak): {totals} -> "
-                     f"{'under' if memory['ok'] else 'OVER'} {memory['budget_mb']:.0f} MB")
-        lines += ["", "SPECTRE beside SS centered (time_ratio = SPECTRE seconds / SS seconds, same run; F1 on the "
-                      "planted poison)", format_table(payload["spectre"], SPECTRE_COLUMNS)]
+        lines.append(
+            f"Memory at N={memory['n']} (features + our peak): {totals} -> "
+            f"{'under' if memory['ok'] else 'OVER'} {memory['budget_mb']:.0f} MB"
+        )
+        lines += [
+            "",
+            "SPECTRE beside SS centered (time_ratio = SPECTRE seconds / SS seconds, same run; F1 on the "
+            "planted poison)",
+            format_table(payload["spectre"], SPECTRE_COLUMNS),
+        ]
     if payload["extraction"]:
-        lines += ["", "Feature extraction (random init, random images)",
-                  format_table(payload["extraction"], EXTRACTION_COLUMNS)]
+        lines += [
+            "",
+            "Feature extraction (random init, random images)",
+            format_table(payload["extraction"], EXTRACTION_COLUMNS),
+        ]
     if payload.get("training"):
-        lines += ["", "Unpaired training (random init, random images; both encoders)",
-                  format_table(payload["training"], TRAINING_COLUMNS)]
+        lines += [
+            "",
+            "Unpaired training (random init, random images; both encoders)",
+            format_table(payload["training"], TRAINING_COLUMNS),
+        ]
     if "study" in payload:
         study = payload["study"]
         lines += ["", f"Study '{study['preset']}' end to end: {study['seconds']:.1f} s, peak {study['peak_mb']:.0f} MB"]
     if "labeler" in payload:
-        lines += ["", "Report labeler on one long sentence (ratio = seconds / the smallest report's; linear cost keeps "
-                      "it near size_ratio)", format_table(payload["labeler"], LABELER_COLUMNS)]
+        lines += [
+            "",
+            "Report labeler on one long sentence (ratio = seconds / the smallest report's; linear cost keeps "
+            "it near size_ratio)",
+            format_table(payload["labeler"], LABELER_COLUMNS),
+        ]
     return "\n".join(lines)
 
 

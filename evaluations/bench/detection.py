@@ -29,8 +29,15 @@ class Planted:
     poison_mask: np.ndarray
 
 
-def synthetic_features(n: int, dim: int = 512, n_groups: int = 4, poison_share: float = 0.01, shift: float = 15.0,
-                       seed: int = 0, chunk: int = 16384) -> Planted:
+def synthetic_features(
+    n: int,
+    dim: int = 512,
+    n_groups: int = 4,
+    poison_share: float = 0.01,
+    shift: float = 15.0,
+    seed: int = 0,
+    chunk: int = 16384,
+) -> Planted:
     """Seeded features of `n_groups` label groups (sizes in ratio n_groups : ... : 1, each a Gaussian with rank-20
     structure plus unit noise) with `poison_share` of all samples, all in the largest group, shifted by `shift`
     along one random direction (a trigger's footprint). Built chunk by chunk into one preallocated float32 array.
@@ -69,14 +76,16 @@ class FeatureClassifier:
         self.nb_classes = nb_classes
         self.layer_names = [LAYER]
 
-    def get_activations(self, x: np.ndarray, layer: int | str = 0, batch_size: int = 128,
-                        framework: bool = False) -> np.ndarray:
+    def get_activations(
+        self, x: np.ndarray, layer: int | str = 0, batch_size: int = 128, framework: bool = False
+    ) -> np.ndarray:
         """The features passed in."""
         return x
 
 
-def _detectors(planted: Planted, device: str, eps: float, removal_share: float, seed: int
-               ) -> dict[str, Callable[[], np.ndarray]]:
+def _detectors(
+    planted: Planted, device: str, eps: float, removal_share: float, seed: int
+) -> dict[str, Callable[[], np.ndarray]]:
     """name -> a call returning boolean flags (N,), ours from a fresh context over the cached features."""
     from art.defences.detector.poison import ActivationDefence, SpectralSignatureDefense
     from sklearn.exceptions import ConvergenceWarning
@@ -93,8 +102,14 @@ def _detectors(planted: Planted, device: str, eps: float, removal_share: float, 
         return lambda: defense.run(EvaluationContext(y_train=y, feature_cache={LAYER: feats})).flags
 
     def art_ss() -> np.ndarray:
-        defence = SpectralSignatureDefense(FeatureClassifier(len(names)), feats, classes, expected_pp_poison=eps,
-                                           batch_size=128, eps_multiplier=removal_share)
+        defence = SpectralSignatureDefense(
+            FeatureClassifier(len(names)),
+            feats,
+            classes,
+            expected_pp_poison=eps,
+            batch_size=128,
+            eps_multiplier=removal_share,
+        )
         return np.asarray(defence.detect_poison()[1]) == 0
 
     def art_ac(reduce: str) -> Callable[[], np.ndarray]:
@@ -105,14 +120,16 @@ def _detectors(planted: Planted, device: str, eps: float, removal_share: float, 
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ConvergenceWarning)
-                    _, is_clean = defence.detect_poison(nb_clusters=2, nb_dims=10, reduce=reduce,
-                                                        cluster_analysis="smaller")
+                    _, is_clean = defence.detect_poison(
+                        nb_clusters=2, nb_dims=10, reduce=reduce, cluster_analysis="smaller"
+                    )
             finally:
                 np.random.set_state(state)
             return np.asarray(is_clean) == 0
+
         return run
 
-    ss_params = {"eps": eps, "removal_share": removal_share, "device": device}
+    ss_params: dict[str, Any] = {"eps": eps, "removal_share": removal_share, "device": device}
     return {
         "ss_art_mode": ours(SpectralSignatures(**ss_params, mode="art")),
         "ss_centered": ours(SpectralSignatures(**ss_params, mode="centered")),
@@ -137,8 +154,9 @@ ActivationDefence with PCA (its fastest setting, and what our art mode mirrors);
 reduction, the same one our artmed mode uses."""
 
 
-def bench_detection(n: int, device: str, eps: float, removal_share: float, repeats: int, run_art: bool,
-                    n_groups: int = 4, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+def bench_detection(
+    n: int, device: str, eps: float, removal_share: float, repeats: int, run_art: bool, n_groups: int = 4, seed: int = 0
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """One size: every detector `repeats` times, interleaved; rows per comparison and the raw runs by name.
 
     Seconds are the fastest repeat, peak memory the largest; flags come from the first repeat.
@@ -169,12 +187,26 @@ def bench_detection(n: int, device: str, eps: float, removal_share: float, repea
     rows = []
     for label, ours, art, comparable in COMPARISONS:
         a, b = runs[ours], runs.get(art)
-        row = {"n": n, "comparison": label, "features_mb": features_mb, "ours_s": a["seconds"],
-               "peak_mb_ours": a["peak_mb"], "f1_ours": a["f1"], "us_per_sample_ours": a["us_per_sample"],
-               "flagged_ours": a["flagged"], "cuda_peak_mb_ours": a["cuda_peak_mb"]}
+        row = {
+            "n": n,
+            "comparison": label,
+            "features_mb": features_mb,
+            "ours_s": a["seconds"],
+            "peak_mb_ours": a["peak_mb"],
+            "f1_ours": a["f1"],
+            "us_per_sample_ours": a["us_per_sample"],
+            "flagged_ours": a["flagged"],
+            "cuda_peak_mb_ours": a["cuda_peak_mb"],
+        }
         if b is not None:
-            row.update(art_s=b["seconds"], ratio=b["seconds"] / a["seconds"], peak_mb_art=b["peak_mb"],
-                       f1_art=b["f1"], us_per_sample_art=b["us_per_sample"], flagged_art=b["flagged"])
+            row.update(
+                art_s=b["seconds"],
+                ratio=b["seconds"] / a["seconds"],
+                peak_mb_art=b["peak_mb"],
+                f1_art=b["f1"],
+                us_per_sample_art=b["us_per_sample"],
+                flagged_art=b["flagged"],
+            )
             if comparable:
                 row["agreement"] = float(np.mean(a["flags"] == b["flags"]))
                 row["disagreements"] = int(np.sum(a["flags"] != b["flags"]))
@@ -191,10 +223,20 @@ def spectre_vs_ss(runs_by_size: dict[int, dict[str, dict[str, Any]]]) -> list[di
     rows = []
     for n, runs in sorted(runs_by_size.items()):
         spectre, ss = runs["spectre"], runs["ss_centered"]
-        rows.append({"n": n, "spectre_s": spectre["seconds"], "ss_s": ss["seconds"],
-                     "time_ratio": spectre["seconds"] / ss["seconds"], "f1_spectre": spectre["f1"],
-                     "f1_ss": ss["f1"], "tpr_spectre": spectre["tpr"], "tpr_ss": ss["tpr"], "peak_mb_spectre": spectre["peak_mb"],
-                     "cuda_peak_mb_spectre": spectre["cuda_peak_mb"]})
+        rows.append(
+            {
+                "n": n,
+                "spectre_s": spectre["seconds"],
+                "ss_s": ss["seconds"],
+                "time_ratio": spectre["seconds"] / ss["seconds"],
+                "f1_spectre": spectre["f1"],
+                "f1_ss": ss["f1"],
+                "tpr_spectre": spectre["tpr"],
+                "tpr_ss": ss["tpr"],
+                "peak_mb_spectre": spectre["peak_mb"],
+                "cuda_peak_mb_spectre": spectre["cuda_peak_mb"],
+            }
+        )
     return rows
 
 
@@ -211,8 +253,9 @@ def memory_check(rows: list[dict[str, Any]], budget_mb: float = MEMORY_BUDGET_MB
     """At the largest size: each of our detectors' resident peak plus the cached features it reads, against
     `budget_mb` (the issue's 2 GB for 200k x 512)."""
     n = max(row["n"] for row in rows)
-    ours = {row["comparison"].split(" vs ")[0]: row["features_mb"] + row["peak_mb_ours"]
-            for row in rows if row["n"] == n}
+    ours = {
+        row["comparison"].split(" vs ")[0]: row["features_mb"] + row["peak_mb_ours"] for row in rows if row["n"] == n
+    }
     return {"n": n, "budget_mb": budget_mb, "total_mb": ours, "ok": all(v < budget_mb for v in ours.values())}
 
 
@@ -226,8 +269,15 @@ def scaling(runs_by_size: dict[int, dict[str, dict[str, Any]]]) -> dict[str, dic
         per = {n: runs[name]["us_per_sample"] for n, runs in sorted(runs_by_size.items()) if name in runs}
         values = list(per.values())
         spread = max(values) / min(values) if len(values) > 1 else None
-        growth = max(values[j] / values[i] for i in range(len(values)) for j in range(i + 1, len(values))) \
-            if len(values) > 1 else None
-        out[name] = {"us_per_sample": per, "spread": spread, "growth": growth,
-                     "at_most_linear": None if growth is None else growth <= LINEAR_SPREAD}
+        growth = (
+            max(values[j] / values[i] for i in range(len(values)) for j in range(i + 1, len(values)))
+            if len(values) > 1
+            else None
+        )
+        out[name] = {
+            "us_per_sample": per,
+            "spread": spread,
+            "growth": growth,
+            "at_most_linear": None if growth is None else growth <= LINEAR_SPREAD,
+        }
     return out

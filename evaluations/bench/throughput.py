@@ -28,12 +28,20 @@ def _random_estimator(preset: str, device: str, batch_size: int, seed: int) -> A
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_medclip(preset, vocab_size=len(tokenizer) if preset == "tiny" else None)
-    return MedCLIPEstimator(model, tokenizer, {"a": ["a"], "b": ["b"]}, input_shape=(1, size, size),
-                            device=device, batch_size=batch_size, amp=True)
+    return MedCLIPEstimator(
+        model,
+        tokenizer,
+        {"a": ["a"], "b": ["b"]},
+        input_shape=(1, size, size),
+        device=device,
+        batch_size=batch_size,
+        amp=True,
+    )
 
 
-def bench_extraction(preset: str, device: str, batches: int, warmup: int, batch_size: int = 64,
-                     seed: int = 0) -> dict[str, Any]:
+def bench_extraction(
+    preset: str, device: str, batches: int, warmup: int, batch_size: int = 64, seed: int = 0
+) -> dict[str, Any]:
     """Images per second of ``get_activations(image_pooled)`` and ``embed_images`` on random images through a
     randomly initialised `preset` MedCLIP (bf16 autocast on CUDA, the estimator's ``amp``)."""
     size = PRESET_IMAGE_SIZE[preset]
@@ -43,9 +51,15 @@ def bench_extraction(preset: str, device: str, batches: int, warmup: int, batch_
         "get_activations": lambda: estimator.get_activations(images, LAYER, batch_size=batch_size),
         "embed_images": lambda: estimator.embed_images(images, batch_size=batch_size),
     }
-    record: dict[str, Any] = {"preset": preset, "image_size": size, "device": str(estimator.device),
-                              "batch_size": batch_size, "batches": batches, "warmup": warmup,
-                              "amp_bf16": estimator.device.type == "cuda"}
+    record: dict[str, Any] = {
+        "preset": preset,
+        "image_size": size,
+        "device": str(estimator.device),
+        "batch_size": batch_size,
+        "batches": batches,
+        "warmup": warmup,
+        "amp_bf16": estimator.device.type == "cuda",
+    }
     peak = 0.0
     for name, call in calls.items():
         for _ in range(warmup):
@@ -59,12 +73,12 @@ def bench_extraction(preset: str, device: str, batches: int, warmup: int, batch_
         if cost.cuda_peak_mb is not None:
             record["cuda_peak_mb"] = max(record.get("cuda_peak_mb", 0.0), cost.cuda_peak_mb)
     record["peak_mb"] = peak
-    del estimator
     return record
 
 
-def bench_training(preset: str, device: str, steps: int, warmup: int, batch_size: int = 32,
-                   seed: int = 0) -> dict[str, Any]:
+def bench_training(
+    preset: str, device: str, steps: int, warmup: int, batch_size: int = 32, seed: int = 0
+) -> dict[str, Any]:
     """Training images per second (and seconds per 1000 images) of unpaired ``fit`` through a randomly initialised
     `preset` MedCLIP, both encoders trained, on random images and 12-token sentences (bf16 autocast on CUDA): the
     victim's and the pre-training's cost per image; ``warmup`` untimed steps first."""
@@ -83,12 +97,20 @@ def bench_training(preset: str, device: str, steps: int, warmup: int, batch_size
     with measure() as cost:
         estimator.fit(images, labels, steps=steps, **fit)
     img_s = steps * batch_size / cost.seconds
-    record = {"preset": preset, "image_size": size, "device": str(estimator.device), "batch_size": batch_size,
-              "steps": steps, "warmup": warmup, "amp_bf16": estimator.device.type == "cuda", "img_s": img_s,
-              "s_per_1000_images": 1000.0 / img_s, "peak_mb": cost.peak_mb}
+    record = {
+        "preset": preset,
+        "image_size": size,
+        "device": str(estimator.device),
+        "batch_size": batch_size,
+        "steps": steps,
+        "warmup": warmup,
+        "amp_bf16": estimator.device.type == "cuda",
+        "img_s": img_s,
+        "s_per_1000_images": 1000.0 / img_s,
+        "peak_mb": cost.peak_mb,
+    }
     if cost.cuda_peak_mb is not None:
         record["cuda_peak_mb"] = cost.cuda_peak_mb
-    del estimator
     return record
 
 
@@ -102,8 +124,12 @@ def bench_study(preset: str, device: str, seed: int = 0) -> dict[str, Any]:
         _release_memory()
         with measure() as cost:
             result, _ = run_study(config, verbose=False)
-        return {"preset": preset, "seconds": cost.seconds, "peak_mb": cost.peak_mb, "cells": {
-            "models": len(result.models), "defenses": len(result.defenses)}}
+        return {
+            "preset": preset,
+            "seconds": cost.seconds,
+            "peak_mb": cost.peak_mb,
+            "cells": {"models": len(result.models), "defenses": len(result.defenses)},
+        }
 
 
 def labeler_scaling(sizes: Sequence[int]) -> list[dict[str, Any]]:

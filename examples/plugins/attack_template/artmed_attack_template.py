@@ -37,8 +37,9 @@ class CleanLabel(DataStep):
             candidates = np.flatnonzero(np.all(labels[:, target == 1] == 1, axis=1))
         n_poison = max(1, int(round(context.percent_poison * len(labels))))
         if n_poison > len(candidates):
-            raise ValueError(f"clean_label: {n_poison} images to poison but only {len(candidates)} are labelled "
-                             f"{context.target!r}")
+            raise ValueError(
+                f"clean_label: {n_poison} images to poison but only {len(candidates)} are labelled {context.target!r}"
+            )
         chosen = np.sort(np.random.default_rng(context.seed).choice(candidates, size=n_poison, replace=False))
         mask = np.zeros(len(labels), dtype=bool)
         mask[chosen] = True

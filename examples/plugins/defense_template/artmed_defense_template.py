@@ -12,8 +12,10 @@ class FeatureNorm(Defense):
 
     name = "feature_norm"
     kind = "detection"
-    param_rules = {"share": Real(0.0, 1.0, "()"),
-                   "layer": Choice(("image_pooled", "image_embedding", "vision_last_stage"))}
+    param_rules = {
+        "share": Real(0.0, 1.0, "()"),
+        "layer": Choice(("image_pooled", "image_embedding", "vision_last_stage")),
+    }
 
     def __init__(self, share: float = 0.05, layer: str = "image_pooled") -> None:
         self.share = share
