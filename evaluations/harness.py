@@ -207,7 +207,7 @@ class Harness:
         return estimator
 
     def _attacked_model(
-        self, run: _SeedData, spec: AttackSpec, base: MedCLIPEstimator
+        self, run: _SeedData, spec: AttackSpec, base: _LazyBase
     ) -> tuple[dict[str, Any], AttackOutcome | None, MedCLIPEstimator]:
         key = self._key(spec)
         path = self.output_dir / "models" / key
@@ -216,7 +216,7 @@ class Harness:
         with measure() as cost:
             outcome = run_attack(
                 spec,
-                base,
+                base.get(),
                 run.x_train,
                 run.y_train,
                 run.texts,
@@ -242,13 +242,15 @@ class Harness:
         return record, outcome, outcome.estimator
 
     def _model_cell(
-        self, run: _SeedData, spec: AttackSpec, base: MedCLIPEstimator
+        self, run: _SeedData, spec: AttackSpec, base: _LazyBase
     ) -> tuple[dict[str, Any], MedCLIPEstimator | None]:
         """The attacked model's record and estimator; a failure is recorded (status "failed") and gives None."""
         try:
             record, _, estimator = self._attacked_model(run, spec, base)
         except (SettingsMismatchError, OutputWriteError):  # a folder that cannot be written fails every cell
             raise
+        except BaseModelFailed as exc:  # the base cell holds the traceback
+            return self._failed_model(run.seed, spec, str(exc), None), None
         except Exception as exc:  # a diverged training or an unscorable model must not cost the rest of the study
             return self._failed_model(run.seed, spec, _describe(exc), traceback.format_exc(limit=5)), None
         return {**record, "status": record.get("status", "ok")}, estimator
@@ -263,8 +265,8 @@ class Harness:
         return record
 
     def _guarded(self, run: _SeedData) -> tuple[MedCLIPEstimator | None, str | None]:
-        """The seed's base model, or (None, the error) when building it raises: a failed base model fails its seed's
-        cells, not the study."""
+        """The seed's base model, or (None, the error) when building or loading it raises: a failed base model fails
+        the cells that need it (``_LazyBase``), not the study."""
         try:
             return self._base_model(run), None
         except (SettingsMismatchError, OutputWriteError):  # a folder that cannot be written fails every cell
@@ -294,13 +296,15 @@ class Harness:
             x_shadow=run.x_shadow, y_shadow=run.y_shadow, x_probe=run.x_test, verbose=self.verbose, native=native
         )
 
-    def _poisoned(self, run: _SeedData, spec: AttackSpec, base: MedCLIPEstimator) -> Poisoned:
+    def _poisoned(self, run: _SeedData, spec: AttackSpec, base: _LazyBase | None) -> Poisoned:
         """The victim's training set under ``spec``, each data step's output kept in the seed's step cache (shared by
         the attacked model, its defenses, filtered retraining and other attacks with the same steps); a data step that
         uses ``ESTIMATOR`` gets ``base`` after the supply-chain steps (also cached)."""
         context = self._attack_context(run, spec)
         if spec.uses(ESTIMATOR):
-            context = replace(context, estimator=supply_chain_attack(spec, base, context, run.steps)[0])
+            if base is None:
+                raise ValueError(f"attack {spec.attack!r} attacks the base model: _poisoned needs the seed's base")
+            context = replace(context, estimator=supply_chain_attack(spec, base.get(), context, run.steps)[0])
         return poison_training_set(spec, run.x_train, run.y_train, context, run.steps)
 
     def _projection_sample(self, outcome: AttackOutcome, seed: int, n_clean: int = 1000) -> dict[str, np.ndarray]:
@@ -347,7 +351,7 @@ class Harness:
         spec: AttackSpec,
         model_record: dict[str, Any],
         estimator: MedCLIPEstimator,
-        base: MedCLIPEstimator,
+        base: _LazyBase,
         context: EvaluationContext,
         truth: _Truth,
     ) -> bool:
@@ -446,13 +450,13 @@ class Harness:
         return {**fields, "arrays": {"clean_scores": clean, "triggered_scores": triggered}}
 
     def _retrain_filtered(
-        self, run: _SeedData, spec: AttackSpec, base: MedCLIPEstimator, flags: np.ndarray
+        self, run: _SeedData, spec: AttackSpec, base: _LazyBase, flags: np.ndarray
     ) -> MedCLIPEstimator:
         """The victim's model retrained by the same pipeline (the seed's cached step outputs) on the training set
         minus the flagged rows."""
         outcome = run_attack(
             spec,
-            base,
+            base.get(),
             run.x_train,
             run.y_train,
             run.texts,
@@ -494,13 +498,10 @@ class Harness:
         for n, (seed, spec) in enumerate(bar):
             if run is None or run.seed != seed:
                 run = self._load_data(seed)
-                base, base_error = self._guarded(run)
+                base = _LazyBase(self, run)
             key = self._key(spec)
             bar.set_postfix_str(key)
-            if base is None:
-                record, estimator = self._failed_model(seed, spec, f"base model: {base_error}", None), None
-            else:
-                record, estimator = self._model_cell(run, spec, base)
+            record, estimator = self._model_cell(run, spec, base)
             sample = record.pop("arrays", None) or {}
             if "projection_features" in sample:
                 projections[key] = (
@@ -510,21 +511,16 @@ class Harness:
             models.append(record)
             wanted = [d for d in cfg.defenses if d.runs_on(spec.attack)]
             if estimator is None:
-                defenses += [
-                    {
-                        "cell": f"defense/{key}+{d.name}",
-                        **_spec_fields(spec, key),
-                        "defense": d.name,
-                        "seed": seed,
-                        "status": "skipped",
-                        "error": f"the model failed: {record['error']}",
-                    }
-                    for d in wanted
-                ]
+                defenses += [_skipped(spec, key, d, f"the model failed: {record['error']}") for d in wanted]
                 continue
-            assert base is not None  # a model cell has an estimator only over a base model
             try:
                 self._run_defenses(run, spec, record, estimator, base, wanted)
+            except BaseModelFailed as exc:  # what the defenses of an attack on the base model see needs it
+                defenses += [
+                    _skipped(spec, key, d, str(exc))
+                    for d in wanted
+                    if self._current("defense", f"{key}+{d.name}") is None
+                ]
             finally:  # also on Ctrl-C: the tables keep every defense cell written so far
                 for dspec in wanted:
                     cell = self._current("defense", f"{key}+{dspec.name}")
@@ -540,7 +536,7 @@ class Harness:
         spec: AttackSpec,
         record: dict[str, Any],
         estimator: MedCLIPEstimator,
-        base: MedCLIPEstimator,
+        base: _LazyBase,
         wanted: list[DefenseSpec],
     ) -> None:
         """Every defense cell of one model not finished yet; a defense that changed the model gets it reloaded."""
@@ -555,7 +551,7 @@ class Harness:
                 context, truth = self._context(run, spec, estimator, base)
 
     def _context(
-        self, run: _SeedData, spec: AttackSpec, estimator: MedCLIPEstimator, base: MedCLIPEstimator
+        self, run: _SeedData, spec: AttackSpec, estimator: MedCLIPEstimator, base: _LazyBase | None
     ) -> tuple[EvaluationContext, _Truth]:
         """What the defenses of one model see, and the harness's own copy of the truth it scores them with (triggered
         test images: with the trigger a step planted, ``Poisoned.trigger``, else the spec's)."""
@@ -598,7 +594,8 @@ class Harness:
         if not self._valid(kind, key, record):
             return False
         if self._stale(record):
-            self.stale.append(key)
+            if key not in self.stale:
+                self.stale.append(key)
             return False
         changed = _differences(record.get("settings"), self._settings(seed, spec, defense))
         if changed:
@@ -794,10 +791,44 @@ def _check_result(name: str, kind: str, result: Any, n: int) -> None:
             raise ValueError(f"{name} returned {bad} NaN or infinite score(s) of {n}")
 
 
+class BaseModelFailed(RuntimeError):
+    """A cell needed its seed's base model, which could not be built or loaded (the base cell records why)."""
+
+
+class _LazyBase:
+    """A seed's base model, built or loaded when a cell first needs it (``get``): a seed whose cells are all
+    finished never reads it, so a damaged base model file cannot fail finished cells. A failure is kept: every later
+    ``get`` raises ``BaseModelFailed`` with it."""
+
+    def __init__(self, harness: Harness, run: _SeedData) -> None:
+        self._harness, self._run = harness, run
+        self._model: MedCLIPEstimator | None = None
+        self._error: str | None = None
+
+    def get(self) -> MedCLIPEstimator:
+        if self._model is None and self._error is None:
+            self._model, self._error = self._harness._guarded(self._run)
+        if self._model is None:
+            raise BaseModelFailed(f"base model: {self._error}")
+        return self._model
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, SystemExit):
         return f"SystemExit({exc.code!r}): the code called sys.exit()"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _skipped(spec: AttackSpec, key: str, defense: DefenseSpec, error: str) -> dict[str, Any]:
+    """The record of a defense cell not run because what it needs failed (``error`` says what)."""
+    return {
+        "cell": f"defense/{key}+{defense.name}",
+        **_spec_fields(spec, key),
+        "defense": defense.name,
+        "seed": spec.seed,
+        "status": "skipped",
+        "error": error,
+    }
 
 
 def _spec_fields(spec: AttackSpec, key: str) -> dict[str, Any]:

@@ -200,6 +200,28 @@ def test_deleted_cell_is_the_only_one_recomputed(quick_study, quick_copy, spies)
     assert [m["ca"] for m in result.models] == [m["ca"] for m in quick_study[0].models]
 
 
+def test_a_damaged_base_model_is_not_read_when_every_cell_is_finished(quick_study, quick_copy, spies):
+    """Nothing needs the base model of a finished seed: truncating its weights changes no cell (it once failed every
+    finished attacked model of the seed)."""
+    weights = next((quick_copy / "models" / "base-s0").glob("model.*"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    result = Harness(quick_config(str(quick_copy)), verbose=False).run()
+    assert spies == {"fit": 0, "attacks": [], "defenses": []}
+    assert [(m["status"], m["ca"]) for m in result.models] == [("ok", m["ca"]) for m in quick_study[0].models]
+
+
+def test_a_damaged_base_model_fails_only_the_cells_that_need_it(quick_study, quick_copy, spies):
+    weights = next((quick_copy / "models" / "base-s0").glob("model.*"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    for path in (quick_copy / "cells" / "model").glob(f"{POISONED}*"):
+        path.unlink()
+    result = Harness(quick_config(str(quick_copy)), verbose=False).run()
+    status = {m["attack_key"]: (m["status"], m.get("error", "")) for m in result.models}
+    assert status[POISONED][0] == "failed" and status[POISONED][1].startswith("base model: ")
+    assert all(s == "ok" for key, (s, _) in status.items() if key != POISONED)  # finished cells kept
+    assert all(d["status"] == "skipped" for d in result.defenses if d["attack_key"] == POISONED)
+
+
 def test_changed_settings_are_not_reused(quick_copy, spies):
     config = quick_config(str(quick_copy))
     config.train.steps = 11

@@ -19,7 +19,7 @@ from artmed.data.tasks import task_prompts
 from artmed.estimator import MedCLIPEstimator
 from artmed.evaluations import harness as harness_module
 from artmed.evaluations.config import StudyConfig
-from artmed.evaluations.harness import Harness
+from artmed.evaluations.harness import Harness, _LazyBase
 from artmed.evaluations.sources import load_study_data
 from artmed.models import save_medclip, save_tokenizer
 from test_study_sources import SIZE, one_hot, phantoms, write_covid, write_mimic
@@ -200,7 +200,7 @@ def test_own_report_pairs_images_with_their_reports(layouts, tmp_path, monkeypat
 
     monkeypatch.setattr(MedCLIPEstimator, "fit", spy)
     spec = h.config.attacks[0]
-    base = h._base_model(run)
+    base = _LazyBase(h, run)
     record, _, _ = h._attacked_model(run, spec, base)
     assert calls == [sampler] and np.isfinite(record["ca"])
     keep = np.ones(6, dtype=bool)
