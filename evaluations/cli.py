@@ -7,8 +7,8 @@ import argparse
 import shutil
 import sys
 import textwrap
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from artmed.evaluations.config import StudyConfig
@@ -74,25 +74,7 @@ def _defenses(args: argparse.Namespace) -> int:
     (slow) and one that fails to load is listed as BROKEN with its error."""
     from artmed.defenses import registry
 
-    infos, errors = registry.describe_all(load=args.load)
-    width = max(40, min(shutil.get_terminal_size().columns, 120))
-    for info in infos:
-        print(f"{info.name:28s} {info.kind:10s} {info.target}")
-        for paragraph in _paragraphs(info.doc)[:1]:
-            print(textwrap.fill(paragraph, width, initial_indent="    ", subsequent_indent="    "))
-        params = ", ".join(f"{name}={default}" if default else name for name, default in info.params.items())
-        print(
-            textwrap.fill(
-                f"parameters: {params or 'none'}",
-                width,
-                initial_indent="    ",
-                subsequent_indent="        ",
-                break_on_hyphens=False,
-            )
-        )
-        print()
-    for name, error in errors.items():
-        print(f"{name:28s} BROKEN     {error}")
+    _print_plugins(*registry.describe_all(load=args.load), kind_width=10)
     return 0
 
 
@@ -102,10 +84,17 @@ def _attacks(args: argparse.Namespace) -> int:
     listed as BROKEN with its error."""
     from artmed.attacks import registry
 
-    infos, errors = registry.describe_all()
+    _print_plugins(*registry.describe_all(), kind_width=12)
+    print("shorthands: " + "; ".join(f"{name} = [{', '.join(steps)}]" for name, steps in registry.SHORTHANDS.items()))
+    return 0
+
+
+def _print_plugins(infos: Sequence[Any], errors: Mapping[str, str], kind_width: int) -> None:
+    """The listing of ``artmed defenses`` / ``artmed attacks``: per plugin its name, kind and class, the first
+    paragraph of its description and its parameters (wrapped to the terminal), then the broken ones with their error."""
     width = max(40, min(shutil.get_terminal_size().columns, 120))
     for info in infos:
-        print(f"{info.name:28s} {info.kind:12s} {info.target}")
+        print(f"{info.name:28s} {info.kind:{kind_width}s} {info.target}")
         for paragraph in _paragraphs(info.doc)[:1]:
             print(textwrap.fill(paragraph, width, initial_indent="    ", subsequent_indent="    "))
         params = ", ".join(f"{name}={default}" if default else name for name, default in info.params.items())
@@ -120,9 +109,7 @@ def _attacks(args: argparse.Namespace) -> int:
         )
         print()
     for name, error in errors.items():
-        print(f"{name:28s} BROKEN       {error}")
-    print("shorthands: " + "; ".join(f"{name} = [{', '.join(steps)}]" for name, steps in registry.SHORTHANDS.items()))
-    return 0
+        print(f"{name:28s} {'BROKEN':{kind_width}s} {error}")
 
 
 def _paragraphs(doc: str) -> list[str]:
