@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import ast
 import inspect
-import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+from artmed.plugins import entry_points_by_name, load_entry_point, origin
 from artmed.suggest import did_you_mean
 
 if TYPE_CHECKING:
@@ -36,38 +36,18 @@ def available() -> dict[str, metadata.EntryPoint]:
 
     When two distributions register the same name, the first one found is kept and a warning names both.
     """
-    found: dict[str, metadata.EntryPoint] = {}
-    for ep in metadata.entry_points(group=GROUP):
-        if ep.name in found and found[ep.name].value != ep.value:
-            warnings.warn(
-                f"attack name {ep.name!r} is registered twice ({found[ep.name].value} and {ep.value}); "
-                f"using {found[ep.name].value}",
-                stacklevel=2,
-            )
-            continue
-        found.setdefault(ep.name, ep)
-    return dict(sorted(found.items()))
-
-
-def _origin(ep: metadata.EntryPoint) -> str:
-    dist = getattr(ep, "dist", None)
-    where = f" from distribution {dist.name!r}" if dist is not None else ""
-    return f"{ep.value!r}{where}"
+    return entry_points_by_name(GROUP, "attack")
 
 
 def _load(name: str, ep: metadata.EntryPoint) -> type[AttackStep]:
     from artmed.attacks.steps import STEP_KINDS, AttackStep
 
-    try:
-        obj = ep.load()
-    except (Exception, SystemExit) as exc:  # a plugin may fail in any way while importing, sys.exit() included
-        reason = f"SystemExit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
-        raise ImportError(f"attack plugin {name!r} ({_origin(ep)}) failed to load: {reason}") from exc
+    obj = load_entry_point(name, ep, "attack")
     if not (isinstance(obj, type) and issubclass(obj, AttackStep)):
-        raise TypeError(f"attack plugin {name!r} ({_origin(ep)}) is not a subclass of artmed.attacks.steps.AttackStep")
+        raise TypeError(f"attack plugin {name!r} ({origin(ep)}) is not a subclass of artmed.attacks.steps.AttackStep")
     if getattr(obj, "kind", None) not in STEP_KINDS:
         raise TypeError(
-            f"attack plugin {name!r} ({_origin(ep)}) declares kind {getattr(obj, 'kind', None)!r}; "
+            f"attack plugin {name!r} ({origin(ep)}) declares kind {getattr(obj, 'kind', None)!r}; "
             f"valid kinds: {list(STEP_KINDS)} (subclass SupplyChainStep or DataStep)"
         )
     return obj
