@@ -26,7 +26,14 @@ def _run(args: argparse.Namespace) -> int:
     main_process = is_main_process()
     try:
         with console_warnings(quiet=args.quiet):
-            result, paths = run_study(_study_config(args), verbose=not args.quiet, reuse_stale=args.reuse_stale)
+            result, paths = run_study(
+                _study_config(args),
+                verbose=not args.quiet,
+                reuse_stale=args.reuse_stale,
+                workers=args.workers,
+                threads=args.threads,
+                address=args.ray_address,
+            )
     except ValueError as exc:
         print(f"artmed run: error: {exc}", file=sys.stderr)
         return 2
@@ -189,6 +196,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep finished cells computed by other artmed code (default: recompute them)",
     )
     run.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (default: the config's, auto)")
+    run.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="compute independent cells (each attacked model with its defenses) in this many processes through "
+        "Ray (pip install 'artmed[ray]'); the tables are those of --workers 1",
+    )
+    run.add_argument(
+        "--threads",
+        type=_positive,
+        help="torch and BLAS threads per cell, the same for every worker (default: torch's, the number of cores); "
+        "it changes floating-point results, so compare runs made with the same value",
+    )
+    run.add_argument(
+        "--ray-address",
+        help="run the cells on this running Ray cluster (e.g. auto, or ray://head:10001) instead of local "
+        "processes; artmed must be installed on its nodes and the output folder on a shared file system",
+    )
     run.add_argument("--quiet", action="store_true", help="print the result tables only (no progress, no warnings)")
     run.set_defaults(func=_run)
     defenses = sub.add_parser("defenses", help="list the installed defense plugins, their descriptions and parameters")

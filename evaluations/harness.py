@@ -26,6 +26,8 @@ import hashlib
 import json
 import traceback
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -88,22 +90,41 @@ class StudyResult:
 
 
 class Harness:
-    """Runs a ``StudyConfig``; ``run()`` returns a ``StudyResult`` and leaves cells, models and tables on disk."""
+    """Runs a ``StudyConfig``; ``run()`` returns a ``StudyResult`` and leaves cells, models and tables on disk.
 
-    def __init__(self, config: StudyConfig, verbose: bool = True, reuse_stale: bool = False) -> None:
+    ``workers`` > 1 or a Ray cluster's ``address``: the missing cells are computed in Ray tasks first
+    (``artmed.evaluations.engine``), then read back; ``threads``: torch's and the BLAS libraries' thread count for
+    every cell, in this process and in the workers (default: this process's torch thread count), since it changes
+    floating-point results."""
+
+    def __init__(
+        self,
+        config: StudyConfig,
+        verbose: bool = True,
+        reuse_stale: bool = False,
+        workers: int = 1,
+        threads: int | None = None,
+        address: str | None = None,
+    ) -> None:
         if not isinstance(config, StudyConfig):
             raise ValueError(f"Harness needs a StudyConfig, got {type(config).__name__}")
+        for name, value in (("workers", workers), ("threads", threads)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         config.check_runnable()
         self.config = config
         self.verbose = verbose
         self.reuse_stale = reuse_stale
+        self.workers = workers
+        self.threads = threads
+        self.address = address
         self.output_dir = Path(config.output_dir)
         self.store = ResultStore(self.output_dir / "cells")
         self.stale: list[str] = []
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ data and models
-    def _load_data(self, seed: int) -> _SeedData:
+    def load_data(self, seed: int) -> _SeedData:
         """One seed's data (checked before its first training), tasks with their sampled prompts and empty caches,
         passed to that seed's cells."""
         cfg = self.config
@@ -480,7 +501,13 @@ class Harness:
                 for path in remove_leftovers(self.output_dir):
                     warnings.warn(f"removed {path}, left half-written by an interrupted run", stacklevel=2)
             try:
-                self._run_cells(result)
+                with cell_threads(self.threads):
+                    if self.workers > 1 or self.address is not None:
+                        from artmed.evaluations.engine import compute_cells
+
+                        threads = self.threads or torch.get_num_threads()
+                        self.stale += compute_cells(self, self.workers, threads, self.address)
+                    self._run_cells(result)
             except KeyboardInterrupt:
                 result.interrupted = True
                 if self.verbose:
@@ -491,44 +518,71 @@ class Harness:
 
     def _run_cells(self, result: StudyResult) -> StudyResult:
         cfg = self.config
-        models, defenses, arrays, projections = result.models, result.defenses, result.arrays, result.projections
         cells = [(seed, replace(spec, seed=seed)) for seed in cfg.seed_list for spec in cfg.attacks]
         bar = study_bar(cells, "attacks x seeds", verbose=self.verbose)
         run: _SeedData | None = None
         for n, (seed, spec) in enumerate(bar):
             if run is None or run.seed != seed:
-                run = self._load_data(seed)
+                run = self.load_data(seed)
                 base = _LazyBase(self, run)
-            key = self._key(spec)
-            bar.set_postfix_str(key)
-            record, estimator = self._model_cell(run, spec, base)
-            sample = record.pop("arrays", None) or {}
-            if "projection_features" in sample:
-                projections[key] = (
-                    np.asarray(sample["projection_features"]),
-                    np.asarray(sample["projection_mask"], dtype=bool),
-                )
-            models.append(record)
-            wanted = [d for d in cfg.defenses if d.runs_on(spec.attack)]
-            if estimator is None:
-                defenses += [_skipped(spec, key, d, f"the model failed: {record['error']}") for d in wanted]
-                continue
-            try:
-                self._run_defenses(run, spec, record, estimator, base, wanted)
-            except BaseModelFailed as exc:  # what the defenses of an attack on the base model see needs it
-                defenses += [
-                    _skipped(spec, key, d, str(exc))
-                    for d in wanted
-                    if self._current("defense", f"{key}+{d.name}") is None
-                ]
-            finally:  # also on Ctrl-C: the tables keep every defense cell written so far
-                for dspec in wanted:
-                    cell = self._current("defense", f"{key}+{dspec.name}")
-                    if cell is not None:
-                        arrays[cell["cell"]] = cell.pop("arrays", None) or {}
-                        defenses.append(cell)
-                run.forget({k for later_seed, later in cells[n + 1 :] if later_seed == seed for k in later.step_keys()})
+            bar.set_postfix_str(self._key(spec))
+            self._attack_cells(run, spec, base, result)
+            run.forget({k for later_seed, later in cells[n + 1 :] if later_seed == seed for k in later.step_keys()})
         return result
+
+    def _attack_cells(self, run: _SeedData, spec: AttackSpec, base: _LazyBase, result: StudyResult) -> None:
+        """One attacked model's cells (the model, then each defense that runs on it), computed where missing and
+        added to ``result``."""
+        key = self._key(spec)
+        record, estimator = self._model_cell(run, spec, base)
+        sample = record.pop("arrays", None) or {}
+        if "projection_features" in sample:
+            result.projections[key] = (
+                np.asarray(sample["projection_features"]),
+                np.asarray(sample["projection_mask"], dtype=bool),
+            )
+        result.models.append(record)
+        wanted = [d for d in self.config.defenses if d.runs_on(spec.attack)]
+        if estimator is None:
+            result.defenses.extend(_skipped(spec, key, d, f"the model failed: {record['error']}") for d in wanted)
+            return
+        try:
+            self._run_defenses(run, spec, record, estimator, base, wanted)
+        except BaseModelFailed as exc:  # what the defenses of an attack on the base model see needs it
+            result.defenses.extend(
+                _skipped(spec, key, d, str(exc)) for d in wanted if self._current("defense", f"{key}+{d.name}") is None
+            )
+        finally:  # also on Ctrl-C: the tables keep every defense cell written so far
+            for dspec in wanted:
+                cell = self._current("defense", f"{key}+{dspec.name}")
+                if cell is not None:
+                    result.arrays[cell["cell"]] = cell.pop("arrays", None) or {}
+                    result.defenses.append(cell)
+
+    # ------------------------------------------------------------------ one unit of work at a time (the engine's)
+    def pending(self, seed: int, spec: AttackSpec) -> bool:
+        """True when a cell of the attacked model ``spec`` (seeded ``seed``) is still to compute: the model or a
+        defense that runs on it (``SettingsMismatchError`` when one was computed under other settings)."""
+        spec = replace(spec, seed=seed)
+        key = self._key(spec)
+        if not self._finished("model", key, seed, spec):
+            return True
+        wanted = [d for d in self.config.defenses if d.runs_on(spec.attack)]
+        return any(not self._finished("defense", f"{key}+{d.name}", seed, spec, d) for d in wanted)
+
+    def compute_base(self, run: _SeedData) -> str | None:
+        """Build ``run``'s base model unless its cell is finished (its cell written), for the attacked models
+        computed apart from it; the error when it failed (the base cell records it), else None."""
+        key = f"base-s{run.seed}"
+        if self._finished("model", key, run.seed) and (self.output_dir / "models" / key).exists():
+            return None
+        return self._guarded(run)[1]
+
+    def compute_attack(self, run: _SeedData, spec: AttackSpec, base_error: str | None) -> None:
+        """Compute the missing cells of one attacked model (``spec`` seeded ``run.seed``), its base model read from
+        its finished cell, or failed with ``base_error`` (``compute_base``'s)."""
+        base = _LazyBase(self, run, base_error)
+        self._attack_cells(run, replace(spec, seed=run.seed), base, StudyResult([], [], self.output_dir))
 
     def _run_defenses(
         self,
@@ -706,7 +760,7 @@ class _Truth:
 
 @dataclass
 class _SeedData:
-    """One seed's inputs, built by ``Harness._load_data`` and handed to each of that seed's cells: the study's data,
+    """One seed's inputs, built by ``Harness.load_data`` and handed to each of that seed's cells: the study's data,
     the zero-shot tasks (``task``: the headline one, its images ``x_test``), the sampled prompt sets, and the caches
     the seed's cells share (each attack step's output by its key, the natively triggered test images)."""
 
@@ -798,12 +852,12 @@ class BaseModelFailed(RuntimeError):
 class _LazyBase:
     """A seed's base model, built or loaded when a cell first needs it (``get``): a seed whose cells are all
     finished never reads it, so a damaged base model file cannot fail finished cells. A failure is kept: every later
-    ``get`` raises ``BaseModelFailed`` with it."""
+    ``get`` raises ``BaseModelFailed`` with it (``error``: one already met, by the process that built it)."""
 
-    def __init__(self, harness: Harness, run: _SeedData) -> None:
+    def __init__(self, harness: Harness, run: _SeedData, error: str | None = None) -> None:
         self._harness, self._run = harness, run
         self._model: MedCLIPEstimator | None = None
-        self._error: str | None = None
+        self._error = error
 
     def get(self) -> MedCLIPEstimator:
         if self._model is None and self._error is None:
@@ -811,6 +865,23 @@ class _LazyBase:
         if self._model is None:
             raise BaseModelFailed(f"base model: {self._error}")
         return self._model
+
+
+@contextmanager
+def cell_threads(threads: int | None) -> Iterator[None]:
+    """Torch and the BLAS libraries on ``threads`` threads for the block (nothing changed for None)."""
+    if threads is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(threads):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _describe(exc: BaseException) -> str:

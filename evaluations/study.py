@@ -313,11 +313,24 @@ def summary(result: StudyResult) -> str:
 
 
 def run_study(
-    config: StudyConfig, verbose: bool = True, reuse_stale: bool = False
+    config: StudyConfig,
+    verbose: bool = True,
+    reuse_stale: bool = False,
+    workers: int = 1,
+    threads: int | None = None,
+    address: str | None = None,
 ) -> tuple[StudyResult, dict[str, Path]]:
     """Run (or resume) a study and write its outputs. Under ``torchrun`` every rank runs it (training data-parallel,
-    the rest repeated) and rank 0 alone writes and shows progress; the other ranks get no paths."""
-    harness = Harness(config, verbose=verbose and is_main_process(), reuse_stale=reuse_stale)
+    the rest repeated) and rank 0 alone writes and shows progress; the other ranks get no paths. ``workers``,
+    ``threads``, ``address``: as ``Harness`` takes them (cells in Ray tasks)."""
+    harness = Harness(
+        config,
+        verbose=verbose and is_main_process(),
+        reuse_stale=reuse_stale,
+        workers=workers,
+        threads=threads,
+        address=address,
+    )
     with folder_lock(harness.output_dir):  # held over the tables too: no other run writes the folder meanwhile
         result = harness.run()
         paths = write_outputs(result) if is_main_process() else {}

@@ -84,7 +84,7 @@ NATIVE = {"interpolation": "bilinear", "pad": "no_upscale", "native_trigger": Tr
 def harness(layouts, tmp_path, **kwargs):
     """A harness on the study and its seed-0 data (what the harness hands that seed's cells)."""
     h = Harness(StudyConfig.from_dict(study(layouts, tmp_path / "out", **kwargs)), verbose=False)
-    return h, h._load_data(0)
+    return h, h.load_data(0)
 
 
 # ---------------------------------------------------------------------------------------------- image files
@@ -297,7 +297,7 @@ def test_own_report_from_medclip_meta_csvs(layouts, tmp_path):
     expected["im2.png"] = None  # a blank cell: no report
     assert by_image == {name: expected[name] for name in by_image}
     h = Harness(config, verbose=False)
-    run = h._load_data(0)
+    run = h.load_data(0)
     sampler = run.report_sampler
     for row, path in enumerate(run.x_train.paths):
         report = expected[path.name]
@@ -358,7 +358,7 @@ def test_phantom_own_report_gives_label_matched_fallbacks(tmp_path):
         }
     )
     h = Harness(config, verbose=False)
-    run = h._load_data(0)
+    run = h.load_data(0)
     sampler = h._fit_params(run, config.train)["report_sampler"]
     assert len(sampler) == 8 and sampler.without_report == 8
     sentences, labels = sampler.sample(np.arange(8), run.y_train, np.random.default_rng(0))

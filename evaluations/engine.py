@@ -1,0 +1,144 @@
+"""A study's cells spread over processes or machines by Ray (``artmed run --workers N``, ``--ray-address``).
+
+The unit of work is one attacked model with its defenses (``Harness.compute_attack``), after its seed's base model
+(``Harness.compute_base``, a task the seed's attacked models depend on): Ray schedules them on ``workers`` local
+processes, or on the cluster at ``address``, as their inputs finish. Every task writes its cells into the study's
+output folder (atomic writes; no two tasks write the same cell) and the driver then reads them back as a resumed
+serial run does, so the tables are those of ``--workers 1``. Each task runs with the same thread counts as the serial
+run (``threads``: torch's and the BLAS libraries'), since the thread count changes floating-point results.
+
+Ray, not a scheduler of our own: it runs the same tasks on one machine and on a cluster (``ray start`` on the
+nodes, or its SLURM launch scripts), passes each task's inputs as they finish, and restarts no finished work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from artmed.progress import tqdm
+
+if TYPE_CHECKING:
+    from artmed.evaluations.config import StudyConfig
+    from artmed.evaluations.harness import Harness
+
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_WORKER_STATE: dict[str, Any] = {}
+"""One worker process's harness and the data of the last seed it loaded (a worker takes many tasks)."""
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or an ImportError saying how to install it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError("artmed run --workers needs Ray: pip install 'artmed[ray]' (or pip install ray)") from exc
+    return ray
+
+
+def compute_cells(harness: Harness, workers: int, threads: int, address: str | None = None) -> list[str]:
+    """Compute every missing cell of ``harness``'s study in Ray tasks: on ``workers`` local processes, or on the
+    running Ray cluster at ``address`` (each task then asks for ``threads`` CPUs). Returns the keys of the cells it
+    recomputed because other artmed code had made them (``Harness.stale``). A task's unexpected error (an output
+    folder that cannot be written, a cell computed under other settings) is raised here as itself."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    config = harness.config
+    units = [
+        (seed, i) for seed in config.seed_list for i, spec in enumerate(config.attacks) if harness.pending(seed, spec)
+    ]
+    if not units:
+        return []
+    ray = import_ray()
+    started = not ray.is_initialized()
+    if started:
+        env = {name: str(threads) for name in _THREAD_VARIABLES}
+        local = {"num_cpus": workers * threads} if address is None else {}
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=harness.verbose,
+            logging_level="ERROR",
+            runtime_env={"env_vars": env},
+            **local,
+        )
+    try:
+        return _run_tasks(ray, harness, units, threads)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run_tasks(ray: Any, harness: Harness, units: list[tuple[int, int]], threads: int) -> list[str]:
+    """Submit each seed's base task and its attacked models' tasks, and wait for them (a progress bar over the
+    attacked models); Ctrl-C cancels what is still running."""
+    config, reuse = harness.config, harness.reuse_stale
+    base_task = ray.remote(num_cpus=threads)(_base_task)
+    attack_task = ray.remote(num_cpus=threads)(_attack_task)
+    bases = {seed: base_task.remote(config, reuse, threads, seed) for seed in dict.fromkeys(s for s, _ in units)}
+    waiting = [attack_task.remote(config, reuse, threads, seed, i, bases[seed]) for seed, i in units]
+    stale: list[str] = []
+    bar = tqdm(total=len(waiting), desc="attacked models (Ray)", unit="model", disable=not harness.verbose)
+    try:
+        while waiting:
+            done, waiting = ray.wait(waiting, num_returns=1)
+            stale += _result(ray, done[0])
+            bar.update(1)
+    except BaseException:
+        for ref in [*waiting, *bases.values()]:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        bar.close()
+    return stale
+
+
+def _result(ray: Any, ref: Any) -> Any:
+    """A finished task's value; its error raised as the exception the task raised (not Ray's wrapper)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BaseException):
+            raise cause from None
+        raise
+
+
+def _worker(config: StudyConfig, reuse_stale: bool, threads: int, seed: int) -> tuple[Harness, Any]:
+    """This worker's harness for ``config`` (built once) with its thread counts set, and ``seed``'s data (kept while
+    the worker's tasks are of that seed)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from artmed.evaluations.harness import Harness
+
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)
+    for name in _THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+    key = json.dumps([config.to_dict(), reuse_stale], sort_keys=True, default=str)
+    if _WORKER_STATE.get("key") != key:
+        _WORKER_STATE.clear()
+        _WORKER_STATE.update(key=key, harness=Harness(replace(config), verbose=False, reuse_stale=reuse_stale))
+    harness = _WORKER_STATE["harness"]
+    if _WORKER_STATE.get("seed") != seed:
+        _WORKER_STATE.update(seed=seed, run=harness.load_data(seed))
+    return harness, _WORKER_STATE["run"]
+
+
+def _base_task(config: StudyConfig, reuse_stale: bool, threads: int, seed: int) -> str | None:
+    harness, run = _worker(config, reuse_stale, threads, seed)
+    return harness.compute_base(run)
+
+
+def _attack_task(
+    config: StudyConfig, reuse_stale: bool, threads: int, seed: int, index: int, base_error: str | None
+) -> list[str]:
+    harness, run = _worker(config, reuse_stale, threads, seed)
+    harness.stale = []
+    harness.compute_attack(run, config.attacks[index], base_error)
+    return list(harness.stale)
