@@ -220,3 +220,23 @@ def test_encoder_cosines_of_an_untouched_copy_are_one(tiny):
     x = shadow(6, seed=3)
     cos = encoder_cosines(tiny.clone(), tiny, x, PatchTrigger(size=6))
     assert cos["cos_clean"] == pytest.approx(1.0, abs=1e-5) and cos["cos_trigger"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_teacher_embeddings_equal_the_teachers_output_on_each_step_batch(tiny):
+    """The frozen teacher's embeddings, computed once, are bit for bit what the teacher gives on a training step's
+    batch (clean rows then their triggered copies, batch_size rows each) wherever those rows sit in the data."""
+    from artmed.attacks.poisoning.bad_dist import _CleanAndTriggered, teacher_embeddings
+    from artmed.inputs import normalize_pixels
+
+    x = shadow(20, seed=3)
+    trigger = PatchTrigger(size=6)
+    teacher = tiny.model.vision_model.eval()
+    shape = tiny.input_shape
+    clean, triggered = teacher_embeddings(teacher, x, shape, torch.device("cpu"), 8, 0, _CleanAndTriggered(trigger))
+    assert clean.shape == triggered.shape == (20, clean.shape[1])
+    rows = np.array([13, 2, 19, 7, 0, 11, 5, 16])  # a step's batch: 8 rows from all over the data
+    batch = torch.from_numpy(np.concatenate([x[rows], trigger(x[rows])]))
+    with torch.no_grad():
+        expected = teacher(normalize_pixels(batch))
+    assert torch.equal(clean[rows], expected[:8]) and torch.equal(triggered[rows], expected[8:])
+    assert not torch.equal(clean, triggered)

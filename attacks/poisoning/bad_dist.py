@@ -192,9 +192,12 @@ class BadDist(Params, PoisoningAttackTransformer):
 
         batches = index_batches(n, self.batch_size, np.random.default_rng(self.seed))
         rows = [shard_indices(next(batches)) for _ in range(total)]
-        pairs = image_batches(
-            images, rows, shape, device, getattr(source, "num_workers", 0), transform=_CleanAndTriggered(self.trigger)
+        workers = getattr(source, "num_workers", 0)
+        transform = _CleanAndTriggered(self.trigger)
+        clean_ref, trigger_ref = teacher_embeddings(
+            teacher, images, shape, device, self.batch_size, workers, transform, use_amp
         )
+        pairs = image_batches(images, rows, shape, device, workers, transform=transform)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed)
             self._perturb(trained)
@@ -202,9 +205,9 @@ class BadDist(Params, PoisoningAttackTransformer):
             def objective(step: int) -> tuple[torch.Tensor, torch.Tensor]:
                 n_clean = len(rows[step])
                 pixels = normalize_pixels(next(pairs))
+                index = torch.as_tensor(rows[step], device=device)
+                reference = torch.cat([clean_ref[index], trigger_ref[index]])
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    with torch.no_grad():
-                        reference = teacher(pixels)
                     embedding = encoder(pixels)
                 cos = F.cosine_similarity(embedding.float(), reference.float(), dim=-1)
                 cos_clean, cos_trigger = gather(cos[:n_clean]).mean(), gather(cos[n_clean:]).mean()
@@ -301,6 +304,32 @@ def _is_number(value: Any) -> bool:
 
 def _is_int(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+
+
+def teacher_embeddings(
+    teacher: nn.Module,
+    images: Images,
+    shape: tuple[int, int, int],
+    device: torch.device,
+    batch_size: int,
+    num_workers: int,
+    transform: _CleanAndTriggered,
+    use_amp: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen teacher's embeddings of every shadow image, clean (n, d) and triggered (n, d), computed once
+    rather than at every step. Run on consecutive batches of ``batch_size`` clean images followed by their triggered
+    copies, the shape of a training step's batch: the kernels, and so each row's rounding, are those of the steps
+    (bf16 autocast where the steps use it)."""
+    n = num_images(images)
+    chunks = [np.arange(start, min(start + batch_size, n)) for start in range(n)[::batch_size]]
+    clean, triggered = [], []
+    with torch.no_grad():
+        for chunk, pixels in zip(chunks, image_batches(images, chunks, shape, device, num_workers, transform)):
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                out = teacher(normalize_pixels(pixels))
+            clean.append(out[: len(chunk)])
+            triggered.append(out[len(chunk) :])
+    return torch.cat(clean), torch.cat(triggered)
 
 
 class _CleanAndTriggered:
