@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+from artmed.plugin_source import classes_of, entry_point_class, init_params
 from artmed.plugins import entry_points_by_name, load_entry_point, origin
 from artmed.suggest import did_you_mean
 
@@ -128,32 +129,16 @@ def _describe_loaded(name: str, cls: type[AttackStep]) -> StepInfo:
 def _describe_static(name: str, ep: metadata.EntryPoint) -> StepInfo | None:
     """The description read from the plugin's source, or None where it does not say everything itself (as
     ``artmed.defenses.registry`` reads defenses)."""
-    from artmed.defenses.registry import _default_text, _parse
-
-    module, _, attr = ep.value.partition(":")
-    module, attr = module.strip(), attr.strip()
-    tree = _parse(module)
-    if tree is None or not attr.isidentifier():
+    found = entry_point_class(ep)
+    if found is None:
         return None
-    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
-    node = classes.get(attr)
-    init = (
-        next((stmt for stmt in node.body if isinstance(stmt, ast.FunctionDef) and stmt.name == "__init__"), None)
-        if node is not None
-        else None
-    )
-    bases = [
-        b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else ""
-        for b in (node.bases if node is not None else [])
-    ]
+    tree, module, attr = found
+    node = classes_of(tree).get(attr)
+    if node is None:
+        return None
+    init = next((stmt for stmt in node.body if isinstance(stmt, ast.FunctionDef) and stmt.name == "__init__"), None)
+    bases = [b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else "" for b in node.bases]
     kind = next((KINDS_BY_BASE[b] for b in bases if b in KINDS_BY_BASE), None)
-    if node is None or init is None or kind is None:  # no node: no init either
+    if init is None or kind is None:
         return None
-    args = init.args
-    positional = args.posonlyargs + args.args
-    defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
-    pairs = list(zip(positional, defaults)) + list(zip(args.kwonlyargs, args.kw_defaults))
-    params = {arg.arg: "" if default is None else _default_text(default, tree, module) for arg, default in pairs[1:]}
-    if args.kwarg is not None:
-        params[f"**{args.kwarg.arg}"] = ""
-    return StepInfo(name, kind, f"{module}.{attr}", ast.get_docstring(node) or "", params)
+    return StepInfo(name, kind, f"{module}.{attr}", ast.get_docstring(node) or "", init_params(init, tree, module))

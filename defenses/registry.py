@@ -8,13 +8,11 @@ register the same way, with one line in their package's pyproject::
 from __future__ import annotations
 
 import ast
-import importlib.util
-import sys
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from artmed.plugin_source import class_attribute, classes_of, entry_point_class, init_params
 from artmed.plugins import entry_points_by_name, load_entry_point, origin
 from artmed.suggest import did_you_mean
 
@@ -117,110 +115,14 @@ def _describe_loaded(name: str, cls: type[Defense]) -> DefenseInfo:
 
 def _describe_static(name: str, ep: metadata.EntryPoint) -> DefenseInfo | None:
     """The description read from the plugin's source, or None where it does not say everything itself."""
-    module, _, attr = ep.value.partition(":")
-    attr = attr.strip()
-    tree = _parse(module.strip())
-    if tree is None or not attr.isidentifier():
+    found = entry_point_class(ep)
+    if found is None:
         return None
-    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
-    kind = _class_attribute(classes, attr, "kind")
-    init = _class_attribute(classes, attr, "__init__")
+    tree, module, attr = found
+    classes = classes_of(tree)
+    kind = class_attribute(classes, attr, "kind")
+    init = class_attribute(classes, attr, "__init__")
     if not (isinstance(kind, ast.Constant) and isinstance(kind.value, str) and isinstance(init, ast.FunctionDef)):
         return None
-    args = init.args
-    positional = args.posonlyargs + args.args
-    defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
-    pairs = list(zip(positional, defaults)) + list(zip(args.kwonlyargs, args.kw_defaults))
-    params = {
-        arg.arg: "" if default is None else _default_text(default, tree, module)
-        for arg, default in pairs[1:]
-        if arg.arg not in DATA_ARGS
-    }
-    return DefenseInfo(name, kind.value, f"{module.strip()}.{attr}", ast.get_docstring(classes[attr]) or "", params)
-
-
-def _class_attribute(classes: dict[str, ast.ClassDef], name: str, attribute: str) -> ast.AST | None:
-    """The value node of `attribute` (an assignment, or a def) in class `name` or the bases it names in the same
-    module, looked up in method resolution order for single inheritance; None where it is not found there."""
-    node = classes.get(name)
-    while node is not None:
-        for stmt in node.body:
-            if isinstance(stmt, ast.FunctionDef) and stmt.name == attribute:
-                return stmt
-            targets = (
-                stmt.targets
-                if isinstance(stmt, ast.Assign)
-                else [stmt.target]
-                if isinstance(stmt, ast.AnnAssign) and stmt.value is not None
-                else []
-            )
-            if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and any(  # targets: only an assignment has them
-                isinstance(t, ast.Name) and t.id == attribute for t in targets
-            ):
-                return stmt.value
-        bases = [b.id for b in node.bases if isinstance(b, ast.Name)]
-        node = classes.get(bases[0]) if bases else None
-    return None
-
-
-def _default_text(default: ast.expr, tree: ast.Module, module: str) -> str:
-    """A default as source text, a module constant (defined there or imported from another module) as its value."""
-    if isinstance(default, ast.Name):
-        value = _constant(tree, default.id, module)
-        if value is not None:
-            return value
-    return ast.unparse(default)
-
-
-def _constant(tree: ast.Module, name: str, module: str, hops: int = 1) -> str | None:
-    """The repr of module constant `name` (a literal assigned at the top of `tree`, or imported by
-    ``from X import name`` and a literal there), or None."""
-    for stmt in tree.body:
-        if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in stmt.targets):
-            try:
-                return repr(ast.literal_eval(stmt.value))
-            except ValueError:
-                return None
-        if (
-            isinstance(stmt, ast.ImportFrom)
-            and hops > 0
-            and any((alias.asname or alias.name) == name and alias.name == name for alias in stmt.names)
-        ):
-            source = (
-                importlib.util.resolve_name("." * stmt.level + (stmt.module or ""), module)
-                if stmt.level
-                else (stmt.module or "")
-            )
-            other = _parse(source)
-            return None if other is None else _constant(other, name, source, hops - 1)
-    return None
-
-
-def _parse(module: str) -> ast.Module | None:
-    """The syntax tree of `module`'s source file, found without importing it or its packages; None where it has
-    none (a built-in or compiled module)."""
-    path: list[str] | None = None
-    spec = None
-    parts = module.split(".")
-    for i in range(len(parts)):
-        fullname = ".".join(parts[: i + 1])
-        loaded = sys.modules.get(fullname)
-        spec = getattr(loaded, "__spec__", None) if loaded is not None else None
-        if spec is None:
-            spec = next(
-                (
-                    found
-                    for finder in sys.meta_path
-                    if hasattr(finder, "find_spec")
-                    for found in [finder.find_spec(fullname, path)]
-                    if found is not None
-                ),
-                None,
-            )
-        if spec is None:
-            return None
-        path = list(spec.submodule_search_locations or [])
-    origin = getattr(spec, "origin", None)
-    if not origin or not origin.endswith(".py"):
-        return None
-    return ast.parse(Path(origin).read_text(encoding="utf-8"), filename=origin)
+    params = init_params(init, tree, module, skip=DATA_ARGS, kwargs=False)
+    return DefenseInfo(name, kind.value, f"{module}.{attr}", ast.get_docstring(classes[attr]) or "", params)
