@@ -1,6 +1,7 @@
 """SPECTRE (Hayase, Kong, Somani, Oh, ICML 2021): per label group, project the features on their top principal
 directions, estimate the clean rows' mean and covariance robustly, whiten with them and flag the rows with the largest
-QUantum Entropy (QUE) scores. Torch on the chosen device; the group's rows are streamed for the projection.
+QUantum Entropy (QUE) scores. Torch on the chosen device; the group's rows are streamed for the projection, and the
+robust filter's small dense eigensolves run in LAPACK (SciPy, on the CPU).
 
 By default every step that changes which rows are flagged is the authors' released code (SewoongLab/spectre-defense,
 Julia: ``quantum_filters.jl``, ``dkk17.jl``, ``util.jl``): the filter of Diakonikolas et al. (2017) with its tail
@@ -14,7 +15,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 import torch
+from threadpoolctl import threadpool_limits
 
 from artmed.defenses.base import (
     DEFAULT_GROUPING,
@@ -41,14 +44,6 @@ TAU = 0.1
 """The released filter's confidence tau: rows with squared whitened norm >= 10·k·log(m / tau) are cut at once."""
 TAIL_SHIFT = 3.0
 """The released filter's shift: a row is only cut when its |p_i - median p| exceeds the threshold by this much."""
-KRYLOV_DIM = 30
-"""Krylov dimension per restart of the top-eigenpair search (KrylovKit's default, which the released code uses)."""
-KRYLOV_TOL = 1e-10
-"""Relative residual ||T v - lambda v|| / max(1, lambda) at which the top eigenpair counts as converged."""
-KRYLOV_CHECK = 4
-"""Products between two convergence checks of the top-eigenpair search."""
-KRYLOV_RESTARTS = 100
-"""At most this many restarts of the top-eigenpair search (KrylovKit's default maxiter)."""
 
 
 @dataclass
@@ -90,18 +85,19 @@ class SPECTRE(Defense):
     Robust filter ``robust_filter="dkk17"`` (the default; ``dkk17.jl``, ``cov_estimation_iterate`` called as
     ``quantum_filters.jl`` does): round after round, the kept rows are whitened by their second moment about all
     rows' mean (y_i, m rows); rows with |y_i|^2 >= 10·k·log(m / 0.1) are cut at once; otherwise the top eigenpair
-    (lambda, V) of T(V) = mean_i (y_i^T V y_i) y_i y_i^T - tr(V) I (Lanczos from the all-ones start, as KrylovKit's
-    ``eigsolve``) is found. lambda <= 1 + 10·eps·log(1/eps)^2 means the kept rows look Gaussian: the filter stops and
-    keeps them all. Else, with p_i = (y_i^T V y_i - tr V) / sqrt(2) and d_i = |p_i - median p| in increasing order,
-    the first i with d_i >= 3 and i/m >= tail(d_i - 3) (tail(T) = 1 for T <= 10·log(1/eps), else
-    3·eps / (T log T)^2) sets the cut: rows with d > d_i - 3 go; no such i stops the filter. Never more than
-    round(`filter_share`·`eps`·n) rows go in all (the released ``limit1 = 2``), which also stops it.
+    (lambda, V) of T(V) = mean_i (y_i^T V y_i) y_i y_i^T - tr(V) I is found (KrylovKit's ``eigsolve`` in the
+    released code; here an exact eigensolve of an (m + 1)-dimensional equivalent, `top_fourth_moment_pair`).
+    lambda <= 1 + 10·eps·log(1/eps)^2 means the kept rows look Gaussian: the filter stops and keeps them all. Else,
+    with p_i = (y_i^T V y_i - tr V) / sqrt(2) and d_i = |p_i - median p| in increasing order, the first i with
+    d_i >= 3 and i/m >= tail(d_i - 3) (tail(T) = 1 for T <= 10·log(1/eps), else 3·eps / (T log T)^2) sets the cut:
+    rows with d > d_i - 3 go; no such i stops the filter. Never more than round(`filter_share`·`eps`·n) rows go in all
+    (the released ``limit1 = 2``), which also stops it.
     ``robust_filter="capped"`` (artmed before): `filter_rounds` rounds that each whiten the kept rows by their own
     mean and covariance, take V from `POWER_STEPS` warm-started power-iteration steps on T and drop the rows with the
     largest |p_i - median p| until floor(`filter_share`·`eps`·n) rows are gone: no tail test, so it always drops its
     full cap, also from clean data. The released filter costs far more: on a group of 400 rows of 128-d features it
-    took 8.9 s of one CPU core against 0.14 s for the capped one (mostly k = 64-100, where the Gaussian test never
-    passes on so few rows and each round runs a Lanczos search and cuts only a few rows until the cap).
+    takes about 2 s of one CPU core against 0.14 s for the capped one (mostly k = 64-100, where the Gaussian test
+    never passes on so few rows and each round runs an eigensolve and cuts only a few rows until the cap).
 
     Paper defaults: alpha = 4, flags 1.5·eps·n, filter cap 2·eps·n. Scores are the tau of the chosen k (clean rows
     near 1 in every group, so they compare across groups); groups under `min_group_size` rows are never flagged.
@@ -187,7 +183,8 @@ class SPECTRE(Defense):
         for g, idx in groups.analysed:
             n = idx.shape[0]
             n_flag = self._count(n, self.removal_share * self.eps)
-            with one_cpu_thread(device):  # many small k x k steps: threads only slow them on a busy CPU
+            # many small k x k steps and LAPACK calls (the filter's eigensolves): threads only slow them on a busy CPU
+            with one_cpu_thread(device), threadpool_limits(limits=1, user_api="blas"):
                 fit, candidates, filtered = self._group(stream, idx, n_flag)
             scores[idx] = fit.scores.cpu().numpy()
             flags[idx[np.argsort(-scores[idx], kind="stable")[:n_flag]]] = True
@@ -396,40 +393,40 @@ def lowest(values: torch.Tensor, count: int) -> torch.Tensor:
 
 def top_fourth_moment_pair(white: torch.Tensor) -> tuple[float, torch.Tensor]:
     """The top eigenvalue and unit-Frobenius eigenvector V (k, k) of T(V) = mean_i (y_i^T V y_i) y_i y_i^T - tr(V) I
-    over the (m, k) rows `white` (whitened by their second moment, so T is positive semi-definite): Lanczos with full
-    reorthogonalisation from the all-ones matrix, as KrylovKit's ``eigsolve(T, ones(k^2))`` in the released code,
-    restarted from the top Ritz vector after `KRYLOV_DIM` products, until the residual is under
-    `KRYLOV_TOL`·max(1, lambda) (checked every `KRYLOV_CHECK` products)."""
+    over the (m, k) rows `white`, exact to rounding: the pair the released code's KrylovKit ``eigsolve(T, ones(k^2))``
+    converges to (to its tolerance; for a repeated top eigenvalue, which has no single eigenvector, its pick depends
+    on the start, this one on the pivoting). The sign of V is fixed by sum(V) >= 0; no use of V sees it (p and its
+    median change sign together).
+
+    As a k^2 x k^2 matrix, T = B J B^T with B = [vec(y_1 y_1^T) / sqrt(m), ..., vec(y_m y_m^T) / sqrt(m), vec(I)] and
+    J = diag(1, ..., 1, -1). So with the Gram G = B^T B ((m + 1) x (m + 1): (y_i . y_j)^2 / m, |y_i|^2 / sqrt(m), k)
+    factored as G = F F^T (pivoted Cholesky, to G's numerical rank r <= min(m + 1, k (k + 1) / 2): whitening alone
+    makes vec(I) the mean of the vec(y_i y_i^T)), the symmetric r x r matrix H = F^T J F has the nonzero eigenvalues
+    of T, and an eigenvector z of H gives T's as v = B J F z (T v = B J G J F z = B J F H z). This needs no positive
+    semi-definiteness (whitening that raised tiny eigenvalues leaves T indefinite; with no positive eigenvalue, the
+    largest nonzero one is returned, and the Gaussian test passes either way) and costs one top-eigenpair solve of at
+    most m + 1 rows, against a Lanczos search over k^2-dimensional products that slows with the gap."""
     m, k = white.shape
-    identity = torch.eye(k, dtype=white.dtype, device=white.device).reshape(-1)
-
-    def apply(v: torch.Tensor) -> torch.Tensor:
-        matrix = v.view(k, k)
-        quadratic = ((white @ matrix) * white).sum(1)
-        return ((white.T * quadratic) @ white / m).reshape(-1) - matrix.trace() * identity
-
-    basis = torch.empty(KRYLOV_DIM, k * k, dtype=white.dtype, device=white.device)
-    images = torch.empty_like(basis)
-    basis[0] = 1.0 / k
-    for _ in range(KRYLOV_RESTARTS):
-        for j in range(KRYLOV_DIM):
-            images[j] = apply(basis[j])
-            last = j + 1 == KRYLOV_DIM
-            if (j + 1) % KRYLOV_CHECK == 0 or last:
-                stacked, applied = basis[: j + 1], images[: j + 1]
-                projected = stacked @ applied.T
-                values, vectors = torch.linalg.eigh((projected + projected.T) / 2)
-                value, weights = float(values[-1]), vectors[:, -1]
-                vector = weights @ stacked
-                converged = bool((weights @ applied - value * vector).norm() <= KRYLOV_TOL * max(1.0, abs(value)))
-                if converged or last:
-                    break
-            fresh = images[j]
-            for _ in range(2):  # twice is enough (Kahan): the basis stays orthonormal to rounding
-                fresh = fresh - (basis[: j + 1] @ fresh) @ basis[: j + 1]
-            basis[j + 1] = fresh / fresh.norm().clamp_min(torch.finfo(fresh.dtype).tiny)
-        vector = vector / vector.norm()
-        if converged:
-            break
-        basis[0] = vector
-    return value, vector.view(k, k)
+    gram = torch.empty(m + 1, m + 1, dtype=white.dtype, device=white.device)
+    products = gram[:m, :m]
+    torch.matmul(white, white.T, out=products)
+    gram[m, :m] = gram[:m, m] = products.diagonal() / math.sqrt(m)
+    products.square_().div_(m)
+    gram[m, m] = k
+    gram_cpu = gram.cpu().numpy()
+    pstrf, lauum = scipy.linalg.lapack.get_lapack_funcs(("pstrf", "lauum"), (gram_cpu,))
+    factor, pivots, rank, _ = pstrf(gram_cpu, lower=1)  # G[p][:, p] = L L^T with p = pivots - 1, L (m + 1, rank)
+    factor = np.tril(factor[:, :rank])
+    h, _ = lauum(factor[:rank], lower=1)  # L^T L (lower triangle): its triangular head's part plus its tail's
+    h += factor[rank:].T @ factor[rank:]
+    flipped = factor[np.flatnonzero(pivots == m + 1)[0]]  # the row of vec(I), which J negates
+    h -= 2.0 * np.outer(flipped, flipped)
+    values, vectors = scipy.linalg.eigh(h, lower=True, subset_by_index=[rank - 1, rank - 1], check_finite=False)
+    weights = np.empty(m + 1, dtype=factor.dtype)
+    weights[pivots - 1] = factor @ vectors[:, 0]  # F z in G's order; v = B J F z
+    weights[m] = -weights[m]
+    coefficients = torch.from_numpy(weights).to(white.device)
+    identity = torch.eye(k, dtype=white.dtype, device=white.device)
+    vector = (white.T * (coefficients[:m] / math.sqrt(m))) @ white + coefficients[m] * identity
+    vector = vector / vector.norm().clamp_min(torch.finfo(vector.dtype).tiny)
+    return float(values[0]), vector if bool(vector.sum() >= 0) else -vector

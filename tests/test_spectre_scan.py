@@ -11,7 +11,13 @@ from sklearn.metrics import roc_auc_score
 from artmed.attacks.pipeline import AttackSpec
 from artmed.defenses import SpectralSignatures, registry
 from artmed.defenses.scan import SCAn, anomaly_index, fit_decomposition
-from artmed.defenses.spectre import SPECTRE, fourth_moment_direction, que_scores
+from artmed.defenses.spectre import (
+    SPECTRE,
+    fourth_moment_direction,
+    inverse_sqrt,
+    que_scores,
+    top_fourth_moment_pair,
+)
 from artmed.evaluations.config import DataConfig, DefenseSpec, StudyConfig, TrainConfig
 from artmed.evaluations.harness import Harness
 from test_defenses_detection import context, planted, rates
@@ -98,6 +104,37 @@ def test_que_score_and_fourth_moment_direction():
     v = fourth_moment_direction(torch.from_numpy(rows).float(), torch.eye(4) / 2.0)
     assert v.norm() == pytest.approx(1.0, abs=1e-5) and torch.allclose(v, v.T)
     assert abs(float(v[2, 2])) > 0.95
+
+
+@pytest.mark.parametrize("case", ["planted", "repeated", "indefinite", "few_rows"])
+def test_top_fourth_moment_pair_is_the_operators_top_eigenpair(case):
+    """The (m + 1)-dimensional solve gives the top eigenpair a dense eigh of T (k^2 x k^2) gives, to rounding: with more
+    rows than symmetric k x k dimensions (a rank-deficient Gram), with repeated rows, with a column that is a
+    combination of two others (whitening raises its zero variance, so T is indefinite) and with fewer rows than
+    dimensions. V is symmetric, of unit Frobenius norm, signed so that sum(V) >= 0."""
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(60, 5))
+    if case == "planted":
+        rows[:4, 1] += 6.0
+    elif case == "repeated":
+        rows = np.tile(rng.normal(size=(20, 5)) * [3.0, 2.0, 1.0, 1.0, 1.0], (2, 1))
+    elif case == "indefinite":
+        rows[:, 4] = rows[:, 0] - rows[:, 1]
+    else:
+        rows = rng.standard_t(4, size=(12, 5))
+    rows = torch.from_numpy(rows)
+    m, k = rows.shape
+    white = rows @ inverse_sqrt(rows.T @ rows / m)
+    columns = torch.einsum("ni,nj->nij", white, white).reshape(m, k * k)
+    identity = torch.eye(k, dtype=torch.float64).reshape(-1)
+    values, vectors = torch.linalg.eigh(columns.T @ columns / m - torch.outer(identity, identity))
+    assert values[-1] - values[-2] > 0.5  # a simple top eigenvalue (measured gaps 0.8-3.4)
+    assert (values[0] < -1.0) == (case == "indefinite")  # measured -2.1; else >= 0 to rounding
+    expected = vectors[:, -1].reshape(k, k)
+    value, v = top_fourth_moment_pair(white)
+    assert value == pytest.approx(float(values[-1]), rel=1e-12)  # measured 6e-16
+    torch.testing.assert_close(v, expected if expected.sum() >= 0 else -expected, rtol=0, atol=1e-12)  # 1e-15
+    assert float(v.sum()) >= 0 and v.norm() == pytest.approx(1.0, abs=1e-12)
 
 
 @pytest.mark.parametrize(
