@@ -299,7 +299,7 @@ class DefenseSpec:
     def __post_init__(self) -> None:
         check_fields(self)
 
-    def runs_on(self, attack: str) -> bool:
+    def runs_on(self, attack: str | None) -> bool:
         return self.attacks is None or attack in self.attacks
 
 

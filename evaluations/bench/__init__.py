@@ -1,7 +1,8 @@
 """``artmed bench``: the detection benchmark against ART, throughput and study timing, and their command line.
 
 ``detection`` holds the detection benchmark, ``throughput`` the extraction, training, study and labeler timings,
-``machine`` the machine info, thread caps and timing helpers, ``cli`` the options, the report and ``main``. Every name
+``machine`` the machine info, thread caps and timing helpers, ``study`` the study against a baseline revision
+(``--baseline``) and the achieved GFLOP/s, ``cli`` the options, the report and ``main``. Every name
 is re-exported here; to monkeypatch one that ``main`` uses, patch it in ``cli`` (e.g. ``bench.cli.run_benchmarks``).
 """
 
@@ -38,6 +39,19 @@ from artmed.evaluations.bench.detection import (
     warm_up_detection,
 )
 from artmed.evaluations.bench.machine import _cpu_model, _memory_gb, _release_memory, _timed, machine_info, thread_limit
+from artmed.evaluations.bench.study import (
+    STUDY_PHASE_COLUMNS,
+    THROUGHPUT_COLUMNS,
+    StudyRunError,
+    achieved_throughput,
+    compare_study,
+    conv_throughput,
+    count_flops,
+    phase_rows,
+    phase_seconds,
+    step_throughput,
+    study_throughput,
+)
 from artmed.evaluations.bench.throughput import (
     LABELER_SIZES,
     PRESET_IMAGE_SIZE,
@@ -48,6 +62,17 @@ from artmed.evaluations.bench.throughput import (
 )
 
 __all__ = [
+    "study_throughput",
+    "step_throughput",
+    "phase_seconds",
+    "phase_rows",
+    "count_flops",
+    "conv_throughput",
+    "compare_study",
+    "achieved_throughput",
+    "StudyRunError",
+    "THROUGHPUT_COLUMNS",
+    "STUDY_PHASE_COLUMNS",
     "COMPARISONS",
     "DESCRIPTION",
     "DETECTION_COLUMNS",

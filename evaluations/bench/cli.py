@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +20,15 @@ from artmed.evaluations.bench.detection import (
     warm_up_detection,
 )
 from artmed.evaluations.bench.machine import machine_info, thread_limit
+from artmed.evaluations.bench.study import (
+    STUDY_PHASE_COLUMNS,
+    THROUGHPUT_COLUMNS,
+    StudyRunError,
+    achieved_throughput,
+    compare_study,
+    repository,
+    resolve_revision,
+)
 from artmed.evaluations.bench.throughput import (
     LABELER_SIZES,
     PRESET_IMAGE_SIZE,
@@ -40,6 +50,11 @@ ART's, then the next repeat; the fastest repeat counts), so background load slow
 seconds still depend on that load, and the JSON records the load average next to them. On an oversubscribed
 machine multi-threaded BLAS/OpenMP calls stall at random (measured 10-20x on 2 busy cores); ``--threads 1`` runs
 both sides on one thread and gives stable ratios there.
+
+``--baseline REV`` runs the --study for git revision REV (installed in a temporary folder) and then for this
+checkout, one after the other, each in a fresh process, and prints their wall time per phase side by side (ratio =
+REV's seconds / this checkout's), then the achieved GFLOP/s of the study's training and BadDist steps against the
+machine's float32 conv2d.
 """
 """The ``artmed bench --help`` description."""
 
@@ -154,6 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--study", choices=["quick", "default", "none"], default="quick", help="time the built-in study end to end"
     )
     parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run the --study for git commit or tag REV (installed in a temporary folder), each side in a fresh "
+        "process, and print the wall time per phase side by side (ratio = REV's seconds / this checkout's), with the "
+        "achieved GFLOP/s of its training and BadDist steps against the machine's conv2d",
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="seeds of the study compared with --baseline (default 1)"
+    )
+    parser.add_argument(
         "--labeler",
         action="store_true",
         help="also time the report labeler on one-sentence reports of 10 KB, 100 KB and 1 MB",
@@ -174,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_args(args: argparse.Namespace) -> None:
     from artmed.device import resolve_device
 
-    for name in ("repeats", "batches", "groups", "threads", "train_steps"):
+    for name in ("repeats", "batches", "groups", "threads", "train_steps", "seeds"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.train_batch < 2:
@@ -193,6 +218,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--eps must be in (0, 1], got {args.eps}")
     if args.removal_share <= 0:
         raise ValueError(f"--removal-share must be positive, got {args.removal_share}")
+    if args.baseline is not None:
+        if args.study == "none":
+            raise ValueError("--baseline compares the study: give --study quick or --study default")
+        resolve_revision(repository(), args.baseline)
+    elif args.seeds is not None:
+        raise ValueError("--seeds sets the study compared with --baseline; give --baseline REV too")
     resolve_device(args.device)
     check_writable(args.out, "--out", folder=False)  # before the benchmark, not after it
 
@@ -246,7 +277,14 @@ def run_benchmarks(args: argparse.Namespace, machine: dict[str, Any]) -> dict[st
         payload["training"].append(
             bench_training(preset, args.device, args.train_steps, args.warmup, args.train_batch, args.seed)
         )
-    if args.study != "none":
+    if args.baseline is not None:
+        seeds = 1 if args.seeds is None else args.seeds
+        payload["study_baseline"] = compare_study(
+            args.baseline, args.study, seeds, args.seed, args.device, args.threads
+        )
+        print(f"throughput: {args.study} study's training and BadDist steps, conv2d ...", flush=True)
+        payload["study_throughput"] = achieved_throughput(args.study, args.device, args.seed)
+    elif args.study != "none":
         print(f"study: {args.study} ...", flush=True)
         payload["study"] = bench_study(args.study, args.device, args.seed)
     if args.labeler:
@@ -300,6 +338,8 @@ def report(payload: dict[str, Any]) -> str:
     if "study" in payload:
         study = payload["study"]
         lines += ["", f"Study '{study['preset']}' end to end: {study['seconds']:.1f} s, peak {study['peak_mb']:.0f} MB"]
+    if "study_baseline" in payload:
+        lines += ["", *_baseline_lines(payload["study_baseline"], payload["study_throughput"])]
     if "labeler" in payload:
         lines += [
             "",
@@ -310,13 +350,40 @@ def report(payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _baseline_lines(study: dict[str, Any], throughput: dict[str, Any]) -> list[str]:
+    """The report of ``--baseline``: the phase table, where each side imported artmed from, the GFLOP/s table."""
+    sides = study["sides"]
+    conv = throughput["conv2d"]
+    return [
+        f"Study '{study['preset']}' ({study['seeds']} seed(s)) per phase: baseline {study['baseline']} "
+        f"({study['baseline_commit'][:12]}) vs this checkout, each in a fresh process (ratio = baseline / this)",
+        format_table(study["rows"], STUDY_PHASE_COLUMNS),
+        "  model: ATTACK = its models' train_seconds (victim training with the attack's steps; the base model's "
+        "pretraining is its own row); rest = data, zero-shot scoring, tables and figures",
+        *(
+            f"  {name}: artmed from {side['artmed_file']} (source hash {side['source_hash'][:12]}), "
+            f"{side['defense']} from {side['defense_file']}"
+            for name, side in sides.items()
+        ),
+        "",
+        f"Achieved GFLOP/s on this checkout (share_of_conv: of float32 conv2d {conv['shape']} 3x3, "
+        f"{conv['gflop_s']:.1f} GFLOP/s)",
+        format_table(throughput["steps"], THROUGHPUT_COLUMNS),
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmarks chosen by `argv`, print the tables and write the JSON; returns the exit status."""
+    """Run the benchmarks chosen by `argv`, print the tables and write the JSON; returns the exit status (1 when a
+    step of ``--baseline`` failed: its message names the step)."""
     args = build_parser().parse_args(argv)
     _check_args(args)
     machine = machine_info(args.device)  # before any thread cap: torch_threads is the machine's default
-    with thread_limit(args.threads):
-        payload = run_benchmarks(args, machine)
+    try:
+        with thread_limit(args.threads):
+            payload = run_benchmarks(args, machine)
+    except StudyRunError as exc:
+        print(f"artmed bench: error: {exc}", file=sys.stderr)
+        return 1
     print("\n" + report(payload))
     out = atomic_write(args.out, json.dumps(to_jsonable(payload), indent=1, allow_nan=False) + "\n")
     print(f"\nWrote {out}")
