@@ -3,6 +3,7 @@
 import json
 import shutil
 import sys
+import warnings
 
 import pytest
 
@@ -91,3 +92,14 @@ def test_bad_worker_and_thread_counts_are_refused(bad, tmp_path):
     for name in ("workers", "threads"):
         with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
             Harness(quick_config(str(tmp_path / "x")), verbose=False, **{name: bad})
+
+
+def test_more_threads_than_cores_is_warned(monkeypatch):
+    from artmed.evaluations import engine
+
+    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    with pytest.warns(UserWarning, match=r"2 workers x 2 threads oversubscribe the 2 cores.*--threads 1"):
+        engine._warn_oversubscribed(2, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        engine._warn_oversubscribed(2, 1)

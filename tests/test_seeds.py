@@ -71,13 +71,15 @@ def test_seeds_in_config_and_presets():
 def test_cli_seeds_option(tmp_path, capsys, monkeypatch):
     seen = {}
 
-    def fake_run(config, verbose, reuse_stale):
-        seen.update(seeds=config.seed_list, reuse=reuse_stale)
+    def fake_run(config, verbose, reuse_stale, workers, threads, address):
+        seen.update(seeds=config.seed_list, reuse=reuse_stale, engine=(workers, threads, address))
         raise ValueError("stop here")
 
     monkeypatch.setattr("artmed.evaluations.study.run_study", fake_run)
     assert main(["run", "--preset", "quick", "--seeds", "3", "--seed", "2", "--reuse-stale"]) == 2
-    assert seen == {"seeds": [2, 3, 4], "reuse": True}
+    assert seen == {"seeds": [2, 3, 4], "reuse": True, "engine": (1, None, None)}
+    main(["run", "--preset", "quick", "--workers", "2", "--threads", "1", "--ray-address", "auto"])
+    assert seen["engine"] == (2, 1, "auto")
     path = tmp_path / "study.yaml"
     path.write_text("seeds: [5, 9]\n")
     main(["run", "--config", str(path)])
