@@ -59,6 +59,7 @@ def compute_cells(harness: Harness, workers: int, threads: int, address: str | N
     ray = import_ray()
     started = not ray.is_initialized()
     if started:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # artmed runs offline: Ray reports nothing home
         env = {name: str(threads) for name in _THREAD_VARIABLES}
         local = {"num_cpus": workers * threads} if address is None else {}
         ray.init(
