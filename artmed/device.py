@@ -1,5 +1,5 @@
-"""One place that turns a user's ``device`` setting into a torch device, and the CPU threading the small-matrix
-loops of the detectors run under."""
+"""One place that turns a user's ``device`` setting into a torch device, and the CPU threading work runs under:
+one thread for the detectors' small-matrix loops, a fixed count for a study's cells and the benchmarks."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,5 +36,28 @@ def one_cpu_thread(device: torch.device) -> Iterator[None]:
     torch.set_num_threads(1)
     try:
         yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
+def thread_limit(threads: int | None) -> Iterator[None]:
+    """Cap torch's threads and every BLAS/OpenMP pool numpy, scipy and scikit-learn use (threadpoolctl) inside the
+    block: a study's cells run on the same count in every process (it changes floating-point results), the
+    benchmarks' sides on the same count as ART's; None leaves all thread settings untouched."""
+    if threads is None:
+        yield
+        return
+    # threadpoolctl caps only the pools already loaded: scipy and scikit-learn bring their own OpenBLAS / OpenMP
+    import scipy.linalg  # noqa: F401
+    import sklearn.cluster  # noqa: F401
+    import sklearn.decomposition  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            yield
     finally:
         torch.set_num_threads(before)

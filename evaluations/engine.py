@@ -19,6 +19,7 @@ import warnings
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from artmed.device import thread_limit
 from artmed.progress import tqdm
 
 if TYPE_CHECKING:
@@ -41,13 +42,10 @@ def import_ray() -> Any:
 
 def compute_cells(harness: Harness, workers: int, threads: int, address: str | None = None) -> list[str]:
     """Compute every missing cell of ``harness``'s study in Ray tasks: on ``workers`` local processes, or on the
-    running Ray cluster at ``address`` (each task then asks for ``threads`` CPUs). Returns the keys of the cells it
-    recomputed because other artmed code had made them (``Harness.stale``). A task's unexpected error (an output
-    folder that cannot be written, a cell computed under other settings) is raised here as itself."""
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        running Ray cluster at ``address`` (each task then asks for ``threads`` CPUs). Returns the keys of the cells it
+        recomputed because other artmed code had made them (``Harness.stale``). A task's unexpected error (an output
+        folder that cannot be written, a cell computed under other settings) is raised here as itself. ``workers`` and
+    ``threads`` are positive integers (``Harness`` checks them)."""
     if address is None:
         _warn_oversubscribed(workers, threads)
     config = harness.config
@@ -125,18 +123,11 @@ def _result(ray: Any, ref: Any) -> Any:
         raise
 
 
-def _worker(config: StudyConfig, reuse_stale: bool, threads: int, seed: int) -> tuple[Harness, Any]:
-    """This worker's harness for ``config`` (built once) with its thread counts set, and ``seed``'s data (kept while
-    the worker's tasks are of that seed)."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
+def _worker(config: StudyConfig, reuse_stale: bool, seed: int) -> tuple[Harness, Any]:
+    """This worker's harness for ``config`` (built once) and ``seed``'s data (kept while the worker's tasks are of
+    that seed)."""
     from artmed.evaluations.harness import Harness
 
-    torch.set_num_threads(threads)
-    threadpool_limits(threads)
-    for name in _THREAD_VARIABLES:
-        os.environ[name] = str(threads)
     key = json.dumps([config.to_dict(), reuse_stale], sort_keys=True, default=str)
     if _WORKER_STATE.get("key") != key:
         _WORKER_STATE.clear()
@@ -148,14 +139,16 @@ def _worker(config: StudyConfig, reuse_stale: bool, threads: int, seed: int) -> 
 
 
 def _base_task(config: StudyConfig, reuse_stale: bool, threads: int, seed: int) -> str | None:
-    harness, run = _worker(config, reuse_stale, threads, seed)
-    return harness.compute_base(run)
+    with thread_limit(threads):
+        harness, run = _worker(config, reuse_stale, seed)
+        return harness.compute_base(run)
 
 
 def _attack_task(
     config: StudyConfig, reuse_stale: bool, threads: int, seed: int, index: int, base_error: str | None
 ) -> list[str]:
-    harness, run = _worker(config, reuse_stale, threads, seed)
-    harness.stale = []
-    harness.compute_attack(run, config.attacks[index], base_error)
-    return list(harness.stale)
+    with thread_limit(threads):
+        harness, run = _worker(config, reuse_stale, seed)
+        harness.stale = []
+        harness.compute_attack(run, config.attacks[index], base_error)
+        return list(harness.stale)

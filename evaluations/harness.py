@@ -26,8 +26,6 @@ import hashlib
 import json
 import traceback
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -56,6 +54,7 @@ from artmed.defenses.base import (
     ModelVerdict,
     UnexaminedRowsWarning,
 )
+from artmed.device import thread_limit
 from artmed.distributed import is_main_process, world_size
 from artmed.estimator import MedCLIPEstimator
 from artmed.evaluations.config import DefenseSpec, StudyConfig, TrainConfig
@@ -501,7 +500,7 @@ class Harness:
                 for path in remove_leftovers(self.output_dir):
                     warnings.warn(f"removed {path}, left half-written by an interrupted run", stacklevel=2)
             try:
-                with cell_threads(self.threads):
+                with thread_limit(self.threads):
                     if self.workers > 1 or self.address is not None:
                         from artmed.evaluations.engine import compute_cells
 
@@ -865,23 +864,6 @@ class _LazyBase:
         if self._model is None:
             raise BaseModelFailed(f"base model: {self._error}")
         return self._model
-
-
-@contextmanager
-def cell_threads(threads: int | None) -> Iterator[None]:
-    """Torch and the BLAS libraries on ``threads`` threads for the block (nothing changed for None)."""
-    if threads is None:
-        yield
-        return
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with threadpool_limits(threads):
-            yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _describe(exc: BaseException) -> str:

@@ -6,6 +6,7 @@
 is re-exported here; to monkeypatch one that ``main`` uses, patch it in ``cli`` (e.g. ``bench.cli.run_benchmarks``).
 """
 
+from artmed.device import thread_limit
 from artmed.evaluations.bench.cli import (
     DESCRIPTION,
     DETECTION_COLUMNS,
@@ -38,7 +39,7 @@ from artmed.evaluations.bench.detection import (
     synthetic_features,
     warm_up_detection,
 )
-from artmed.evaluations.bench.machine import _cpu_model, _memory_gb, _release_memory, _timed, machine_info, thread_limit
+from artmed.evaluations.bench.machine import _cpu_model, _memory_gb, _release_memory, _timed, machine_info
 from artmed.evaluations.bench.study import (
     STUDY_PHASE_COLUMNS,
     THROUGHPUT_COLUMNS,

@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from artmed.device import thread_limit
 from artmed.evaluations.bench.detection import (
     MIN_GROUP,
     MIN_SIZE,
@@ -19,7 +20,7 @@ from artmed.evaluations.bench.detection import (
     spectre_vs_ss,
     warm_up_detection,
 )
-from artmed.evaluations.bench.machine import machine_info, thread_limit
+from artmed.evaluations.bench.machine import machine_info
 from artmed.evaluations.bench.study import (
     STUDY_PHASE_COLUMNS,
     THROUGHPUT_COLUMNS,

@@ -6,8 +6,7 @@ import ctypes
 import gc
 import os
 import platform
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,26 +75,3 @@ def _memory_gb() -> float | None:
             if line.startswith("MemTotal:"):
                 return int(line.split()[1]) / 2**20
     return None
-
-
-@contextmanager
-def thread_limit(threads: int | None) -> Iterator[None]:
-    """Cap torch's threads and every BLAS/OpenMP pool numpy and scikit-learn use (threadpoolctl) inside the block,
-    so ours and ART's run on the same number of threads; None leaves all thread settings untouched."""
-    if threads is None:
-        yield
-        return
-    # threadpoolctl caps only the pools already loaded: scipy and scikit-learn bring their own OpenBLAS / OpenMP
-    import scipy.linalg  # noqa: F401
-    import sklearn.cluster  # noqa: F401
-    import sklearn.decomposition  # noqa: F401
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with threadpool_limits(limits=threads):
-            yield
-    finally:
-        torch.set_num_threads(before)
