@@ -178,8 +178,9 @@ def phase_seconds(out: Path, process_seconds: float, study_seconds: float, base_
     models' pretraining, each attack's model cells (victim training with the attack's steps, ``train_seconds``),
     each defense, and the rest (data, zero-shot scoring, tables and figures) up to `process_seconds`.
     `base_in_models`: each seed's first saved model cell timed its seed's base model too, which is taken out."""
-    base = {r["seed"]: r["seconds"] for r, _ in _cells(out, "model") if "train_seconds" not in r and "seconds" in r}
-    models = sorted(((r, t) for r, t in _cells(out, "model") if "train_seconds" in r), key=lambda cell: cell[1])
+    cells = _cells(out, "model")
+    base = {r["seed"]: r["seconds"] for r, _ in cells if "train_seconds" not in r and "seconds" in r}
+    models = sorted(((r, t) for r, t in cells if "train_seconds" in r), key=lambda cell: cell[1])
     phases: dict[str, float] = {"startup + imports": process_seconds - study_seconds, "base model": sum(base.values())}
     first: set[int] = set()
     for record, _ in models:
