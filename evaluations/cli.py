@@ -24,16 +24,18 @@ def _run(args: argparse.Namespace) -> int:
 
     init_from_env()  # under torchrun: join the process group (training runs data-parallel); otherwise nothing
     main_process = is_main_process()
+    options = {
+        "verbose": not args.quiet,
+        "reuse_stale": args.reuse_stale,
+        "workers": args.workers,
+        "threads": args.threads,
+        "address": args.ray_address,
+    }
     try:
         with console_warnings(quiet=args.quiet):
-            result, paths = run_study(
-                _study_config(args),
-                verbose=not args.quiet,
-                reuse_stale=args.reuse_stale,
-                workers=args.workers,
-                threads=args.threads,
-                address=args.ray_address,
-            )
+            if args.preset == "regime" and not args.config:
+                return _run_regime(args, options)
+            result, paths = run_study(_study_config(args), **options)
     except ValueError as exc:
         print(f"artmed run: error: {exc}", file=sys.stderr)
         return 2
@@ -45,6 +47,28 @@ def _run(args: argparse.Namespace) -> int:
     print(summary(result))
     print(f"\nTables and figures in {result.output_dir}/ (models.csv, defenses.csv, figures/)")
     return status
+
+
+def _run_regime(args: argparse.Namespace, options: Mapping[str, Any]) -> int:
+    """``artmed run --preset regime``: one study per training-set size (``artmed.evaluations.regime``), then the
+    regime's tables and figures in the output folder."""
+    from dataclasses import replace
+
+    from artmed.evaluations.regime import regime_configs, run_regime
+
+    output = args.output or "artmed-regime"
+    counts = {} if args.seeds is None else {"n_seeds": args.seeds}
+    configs = []
+    for config in regime_configs(output, seed=args.seed or 0, **counts):
+        if args.protocol:
+            config = config.with_protocol(args.protocol)
+        if args.device:
+            config.device = args.device
+        configs.append(replace(config))
+    result = run_regime(output, configs, **options)
+    print(result.paths["summary"].read_text())
+    print(f"\nRegime tables and figures in {output}/ (regime_summary.md, regime_models.csv, figures/)")
+    return 130 if result.interrupted else 1 if result.failed else 0
 
 
 def _study_config(args: argparse.Namespace) -> StudyConfig:
@@ -172,9 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="a YAML study config (see artmed.evaluations.config.StudyConfig)")
     run.add_argument(
         "--preset",
-        choices=["default", "sweep", "quick"],
+        choices=["default", "sweep", "quick", "regime"],
         default="default",
-        help="built-in study when no --config: default (minutes), sweep (poison-rate grid), quick",
+        help="built-in study when no --config: default (minutes), sweep (poison-rate grid), regime (rate against "
+        "count: one study per training-set size), quick",
     )
     run.add_argument("--output", help="output folder (finished cells there are reused: runs resume)")
     run.add_argument("--seed", type=int, help="study seed, or the first of --seeds (default: the config's, or 0)")

@@ -1,0 +1,312 @@
+"""The paper's regime (``artmed run --preset regime``): does the backdoor depend on the poison *rate* or on the
+*number* of poisoned images?
+
+Two axes, each point a study cell run over the seeds: (a) the rate at a fixed training-set size (``REGIME_SIZE``
+images, ``REGIME_COUNTS`` of them poisoned) and (b) the training-set size at a fixed number of poisoned images
+(``REGIME_COUNT`` in each of ``REGIME_SIZES``, down to the paper's 0.05 %). Both attacks (BadMatch, BadDist +
+BadMatch) with both triggers (the patch and the released, unnormalised Fourier trigger) at every point, and every
+built-in detector, input screen and mitigation on every attacked model. A training-set size is its own study (its
+own data draw and base model per seed) in ``output_dir/n<size>``; the victim's schedule scales with the size so that
+every size sees each image as often (``victim_steps``). ``write_regime`` gathers the sub-studies into one model table,
+one defense-verdict table and the figures (ASR and CA against rate, count and size, with 95 % intervals).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from artmed.attacks.pipeline import AttackSpec
+from artmed.evaluations.aggregate import format_summary, summarize
+from artmed.evaluations.config import DataConfig, StudyConfig, TrainConfig
+from artmed.evaluations.report import write_table
+from artmed.evaluations.store import atomic_write
+from artmed.evaluations.study import DEFAULT_SEEDS, VICTIM_STEPS, _seeds, default_defenses, run_study
+from artmed.evaluations.verdicts import format_verdicts, verdicts
+
+__all__ = [
+    "REGIME_ATTACKS",
+    "REGIME_COUNT",
+    "REGIME_COUNTS",
+    "REGIME_SIZE",
+    "REGIME_SIZES",
+    "REGIME_TRIGGERS",
+    "Regime",
+    "RegimeResult",
+    "regime_configs",
+    "run_regime",
+    "read_regime",
+    "plot_regime",
+    "victim_steps",
+    "write_regime",
+]
+
+REGIME_SIZE = 1000
+"""Axis (a)'s training-set size."""
+REGIME_COUNTS: tuple[int, ...] = (1, 5, 20)
+"""Axis (a)'s poisoned images: 0.1 %, 0.5 % and 2 % of ``REGIME_SIZE``."""
+REGIME_COUNT = 1
+"""Axis (b)'s poisoned images, the same at every size."""
+REGIME_SIZES: tuple[int, ...] = (500, 1000, 2000)
+"""Axis (b)'s training-set sizes: ``REGIME_COUNT`` of them is 0.2 %, 0.1 % and the paper's 0.05 %."""
+REGIME_ATTACKS: tuple[str, ...] = ("badmatch", "baddist_badmatch")
+REGIME_TRIGGERS: dict[str, dict[str, Any]] = {"patch": {}, "fourier": {"unnormalized": True}}
+"""The patch and the released Fourier trigger (fed to the model without its normalisation, as the release does)."""
+REFERENCE_SIZE = 2000
+"""The default study's training-set size, at which the victim trains ``VICTIM_STEPS`` steps."""
+
+
+def victim_steps(n_train: int) -> int:
+    """The victim's steps at ``n_train`` images: as many passes over the training set as the default study's
+    ``VICTIM_STEPS`` steps of 64 over ``REFERENCE_SIZE`` images (9.6), rounded."""
+    return max(1, round(VICTIM_STEPS * n_train / REFERENCE_SIZE))
+
+
+@dataclass(frozen=True)
+class Regime:
+    """The two axes: (a) ``counts`` poisoned images in ``size`` training images; (b) ``count`` poisoned images in
+    each of ``sizes`` training images; each point runs every one of ``attacks`` with every one of ``triggers``
+    (``REGIME_TRIGGERS`` names them with their parameters)."""
+
+    size: int = REGIME_SIZE
+    counts: tuple[int, ...] = REGIME_COUNTS
+    count: int = REGIME_COUNT
+    sizes: tuple[int, ...] = REGIME_SIZES
+    attacks: tuple[str, ...] = REGIME_ATTACKS
+    triggers: tuple[str, ...] = tuple(REGIME_TRIGGERS)
+
+    def __post_init__(self) -> None:
+        for name, values in (
+            ("size", [self.size]),
+            ("counts", self.counts),
+            ("count", [self.count]),
+            ("sizes", self.sizes),
+        ):
+            if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+                raise ValueError(f"regime {name} must be positive integers, got {getattr(self, name)!r}")
+        unknown = [t for t in self.triggers if t not in REGIME_TRIGGERS]
+        if unknown or not self.triggers or not self.attacks:
+            raise ValueError(f"regime triggers must be some of {list(REGIME_TRIGGERS)} and attacks non-empty")
+        too_many = [(n, c) for n, c in self.points() if c > n]
+        if too_many:
+            raise ValueError(f"regime point(s) with more poisoned images than training images: {too_many}")
+
+    def points(self) -> list[tuple[int, int]]:
+        """Every (training-set size, poisoned images) run, each once, by size then count."""
+        return sorted({*((self.size, c) for c in self.counts), *((n, self.count) for n in self.sizes)})
+
+    def on_axis(self, axis: str, n_train: int, n_poison: int) -> bool:
+        """Whether the point belongs to axis ``"a"`` (the fixed size) or ``"b"`` (the fixed count)."""
+        return n_train == self.size if axis == "a" else n_poison == self.count
+
+    def configs(
+        self, output_dir: str = "artmed-regime", seed: int = 0, n_seeds: int = DEFAULT_SEEDS
+    ) -> list[StudyConfig]:
+        """One study per training-set size (``output_dir/n<size>``): a clean victim (the CA reference) and each
+        attack × trigger at that size's counts; every built-in defense on every attacked model (not the clean one)."""
+        configs = []
+        for n_train in sorted({n for n, _ in self.points()}):
+            attacks = [AttackSpec("clean")]
+            for count in (c for n, c in self.points() if n == n_train):
+                for trigger in self.triggers:
+                    for attack in self.attacks:
+                        attacks.append(
+                            AttackSpec(
+                                attack,
+                                trigger=trigger,
+                                trigger_params=dict(REGIME_TRIGGERS[trigger]),
+                                percent_poison=count / n_train,
+                                baddist_params={"settings": "tiny"} if "baddist" in attack else {},
+                            )
+                        )
+            configs.append(
+                StudyConfig(
+                    seed=seed,
+                    seeds=_seeds(seed, n_seeds),
+                    output_dir=str(Path(output_dir) / f"n{n_train}"),
+                    data=DataConfig(n_train=n_train),
+                    train=TrainConfig(steps=victim_steps(n_train)),
+                    attacks=attacks,
+                    defenses=[replace(spec, attacks=list(self.attacks)) for spec in default_defenses()],
+                )
+            )
+        return configs
+
+
+def regime_configs(output_dir: str = "artmed-regime", seed: int = 0, n_seeds: int = DEFAULT_SEEDS) -> list[StudyConfig]:
+    """The built-in regime's studies (``Regime().configs``)."""
+    return Regime().configs(output_dir, seed, n_seeds)
+
+
+@dataclass
+class RegimeResult:
+    """The finished regime: the sub-studies' records (each with ``n_train``), failures, and the written files."""
+
+    models: list[dict[str, Any]]
+    defenses: list[dict[str, Any]]
+    failed: list[dict[str, Any]]
+    interrupted: bool
+    paths: dict[str, Path]
+
+
+def run_regime(
+    output_dir: str, configs: Sequence[StudyConfig], regime: Regime | None = None, **run_options: Any
+) -> RegimeResult:
+    """Run (or resume) each sub-study of ``regime`` (default the built-in one) with ``run_study(config,
+    **run_options)``, then ``write_regime``; an interrupted sub-study stops the rest."""
+    failed: list[dict[str, Any]] = []
+    interrupted = False
+    for config in configs:
+        result, _ = run_study(config, **run_options)
+        failed += result.failed
+        if result.interrupted:
+            interrupted = True
+            break
+    models, defenses = read_regime([Path(c.output_dir) for c in configs])
+    paths = write_regime(Path(output_dir), models, defenses, regime or Regime())
+    return RegimeResult(models, defenses, failed, interrupted, paths)
+
+
+def read_regime(folders: Sequence[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The finished model and defense records of the sub-study ``folders`` (their models.json / defenses.json),
+    each with ``n_train`` (its study's training-set size) and ``n_poison`` (its model's poisoned images)."""
+    models: list[dict[str, Any]] = []
+    defenses: list[dict[str, Any]] = []
+    for folder in folders:
+        if not (folder / "models.json").exists():
+            continue
+        mine = [r for r in json.loads((folder / "models.json").read_text()) if r.get("status", "ok") == "ok"]
+        for record in mine:
+            record["n_train"] = int(record["settings.data.n_train"])
+        poisoned = {r["attack_key"]: r.get("n_poison", 0) for r in mine}
+        models += mine
+        path = folder / "defenses.json"
+        for record in json.loads(path.read_text()) if path.exists() else []:
+            if record.get("status", "ok") != "ok" or record.get("attack_key") not in poisoned:
+                continue
+            record["n_train"] = int(record["settings.data.n_train"])
+            record["n_poison"] = poisoned[record["attack_key"]]
+            defenses.append(record)
+    return models, defenses
+
+
+MODEL_KEYS = ("attack", "trigger", "n_train", "n_poison", "percent_poison")
+MODEL_METRICS = ("ca", "asr", "asr_all", "ra")
+VERDICT_KEYS = ("attack", "trigger", "n_train", "n_poison", "defense")
+
+
+def write_regime(
+    output_dir: Path, models: Sequence[Mapping[str, Any]], defenses: Sequence[Mapping[str, Any]], regime: Regime
+) -> dict[str, Path]:
+    """``regime_models.csv/json`` (per seed), ``regime_summary.md`` (models: mean ± std [95 % interval] per point;
+    defenses: each one's deciding statistic per seed and verdict per point) and the figures ``regime_rate.png``,
+    ``regime_count.png`` and ``regime_size.png`` under ``output_dir``."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    ordered = sorted(models, key=lambda r: tuple(_order(r.get(k)) for k in (*MODEL_KEYS, "seed")))
+    paths["models_json"], paths["models_csv"] = write_table(ordered, output_dir, "regime_models")
+    rows = summarize(ordered, MODEL_KEYS, MODEL_METRICS)
+    judged = verdicts(
+        sorted(defenses, key=lambda r: tuple(_order(r.get(k)) for k in (*VERDICT_KEYS, "seed"))), VERDICT_KEYS
+    )
+    text = (
+        "Attacked models per regime point, mean ± std over seeds [95 % t-interval of the mean, kept inside [0, 1]]:"
+        "\n\n"
+        + format_summary(rows, MODEL_KEYS, MODEL_METRICS)
+        + "\n\nEach defense's deciding statistic per seed and verdict per point (`artmed.evaluations.verdicts`):\n\n"
+        + format_verdicts(judged, keys=VERDICT_KEYS)
+        + "\n"
+    )
+    paths["summary"] = atomic_write(output_dir / "regime_summary.md", text)
+    figures = output_dir / "figures"
+    figures.mkdir(exist_ok=True)
+    attacked = [r for r in rows if (r.get("n_poison") or 0) > 0]
+    drawn = {
+        "rate": ("percent_poison", "poison rate", (("a", "-"), ("b", "--")), "ASR and CA against the poison rate"),
+        "count": ("n_poison", "poisoned images", (("a", "-"),), f"ASR and CA against the count ({regime.size} images)"),
+        "size": (
+            "n_train",
+            "training-set size",
+            (("b", "--"),),
+            f"ASR and CA against the size ({regime.count} poisoned)",
+        ),
+    }
+    for name, (x, xlabel, axes, title) in drawn.items():
+        path = plot_regime(attacked, figures / f"regime_{name}.png", regime, x, xlabel, axes, title)
+        if path is not None:
+            paths[f"figure_{name}"] = path
+    return paths
+
+
+def _order(value: Any) -> tuple[int, Any]:
+    return (0, value) if isinstance(value, (int, float)) else (1, str(value))
+
+
+def _series(rows: Sequence[Mapping[str, Any]], regime: Regime, axis: str) -> dict[str, list[Mapping[str, Any]]]:
+    """Each attack × trigger's rows on ``axis`` ("a": the fixed size, "b": the fixed count), in the axis's order;
+    a line needs two or more points."""
+    lines: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        if regime.on_axis(axis, int(row["n_train"]), int(row["n_poison"])):
+            lines.setdefault(f"{row['attack']} · {row['trigger']}", []).append(row)
+    key = "n_poison" if axis == "a" else "n_train"
+    return {line: sorted(mine, key=lambda r: r[key]) for line, mine in lines.items() if len(mine) > 1}
+
+
+def _draw(ax: Any, rows: Sequence[Mapping[str, Any]], x: str, metric: str, label: str, style: str, color: str) -> None:
+    """One line of ``metric`` means against ``x``, its 95 % intervals (``<metric>_lo/_hi``) as error bars (none for
+    one seed)."""
+    points = [r for r in rows if math.isfinite(float(r.get(metric, math.nan)))]
+    if len(points) < 2:
+        return
+    ys = [float(r[metric]) for r in points]
+    lo = [float(r.get(f"{metric}_lo", math.nan)) for r in points]
+    hi = [float(r.get(f"{metric}_hi", math.nan)) for r in points]
+    below = [y - b if math.isfinite(b) else 0.0 for y, b in zip(ys, lo)]
+    above = [b - y if math.isfinite(b) else 0.0 for y, b in zip(ys, hi)]
+    xs = [float(r[x]) for r in points]
+    ax.errorbar(xs, ys, yerr=[below, above], marker="o", capsize=3, linestyle=style, color=color, label=label)
+
+
+def plot_regime(
+    rows: Sequence[Mapping[str, Any]],
+    path: Path,
+    regime: Regime,
+    x: str,
+    xlabel: str,
+    axes: Sequence[tuple[str, str]],
+    title: str,
+) -> Path | None:
+    """ASR and CA panels against ``x`` (log scale) for each (axis, line style) of ``axes``, one colour per attack ×
+    trigger; None (no file) when no line has two points. Against the rate, axis (a) (more poisoned images) is solid
+    and axis (b) (more clean images around one count) dashed: where the backdoor follows the rate, they coincide."""
+    series = [(axis, style, _series(rows, regime, axis)) for axis, style in axes]
+    names = sorted({line for _, _, lines in series for line in lines})
+    if not names:
+        return None
+    colors = {line: f"C{i}" for i, line in enumerate(names)}
+    fig = Figure(figsize=(11, 4.4), layout="constrained")
+    panels = fig.subplots(1, 2)
+    for ax, metric, name in zip(panels, ("asr", "ca"), ("attack success rate (ASR)", "clean accuracy (CA)")):
+        for axis, style, lines in series:
+            for line, mine in lines.items():
+                where = f"{regime.size} images" if axis == "a" else f"{regime.count} poisoned"
+                _draw(ax, mine, x, metric, f"{line}, {where}", style, colors[line])
+        ax.set(xlabel=xlabel, ylabel=name, ylim=(-0.02, 1.05))
+        ax.set_xscale("log")
+        ticks = sorted({float(r[x]) for _, _, lines in series for mine in lines.values() for r in mine})
+        ax.set_xticks(ticks, [f"{t:.2%}" if x == "percent_poison" else f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+    panels[0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{title} (mean over seeds, 95 % t-interval)")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return atomic_write(path, buffer.getvalue())
