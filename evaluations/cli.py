@@ -33,7 +33,7 @@ def _run(args: argparse.Namespace) -> int:
     }
     try:
         with console_warnings(quiet=args.quiet):
-            if args.preset == "regime" and not args.config:
+            if args.preset == "regime":
                 return _run_regime(args, options)
             result, paths = run_study(_study_config(args), **options)
     except ValueError as exc:
@@ -50,22 +50,31 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_regime(args: argparse.Namespace, options: Mapping[str, Any]) -> int:
-    """``artmed run --preset regime``: one study per training-set size (``artmed.evaluations.regime``), then the
-    regime's tables and figures in the output folder."""
+    """``artmed run --preset regime``: one study per training-set size (``artmed.evaluations.regime``), from the
+    built-in regime or a ``--config`` regime file (a study config with a ``regime:`` mapping), then the regime's
+    tables and figures in the output folder."""
     from dataclasses import replace
 
-    from artmed.evaluations.regime import regime_configs, run_regime
+    from artmed.evaluations.regime import Regime, load_regime, run_regime
 
     output = args.output or "artmed-regime"
-    counts = {} if args.seeds is None else {"n_seeds": args.seeds}
+    regime, template = load_regime(args.config, protocol=args.protocol) if args.config else (Regime(), None)
+    if template is None and args.protocol:
+        from artmed.evaluations.study import default_config
+
+        template = default_config(output).with_protocol(args.protocol)
+    if args.seeds is not None:
+        seeds = list(range(args.seed or 0, (args.seed or 0) + args.seeds))
+    elif args.seed is not None:
+        seeds = [args.seed]
+    else:
+        seeds = None
     configs = []
-    for config in regime_configs(output, seed=args.seed or 0, **counts):
-        if args.protocol:
-            config = config.with_protocol(args.protocol)
+    for config in regime.configs(output, template, seeds):
         if args.device:
             config.device = args.device
         configs.append(replace(config))
-    result = run_regime(output, configs, **options)
+    result = run_regime(output, configs, regime, **options)
     print(result.paths["summary"].read_text())
     print(f"\nRegime tables and figures in {output}/ (regime_summary.md, regime_models.csv, figures/)")
     return 130 if result.interrupted else 1 if result.failed else 0
@@ -199,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["default", "sweep", "quick", "regime"],
         default="default",
         help="built-in study when no --config: default (minutes), sweep (poison-rate grid), regime (rate against "
-        "count: one study per training-set size), quick",
+        "count: one study per training-set size; with --config, a regime file: a study config with a regime: "
+        "mapping), quick",
     )
     run.add_argument("--output", help="output folder (finished cells there are reused: runs resume)")
     run.add_argument("--seed", type=int, help="study seed, or the first of --seeds (default: the config's, or 0)")

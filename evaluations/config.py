@@ -468,16 +468,23 @@ class StudyConfig:
     def from_yaml(cls, path: str | Path, protocol: str | None = None) -> StudyConfig:
         """Load a YAML study config (under ``protocol`` when given, else the file's); an empty file is refused (it
         would silently run the default study)."""
-        path = Path(path)
-        try:
-            raw = yaml.load(path.read_text(), Loader=_Loader)
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"cannot read study config {path}: {exc}") from exc
-        if raw is None:
-            raise ValueError(f"study config {path} is empty")
-        if not isinstance(raw, dict):
-            raise ValueError(f"study config {path} must be a mapping, got {type(raw).__name__}")
+        raw = read_config_file(path)
         return cls.from_dict(raw if protocol is None else {**raw, "protocol": protocol})
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML config file's mapping (exponent floats read as numbers, a repeated key refused); an unreadable, empty
+    or non-mapping file is a ValueError naming it."""
+    path = Path(path)
+    try:
+        raw = yaml.load(path.read_text(), Loader=_Loader)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read study config {path}: {exc}") from exc
+    if raw is None:
+        raise ValueError(f"study config {path} is empty")
+    if not isinstance(raw, dict):
+        raise ValueError(f"study config {path} must be a mapping, got {type(raw).__name__}")
+    return raw
 
 
 class _Loader(yaml.SafeLoader):

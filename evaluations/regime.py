@@ -7,8 +7,10 @@ images, ``REGIME_COUNTS`` of them poisoned) and (b) the training-set size at a f
 BadMatch) with both triggers (the patch and the released, unnormalised Fourier trigger) at every point, and every
 built-in detector, input screen and mitigation on every attacked model. A training-set size is its own study (its
 own data draw and base model per seed) in ``output_dir/n<size>``; the victim's schedule scales with the size so that
-every size sees each image as often (``victim_steps``). ``write_regime`` gathers the sub-studies into one model table,
-one defense-verdict table and the figures (ASR and CA against rate, count and size, with 95 % intervals).
+every size sees each image as often as the default study's 300 steps of 64 over 2000 images (9.6 passes).
+``write_regime`` gathers the sub-studies into one model table, one defense-verdict table and the figures (ASR and CA
+against rate, count and size, with 95 % intervals). ``load_regime`` reads a regime file: any study config (real data,
+a GPU) as the template, with the axes under ``regime:``.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from matplotlib.figure import Figure
 
 from artmed.attacks.pipeline import AttackSpec
 from artmed.evaluations.aggregate import format_summary, summarize
-from artmed.evaluations.config import DataConfig, StudyConfig, TrainConfig
+from artmed.evaluations.config import StudyConfig, read_config_file
 from artmed.evaluations.report import write_table
 from artmed.evaluations.store import atomic_write
-from artmed.evaluations.study import DEFAULT_SEEDS, VICTIM_STEPS, _seeds, default_defenses, run_study
+from artmed.evaluations.study import DEFAULT_SEEDS, _seeds, default_config, run_study
 from artmed.evaluations.verdicts import format_verdicts, verdicts
 
 __all__ = [
@@ -42,9 +44,9 @@ __all__ = [
     "RegimeResult",
     "regime_configs",
     "run_regime",
+    "load_regime",
     "read_regime",
     "plot_regime",
-    "victim_steps",
     "write_regime",
 ]
 
@@ -59,14 +61,6 @@ REGIME_SIZES: tuple[int, ...] = (500, 1000, 2000)
 REGIME_ATTACKS: tuple[str, ...] = ("badmatch", "baddist_badmatch")
 REGIME_TRIGGERS: dict[str, dict[str, Any]] = {"patch": {}, "fourier": {"unnormalized": True}}
 """The patch and the released Fourier trigger (fed to the model without its normalisation, as the release does)."""
-REFERENCE_SIZE = 2000
-"""The default study's training-set size, at which the victim trains ``VICTIM_STEPS`` steps."""
-
-
-def victim_steps(n_train: int) -> int:
-    """The victim's steps at ``n_train`` images: as many passes over the training set as the default study's
-    ``VICTIM_STEPS`` steps of 64 over ``REFERENCE_SIZE`` images (9.6), rounded."""
-    return max(1, round(VICTIM_STEPS * n_train / REFERENCE_SIZE))
 
 
 @dataclass(frozen=True)
@@ -107,42 +101,82 @@ class Regime:
         return n_train == self.size if axis == "a" else n_poison == self.count
 
     def configs(
-        self, output_dir: str = "artmed-regime", seed: int = 0, n_seeds: int = DEFAULT_SEEDS
+        self, output_dir: str = "artmed-regime", template: StudyConfig | None = None, seeds: Sequence[int] | None = None
     ) -> list[StudyConfig]:
         """One study per training-set size (``output_dir/n<size>``): a clean victim (the CA reference) and each
-        attack × trigger at that size's counts; every built-in defense on every attacked model (not the clean one)."""
+        attack × trigger at that size's counts, every defense on every attacked model (not on the clean one).
+
+        ``template`` is the study every size starts from: its data (``data.n_train`` replaced by the size), model,
+        pretraining, tasks, evaluation, device, protocol and defenses; each attack takes the parameters of the
+        template's first attack of that shorthand, each trigger those of its first attack with that trigger
+        (``REGIME_TRIGGERS``' otherwise); its ``train.steps`` are the schedule at its ``data.n_train`` images,
+        scaled to each size so that every size sees each image as often. Default: the default study (300 steps at
+        2000 phantoms, the tiny BadDist settings, every built-in defense). ``seeds``: default the template's (the
+        default study's 0, 1, 2)."""
+        base = template if template is not None else default_config(output_dir)
+        reference = base.data.n_train
+        if reference is None:
+            raise ValueError(
+                "the regime's study needs data.n_train: the training-set size its train.steps are for (each size's "
+                "schedule is scaled from it)"
+            )
+        seed_list = list(base.seed_list if seeds is None else seeds)
+        firsts = {spec.attack: spec for spec in reversed(base.attacks)}
+        trigger_params = {s.trigger: s.trigger_params for s in reversed(base.attacks) if s.attack != "clean"}
+        defenses = [
+            replace(spec, attacks=[a for a in self.attacks if spec.runs_on(a)])
+            for spec in base.defenses
+            if any(spec.runs_on(a) for a in self.attacks)
+        ]
         configs = []
         for n_train in sorted({n for n, _ in self.points()}):
-            attacks = [AttackSpec("clean")]
+            attacks = [replace(firsts["clean"]) if "clean" in firsts else AttackSpec("clean")]
             for count in (c for n, c in self.points() if n == n_train):
                 for trigger in self.triggers:
                     for attack in self.attacks:
+                        point: dict[str, Any] = {
+                            "trigger": trigger,
+                            "trigger_params": dict(trigger_params.get(trigger, REGIME_TRIGGERS[trigger])),
+                            "percent_poison": count / n_train,
+                        }
                         attacks.append(
-                            AttackSpec(
-                                attack,
-                                trigger=trigger,
-                                trigger_params=dict(REGIME_TRIGGERS[trigger]),
-                                percent_poison=count / n_train,
-                                baddist_params={"settings": "tiny"} if "baddist" in attack else {},
-                            )
+                            replace(firsts[attack], **point) if attack in firsts else AttackSpec(attack, **point)
                         )
             configs.append(
-                StudyConfig(
-                    seed=seed,
-                    seeds=_seeds(seed, n_seeds),
+                replace(
+                    base,
+                    seed=seed_list[0],
+                    seeds=seed_list,
                     output_dir=str(Path(output_dir) / f"n{n_train}"),
-                    data=DataConfig(n_train=n_train),
-                    train=TrainConfig(steps=victim_steps(n_train)),
+                    data=replace(base.data, n_train=n_train),
+                    train=replace(base.train, steps=max(1, round(base.train.steps * n_train / reference))),
                     attacks=attacks,
-                    defenses=[replace(spec, attacks=list(self.attacks)) for spec in default_defenses()],
+                    defenses=defenses,
                 )
             )
         return configs
 
 
 def regime_configs(output_dir: str = "artmed-regime", seed: int = 0, n_seeds: int = DEFAULT_SEEDS) -> list[StudyConfig]:
-    """The built-in regime's studies (``Regime().configs``)."""
-    return Regime().configs(output_dir, seed, n_seeds)
+    """The built-in regime's studies over seeds ``seed``, ..., ``seed + n_seeds - 1`` (``Regime().configs``)."""
+    return Regime().configs(output_dir, seeds=_seeds(seed, n_seeds))
+
+
+def load_regime(path: str | Path, protocol: str | None = None) -> tuple[Regime, StudyConfig]:
+    """A regime file: a study config (the template of ``Regime.configs``; under ``protocol`` when given) with a
+    ``regime:`` mapping of ``Regime``'s fields (``size``, ``counts``, ``count``, ``sizes``, ``attacks``,
+    ``triggers``; the built-in values where absent). An unknown field is a ValueError naming it."""
+    raw = read_config_file(path)
+    fields = raw.pop("regime", None) or {}
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path}: regime must be a mapping of {list(Regime.__dataclass_fields__)}")
+    unknown = sorted(set(fields) - set(Regime.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{path}: unknown regime field(s) {unknown}; valid: {list(Regime.__dataclass_fields__)}")
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    regime = Regime(**values)
+    template = StudyConfig.from_dict(raw if protocol is None else {**raw, "protocol": protocol})
+    return regime, template
 
 
 @dataclass

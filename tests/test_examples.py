@@ -9,6 +9,7 @@ from artmed.data.tasks import task_prompts
 from artmed.estimator import MedCLIPEstimator
 from artmed.evaluations.config import StudyConfig
 from artmed.evaluations.protocol import RELEASED_BADDIST, RELEASED_TRAIN
+from artmed.evaluations.regime import load_regime
 from artmed.models import save_tokenizer
 from artmed.models.config import RELEASED_LOGIT_SCALE_MAX
 from test_study_sources import write_covid, write_mimic, write_rsna
@@ -74,4 +75,24 @@ def test_paper_configs_pass_every_check_on_real_layouts(name, roots, tmp_path, m
 
 def test_every_example_config_loads():
     for path in sorted(EXAMPLES.glob("*.yaml")):
-        assert StudyConfig.from_yaml(path).attacks, path.name
+        if path.name.startswith("regime_"):
+            assert load_regime(path)[0].points(), path.name
+        else:
+            assert StudyConfig.from_yaml(path).attacks, path.name
+
+
+def test_regime_example_runs_the_papers_regime_on_real_layouts(roots, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    regime, template = load_regime(localised("regime_resnet50.yaml", roots, tmp_path))
+    assert min(count / n for n, count in regime.points()) == pytest.approx(0.0005)
+    configs = regime.configs("out", template)
+    assert [c.data.n_train for c in configs] == [5000, 10000, 20000]
+    assert [c.train.steps for c in configs] == [1562, 3125, 6250]  # 10 passes of 32 at every size
+    for config in configs:
+        assert config.protocol == "released" and config.model.variant == "resnet50"
+        assert config.data.source == "mimic_cxr" and config.data.native_trigger
+        triggers = {a.trigger: a.trigger_params for a in config.attacks if a.attack != "clean"}
+        assert triggers["fourier"] == {"unnormalized": True}
+        assert all(a.baddist_params == RELEASED_BADDIST for a in config.attacks if "baddist" in a.attack)
+        assert {d.name for d in config.defenses} >= {"spectre", "scan", "strip", "decree", "cleanclip"}
+        config.check_runnable()
