@@ -583,6 +583,19 @@ class Harness:
         base = _LazyBase(self, run, base_error)
         self._attack_cells(run, replace(spec, seed=run.seed), base, StudyResult([], [], self.output_dir))
 
+    def score_saved(self, run: _SeedData, model: AttackSpec, under: AttackSpec) -> dict[str, Any]:
+        """The finished model of the cell ``model`` (seeded ``run.seed``) scored on ``run``'s tasks under ``under``'s
+        trigger and target (e.g. a clean model under an attack's trigger: what the trigger alone does); a
+        ValueError names a model that is not finished and saved."""
+        key = self._key(replace(model, seed=run.seed))
+        path = self.output_dir / "models" / key
+        if not (self._finished("model", key, run.seed, replace(model, seed=run.seed)) and path.exists()):
+            raise ValueError(
+                f"no finished, saved model {key!r} of this code in {self.output_dir}: run the study (or pass "
+                "reuse_stale=True to score a model other artmed code saved)"
+            )
+        return self._score_all_tasks(run, self._load_model(path), replace(under, seed=run.seed), None)
+
     def _run_defenses(
         self,
         run: _SeedData,

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from artmed.attacks.pipeline import AttackSpec
 from artmed.evaluations.aggregate import format_summary, summarize
 from artmed.evaluations.config import StudyConfig, read_config_file
-from artmed.evaluations.report import write_table
+from artmed.evaluations.report import flatten_record, write_table
 from artmed.evaluations.store import atomic_write
 from artmed.evaluations.study import DEFAULT_SEEDS, _seeds, default_config, run_study
 from artmed.evaluations.verdicts import format_verdicts, verdicts
@@ -46,6 +46,7 @@ __all__ = [
     "run_regime",
     "load_regime",
     "read_regime",
+    "trigger_baselines",
     "plot_regime",
     "write_regime",
 ]
@@ -203,9 +204,43 @@ def run_regime(
         if result.interrupted:
             interrupted = True
             break
+    regime = regime or Regime()
     models, defenses = read_regime([Path(c.output_dir) for c in configs])
-    paths = write_regime(Path(output_dir), models, defenses, regime or Regime())
+    models += trigger_baselines(configs, regime, reuse_stale=bool(run_options.get("reuse_stale", False)))
+    paths = write_regime(Path(output_dir), models, defenses, regime)
     return RegimeResult(models, defenses, failed, interrupted, paths)
+
+
+def trigger_baselines(
+    configs: Sequence[StudyConfig], regime: Regime, reuse_stale: bool = False
+) -> list[dict[str, Any]]:
+    """What each trigger alone does: every finished clean model of the sub-studies scored under each of the
+    regime's triggers (the trigger and target of the study's first attack with it), one record per size, seed and
+    trigger (``attack`` "clean", ``trigger`` set, ``n_poison`` 0). An attacked model's ASR means a backdoor only
+    where it clears this. ``reuse_stale``: score clean models that other artmed code saved."""
+    from artmed.evaluations.harness import Harness
+
+    records: list[dict[str, Any]] = []
+    for config in configs:
+        clean = next((spec for spec in config.attacks if spec.attack == "clean"), None)
+        unders = {
+            t: next((s for s in config.attacks if s.trigger == t and s.attack != "clean"), None)
+            for t in regime.triggers
+        }
+        if clean is None:
+            continue
+        harness = Harness(config, verbose=False, reuse_stale=reuse_stale)
+        for seed in config.seed_list:
+            if not (Path(config.output_dir) / "models" / config.attack_key(replace(clean, seed=seed))).exists():
+                continue
+            run = harness.load_data(seed)
+            for trigger, under in unders.items():
+                if under is None:
+                    continue
+                scores = harness.score_saved(run, clean, under)
+                record = {"attack": "clean", "trigger": trigger, "n_train": config.data.n_train, "n_poison": 0}
+                records.append({**record, "percent_poison": 0.0, "seed": seed, **flatten_record(scores)})
+    return records
 
 
 def read_regime(folders: Sequence[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -251,8 +286,9 @@ def write_regime(
         sorted(defenses, key=lambda r: tuple(_order(r.get(k)) for k in (*VERDICT_KEYS, "seed"))), VERDICT_KEYS
     )
     text = (
-        "Attacked models per regime point, mean ± std over seeds [95 % t-interval of the mean, kept inside [0, 1]]:"
-        "\n\n"
+        "Attacked models per regime point, mean ± std over seeds [95 % t-interval of the mean, kept inside [0, 1]];"
+        " clean rows: the clean model at each size (trigger -: as its study scored it) and under each trigger alone"
+        " (`trigger_baselines`: an attacked model's ASR is a backdoor only where it clears its trigger's):\n\n"
         + format_summary(rows, MODEL_KEYS, MODEL_METRICS)
         + "\n\nEach defense's deciding statistic per seed and verdict per point (`artmed.evaluations.verdicts`):\n\n"
         + format_verdicts(judged, keys=VERDICT_KEYS)
@@ -262,6 +298,7 @@ def write_regime(
     figures = output_dir / "figures"
     figures.mkdir(exist_ok=True)
     attacked = [r for r in rows if (r.get("n_poison") or 0) > 0]
+    clean = [r for r in rows if r.get("attack") == "clean"]
     drawn = {
         "rate": ("percent_poison", "poison rate", (("a", "-"), ("b", "--")), "ASR and CA against the poison rate"),
         "count": ("n_poison", "poisoned images", (("a", "-"),), f"ASR and CA against the count ({regime.size} images)"),
@@ -273,7 +310,7 @@ def write_regime(
         ),
     }
     for name, (x, xlabel, axes, title) in drawn.items():
-        path = plot_regime(attacked, figures / f"regime_{name}.png", regime, x, xlabel, axes, title)
+        path = plot_regime(attacked, figures / f"regime_{name}.png", regime, x, xlabel, axes, title, clean)
         if path is not None:
             paths[f"figure_{name}"] = path
     return paths
@@ -317,10 +354,12 @@ def plot_regime(
     xlabel: str,
     axes: Sequence[tuple[str, str]],
     title: str,
+    clean: Sequence[Mapping[str, Any]] = (),
 ) -> Path | None:
     """ASR and CA panels against ``x`` (log scale) for each (axis, line style) of ``axes``, one colour per attack ×
     trigger; None (no file) when no line has two points. Against the rate, axis (a) (more poisoned images) is solid
-    and axis (b) (more clean images around one count) dashed: where the backdoor follows the rate, they coincide."""
+    and axis (b) (more clean images around one count) dashed: where the backdoor follows the rate, they coincide.
+    The ``clean`` models' rows are drawn dotted as references (``_references``)."""
     series = [(axis, style, _series(rows, regime, axis)) for axis, style in axes]
     names = sorted({line for _, _, lines in series for line in lines})
     if not names:
@@ -333,14 +372,36 @@ def plot_regime(
             for line, mine in lines.items():
                 where = f"{regime.size} images" if axis == "a" else f"{regime.count} poisoned"
                 _draw(ax, mine, x, metric, f"{line}, {where}", style, colors[line])
+        _references(ax, clean, regime, x, metric)
         ax.set(xlabel=xlabel, ylabel=name, ylim=(-0.02, 1.05))
         ax.set_xscale("log")
         ticks = sorted({float(r[x]) for _, _, lines in series for mine in lines.values() for r in mine})
         ax.set_xticks(ticks, [f"{t:.2%}" if x == "percent_poison" else f"{t:g}" for t in ticks])
         ax.minorticks_off()
         ax.grid(alpha=0.3)
-    panels[0].legend(fontsize=7, loc="best")
+    for ax in panels:
+        ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"{title} (mean over seeds, 95 % t-interval)")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     return atomic_write(path, buffer.getvalue())
+
+
+def _references(ax: Any, clean: Sequence[Mapping[str, Any]], regime: Regime, x: str, metric: str) -> None:
+    """The clean models dotted, grey: against the size a line over the sizes, else a level at axis (a)'s size. ASR:
+    each trigger's baseline (``trigger_baselines``: the trigger alone); CA: the clean model's."""
+    rows = (
+        [r for r in clean if r.get("trigger") is not None]
+        if metric == "asr"
+        else [r for r in clean if r.get("trigger") is None]
+    )
+    for i, trigger in enumerate(sorted({str(r.get("trigger")) for r in rows})):
+        mine = sorted((r for r in rows if str(r.get("trigger")) == trigger), key=lambda r: r["n_train"])
+        label = f"clean model · {trigger} (no poison)" if metric == "asr" else "clean model"
+        style = {"color": "0.45" if i == 0 else "0.7", "linestyle": ":", "linewidth": 1.5}
+        if x == "n_train":
+            ax.plot([r["n_train"] for r in mine], [r[metric] for r in mine], marker="x", label=label, **style)
+        else:
+            level = [r[metric] for r in mine if r["n_train"] == regime.size]
+            if level:
+                ax.axhline(level[0], label=f"{label}, {regime.size} images", **style)

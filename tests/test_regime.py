@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from artmed.attacks.pipeline import AttackSpec
 from artmed.evaluations import cli
 from artmed.evaluations import regime as regime_module
 from artmed.evaluations.config import DataConfig, DefenseSpec, TrainConfig
+from artmed.evaluations.harness import Harness
 from artmed.evaluations.regime import Regime, RegimeResult, load_regime, read_regime, regime_configs, run_regime
 
 
@@ -87,6 +89,12 @@ def test_small_regime_runs_into_its_table_and_figures_and_resumes(tmp_path):
     result = run_regime(str(tmp_path), configs, regime, verbose=False)
     assert not result.failed and not result.interrupted
     attacked = [r for r in result.models if r["attack"] != "clean"]
+    cells = {(r["n_train"], r["seed"]): r for r in result.models if r["attack"] == "clean" and r["trigger"] is None}
+    alone = [r for r in result.models if r["attack"] == "clean" and r["trigger"] is not None]
+    assert len(alone) == len(cells)  # one trigger: each clean model scored under it
+    for record in alone:  # the trigger alone on the clean model, scored as its study scored it
+        assert record["asr"] == cells[(record["n_train"], record["seed"])]["asr"]
+        assert record["ca"] == cells[(record["n_train"], record["seed"])]["ca"]
     assert sorted({(r["n_train"], r["n_poison"]) for r in attacked}) == [(80, 2), (80, 8), (160, 2)]
     assert len(result.defenses) == len(attacked) * 2
     assert all(r["n_poison"] in (2, 8) for r in result.defenses)
@@ -96,13 +104,16 @@ def test_small_regime_runs_into_its_table_and_figures_and_resumes(tmp_path):
         assert result.paths[f"figure_{name}"].stat().st_size > 0
     rows = json.loads(result.paths["models_json"].read_text())
     assert len(rows) == len(result.models)
-    cells = sorted(tmp_path.glob("n*/cells/*/*.json"))
-    stamps = {p: p.stat().st_mtime_ns for p in cells}
+    files = sorted(tmp_path.glob("n*/cells/*/*.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in files}
     again = run_regime(str(tmp_path), configs, regime, verbose=False)
-    assert {p: p.stat().st_mtime_ns for p in cells} == stamps  # resumed: no cell recomputed
+    assert {p: p.stat().st_mtime_ns for p in files} == stamps  # resumed: no cell recomputed
     assert again.paths["summary"].read_text() == text
+    harness = Harness(configs[0], verbose=False)
+    with pytest.raises(ValueError, match="no finished, saved model 'badmatch-patch-p0.5-s0'"):
+        harness.score_saved(harness.load_data(0), AttackSpec("badmatch", percent_poison=0.5), configs[0].attacks[0])
     models, defenses = read_regime([Path(c.output_dir) for c in configs] + [tmp_path / "n999"])  # missing: skipped
-    assert len(models) == len(result.models) and len(defenses) == len(result.defenses)
+    assert len(models) == len(result.models) - len(alone) and len(defenses) == len(result.defenses)
 
 
 def test_cli_regime_preset_runs_every_size_with_the_options(tmp_path, monkeypatch, capsys):
