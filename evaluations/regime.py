@@ -47,6 +47,7 @@ __all__ = [
     "load_regime",
     "read_regime",
     "trigger_baselines",
+    "verdict_map",
     "plot_regime",
     "write_regime",
 ]
@@ -290,6 +291,8 @@ def write_regime(
         " clean rows: the clean model at each size (trigger -: as its study scored it) and under each trigger alone"
         " (`trigger_baselines`: an attacked model's ASR is a backdoor only where it clears its trigger's):\n\n"
         + format_summary(rows, MODEL_KEYS, MODEL_METRICS)
+        + "\n\n"
+        + verdict_map(judged, regime)
         + "\n\nEach defense's deciding statistic per seed and verdict per point (`artmed.evaluations.verdicts`):\n\n"
         + format_verdicts(judged, keys=VERDICT_KEYS)
         + "\n"
@@ -314,6 +317,32 @@ def write_regime(
         if path is not None:
             paths[f"figure_{name}"] = path
     return paths
+
+
+def verdict_map(judged: Sequence[Mapping[str, Any]], regime: Regime) -> str:
+    """A markdown table of the ``verdicts`` rows: a row per defense, a column per attack × trigger, and in each cell
+    one letter per regime point in ``Regime.points`` order: Y detects / mitigates, N does not, ? inconclusive,
+    - not run."""
+    letters = {"detects": "Y", "mitigates": "Y", "does not detect": "N", "does not mitigate": "N"}
+    columns = sorted({(str(r["attack"]), str(r["trigger"])) for r in judged})
+    defenses = list(dict.fromkeys(str(r["defense"]) for r in judged))
+    found = {(str(r["defense"]), str(r["attack"]), str(r["trigger"]), r["n_train"], r["n_poison"]): r for r in judged}
+    points = regime.points()
+    lines = [
+        "Verdicts per point, one letter each in the order "
+        + ", ".join(f"{count} of {n}" for n, count in points)
+        + " (poisoned of training images): Y detects / mitigates on every seed, N does not on any, ? inconclusive:",
+        "",
+        "| defense | " + " | ".join(f"{attack} · {trigger}" for attack, trigger in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for defense in defenses:
+        cells = []
+        for attack, trigger in columns:
+            marks = [found.get((defense, attack, trigger, n, count)) for n, count in points]
+            cells.append("`" + "".join("-" if r is None else letters.get(r["verdict"], "?") for r in marks) + "`")
+        lines.append(f"| {defense} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _order(value: Any) -> tuple[int, Any]:

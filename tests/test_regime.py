@@ -2,6 +2,7 @@
 regime run end to end into its table and figures."""
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -100,6 +101,7 @@ def test_small_regime_runs_into_its_table_and_figures_and_resumes(tmp_path):
     assert all(r["n_poison"] in (2, 8) for r in result.defenses)
     text = result.paths["summary"].read_text()
     assert text.count("| badmatch | patch |") == 3 + 3 * 2  # three model rows, then two defenses per point
+    assert re.search(r"\| spectral_signatures \| `[YN?]{3}` \| `[YN?]{3}` \|", text)  # the map: 3 points
     for name in ("rate", "count", "size"):
         assert result.paths[f"figure_{name}"].stat().st_size > 0
     rows = json.loads(result.paths["models_json"].read_text())
