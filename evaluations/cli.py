@@ -52,44 +52,28 @@ def _run(args: argparse.Namespace) -> int:
 def _run_regime(args: argparse.Namespace, options: Mapping[str, Any]) -> int:
     """``artmed run --preset regime``: one study per training-set size (``artmed.evaluations.regime``), from the
     built-in regime or a ``--config`` regime file (a study config with a ``regime:`` mapping), then the regime's
-    tables and figures in the output folder."""
-    from dataclasses import replace
-
+    tables and figures in the output folder. The options apply to the study every size starts from, as
+    ``_study_config`` applies them to a study."""
     from artmed.evaluations.regime import Regime, load_regime, run_regime
 
     output = args.output or "artmed-regime"
-    regime, template = load_regime(args.config, protocol=args.protocol) if args.config else (Regime(), None)
-    if template is None and args.protocol:
-        from artmed.evaluations.study import default_config
-
-        template = default_config(output).with_protocol(args.protocol)
-    if args.seeds is not None:
-        seeds = list(range(args.seed or 0, (args.seed or 0) + args.seeds))
-    elif args.seed is not None:
-        seeds = [args.seed]
-    else:
-        seeds = None
-    configs = []
-    for config in regime.configs(output, template, seeds):
-        if args.device:
-            config.device = args.device
-        configs.append(replace(config))
-    result = run_regime(output, configs, regime, **options)
+    regime, loaded = load_regime(args.config, protocol=args.protocol) if args.config else (Regime(), None)
+    result = run_regime(output, regime.configs(output, _study_config(args, loaded)), regime, **options)
     print(result.paths["summary"].read_text())
     print(f"\nRegime tables and figures in {output}/ (regime_summary.md, regime_models.csv, figures/)")
     return 130 if result.interrupted else 1 if result.failed else 0
 
 
-def _study_config(args: argparse.Namespace) -> StudyConfig:
-    """The study ``artmed run`` was asked for: the ``--config`` file or a preset, with the options applied and
-    checked."""
+def _study_config(args: argparse.Namespace, loaded: StudyConfig | None = None) -> StudyConfig:
+    """The study ``artmed run`` was asked for: the ``--config`` file (``loaded`` when the caller read it) or a
+    preset, with the options applied and checked."""
     from dataclasses import replace
 
     from artmed.evaluations.config import StudyConfig
     from artmed.evaluations.study import default_config, quick_config, sweep_config
 
     if args.config:
-        config = StudyConfig.from_yaml(args.config, protocol=args.protocol)
+        config = loaded or StudyConfig.from_yaml(args.config, protocol=args.protocol)
         if args.output:
             config.output_dir = args.output
         if args.seed is not None:
@@ -97,7 +81,8 @@ def _study_config(args: argparse.Namespace) -> StudyConfig:
         if args.seeds is not None:
             config.seeds = list(range(config.seed, config.seed + args.seeds))
     else:
-        preset = {"default": default_config, "sweep": sweep_config, "quick": quick_config}[args.preset]
+        presets = {"default": default_config, "sweep": sweep_config, "quick": quick_config, "regime": default_config}
+        preset = presets[args.preset]  # the regime's studies start from the default one
         default_output = "artmed-output" if args.preset == "default" else f"artmed-{args.preset}"
         counts = {} if args.seeds is None else {"n_seeds": args.seeds}
         config = preset(args.output or default_output, seed=args.seed or 0, **counts)

@@ -587,9 +587,10 @@ class Harness:
         """The finished model of the cell ``model`` (seeded ``run.seed``) scored on ``run``'s tasks under ``under``'s
         trigger and target (e.g. a clean model under an attack's trigger: what the trigger alone does); a
         ValueError names a model that is not finished and saved."""
-        key = self._key(replace(model, seed=run.seed))
+        model = replace(model, seed=run.seed)
+        key = self._key(model)
         path = self.output_dir / "models" / key
-        if not (self._finished("model", key, run.seed, replace(model, seed=run.seed)) and path.exists()):
+        if not (self._finished("model", key, run.seed, model) and path.exists()):
             raise ValueError(
                 f"no finished, saved model {key!r} of this code in {self.output_dir}: run the study (or pass "
                 "reuse_stale=True to score a model other artmed code saved)"

@@ -15,7 +15,6 @@ a GPU) as the template, with the axes under ``regime:``.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -28,7 +27,7 @@ from matplotlib.figure import Figure
 from artmed.attacks.pipeline import AttackSpec
 from artmed.evaluations.aggregate import format_summary, summarize
 from artmed.evaluations.config import StudyConfig, read_config_file
-from artmed.evaluations.report import flatten_record, write_table
+from artmed.evaluations.report import flatten_record, save_figure, write_table
 from artmed.evaluations.store import atomic_write
 from artmed.evaluations.study import DEFAULT_SEEDS, _seeds, default_config, run_study
 from artmed.evaluations.verdicts import format_verdicts, verdicts
@@ -411,9 +410,7 @@ def plot_regime(
     for ax in panels:
         ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"{title} (mean over seeds, 95 % t-interval)")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    return atomic_write(path, buffer.getvalue())
+    return save_figure(fig, path)
 
 
 def _references(ax: Any, clean: Sequence[Mapping[str, Any]], regime: Regime, x: str, metric: str) -> None:

@@ -62,6 +62,7 @@ __all__ = [
     "plot_poison_rate_sweep",
     "plot_baddist_separation",
     "plot_trigger_examples",
+    "save_figure",
     "setting_label",
 ]
 
@@ -284,7 +285,7 @@ def _save_roc(
         title=title,
     )
     _finish(ax, skipped=skipped)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _detection_inputs(name: Any, value: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -354,7 +355,7 @@ def plot_ca_asr_bars(records: Sequence[Mapping[str, Any]], path: str | Path, tit
     axes[0].set_yticks(ys, groups, fontsize=8)
     axes[0].invert_yaxis()
     fig.suptitle(title or "CA and ASR before and after each defense", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_heatmap(
@@ -394,7 +395,7 @@ def plot_heatmap(
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.04)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_tradeoff(steps: Sequence[Mapping[str, Any]], path: str | Path, title: str | None = None) -> Path | None:
@@ -437,7 +438,7 @@ def plot_tradeoff(steps: Sequence[Mapping[str, Any]], path: str | Path, title: s
     fig.suptitle(
         title or "Mitigations: CA and ASR of the models each one passed through (one line per seed)", fontsize=10
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_inverted_trigger(mask: Any, pattern: Any | None, path: str | Path, title: str | None = None) -> Path:
@@ -458,7 +459,7 @@ def plot_inverted_trigger(mask: Any, pattern: Any | None, path: str | Path, titl
         ax.imshow(np.clip(image, 0.0, 1.0), cmap="gray", vmin=0.0, vmax=1.0)
         ax.set(title=name, xticks=[], yticks=[])
     fig.suptitle(title or "Inverted trigger", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_score_histograms(
@@ -499,7 +500,7 @@ def plot_score_histograms(
         ax.set_visible(False)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_feature_projection(
@@ -534,7 +535,7 @@ def plot_feature_projection(
     ax.set(xlabel=f"PC1 ({ratio[0]:.1%} of variance)", ylabel=f"PC2 ({ratio[1]:.1%} of variance)")
     ax.set_title(title or "Training features, first two principal components")
     _finish(ax)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _subset(indices: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
@@ -597,7 +598,7 @@ def plot_poison_rate_sweep(
         ax.legend(fontsize=8, loc="best")
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_baddist_separation(
@@ -643,7 +644,7 @@ def plot_baddist_separation(
         xlabel="cosine to the clean encoder (held-out test images; dots: seeds, bar: mean ± std)",
     )
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_trigger_examples(path: str | Path, image_size: int = 96, seed: int = 0) -> Path:
@@ -670,7 +671,7 @@ def plot_trigger_examples(path: str | Path, image_size: int = 96, seed: int = 0)
         ax.set(xticks=[], yticks=[])
     axes[1, 0].set_visible(False)  # the clean image changes nothing
     fig.suptitle(f"Triggers on a phantom radiograph ({image_size} px)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def setting_label(record: Mapping[str, Any]) -> str:
@@ -745,7 +746,7 @@ def _skip(path: str | Path, reason: str) -> None:
     warnings.warn(f"{path.name} not drawn: {reason}", NoFigureWarning, stacklevel=3)
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     buffer = io.BytesIO()
     fig.savefig(buffer, format=path.suffix.lstrip(".").lower() or "png", dpi=120, bbox_inches="tight")

@@ -156,13 +156,13 @@ def test_inverted_trigger_errors_name_the_array(tmp_path):
 def drawn(monkeypatch):
     """The matplotlib Figures the plot functions save, in order (the PNGs are still written)."""
     figures = []
-    save = report._save
+    save = report.save_figure
 
     def keep(fig, path):
         figures.append(fig)
         return save(fig, path)
 
-    monkeypatch.setattr(report, "_save", keep)
+    monkeypatch.setattr(report, "save_figure", keep)
     return figures
 
 
