@@ -219,15 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--workers",
         type=_positive,
-        default=1,
         help="compute independent cells (each attacked model with its defenses) in this many processes through "
-        "Ray (pip install 'artmed[ray]'); the tables are those of --workers 1",
+        "Ray (pip install 'artmed[ray]'); the tables are those of --workers 1 (default: on the CPU with Ray "
+        "installed, one per --threads cores, at most one per attacked model; else 1)",
     )
     run.add_argument(
         "--threads",
         type=_positive,
-        help="torch and BLAS threads per cell, the same for every worker (default: torch's, the number of cores); "
-        "it changes floating-point results, so compare runs made with the same value",
+        default=1,
+        help="torch and BLAS threads per cell, the same for every worker (default: 1, so the numbers do not depend "
+        "on the machine's core count); it changes floating-point results, so compare runs made with the same value",
     )
     run.add_argument(
         "--ray-address",

@@ -13,6 +13,7 @@ nodes, or its SLURM launch scripts), passes each task's inputs as they finish, a
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import warnings
@@ -26,6 +27,13 @@ if TYPE_CHECKING:
     from artmed.evaluations.config import StudyConfig
     from artmed.evaluations.harness import Harness
 
+DEFAULT_THREADS = 1
+"""Threads per cell when not told (``artmed run --threads``): one, so that a study's numbers are the same on machines
+with any number of cores (the thread count changes floating-point results); the cores go to workers instead."""
+AUTO_MIN_STEPS = 1000
+"""Victim training steps in all (seeds x attacked models x ``train.steps``) below which a study runs serially when not
+told otherwise: Ray's start (~10 s) would outweigh the gain (the quick preset, 20 steps: 12 s serial, 26 s with two
+workers on 2 cores)."""
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _WORKER_STATE: dict[str, Any] = {}
 """One worker process's harness and the data of the last seed it loaded (a worker takes many tasks)."""
@@ -38,6 +46,41 @@ def import_ray() -> Any:
     except ImportError as exc:
         raise ImportError("artmed run --workers needs Ray: pip install 'artmed[ray]' (or pip install ray)") from exc
     return ray
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def auto_workers(config: StudyConfig, threads: int) -> int:
+    """The worker processes a study gets when not told (``artmed run`` without ``--workers``): one per ``threads``
+    cores this process may use, at most one per attacked model of the study, where the study runs on the CPU, outside
+    ``torchrun``, with Ray installed; otherwise 1 (a serial run, with a hint where Ray would have used more cores).
+    A study whose victims train fewer than ``AUTO_MIN_STEPS`` steps in all (the quick preset) runs serially: starting
+    Ray's processes would cost it more than it gains. The tables are the same for any number of workers, so this
+    choice only sets the wall time."""
+    from artmed.device import resolve_device
+    from artmed.distributed import world_size
+
+    models = len(config.seed_list) * len(config.attacks)
+    wanted = min(usable_cores() // threads, models)
+    torchrun = world_size() > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if (
+        wanted <= 1
+        or models * config.train.steps < AUTO_MIN_STEPS
+        or torchrun
+        or resolve_device(config.device).type != "cpu"
+    ):
+        return 1
+    if importlib.util.find_spec("ray") is None:
+        warnings.warn(
+            f"the study's cells run one after another on {threads} thread(s) of the {usable_cores()} cores here: "
+            f"pip install 'artmed[ray]' to run {wanted} at once (the tables stay the same)",
+            stacklevel=3,
+        )
+        return 1
+    return wanted
 
 
 def compute_cells(harness: Harness, workers: int, threads: int, address: str | None = None) -> list[str]:
@@ -78,7 +121,7 @@ def compute_cells(harness: Harness, workers: int, threads: int, address: str | N
 def _warn_oversubscribed(workers: int, threads: int) -> None:
     """Warn when ``workers`` processes of ``threads`` threads each ask for more cores than this process may use: the
     threads then wait on each other (the default study with 2 x 2 on 2 cores ran several times slower than serial)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     if workers * threads > cores:
         warnings.warn(
             f"{workers} workers x {threads} threads oversubscribe the {cores} cores here: the study will run slower "

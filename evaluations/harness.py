@@ -58,6 +58,7 @@ from artmed.device import thread_limit
 from artmed.distributed import is_main_process, world_size
 from artmed.estimator import MedCLIPEstimator
 from artmed.evaluations.config import DefenseSpec, StudyConfig, TrainConfig
+from artmed.evaluations.engine import DEFAULT_THREADS, auto_workers, compute_cells
 from artmed.evaluations.metrics import defense_effectiveness_rating, detection_metrics, input_screen_metrics
 from artmed.evaluations.preflight import check_study_data
 from artmed.evaluations.resources import measure
@@ -92,30 +93,31 @@ class Harness:
     """Runs a ``StudyConfig``; ``run()`` returns a ``StudyResult`` and leaves cells, models and tables on disk.
 
     ``workers`` > 1 or a Ray cluster's ``address``: the missing cells are computed in Ray tasks first
-    (``artmed.evaluations.engine``), then read back; ``threads``: torch's and the BLAS libraries' thread count for
-    every cell, in this process and in the workers (default: this process's torch thread count), since it changes
-    floating-point results."""
+    (``artmed.evaluations.engine``), then read back; None: as many as the cores allow (``engine.auto_workers``).
+    ``threads``: torch's and the BLAS libraries' thread count for every cell, in this process and in the workers
+    (default 1, so that a study's numbers do not depend on the machine's core count; None: leave this process's
+    torch thread count), since it changes floating-point results."""
 
     def __init__(
         self,
         config: StudyConfig,
         verbose: bool = True,
         reuse_stale: bool = False,
-        workers: int = 1,
-        threads: int | None = None,
+        workers: int | None = None,
+        threads: int | None = DEFAULT_THREADS,
         address: str | None = None,
     ) -> None:
         if not isinstance(config, StudyConfig):
             raise ValueError(f"Harness needs a StudyConfig, got {type(config).__name__}")
         for name, value in (("workers", workers), ("threads", threads)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
         config.check_runnable()
         self.config = config
         self.verbose = verbose
         self.reuse_stale = reuse_stale
-        self.workers = workers
         self.threads = threads
+        self.workers = workers if workers is not None else auto_workers(config, threads or torch.get_num_threads())
         self.address = address
         self.output_dir = Path(config.output_dir)
         self.store = ResultStore(self.output_dir / "cells")
@@ -461,13 +463,21 @@ class Harness:
             )
 
     def _screen_inputs(self, run: _SeedData, name: str, screen: InputScreen, truth: _Truth) -> dict[str, Any]:
-        """An input screen scored on the clean test images and their triggered copies (which only the harness has)."""
-        clean, triggered = (np.asarray(screen.score(x), dtype=np.float64) for x in (run.x_test, truth.x_test_triggered))
+        """An input screen scored on the clean test images and their triggered copies (which only the harness has);
+        ``screen_seconds``: the time that took (``seconds`` is the screen's set-up: STRIP's threshold)."""
+        with measure() as cost:
+            clean, triggered = (
+                np.asarray(screen.score(x), dtype=np.float64) for x in (run.x_test, truth.x_test_triggered)
+            )
         for which, scores, x in (("clean", clean, run.x_test), ("triggered", triggered, truth.x_test_triggered)):
             if scores.shape != (len(x),):
                 raise ValueError(f"{name}: score() gave shape {scores.shape} for {len(x)} {which} inputs")
         fields = input_screen_metrics(clean, triggered, screen.threshold)
-        return {**fields, "arrays": {"clean_scores": clean, "triggered_scores": triggered}}
+        return {
+            **fields,
+            "screen_seconds": cost.seconds,
+            "arrays": {"clean_scores": clean, "triggered_scores": triggered},
+        }
 
     def _retrain_filtered(
         self, run: _SeedData, spec: AttackSpec, base: _LazyBase, flags: np.ndarray
@@ -502,8 +512,6 @@ class Harness:
             try:
                 with thread_limit(self.threads):
                     if self.workers > 1 or self.address is not None:
-                        from artmed.evaluations.engine import compute_cells
-
                         threads = self.threads or torch.get_num_threads()
                         self.stale += compute_cells(self, self.workers, threads, self.address)
                     self._run_cells(result)
@@ -595,7 +603,8 @@ class Harness:
                 f"no finished, saved model {key!r} of this code in {self.output_dir}: run the study (or pass "
                 "reuse_stale=True to score a model other artmed code saved)"
             )
-        return self._score_all_tasks(run, self._load_model(path), replace(under, seed=run.seed), None)
+        with thread_limit(self.threads):
+            return self._score_all_tasks(run, self._load_model(path), replace(under, seed=run.seed), None)
 
     def _run_defenses(
         self,

@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from artmed.attacks.pipeline import AttackSpec
 from artmed.evaluations.aggregate import format_summary, summarize
 from artmed.evaluations.config import StudyConfig, read_config_file
+from artmed.evaluations.engine import DEFAULT_THREADS
 from artmed.evaluations.report import flatten_record, save_figure, write_table
 from artmed.evaluations.store import atomic_write
 from artmed.evaluations.study import DEFAULT_SEEDS, _seeds, default_config, run_study
@@ -206,18 +207,20 @@ def run_regime(
             break
     regime = regime or Regime()
     models, defenses = read_regime([Path(c.output_dir) for c in configs])
-    models += trigger_baselines(configs, regime, reuse_stale=bool(run_options.get("reuse_stale", False)))
+    baseline_options = {k: run_options[k] for k in ("reuse_stale", "threads") if k in run_options}
+    models += trigger_baselines(configs, regime, **baseline_options)
     paths = write_regime(Path(output_dir), models, defenses, regime)
     return RegimeResult(models, defenses, failed, interrupted, paths)
 
 
 def trigger_baselines(
-    configs: Sequence[StudyConfig], regime: Regime, reuse_stale: bool = False
+    configs: Sequence[StudyConfig], regime: Regime, reuse_stale: bool = False, threads: int | None = DEFAULT_THREADS
 ) -> list[dict[str, Any]]:
     """What each trigger alone does: every finished clean model of the sub-studies scored under each of the
     regime's triggers (the trigger and target of the study's first attack with it), one record per size, seed and
     trigger (``attack`` "clean", ``trigger`` set, ``n_poison`` 0). An attacked model's ASR means a backdoor only
-    where it clears this. ``reuse_stale``: score clean models that other artmed code saved."""
+    where it clears this. ``reuse_stale``: score clean models that other artmed code saved; ``threads``: as the
+    sub-studies ran (``Harness``)."""
     from artmed.evaluations.harness import Harness
 
     records: list[dict[str, Any]] = []
@@ -229,7 +232,7 @@ def trigger_baselines(
         }
         if clean is None:
             continue
-        harness = Harness(config, verbose=False, reuse_stale=reuse_stale)
+        harness = Harness(config, verbose=False, reuse_stale=reuse_stale, threads=threads)
         for seed in config.seed_list:
             if not (Path(config.output_dir) / "models" / config.attack_key(replace(clean, seed=seed))).exists():
                 continue

@@ -30,6 +30,7 @@ from artmed.evaluations.aggregate import (
 )
 from artmed.evaluations.compare import trajectories
 from artmed.evaluations.config import DataConfig, DefenseSpec, StudyConfig, TrainConfig
+from artmed.evaluations.engine import DEFAULT_THREADS
 from artmed.evaluations.harness import Harness, StudyResult
 from artmed.evaluations.report import (
     format_table,
@@ -316,8 +317,8 @@ def run_study(
     config: StudyConfig,
     verbose: bool = True,
     reuse_stale: bool = False,
-    workers: int = 1,
-    threads: int | None = None,
+    workers: int | None = None,
+    threads: int | None = DEFAULT_THREADS,
     address: str | None = None,
 ) -> tuple[StudyResult, dict[str, Path]]:
     """Run (or resume) a study and write its outputs. Under ``torchrun`` every rank runs it (training data-parallel,

@@ -103,3 +103,71 @@ def test_more_threads_than_cores_is_warned(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         engine._warn_oversubscribed(2, 1)
+
+
+def _cores(monkeypatch, n: int) -> None:
+    from artmed.evaluations import engine
+
+    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: set(range(n)), raising=False)
+
+
+def _study(tmp_path):
+    """2 attacked models x 3 seeds x 200 steps: enough work for workers."""
+    config = quick_config(str(tmp_path / "x"), n_seeds=3)
+    config.train.steps = 200
+    return config
+
+
+@pytest.mark.auto_workers
+def test_workers_default_to_the_cores_per_thread_count(monkeypatch, tmp_path):
+    config = _study(tmp_path)
+    _cores(monkeypatch, 4)
+    assert Harness(config, verbose=False).workers == 4
+    assert Harness(config, verbose=False, threads=2).workers == 2
+    _cores(monkeypatch, 16)
+    assert Harness(config, verbose=False).workers == 6  # one per attacked model at most
+    assert Harness(config, verbose=False, workers=1).workers == 1
+    _cores(monkeypatch, 1)
+    assert Harness(config, verbose=False, workers=None).workers == 1
+
+
+@pytest.mark.auto_workers
+def test_a_study_too_small_for_rays_start_runs_serially(monkeypatch, tmp_path):
+    from artmed.evaluations import engine
+
+    _cores(monkeypatch, 4)
+    config = _study(tmp_path)
+    config.train.steps = 10  # 6 models x 10 steps: the quick preset's scale
+    assert engine.auto_workers(config, 1) == 1
+    config.train.steps = engine.AUTO_MIN_STEPS // 6 + 1
+    assert engine.auto_workers(config, 1) == 4
+
+
+@pytest.mark.auto_workers
+def test_workers_default_to_one_off_the_cpu_or_under_torchrun(monkeypatch, tmp_path):
+    import torch
+
+    from artmed.evaluations import engine
+
+    _cores(monkeypatch, 8)
+    config = _study(tmp_path)
+    assert engine.auto_workers(config, 1) == 6
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert engine.auto_workers(config, 1) == 1
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setattr("artmed.device.resolve_device", lambda device: torch.device("cuda"))
+    assert engine.auto_workers(config, 1) == 1
+
+
+@pytest.mark.auto_workers
+def test_workers_default_to_one_without_ray_with_a_hint(monkeypatch, tmp_path):
+    from artmed.evaluations import engine
+
+    _cores(monkeypatch, 4)
+    monkeypatch.setattr(engine.importlib.util, "find_spec", lambda name: None)
+    with pytest.warns(UserWarning, match=r"pip install 'artmed\[ray\]' to run 4 at once"):
+        assert Harness(_study(tmp_path), verbose=False).workers == 1
+
+
+def test_cells_run_on_one_thread_by_default(tmp_path):
+    assert Harness(quick_config(str(tmp_path / "x")), verbose=False).threads == 1

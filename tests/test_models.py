@@ -276,3 +276,28 @@ def test_load_tokenizer_needs_vocab(tmp_path: Path) -> None:
         load_tokenizer(tmp_path)
     with pytest.raises(ValueError, match="does not exist"):
         load_tokenizer(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 9), (4, 16, 32, 32), (1, 2, 1, 1), (3, 8, 2, 5)])
+def test_max_pool_without_autograd_is_torchs_bit_for_bit(shape):
+    from artmed.models.resnet import MaxPool
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.relu(torch.randn(*shape, generator=generator))  # relu: many tied zeros, as after the stem
+    x.view(-1)[:: max(1, x.numel() // 5)] = float("-inf")
+    x.view(-1)[1] = float("nan")
+    pool = MaxPool(kernel_size=3, stride=2, padding=1)
+    with torch.no_grad():
+        ours, torchs = pool(x), torch.nn.functional.max_pool2d(x, 3, 2, 1)
+    assert ours.shape == torchs.shape and torch.equal(ours.isnan(), torchs.isnan())
+    assert torch.equal(ours.nan_to_num(0.0, 1.0, -1.0), torchs.nan_to_num(0.0, 1.0, -1.0))
+
+
+def test_max_pool_with_autograd_keeps_torchs_gradient():
+    from artmed.models.resnet import MaxPool
+
+    x = torch.relu(torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))).requires_grad_(True)
+    y = x.detach().clone().requires_grad_(True)
+    MaxPool(3, 2, 1)(x).sum().backward()
+    torch.nn.functional.max_pool2d(y, 3, 2, 1).sum().backward()
+    assert torch.equal(x.grad, y.grad)  # ties: the whole gradient to one element, as torch's kernel sends it

@@ -135,7 +135,9 @@ def test_cli_regime_preset_runs_every_size_with_the_options(tmp_path, monkeypatc
     assert seen["output"] == str(tmp_path)
     assert [c.data.n_train for c in seen["configs"]] == [500, 1000, 2000]
     assert all(c.seeds == [0, 1] and c.protocol == "released" for c in seen["configs"])
-    assert seen["options"]["workers"] == 1 and seen["options"]["verbose"] is False
+    assert (
+        seen["options"]["workers"] is None and seen["options"]["threads"] == 1 and seen["options"]["verbose"] is False
+    )
     assert "the table" in capsys.readouterr().out
     path = tmp_path / "regime.yaml"
     path.write_text("regime: {size: 100, counts: [1, 2], count: 1, sizes: [100, 200]}\ndata: {n_train: 200}\n")

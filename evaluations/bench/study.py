@@ -52,7 +52,11 @@ harness.Harness._attacked_model, harness.Harness._base_model = timed_attacked, t
 config = getattr(study, preset + "_config")(out, seed=int(seed), n_seeds=int(seeds))
 config.device = device
 ready = time.perf_counter()
-result, _ = study.run_study(config, verbose=False)
+accepted = inspect.signature(study.run_study).parameters  # a baseline may predate workers and threads
+options = {"workers": 1} if "workers" in accepted else {}  # serial: the phases are timed in this process
+if "threads" in accepted:
+    options["threads"] = None if threads == "none" else int(threads)
+result, _ = study.run_study(config, verbose=False, **options)
 done = time.perf_counter()
 print(MARK + json.dumps({
     "artmed_file": artmed.__file__,
