@@ -95,6 +95,8 @@ def compute_cells(harness: Harness, workers: int, threads: int, address: str | N
     units = [
         (seed, i) for seed in config.seed_list for i, spec in enumerate(config.attacks) if harness.pending(seed, spec)
     ]
+    # longest first, so that no long task starts last while the other workers idle: more defenses, more work
+    units.sort(key=lambda unit: -sum(d.runs_on(config.attacks[unit[1]].attack) for d in config.defenses))
     if not units:
         return []
     ray = import_ray()
@@ -166,15 +168,16 @@ def _result(ray: Any, ref: Any) -> Any:
         raise
 
 
-def _worker(config: StudyConfig, reuse_stale: bool, seed: int) -> tuple[Harness, Any]:
+def _worker(config: StudyConfig, reuse_stale: bool, threads: int, seed: int) -> tuple[Harness, Any]:
     """This worker's harness for ``config`` (built once) and ``seed``'s data (kept while the worker's tasks are of
     that seed)."""
     from artmed.evaluations.harness import Harness
 
-    key = json.dumps([config.to_dict(), reuse_stale], sort_keys=True, default=str)
+    key = json.dumps([config.to_dict(), reuse_stale, threads], sort_keys=True, default=str)
     if _WORKER_STATE.get("key") != key:
         _WORKER_STATE.clear()
-        _WORKER_STATE.update(key=key, harness=Harness(replace(config), verbose=False, reuse_stale=reuse_stale))
+        harness = Harness(replace(config), verbose=False, reuse_stale=reuse_stale, workers=1, threads=threads)
+        _WORKER_STATE.update(key=key, harness=harness)
     harness = _WORKER_STATE["harness"]
     if _WORKER_STATE.get("seed") != seed:
         _WORKER_STATE.update(seed=seed, run=harness.load_data(seed))
@@ -183,15 +186,18 @@ def _worker(config: StudyConfig, reuse_stale: bool, seed: int) -> tuple[Harness,
 
 def _base_task(config: StudyConfig, reuse_stale: bool, threads: int, seed: int) -> str | None:
     with thread_limit(threads):
-        harness, run = _worker(config, reuse_stale, seed)
+        harness, run = _worker(config, reuse_stale, threads, seed)
         return harness.compute_base(run)
 
 
 def _attack_task(
     config: StudyConfig, reuse_stale: bool, threads: int, seed: int, index: int, base_error: str | None
 ) -> list[str]:
-    with thread_limit(threads):
-        harness, run = _worker(config, reuse_stale, seed)
+    from artmed.defenses.base import UnexaminedRowsWarning
+
+    with thread_limit(threads), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnexaminedRowsWarning)  # the driver says it once, reading the cells back
+        harness, run = _worker(config, reuse_stale, threads, seed)
         harness.stale = []
         harness.compute_attack(run, config.attacks[index], base_error)
         return list(harness.stale)

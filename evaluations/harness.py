@@ -402,7 +402,7 @@ class Harness:
             defense = registry.create(dspec.name, **dspec.params)
             record["kind"] = defense.kind
             with measure() as cost, warnings.catch_warnings():
-                warnings.simplefilter("ignore", UnexaminedRowsWarning)  # said once per defense per run, below
+                warnings.simplefilter("ignore", UnexaminedRowsWarning)  # said once per defense per run, read back
                 # its own context: reassigned fields do not reach the next defense
                 result = defense.run(replace(context, monitor=monitor))
             record.update(seconds=cost.seconds, peak_mb=cost.peak_mb)
@@ -413,7 +413,6 @@ class Harness:
                 record.update(detection_metrics(flags, truth.poison_mask, scores))
                 if result.unexamined is not None:
                     record["unexamined"] = result.unexamined
-                    self._warn_unexamined(dspec.name, result.unexamined, len(flags))
                 record["arrays"] = {"scores": scores, "flags": flags, "poison_mask": truth.poison_mask}
                 repaired = self._retrain_filtered(run, spec, base, flags) if dspec.retrain else None
             elif isinstance(result, InputScreen):
@@ -451,7 +450,8 @@ class Harness:
         return changed
 
     def _warn_unexamined(self, name: str, unexamined: int, n: int) -> None:
-        """Warn, once per defense per run, that the detector never examined some training rows (groups too small)."""
+        """Warn, once per defense per run (in the process that gathers the tables, not in Ray's workers), that the
+        detector never examined some training rows (groups too small)."""
         if unexamined and name not in self._warned:
             self._warned.add(name)
             warnings.warn(
@@ -563,8 +563,10 @@ class Harness:
             for dspec in wanted:
                 cell = self._current("defense", f"{key}+{dspec.name}")
                 if cell is not None:
-                    result.arrays[cell["cell"]] = cell.pop("arrays", None) or {}
+                    arrays = result.arrays[cell["cell"]] = cell.pop("arrays", None) or {}
                     result.defenses.append(cell)
+                    if cell.get("unexamined") and "flags" in arrays:
+                        self._warn_unexamined(dspec.name, cell["unexamined"], len(arrays["flags"]))
 
     # ------------------------------------------------------------------ one unit of work at a time (the engine's)
     def pending(self, seed: int, spec: AttackSpec) -> bool:

@@ -77,6 +77,15 @@ def test_phase_table_from_two_cell_folders(tmp_path):
     assert rows["defense: new"]["baseline_s"] is None and rows["defense: new"]["ratio"] is None
 
 
+def test_parallel_phases_are_the_cells_seconds_without_a_rest(tmp_path):
+    _study_folder(tmp_path, base_in_models=False)
+    phases = phase_seconds(tmp_path, process_seconds=60.0, study_seconds=55.0, base_in_models=False, parallel=True)
+    assert phases["model: baddist"] == 50.0 and phases["total"] == 60.0  # the cells overlapped: 104 s in 60 s
+    assert phases["rest"] is None
+    rows = {row["phase"]: row for row in phase_rows({"rest": 8.0, "total": 120.0}, phases)}
+    assert rows["rest"]["ratio"] is None and rows["total"]["ratio"] == pytest.approx(2.0)
+
+
 def _estimator(batch_size=8):
     return MedCLIPEstimator.tiny(PROMPTS, image_size=SIZE, seed=0, device="cpu", batch_size=batch_size)
 
@@ -146,7 +155,9 @@ def test_step_throughput_reports_gflop_per_step_and_rate():
     ("args", "message"),
     [
         (["--study", "none", "--baseline", "HEAD"], "--baseline compares the study"),
-        (["--study", "quick", "--seeds", "2"], "--seeds sets the study compared with --baseline"),
+        (["--study", "quick", "--seeds", "2"], "--seeds and --workers set the study compared with --baseline"),
+        (["--study", "quick", "--workers", "2"], "--seeds and --workers set the study compared with --baseline"),
+        (["--study", "quick", "--baseline", "HEAD", "--workers", "0"], "--workers must be a positive integer"),
         (["--study", "quick", "--baseline", "HEAD", "--seeds", "0"], "--seeds must be >= 1"),
         (["--study", "quick", "--baseline", "no-such-rev-x1"], "'no-such-rev-x1' is not a commit.*fatal"),
     ],

@@ -34,8 +34,18 @@ def _summary_without_timings(rows: list[dict]) -> list[dict]:
 def serial_and_parallel(tmp_path_factory):
     root = tmp_path_factory.mktemp("engine")
     serial, _ = run_study(quick_config(str(root / "serial")), verbose=False, threads=1)
-    parallel, _ = run_study(quick_config(str(root / "parallel")), verbose=False, workers=2, threads=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parallel, _ = run_study(quick_config(str(root / "parallel")), verbose=False, workers=2, threads=1)
+    parallel.warned = [str(w.message) for w in caught if w.category.__name__ == "UnexaminedRowsWarning"]
     return root, serial, parallel
+
+
+def test_the_driver_warns_of_unexamined_rows_once_per_defense(serial_and_parallel):
+    _, _, parallel = serial_and_parallel
+    counted = {row["defense"] for row in parallel.defenses if row.get("unexamined")}
+    assert counted  # the quick study's rare label vectors leave rows unexamined
+    assert sorted(message.split(":")[0] for message in parallel.warned) == sorted(counted)
 
 
 def test_two_workers_give_the_serial_tables(serial_and_parallel):

@@ -180,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=int, default=None, help="seeds of the study compared with --baseline (default 1)"
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Ray worker processes for this checkout's side of --baseline (default 1: serial, so the phases add up "
+        "to the wall time; more: the wall time artmed run gets from them, the phases then the cells' own seconds)",
+    )
+    parser.add_argument(
         "--labeler",
         action="store_true",
         help="also time the report labeler on one-sentence reports of 10 KB, 100 KB and 1 MB",
@@ -223,8 +230,10 @@ def _check_args(args: argparse.Namespace) -> None:
         if args.study == "none":
             raise ValueError("--baseline compares the study: give --study quick or --study default")
         resolve_revision(repository(), args.baseline)
-    elif args.seeds is not None:
-        raise ValueError("--seeds sets the study compared with --baseline; give --baseline REV too")
+    elif args.seeds is not None or args.workers != 1:
+        raise ValueError("--seeds and --workers set the study compared with --baseline; give --baseline REV too")
+    if args.workers < 1:
+        raise ValueError(f"--workers must be a positive integer, got {args.workers}")
     resolve_device(args.device)
     check_writable(args.out, "--out", folder=False)  # before the benchmark, not after it
 
@@ -281,7 +290,7 @@ def run_benchmarks(args: argparse.Namespace, machine: dict[str, Any]) -> dict[st
     if args.baseline is not None:
         seeds = 1 if args.seeds is None else args.seeds
         payload["study_baseline"] = compare_study(
-            args.baseline, args.study, seeds, args.seed, args.device, args.threads
+            args.baseline, args.study, seeds, args.seed, args.device, args.threads, args.workers
         )
         print(f"throughput: {args.study} study's training and BadDist steps, conv2d ...", flush=True)
         payload["study_throughput"] = achieved_throughput(args.study, args.device, args.seed)
@@ -360,7 +369,13 @@ def _baseline_lines(study: dict[str, Any], throughput: dict[str, Any]) -> list[s
         f"({study['baseline_commit'][:12]}) vs this checkout, each in a fresh process (ratio = baseline / this)",
         format_table(study["rows"], STUDY_PHASE_COLUMNS),
         "  model: ATTACK = its models' train_seconds (victim training with the attack's steps; the base model's "
-        "pretraining is its own row); rest = data, zero-shot scoring, tables and figures",
+        "pretraining is its own row); rest = data, zero-shot scoring, tables and figures"
+        + (
+            f"; this side ran in {study['workers']} Ray workers: its phases are the cells' own seconds, which "
+            "overlap (no rest), its total the wall time"
+            if study.get("workers", 1) > 1
+            else ""
+        ),
         *(
             f"  {name}: artmed from {side['artmed_file']} (source hash {side['source_hash'][:12]}), "
             f"{side['defense']} from {side['defense_file']}"

@@ -29,7 +29,7 @@ RUNNER = """
 import inspect, json, sys, time
 start = time.perf_counter()
 import torch
-out, preset, seeds, seed, device, threads = sys.argv[1:7]
+out, preset, seeds, seed, device, threads, workers = sys.argv[1:8]
 if threads != "none":
     torch.set_num_threads(int(threads))
 import artmed
@@ -53,7 +53,7 @@ config = getattr(study, preset + "_config")(out, seed=int(seed), n_seeds=int(see
 config.device = device
 ready = time.perf_counter()
 accepted = inspect.signature(study.run_study).parameters  # a baseline may predate workers and threads
-options = {"workers": 1} if "workers" in accepted else {}  # serial: the phases are timed in this process
+options = {"workers": int(workers)} if "workers" in accepted else {}  # 1: serial, every cell in this process
 if "threads" in accepted:
     options["threads"] = None if threads == "none" else int(threads)
 result, _ = study.run_study(config, verbose=False, **options)
@@ -71,7 +71,8 @@ print(MARK + json.dumps({
     "failed": [f"{r['cell']}: {r.get('status')}: {r.get('error')}" for r in result.failed],
 }))
 """
-"""The study in a fresh interpreter (argv: output folder, preset, seeds, first seed, device, threads or "none"); its
+"""The study in a fresh interpreter (argv: output folder, preset, seeds, first seed, device, threads or "none",
+workers); its
 last line is ``RESULT_MARK`` + JSON. It also notes whether a seed's base model was built inside an attacked model's
 timed block (then that model's ``train_seconds`` includes it: ``_LazyBase``), where artmed and the first defense
 were imported from and the imported source's hash and git state (the evidence of which code ran)."""
@@ -137,9 +138,11 @@ def run_side(
     device: str,
     threads: int | None,
     site: Path | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """One side's study in a fresh interpreter (``RUNNER``) writing to `out`, with `site` first on ``PYTHONPATH``
-    (None: the environment's artmed); `threads` caps torch and BLAS/OpenMP there. Returns the runner's JSON with the
+    (None: the environment's artmed); `threads` caps torch and BLAS/OpenMP there; `workers` Ray processes where the
+    side's artmed has them (1: serial). Returns the runner's JSON with the
     process's wall time (``process_seconds``); a failed run or failed cells raise ``StudyRunError``."""
     env = dict(os.environ)
     if threads is not None:
@@ -147,7 +150,7 @@ def run_side(
     if site is not None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), env.get("PYTHONPATH")) if p)
     script = f"MARK = {RESULT_MARK!r}\n{RUNNER}"
-    argv = [str(out), preset, str(seeds), str(seed), device, "none" if threads is None else str(threads)]
+    argv = [str(out), preset, str(seeds), str(seed), device, "none" if threads is None else str(threads), str(workers)]
     started = time.perf_counter()
     # cwd outside the checkout: `python -c` puts the working folder first on sys.path
     done = _run([sys.executable, "-c", script, *argv], f"the {name} study", env=env, cwd=out.parent)
@@ -177,15 +180,22 @@ def _cells(out: Path, kind: str) -> list[tuple[dict[str, Any], float]]:
     return [(json.loads(path.read_text())["record"], path.stat().st_mtime) for path in sorted(folder.glob("*.json"))]
 
 
-def phase_seconds(out: Path, process_seconds: float, study_seconds: float, base_in_models: bool) -> dict[str, float]:
+def phase_seconds(
+    out: Path, process_seconds: float, study_seconds: float, base_in_models: bool, parallel: bool = False
+) -> dict[str, float | None]:
     """A finished study folder's wall time by phase, from its cell records: interpreter startup and imports, the base
     models' pretraining, each attack's model cells (victim training with the attack's steps, ``train_seconds``),
     each defense, and the rest (data, zero-shot scoring, tables and figures) up to `process_seconds`.
-    `base_in_models`: each seed's first saved model cell timed its seed's base model too, which is taken out."""
+    `base_in_models`: each seed's first saved model cell timed its seed's base model too, which is taken out.
+    `parallel`: the cells ran in several processes at once, so their seconds overlap and add up to more than the
+    wall: the phases are the cells' own seconds and "rest" is None."""
     cells = _cells(out, "model")
     base = {r["seed"]: r["seconds"] for r, _ in cells if "train_seconds" not in r and "seconds" in r}
     models = sorted(((r, t) for r, t in cells if "train_seconds" in r), key=lambda cell: cell[1])
-    phases: dict[str, float] = {"startup + imports": process_seconds - study_seconds, "base model": sum(base.values())}
+    phases: dict[str, float | None] = {
+        "startup + imports": process_seconds - study_seconds,
+        "base model": sum(base.values()),
+    }
     first: set[int] = set()
     for record, _ in models:
         seconds = record["train_seconds"]
@@ -193,17 +203,17 @@ def phase_seconds(out: Path, process_seconds: float, study_seconds: float, base_
             first.add(record["seed"])
             seconds -= base.get(record["seed"], 0.0)
         label = f"model: {record['attack']}"
-        phases[label] = phases.get(label, 0.0) + seconds
+        phases[label] = (phases.get(label) or 0.0) + seconds
     for record, _ in _cells(out, "defense"):
         if "seconds" in record:
             label = f"defense: {record['defense']}"
-            phases[label] = phases.get(label, 0.0) + record["seconds"]
-    phases["rest"] = process_seconds - sum(phases.values())
+            phases[label] = (phases.get(label) or 0.0) + record["seconds"]
+    phases["rest"] = None if parallel else process_seconds - sum(v or 0.0 for v in phases.values())
     phases["total"] = process_seconds
     return phases
 
 
-def phase_rows(baseline: Mapping[str, float], this: Mapping[str, float]) -> list[dict[str, Any]]:
+def phase_rows(baseline: Mapping[str, float | None], this: Mapping[str, float | None]) -> list[dict[str, Any]]:
     """The two sides' phases side by side (a phase only one side has gets None on the other) with the ratio baseline
     seconds / this side's; "rest" and "total" last."""
     names = list(dict.fromkeys([*baseline, *this]))
@@ -343,10 +353,12 @@ def achieved_throughput(preset: str, device: str, seed: int = 0, steps: int = FL
     return {"conv2d": conv, "steps": rows}
 
 
-def compare_study(rev: str, preset: str, seeds: int, seed: int, device: str, threads: int | None) -> dict[str, Any]:
-    """The `preset` study over `seeds` seeds for revision `rev` (installed in a temporary folder) and then for this
-    checkout, each in a fresh interpreter and output folder: both sides' phases, the table rows, and where each side
-    imported artmed from."""
+def compare_study(
+    rev: str, preset: str, seeds: int, seed: int, device: str, threads: int | None, workers: int = 1
+) -> dict[str, Any]:
+    """The `preset` study over `seeds` seeds for revision `rev` (installed in a temporary folder, serial) and then for
+    this checkout (in `workers` Ray processes; 1: serial), each in a fresh interpreter and output folder: both sides'
+    phases, the table rows, and where each side imported artmed from."""
     repo = repository()
     commit = resolve_revision(repo, rev)
     with tempfile.TemporaryDirectory(prefix="artmed-bench-baseline-") as tmp:
@@ -360,14 +372,18 @@ def compare_study(rev: str, preset: str, seeds: int, seed: int, device: str, thr
             out = folder / f"out-{name}"
             out.mkdir()
             load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-            result = run_side(name, out, preset, seeds, seed, device, threads, side_site)
+            side_workers = workers if name == "this" else 1
+            result = run_side(name, out, preset, seeds, seed, device, threads, side_site, side_workers)
             _check_origin(name, result, *origins[name])
-            phases = phase_seconds(out, result["process_seconds"], result["study_seconds"], result["base_in_models"])
+            phases = phase_seconds(
+                out, result["process_seconds"], result["study_seconds"], result["base_in_models"], side_workers > 1
+            )
             sides[name] = {**result, "phases": phases, "load_average_start": load}
             print(f"  {result['process_seconds']:.1f} s", flush=True)
     return {
         "preset": preset,
         "seeds": seeds,
+        "workers": workers,
         "baseline": rev,
         "baseline_commit": commit,
         "repository": str(repo),
