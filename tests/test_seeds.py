@@ -77,7 +77,7 @@ def test_cli_seeds_option(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr("artmed.evaluations.study.run_study", fake_run)
     assert main(["run", "--preset", "quick", "--seeds", "3", "--seed", "2", "--reuse-stale"]) == 2
-    assert seen == {"seeds": [2, 3, 4], "reuse": True, "engine": (1, None, None)}
+    assert seen == {"seeds": [2, 3, 4], "reuse": True, "engine": (None, 1, None)}
     main(["run", "--preset", "quick", "--workers", "2", "--threads", "1", "--ray-address", "auto"])
     assert seen["engine"] == (2, 1, "auto")
     path = tmp_path / "study.yaml"

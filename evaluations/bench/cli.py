@@ -195,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=None,
-        help="cap torch and BLAS/OpenMP threads for ours and ART alike (default: untouched); "
-        "1 gives stable ratios on a busy machine",
+        help="cap torch and BLAS/OpenMP threads for ours and ART alike (default: untouched; each side of "
+        "--baseline at its own default); 1 gives stable ratios on a busy machine",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda ... (ours, extraction, study; ART is CPU)")
     parser.add_argument("--seed", type=int, default=0)

@@ -54,8 +54,8 @@ config.device = device
 ready = time.perf_counter()
 accepted = inspect.signature(study.run_study).parameters  # a baseline may predate workers and threads
 options = {"workers": int(workers)} if "workers" in accepted else {}  # 1: serial, every cell in this process
-if "threads" in accepted:
-    options["threads"] = None if threads == "none" else int(threads)
+if "threads" in accepted and threads != "none":  # "none": the side's own default
+    options["threads"] = int(threads)
 result, _ = study.run_study(config, verbose=False, **options)
 done = time.perf_counter()
 print(MARK + json.dumps({
