@@ -193,10 +193,7 @@ def _base_task(config: StudyConfig, reuse_stale: bool, threads: int, seed: int) 
 def _attack_task(
     config: StudyConfig, reuse_stale: bool, threads: int, seed: int, index: int, base_error: str | None
 ) -> list[str]:
-    from artmed.defenses.base import UnexaminedRowsWarning
-
-    with thread_limit(threads), warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnexaminedRowsWarning)  # the driver says it once, reading the cells back
+    with thread_limit(threads):
         harness, run = _worker(config, reuse_stale, threads, seed)
         harness.stale = []
         harness.compute_attack(run, config.attacks[index], base_error)

@@ -535,6 +535,10 @@ class Harness:
             bar.set_postfix_str(self._key(spec))
             self._attack_cells(run, spec, base, result)
             run.forget({k for later_seed, later in cells[n + 1 :] if later_seed == seed for k in later.step_keys()})
+        for cell in result.defenses:  # here, not per cell: Ray's workers compute cells but gather no tables
+            flags = result.arrays.get(cell["cell"], {}).get("flags")
+            if cell.get("unexamined") and flags is not None:
+                self._warn_unexamined(cell["defense"], cell["unexamined"], len(flags))
         return result
 
     def _attack_cells(self, run: _SeedData, spec: AttackSpec, base: _LazyBase, result: StudyResult) -> None:
@@ -563,10 +567,8 @@ class Harness:
             for dspec in wanted:
                 cell = self._current("defense", f"{key}+{dspec.name}")
                 if cell is not None:
-                    arrays = result.arrays[cell["cell"]] = cell.pop("arrays", None) or {}
+                    result.arrays[cell["cell"]] = cell.pop("arrays", None) or {}
                     result.defenses.append(cell)
-                    if cell.get("unexamined") and "flags" in arrays:
-                        self._warn_unexamined(dspec.name, cell["unexamined"], len(arrays["flags"]))
 
     # ------------------------------------------------------------------ one unit of work at a time (the engine's)
     def pending(self, seed: int, spec: AttackSpec) -> bool:
